@@ -1,0 +1,31 @@
+"""The Gymnasium side of prefloop: recording segments, re-rendering them, swapping in the learned reward.
+
+env -> :class:`EpisodeSeeder` (replayable episodes) -> :class:`VecSegmentRecorder` (segments of
+what the agent did, true reward) -> :class:`VecLearnedReward` (what the policy is trained on).
+"""
+
+from prefloop.envs.factory import EnvSetupError, EnvSpec, check_can_render, check_env_id, check_spaces, make_env
+from prefloop.envs.learned_reward import LearnedRewardWrapper, RewardFunction, VecLearnedReward
+from prefloop.envs.recorder import SegmentRecorder, VecSegmentRecorder
+from prefloop.envs.render import ReplayMismatchError, render_segment
+from prefloop.envs.seeding import EpisodeSeeder
+from prefloop.envs.segments import EpisodeSegmenter, SegmentBuffer
+
+__all__ = [
+    "EnvSetupError",
+    "EnvSpec",
+    "EpisodeSeeder",
+    "EpisodeSegmenter",
+    "LearnedRewardWrapper",
+    "ReplayMismatchError",
+    "RewardFunction",
+    "SegmentBuffer",
+    "SegmentRecorder",
+    "VecLearnedReward",
+    "VecSegmentRecorder",
+    "check_can_render",
+    "check_env_id",
+    "check_spaces",
+    "make_env",
+    "render_segment",
+]

@@ -1,0 +1,47 @@
+"""Bradley-Terry reward ensembles: learn a per-step reward from preferences between segments.
+
+- :class:`RewardEnsemble` (``ensemble.py``): ``M`` MLPs evaluated in one batched pass;
+  ``predict`` is what the policy is trained on.
+- :class:`RewardTrainer`, :class:`RewardModelConfig`, :func:`bradley_terry_loss` (``training.py``).
+- :func:`save_reward_model` / :func:`load_reward_model` (``io.py``): safetensors + JSON, no pickle.
+
+Absorbing steps are pinned at 0. Segments have a fixed length; when the episode terminated
+inside a segment, the steps from ``n_valid`` on are the absorbing post-termination state and
+contribute exactly 0 learned reward (they are masked). This is how variable-horizon environments
+are handled: with the absorbing state at 0, the Bradley-Terry model can learn whether being alive
+is good or bad (the reward offset is identifiable), so, e.g., CartPole's agent is not rewarded for
+dying early. Consequently the output normalisation only *scales* rewards and never shifts them: a
+shift would change the value of staying alive.
+"""
+
+from .ensemble import MIN_REWARD_SCALE, RewardEnsemble, stack_segments
+from .io import METADATA_FILE, WEIGHTS_FILE, load_reward_metadata, load_reward_model, save_reward_model
+from .spaces import UnsupportedSpaceError, space_from_json, space_to_json
+from .training import (
+    FitStats,
+    RewardModelConfig,
+    RewardTrainer,
+    bradley_terry_loss,
+    build_reward_model,
+    validation_mask,
+)
+
+__all__ = [
+    "METADATA_FILE",
+    "MIN_REWARD_SCALE",
+    "WEIGHTS_FILE",
+    "FitStats",
+    "RewardEnsemble",
+    "RewardModelConfig",
+    "RewardTrainer",
+    "UnsupportedSpaceError",
+    "bradley_terry_loss",
+    "build_reward_model",
+    "load_reward_metadata",
+    "load_reward_model",
+    "save_reward_model",
+    "space_from_json",
+    "space_to_json",
+    "stack_segments",
+    "validation_mask",
+]

@@ -1,0 +1,122 @@
+"""Building the environments of a run, and refusing the ones prefloop cannot learn from.
+
+One function, :func:`make_env`, builds every env of a run -- the training envs, the evaluation env
+and the env that re-renders clips -- so that a recorded episode replays in exactly the same stack
+of wrappers it was recorded in.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+from gymnasium import spaces
+
+from prefloop.envs.seeding import EpisodeSeeder
+
+SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiBinary)
+SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete)
+
+
+class EnvSetupError(ValueError):
+    """The environment cannot be used as asked; the message says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What is needed to rebuild a run's environment anywhere (trainer, renderer, rater app).
+
+    Attributes:
+        env_id: a Gymnasium registry id, e.g. ``"CartPole-v1"``.
+        env_kwargs: keyword arguments for ``gymnasium.make`` (JSON-serialisable).
+    """
+
+    env_id: str
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"env_id": self.env_id, "env_kwargs": dict(self.env_kwargs)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EnvSpec":
+        return cls(env_id=str(data["env_id"]), env_kwargs=dict(data.get("env_kwargs", {})))
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise :class:`EnvSetupError` naming close registered ids when ``env_id`` is unknown."""
+    if env_id in gym.registry:
+        return
+    if env_id.split("-v")[0] in {"Hopper", "HalfCheetah", "Walker2d", "Swimmer", "Ant", "Humanoid"}:
+        hint = " MuJoCo envs need the extra: pip install 'prefloop[mujoco]'."
+    else:
+        hint = ""
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.5)
+    suggestion = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise EnvSetupError(
+        f"Unknown environment id {env_id!r}.{suggestion}{hint} "
+        "Any id registered with Gymnasium works; list them with "
+        "`python -c \"import gymnasium; print(list(gymnasium.registry))\"`."
+    )
+
+
+def check_spaces(observation_space: gym.Space, action_space: gym.Space, env_id: str) -> None:
+    """Raise :class:`EnvSetupError` when the reward model cannot read these spaces."""
+    if not isinstance(observation_space, SUPPORTED_OBSERVATION_SPACES):
+        raise EnvSetupError(
+            f"{env_id}: observation space {observation_space} is not supported "
+            f"(supported: Box, Discrete, MultiBinary). For Dict or Tuple observations wrap the env "
+            "in gymnasium.wrappers.FlattenObservation (pass it through a registered env id)."
+        )
+    if not isinstance(action_space, SUPPORTED_ACTION_SPACES):
+        raise EnvSetupError(
+            f"{env_id}: action space {action_space} is not supported "
+            "(supported: Box, Discrete, MultiDiscrete)."
+        )
+
+
+def make_env(
+    spec: EnvSpec,
+    *,
+    seed: int | None = None,
+    render_mode: str | None = None,
+) -> gym.Env:
+    """Build one env of a run: ``gym.make`` + :class:`EpisodeSeeder`.
+
+    Args:
+        spec: env id and kwargs.
+        seed: the seed of this env's sequence of episode seeds (None: drawn from the OS).
+        render_mode: ``"rgb_array"`` for the clip renderer; None for training (no rendering cost).
+
+    Raises:
+        EnvSetupError: unknown id, unsupported spaces, or an env that cannot render as asked.
+    """
+    check_env_id(spec.env_id)
+    kwargs = dict(spec.env_kwargs)
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    try:
+        env = gym.make(spec.env_id, **kwargs)
+    except gym.error.DependencyNotInstalled as exc:
+        raise EnvSetupError(f"{spec.env_id} needs a package that is not installed: {exc}") from exc
+    except TypeError as exc:
+        raise EnvSetupError(f"{spec.env_id} rejected its keyword arguments {kwargs}: {exc}") from exc
+    check_spaces(env.observation_space, env.action_space, spec.env_id)
+    return EpisodeSeeder(env, seed=seed)
+
+
+def check_can_render(spec: EnvSpec) -> None:
+    """Raise :class:`EnvSetupError` when the env cannot produce ``rgb_array`` frames for clips."""
+    check_env_id(spec.env_id)
+    env = gym.make(spec.env_id, **spec.env_kwargs)
+    try:
+        modes = list(env.metadata.get("render_modes", []))
+    finally:
+        env.close()
+    if "rgb_array" not in modes:
+        raise EnvSetupError(
+            f"{spec.env_id} cannot render 'rgb_array' frames (its render modes: {modes or 'none'}), "
+            "so its segments cannot be shown to a human rater. Use a simulated teacher "
+            "(--teacher oracle), or an env that renders rgb_array."
+        )

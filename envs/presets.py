@@ -1,0 +1,128 @@
+"""Per-environment defaults: segment length, step budget, algorithm and its hyper-parameters.
+
+The algorithm hyper-parameters are the tuned ones of rl-baselines3-zoo, so that the true-reward
+baseline is a fair, strong reference. Strings ``"lin_X"`` mean a learning rate or clip range that
+decays linearly from X to 0 (the zoo's notation). Envs without a preset get :func:`default_preset`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EnvPreset:
+    """Everything env-specific a run or a benchmark needs.
+
+    Attributes:
+        env_id: Gymnasium id.
+        segment_length: steps per segment (about 1-2 s of the env's clock, as in Christiano et al.).
+        total_steps: default env steps of a run.
+        algo: default SB3 algorithm name (``"ppo"``, ``"sac"``, ...).
+        algo_kwargs: per-algorithm hyper-parameters, keyed by algorithm name.
+        n_envs: per-algorithm number of parallel envs.
+        label_budgets: label budgets a benchmark sweeps by default.
+        guideline: the question shown to human raters above the two clips.
+        env_kwargs: extra ``gymnasium.make`` keyword arguments.
+    """
+
+    env_id: str
+    segment_length: int = 50
+    total_steps: int = 100_000
+    algo: str = "ppo"
+    algo_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    n_envs: dict[str, int] = field(default_factory=dict)
+    label_budgets: tuple[int, ...] = (50, 200)
+    guideline: str = "Which clip shows the agent doing the task better?"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def hyperparameters(self, algo: str) -> dict[str, Any]:
+        return dict(self.algo_kwargs.get(algo, {}))
+
+    def envs_for(self, algo: str) -> int:
+        return self.n_envs.get(algo, 1 if algo in OFF_POLICY_ALGOS else 4)
+
+
+OFF_POLICY_ALGOS = frozenset({"sac", "td3", "ddpg", "dqn"})
+
+PRESETS: dict[str, EnvPreset] = {
+    preset.env_id: preset
+    for preset in [
+        EnvPreset(
+            env_id="CartPole-v1",
+            segment_length=50,
+            total_steps=100_000,
+            algo="ppo",
+            algo_kwargs={
+                "ppo": dict(
+                    n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
+                    ent_coef=0.0, learning_rate="lin_0.001", clip_range="lin_0.2",
+                ),
+                "dqn": dict(
+                    learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000,
+                    gamma=0.99, target_update_interval=10, train_freq=256, gradient_steps=128,
+                    exploration_fraction=0.16, exploration_final_eps=0.04,
+                    policy_kwargs=dict(net_arch=[256, 256]),
+                ),
+            },
+            n_envs={"ppo": 8, "a2c": 8},
+            label_budgets=(50, 100, 200),
+            guideline="Which cart keeps the pole upright and closer to the centre?",
+        ),
+        EnvPreset(
+            env_id="Pendulum-v1",
+            segment_length=50,
+            total_steps=200_000,
+            algo="ppo",
+            algo_kwargs={
+                "ppo": dict(
+                    n_steps=1024, gae_lambda=0.95, gamma=0.9, n_epochs=10, ent_coef=0.0,
+                    learning_rate=1e-3, clip_range=0.2, use_sde=True, sde_sample_freq=4,
+                ),
+                "sac": dict(learning_rate=1e-3),
+                "td3": dict(gamma=0.98, buffer_size=200_000, learning_starts=10_000, gradient_steps=1),
+            },
+            n_envs={"ppo": 4},
+            label_budgets=(50, 100, 200),
+            guideline="Which pendulum swings up and stays balanced upright, using less effort?",
+        ),
+        EnvPreset(
+            env_id="Acrobot-v1",
+            segment_length=50,
+            total_steps=100_000,
+            algo="ppo",
+            algo_kwargs={
+                "ppo": dict(n_steps=256, gae_lambda=0.94, gamma=0.99, n_epochs=4, ent_coef=0.0),
+            },
+            n_envs={"ppo": 16},
+            label_budgets=(50, 100, 200),
+            guideline="Which arm swings its tip higher, sooner?",
+        ),
+        EnvPreset(
+            env_id="MountainCarContinuous-v0",
+            segment_length=50,
+            total_steps=50_000,
+            algo="sac",
+            algo_kwargs={
+                "sac": dict(
+                    learning_rate=3e-4, buffer_size=50_000, batch_size=512, ent_coef=0.1,
+                    train_freq=32, gradient_steps=32, gamma=0.9999, tau=0.01, learning_starts=0,
+                    use_sde=True, policy_kwargs=dict(log_std_init=-3.67, net_arch=[64, 64]),
+                ),
+            },
+            label_budgets=(50, 100, 200),
+            guideline="Which car gets further up the right-hand hill?",
+        ),
+    ]
+}
+
+
+def default_preset(env_id: str) -> EnvPreset:
+    """The preset of ``env_id``, or generic defaults for an env without one."""
+    preset = PRESETS.get(env_id)
+    return preset if preset is not None else EnvPreset(env_id=env_id)
+
+
+def with_overrides(preset: EnvPreset, **changes: Any) -> EnvPreset:
+    return replace(preset, **changes)

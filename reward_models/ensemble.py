@@ -1,0 +1,318 @@
+"""An ensemble of per-step reward networks, all members evaluated in one batched pass.
+
+Absorbing steps and the reward offset
+-------------------------------------
+Segments have a fixed length ``L``. When the episode terminated inside a segment, the steps from
+``Segment.n_valid`` on are the absorbing state after termination. Those steps contribute exactly 0
+learned reward: they are masked out of every segment return, never given a learned value. This is
+how prefloop handles variable-horizon environments. With absorbing steps pinned at 0, a constant
+added to the reward of every real step changes the return of a segment that ends early by less
+than that of a segment that runs to the end, so the Bradley-Terry model *can* learn whether being
+alive is good or bad: the reward offset is identifiable. CartPole's agent, for instance, learns a
+positive reward for staying up and is therefore not rewarded for dying early.
+
+For the same reason the output normalisation only *scales* rewards (``reward_scale``), it never
+shifts them: subtracting a mean would change the value of staying alive relative to the absorbing
+state, and could turn "survive" into "die as fast as possible".
+
+Shapes
+------
+``M`` members, ``B`` steps, ``N`` segments of length ``L``. The network input is the encoded
+observation concatenated with the encoded action (see ``prefloop.reward_models.spaces``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from prefloop.types import Segment
+
+from .spaces import SpaceEncoder, make_encoder
+
+# Rows per forward pass when scoring many segments, to bound memory (rows * hidden * members).
+_CHUNK_ROWS = 32_768
+_LEAKY_SLOPE = 0.01
+MIN_REWARD_SCALE = 1e-6
+
+
+class RewardEnsemble(nn.Module):
+    """``n_members`` MLPs ``r(obs, action) -> float`` with weights stacked as ``(M, in, out)``.
+
+    Args:
+        observation_space: Box (any shape), Discrete or MultiBinary (MultiDiscrete also works).
+        action_space: Box, Discrete or MultiDiscrete (MultiBinary also works).
+        n_members: ensemble size ``M`` (>= 1).
+        hidden_sizes: widths of the hidden layers; ``()`` gives a linear model.
+        seed: seeds the initial weights; members get different initialisations.
+
+    Raises:
+        UnsupportedSpaceError: for Dict, Tuple, Text, Graph, Sequence and other spaces.
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        n_members: int = 3,
+        hidden_sizes: Sequence[int] = (64, 64),
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if int(n_members) < 1:
+            raise ValueError(f"n_members must be >= 1, got {n_members}")
+        if int(seed) < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        hidden = tuple(int(h) for h in hidden_sizes)
+        if any(h < 1 for h in hidden):
+            raise ValueError(f"hidden_sizes must all be >= 1, got {tuple(hidden_sizes)}")
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.n_members = int(n_members)
+        self.hidden_sizes = hidden
+        self.seed = int(seed)
+        self.obs_encoder: SpaceEncoder = make_encoder(observation_space, "observation")
+        self.action_encoder: SpaceEncoder = make_encoder(action_space, "action")
+        self.input_dim = self.obs_encoder.dim + self.action_encoder.dim
+
+        generator = torch.Generator().manual_seed(self.seed)
+        sizes = (self.input_dim, *hidden, 1)
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            # Same init as nn.Linear, drawn independently for each member.
+            bound = 1.0 / math.sqrt(fan_in)
+            w = (torch.rand(self.n_members, fan_in, fan_out, generator=generator) * 2 - 1) * bound
+            b = (torch.rand(self.n_members, 1, fan_out, generator=generator) * 2 - 1) * bound
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(b))
+        self.register_buffer("reward_scale", torch.tensor(1.0, dtype=torch.float32))
+
+    @property
+    def device(self) -> torch.device:
+        return self.reward_scale.device
+
+    # ----------------------------------------------------------------- tensor API (differentiable)
+
+    def encode(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``obs (B, *obs_shape)``, ``actions (B, *act_shape)`` or ``(B,)`` -> features ``(B, input_dim)``."""
+        if obs.shape[0] != actions.shape[0]:
+            raise ValueError(f"obs has {obs.shape[0]} rows but actions has {actions.shape[0]}")
+        return torch.cat((self.obs_encoder(obs), self.action_encoder(actions)), dim=1)
+
+    def rewards_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Raw per-step rewards ``(M, B)`` from features ``(B, in)`` (shared by all members) or
+        ``(M, B, in)`` (one batch per member, as bootstrap training uses)."""
+        if features.dim() == 2:
+            # A stride-0 view: every member reads the same rows without copying them.
+            h = features.unsqueeze(0).expand(self.n_members, -1, -1)
+        else:
+            h = features
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b, h, w)
+            if i < last:
+                h = nn.functional.leaky_relu(h, _LEAKY_SLOPE)
+        return h.squeeze(-1)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Raw (unnormalised) per-step rewards of every member, ``(M, B)`` float32."""
+        return self.rewards_from_features(self.encode(obs, actions))
+
+    def returns_from_features(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked segment returns ``(M, N)`` from features ``(N, L, in)`` or ``(M, N, L, in)``
+        and ``mask`` ``(N, L)`` or ``(M, N, L)`` (0 on absorbing steps)."""
+        n, length = features.shape[-3], features.shape[-2]
+        flat = features.reshape(*features.shape[:-3], n * length, features.shape[-1])
+        rewards = self.rewards_from_features(flat).reshape(self.n_members, n, length)
+        # where(), not just a product: absorbing steps are exactly 0 whatever the net outputs there.
+        return torch.where(mask != 0, rewards * mask, 0.0).sum(-1)
+
+    def segment_returns(self, obs: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Raw masked returns ``(M, N)`` of segments ``obs (N, L, *obs_shape)``,
+        ``actions (N, L, *act_shape)`` or ``(N, L)``, ``mask (N, L)`` float (1 real, 0 absorbing)."""
+        n, length = mask.shape
+        feats = self.encode(obs.reshape(n * length, *obs.shape[2:]), actions.reshape(n * length, *actions.shape[2:]))
+        return self.returns_from_features(feats.reshape(n, length, -1), mask)
+
+    # ------------------------------------------------------------------------ numpy API (no grad)
+
+    def _tensors(self, obs: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        obs = np.asarray(obs)
+        actions = np.asarray(actions)
+        if obs.shape[:1] != actions.shape[:1]:
+            raise ValueError(f"obs has shape {obs.shape} but actions has shape {actions.shape}: row counts differ")
+        self.obs_encoder.check(obs)
+        self.action_encoder.check(actions)
+        return torch.as_tensor(obs, device=self.device), torch.as_tensor(actions, device=self.device)
+
+    def predict(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The reward the policy is trained on: ensemble-mean raw reward / ``reward_scale``.
+
+        Runs once per env step of RL training, so it is computed in numpy from a copy of the
+        weights that is refreshed whenever training has changed them (several times faster than
+        torch for a few rows).
+
+        Args:
+            obs: ``(B, *obs_shape)``.
+            actions: ``(B, *act_shape)``, or ``(B,)`` ints for Discrete.
+
+        Returns:
+            ``(B,)`` float32.
+        """
+        obs = np.asarray(obs)
+        actions = np.asarray(actions)
+        if obs.shape[:1] != actions.shape[:1]:
+            raise ValueError(f"obs has shape {obs.shape} but actions has shape {actions.shape}: row counts differ")
+        self.obs_encoder.check(obs)
+        self.action_encoder.check(actions)
+        weights, biases, scale = self._numpy_snapshot()
+        out = np.empty(len(obs), dtype=np.float32)
+        for start in range(0, len(obs), _CHUNK_ROWS):
+            sl = slice(start, start + _CHUNK_ROWS)
+            h = np.concatenate(
+                (self.obs_encoder.encode_numpy(obs[sl]), self.action_encoder.encode_numpy(actions[sl])), axis=1
+            )[None]
+            for i, (w, b) in enumerate(zip(weights, biases)):
+                h = h @ w + b
+                if i < len(weights) - 1:
+                    h = np.maximum(h, _LEAKY_SLOPE * h)  # leaky ReLU (slope < 1)
+            out[sl] = h[..., 0].mean(axis=0) / scale
+        return out
+
+    def _numpy_snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+        """Numpy copies of the weights, remade when any parameter or the scale changed in place."""
+        params = self.__dict__.get("_snapshot_params")
+        if params is None:
+            # A plain list, not registered with nn.Module: attribute access on modules is slow.
+            params = self.__dict__["_snapshot_params"] = [*self.weights, *self.biases, self.reward_scale]
+        version = [p._version for p in params]
+        if self.__dict__.get("_snapshot_version") != version:
+            with torch.no_grad():
+                self._snapshot = (
+                    [w.detach().cpu().numpy().copy() for w in self.weights],
+                    [b.detach().cpu().numpy().copy() for b in self.biases],
+                    float(self.reward_scale),
+                )
+            self.__dict__["_snapshot_version"] = version
+        return self._snapshot
+
+    @torch.inference_mode()
+    def _raw_returns(self, segments: Sequence[Segment]) -> torch.Tensor:
+        """Raw masked returns ``(M, N)`` float32, scored in chunks to bound memory."""
+        obs, actions, mask = stack_segments(segments)
+        self._tensors(obs[mask > 0], actions[mask > 0])  # range / shape check on real steps only
+        length = mask.shape[1]
+        per_chunk = max(1, _CHUNK_ROWS // length)
+        out = []
+        for start in range(0, len(segments), per_chunk):
+            sl = slice(start, start + per_chunk)
+            out.append(
+                self.segment_returns(
+                    torch.as_tensor(obs[sl], device=self.device),
+                    torch.as_tensor(actions[sl], device=self.device),
+                    torch.as_tensor(mask[sl], device=self.device),
+                )
+            )
+        return torch.cat(out, dim=1)
+
+    @torch.inference_mode()
+    def preference_probs(self, left: Sequence[Segment], right: Sequence[Segment]) -> np.ndarray:
+        """``(M, N)`` float64: each member's P(right[i] is better than left[i]).
+
+        A plain sigmoid of the raw return difference, without the random-response term of the loss
+        (query selection wants the members' disagreement, not the teacher's noise).
+        """
+        if len(left) != len(right):
+            raise ValueError(f"left has {len(left)} segments but right has {len(right)}")
+        if len(left) == 0:
+            return np.zeros((self.n_members, 0), dtype=np.float64)
+        diff = self._raw_returns(right).double() - self._raw_returns(left).double()
+        return torch.sigmoid(diff).cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_segment_returns(self, segments: Sequence[Segment]) -> np.ndarray:
+        """``(N,)`` float64: normalised ensemble-mean masked return of each segment."""
+        if len(segments) == 0:
+            return np.zeros(0, dtype=np.float64)
+        returns = self._raw_returns(segments).double().mean(0) / float(self.reward_scale)
+        return returns.cpu().numpy()
+
+    @torch.inference_mode()
+    def update_normalization(self, obs: np.ndarray, actions: np.ndarray) -> None:
+        """Set ``reward_scale`` to the root mean square of the ensemble-mean raw reward over these steps.
+
+        Afterwards the policy's rewards have a mean square of 1 on such steps. Pass real steps only
+        (no absorbing padding). Only a scale, never a shift: see the module docstring. The root
+        mean square rather than the std, because when nearly every step earns the same reward
+        (every CartPole state the policy visits is "alive") the std is tiny and dividing by it
+        would blow rewards up a hundredfold and destabilise the value function. Floored at 1e-6.
+
+        Args:
+            obs: ``(B, *obs_shape)`` with ``B >= 2``.
+            actions: ``(B, *act_shape)`` or ``(B,)``.
+        """
+        o, a = self._tensors(obs, actions)
+        if o.shape[0] < 2:
+            raise ValueError(f"update_normalization needs at least 2 steps, got {o.shape[0]}")
+        means = torch.cat(
+            [
+                self.forward(o[s : s + _CHUNK_ROWS], a[s : s + _CHUNK_ROWS]).mean(0)
+                for s in range(0, o.shape[0], _CHUNK_ROWS)
+            ]
+        )
+        rms = float(means.double().square().mean().sqrt())
+        if not math.isfinite(rms):
+            raise ValueError("reward model outputs are not finite; cannot normalise (was training diverging?)")
+        self.reward_scale.fill_(max(rms, MIN_REWARD_SCALE))
+
+    def update_normalization_from_segments(self, segments: Sequence[Segment]) -> None:
+        """:meth:`update_normalization` over the real (non-absorbing) steps of ``segments``."""
+        if len(segments) == 0:
+            raise ValueError("update_normalization_from_segments needs at least one segment")
+        obs, actions, mask = stack_segments(segments)
+        real = mask > 0
+        self.update_normalization(obs[real], actions[real])
+
+    def extra_repr(self) -> str:
+        return (
+            f"observation_space={self.observation_space}, action_space={self.action_space}, "
+            f"n_members={self.n_members}, hidden_sizes={self.hidden_sizes}"
+        )
+
+
+def stack_segments(segments: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stack segments into ``obs (N, L, *obs_shape)``, ``actions (N, L, *act_shape)`` and
+    ``mask (N, L)`` float32 (1 on real steps, 0 on absorbing steps).
+
+    Raises:
+        ValueError: when segments differ in length or shapes, or ``n_valid`` is out of range.
+    """
+    if len(segments) == 0:
+        raise ValueError("no segments given")
+    first = segments[0]
+    length = first.length
+    for i, seg in enumerate(segments):
+        if seg.obs.shape[:1] != (length,) or seg.actions.shape[:1] != (length,) or seg.length != length:
+            raise ValueError(
+                f"segment {i} has obs {seg.obs.shape}, actions {seg.actions.shape}, "
+                f"true_rewards {seg.true_rewards.shape}; all segments must have length {length} "
+                "like segment 0"
+            )
+        if seg.obs.shape != first.obs.shape or seg.actions.shape != first.actions.shape:
+            raise ValueError(
+                f"segment {i} has obs {seg.obs.shape} / actions {seg.actions.shape}, "
+                f"segment 0 has {first.obs.shape} / {first.actions.shape}"
+            )
+        if not 1 <= seg.n_valid <= length:
+            raise ValueError(f"segment {i} has n_valid={seg.n_valid}, expected 1..{length}")
+    obs = np.stack([s.obs for s in segments])
+    actions = np.stack([s.actions for s in segments])
+    n_valid = np.array([s.n_valid for s in segments])
+    mask = (np.arange(length)[None, :] < n_valid[:, None]).astype(np.float32)
+    return obs, actions, mask

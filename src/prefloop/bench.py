@@ -1,0 +1,310 @@
+"""``prefloop bench``: preference runs against their baselines, over a grid, in parallel.
+
+For every env x algorithm x seed the grid also runs the same algorithm on the true reward (same
+hyper-parameters and steps) and measures a uniformly random policy. Each preference run's return is
+normalised as ``(R - R_random) / (R_true - R_random)`` with the baselines' means over seeds.
+
+Outputs in ``out_dir``: ``results.json`` (schema ``prefloop.bench/1``, documented in
+:func:`results_document`), ``results.md`` (a table: median and interquartile range over seeds),
+``learning_curves.png`` and ``return_vs_labels.png``; each run's folder is under ``runs/``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prefloop.config import TrainConfig
+from prefloop.envs.presets import default_preset
+from prefloop.metrics import median_iqr, normalized_return
+from prefloop.query import QueryConfig
+
+log = logging.getLogger("prefloop.bench")
+SCHEMA = "prefloop.bench/1"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """A grid of runs. ``algos=(None,)`` means each env preset's default algorithm."""
+
+    envs: tuple[str, ...] = ("CartPole-v1",)
+    label_budgets: tuple[int, ...] = (200,)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    teachers: tuple[str, ...] = ("oracle",)
+    queries: tuple[str, ...] = ("disagreement",)
+    algos: tuple[str | None, ...] = (None,)
+    steps: int | None = None
+    out_dir: Path = Path("bench-out/latest")
+    workers: int | None = None
+    eval_episodes: int = 10
+    random_episodes: int = 20
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # "preferences" or "true_reward"
+    config: TrainConfig
+
+
+def plan_jobs(config: BenchConfig) -> list[Job]:
+    """Every run of the grid, baselines first (they are shared by many preference runs)."""
+    runs_dir = Path(config.out_dir) / "runs"
+    jobs: list[Job] = []
+    for env_id, algo, seed in itertools.product(config.envs, config.algos, config.seeds):
+        algo_name = algo or default_preset(env_id).algo
+        jobs.append(Job("true_reward", TrainConfig(
+            env_id=env_id, run_dir=runs_dir / f"{env_id}-{algo_name}-true-s{seed}", algo=algo_name,
+            steps=config.steps, seed=seed, reward_source="true", progress_bar=False,
+            eval_episodes=config.eval_episodes,
+        )))
+    for env_id, algo, labels, teacher, query, seed in itertools.product(
+        config.envs, config.algos, config.label_budgets, config.teachers, config.queries, config.seeds
+    ):
+        algo_name = algo or default_preset(env_id).algo
+        jobs.append(Job("preferences", TrainConfig(
+            env_id=env_id, run_dir=runs_dir / f"{env_id}-{algo_name}-{teacher}-{query}-{labels}-s{seed}",
+            algo=algo_name, steps=config.steps, seed=seed, labels=labels, teacher=teacher,
+            query=QueryConfig(method=query), progress_bar=False, eval_episodes=config.eval_episodes,
+        )))
+    return jobs
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Run one job (in a worker process) and return its row of ``results.json``."""
+    from prefloop.loop import train
+
+    logging.basicConfig(level=logging.WARNING)
+    result = train(job.config)
+    config = result.config
+    return {
+        "kind": job.kind,
+        "env_id": config.env_id,
+        "algo": config.algo,
+        "seed": config.seed,
+        "steps": config.steps,
+        "labels": config.labels if job.kind == "preferences" else 0,
+        "teacher": config.teacher if job.kind == "preferences" else None,
+        "query": config.query.method if job.kind == "preferences" else None,
+        "eval_return_mean": result.eval_return_mean,
+        "eval_returns": result.eval_returns,
+        "labels_used": result.labels_used,
+        "wall_time_s": result.wall_time_s,
+        "reward_learning_time_s": result.reward_learning_time_s,
+        "reward_model": result.reward_model,
+        "curve": result.curve,
+        "run_dir": str(config.run_dir),
+    }
+
+
+def random_baselines(config: BenchConfig) -> list[dict[str, Any]]:
+    from prefloop.envs import EnvSpec
+    from prefloop.loop import random_policy_returns
+
+    rows = []
+    for env_id, seed in itertools.product(config.envs, config.seeds):
+        preset = default_preset(env_id)
+        returns = random_policy_returns(EnvSpec(env_id, preset.env_kwargs), config.random_episodes, seed=seed + 20_000)
+        rows.append({"env_id": env_id, "seed": seed, "return_mean": float(np.mean(returns)), "returns": returns})
+    return rows
+
+
+def execute(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
+    """Run jobs on a process pool (each worker uses one torch thread), logging progress."""
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(run_job, job): job for job in jobs}
+        for done, future in enumerate(cf.as_completed(futures), start=1):
+            job = futures[future]
+            row = future.result()
+            rows.append(row)
+            log.info(
+                "[%d/%d] %s %s return %.1f (%.0f s, %.0f s elapsed)",
+                done, len(jobs), job.kind, job.config.run_dir.name, row["eval_return_mean"], row["wall_time_s"],
+                time.perf_counter() - started,
+            )
+    return rows
+
+
+def aggregate(runs: list[dict[str, Any]], random_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One group per env x algo x teacher x query x labels: normalised return, return and wall-time ratio over seeds."""
+    random_mean = _mean_by(random_rows, ("env_id",), "return_mean")
+    true_runs = [r for r in runs if r["kind"] == "true_reward"]
+    true_mean = _mean_by(true_runs, ("env_id", "algo"), "eval_return_mean")
+    true_wall = {(r["env_id"], r["algo"], r["seed"]): r["wall_time_s"] for r in true_runs}
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        if run["kind"] == "preferences":
+            groups[(run["env_id"], run["algo"], run["teacher"], run["query"], run["labels"])].append(run)
+    out = []
+    for (env_id, algo, teacher, query, labels), members in sorted(groups.items()):
+        r_random = random_mean.get((env_id,), float("nan"))
+        r_true = true_mean.get((env_id, algo), float("nan"))
+        normalized = [normalized_return(m["eval_return_mean"], r_random, r_true) for m in members]
+        ratios = [
+            m["wall_time_s"] / true_wall[(env_id, algo, m["seed"])]
+            for m in members if (env_id, algo, m["seed"]) in true_wall
+        ]
+        out.append({
+            "env_id": env_id, "algo": algo, "teacher": teacher, "query": query, "labels": labels,
+            "seeds": [m["seed"] for m in members],
+            "normalized_return": _stats(normalized),
+            "return": _stats([m["eval_return_mean"] for m in members]),
+            "true_reward_return": r_true,
+            "random_return": r_random,
+            "wall_time_ratio": _stats(ratios),
+            "reward_learning_share": _stats([m["reward_learning_time_s"] / m["wall_time_s"] for m in members]),
+        })
+    return out
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    median, q25, q75 = median_iqr(values)
+    return {"median": median, "q25": q25, "q75": q75, "per_seed": values}
+
+
+def _mean_by(rows: list[dict[str, Any]], keys: tuple[str, ...], value: str) -> dict[tuple, float]:
+    grouped: dict[tuple, list[float]] = defaultdict(list)
+    for row in rows:
+        grouped[tuple(row[k] for k in keys)].append(row[value])
+    return {k: float(np.mean(v)) for k, v in grouped.items()}
+
+
+def results_document(config: BenchConfig, runs: list[dict[str, Any]], random_rows: list[dict[str, Any]], wall_time_s: float) -> dict[str, Any]:
+    """The ``results.json`` document.
+
+    Keys: ``schema`` ("prefloop.bench/1"); ``created_at`` (ISO time); ``config`` (the grid);
+    ``wall_time_s`` (the whole sweep); ``runs`` (one row per run: kind "preferences" or
+    "true_reward", env_id, algo, seed, steps, labels, teacher, query, eval_return_mean,
+    eval_returns, labels_used, wall_time_s, reward_learning_time_s, reward_model stats, curve
+    [{env_step, true_return, learned_return?}], run_dir); ``random`` (env_id, seed, return_mean,
+    returns); ``groups`` (see :func:`aggregate`: statistics are {median, q25, q75, per_seed}).
+    """
+    grid = dataclasses.asdict(config)
+    grid["out_dir"] = str(config.out_dir)
+    return {
+        "schema": SCHEMA,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": grid,
+        "wall_time_s": wall_time_s,
+        "runs": sorted(runs, key=lambda r: (r["env_id"], r["kind"], r["labels"], r["seed"])),
+        "random": random_rows,
+        "groups": aggregate(runs, random_rows),
+    }
+
+
+def markdown_table(groups: list[dict[str, Any]]) -> str:
+    header = (
+        "| env | algo | teacher | query | labels | normalized return, median [IQR] | return (median) "
+        "| true-reward return | random return | wall-time ratio | reward-learning share |\n"
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    for g in groups:
+        n = g["normalized_return"]
+        lines.append(
+            f"| {g['env_id']} | {g['algo']} | {g['teacher']} | {g['query']} | {g['labels']} "
+            f"| {n['median']:.2f} [{n['q25']:.2f}, {n['q75']:.2f}] | {g['return']['median']:.1f} "
+            f"| {g['true_reward_return']:.1f} | {g['random_return']:.1f} "
+            f"| {g['wall_time_ratio']['median']:.2f} | {g['reward_learning_share']['median']:.0%} |"
+        )
+    return header + "\n".join(lines) + "\n"
+
+
+def write_plots(document: dict[str, Any], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = document["runs"]
+    envs = sorted({r["env_id"] for r in runs})
+    fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4), dpi=110, squeeze=False)
+    for ax, env_id in zip(axes[0], envs):
+        series: dict[str, list[dict]] = defaultdict(list)
+        for r in runs:
+            if r["env_id"] == env_id and r["curve"]:
+                name = "true reward" if r["kind"] == "true_reward" else f"{r['labels']} {r['teacher']} labels ({r['query']})"
+                series[name].append(r)
+        for name, members in sorted(series.items()):
+            grid, mean, low, high = _mean_curve([m["curve"] for m in members])
+            ax.plot(grid, mean, label=name, linestyle="--" if name == "true reward" else "-")
+            ax.fill_between(grid, low, high, alpha=0.15)
+        random_values = [r["return_mean"] for r in document["random"] if r["env_id"] == env_id]
+        if random_values:
+            ax.axhline(float(np.mean(random_values)), color="grey", linewidth=1, linestyle=":", label="random policy")
+        ax.set_title(env_id)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("true episode return (training episodes)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "learning_curves.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    keyed: dict[tuple, list[tuple[int, dict]]] = defaultdict(list)
+    for g in document["groups"]:
+        keyed[(g["env_id"], g["algo"], g["teacher"], g["query"])].append((g["labels"], g["normalized_return"]))
+    for (env_id, algo, teacher, query), points in sorted(keyed.items()):
+        points.sort(key=lambda p: p[0])
+        labels = [p[0] for p in points]
+        med = [p[1]["median"] for p in points]
+        err = [[p[1]["median"] - p[1]["q25"] for p in points], [p[1]["q75"] - p[1]["median"] for p in points]]
+        ax.errorbar(labels, med, yerr=err, marker="o", capsize=3, label=f"{env_id} {algo} {teacher} {query}")
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("labels")
+    ax.set_ylabel("normalized return (median, IQR)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "return_vs_labels.png")
+    plt.close(fig)
+
+
+def _mean_curve(curves: list[list[dict]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    end = min(c[-1]["env_step"] for c in curves)
+    grid = np.linspace(0, end, 100)
+    values = np.stack([
+        np.interp(grid, [p["env_step"] for p in c], [p["true_return"] for p in c]) for c in curves
+    ])
+    return grid, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    """Run the grid and write results.json, results.md and the plots into ``config.out_dir``."""
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = plan_jobs(config)
+    for job in jobs:
+        if job.config.run_dir.exists():
+            from prefloop.rundir import RunDirError
+
+            raise RunDirError(f"{job.config.run_dir} already exists: choose a new --out folder (nothing was changed)")
+    workers = config.workers or os.cpu_count() or 1
+    log.info("bench: %d runs on %d workers -> %s", len(jobs), workers, out_dir)
+    started = time.perf_counter()
+    random_rows = random_baselines(config)
+    runs = execute(jobs, workers)
+    document = results_document(config, runs, random_rows, time.perf_counter() - started)
+    (out_dir / "results.json").write_text(json.dumps(document, indent=1))
+    table = markdown_table(document["groups"])
+    (out_dir / "results.md").write_text(f"# prefloop bench\n\n{table}\nSweep wall time: {document['wall_time_s']:.0f} s\n")
+    write_plots(document, out_dir)
+    print(table)
+    print(f"results: {out_dir / 'results.json'}, {out_dir / 'results.md'}, plots: {out_dir}/*.png")
+    return document

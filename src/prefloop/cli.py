@@ -1,0 +1,173 @@
+"""``prefloop`` command line: builds configs from arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from prefloop.algos import ALGORITHMS, AlgorithmError
+from prefloop.config import ConfigError, TrainConfig
+from prefloop.envs import EnvSetupError
+from prefloop.query import QUERY_METHODS, NotEnoughSegmentsError, QueryConfig, QueryConfigError
+from prefloop.reward_models import RewardModelConfig, UnsupportedSpaceError
+from prefloop.rundir import RunDirError
+from prefloop.store import StoreError
+from prefloop.teachers import TEACHER_PRESETS, TeacherConfigError
+
+# Errors that are the user's input, not a bug: shown as one clear line, exit code 2.
+USER_ERRORS = (
+    AlgorithmError,
+    ConfigError,
+    EnvSetupError,
+    NotEnoughSegmentsError,
+    QueryConfigError,
+    RunDirError,
+    StoreError,
+    TeacherConfigError,
+    UnsupportedSpaceError,
+)
+
+
+def _teacher_param(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. beta=1.0), got {text!r}")
+    try:
+        return key.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a number") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
+    parser.add_argument("--teacher", default="oracle", choices=sorted(TEACHER_PRESETS), help="simulated teacher (B-Pref presets)")
+    parser.add_argument(
+        "--teacher-param", action="append", default=[], type=_teacher_param, metavar="KEY=VALUE",
+        help="override a teacher parameter: beta, gamma, epsilon, skip_threshold, equal_threshold (repeatable)",
+    )
+    parser.add_argument("--labels", type=_positive_int, default=200, help="label budget of the run (default 200)")
+    parser.add_argument("--steps", type=_positive_int, default=None, help="env steps (default: the env preset's)")
+    parser.add_argument("--algo", default=None, choices=sorted(ALGORITHMS), help="SB3 algorithm (default: the env preset's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--query", default="disagreement", choices=QUERY_METHODS, help="query selection")
+    parser.add_argument("--oversampling", type=_positive_int, default=10, help="candidate pairs scored per pair asked")
+    parser.add_argument("--segment-length", type=_positive_int, default=None, help="steps per segment (default: the preset's)")
+    parser.add_argument("--n-envs", type=_positive_int, default=None, help="parallel envs (default: the preset's)")
+    parser.add_argument("--ensemble", type=_positive_int, default=3, help="reward-model ensemble members")
+    parser.add_argument("--reward-source", default="preferences", choices=("preferences", "true"),
+                        help="'true' trains on the env reward instead (the baseline)")
+    parser.add_argument("--eval-episodes", type=_positive_int, default=10)
+    parser.add_argument("--db-url", default=None, help="SQLAlchemy URL of the store (default: SQLite in the run folder)")
+
+
+def build_train_config(args: argparse.Namespace) -> TrainConfig:
+    run_dir = args.run_dir or Path("runs") / f"{args.env}-{args.teacher}-s{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return TrainConfig(
+        env_id=args.env,
+        run_dir=Path(run_dir),
+        teacher=args.teacher,
+        teacher_params=dict(args.teacher_param),
+        labels=args.labels,
+        steps=args.steps,
+        algo=args.algo,
+        seed=args.seed,
+        n_envs=args.n_envs,
+        segment_length=args.segment_length,
+        reward_source=args.reward_source,
+        query=QueryConfig(method=args.query, oversampling=args.oversampling),
+        reward_model=RewardModelConfig(n_members=args.ensemble, seed=args.seed),
+        eval_episodes=args.eval_episodes,
+        progress_bar=not args.no_progress,
+        db_url=args.db_url,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from prefloop.loop import train
+    from prefloop.report import print_run_summary
+
+    if args.resume and args.run_dir is None:
+        raise RunDirError("--resume needs --run-dir: the folder of the run to continue")
+    config = build_train_config(args)
+    print(f"run folder: {config.run_dir}", flush=True)
+    result = train(config, resume=args.resume)
+    print_run_summary(result)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from prefloop.bench import BenchConfig, run_bench
+
+    config = BenchConfig(
+        envs=tuple(args.envs),
+        label_budgets=tuple(args.labels),
+        seeds=tuple(args.seeds),
+        teachers=tuple(args.teachers),
+        queries=tuple(args.queries),
+        algos=tuple(args.algos) if args.algos else (None,),
+        steps=args.steps,
+        out_dir=Path(args.out),
+        workers=args.workers,
+        eval_episodes=args.eval_episodes,
+    )
+    run_bench(config)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prefloop", description="Reinforcement learning from human preferences.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train_p = sub.add_parser("train", help="train a policy from simulated-teacher preferences")
+    add_run_arguments(train_p)
+    train_p.add_argument("--run-dir", type=Path, default=None, help="run folder (default: runs/<env>-<teacher>-s<seed>-<time>)")
+    train_p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    train_p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train_p.set_defaults(func=cmd_train)
+
+    bench_p = sub.add_parser("bench", help="preference runs vs. true-reward and random baselines, over a grid")
+    bench_p.add_argument("--envs", nargs="+", default=["CartPole-v1"])
+    bench_p.add_argument("--labels", nargs="+", type=_positive_int, default=[200])
+    bench_p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    bench_p.add_argument("--teachers", nargs="+", default=["oracle"], choices=sorted(TEACHER_PRESETS))
+    bench_p.add_argument("--queries", nargs="+", default=["disagreement"], choices=QUERY_METHODS)
+    bench_p.add_argument("--algos", nargs="+", default=None, choices=sorted(ALGORITHMS))
+    bench_p.add_argument("--steps", type=_positive_int, default=None, help="env steps per run (default: each preset's)")
+    bench_p.add_argument("--workers", type=_positive_int, default=None, help="parallel runs (default: CPU cores)")
+    bench_p.add_argument("--eval-episodes", type=_positive_int, default=10)
+    bench_p.add_argument("--out", default="bench-out/latest", help="output folder")
+    bench_p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"prefloop: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prefloop: interrupted; every label so far is stored, continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""The preference loop: env -> segments -> pairs -> labels -> reward model -> policy, on SB3.
+
+:func:`train` runs one whole run from a :class:`~prefloop.config.TrainConfig`:
+
+1. a random policy plays for a few episodes; their segments give the first pairs, which the teacher
+   labels, and the reward model is trained on them;
+2. the SB3 algorithm learns on the learned reward (``VecLearnedReward``), while
+   ``VecSegmentRecorder`` keeps cutting what the agent does into segments;
+3. at each round of the label schedule the :class:`PreferenceCallback` selects new pairs, the
+   teacher answers them through the store, the reward model trains again, and for off-policy
+   algorithms the replay buffer is relabelled;
+4. the final policy is evaluated on the true reward, and the run folder gets a summary and plots.
+
+With ``reward_source="true"`` the same function trains the baseline on the env's own reward, with
+the same algorithm, hyper-parameters, steps and evaluation, so the two are directly comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+
+from prefloop.algos import algorithm_class, check_algorithm_fits, is_off_policy, make_algorithm, relabel_replay_buffer
+from prefloop.config import TrainConfig
+from prefloop.envs import EnvSpec, SegmentBuffer, VecLearnedReward, VecSegmentRecorder, make_env
+from prefloop.labeling import answer_pending
+from prefloop.metrics import correlations
+from prefloop.plots import plot_learning_curve
+from prefloop.query import NotEnoughSegmentsError, select_pairs
+from prefloop.reward_models import RewardEnsemble, RewardTrainer, load_reward_model, save_reward_model
+from prefloop.rundir import RunDir
+from prefloop.schedule import LabelRound, label_rounds
+from prefloop.store import PreferenceStore, sqlite_url
+from prefloop.teachers import make_teacher
+
+log = logging.getLogger("prefloop")
+
+
+@dataclass
+class RunResult:
+    """What a run measured. Returns are on the env's true reward."""
+
+    config: TrainConfig
+    eval_return_mean: float
+    eval_return_std: float
+    eval_returns: list[float]
+    labels_used: int
+    wall_time_s: float
+    reward_learning_time_s: float
+    curve: list[dict[str, float]]
+    reward_model: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_json(),
+            "eval_return_mean": self.eval_return_mean,
+            "eval_return_std": self.eval_return_std,
+            "eval_returns": self.eval_returns,
+            "labels_used": self.labels_used,
+            "wall_time_s": self.wall_time_s,
+            "reward_learning_time_s": self.reward_learning_time_s,
+            "curve": self.curve,
+            "reward_model": self.reward_model,
+        }
+
+
+def build_vec_env(spec: EnvSpec, n_envs: int, seed: int) -> VecEnv:
+    """``n_envs`` envs in one process, each ``EpisodeSeeder`` + ``Monitor`` (true episode returns)."""
+    return DummyVecEnv([lambda i=i: Monitor(make_env(spec, seed=seed + 1000 * i)) for i in range(n_envs)])
+
+
+class PreferenceLearner:
+    """Owns the preference side of a run: segments, store, teacher, reward model and its trainer."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        store: PreferenceStore,
+        reward_model: RewardEnsemble,
+        buffer: SegmentBuffer,
+    ):
+        self.config = config
+        self.store = store
+        self.reward_model = reward_model
+        self.trainer = RewardTrainer(reward_model, config.reward_model)
+        self.buffer = buffer
+        self.teacher = make_teacher(config.teacher, seed=config.seed, **config.teacher_params)
+        self._rng = np.random.default_rng([config.seed, 7])
+        self.fit_history: list[dict[str, float]] = []
+        self.time_s = 0.0
+        self._pairs_asked = store.counts()["pairs"]  # kept here: the schedule checks it every rollout
+
+    def pairs_asked(self) -> int:
+        return self._pairs_asked
+
+    def run_round(self, target_pairs: int, env_step: int, recent_returns: tuple[float, float] | None) -> dict[str, float]:
+        """Ask for pairs up to ``target_pairs``, have them answered, retrain the reward model.
+
+        ``recent_returns`` is (mean episode return, mean episode length) of the current policy,
+        which scales the skip/equal thresholds of B-Pref teachers.
+        """
+        started = time.perf_counter()
+        new_pairs = max(0, target_pairs - self.pairs_asked())
+        if new_pairs:
+            candidates = self.buffer.recent()
+            try:
+                pairs = select_pairs(
+                    candidates, new_pairs, self.config.query, self._rng, preference_probs=self.reward_model.preference_probs
+                )
+            except NotEnoughSegmentsError as exc:
+                raise NotEnoughSegmentsError(
+                    f"label round at env step {env_step} asks for {new_pairs} new pairs but only "
+                    f"{len(candidates)} segments have been recorded: {exc} With --labels "
+                    f"{self.config.labels} over {self.config.steps} steps, use fewer --labels or more --steps."
+                ) from exc
+            self.store.add_pairs(pairs)
+            self._pairs_asked += len(pairs)
+        if recent_returns is not None and recent_returns[1] > 0:
+            mean_return, mean_length = recent_returns
+            self.teacher.set_return_scale(mean_return * self.config.segment_length / mean_length)
+        answer_pending(self.store, self.teacher)
+        stats = self.fit(env_step)
+        self.time_s += time.perf_counter() - started
+        return stats
+
+    def fit(self, env_step: int) -> dict[str, float]:
+        """Train the reward model on every label so far and rescale its output."""
+        labeled = self.store.labeled_pairs()
+        fit = self.trainer.fit(labeled)
+        recent = self.buffer.recent(500)
+        obs = np.concatenate([s.obs[: s.n_valid] for s in recent])
+        actions = np.concatenate([s.actions[: s.n_valid] for s in recent])
+        self.reward_model.update_normalization(obs, actions)
+        corr = correlations(self.reward_model.predict_segment_returns(recent), [s.true_return for s in recent])
+        stats = {
+            "env_step": float(env_step),
+            "labels": float(len(labeled)),
+            "train_loss": fit.train_loss,
+            "val_accuracy": fit.val_accuracy if fit.val_accuracy is not None else math.nan,
+            "segment_return_pearson": corr["pearson"],
+            "segment_return_spearman": corr["spearman"],
+        }
+        self.fit_history.append(stats)
+        return stats
+
+
+class CurveCallback(BaseCallback):
+    """Records the learning curve (true and learned episode return vs. env steps) and logs it."""
+
+    def __init__(self, step_offset: int, every: int, curve: list[dict[str, float]]):
+        super().__init__()
+        self.step_offset = step_offset
+        self.every = max(1, every)
+        self.curve = curve
+        self._next = (curve[-1]["env_step"] + self.every) if curve else 0
+        self._learned_returns: list[float] = []
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            learned = info.get("learned_episode_return")
+            if learned is not None:
+                self._learned_returns.append(learned)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        env_step = self.step_offset + self.num_timesteps
+        if env_step < self._next or not self.model.ep_info_buffer:
+            return
+        self._next = env_step + self.every
+        true_returns = [ep["r"] for ep in self.model.ep_info_buffer]
+        point = {"env_step": float(env_step), "true_return": float(np.mean(true_returns))}
+        if self._learned_returns:
+            point["learned_return"] = float(np.mean(self._learned_returns[-len(true_returns):]))
+            self.logger.record("pref/learned_ep_return", point["learned_return"])
+        self.curve.append(point)
+
+
+class PreferenceCallback(BaseCallback):
+    """Runs the label schedule during ``model.learn`` and checkpoints after each round."""
+
+    def __init__(self, learner: PreferenceLearner, rounds: list[LabelRound], step_offset: int, run: "RunState"):
+        super().__init__()
+        self.learner = learner
+        self.rounds = rounds
+        self.step_offset = step_offset
+        self.run = run
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        env_step = self.step_offset + self.num_timesteps
+        due = [r for r in self.rounds if r.at_step <= env_step and r.cumulative_labels > self.learner.pairs_asked()]
+        if not due:
+            return
+        stats = self.learner.run_round(due[-1].cumulative_labels, env_step, self._recent_returns())
+        if is_off_policy(self.model):
+            started = time.perf_counter()
+            relabel_replay_buffer(self.model, self.learner.reward_model)
+            self.learner.time_s += time.perf_counter() - started
+        for key, value in stats.items():
+            if key != "env_step" and math.isfinite(value):
+                self.logger.record(f"pref/{key}", value)
+        log.info(
+            "step %d: %d labels, reward-model val acc %.2f, segment-return corr %.2f",
+            env_step, stats["labels"], stats["val_accuracy"], stats["segment_return_pearson"],
+        )
+        self.run.checkpoint(self.model, self.learner, env_step)
+
+    def _recent_returns(self) -> tuple[float, float] | None:
+        episodes = list(self.model.ep_info_buffer)
+        if not episodes:
+            return None
+        return float(np.mean([e["r"] for e in episodes])), float(np.mean([e["l"] for e in episodes]))
+
+
+class RunState:
+    """The run folder's checkpoint: policy, reward model and loop progress, written atomically."""
+
+    def __init__(self, run_dir: RunDir, curve: list[dict[str, float]], initial_steps: int):
+        self.run_dir = run_dir
+        self.curve = curve
+        self.initial_steps = initial_steps
+
+    def checkpoint(self, model: BaseAlgorithm, learner: PreferenceLearner | None, env_step: int) -> None:
+        target = self.run_dir.new_checkpoint_dir(env_step)
+        model.save(target / "policy.zip")
+        state: dict[str, Any] = {
+            "env_step": env_step,
+            "policy_timesteps": int(model.num_timesteps),
+            "initial_steps": self.initial_steps,
+            "curve": self.curve,
+        }
+        if learner is not None:
+            save_reward_model(learner.reward_model, target / "reward_model")
+            state["fit_history"] = learner.fit_history
+            state["reward_learning_time_s"] = learner.time_s
+        (target / "state.json").write_text(json.dumps(state))
+        self.run_dir.publish_checkpoint(target)
+
+
+def initial_random_steps(config: TrainConfig) -> int:
+    """Env steps of the random policy whose segments give the first pairs (counted in ``steps``)."""
+    assert config.steps is not None and config.segment_length is not None
+    wanted = max(int(0.02 * config.steps), 40 * config.segment_length)
+    return min(wanted, int(0.1 * config.steps))
+
+
+def collect_random(venv: VecEnv, steps: int, seed: int) -> None:
+    """Play uniformly random actions for ``steps`` env steps (the wrappers record segments)."""
+    venv.action_space.seed(seed)
+    venv.reset()
+    for _ in range(max(1, steps // venv.num_envs)):
+        venv.step(np.stack([venv.action_space.sample() for _ in range(venv.num_envs)]))
+
+
+def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
+    """Run one whole preference-learning run (or true-reward baseline) and write its run folder.
+
+    Raises:
+        prefloop.rundir.RunDirError: the folder exists without ``resume`` (or is missing with it).
+        prefloop.envs.EnvSetupError, prefloop.algos.AlgorithmError, ConfigError, ...: bad input,
+            raised before anything is written.
+    """
+    started = time.perf_counter()
+    run_dir = RunDir(Path(config.run_dir))
+    if resume:
+        config = run_dir.load_config()
+    config = config.resolve()
+    assert config.steps is not None and config.n_envs is not None and config.algo is not None
+    torch.set_num_threads(config.torch_threads)
+    spec = EnvSpec(config.env_id, config.env_kwargs)
+    venv = build_vec_env(spec, config.n_envs, config.seed)
+    check_algorithm_fits(config.algo, venv.action_space, config.env_id)
+    if config.reward_source == "preferences":
+        make_teacher(config.teacher, seed=config.seed, **config.teacher_params)  # validate before writing
+    checkpoint = run_dir.latest_checkpoint() if resume else None
+    if not resume:
+        run_dir.create(config)
+
+    learner: PreferenceLearner | None = None
+    env: VecEnv = venv
+    curve: list[dict[str, float]] = []
+    initial_steps = 0
+    if config.reward_source == "preferences":
+        buffer = SegmentBuffer(config.segment_buffer)
+        recorder = VecSegmentRecorder(venv, buffer, config.segment_length, seed=config.seed)
+        if checkpoint is not None:
+            reward_model = load_reward_model(checkpoint / "reward_model")
+        else:
+            reward_model = RewardEnsemble(
+                venv.observation_space, venv.action_space,
+                n_members=config.reward_model.n_members, hidden_sizes=config.reward_model.hidden_sizes,
+                seed=config.seed,
+            )
+        env = VecLearnedReward(recorder, reward_model)
+        store = PreferenceStore(config.db_url or sqlite_url(run_dir.store_path), run_name=config.run_name or "default")
+        learner = PreferenceLearner(config, store, reward_model, buffer)
+        initial_steps = initial_random_steps(config)
+    state = RunState(run_dir, curve, initial_steps)
+
+    cls = algorithm_class(config.algo)
+    if checkpoint is not None:
+        saved = json.loads((checkpoint / "state.json").read_text())
+        curve.extend(saved.get("curve", []))
+        state.initial_steps = initial_steps = int(saved.get("initial_steps", initial_steps))
+        model = cls.load(checkpoint / "policy.zip", env=env, tensorboard_log=str(run_dir.tensorboard_dir))
+        if learner is not None:
+            learner.fit_history = list(saved.get("fit_history", []))
+            learner.time_s = float(saved.get("reward_learning_time_s", 0.0))
+        log.info("resuming %s at env step %d", run_dir.path, saved["env_step"])
+    else:
+        model = make_algorithm(config.algo, env, config.algo_kwargs, seed=config.seed, tensorboard_dir=run_dir.tensorboard_dir)
+
+    rounds: list[LabelRound] = []
+    if learner is not None:
+        rounds = label_rounds(config.labels, config.steps, config.schedule)
+        if checkpoint is None:
+            round_started = time.perf_counter()
+            collect_random(env, initial_steps, config.seed)
+            learner.time_s += time.perf_counter() - round_started
+            stats = learner.run_round(rounds[0].cumulative_labels, initial_steps, None)
+            log.info("initial round: %d labels, segment-return corr %.2f", stats["labels"], stats["segment_return_pearson"])
+        elif learner.store.counts()["pending"]:
+            learner.run_round(learner.pairs_asked(), initial_steps + model.num_timesteps, None)
+
+    policy_steps = config.steps - initial_steps
+    remaining = policy_steps - model.num_timesteps
+    callbacks: list[BaseCallback] = [CurveCallback(initial_steps, max(1, config.steps // 200), curve)]
+    if learner is not None:
+        callbacks.append(PreferenceCallback(learner, rounds, initial_steps, state))
+    if remaining > 0:
+        model.learn(
+            total_timesteps=remaining,
+            callback=CallbackList(callbacks),
+            progress_bar=config.progress_bar,
+            reset_num_timesteps=checkpoint is None,
+            tb_log_name="policy",
+        )
+    state.checkpoint(model, learner, initial_steps + model.num_timesteps)
+
+    eval_returns = evaluate(model, spec, config.eval_episodes, seed=config.seed + 10_000)
+    result = RunResult(
+        config=config,
+        eval_return_mean=float(np.mean(eval_returns)),
+        eval_return_std=float(np.std(eval_returns)),
+        eval_returns=eval_returns,
+        labels_used=learner.store.counts()["labels"] if learner is not None else 0,
+        wall_time_s=time.perf_counter() - started,
+        reward_learning_time_s=learner.time_s if learner is not None else 0.0,
+        curve=curve,
+        reward_model=learner.fit_history[-1] if learner is not None and learner.fit_history else {},
+    )
+    run_dir.write_result(result.to_json())
+    if curve:
+        title = f"{config.env_id} {str(config.algo).upper()} - " + (
+            f"{result.labels_used} {config.teacher} labels" if learner is not None else "true reward"
+        )
+        plot_learning_curve(curve, run_dir.path / "learning_curve.png", title)
+    env.close()
+    if learner is not None:
+        learner.store.close()
+    return result
+
+
+def evaluate(model: BaseAlgorithm, spec: EnvSpec, episodes: int, seed: int) -> list[float]:
+    """Deterministic-policy returns on the true reward, one fresh env, ``episodes`` episodes."""
+    eval_env = DummyVecEnv([lambda: Monitor(make_env(spec, seed=seed))])
+    try:
+        returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
+    finally:
+        eval_env.close()
+    return [float(r) for r in returns]
+
+
+def random_policy_returns(spec: EnvSpec, episodes: int, seed: int) -> list[float]:
+    """Returns of uniformly random actions: the 0 of the normalised return."""
+    env = make_env(spec, seed=seed)
+    env.action_space.seed(seed)
+    returns = []
+    try:
+        for _ in range(episodes):
+            env.reset()
+            total, done = 0.0, False
+            while not done:
+                _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(total)
+    finally:
+        env.close()
+    return returns

@@ -1,0 +1,50 @@
+"""Human-readable end-of-run summaries."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prefloop.loop import RunResult
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
+    config = result.config
+    rows = [
+        ("env", config.env_id),
+        ("algorithm", str(config.algo).upper()),
+        ("reward", "learned from preferences" if config.reward_source == "preferences" else "true env reward"),
+        ("env steps", f"{config.steps:,}"),
+        ("eval return (true reward)", f"{_fmt(result.eval_return_mean, 1)} ± {_fmt(result.eval_return_std, 1)} over {len(result.eval_returns)} episodes"),
+        ("wall time", f"{result.wall_time_s:.1f} s"),
+    ]
+    if config.reward_source == "preferences":
+        rm = result.reward_model
+        rows += [
+            ("teacher", config.teacher),
+            ("labels used", str(result.labels_used)),
+            ("reward-model val accuracy", _fmt(rm.get("val_accuracy"))),
+            ("learned vs true segment return (Pearson)", _fmt(rm.get("segment_return_pearson"))),
+            ("time in reward learning", f"{result.reward_learning_time_s:.1f} s"),
+        ]
+    return rows
+
+
+def format_run_summary(result: "RunResult") -> str:
+    rows = run_summary_rows(result)
+    width = max(len(k) for k, _ in rows)
+    lines = ["", "Run summary", "-" * (width + 40)]
+    lines += [f"{key.ljust(width)}  {value}" for key, value in rows]
+    lines += [f"{'run folder'.ljust(width)}  {result.config.run_dir}", ""]
+    return "\n".join(lines)
+
+
+def print_run_summary(result: "RunResult") -> None:
+    print(format_run_summary(result), flush=True)

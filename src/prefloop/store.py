@@ -1,0 +1,1218 @@
+"""The preference store: segments, the pairs shown to raters, and their labels, on SQLAlchemy.
+
+One database URL, one code path: SQLite (a file in the run folder, see :func:`sqlite_url`) is the
+embedded default and PostgreSQL works by passing its URL instead. Several runs may share one
+database; every row belongs to the run named when the store is opened.
+
+Labels are the expensive data, so:
+
+- every method that writes commits before it returns (``answer`` returns only once the label is
+  durable: SQLite runs in WAL mode with ``synchronous=FULL``);
+- labels are never deleted or overwritten: ``undo_last`` only sets ``retracted_at``;
+- a pair is handed to one rater at a time through a lease (``claim_next``), taken with a
+  compare-and-set ``UPDATE ... WHERE <still claimable>`` so many processes can claim at once on
+  either backend; a unique index keeps one live label per (pair, rater) even under races.
+
+SQLite specifics (applied only when the URL is SQLite, through engine events): WAL journal,
+``synchronous=FULL``, ``busy_timeout``, ``foreign_keys=ON``, and SQLAlchemy emits ``BEGIN`` itself
+(``BEGIN IMMEDIATE`` for writing transactions) so a read-then-write transaction cannot fail halfway
+with "database is locked" but waits for the writer ahead of it instead.
+
+Not safe to share across ``fork``: open a new :class:`PreferenceStore` in each process.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    event,
+    exists,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+
+from prefloop.serialization import array_from_bytes, array_to_bytes
+from prefloop.types import Choice, Label, LabeledPair, Segment, SegmentPair
+
+SCHEMA_VERSION = 1
+APP_MARKER = "prefloop"
+META_TABLE = "prefloop_meta"
+
+PENDING = "pending"
+CLAIMED = "claimed"
+ANSWERED = "answered"
+
+MAX_RATER_ID_CHARS = 200
+MAX_META_KEY_CHARS = 200
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+_WRITE_OPTION = "prefloop_write"
+_IN_CHUNK = 500  # ids per IN (...) list; far below SQLite's bound-parameter limit
+_CLAIM_BATCH = 16
+_MAX_CLAIM_ROUNDS = 1000
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_LABEL_HAS_RETRACTED_AT = "retracted_at" in {f.name for f in fields(Label)}
+
+
+class StoreError(Exception):
+    """Something is wrong with the store or with what was asked of it; the message says the fix."""
+
+
+class NotAPreferenceStoreError(StoreError):
+    """The database is not a prefloop store (corrupt file, not SQLite, or another app's tables)."""
+
+
+class LeaseError(StoreError):
+    """The rater does not (or no longer) hold the lease on the pair they tried to answer."""
+
+
+# --------------------------------------------------------------------------------------------
+# Schema. Portable types only: BLOB/BYTEA for arrays, double precision for unix-second times,
+# plain strings with CHECK constraints for enums (no PostgreSQL ENUM types to migrate).
+
+metadata = MetaData()
+
+_STATUSES = (PENDING, CLAIMED, ANSWERED)
+_CHOICES = tuple(c.value for c in Choice)
+
+
+def _in_check(column: str, values: Sequence[str]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+meta_table = Table(
+    META_TABLE,
+    metadata,
+    Column("key", String(MAX_META_KEY_CHARS), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+runs_table = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", Double, nullable=False),
+)
+
+run_meta_table = Table(
+    "run_meta",
+    metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), primary_key=True),
+    Column("key", String(MAX_META_KEY_CHARS), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+segments_table = Table(
+    "segments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False, index=True),
+    Column("obs", LargeBinary, nullable=False),
+    Column("actions", LargeBinary, nullable=False),
+    Column("true_rewards", LargeBinary, nullable=False),
+    Column("episode_actions", LargeBinary, nullable=False),
+    Column("n_valid", Integer, nullable=False),
+    Column("terminated", Boolean, nullable=False),
+    Column("episode_seed", BigInteger, nullable=False),
+    Column("start_step", BigInteger, nullable=False),
+    Column("env_step", BigInteger, nullable=False),
+    Column("length", Integer, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+
+pairs_table = Table(
+    "pairs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("left_segment_id", Integer, ForeignKey("segments.id"), nullable=False),
+    Column("right_segment_id", Integer, ForeignKey("segments.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("claimed_by", String(MAX_RATER_ID_CHARS), nullable=True),
+    Column("lease_expires_at", Double, nullable=True),
+    Column("labels_per_pair", Integer, nullable=False),
+    Column("gold_choice", String(16), nullable=True),
+    Column("score", Double, nullable=False),
+    Column("created_at", Double, nullable=False),
+    CheckConstraint(_in_check("status", _STATUSES), name="ck_pairs_status"),
+    CheckConstraint(
+        "gold_choice IS NULL OR " + _in_check("gold_choice", _CHOICES), name="ck_pairs_gold"
+    ),
+    CheckConstraint("labels_per_pair >= 1", name="ck_pairs_labels_per_pair"),
+)
+Index("ix_pairs_queue", pairs_table.c.run_id, pairs_table.c.status, pairs_table.c.id)
+Index("ix_pairs_claimed_by", pairs_table.c.claimed_by)
+
+labels_table = Table(
+    "labels",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("pair_id", Integer, ForeignKey("pairs.id"), nullable=False),
+    Column("rater_id", String(MAX_RATER_ID_CHARS), nullable=False),
+    Column("choice", String(16), nullable=False),
+    Column("response_time_s", Double, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("retracted_at", Double, nullable=True),
+    CheckConstraint(_in_check("choice", _CHOICES), name="ck_labels_choice"),
+)
+Index("ix_labels_rater", labels_table.c.rater_id, labels_table.c.id)
+# One live (non-retracted) label per rater and pair, enforced by the database itself so that it
+# holds under concurrent double submits. Partial unique indexes exist on SQLite and PostgreSQL.
+Index(
+    "uq_labels_live",
+    labels_table.c.pair_id,
+    labels_table.c.rater_id,
+    unique=True,
+    sqlite_where=labels_table.c.retracted_at.is_(None),
+    postgresql_where=labels_table.c.retracted_at.is_(None),
+)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def sqlite_url(path: str | os.PathLike[str]) -> str:
+    """The SQLAlchemy URL of the SQLite file at ``path`` (made absolute; any characters allowed)."""
+    absolute = Path(path).expanduser().resolve()
+    return URL.create("sqlite", database=str(absolute)).render_as_string(hide_password=False)
+
+
+class PreferenceStore:
+    """Segments, pairs and labels of one run in a SQL database (SQLite file or PostgreSQL).
+
+    Args:
+        url: SQLAlchemy database URL, e.g. ``sqlite_url(run_dir / "prefs.sqlite")`` or
+            ``"postgresql+psycopg://user@host/db"``.
+        run_name: the run whose rows this store reads and writes; created if new.
+        clock: returns the time in unix seconds; every timestamp and lease uses it (inject a
+            fake clock to test lease expiry).
+
+    Raises:
+        NotAPreferenceStoreError: the file is not SQLite, is corrupt, or the database holds
+            another application's tables; nothing is written to it.
+        StoreError: bad URL, missing folder, or a schema from another prefloop version.
+    """
+
+    def __init__(
+        self, url: str, run_name: str = "default", *, clock: Callable[[], float] = time.time
+    ) -> None:
+        if not isinstance(run_name, str) or not run_name.strip() or len(run_name) > 200:
+            raise StoreError(
+                f"run_name must be a non-empty string of at most 200 characters, got {run_name!r}"
+            )
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise StoreError(
+                f"cannot parse database URL {url!r} ({exc}); use sqlite_url(path) for a file "
+                "or 'postgresql+psycopg://user:password@host/dbname'"
+            ) from exc
+        self._clock = clock
+        self._run_name = run_name
+        self._url = parsed
+        self._is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self._is_sqlite:
+            _preflight_sqlite_file(parsed.database)
+
+        self._engine: Engine = create_engine(parsed)
+        if self._is_sqlite:
+            event.listen(self._engine, "connect", _on_sqlite_connect)
+            event.listen(self._engine, "begin", _on_sqlite_begin)
+        # Same pool and events; the option only tells SQLite to take the write lock up front.
+        self._write_engine = self._engine.execution_options(**{_WRITE_OPTION: True})
+        self._closed = False
+        try:
+            self._ensure_schema()
+            self._run_id = self._get_or_create_run(run_name)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> int:
+        return self._run_id
+
+    @property
+    def run_name(self) -> str:
+        return self._run_name
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password hidden."""
+        return self._url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        """Release all database connections. Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._engine.dispose()
+
+    def __enter__(self) -> PreferenceStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PreferenceStore({self.url!r}, run_name={self._run_name!r})"
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        self._check_open()
+        with self._engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        self._check_open()
+        with self._write_engine.begin() as conn:
+            yield conn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("this PreferenceStore is closed; open a new one")
+
+    def _ensure_schema(self) -> None:
+        # Two processes may open a brand-new database at once. On SQLite the write transaction
+        # serialises them; on PostgreSQL the loser's CREATE fails and it re-checks once.
+        for attempt in range(2):
+            try:
+                with self._write() as conn:
+                    self._check_or_create_schema(conn)
+                return
+            except DBAPIError:
+                if attempt == 1:
+                    raise
+
+    def _check_or_create_schema(self, conn: Connection) -> None:
+        tables = set(inspect(conn).get_table_names())
+        if not tables:
+            metadata.create_all(conn)
+            conn.execute(
+                insert(meta_table),
+                [
+                    {"key": "app", "value": APP_MARKER},
+                    {"key": "schema_version", "value": str(SCHEMA_VERSION)},
+                ],
+            )
+            return
+        if META_TABLE not in tables:
+            raise NotAPreferenceStoreError(
+                f"database {self.url} already holds tables ({', '.join(sorted(tables)[:5])}) but "
+                f"no '{META_TABLE}' table, so it belongs to another application; nothing was "
+                "changed. Point prefloop at a new file or an empty database."
+            )
+        meta = dict(conn.execute(select(meta_table.c.key, meta_table.c.value)).all())
+        if meta.get("app") != APP_MARKER:
+            raise NotAPreferenceStoreError(
+                f"database {self.url} has a '{META_TABLE}' table without app={APP_MARKER!r}; "
+                "it is not a prefloop store. Use a new file or an empty database."
+            )
+        if meta.get("schema_version") != str(SCHEMA_VERSION):
+            raise StoreError(
+                f"database {self.url} has preference-store schema version "
+                f"{meta.get('schema_version')!r}, this prefloop reads version {SCHEMA_VERSION}; "
+                "open it with the prefloop version that wrote it, or start a new store."
+            )
+        missing = sorted(t.name for t in metadata.sorted_tables if t.name not in tables)
+        if missing:
+            raise StoreError(
+                f"database {self.url} is a damaged prefloop store: tables {missing} are missing; "
+                "restore it from a backup or start a new store"
+            )
+
+    def _get_or_create_run(self, name: str) -> int:
+        for attempt in range(2):
+            try:
+                with self._write() as conn:
+                    run_id = conn.scalar(select(runs_table.c.id).where(runs_table.c.name == name))
+                    if run_id is None:
+                        result = conn.execute(
+                            insert(runs_table).values(name=name, created_at=self._now())
+                        )
+                        run_id = result.inserted_primary_key[0]
+                    return int(run_id)
+            except IntegrityError:
+                if attempt == 1:  # another process created the same run just now; read it
+                    raise
+        raise AssertionError("unreachable")
+
+    def _now(self) -> float:
+        now = float(self._clock())
+        if not math.isfinite(now):
+            raise StoreError(f"the store's clock returned {now}; it must return unix seconds")
+        return now
+
+    # -- segments -------------------------------------------------------------------------------
+
+    def add_segments(self, segments: Sequence[Segment]) -> list[int]:
+        """Save new segments in one transaction; sets ``seg.id`` on each and returns the ids.
+
+        Raises:
+            StoreError: a segment is already saved (has an id) or is malformed (shapes, n_valid).
+        """
+        segments = list(segments)
+        for index, seg in enumerate(segments):
+            if seg.id is not None:
+                raise StoreError(
+                    f"segment {index} is already saved (id {seg.id}); do not add it twice "
+                    "(add_pairs accepts saved segments directly)"
+                )
+            _validate_segment(seg, f"segment {index}")
+        rows = [self._segment_row(seg) for seg in segments]
+        with self._write() as conn:
+            ids = [self._insert_segment(conn, row) for row in rows]
+        for seg, seg_id in zip(segments, ids):
+            seg.id = seg_id
+        return ids
+
+    def get_segments(self, ids: Sequence[int]) -> list[Segment]:
+        """Load segments by id, in the order of ``ids`` (repeats allowed).
+
+        Raises:
+            StoreError: some id is not a segment of this run.
+        """
+        wanted = [_as_int(i, "segment id") for i in ids]
+        with self._read() as conn:
+            found = self._load_segments(conn, wanted)
+        return [found[i] for i in wanted]
+
+    def _segment_row(self, seg: Segment) -> dict[str, Any]:
+        return {
+            "run_id": self._run_id,
+            "obs": array_to_bytes(seg.obs),
+            "actions": array_to_bytes(seg.actions),
+            "true_rewards": array_to_bytes(seg.true_rewards),
+            "episode_actions": array_to_bytes(seg.episode_actions),
+            "n_valid": int(seg.n_valid),
+            "terminated": bool(seg.terminated),
+            "episode_seed": int(seg.episode_seed),
+            "start_step": int(seg.start_step),
+            "env_step": int(seg.env_step),
+            "length": seg.length,
+            "created_at": self._now(),
+        }
+
+    @staticmethod
+    def _insert_segment(conn: Connection, row: dict[str, Any]) -> int:
+        return int(conn.execute(insert(segments_table).values(**row)).inserted_primary_key[0])
+
+    def _load_segments(self, conn: Connection, ids: Iterable[int]) -> dict[int, Segment]:
+        unique = sorted(set(ids))
+        found: dict[int, Segment] = {}
+        for chunk in _chunks(unique, _IN_CHUNK):
+            rows = conn.execute(
+                select(segments_table).where(
+                    segments_table.c.run_id == self._run_id, segments_table.c.id.in_(chunk)
+                )
+            ).all()
+            for row in rows:
+                found[row.id] = _segment_from_row(row)
+        missing = [i for i in unique if i not in found]
+        if missing:
+            raise StoreError(
+                f"segment ids {missing[:10]} are not segments of run {self._run_name!r}; "
+                "use ids returned by add_segments/add_pairs of this run"
+            )
+        return found
+
+    # -- pairs ----------------------------------------------------------------------------------
+
+    def add_pairs(
+        self,
+        pairs: Sequence[SegmentPair],
+        labels_per_pair: int = 1,
+        gold_choice: Choice | str | None = None,
+    ) -> list[int]:
+        """Queue pairs for labelling, saving their unsaved segments first, in one transaction.
+
+        Sets ``pair.id`` (and ``seg.id`` for newly saved segments) once committed.
+
+        Args:
+            pairs: the pairs; a segment object used by several pairs is saved once.
+            labels_per_pair: how many different raters must label each pair (>= 1).
+            gold_choice: the known right answer, for gold (rater-check) questions.
+        """
+        pairs = list(pairs)
+        labels_per_pair = _as_int(labels_per_pair, "labels_per_pair")
+        if labels_per_pair < 1:
+            raise StoreError(f"labels_per_pair must be >= 1, got {labels_per_pair}")
+        gold = None if gold_choice is None else _as_choice(gold_choice, "gold_choice")
+        if gold is Choice.CANT_TELL:
+            raise StoreError("gold_choice cannot be cant_tell; use left, right, equal or None")
+
+        unsaved: dict[int, Segment] = {}  # by object identity: a shared segment is saved once
+        saved_ids: set[int] = set()
+        scores: list[float] = []
+        for index, pair in enumerate(pairs):
+            if pair.id is not None:
+                raise StoreError(f"pair {index} is already saved (id {pair.id}); add it only once")
+            for side in ("left", "right"):
+                seg = getattr(pair, side)
+                if not isinstance(seg, Segment):
+                    raise StoreError(f"pair {index}.{side} is {type(seg).__name__}, not a Segment")
+                if seg.id is None:
+                    if id(seg) not in unsaved:
+                        _validate_segment(seg, f"pair {index}.{side}")
+                        unsaved[id(seg)] = seg
+                else:
+                    saved_ids.add(_as_int(seg.id, f"pair {index}.{side}.id"))
+            score = float(pair.score)
+            if not math.isfinite(score):
+                raise StoreError(
+                    f"pair {index} has score {score}; the query selector must give a finite score"
+                )
+            scores.append(score)
+
+        segment_rows = {key: self._segment_row(seg) for key, seg in unsaved.items()}
+        with self._write() as conn:
+            if saved_ids:
+                self._check_segments_exist(conn, saved_ids)
+            new_segment_ids = {
+                key: self._insert_segment(conn, row) for key, row in segment_rows.items()
+            }
+
+            def segment_id(seg: Segment) -> int:
+                return new_segment_ids[id(seg)] if seg.id is None else int(seg.id)
+
+            now = self._now()
+            pair_ids = []
+            for pair, score in zip(pairs, scores):
+                result = conn.execute(
+                    insert(pairs_table).values(
+                        run_id=self._run_id,
+                        left_segment_id=segment_id(pair.left),
+                        right_segment_id=segment_id(pair.right),
+                        status=PENDING,
+                        labels_per_pair=labels_per_pair,
+                        gold_choice=None if gold is None else gold.value,
+                        score=score,
+                        created_at=now,
+                    )
+                )
+                pair_ids.append(int(result.inserted_primary_key[0]))
+        for key, seg in unsaved.items():
+            seg.id = new_segment_ids[key]
+        for pair, pair_id in zip(pairs, pair_ids):
+            pair.id = pair_id
+        return pair_ids
+
+    def _check_segments_exist(self, conn: Connection, ids: set[int]) -> None:
+        present: set[int] = set()
+        for chunk in _chunks(sorted(ids), _IN_CHUNK):
+            present.update(
+                conn.scalars(
+                    select(segments_table.c.id).where(
+                        segments_table.c.run_id == self._run_id, segments_table.c.id.in_(chunk)
+                    )
+                )
+            )
+        missing = sorted(ids - present)
+        if missing:
+            raise StoreError(
+                f"segments {missing[:10]} have ids but are not saved in run {self._run_name!r}; "
+                "were they saved by another store or run? Set seg.id = None to save them here"
+            )
+
+    def get_pair(self, pair_id: int) -> SegmentPair:
+        """Load one pair of this run with its segments."""
+        pair_id = _as_int(pair_id, "pair_id")
+        with self._read() as conn:
+            return self._load_pair(conn, pair_id)
+
+    def _load_pair(self, conn: Connection, pair_id: int) -> SegmentPair:
+        row = conn.execute(
+            select(
+                pairs_table.c.left_segment_id, pairs_table.c.right_segment_id, pairs_table.c.score
+            ).where(pairs_table.c.id == pair_id, pairs_table.c.run_id == self._run_id)
+        ).first()
+        if row is None:
+            raise StoreError(self._no_such_pair(pair_id))
+        segs = self._load_segments(conn, [row.left_segment_id, row.right_segment_id])
+        return SegmentPair(
+            left=segs[row.left_segment_id],
+            right=segs[row.right_segment_id],
+            id=pair_id,
+            score=float(row.score),
+        )
+
+    def _no_such_pair(self, pair_id: int) -> str:
+        return (
+            f"pair {pair_id} does not exist in run {self._run_name!r}; "
+            "use a pair id returned by claim_next or add_pairs of this run"
+        )
+
+    # -- leases and labels ----------------------------------------------------------------------
+
+    def _claimable(self, rater_id: str, now: float) -> Any:
+        """SQL condition: the pair may be leased to ``rater_id`` now."""
+        p, lab = pairs_table, labels_table
+        return and_(
+            or_(p.c.status == PENDING, and_(p.c.status == CLAIMED, p.c.lease_expires_at <= now)),
+            ~exists().where(
+                lab.c.pair_id == p.c.id, lab.c.rater_id == rater_id, lab.c.retracted_at.is_(None)
+            ),
+        )
+
+    def claim_next(
+        self, rater_id: str, lease_seconds: float = 120.0, *, exclude: Iterable[int] = ()
+    ) -> SegmentPair | None:
+        """Lease the oldest pair ``rater_id`` may label for ``lease_seconds``; None if none is left.
+
+        A pair the rater still holds (a refreshed page, or one given back by ``undo_last``) comes
+        back first, with its lease renewed. Otherwise the lowest-id pair that is pending, or
+        claimed with an expired lease, and not yet labelled by this rater, is taken. ``exclude``
+        skips pair ids (e.g. the one the rater just released with "skip").
+        """
+        rater_id = _check_rater(rater_id)
+        lease_seconds = _check_lease(lease_seconds)
+        excluded = sorted({_as_int(i, "excluded pair id") for i in exclude})
+        p = pairs_table
+        with self._write() as conn:
+            now = self._now()
+            lease = {"lease_expires_at": now + lease_seconds}
+            held_query = select(p.c.id).where(
+                p.c.run_id == self._run_id, p.c.status == CLAIMED, p.c.claimed_by == rater_id
+            )
+            if excluded:
+                held_query = held_query.where(p.c.id.not_in(excluded))
+            held_query = held_query.order_by(p.c.lease_expires_at.desc(), p.c.id.desc())
+            for pair_id in conn.scalars(held_query).all():
+                renewed = conn.execute(
+                    update(p)
+                    .where(p.c.id == pair_id, p.c.status == CLAIMED, p.c.claimed_by == rater_id)
+                    .values(**lease)
+                )
+                if renewed.rowcount == 1:
+                    return self._load_pair(conn, pair_id)
+
+            for _ in range(_MAX_CLAIM_ROUNDS):
+                query = select(p.c.id).where(
+                    p.c.run_id == self._run_id, self._claimable(rater_id, now)
+                )
+                if excluded:
+                    query = query.where(p.c.id.not_in(excluded))
+                candidates = conn.scalars(query.order_by(p.c.id).limit(_CLAIM_BATCH)).all()
+                if not candidates:
+                    return None
+                for pair_id in candidates:
+                    # Compare-and-set: only succeeds if nobody took the pair since we looked.
+                    claimed = conn.execute(
+                        update(p)
+                        .where(p.c.id == pair_id, self._claimable(rater_id, now))
+                        .values(status=CLAIMED, claimed_by=rater_id, **lease)
+                    )
+                    if claimed.rowcount == 1:
+                        return self._load_pair(conn, pair_id)
+        raise StoreError(
+            f"could not claim a pair for {rater_id!r} after {_MAX_CLAIM_ROUNDS} rounds of "
+            "contention; try again"
+        )
+
+    def answer(
+        self, pair_id: int, rater_id: str, choice: Choice | str, response_time_s: float
+    ) -> Label:
+        """Record ``rater_id``'s choice on a pair they hold, committed before returning.
+
+        The pair becomes ``answered`` once it has ``labels_per_pair`` live labels, else pending
+        for the next rater. Idempotent: if this rater already has a live label on the pair, that
+        label is returned and nothing is written (a double-submitted form counts once).
+
+        Raises:
+            LeaseError: the rater does not hold the pair: never claimed, released, or their lease
+                expired and another rater claimed (or completed) it since.
+            StoreError: bad arguments or unknown pair.
+        """
+        pair_id = _as_int(pair_id, "pair_id")
+        rater_id = _check_rater(rater_id)
+        choice = _as_choice(choice, "choice")
+        response_time_s = _check_response_time(response_time_s)
+        p = pairs_table
+        for attempt in range(2):
+            try:
+                with self._write() as conn:
+                    existing = self._live_label(conn, pair_id, rater_id)
+                    if existing is not None:
+                        return existing
+                    labels_per_pair = conn.scalar(
+                        select(p.c.labels_per_pair).where(
+                            p.c.id == pair_id, p.c.run_id == self._run_id
+                        )
+                    )
+                    if labels_per_pair is None:
+                        raise StoreError(self._no_such_pair(pair_id))
+                    now = self._now()
+                    # Compare-and-set on the lease; it also row-locks the pair on PostgreSQL so
+                    # the label count below cannot race with another answer to the same pair.
+                    taken = conn.execute(
+                        update(p)
+                        .where(p.c.id == pair_id, p.c.status == CLAIMED, p.c.claimed_by == rater_id)
+                        .values(status=PENDING, claimed_by=None, lease_expires_at=None)
+                    )
+                    if taken.rowcount != 1:
+                        # A concurrent double submit may have committed the label meanwhile.
+                        existing = self._live_label(conn, pair_id, rater_id)
+                        if existing is not None:
+                            return existing
+                        raise LeaseError(self._lease_problem(conn, pair_id, rater_id))
+                    result = conn.execute(
+                        insert(labels_table).values(
+                            pair_id=pair_id,
+                            rater_id=rater_id,
+                            choice=choice.value,
+                            response_time_s=response_time_s,
+                            created_at=now,
+                        )
+                    )
+                    n_labels = self._count_live_labels(conn, pair_id)
+                    if n_labels >= labels_per_pair:
+                        conn.execute(update(p).where(p.c.id == pair_id).values(status=ANSWERED))
+                    return _make_label(
+                        id=int(result.inserted_primary_key[0]),
+                        pair_id=pair_id,
+                        rater_id=rater_id,
+                        choice=choice,
+                        response_time_s=response_time_s,
+                        created_at=now,
+                        retracted_at=None,
+                    )
+            except IntegrityError:
+                # The live-label unique index rejected a concurrent double submit: the other
+                # submit's label stands; the next attempt returns it.
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _live_label(self, conn: Connection, pair_id: int, rater_id: str) -> Label | None:
+        row = conn.execute(
+            select(labels_table).where(
+                labels_table.c.pair_id == pair_id,
+                labels_table.c.rater_id == rater_id,
+                labels_table.c.retracted_at.is_(None),
+            )
+        ).first()
+        return None if row is None else _label_from_row(row)
+
+    @staticmethod
+    def _count_live_labels(conn: Connection, pair_id: int) -> int:
+        return int(
+            conn.scalar(
+                select(func.count())
+                .select_from(labels_table)
+                .where(labels_table.c.pair_id == pair_id, labels_table.c.retracted_at.is_(None))
+            )
+        )
+
+    def _lease_problem(self, conn: Connection, pair_id: int, rater_id: str) -> str:
+        row = conn.execute(
+            select(pairs_table.c.status, pairs_table.c.claimed_by).where(
+                pairs_table.c.id == pair_id
+            )
+        ).first()
+        head = f"rater {rater_id!r} cannot answer pair {pair_id}: "
+        tail = "; call claim_next to get a pair to label"
+        if row is None:
+            return head + "it does not exist" + tail
+        if row.status == ANSWERED:
+            return head + "it is already completed (it has all the labels it needs)" + tail
+        if row.status == CLAIMED:
+            return (
+                head + "it is now leased to another rater (your lease expired and they claimed "
+                "it)" + tail
+            )
+        return head + "it is not leased to this rater (never claimed, or released)" + tail
+
+    def release(self, pair_id: int, rater_id: str) -> None:
+        """Give back the lease ``rater_id`` holds on a pair, making it pending again.
+
+        A no-op if the rater does not hold it (anymore): the end state is the same.
+
+        Raises:
+            StoreError: the pair does not exist in this run.
+        """
+        pair_id = _as_int(pair_id, "pair_id")
+        rater_id = _check_rater(rater_id)
+        p = pairs_table
+        with self._write() as conn:
+            released = conn.execute(
+                update(p)
+                .where(
+                    p.c.id == pair_id,
+                    p.c.run_id == self._run_id,
+                    p.c.status == CLAIMED,
+                    p.c.claimed_by == rater_id,
+                )
+                .values(status=PENDING, claimed_by=None, lease_expires_at=None)
+            )
+            if released.rowcount == 0:
+                known = conn.scalar(
+                    select(p.c.id).where(p.c.id == pair_id, p.c.run_id == self._run_id)
+                )
+                if known is None:
+                    raise StoreError(self._no_such_pair(pair_id))
+
+    def undo_last(self, rater_id: str, lease_seconds: float = 120.0) -> Label | None:
+        """Retract ``rater_id``'s latest live label (kept, with ``retracted_at`` set).
+
+        The pair is leased back to the rater for ``lease_seconds`` so ``claim_next`` returns it
+        and they can answer again -- unless another rater holds a live lease on it right now, in
+        which case it stays theirs. Calling again retracts the label before. Returns the
+        retracted label, or None if the rater has no live label.
+        """
+        rater_id = _check_rater(rater_id)
+        lease_seconds = _check_lease(lease_seconds)
+        p, lab = pairs_table, labels_table
+        with self._write() as conn:
+            for _ in range(_MAX_CLAIM_ROUNDS):
+                row = conn.execute(
+                    select(lab)
+                    .join(p, p.c.id == lab.c.pair_id)
+                    .where(
+                        p.c.run_id == self._run_id,
+                        lab.c.rater_id == rater_id,
+                        lab.c.retracted_at.is_(None),
+                    )
+                    .order_by(lab.c.id.desc())
+                    .limit(1)
+                ).first()
+                if row is None:
+                    return None
+                now = self._now()
+                retracted = conn.execute(
+                    update(lab)
+                    .where(lab.c.id == row.id, lab.c.retracted_at.is_(None))
+                    .values(retracted_at=now)
+                )
+                if retracted.rowcount != 1:
+                    continue  # a concurrent undo took this one; retract the next
+                conn.execute(
+                    update(p)
+                    .where(
+                        p.c.id == row.pair_id,
+                        or_(
+                            p.c.status != CLAIMED,
+                            p.c.claimed_by == rater_id,
+                            p.c.lease_expires_at <= now,
+                        ),
+                    )
+                    .values(
+                        status=CLAIMED, claimed_by=rater_id, lease_expires_at=now + lease_seconds
+                    )
+                )
+                label = _label_from_row(row)
+                return _make_label(**{**_label_kwargs(label), "retracted_at": now})
+        raise StoreError(f"could not undo for {rater_id!r}: too much contention; try again")
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def labeled_pairs(self) -> list[LabeledPair]:
+        """Every pair with at least one usable label, ordered by pair id, segments loaded.
+
+        Usable: not retracted and not ``cant_tell``. ``target`` is the mean of the labels'
+        ``Choice.target`` (probability that RIGHT is better). ``extra`` holds ``n_labels``,
+        ``gold_choice`` (a Choice or None) and ``score``. A segment shared by several pairs is
+        one shared object.
+        """
+        p, lab = pairs_table, labels_table
+        with self._read() as conn:
+            rows = conn.execute(
+                select(lab.c.pair_id, lab.c.choice)
+                .join(p, p.c.id == lab.c.pair_id)
+                .where(
+                    p.c.run_id == self._run_id,
+                    lab.c.retracted_at.is_(None),
+                    lab.c.choice != Choice.CANT_TELL.value,
+                )
+                .order_by(lab.c.pair_id, lab.c.id)
+            ).all()
+            targets: dict[int, list[float]] = {}
+            for row in rows:
+                target = Choice(row.choice).target
+                assert target is not None  # cant_tell is filtered out in SQL
+                targets.setdefault(row.pair_id, []).append(target)
+            pair_rows = []
+            for chunk in _chunks(sorted(targets), _IN_CHUNK):
+                pair_rows.extend(
+                    conn.execute(
+                        select(
+                            p.c.id,
+                            p.c.left_segment_id,
+                            p.c.right_segment_id,
+                            p.c.gold_choice,
+                            p.c.score,
+                        ).where(p.c.id.in_(chunk))
+                    ).all()
+                )
+            segment_ids = [r.left_segment_id for r in pair_rows] + [
+                r.right_segment_id for r in pair_rows
+            ]
+            segs = self._load_segments(conn, segment_ids)
+        result = []
+        for row in sorted(pair_rows, key=lambda r: r.id):
+            values = targets[row.id]
+            result.append(
+                LabeledPair(
+                    left=segs[row.left_segment_id],
+                    right=segs[row.right_segment_id],
+                    target=sum(values) / len(values),
+                    pair_id=row.id,
+                    extra={
+                        "n_labels": len(values),
+                        "gold_choice": None if row.gold_choice is None else Choice(row.gold_choice),
+                        "score": float(row.score),
+                    },
+                )
+            )
+        return result
+
+    def labels(self, rater_id: str | None = None, include_retracted: bool = False) -> list[Label]:
+        """This run's labels in the order they were given, optionally of one rater only."""
+        p, lab = pairs_table, labels_table
+        query = select(lab).join(p, p.c.id == lab.c.pair_id).where(p.c.run_id == self._run_id)
+        if rater_id is not None:
+            query = query.where(lab.c.rater_id == _check_rater(rater_id))
+        if not include_retracted:
+            query = query.where(lab.c.retracted_at.is_(None))
+        with self._read() as conn:
+            return [_label_from_row(row) for row in conn.execute(query.order_by(lab.c.id))]
+
+    def counts(self) -> dict[str, int]:
+        """Sizes of this run: ``segments``, ``pairs``, pairs by status (``pending``, ``claimed``,
+        ``answered``), live ``labels`` and how many of those are ``cant_tell``."""
+        p, lab = pairs_table, labels_table
+        with self._read() as conn:
+            n_segments = conn.scalar(
+                select(func.count())
+                .select_from(segments_table)
+                .where(segments_table.c.run_id == self._run_id)
+            )
+            by_status = dict(
+                conn.execute(
+                    select(p.c.status, func.count())
+                    .where(p.c.run_id == self._run_id)
+                    .group_by(p.c.status)
+                )
+                .all()
+            )
+            by_choice = dict(
+                conn.execute(
+                    select(lab.c.choice, func.count())
+                    .join(p, p.c.id == lab.c.pair_id)
+                    .where(p.c.run_id == self._run_id, lab.c.retracted_at.is_(None))
+                    .group_by(lab.c.choice)
+                )
+                .all()
+            )
+        return {
+            "segments": int(n_segments or 0),
+            "pairs": int(sum(by_status.values())),
+            "pending": int(by_status.get(PENDING, 0)),
+            "claimed": int(by_status.get(CLAIMED, 0)),
+            "answered": int(by_status.get(ANSWERED, 0)),
+            "labels": int(sum(by_choice.values())),
+            "cant_tell": int(by_choice.get(Choice.CANT_TELL.value, 0)),
+        }
+
+    # -- per-run key/value ----------------------------------------------------------------------
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store ``value`` under ``key`` for this run (replacing an earlier value)."""
+        key = _check_meta_key(key)
+        if not isinstance(value, str):
+            raise StoreError(
+                f"meta value for {key!r} must be a str, got {type(value).__name__}; "
+                "serialise it first (e.g. json.dumps)"
+            )
+        m = run_meta_table
+        for attempt in range(2):
+            try:
+                with self._write() as conn:
+                    changed = conn.execute(
+                        update(m)
+                        .where(m.c.run_id == self._run_id, m.c.key == key)
+                        .values(value=value)
+                    )
+                    if changed.rowcount == 0:
+                        conn.execute(insert(m).values(run_id=self._run_id, key=key, value=value))
+                return
+            except IntegrityError:
+                if attempt == 1:  # a concurrent first insert of the same key; update it now
+                    raise
+
+    def get_meta(self, key: str) -> str | None:
+        """The value stored under ``key`` for this run, or None."""
+        key = _check_meta_key(key)
+        m = run_meta_table
+        with self._read() as conn:
+            return conn.scalar(
+                select(m.c.value).where(m.c.run_id == self._run_id, m.c.key == key)
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# SQLite plumbing
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # SQLAlchemy emits BEGIN itself (see _on_sqlite_begin); the driver's own implicit BEGIN
+    # would start SELECTs outside any transaction.
+    dbapi_connection.isolation_level = None
+    with closing(dbapi_connection.cursor()) as cursor:
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+
+
+def _on_sqlite_begin(conn: Connection) -> None:
+    # A writer takes the write lock at BEGIN, waiting up to busy_timeout for it. A deferred
+    # transaction that reads first and writes later could instead fail at once with
+    # "database is locked" when another process committed in between.
+    if conn.get_execution_options().get(_WRITE_OPTION):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+def _preflight_sqlite_file(database: str | None) -> None:
+    """Refuse a file that is not a prefloop SQLite store before any pragma can modify it.
+
+    Opening an existing file read-only and only looking keeps a foreign or corrupt file
+    byte-for-byte unchanged (the WAL pragma alone would rewrite a foreign database's header).
+    """
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.parent.is_dir():
+        raise StoreError(
+            f"cannot create the preference store {path}: folder {path.parent} does not exist; "
+            "create the run folder first"
+        )
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise NotAPreferenceStoreError(f"{path} is not a file; pass the path of a database file")
+    if path.stat().st_size == 0:
+        return
+    with open(path, "rb") as handle:
+        header = handle.read(len(_SQLITE_HEADER))
+    if header != _SQLITE_HEADER:
+        raise NotAPreferenceStoreError(
+            f"{path} is not a SQLite database (wrong file header), so it is not a prefloop "
+            "preference store; it was left untouched. Choose another file name or move it away."
+        )
+    try:
+        with closing(
+            sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S
+            )
+        ) as raw:
+            tables = {
+                name
+                for (name,) in raw.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                ).fetchall()
+            }
+    except sqlite3.DatabaseError as exc:
+        raise NotAPreferenceStoreError(
+            f"{path} is a corrupt SQLite file ({exc}); it was left untouched. Restore it from a "
+            "backup or choose another file name."
+        ) from exc
+    foreign = {t for t in tables if not t.startswith("sqlite_")}
+    if foreign and META_TABLE not in foreign:
+        raise NotAPreferenceStoreError(
+            f"{path} is a SQLite database of another application (tables: "
+            f"{', '.join(sorted(foreign)[:5])}; no '{META_TABLE}' table); it was left untouched. "
+            "Choose another file name for the preference store."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Validation and row conversion
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _as_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise StoreError(f"{what} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _as_choice(value: object, what: str) -> Choice:
+    try:
+        return Choice(value)
+    except ValueError:
+        raise StoreError(
+            f"{what} must be one of {[c.value for c in Choice]} (a prefloop.types.Choice), "
+            f"got {value!r}"
+        ) from None
+
+
+def _check_rater(rater_id: object) -> str:
+    if not isinstance(rater_id, str) or not rater_id.strip():
+        raise StoreError(f"rater_id must be a non-empty string, got {rater_id!r}")
+    if len(rater_id) > MAX_RATER_ID_CHARS:
+        raise StoreError(
+            f"rater_id is {len(rater_id)} characters long; use at most {MAX_RATER_ID_CHARS}"
+        )
+    return rater_id
+
+
+def _check_lease(lease_seconds: object) -> float:
+    try:
+        value = float(lease_seconds)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise StoreError(f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}")
+    return value
+
+
+def _check_response_time(response_time_s: object) -> float:
+    try:
+        value = float(response_time_s)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(response_time_s, bool) or not (math.isfinite(value) and value >= 0):
+        raise StoreError(
+            f"response_time_s must be a finite number of seconds >= 0, got {response_time_s!r}"
+        )
+    return value
+
+
+def _check_meta_key(key: object) -> str:
+    if not isinstance(key, str) or not key or len(key) > MAX_META_KEY_CHARS:
+        raise StoreError(
+            f"meta key must be a non-empty string of at most {MAX_META_KEY_CHARS} characters, "
+            f"got {key!r}"
+        )
+    return key
+
+
+def _validate_segment(seg: Segment, where: str) -> None:
+    """Check what the store relies on, so a bad segment fails here and not at training time."""
+    if not isinstance(seg, Segment):
+        raise StoreError(f"{where} is {type(seg).__name__}, not a prefloop.types.Segment")
+    for name in ("obs", "actions", "true_rewards", "episode_actions"):
+        array = getattr(seg, name)
+        if not isinstance(array, np.ndarray):
+            raise StoreError(
+                f"{where}.{name} is {type(array).__name__}; it must be a numpy array"
+            )
+        if array.dtype.hasobject:
+            raise StoreError(
+                f"{where}.{name} has dtype object; use a numeric dtype (float32, int64)"
+            )
+    if seg.true_rewards.ndim != 1 or seg.true_rewards.shape[0] < 1:
+        raise StoreError(
+            f"{where}.true_rewards must have shape (L,) with L >= 1, got {seg.true_rewards.shape}"
+        )
+    length = seg.length
+    for name in ("obs", "actions"):
+        array = getattr(seg, name)
+        if array.ndim < 1 or array.shape[0] != length:
+            raise StoreError(
+                f"{where}.{name} has shape {array.shape}; its first dimension must be the "
+                f"segment length {length} (the length of true_rewards)"
+            )
+    n_valid = _as_int(seg.n_valid, f"{where}.n_valid")
+    start_step = _as_int(seg.start_step, f"{where}.start_step")
+    env_step = _as_int(seg.env_step, f"{where}.env_step")
+    seed = _as_int(seg.episode_seed, f"{where}.episode_seed")
+    if not 1 <= n_valid <= length:
+        raise StoreError(f"{where}.n_valid is {n_valid}; it must be between 1 and {length}")
+    if n_valid < length and not bool(seg.terminated):
+        raise StoreError(
+            f"{where}.n_valid is {n_valid} < length {length} but terminated is False; only a "
+            "terminated episode may be padded with absorbing steps"
+        )
+    if start_step < 0 or env_step < 0:
+        raise StoreError(f"{where}: start_step and env_step must be >= 0")
+    if not _INT64_MIN <= seed <= _INT64_MAX:
+        raise StoreError(f"{where}.episode_seed {seed} does not fit in 64 bits; use a smaller seed")
+    expected = (start_step + n_valid, *seg.actions.shape[1:])
+    if seg.episode_actions.shape != expected:
+        raise StoreError(
+            f"{where}.episode_actions has shape {seg.episode_actions.shape}, expected {expected}: "
+            "every action from the episode's reset to the segment's last real step"
+        )
+
+
+def _segment_from_row(row: Any) -> Segment:
+    return Segment(
+        obs=array_from_bytes(row.obs),
+        actions=array_from_bytes(row.actions),
+        true_rewards=array_from_bytes(row.true_rewards),
+        n_valid=int(row.n_valid),
+        terminated=bool(row.terminated),
+        episode_seed=int(row.episode_seed),
+        start_step=int(row.start_step),
+        episode_actions=array_from_bytes(row.episode_actions),
+        env_step=int(row.env_step),
+        id=int(row.id),
+    )
+
+
+def _make_label(*, retracted_at: float | None, **kwargs: Any) -> Label:
+    # Label carries retracted_at only if the shared type has that field.
+    if _LABEL_HAS_RETRACTED_AT:
+        kwargs["retracted_at"] = retracted_at
+    return Label(**kwargs)
+
+
+def _label_kwargs(label: Label) -> dict[str, Any]:
+    kwargs = {f.name: getattr(label, f.name) for f in fields(Label)}
+    kwargs.pop("retracted_at", None)
+    return kwargs
+
+
+def _label_from_row(row: Any) -> Label:
+    return _make_label(
+        id=int(row.id),
+        pair_id=int(row.pair_id),
+        rater_id=row.rater_id,
+        choice=Choice(row.choice),
+        response_time_s=float(row.response_time_s),
+        created_at=float(row.created_at),
+        retracted_at=None if row.retracted_at is None else float(row.retracted_at),
+    )

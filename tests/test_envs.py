@@ -1,0 +1,194 @@
+"""The Gymnasium side: seeding, segment cutting, recorders, the learned-reward wrappers, replay."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from prefloop.envs import (
+    EnvSetupError,
+    EnvSpec,
+    EpisodeSeeder,
+    EpisodeSegmenter,
+    LearnedRewardWrapper,
+    ReplayMismatchError,
+    SegmentBuffer,
+    SegmentRecorder,
+    VecLearnedReward,
+    VecSegmentRecorder,
+    check_can_render,
+    make_env,
+    render_segment,
+)
+
+
+class SumReward:
+    """A stand-in learned reward with a known formula: sum of observation entries + 1."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return (obs.reshape(len(obs), -1).sum(axis=1) + 1.0).astype(np.float32)
+
+
+def random_vec(spec: EnvSpec, n_envs: int = 3, seed: int = 0) -> DummyVecEnv:
+    return DummyVecEnv([lambda i=i: make_env(spec, seed=seed + i) for i in range(n_envs)])
+
+
+def play(venv, steps: int, seed: int = 0) -> None:
+    venv.action_space.seed(seed)
+    venv.reset()
+    for _ in range(steps):
+        venv.step(np.stack([venv.action_space.sample() for _ in range(venv.num_envs)]))
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_every_gym_wrapper_passes_check_env(env_id: str) -> None:
+    spec = EnvSpec(env_id)
+    check_env(make_env(spec, seed=0), skip_render_check=True)
+    check_env(SegmentRecorder(make_env(spec, seed=0), SegmentBuffer(100), segment_length=10, seed=0), skip_render_check=True)
+    check_env(LearnedRewardWrapper(make_env(spec, seed=0), SumReward()), skip_render_check=True)
+
+
+def test_episode_seeder_gives_replayable_episodes() -> None:
+    env = EpisodeSeeder(gym.make("CartPole-v1"), seed=3)
+    obs_a, info_a = env.reset()
+    obs_b, info_b = env.reset()
+    assert info_a["episode_seed"] != info_b["episode_seed"]
+    replay = gym.make("CartPole-v1")
+    replay_obs, _ = replay.reset(seed=info_a["episode_seed"])
+    np.testing.assert_array_equal(obs_a, replay_obs)
+    # reset(seed=...) restarts the sequence of episode seeds
+    _, again = env.reset(seed=3)
+    assert again["episode_seed"] == info_a["episode_seed"]
+
+
+def _segmenter_with_steps(n_steps: int, seg_len: int = 5) -> EpisodeSegmenter:
+    segmenter = EpisodeSegmenter(seg_len, np.random.default_rng(0), segments_per_step=1.0)
+    segmenter.start_episode(42)
+    for t in range(n_steps):
+        segmenter.add_step(np.array([t, t], dtype=np.float32), np.int64(t % 2), 1.0)
+    return segmenter
+
+
+def test_terminated_episode_segments_are_padded_with_the_absorbing_state() -> None:
+    segments = _segmenter_with_steps(7).end_episode(terminated=True, env_step=7)
+    assert segments, "a terminated episode gives segments"
+    for seg in segments:
+        assert seg.length == 5 and seg.obs.shape == (5, 2) and seg.actions.dtype == np.int64
+        assert seg.n_valid == min(5, 7 - seg.start_step)
+        assert seg.terminated == (seg.start_step + 5 >= 7)
+        np.testing.assert_array_equal(seg.obs[seg.n_valid:], 0.0)
+        np.testing.assert_array_equal(seg.true_rewards, seg.valid_mask)
+        np.testing.assert_array_equal(seg.obs[: seg.n_valid, 0], np.arange(seg.start_step, seg.start_step + seg.n_valid))
+        assert len(seg.episode_actions) == seg.start_step + seg.n_valid
+        assert seg.episode_seed == 42
+
+
+def test_truncated_episode_segments_lie_wholly_inside_the_episode() -> None:
+    segments = _segmenter_with_steps(12).end_episode(terminated=False, env_step=12)
+    assert segments
+    assert all(seg.n_valid == 5 and not seg.terminated and seg.start_step + 5 <= 12 for seg in segments)
+    # too short to hold one whole segment: nothing is cut rather than an invented tail
+    assert _segmenter_with_steps(3).end_episode(terminated=False, env_step=3) == []
+
+
+def test_segment_buffer_is_bounded_and_keeps_the_newest() -> None:
+    buffer = SegmentBuffer(capacity=3)
+    segs = _segmenter_with_steps(7).end_episode(terminated=True, env_step=7)
+    buffer.extend(segs * 2)
+    assert len(buffer) == 3 and buffer.total_added == 2 * len(segs)
+    assert buffer.recent(1)[0] is segs[-1]
+
+
+def test_vec_recorder_records_true_rewards_and_episode_seeds_that_replay() -> None:
+    spec = EnvSpec("CartPole-v1")
+    buffer = SegmentBuffer(1000)
+    recorder = VecSegmentRecorder(random_vec(spec), buffer, segment_length=20, seed=0)
+    play(recorder, 200)
+    assert len(buffer) > 10
+    seg = buffer.recent(1)[0]
+    # CartPole pays 1 per step alive and the absorbing steps 0
+    np.testing.assert_array_equal(seg.true_rewards, seg.valid_mask)
+    frames = render_segment(spec, seg)  # replays the episode and checks every observation on the way
+    assert frames.shape[0] == 21 and frames.dtype == np.uint8 and frames.ndim == 4
+    assert frames.max() > 0, "frames must not be black"
+
+
+def test_replay_detects_a_wrong_recording() -> None:
+    spec = EnvSpec("CartPole-v1")
+    buffer = SegmentBuffer(100)
+    play(VecSegmentRecorder(random_vec(spec, 1), buffer, segment_length=10, seed=0), 100)
+    seg = buffer.recent(1)[0]
+    seg.episode_seed += 1
+    with pytest.raises(ReplayMismatchError):
+        render_segment(spec, seg)
+
+
+def test_vec_learned_reward_replaces_reward_and_keeps_the_true_one_in_info() -> None:
+    spec = EnvSpec("Pendulum-v1")
+    reward = SumReward()
+    venv = VecLearnedReward(random_vec(spec, 2), reward)
+    obs = venv.reset()
+    actions = np.stack([venv.action_space.sample() for _ in range(2)])
+    next_obs, rewards, dones, infos = venv.step(actions)
+    assert reward.calls == 1, "one batched call per vector step"
+    np.testing.assert_allclose(rewards, obs.sum(axis=1) + 1.0, rtol=1e-6)
+    assert rewards.dtype == np.float32 and rewards.shape == (2,)
+    assert all(info["true_reward"] <= 0.0 for info in infos)  # Pendulum's own reward is never positive
+
+
+def test_learned_episode_return_is_reported_at_episode_end() -> None:
+    spec = EnvSpec("CartPole-v1")
+    venv = VecLearnedReward(random_vec(spec, 1), SumReward())
+    venv.reset()
+    total = 0.0
+    for _ in range(500):
+        _, rewards, dones, infos = venv.step(np.array([0]))
+        total += float(rewards[0])
+        if dones[0]:
+            assert infos[0]["learned_episode_return"] == pytest.approx(total, rel=1e-5)
+            return
+    pytest.fail("CartPole pushed left always should end within 500 steps")
+
+
+def test_unknown_env_id_suggests_a_close_one() -> None:
+    with pytest.raises(EnvSetupError, match="CartPole-v1"):
+        make_env(EnvSpec("CartPole-v7"))
+
+
+def test_unsupported_spaces_are_refused_with_a_fix() -> None:
+    gym.register("prefloop-test/DictObs-v0", entry_point=_DictObsEnv)
+    try:
+        with pytest.raises(EnvSetupError, match="FlattenObservation"):
+            make_env(EnvSpec("prefloop-test/DictObs-v0"))
+    finally:
+        gym.registry.pop("prefloop-test/DictObs-v0")
+
+
+def test_env_without_rgb_array_rendering_is_refused_before_training() -> None:
+    gym.register("prefloop-test/DictObs-v0", entry_point=_DictObsEnv)
+    try:
+        with pytest.raises(EnvSetupError, match="rgb_array"):
+            check_can_render(EnvSpec("prefloop-test/DictObs-v0"))
+    finally:
+        gym.registry.pop("prefloop-test/DictObs-v0")
+    check_can_render(EnvSpec("CartPole-v1"))
+
+
+class _DictObsEnv(gym.Env):
+    metadata = {"render_modes": []}
+    observation_space = gym.spaces.Dict({"a": gym.spaces.Box(0, 1, (2,))})
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, True, False, {}

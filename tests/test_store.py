@@ -1,0 +1,494 @@
+"""The preference store on real SQLite files: round trips, leases, labels, refusal, concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prefloop.store import (
+    LeaseError,
+    NotAPreferenceStoreError,
+    PreferenceStore,
+    StoreError,
+    sqlite_url,
+)
+from prefloop.types import Choice, Segment, SegmentPair
+
+L = 6
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_segment(
+    rng: np.random.Generator,
+    *,
+    discrete: bool = True,
+    n_valid: int = L,
+    start_step: int = 4,
+    env_step: int = 0,
+) -> Segment:
+    terminated = n_valid < L
+    obs = rng.normal(size=(L, 3)).astype(np.float32)
+    if discrete:
+        actions = rng.integers(0, 2, size=L).astype(np.int64)
+        episode_actions = rng.integers(0, 2, size=start_step + n_valid).astype(np.int64)
+    else:
+        actions = rng.uniform(-1, 1, size=(L, 2)).astype(np.float32)
+        episode_actions = rng.uniform(-1, 1, size=(start_step + n_valid, 2)).astype(np.float32)
+    rewards = rng.normal(size=L).astype(np.float32)
+    obs[n_valid:] = 0.0
+    actions[n_valid:] = 0
+    rewards[n_valid:] = 0.0
+    return Segment(
+        obs=obs,
+        actions=actions,
+        true_rewards=rewards,
+        n_valid=n_valid,
+        terminated=terminated,
+        episode_seed=int(rng.integers(0, 2**31)),
+        start_step=start_step,
+        episode_actions=episode_actions,
+        env_step=env_step,
+    )
+
+
+def make_pairs(n: int, seed: int = 0) -> list[SegmentPair]:
+    rng = np.random.default_rng(seed)
+    return [
+        SegmentPair(make_segment(rng), make_segment(rng), score=float(i)) for i in range(n)
+    ]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "prefs.sqlite"
+
+
+@pytest.fixture
+def store(db_path: Path, clock: FakeClock):
+    with PreferenceStore(sqlite_url(db_path), "run-a", clock=clock) as opened:
+        yield opened
+
+
+def assert_same_segment(got: Segment, want: Segment) -> None:
+    for name in ("obs", "actions", "true_rewards", "episode_actions"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.dtype == b.dtype, name
+        assert a.shape == b.shape, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert (got.n_valid, got.terminated, got.episode_seed, got.start_step, got.env_step) == (
+        want.n_valid,
+        want.terminated,
+        want.episode_seed,
+        want.start_step,
+        want.env_step,
+    )
+    assert got.id == want.id
+
+
+def test_segments_round_trip_with_exact_arrays_dtypes_and_ids(store: PreferenceStore) -> None:
+    rng = np.random.default_rng(1)
+    discrete = make_segment(rng, env_step=123)
+    box_terminated = make_segment(rng, discrete=False, n_valid=3, start_step=0)
+
+    ids = store.add_segments([discrete, box_terminated])
+
+    assert ids == [discrete.id, box_terminated.id]
+    assert len(set(ids)) == 2
+    loaded = store.get_segments([ids[1], ids[0], ids[1]])
+    assert_same_segment(loaded[0], box_terminated)
+    assert_same_segment(loaded[1], discrete)
+    assert_same_segment(loaded[2], box_terminated)
+    assert loaded[1].actions.dtype == np.int64
+    assert loaded[0].actions.dtype == np.float32 and loaded[0].actions.shape == (L, 2)
+    assert loaded[0].terminated and loaded[0].n_valid == 3
+    np.testing.assert_array_equal(loaded[0].valid_mask, [1, 1, 1, 0, 0, 0])
+
+    with pytest.raises(StoreError, match="already saved"):
+        store.add_segments([discrete])
+    with pytest.raises(StoreError, match="not segments of run"):
+        store.get_segments([ids[0], 999])
+
+
+def test_malformed_segment_is_refused_before_anything_is_written(store: PreferenceStore) -> None:
+    rng = np.random.default_rng(2)
+    good = make_segment(rng)
+    bad = make_segment(rng)
+    bad.episode_actions = bad.episode_actions[:-1]
+    with pytest.raises(StoreError, match="episode_actions"):
+        store.add_segments([good, bad])
+    cut = make_segment(rng)
+    cut.n_valid = 3  # shorter than L without termination
+    with pytest.raises(StoreError, match="terminated"):
+        store.add_pairs([SegmentPair(good, cut)])
+    assert store.counts()["segments"] == 0
+    assert good.id is None
+
+
+def test_add_pairs_claim_answer_and_counts(store: PreferenceStore) -> None:
+    pairs = make_pairs(3)
+    shared = pairs[0].left
+    pairs.append(SegmentPair(shared, pairs[1].right, score=9.0))  # reuses two segments
+
+    pair_ids = store.add_pairs(pairs)
+
+    assert pair_ids == [p.id for p in pairs] and pair_ids == sorted(pair_ids)
+    assert store.counts() == {
+        "segments": 6,
+        "pairs": 4,
+        "pending": 4,
+        "claimed": 0,
+        "answered": 0,
+        "labels": 0,
+        "cant_tell": 0,
+    }
+    claimed = store.claim_next("alice")
+    assert claimed is not None and claimed.id == pair_ids[0]  # oldest first
+    assert_same_segment(claimed.left, pairs[0].left)
+    assert_same_segment(claimed.right, pairs[0].right)
+    assert store.counts()["claimed"] == 1
+
+    label = store.answer(claimed.id, "alice", Choice.RIGHT, response_time_s=2.5)
+
+    assert (label.pair_id, label.rater_id, label.choice, label.response_time_s) == (
+        claimed.id,
+        "alice",
+        Choice.RIGHT,
+        2.5,
+    )
+    assert label.id is not None
+    counts = store.counts()
+    assert (counts["pending"], counts["claimed"], counts["answered"], counts["labels"]) == (
+        3,
+        0,
+        1,
+        1,
+    )
+    assert [lab.id for lab in store.labels()] == [label.id]
+    assert store.claim_next("alice").id == pair_ids[1]
+
+
+def test_two_raters_never_get_the_same_pair(store: PreferenceStore) -> None:
+    pair_ids = store.add_pairs(make_pairs(7))
+    got: dict[str, list[int]] = {"alice": [], "bob": []}
+    while True:
+        held = {rater: store.claim_next(rater) for rater in got}
+        if all(pair is None for pair in held.values()):
+            break
+        for rater, pair in held.items():
+            if pair is not None:
+                assert store.claim_next(rater).id == pair.id  # a refreshed tab: same pair
+                got[rater].append(pair.id)
+        for rater, pair in held.items():
+            if pair is not None:
+                store.answer(pair.id, rater, Choice.LEFT, 1.0)
+    assert not set(got["alice"]) & set(got["bob"])
+    assert sorted(got["alice"] + got["bob"]) == pair_ids
+    assert len(got["alice"]) == 4 and len(got["bob"]) == 3
+
+
+def test_held_pairs_are_not_handed_to_another_rater(store: PreferenceStore) -> None:
+    a, b = store.add_pairs(make_pairs(2))
+    assert store.claim_next("alice").id == a
+    assert store.claim_next("bob").id == b
+    assert store.claim_next("carol") is None
+
+
+def test_expired_lease_returns_pair_and_late_answer_is_rejected(
+    store: PreferenceStore, clock: FakeClock
+) -> None:
+    (pair_id,) = store.add_pairs(make_pairs(1))
+    assert store.claim_next("alice", lease_seconds=60).id == pair_id
+    assert store.claim_next("bob") is None
+
+    clock.now += 61
+    taken = store.claim_next("bob")
+
+    assert taken is not None and taken.id == pair_id
+    with pytest.raises(LeaseError, match="leased to another rater"):
+        store.answer(pair_id, "alice", Choice.LEFT, 3.0)
+    store.answer(pair_id, "bob", Choice.RIGHT, 1.0)
+    with pytest.raises(LeaseError, match="already completed"):
+        store.answer(pair_id, "alice", Choice.LEFT, 3.0)
+    assert [(lab.rater_id, lab.choice) for lab in store.labels()] == [("bob", Choice.RIGHT)]
+
+
+def test_late_answer_is_accepted_while_nobody_else_claimed_the_pair(
+    store: PreferenceStore, clock: FakeClock
+) -> None:
+    (pair_id,) = store.add_pairs(make_pairs(1))
+    store.claim_next("alice", lease_seconds=10)
+    clock.now += 3600
+    label = store.answer(pair_id, "alice", Choice.EQUAL, 3600.0)
+    assert label.choice is Choice.EQUAL
+    assert store.counts()["answered"] == 1
+
+
+def test_answering_a_pair_never_claimed_is_a_lease_error(store: PreferenceStore) -> None:
+    (pair_id,) = store.add_pairs(make_pairs(1))
+    with pytest.raises(LeaseError, match="claim_next"):
+        store.answer(pair_id, "alice", Choice.LEFT, 1.0)
+    with pytest.raises(StoreError, match="does not exist"):
+        store.answer(pair_id + 100, "alice", Choice.LEFT, 1.0)
+
+
+def test_double_submit_counts_once(store: PreferenceStore) -> None:
+    (pair_id,) = store.add_pairs(make_pairs(1), labels_per_pair=2)
+    store.claim_next("alice")
+    first = store.answer(pair_id, "alice", Choice.LEFT, 1.0)
+    second = store.answer(pair_id, "alice", Choice.RIGHT, 1.5)  # same form submitted again
+    assert second == first
+    assert len(store.labels(include_retracted=True)) == 1
+    assert store.counts()["labels"] == 1
+    assert store.counts()["pending"] == 1  # still needs a second, different rater
+
+
+def test_release_gives_the_pair_back(store: PreferenceStore) -> None:
+    first, second = store.add_pairs(make_pairs(2))
+    assert store.claim_next("alice").id == first
+    store.release(first, "alice")
+    store.release(first, "alice")  # a second click changes nothing
+    assert store.counts()["claimed"] == 0
+    assert store.claim_next("alice", exclude=[first]).id == second  # "skip"
+    assert store.claim_next("bob").id == first
+    store.release(first, "alice")  # not alice's any more: a no-op
+    with pytest.raises(LeaseError):
+        store.answer(first, "alice", Choice.LEFT, 1.0)
+    with pytest.raises(StoreError, match="does not exist"):
+        store.release(12345, "alice")
+
+
+def test_undo_retracts_without_deleting_and_lets_the_rater_answer_again(
+    store: PreferenceStore, db_path: Path, clock: FakeClock
+) -> None:
+    first, second = store.add_pairs(make_pairs(2))
+    store.claim_next("alice")
+    wrong = store.answer(first, "alice", Choice.LEFT, 1.0)
+    assert store.claim_next("alice").id == second  # moved on to the next pair
+    clock.now += 5
+
+    undone = store.undo_last("alice")
+
+    assert undone is not None and undone.id == wrong.id and undone.choice is Choice.LEFT
+    assert store.labels() == []
+    assert [lab.id for lab in store.labels(include_retracted=True)] == [wrong.id]
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("SELECT retracted_at FROM labels").fetchall() == [(clock.now,)]
+    assert store.counts()["answered"] == 0
+    assert store.claim_next("alice").id == first  # the undone pair comes back first
+
+    fixed = store.answer(first, "alice", Choice.RIGHT, 2.0)
+
+    assert fixed.id != wrong.id
+    assert [(lab.id, lab.choice) for lab in store.labels()] == [(fixed.id, Choice.RIGHT)]
+    assert len(store.labels(include_retracted=True)) == 2
+    assert [lp.target for lp in store.labeled_pairs()] == [1.0]
+    assert store.claim_next("alice").id == second  # still held
+    assert store.undo_last("bob") is None
+
+
+def test_labels_per_pair_two_needs_two_different_raters(store: PreferenceStore) -> None:
+    (pair_id,) = store.add_pairs(make_pairs(1), labels_per_pair=2)
+    store.claim_next("alice")
+    store.answer(pair_id, "alice", Choice.LEFT, 1.0)
+    assert store.counts()["pending"] == 1
+    assert store.claim_next("alice") is None  # alice already labelled it
+
+    assert store.claim_next("bob").id == pair_id
+    store.answer(pair_id, "bob", Choice.LEFT, 1.0)
+
+    assert store.counts()["answered"] == 1
+    assert store.claim_next("carol") is None
+    assert sorted(lab.rater_id for lab in store.labels()) == ["alice", "bob"]
+
+
+def answer_next(store: PreferenceStore, rater: str, choice: Choice) -> int:
+    pair = store.claim_next(rater)
+    assert pair is not None
+    store.answer(pair.id, rater, choice, 1.0)
+    return pair.id
+
+
+def test_labeled_pairs_targets_are_label_means_without_cant_tell(store: PreferenceStore) -> None:
+    pairs = make_pairs(5)
+    ids = store.add_pairs(pairs[:2], labels_per_pair=1, gold_choice=Choice.LEFT)
+    ids += store.add_pairs(pairs[2:4], labels_per_pair=2, gold_choice="left")
+    ids += store.add_pairs(pairs[4:], labels_per_pair=1)
+    alice = [Choice.LEFT, Choice.EQUAL, Choice.LEFT, Choice.RIGHT, Choice.CANT_TELL]
+    assert [answer_next(store, "alice", choice) for choice in alice] == ids  # oldest first
+    assert answer_next(store, "bob", Choice.RIGHT) == ids[2]
+    assert answer_next(store, "bob", Choice.CANT_TELL) == ids[3]
+    assert store.claim_next("bob") is None
+
+    labeled = store.labeled_pairs()
+
+    assert [(lp.pair_id, lp.target, lp.extra["n_labels"]) for lp in labeled] == [
+        (ids[0], 0.0, 1),  # left
+        (ids[1], 0.5, 1),  # tie
+        (ids[2], 0.5, 2),  # left + right: the mean
+        (ids[3], 1.0, 1),  # right; cant_tell does not count
+    ]  # ids[4] has only cant_tell
+    assert all(lp.extra["gold_choice"] is Choice.LEFT for lp in labeled)
+    assert_same_segment(labeled[2].left, pairs[2].left)
+    assert_same_segment(labeled[2].right, pairs[2].right)
+    counts = store.counts()
+    assert (counts["labels"], counts["cant_tell"], counts["answered"]) == (7, 2, 5)
+
+
+def test_reopening_the_file_keeps_everything(db_path: Path, clock: FakeClock) -> None:
+    url = sqlite_url(db_path)
+    with PreferenceStore(url, "run-a", clock=clock) as store:
+        first, second = store.add_pairs(make_pairs(2))
+        store.claim_next("alice")
+        store.answer(first, "alice", Choice.RIGHT, 1.0)
+        held = store.claim_next("alice")
+        store.set_meta("config", '{"env": "CartPole-v1"}')
+        before = (store.counts(), store.labels(), store.labeled_pairs())
+
+    with PreferenceStore(url, "run-a", clock=clock) as store:
+        assert store.counts() == before[0]
+        assert store.labels() == before[1]
+        (labeled,) = store.labeled_pairs()
+        assert (labeled.pair_id, labeled.target) == (first, 1.0)
+        assert_same_segment(labeled.left, before[2][0].left)
+        assert store.get_meta("config") == '{"env": "CartPole-v1"}'
+        assert store.get_meta("missing") is None
+        assert store.claim_next("alice").id == held.id == second
+
+    with PreferenceStore(url, "run-b", clock=clock) as other_run:  # same file, separate run
+        assert other_run.counts()["pairs"] == 0
+        assert other_run.get_meta("config") is None
+
+
+def test_other_schema_version_is_refused(db_path: Path) -> None:
+    PreferenceStore(sqlite_url(db_path)).close()
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("UPDATE prefloop_meta SET value = '999' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="schema version"):
+        PreferenceStore(sqlite_url(db_path))
+
+
+def _write_garbage(path: Path) -> None:
+    path.write_bytes(b"this is a results table, not a database\n" * 100)
+
+
+def _write_foreign_sqlite(path: Path) -> None:
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        raw.execute("INSERT INTO invoices (total) VALUES (9.5)")
+    raw.close()
+
+
+def _write_corrupt_sqlite(path: Path) -> None:
+    path.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20)
+
+
+@pytest.mark.parametrize("make_file", [_write_garbage, _write_foreign_sqlite, _write_corrupt_sqlite])
+def test_files_that_are_not_a_store_are_refused_and_left_untouched(
+    tmp_path: Path, make_file
+) -> None:
+    path = tmp_path / "not-a-store.sqlite"
+    make_file(path)
+    before = path.read_bytes()
+
+    with pytest.raises(NotAPreferenceStoreError, match="untouched"):
+        PreferenceStore(sqlite_url(path))
+
+    assert path.read_bytes() == before
+
+
+def test_bad_arguments_raise_store_errors_naming_the_problem(store: PreferenceStore) -> None:
+    (pair_id,) = store.add_pairs(make_pairs(1))
+    store.claim_next("alice")
+    with pytest.raises(StoreError, match="rater_id"):
+        store.answer(pair_id, "", Choice.LEFT, 1.0)
+    with pytest.raises(StoreError, match="at most 200"):
+        store.claim_next("x" * 201)
+    with pytest.raises(StoreError, match="response_time_s"):
+        store.answer(pair_id, "alice", Choice.LEFT, float("nan"))
+    with pytest.raises(StoreError, match="response_time_s"):
+        store.answer(pair_id, "alice", Choice.LEFT, -1.0)
+    with pytest.raises(StoreError, match="choice"):
+        store.answer(pair_id, "alice", "maybe", 1.0)
+    with pytest.raises(StoreError, match="labels_per_pair"):
+        store.add_pairs(make_pairs(1, seed=3), labels_per_pair=0)
+    with pytest.raises(StoreError, match="folder"):
+        PreferenceStore(sqlite_url(Path(store.url[len("sqlite:///") :]).parent / "no" / "x.db"))
+    assert store.counts()["labels"] == 0
+    assert store.answer(pair_id, "alice", "left", 0.0).choice is Choice.LEFT
+
+
+# --- many processes on one file -------------------------------------------------------------
+
+
+def _rater_process(url: str, rater: str, barrier, results) -> None:
+    """Claim and answer until the queue is empty; submit every third answer twice."""
+    store = PreferenceStore(url, "run-a")
+    answered: list[tuple[int, int]] = []
+    barrier.wait(timeout=60)
+    while (pair := store.claim_next(rater)) is not None:
+        label = store.answer(pair.id, rater, Choice.LEFT, 0.1)
+        if len(answered) % 3 == 0:
+            assert store.answer(pair.id, rater, Choice.RIGHT, 0.1) == label
+        answered.append((pair.id, label.id))
+    store.close()
+    results.put((rater, answered))
+
+
+def test_four_processes_answer_every_pair_exactly_once(db_path: Path) -> None:
+    url = sqlite_url(db_path)
+    n_pairs = 60
+    with PreferenceStore(url, "run-a") as store:
+        pair_ids = store.add_pairs(make_pairs(n_pairs))
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    workers = [
+        ctx.Process(target=_rater_process, args=(url, f"rater-{i}", barrier, results))
+        for i in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    reported: dict[str, list[tuple[int, int]]] = {}
+    try:
+        while len(reported) < len(workers):
+            try:
+                rater, answered = results.get(timeout=1)
+                reported[rater] = answered
+            except queue.Empty:
+                crashed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+                assert not crashed, f"a rater process failed (exit codes {crashed}), see stderr"
+        for worker in workers:
+            worker.join(timeout=60)
+            assert worker.exitcode == 0
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+
+    returned = [item for answered in reported.values() for item in answered]
+    with PreferenceStore(url, "run-a") as store:
+        stored = store.labels(include_retracted=True)
+        counts = store.counts()
+    assert sorted(pair for pair, _ in returned) == pair_ids  # each pair answered exactly once
+    assert sorted(label_id for _, label_id in returned) == sorted(lab.id for lab in stored)
+    assert len({lab.pair_id for lab in stored}) == len(stored) == n_pairs
+    assert counts["answered"] == n_pairs and counts["labels"] == n_pairs
+    for rater, answered in reported.items():
+        assert {lab.pair_id for lab in stored if lab.rater_id == rater} == {p for p, _ in answered}
