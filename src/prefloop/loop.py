@@ -287,6 +287,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
     check_algorithm_fits(config.algo, venv.action_space, config.env_id)
     if config.reward_source == "preferences":
         make_teacher(config.teacher, seed=config.seed, **config.teacher_params)  # validate before writing
+    if config.reward_source == "preferences" and config.db_url:
+        PreferenceStore(config.db_url, run_name=config.run_name or "default").close()  # refuse a bad store before writing
     checkpoint = run_dir.latest_checkpoint() if resume else None
     if not resume:
         run_dir.create(config)

@@ -1,0 +1,115 @@
+"""Bad input at the command line: one clear line naming the problem and the fix, exit code 2,
+and nothing already stored changed."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+
+from prefloop.cli import main
+from prefloop.config import TrainConfig
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_unknown_env_id_names_close_ids(capsys, tmp_path: Path) -> None:
+    code, err = run_cli(capsys, "train", "--env", "CartPol-v1", "--run-dir", str(tmp_path / "r"), "--no-progress")
+    assert code == 2
+    assert "Unknown environment id 'CartPol-v1'" in err and "'CartPole-v1'" in err
+    assert not (tmp_path / "r").exists(), "a refused run leaves no folder behind"
+
+
+def test_unsupported_observation_space_is_refused(capsys, tmp_path: Path) -> None:
+    gym.register("prefloop-test/TupleObs-v0", entry_point=TupleObsEnv)
+    try:
+        code, err = run_cli(capsys, "train", "--env", "prefloop-test/TupleObs-v0", "--run-dir", str(tmp_path / "r"))
+    finally:
+        gym.registry.pop("prefloop-test/TupleObs-v0")
+    assert code == 2 and "observation space Tuple" in err and "FlattenObservation" in err
+
+
+@pytest.mark.parametrize(
+    ("param", "expected"),
+    [("beta=-1", "beta"), ("epsilon=1.5", "epsilon"), ("gamma=0", "gamma"), ("temperature=2", "temperature")],
+)
+def test_invalid_teacher_parameters_are_named(capsys, tmp_path: Path, param: str, expected: str) -> None:
+    code, err = run_cli(capsys, "train", "--teacher", "stochastic", "--teacher-param", param, "--run-dir", str(tmp_path / "r"))
+    assert code == 2 and expected in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_run_folder_without_resume_is_left_untouched(capsys, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "prefs.sqlite").write_bytes(b"precious labels")
+    code, err = run_cli(capsys, "train", "--run-dir", str(run))
+    assert code == 2 and "--resume" in err and "already exists" in err
+    assert (run / "prefs.sqlite").read_bytes() == b"precious labels"
+    assert sorted(p.name for p in run.iterdir()) == ["prefs.sqlite"]
+
+
+def test_resume_of_a_folder_that_is_not_a_run(capsys, tmp_path: Path) -> None:
+    code, err = run_cli(capsys, "train", "--resume", "--run-dir", str(tmp_path / "nothing"))
+    assert code == 2 and "cannot resume" in err
+
+
+def test_corrupt_database_is_refused_and_not_modified(capsys, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    TrainConfig(env_id="CartPole-v1", run_dir=run, steps=2000, labels=10, progress_bar=False).resolve().save(run / "config.json")
+    store = run / "prefs.sqlite"
+    store.write_bytes(b"\x00garbage, not a database" * 100)
+    before = digest(store)
+    code, err = run_cli(capsys, "train", "--resume", "--run-dir", str(run))
+    assert code == 2 and "prefs.sqlite" in err
+    assert digest(store) == before
+
+
+def test_foreign_database_url_is_refused_before_a_run_folder_is_made(capsys, tmp_path: Path) -> None:
+    import sqlite3
+
+    foreign = tmp_path / "other-app.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        conn.execute("INSERT INTO invoices VALUES (1, 9.5)")
+    before = digest(foreign)
+    code, err = run_cli(capsys, "train", "--db-url", f"sqlite:///{foreign}", "--run-dir", str(tmp_path / "r"))
+    assert code == 2 and "other-app.db" in err
+    assert digest(foreign) == before and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_more_labels_than_segments_says_what_to_change(capsys, tmp_path: Path) -> None:
+    code, err = run_cli(
+        capsys, "train", "--labels", "5000", "--steps", "2000", "--run-dir", str(tmp_path / "r"), "--no-progress"
+    )
+    assert code == 2 and "fewer --labels or more --steps" in err
+
+
+def test_bad_numbers_are_rejected_by_the_parser(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--labels", "-5"])
+    assert exc.value.code == 2
+    assert "must be > 0" in capsys.readouterr().err
+
+
+class TupleObsEnv(gym.Env):
+    observation_space = gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Discrete(3)))
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return (0, 0), {}
+
+    def step(self, action):
+        return (0, 0), 0.0, True, False, {}
