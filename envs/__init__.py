@@ -9,7 +9,7 @@ from prefloop.envs.learned_reward import LearnedRewardWrapper, RewardFunction, V
 from prefloop.envs.recorder import SegmentRecorder, VecSegmentRecorder
 from prefloop.envs.render import ReplayMismatchError, render_segment
 from prefloop.envs.seeding import EpisodeSeeder
-from prefloop.envs.segments import EpisodeSegmenter, SegmentBuffer
+from prefloop.envs.segments import EpisodeSegmenter, SegmentBuffer, cut_segments
 
 __all__ = [
     "EnvSetupError",
@@ -21,6 +21,7 @@ __all__ = [
     "RewardFunction",
     "SegmentBuffer",
     "SegmentRecorder",
+    "cut_segments",
     "VecLearnedReward",
     "VecSegmentRecorder",
     "check_can_render",

@@ -14,7 +14,7 @@ import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from prefloop.envs.segments import EpisodeSegmenter, SegmentBuffer
+from prefloop.envs.segments import EpisodeSegmenter, SegmentBuffer, cut_segments
 
 
 class SegmentRecorder(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -54,40 +54,89 @@ class VecSegmentRecorder(VecEnvWrapper):
     Put it directly on the ``VecEnv`` whose envs are wrapped in ``EpisodeSeeder``: it reads each
     episode's seed from the VecEnv's ``reset_infos`` after the automatic reset.
     ``num_timesteps`` counts env steps over all envs (the provenance stamp of each segment).
+
+    Per vector step it only appends the batch arrays to a history (this runs on every env step of
+    training); an env's episode is gathered from its column of the history when the episode ends,
+    and history older than every running episode is dropped.
     """
 
-    def __init__(self, venv: VecEnv, buffer: SegmentBuffer, segment_length: int, seed: int | None = None):
+    def __init__(
+        self,
+        venv: VecEnv,
+        buffer: SegmentBuffer,
+        segment_length: int,
+        seed: int | None = None,
+        segments_per_step: float | None = None,
+    ):
         super().__init__(venv)
         self.buffer = buffer
-        rngs = np.random.default_rng(seed).spawn(venv.num_envs)
-        self._segmenters = [EpisodeSegmenter(segment_length, rng) for rng in rngs]
+        self.segment_length = segment_length
+        self.segments_per_step = segments_per_step
+        self._rngs = np.random.default_rng(seed).spawn(venv.num_envs)
+        self._obs: list[np.ndarray] = []
+        self._actions: list[np.ndarray] = []
+        self._rewards: list[np.ndarray] = []
+        self._first = 0  # history index of self._obs[0]
+        self._episode_start = np.zeros(venv.num_envs, dtype=np.int64)
+        self._episode_seed: list[int | None] = [None] * venv.num_envs
         self._last_obs: np.ndarray | None = None
-        self._actions: np.ndarray | None = None
+        self._actions_in_flight: np.ndarray | None = None
         self.num_timesteps = 0
 
-    def _episode_seed(self, env_index: int) -> int | None:
+    def _seed_of_new_episode(self, env_index: int) -> int | None:
         return self.venv.unwrapped.reset_infos[env_index].get("episode_seed")
 
     def reset(self) -> VecEnvObs:
         obs = self.venv.reset()
-        for index, segmenter in enumerate(self._segmenters):
-            segmenter.start_episode(self._episode_seed(index))
+        self._obs.clear()
+        self._actions.clear()
+        self._rewards.clear()
+        self._first = 0
+        self._episode_start[:] = 0
+        self._episode_seed = [self._seed_of_new_episode(i) for i in range(self.num_envs)]
         self._last_obs = obs
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.asarray(actions)
+        self._actions_in_flight = np.array(actions)
         self.venv.step_async(actions)
 
     def step_wait(self) -> VecEnvStepReturn:
         obs, rewards, dones, infos = self.venv.step_wait()
-        assert self._last_obs is not None and self._actions is not None, "step before reset"
+        assert self._last_obs is not None and self._actions_in_flight is not None, "step before reset"
         self.num_timesteps += self.num_envs
-        for index, segmenter in enumerate(self._segmenters):
-            segmenter.add_step(self._last_obs[index], self._actions[index], rewards[index])
-            if dones[index]:
+        self._obs.append(self._last_obs)
+        self._actions.append(self._actions_in_flight)
+        self._rewards.append(np.asarray(rewards, dtype=np.float32))
+        if dones.any():
+            now = self._first + len(self._obs)  # history index after this step
+            for index in np.flatnonzero(dones):
                 terminated = not infos[index].get("TimeLimit.truncated", False)
-                self.buffer.extend(segmenter.end_episode(terminated, self.num_timesteps))
-                segmenter.start_episode(self._episode_seed(index))
+                self._finish_episode(int(index), now, terminated)
+                self._episode_start[index] = now
+                self._episode_seed[index] = self._seed_of_new_episode(int(index))
+            self._drop_history_before(int(self._episode_start.min()))
         self._last_obs = obs
         return obs, rewards, dones, infos
+
+    def _finish_episode(self, index: int, end: int, terminated: bool) -> None:
+        seed = self._episode_seed[index]
+        begin = int(self._episode_start[index]) - self._first
+        stop = end - self._first
+        if seed is None or stop <= begin:
+            return
+        self.buffer.extend(
+            cut_segments(
+                np.stack([step[index] for step in self._obs[begin:stop]]),
+                np.stack([step[index] for step in self._actions[begin:stop]]),
+                np.array([step[index] for step in self._rewards[begin:stop]]),
+                terminated=terminated, episode_seed=seed, segment_length=self.segment_length,
+                rng=self._rngs[index], env_step=self.num_timesteps, segments_per_step=self.segments_per_step,
+            )
+        )
+
+    def _drop_history_before(self, index: int) -> None:
+        drop = index - self._first
+        if drop > 0:
+            del self._obs[:drop], self._actions[:drop], self._rewards[:drop]
+            self._first = index

@@ -1,6 +1,7 @@
 """Cutting episodes into fixed-length segments, the unit a teacher compares.
 
-:class:`EpisodeSegmenter` accumulates one env's steps; when the episode ends it cuts segments:
+:func:`cut_segments` cuts one finished episode (:class:`EpisodeSegmenter` accumulates one env's
+steps for it; ``VecSegmentRecorder`` keeps a history of whole vector steps instead):
 
 - a *terminated* episode (the env reached a terminal state) may end inside a segment; the rest of
   that segment is the absorbing state after termination, padded with zeros (``n_valid < L``);
@@ -20,21 +21,76 @@ import numpy as np
 from prefloop.types import Segment
 
 
+def cut_segments(
+    obs: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    *,
+    terminated: bool,
+    episode_seed: int,
+    segment_length: int,
+    rng: np.random.Generator,
+    env_step: int,
+    segments_per_step: float | None = None,
+) -> list[Segment]:
+    """Cut one finished episode into segments at random, distinct start steps.
+
+    Args:
+        obs: ``(T, *obs_shape)``, the observation each action was taken in.
+        actions: ``(T, *act_shape)`` (integer dtype for discrete actions).
+        rewards: ``(T,)`` true rewards.
+        terminated: the episode ended in a terminal state (else it was truncated).
+        episode_seed: the seed it was reset with.
+        segment_length: L.
+        rng: draws the start steps.
+        env_step: provenance stamp for the segments.
+        segments_per_step: segments per episode step (default ``1 / L``: on average every step
+            lands in one segment); at least one segment is cut when any fits.
+    """
+    length = len(rewards)
+    last_start = length - 1 if terminated else length - segment_length
+    if length == 0 or last_start < 0:
+        return []
+    obs = np.asarray(obs, dtype=np.float32)
+    actions = np.asarray(actions)
+    actions = actions.astype(np.int64 if np.issubdtype(actions.dtype, np.integer) else np.float32, copy=False)
+    rewards = np.asarray(rewards, dtype=np.float32)
+    per_step = segments_per_step if segments_per_step is not None else 1.0 / segment_length
+    n_segments = min(max(1, int(round(length * per_step))), last_start + 1)
+    starts = np.sort(rng.choice(last_start + 1, size=n_segments, replace=False))
+    segments = []
+    for start in (int(s) for s in starts):
+        end = min(start + segment_length, length)
+        segments.append(
+            Segment(
+                obs=_pad(obs[start:end], segment_length),
+                actions=_pad(actions[start:end], segment_length),
+                true_rewards=_pad(rewards[start:end], segment_length),
+                n_valid=end - start,
+                terminated=bool(terminated and end == length),
+                episode_seed=int(episode_seed),
+                start_step=start,
+                episode_actions=actions[:end],
+                env_step=env_step,
+            )
+        )
+    return segments
+
+
 class EpisodeSegmenter:
     """Collects the steps of one env's current episode and cuts segments when it ends.
 
     Args:
         segment_length: L, the number of steps per segment.
         rng: draws segment start positions.
-        segments_per_step: how many segments to cut per episode step (default ``1 / L``: on
-            average each step lands in one segment); at least one segment per episode is cut.
+        segments_per_step: see :func:`cut_segments`.
     """
 
     def __init__(self, segment_length: int, rng: np.random.Generator, segments_per_step: float | None = None):
         if segment_length < 1:
             raise ValueError(f"segment_length must be >= 1, got {segment_length}")
         self.segment_length = segment_length
-        self.segments_per_step = segments_per_step if segments_per_step is not None else 1.0 / segment_length
+        self.segments_per_step = segments_per_step
         self._rng = rng
         self._episode_seed: int | None = None
         self._obs: list[np.ndarray] = []
@@ -55,43 +111,16 @@ class EpisodeSegmenter:
         self._rewards.append(float(reward))
 
     def end_episode(self, terminated: bool, env_step: int) -> list[Segment]:
-        """Cut the finished episode into segments (possibly none) and forget it."""
-        segments = self._cut(terminated, env_step) if self._episode_seed is not None else []
+        """Cut the finished episode into segments (none when its seed is unknown) and forget it."""
+        segments: list[Segment] = []
+        if self._episode_seed is not None and self._rewards:
+            segments = cut_segments(
+                np.stack(self._obs), np.stack(self._actions), np.asarray(self._rewards),
+                terminated=terminated, episode_seed=self._episode_seed, segment_length=self.segment_length,
+                rng=self._rng, env_step=env_step, segments_per_step=self.segments_per_step,
+            )
         self.start_episode(None)
         return segments
-
-    def _cut(self, terminated: bool, env_step: int) -> list[Segment]:
-        length = len(self._rewards)
-        seg_len = self.segment_length
-        last_start = length - 1 if terminated else length - seg_len
-        if length == 0 or last_start < 0:
-            return []
-        obs = np.stack(self._obs).astype(np.float32, copy=False)
-        actions = np.stack(self._actions)
-        actions = actions.astype(np.int64 if np.issubdtype(actions.dtype, np.integer) else np.float32, copy=False)
-        rewards = np.asarray(self._rewards, dtype=np.float32)
-        n_segments = max(1, int(round(length * self.segments_per_step)))
-        n_segments = min(n_segments, last_start + 1)
-        starts = np.sort(self._rng.choice(last_start + 1, size=n_segments, replace=False))
-        return [self._segment(obs, actions, rewards, int(s), terminated, env_step) for s in starts]
-
-    def _segment(
-        self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, start: int, terminated: bool, env_step: int
-    ) -> Segment:
-        seg_len = self.segment_length
-        end = min(start + seg_len, len(rewards))
-        n_valid = end - start
-        return Segment(
-            obs=_pad(obs[start:end], seg_len),
-            actions=_pad(actions[start:end], seg_len),
-            true_rewards=_pad(rewards[start:end], seg_len),
-            n_valid=n_valid,
-            terminated=bool(terminated and end == len(rewards)),
-            episode_seed=int(self._episode_seed),  # type: ignore[arg-type]
-            start_step=start,
-            episode_actions=actions[:end],
-            env_step=env_step,
-        )
 
 
 def _pad(values: np.ndarray, length: int) -> np.ndarray:

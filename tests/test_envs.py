@@ -192,3 +192,26 @@ class _DictObsEnv(gym.Env):
 
     def step(self, action):
         return self.observation_space.sample(), 0.0, True, False, {}
+
+
+def test_vec_recorder_segments_match_a_replay_of_their_episode_in_every_env() -> None:
+    spec = EnvSpec("CartPole-v1")
+    buffer = SegmentBuffer(10_000)
+    recorder = VecSegmentRecorder(random_vec(spec, n_envs=4), buffer, segment_length=8, seed=1)
+    play(recorder, 400)
+    segments = buffer.recent()
+    assert len(segments) > 50
+    assert len({s.episode_seed for s in segments}) > 20
+    for seg in segments:
+        env = make_env(spec)
+        obs, _ = env.env.reset(seed=seg.episode_seed)
+        for t, action in enumerate(seg.episode_actions):
+            if t >= seg.start_step:
+                np.testing.assert_allclose(obs, seg.obs[t - seg.start_step], atol=1e-6)
+                assert seg.actions[t - seg.start_step] == action
+            obs, reward, terminated, truncated, _ = env.step(int(action))
+            if t >= seg.start_step:
+                assert seg.true_rewards[t - seg.start_step] == reward
+        assert terminated == seg.terminated
+    # the history of finished episodes is dropped, not kept forever
+    assert len(recorder._obs) < 200

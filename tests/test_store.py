@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import queue
 import sqlite3
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prefloop.serialization import array_from_bytes, array_to_bytes
 from prefloop.store import (
     LeaseError,
     NotAPreferenceStoreError,
@@ -303,6 +305,25 @@ def test_undo_retracts_without_deleting_and_lets_the_rater_answer_again(
     assert store.undo_last("bob") is None
 
 
+def test_the_database_itself_refuses_a_second_live_label(
+    store: PreferenceStore, db_path: Path
+) -> None:
+    (pair_id,) = store.add_pairs(make_pairs(1))
+    store.claim_next("alice")
+    store.answer(pair_id, "alice", Choice.LEFT, 1.0)
+    row = (pair_id, "alice", "right", 1.0, 0.0)
+    insert = (
+        "INSERT INTO labels (pair_id, rater_id, choice, response_time_s, created_at) "
+        "VALUES (?, ?, ?, ?, ?)"
+    )
+    with sqlite3.connect(db_path) as raw:
+        with pytest.raises(sqlite3.IntegrityError):
+            raw.execute(insert, row)
+        raw.execute("UPDATE labels SET retracted_at = 1.0")
+        raw.execute(insert, row)  # allowed once the first is retracted
+    raw.close()
+
+
 def test_labels_per_pair_two_needs_two_different_raters(store: PreferenceStore) -> None:
     (pair_id,) = store.add_pairs(make_pairs(1), labels_per_pair=2)
     store.claim_next("alice")
@@ -492,3 +513,28 @@ def test_four_processes_answer_every_pair_exactly_once(db_path: Path) -> None:
     assert counts["answered"] == n_pairs and counts["labels"] == n_pairs
     for rater, answered in reported.items():
         assert {lab.pair_id for lab in stored if lab.rater_id == rater} == {p for p, _ in answered}
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.int64).reshape(3, 4),
+        np.linspace(0, 1, 10, dtype=np.float32).reshape(5, 2)[:, ::-1],  # not contiguous
+        np.array([1.5, -2.0], dtype=">f8"),  # big-endian
+        np.zeros((0, 3), dtype=np.float32),
+        np.array(True),
+    ],
+)
+def test_array_bytes_round_trip_is_exact(array: np.ndarray) -> None:
+    back = array_from_bytes(array_to_bytes(array))
+    assert back.dtype == array.dtype and back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+
+
+def test_arrays_needing_pickle_are_refused() -> None:
+    with pytest.raises(ValueError, match="pickle"):
+        array_to_bytes(np.array([{"a": 1}], dtype=object))
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([None], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="pickle-free"):
+        array_from_bytes(pickled.getvalue())

@@ -43,7 +43,8 @@ class TrainConfig:
         seed: seeds envs, policy, reward model, teacher and query selection.
         reward_source: ``"preferences"`` (learned reward) or ``"true"`` (the env's reward, baseline).
         eval_episodes: episodes of the final evaluation on the true reward.
-        checkpoint_every: env steps between checkpoints (0: at every label round and the end).
+        checkpoint_every: env steps between checkpoints (0: every 10% of the steps); label
+            rounds and the end of the run checkpoint as well.
         torch_threads: torch intra-op threads; 1 is fastest for these small models.
         progress_bar: show a progress bar (off in benchmark workers).
         db_url: SQLAlchemy URL of the preference store (None: SQLite file in the run folder).

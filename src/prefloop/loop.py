@@ -141,10 +141,10 @@ class PreferenceLearner:
         labeled = self.store.labeled_pairs()
         fit = self.trainer.fit(labeled)
         recent = self.buffer.recent(500)
-        obs = np.concatenate([s.obs[: s.n_valid] for s in recent])
-        actions = np.concatenate([s.actions[: s.n_valid] for s in recent])
-        self.reward_model.update_normalization(obs, actions)
-        corr = correlations(self.reward_model.predict_segment_returns(recent), [s.true_return for s in recent])
+        corr = {"pearson": math.nan, "spearman": math.nan}
+        if recent:  # empty right after a resume: keep the checkpoint's scale until segments come in
+            self.reward_model.update_normalization_from_segments(recent)
+            corr = correlations(self.reward_model.predict_segment_returns(recent), [s.true_return for s in recent])
         stats = {
             "env_step": float(env_step),
             "labels": float(len(labeled)),
@@ -225,6 +225,30 @@ class PreferenceCallback(BaseCallback):
         if not episodes:
             return None
         return float(np.mean([e["r"] for e in episodes])), float(np.mean([e["l"] for e in episodes]))
+
+
+class CheckpointCallback(BaseCallback):
+    """Checkpoints every ``every`` env steps (label rounds checkpoint on their own as well)."""
+
+    def __init__(self, run: "RunState", learner: "PreferenceLearner | None", step_offset: int, every: int):
+        super().__init__()
+        self.run = run
+        self.learner = learner
+        self.step_offset = step_offset
+        self.every = every
+        self._next = 0
+
+    def _on_training_start(self) -> None:
+        self._next = self.step_offset + self.num_timesteps + self.every
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        env_step = self.step_offset + self.num_timesteps
+        if env_step >= self._next:
+            self._next = env_step + self.every
+            self.run.checkpoint(self.model, self.learner, env_step)
 
 
 class RunState:
@@ -344,6 +368,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
     callbacks: list[BaseCallback] = [CurveCallback(initial_steps, max(1, config.steps // 200), curve)]
     if learner is not None:
         callbacks.append(PreferenceCallback(learner, rounds, initial_steps, state))
+    callbacks.append(CheckpointCallback(state, learner, initial_steps, config.checkpoint_every or max(1, config.steps // 10)))
     if remaining > 0:
         model.learn(
             total_timesteps=remaining,

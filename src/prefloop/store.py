@@ -221,6 +221,8 @@ class PreferenceStore:
         clock: returns the time in unix seconds; every timestamp and lease uses it (inject a
             fake clock to test lease expiry).
 
+    Thread-safe: every call takes its own pooled connection. Do not share across ``fork``.
+
     Raises:
         NotAPreferenceStoreError: the file is not SQLite, is corrupt, or the database holds
             another application's tables; nothing is written to it.
@@ -667,9 +669,6 @@ class PreferenceStore:
         for attempt in range(2):
             try:
                 with self._write() as conn:
-                    existing = self._live_label(conn, pair_id, rater_id)
-                    if existing is not None:
-                        return existing
                     labels_per_pair = conn.scalar(
                         select(p.c.labels_per_pair).where(
                             p.c.id == pair_id, p.c.run_id == self._run_id
@@ -677,6 +676,9 @@ class PreferenceStore:
                     )
                     if labels_per_pair is None:
                         raise StoreError(self._no_such_pair(pair_id))
+                    existing = self._live_label(conn, pair_id, rater_id)
+                    if existing is not None:
+                        return existing
                     now = self._now()
                     # Compare-and-set on the lease; it also row-locks the pair on PostgreSQL so
                     # the label count below cannot race with another answer to the same pair.
@@ -753,8 +755,8 @@ class PreferenceStore:
             return head + "it is already completed (it has all the labels it needs)" + tail
         if row.status == CLAIMED:
             return (
-                head + "it is now leased to another rater (your lease expired and they claimed "
-                "it)" + tail
+                head + "it is leased to another rater (if it was yours, your lease expired and "
+                "they claimed it)" + tail
             )
         return head + "it is not leased to this rater (never claimed, or released)" + tail
 
@@ -813,6 +815,10 @@ class PreferenceStore:
                 ).first()
                 if row is None:
                     return None
+                # Lock the pair row before retracting: answer() counts a pair's live labels
+                # under that lock, so it cannot count this label as live while it is being
+                # retracted (PostgreSQL; on SQLite the write transaction excludes all others).
+                conn.execute(select(p.c.id).where(p.c.id == row.pair_id).with_for_update())
                 now = self._now()
                 retracted = conn.execute(
                     update(lab)
