@@ -9,7 +9,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.prefloop-installed
 
-.PHONY: run test install bench clean
+.PHONY: run test install bench clean system-deps
 
 $(PY):
 	$(PY_SYS) -m venv $(VENV)
@@ -24,7 +24,18 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/prefloop train --env CartPole-v1 --teacher oracle --labels 200 --steps 100000 --seed 0
 
-test: $(STAMP)
+# What the tests need from the system: Debian's chromium (the browser tests; never a downloaded
+# browser) and PostgreSQL (the store runs on both backends). Installed when missing and we are root.
+system-deps:
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing system packages:$$missing (install them with apt-get; the tests that need them will fail)"; fi; \
+	fi
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest
 
 bench: $(STAMP)

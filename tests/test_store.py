@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import os
 import queue
 import sqlite3
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -434,7 +436,9 @@ def test_files_that_are_not_a_store_are_refused_and_left_untouched(
     assert path.read_bytes() == before
 
 
-def test_bad_arguments_raise_store_errors_naming_the_problem(store: PreferenceStore) -> None:
+def test_bad_arguments_raise_store_errors_naming_the_problem(
+    store: PreferenceStore, tmp_path: Path
+) -> None:
     (pair_id,) = store.add_pairs(make_pairs(1))
     store.claim_next("alice")
     with pytest.raises(StoreError, match="rater_id"):
@@ -450,17 +454,17 @@ def test_bad_arguments_raise_store_errors_naming_the_problem(store: PreferenceSt
     with pytest.raises(StoreError, match="labels_per_pair"):
         store.add_pairs(make_pairs(1, seed=3), labels_per_pair=0)
     with pytest.raises(StoreError, match="folder"):
-        PreferenceStore(sqlite_url(Path(store.url[len("sqlite:///") :]).parent / "no" / "x.db"))
+        PreferenceStore(sqlite_url(tmp_path / "missing-run-folder" / "prefs.sqlite"))
     assert store.counts()["labels"] == 0
     assert store.answer(pair_id, "alice", "left", 0.0).choice is Choice.LEFT
 
 
-# --- many processes on one file -------------------------------------------------------------
+# --- many processes on one database -----------------------------------------------------------
 
 
-def _rater_process(url: str, rater: str, barrier, results) -> None:
+def _rater_process(url: str, run_name: str, rater: str, barrier, results) -> None:
     """Claim and answer until the queue is empty; submit every third answer twice."""
-    store = PreferenceStore(url, "run-a")
+    store = PreferenceStore(url, run_name)
     answered: list[tuple[int, int]] = []
     barrier.wait(timeout=60)
     while (pair := store.claim_next(rater)) is not None:
@@ -472,16 +476,15 @@ def _rater_process(url: str, rater: str, barrier, results) -> None:
     results.put((rater, answered))
 
 
-def test_four_processes_answer_every_pair_exactly_once(db_path: Path) -> None:
-    url = sqlite_url(db_path)
+def check_four_processes_answer_every_pair_exactly_once(url: str, run_name: str) -> None:
     n_pairs = 60
-    with PreferenceStore(url, "run-a") as store:
+    with PreferenceStore(url, run_name) as store:
         pair_ids = store.add_pairs(make_pairs(n_pairs))
 
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(4), ctx.Queue()
     workers = [
-        ctx.Process(target=_rater_process, args=(url, f"rater-{i}", barrier, results))
+        ctx.Process(target=_rater_process, args=(url, run_name, f"rater-{i}", barrier, results))
         for i in range(4)
     ]
     for worker in workers:
@@ -504,7 +507,7 @@ def test_four_processes_answer_every_pair_exactly_once(db_path: Path) -> None:
                 worker.terminate()
 
     returned = [item for answered in reported.values() for item in answered]
-    with PreferenceStore(url, "run-a") as store:
+    with PreferenceStore(url, run_name) as store:
         stored = store.labels(include_retracted=True)
         counts = store.counts()
     assert sorted(pair for pair, _ in returned) == pair_ids  # each pair answered exactly once
@@ -513,6 +516,21 @@ def test_four_processes_answer_every_pair_exactly_once(db_path: Path) -> None:
     assert counts["answered"] == n_pairs and counts["labels"] == n_pairs
     for rater, answered in reported.items():
         assert {lab.pair_id for lab in stored if lab.rater_id == rater} == {p for p, _ in answered}
+
+
+def test_four_processes_answer_every_pair_exactly_once(db_path: Path) -> None:
+    check_four_processes_answer_every_pair_exactly_once(sqlite_url(db_path), "run-a")
+
+
+@pytest.mark.skipif(
+    not os.environ.get("PREFLOOP_TEST_POSTGRES_URL"),
+    reason="set PREFLOOP_TEST_POSTGRES_URL (e.g. postgresql+psycopg://user@host/db) to run",
+)
+def test_four_processes_on_postgresql() -> None:
+    run_name = f"test-{uuid.uuid4().hex}"  # a fresh run in a database that may hold older ones
+    check_four_processes_answer_every_pair_exactly_once(
+        os.environ["PREFLOOP_TEST_POSTGRES_URL"], run_name
+    )
 
 
 @pytest.mark.parametrize(

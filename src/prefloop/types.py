@@ -108,6 +108,7 @@ class Label:
     response_time_s: float
     created_at: float  # unix seconds
     id: int | None = None
+    retracted_at: float | None = None  # set when the rater undid this answer; the row is kept
 
 
 @dataclass(eq=False)
