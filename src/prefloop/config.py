@@ -31,8 +31,8 @@ class TrainConfig:
     Attributes:
         env_id: Gymnasium id.
         run_dir: the run folder (store, checkpoints, TensorBoard logs, summary, plots).
-        teacher: simulated teacher preset (``oracle``, ``stochastic``, ``myopic``, ``mistake``,
-            ``skip``, ``equal``).
+        teacher: ``human`` (raters in the app) or a simulated teacher preset (``oracle``,
+            ``stochastic``, ``myopic``, ``mistake``, ``skip``, ``equal``).
         teacher_params: overrides of the preset, e.g. ``{"beta": 0.5}``.
         labels: label budget of the whole run.
         steps: env steps of the whole run (None: the preset's).
@@ -48,6 +48,12 @@ class TrainConfig:
         torch_threads: torch intra-op threads; 1 is fastest for these small models.
         progress_bar: show a progress bar (off in benchmark workers).
         db_url: SQLAlchemy URL of the preference store (None: SQLite file in the run folder).
+        when_behind: human raters only: when a label round comes before the raters answered the
+            last one, ``"continue"`` training on the current reward model or ``"wait"`` for them.
+        min_initial_labels: human raters, ``continue``: labels needed before the policy starts.
+        gold_fraction: human raters: share of pairs with a known answer (quality control).
+        raters_per_pair: labels wanted per pair (> 1 measures agreement between raters).
+        guideline: the question shown to human raters above the two clips (None: the preset's).
         run_name: the run's name in the store (None: the run folder's name, fixed at creation so
             a renamed folder still finds its labels).
     """
@@ -74,6 +80,11 @@ class TrainConfig:
     progress_bar: bool = True
     db_url: str | None = None
     run_name: str | None = None
+    guideline: str | None = None
+    when_behind: str = "continue"
+    min_initial_labels: int = 10
+    gold_fraction: float = 0.05
+    raters_per_pair: int = 1
     env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -86,6 +97,10 @@ class TrainConfig:
         _check(self.torch_threads >= 1, "torch_threads", self.torch_threads, "an integer >= 1")
         _check(self.segment_buffer >= 2, "segment_buffer", self.segment_buffer, "an integer >= 2")
         _check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "an integer >= 0")
+        _check(self.when_behind in ("continue", "wait"), "when_behind", self.when_behind, "'continue' or 'wait'")
+        _check(self.min_initial_labels >= 1, "min_initial_labels", self.min_initial_labels, "an integer >= 1")
+        _check(0.0 <= self.gold_fraction < 1.0, "gold_fraction", self.gold_fraction, "a number in [0, 1)")
+        _check(self.raters_per_pair >= 1, "raters_per_pair", self.raters_per_pair, "an integer >= 1")
         if self.reward_source == "preferences":
             _check(self.labels >= 1, "labels", self.labels, "an integer >= 1 for a preference run")
 
@@ -97,6 +112,7 @@ class TrainConfig:
             self,
             run_dir=Path(self.run_dir),
             run_name=self.run_name or Path(self.run_dir).name,
+            guideline=self.guideline or preset.guideline,
             algo=algo,
             steps=self.steps if self.steps is not None else preset.total_steps,
             n_envs=self.n_envs if self.n_envs is not None else preset.envs_for(algo),

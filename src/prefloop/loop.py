@@ -23,6 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from prefloop.algos import algorithm_class, check_algorithm_fits, is_off_policy, make_algorithm, relabel_replay_buffer
 from prefloop.config import TrainConfig
-from prefloop.envs import EnvSpec, SegmentBuffer, VecLearnedReward, VecSegmentRecorder, make_env
+from prefloop.envs import EnvSpec, SegmentBuffer, VecLearnedReward, VecSegmentRecorder, check_can_render, make_env
 from prefloop.labeling import answer_pending
 from prefloop.metrics import correlations
 from prefloop.plots import plot_learning_curve
@@ -44,7 +45,8 @@ from prefloop.reward_models import RewardEnsemble, RewardTrainer, load_reward_mo
 from prefloop.rundir import RunDir
 from prefloop.schedule import LabelRound, label_rounds
 from prefloop.store import PreferenceStore, sqlite_url
-from prefloop.teachers import make_teacher
+from prefloop.teachers import Teacher, make_teacher
+from prefloop.types import Choice, Segment, SegmentPair
 
 log = logging.getLogger("prefloop")
 
@@ -83,7 +85,11 @@ def build_vec_env(spec: EnvSpec, n_envs: int, seed: int) -> VecEnv:
 
 
 class PreferenceLearner:
-    """Owns the preference side of a run: segments, store, teacher, reward model and its trainer."""
+    """Owns the preference side of a run: segments, store, teacher, reward model and its trainer.
+
+    ``teacher=None`` means people answer through the rater app: pairs are only put in the store,
+    and the reward model retrains whenever new labels have come in.
+    """
 
     def __init__(
         self,
@@ -91,43 +97,33 @@ class PreferenceLearner:
         store: PreferenceStore,
         reward_model: RewardEnsemble,
         buffer: SegmentBuffer,
+        teacher: Teacher | None,
     ):
         self.config = config
         self.store = store
         self.reward_model = reward_model
         self.trainer = RewardTrainer(reward_model, config.reward_model)
         self.buffer = buffer
-        self.teacher = make_teacher(config.teacher, seed=config.seed, **config.teacher_params)
+        self.teacher = teacher
         self._rng = np.random.default_rng([config.seed, 7])
         self.fit_history: list[dict[str, float]] = []
         self.time_s = 0.0
-        self._pairs_asked = store.counts()["pairs"]  # kept here: the schedule checks it every rollout
+        counts = store.counts()
+        self._pairs_asked = counts["pairs"]  # kept here: the schedule checks it every rollout
+        self.labels_at_last_fit = -1
 
     def pairs_asked(self) -> int:
         return self._pairs_asked
 
     def run_round(self, target_pairs: int, env_step: int, recent_returns: tuple[float, float] | None) -> dict[str, float]:
-        """Ask for pairs up to ``target_pairs``, have them answered, retrain the reward model.
+        """Simulated teacher: ask for pairs up to ``target_pairs``, answer them, retrain.
 
         ``recent_returns`` is (mean episode return, mean episode length) of the current policy,
         which scales the skip/equal thresholds of B-Pref teachers.
         """
+        assert self.teacher is not None, "run_round needs a simulated teacher"
         started = time.perf_counter()
-        new_pairs = max(0, target_pairs - self.pairs_asked())
-        if new_pairs:
-            candidates = self.buffer.recent()
-            try:
-                pairs = select_pairs(
-                    candidates, new_pairs, self.config.query, self._rng, preference_probs=self.reward_model.preference_probs
-                )
-            except NotEnoughSegmentsError as exc:
-                raise NotEnoughSegmentsError(
-                    f"label round at env step {env_step} asks for {new_pairs} new pairs but only "
-                    f"{len(candidates)} segments have been recorded: {exc} With --labels "
-                    f"{self.config.labels} over {self.config.steps} steps, use fewer --labels or more --steps."
-                ) from exc
-            self.store.add_pairs(pairs)
-            self._pairs_asked += len(pairs)
+        self.ask(target_pairs, env_step)
         if recent_returns is not None and recent_returns[1] > 0:
             mean_return, mean_length = recent_returns
             self.teacher.set_return_scale(mean_return * self.config.segment_length / mean_length)
@@ -136,9 +132,67 @@ class PreferenceLearner:
         self.time_s += time.perf_counter() - started
         return stats
 
+    def ask(self, target_pairs: int, env_step: int) -> int:
+        """Select new pairs from the recent segments so that ``target_pairs`` have been asked; returns how many."""
+        new_pairs = max(0, target_pairs - self.pairs_asked())
+        if not new_pairs:
+            return 0
+        candidates = self.buffer.recent()
+        n_gold = int(round(new_pairs * self.config.gold_fraction)) if self.teacher is None else 0
+        try:
+            pairs = select_pairs(
+                candidates, new_pairs - n_gold, self.config.query, self._rng,
+                preference_probs=self.reward_model.preference_probs,
+            )
+        except NotEnoughSegmentsError as exc:
+            raise NotEnoughSegmentsError(
+                f"label round at env step {env_step} asks for {new_pairs} new pairs but only "
+                f"{len(candidates)} segments have been recorded: {exc} With --labels "
+                f"{self.config.labels} over {self.config.steps} steps, use fewer --labels or more --steps."
+            ) from exc
+        self.store.add_pairs(pairs, labels_per_pair=self.config.raters_per_pair)
+        for left, right, choice in gold_pairs(candidates, n_gold, self._rng):
+            self.store.add_pairs([SegmentPair(left, right)], labels_per_pair=self.config.raters_per_pair, gold_choice=choice)
+        self._pairs_asked += len(pairs) + n_gold
+        return len(pairs) + n_gold
+
+    def labels_so_far(self) -> int:
+        return self.store.counts()["labels"]
+
+    def wait_for_raters(self, done: Callable[[dict[str, int]], bool], what: str, env_step: int, curve: list) -> None:
+        """Block until ``done(store.counts())``, saying every 10 s (terminal and app) what it waits for."""
+        last_said = -math.inf
+        while True:
+            counts = self.store.counts()
+            if done(counts):
+                return
+            if time.monotonic() - last_said > 10:
+                last_said = time.monotonic()
+                message = (
+                    f"waiting for raters ({what}): {counts['labels']} labels so far, "
+                    f"{counts['pending'] + counts['claimed']} pairs waiting in the rater app"
+                )
+                log.info("step %d: %s", env_step, message)
+                self.publish_progress("waiting_for_labels", env_step, curve, message)
+            time.sleep(0.5)
+
+    def publish_progress(self, status: str, env_step: int, curve: list, message: str = "") -> None:
+        """The trainer's state for the rater app's status line and dashboard (run meta ``progress``)."""
+        self.store.set_meta("progress", json.dumps(_finite_json({
+            "status": status,
+            "env_step": int(env_step),
+            "total_steps": int(self.config.steps or 0),
+            "labels_asked": self.pairs_asked(),
+            "fit_history": self.fit_history,
+            "curve": curve,
+            "updated_at": time.time(),
+            "message": message,
+        })))
+
     def fit(self, env_step: int) -> dict[str, float]:
         """Train the reward model on every label so far and rescale its output."""
         labeled = self.store.labeled_pairs()
+        self.labels_at_last_fit = self.labels_so_far()
         fit = self.trainer.fit(labeled)
         recent = self.buffer.recent(500)
         corr = {"pearson": math.nan, "spearman": math.nan}
@@ -155,6 +209,30 @@ class PreferenceLearner:
         }
         self.fit_history.append(stats)
         return stats
+
+
+def _finite_json(value: Any) -> Any:
+    """``value`` with every nan/inf float replaced by None, so it is strict JSON for any reader."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
+def gold_pairs(candidates: list[Segment], n: int, rng: np.random.Generator) -> list[tuple[Segment, Segment, Choice]]:
+    """``n`` quality-control pairs with an obvious answer: of 20 random pairs each, the one whose
+    true returns differ most, with the answer the true return gives."""
+    out = []
+    for _ in range(n if len(candidates) >= 2 else 0):
+        draws = [tuple(rng.choice(len(candidates), size=2, replace=False)) for _ in range(20)]
+        i, j = max(draws, key=lambda d: abs(candidates[d[0]].true_return - candidates[d[1]].true_return))
+        left, right = candidates[i], candidates[j]
+        if left.true_return != right.true_return:
+            out.append((left, right, Choice.RIGHT if right.true_return > left.true_return else Choice.LEFT))
+    return out
 
 
 class CurveCallback(BaseCallback):
@@ -189,7 +267,13 @@ class CurveCallback(BaseCallback):
 
 
 class PreferenceCallback(BaseCallback):
-    """Runs the label schedule during ``model.learn`` and checkpoints after each round."""
+    """Runs the label schedule during ``model.learn`` and checkpoints after each reward update.
+
+    Simulated teacher: each due round is asked, answered and trained on at once. Human raters:
+    a due round only puts pairs in the store; with ``when_behind="wait"`` training pauses until
+    the raters have answered every waiting pair, with ``"continue"`` it goes on with the current
+    reward model; either way the reward model retrains whenever new labels have arrived.
+    """
 
     def __init__(self, learner: PreferenceLearner, rounds: list[LabelRound], step_offset: int, run: "RunState"):
         super().__init__()
@@ -202,11 +286,36 @@ class PreferenceCallback(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
+        learner, config = self.learner, self.learner.config
         env_step = self.step_offset + self.num_timesteps
-        due = [r for r in self.rounds if r.at_step <= env_step and r.cumulative_labels > self.learner.pairs_asked()]
-        if not due:
+        due = [r for r in self.rounds if r.at_step <= env_step and r.cumulative_labels > learner.pairs_asked()]
+        if learner.teacher is not None:
+            if due:
+                self._after_fit(learner.run_round(due[-1].cumulative_labels, env_step, self._recent_returns()), env_step)
             return
-        stats = self.learner.run_round(due[-1].cumulative_labels, env_step, self._recent_returns())
+        if due:
+            waiting = learner.store.counts()
+            behind = waiting["pending"] + waiting["claimed"]
+            asked = learner.ask(due[-1].cumulative_labels, env_step)
+            if config.when_behind == "wait":
+                learner.wait_for_raters(
+                    lambda c: c["pending"] + c["claimed"] == 0, "training waits until every pair is answered",
+                    env_step, self.run.curve,
+                )
+            elif behind:
+                message = (
+                    f"raters are behind ({behind} pairs still waiting, {asked} more asked); "
+                    f"training continues on the reward model from {int(learner.fit_history[-1]['labels'])} labels"
+                )
+                log.info("step %d: %s", env_step, message)
+                learner.publish_progress("training", env_step, self.run.curve, message)
+        if learner.labels_so_far() > learner.labels_at_last_fit:
+            started = time.perf_counter()
+            stats = learner.fit(env_step)
+            learner.time_s += time.perf_counter() - started
+            self._after_fit(stats, env_step)
+
+    def _after_fit(self, stats: dict[str, float], env_step: int) -> None:
         if is_off_policy(self.model):
             started = time.perf_counter()
             relabel_replay_buffer(self.model, self.learner.reward_model)
@@ -218,6 +327,7 @@ class PreferenceCallback(BaseCallback):
             "step %d: %d labels, reward-model val acc %.2f, segment-return corr %.2f",
             env_step, stats["labels"], stats["val_accuracy"], stats["segment_return_pearson"],
         )
+        self.learner.publish_progress("training", env_step, self.run.curve)
         self.run.checkpoint(self.model, self.learner, env_step)
 
     def _recent_returns(self) -> tuple[float, float] | None:
@@ -276,6 +386,18 @@ class RunState:
         self.run_dir.publish_checkpoint(target)
 
 
+def publish_run_info(store: PreferenceStore, config: TrainConfig, spec: EnvSpec) -> None:
+    """What the rater app and clip worker need to know of the run, kept in the store itself so
+    they work from a database URL alone: the env to re-render clips, its frame rate, the guideline."""
+    probe = make_env(spec)
+    fps = float(probe.metadata.get("render_fps") or 30)
+    probe.close()
+    store.set_meta("config", json.dumps(config.to_json()))
+    store.set_meta("env_spec", json.dumps(spec.to_json()))
+    store.set_meta("render_fps", str(fps))
+    store.set_meta("guideline", config.guideline or "")
+
+
 def initial_random_steps(config: TrainConfig) -> int:
     """Env steps of the random policy whose segments give the first pairs (counted in ``steps``)."""
     assert config.steps is not None and config.segment_length is not None
@@ -291,8 +413,22 @@ def collect_random(venv: VecEnv, steps: int, seed: int) -> None:
         venv.step(np.stack([venv.action_space.sample() for _ in range(venv.num_envs)]))
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
+HUMAN_TEACHER = "human"
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    on_ready: Callable[[RunDir, str, str], None] | None = None,
+) -> RunResult:
     """Run one whole preference-learning run (or true-reward baseline) and write its run folder.
+
+    Args:
+        config: the run; with ``resume`` only ``run_dir`` is read and the rest comes from the folder.
+        resume: continue the run in ``config.run_dir`` from its newest checkpoint.
+        on_ready: called with (run folder, store URL, run name) once the store exists and before
+            the first labels are asked -- ``prefloop run`` starts the rater app there.
 
     Raises:
         prefloop.rundir.RunDirError: the folder exists without ``resume`` (or is missing with it).
@@ -301,18 +437,12 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
     """
     started = time.perf_counter()
     run_dir = RunDir(Path(config.run_dir))
-    if resume:
-        config = run_dir.load_config()
-    config = config.resolve()
+    config = (run_dir.load_config() if resume else config).resolve()
     assert config.steps is not None and config.n_envs is not None and config.algo is not None
     torch.set_num_threads(config.torch_threads)
     spec = EnvSpec(config.env_id, config.env_kwargs)
     venv = build_vec_env(spec, config.n_envs, config.seed)
-    check_algorithm_fits(config.algo, venv.action_space, config.env_id)
-    if config.reward_source == "preferences":
-        make_teacher(config.teacher, seed=config.seed, **config.teacher_params)  # validate before writing
-    if config.reward_source == "preferences" and config.db_url:
-        PreferenceStore(config.db_url, run_name=config.run_name or "default").close()  # refuse a bad store before writing
+    teacher = check_run_inputs(config, spec, venv)
     checkpoint = run_dir.latest_checkpoint() if resume else None
     if not resume:
         run_dir.create(config)
@@ -333,9 +463,13 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
                 seed=config.seed,
             )
         env = VecLearnedReward(recorder, reward_model)
-        store = PreferenceStore(config.db_url or sqlite_url(run_dir.store_path), run_name=config.run_name or "default")
-        learner = PreferenceLearner(config, store, reward_model, buffer)
+        store_url = config.db_url or sqlite_url(run_dir.store_path)
+        store = PreferenceStore(store_url, run_name=config.run_name or "default")
+        publish_run_info(store, config, spec)
+        learner = PreferenceLearner(config, store, reward_model, buffer, teacher)
         initial_steps = initial_random_steps(config)
+        if on_ready is not None:
+            on_ready(run_dir, store_url, config.run_name or "default")
     state = RunState(run_dir, curve, initial_steps)
 
     cls = algorithm_class(config.algo)
@@ -354,17 +488,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
     rounds: list[LabelRound] = []
     if learner is not None:
         rounds = label_rounds(config.labels, config.steps, config.schedule)
-        if checkpoint is None:
-            round_started = time.perf_counter()
-            collect_random(env, initial_steps, config.seed)
-            learner.time_s += time.perf_counter() - round_started
-            stats = learner.run_round(rounds[0].cumulative_labels, initial_steps, None)
-            log.info("initial round: %d labels, segment-return corr %.2f", stats["labels"], stats["segment_return_pearson"])
-        elif learner.store.counts()["pending"]:
-            learner.run_round(learner.pairs_asked(), initial_steps + model.num_timesteps, None)
+        first_labels(learner, env, rounds[0], initial_steps, checkpoint is not None, int(model.num_timesteps), curve)
 
-    policy_steps = config.steps - initial_steps
-    remaining = policy_steps - model.num_timesteps
+    remaining = config.steps - initial_steps - model.num_timesteps
     callbacks: list[BaseCallback] = [CurveCallback(initial_steps, max(1, config.steps // 200), curve)]
     if learner is not None:
         callbacks.append(PreferenceCallback(learner, rounds, initial_steps, state))
@@ -377,7 +503,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
             reset_num_timesteps=checkpoint is None,
             tb_log_name="policy",
         )
-    state.checkpoint(model, learner, initial_steps + model.num_timesteps)
+    final_step = initial_steps + int(model.num_timesteps)
+    state.checkpoint(model, learner, final_step)
 
     eval_returns = evaluate(model, spec, config.eval_episodes, seed=config.seed + 10_000)
     result = RunResult(
@@ -399,8 +526,57 @@ def train(config: TrainConfig, *, resume: bool = False) -> RunResult:
         plot_learning_curve(curve, run_dir.path / "learning_curve.png", title)
     env.close()
     if learner is not None:
+        learner.publish_progress("finished", final_step, curve, f"run finished: eval return {result.eval_return_mean:.1f}")
         learner.store.close()
     return result
+
+
+def check_run_inputs(config: TrainConfig, spec: EnvSpec, venv: VecEnv) -> Teacher | None:
+    """Refuse bad input before anything is written; returns the simulated teacher (None: humans)."""
+    assert config.algo is not None
+    check_algorithm_fits(config.algo, venv.action_space, config.env_id)
+    if config.reward_source != "preferences":
+        return None
+    if config.db_url:
+        PreferenceStore(config.db_url, run_name=config.run_name or "default").close()
+    if config.teacher == HUMAN_TEACHER:
+        check_can_render(spec)
+        return None
+    return make_teacher(config.teacher, seed=config.seed, **config.teacher_params)
+
+
+def first_labels(
+    learner: PreferenceLearner,
+    env: VecEnv,
+    first_round: LabelRound,
+    initial_steps: int,
+    resumed: bool,
+    policy_steps_done: int,
+    curve: list,
+) -> None:
+    """Before the policy trains: segments of a random policy, the first labels, the first reward model.
+
+    On resume: answer (simulated) or wait for (humans) what is still pending, and refit.
+    """
+    config = learner.config
+    env_step = initial_steps + policy_steps_done
+    if not resumed:
+        started = time.perf_counter()
+        collect_random(env, initial_steps, config.seed)
+        learner.time_s += time.perf_counter() - started
+    if learner.teacher is not None:
+        if not resumed or learner.store.counts()["pending"]:
+            target = first_round.cumulative_labels if not resumed else learner.pairs_asked()
+            stats = learner.run_round(target, env_step, None)
+            log.info("initial round: %d labels, segment-return corr %.2f", stats["labels"], stats["segment_return_pearson"])
+        return
+    if not resumed:
+        learner.ask(first_round.cumulative_labels, env_step)
+    asked = learner.pairs_asked()
+    needed = asked if config.when_behind == "wait" else min(asked, config.min_initial_labels)
+    learner.wait_for_raters(lambda c: c["labels"] >= needed, f"{needed} labels before the policy starts", env_step, curve)
+    learner.fit(env_step)
+    learner.publish_progress("training", env_step, curve)
 
 
 def evaluate(model: BaseAlgorithm, spec: EnvSpec, episodes: int, seed: int) -> list[float]:
