@@ -18,6 +18,11 @@ SQLite specifics (applied only when the URL is SQLite, through engine events): W
 (``BEGIN IMMEDIATE`` for writing transactions) so a read-then-write transaction cannot fail halfway
 with "database is locked" but waits for the writer ahead of it instead.
 
+Clips (the encoded videos raters watch) live in the store too, one per segment, so every app
+instance and worker sees the same ones on SQLite and PostgreSQL alike, and no file path ever comes
+from a request. The ``clips`` table was added after schema version 1 without changing it: opening an
+older version-1 store creates the table.
+
 Not safe to share across ``fork``: open a new :class:`PreferenceStore` in each process.
 """
 
@@ -28,6 +33,7 @@ import numbers
 import os
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import fields
@@ -76,11 +82,14 @@ ANSWERED = "answered"
 
 MAX_RATER_ID_CHARS = 200
 MAX_META_KEY_CHARS = 200
+MAX_MIME_CHARS = 100
+MAX_CLIP_ERROR_CHARS = 2000
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
 _WRITE_OPTION = "prefloop_write"
 _IN_CHUNK = 500  # ids per IN (...) list; far below SQLite's bound-parameter limit
 _CLAIM_BATCH = 16
+_SEGMENT_CACHE_SIZE = 4096  # decoded segments kept per store instance (read-only, shared)
 _MAX_CLAIM_ROUNDS = 1000
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -202,6 +211,23 @@ Index(
 )
 
 
+# One encoded clip per segment (rendered by the clip worker). A segment whose replay failed gets a
+# row with ``error`` set and empty ``data``, so the worker does not retry it forever and the app
+# can skip its pairs.
+clips_table = Table(
+    "clips",
+    metadata,
+    Column("segment_id", Integer, ForeignKey("segments.id"), primary_key=True),
+    Column("mime", String(MAX_MIME_CHARS), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("created_at", Double, nullable=False),
+)
+
+# Tables added to schema version 1 later; a version-1 store without them gets them on open.
+_ADDED_TABLES = (clips_table,)
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -222,6 +248,8 @@ class PreferenceStore:
             fake clock to test lease expiry).
 
     Thread-safe: every call takes its own pooled connection. Do not share across ``fork``.
+    Segments it returns may be shared between calls (decoded ones are cached): treat them as
+    read-only.
 
     Raises:
         NotAPreferenceStoreError: the file is not SQLite, is corrupt, or the database holds
@@ -257,6 +285,7 @@ class PreferenceStore:
         # Same pool and events; the option only tells SQLite to take the write lock up front.
         self._write_engine = self._engine.execution_options(**{_WRITE_OPTION: True})
         self._closed = False
+        self._segment_cache: OrderedDict[int, Segment] = OrderedDict()
         try:
             self._ensure_schema()
             self._run_id = self._get_or_create_run(run_name)
@@ -352,6 +381,10 @@ class PreferenceStore:
                 f"{meta.get('schema_version')!r}, this prefloop reads version {SCHEMA_VERSION}; "
                 "open it with the prefloop version that wrote it, or start a new store."
             )
+        added = [t for t in _ADDED_TABLES if t.name not in tables]
+        for table in added:
+            table.create(conn)
+        tables |= {t.name for t in added}
         missing = sorted(t.name for t in metadata.sorted_tables if t.name not in tables)
         if missing:
             raise StoreError(
@@ -436,16 +469,23 @@ class PreferenceStore:
         return int(conn.execute(insert(segments_table).values(**row)).inserted_primary_key[0])
 
     def _load_segments(self, conn: Connection, ids: Iterable[int]) -> dict[int, Segment]:
+        # Segments never change once stored, so decoded ones are kept in a bounded per-process
+        # cache: the trainer re-reads every labelled pair's segments at each reward update.
         unique = sorted(set(ids))
-        found: dict[int, Segment] = {}
-        for chunk in _chunks(unique, _IN_CHUNK):
+        cache = self._segment_cache
+        found: dict[int, Segment] = {i: cache[i] for i in unique if i in cache}
+        for i in found:
+            cache.move_to_end(i)
+        for chunk in _chunks([i for i in unique if i not in found], _IN_CHUNK):
             rows = conn.execute(
                 select(segments_table).where(
                     segments_table.c.run_id == self._run_id, segments_table.c.id.in_(chunk)
                 )
             ).all()
             for row in rows:
-                found[row.id] = _segment_from_row(row)
+                found[row.id] = cache[row.id] = _segment_from_row(row)
+        while len(cache) > _SEGMENT_CACHE_SIZE:
+            cache.popitem(last=False)
         missing = [i for i in unique if i not in found]
         if missing:
             raise StoreError(
@@ -955,6 +995,175 @@ class PreferenceStore:
             "cant_tell": int(by_choice.get(Choice.CANT_TELL.value, 0)),
         }
 
+    # -- clips ----------------------------------------------------------------------------------
+
+    def put_clip(self, segment_id: int, data: bytes, mime: str) -> bool:
+        """Store the encoded clip of one segment of this run; the first clip stored wins.
+
+        Args:
+            segment_id: a segment of this run.
+            data: the encoded video (non-empty bytes).
+            mime: its MIME type, e.g. ``prefloop.envs.clips.CLIP_MIME``.
+
+        Returns:
+            True if this call stored it; False if the segment already had a clip (idempotent:
+            several workers may render the same segment). A recorded render failure
+            (:meth:`put_clip_error`) is replaced by a clip.
+
+        Raises:
+            StoreError: empty data, bad MIME type, or a segment that is not in this run.
+        """
+        segment_id = _as_int(segment_id, "segment_id")
+        if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
+            raise StoreError(
+                f"clip data for segment {segment_id} must be non-empty bytes, got "
+                f"{type(data).__name__} of length {len(data) if hasattr(data, '__len__') else '?'}"
+            )
+        mime = _check_mime(mime)
+        return self._put_clip_row(segment_id, bytes(data), mime, None)
+
+    def put_clip_error(self, segment_id: int, message: str) -> bool:
+        """Record that the clip of a segment cannot be rendered (e.g. the replay diverged).
+
+        The segment then no longer needs a clip (:meth:`segments_needing_clips`) and its pairs are
+        listed by :meth:`pairs_missing_clips`, so raters are never shown them. Returns False (and
+        changes nothing) when the segment already has a clip or a recorded failure.
+        """
+        segment_id = _as_int(segment_id, "segment_id")
+        if not isinstance(message, str) or not message.strip():
+            raise StoreError("put_clip_error needs a non-empty message saying what went wrong")
+        return self._put_clip_row(segment_id, b"", "", message[:MAX_CLIP_ERROR_CHARS])
+
+    def _put_clip_row(self, segment_id: int, data: bytes, mime: str, error: str | None) -> bool:
+        c = clips_table
+        for attempt in range(2):
+            try:
+                with self._write() as conn:
+                    self._check_segments_exist(conn, {segment_id})
+                    existing = conn.execute(
+                        select(c.c.error).where(c.c.segment_id == segment_id)
+                    ).first()
+                    row = {"mime": mime, "data": data, "error": error, "created_at": self._now()}
+                    if existing is None:
+                        conn.execute(insert(c).values(segment_id=segment_id, **row))
+                        return True
+                    if existing.error is not None and error is None:
+                        changed = conn.execute(
+                            update(c)
+                            .where(c.c.segment_id == segment_id, c.c.error.is_not(None))
+                            .values(**row)
+                        )
+                        return changed.rowcount == 1
+                    return False
+            except IntegrityError:
+                # Another worker inserted the same segment's clip at the same moment (PostgreSQL);
+                # the next attempt sees its row.
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def get_clip(self, segment_id: int) -> tuple[bytes, str] | None:
+        """The clip of a segment of this run as ``(data, mime)``; None if it has none (yet) or
+        its rendering failed."""
+        segment_id = _as_int(segment_id, "segment_id")
+        return self.get_clips([segment_id]).get(segment_id)
+
+    def get_clips(self, segment_ids: Iterable[int]) -> dict[int, tuple[bytes, str]]:
+        """Clips of several segments of this run in one read: ``{segment_id: (data, mime)}``;
+        segments without a usable clip are left out."""
+        wanted = sorted({_as_int(i, "segment id") for i in segment_ids})
+        c, s = clips_table, segments_table
+        found: dict[int, tuple[bytes, str]] = {}
+        with self._read() as conn:
+            for chunk in _chunks(wanted, _IN_CHUNK):
+                rows = conn.execute(
+                    select(c.c.segment_id, c.c.data, c.c.mime)
+                    .join(s, s.c.id == c.c.segment_id)
+                    .where(
+                        s.c.run_id == self._run_id,
+                        c.c.segment_id.in_(chunk),
+                        c.c.error.is_(None),
+                    )
+                ).all()
+                for row in rows:
+                    found[int(row.segment_id)] = (bytes(row.data), row.mime)
+        return found
+
+    def _waiting_pairs_without_clips(self) -> Any:
+        """SELECT of (pair id, left id, right id) of this run's pending or claimed pairs that lack
+        a clip row (a clip or a recorded failure) on either side, oldest pair first."""
+        p, c = pairs_table, clips_table
+
+        def lacks_row(column: Any) -> Any:
+            return ~exists().where(c.c.segment_id == column)
+
+        return (
+            select(p.c.id, p.c.left_segment_id, p.c.right_segment_id)
+            .where(
+                p.c.run_id == self._run_id,
+                p.c.status.in_((PENDING, CLAIMED)),
+                or_(lacks_row(p.c.left_segment_id), lacks_row(p.c.right_segment_id)),
+            )
+            .order_by(p.c.id)
+        )
+
+    def segments_needing_clips(self, limit: int = 16) -> list[Segment]:
+        """Up to ``limit`` segments of this run's pending or claimed pairs that have neither a clip
+        nor a recorded failure, those of the oldest pair first (raters get the oldest pairs first).
+        """
+        limit = _as_int(limit, "limit")
+        if limit < 1:
+            raise StoreError(f"limit must be >= 1, got {limit}")
+        c = clips_table
+        with self._read() as conn:
+            rows = conn.execute(self._waiting_pairs_without_clips().limit(limit)).all()
+            ordered = list(
+                dict.fromkeys(
+                    seg_id for row in rows for seg_id in (row.left_segment_id, row.right_segment_id)
+                )
+            )
+            have: set[int] = set()
+            for chunk in _chunks(ordered, _IN_CHUNK):
+                have.update(conn.scalars(select(c.c.segment_id).where(c.c.segment_id.in_(chunk))))
+            wanted = [i for i in ordered if i not in have][:limit]
+            segs = self._load_segments(conn, wanted)
+        return [segs[i] for i in wanted]
+
+    def pairs_missing_clips(self) -> list[int]:
+        """Ids of this run's pending or claimed pairs that cannot be shown yet: a side has no
+        clip (not rendered yet, or its rendering failed). Pass them to ``claim_next(exclude=...)``.
+        """
+        p, c = pairs_table, clips_table
+
+        def lacks_clip(column: Any) -> Any:
+            return ~exists().where(c.c.segment_id == column, c.c.error.is_(None))
+
+        with self._read() as conn:
+            return [
+                int(i)
+                for i in conn.scalars(
+                    select(p.c.id)
+                    .where(
+                        p.c.run_id == self._run_id,
+                        p.c.status.in_((PENDING, CLAIMED)),
+                        or_(lacks_clip(p.c.left_segment_id), lacks_clip(p.c.right_segment_id)),
+                    )
+                    .order_by(p.c.id)
+                )
+            ]
+
+    def clip_errors(self) -> dict[int, str]:
+        """Segments of this run whose clip could not be rendered: ``{segment_id: message}``."""
+        c, s = clips_table, segments_table
+        with self._read() as conn:
+            rows = conn.execute(
+                select(c.c.segment_id, c.c.error)
+                .join(s, s.c.id == c.c.segment_id)
+                .where(s.c.run_id == self._run_id, c.c.error.is_not(None))
+                .order_by(c.c.segment_id)
+            ).all()
+        return {int(row.segment_id): row.error for row in rows}
+
     # -- per-run key/value ----------------------------------------------------------------------
 
     def set_meta(self, key: str, value: str) -> None:
@@ -1124,6 +1333,15 @@ def _check_response_time(response_time_s: object) -> float:
             f"response_time_s must be a finite number of seconds >= 0, got {response_time_s!r}"
         )
     return value
+
+
+def _check_mime(mime: object) -> str:
+    if not isinstance(mime, str) or not mime.strip() or len(mime) > MAX_MIME_CHARS:
+        raise StoreError(
+            f"clip MIME type must be a non-empty string of at most {MAX_MIME_CHARS} characters "
+            f"(e.g. 'video/webm'), got {mime!r}"
+        )
+    return mime
 
 
 def _check_meta_key(key: object) -> str:
