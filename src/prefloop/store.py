@@ -32,6 +32,7 @@ import math
 import numbers
 import os
 import sqlite3
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -286,6 +287,7 @@ class PreferenceStore:
         self._write_engine = self._engine.execution_options(**{_WRITE_OPTION: True})
         self._closed = False
         self._segment_cache: OrderedDict[int, Segment] = OrderedDict()
+        self._cache_lock = threading.Lock()
         try:
             self._ensure_schema()
             self._run_id = self._get_or_create_run(run_name)
@@ -473,9 +475,10 @@ class PreferenceStore:
         # cache: the trainer re-reads every labelled pair's segments at each reward update.
         unique = sorted(set(ids))
         cache = self._segment_cache
-        found: dict[int, Segment] = {i: cache[i] for i in unique if i in cache}
-        for i in found:
-            cache.move_to_end(i)
+        with self._cache_lock:
+            found: dict[int, Segment] = {i: cache[i] for i in unique if i in cache}
+            for i in found:
+                cache.move_to_end(i)
         for chunk in _chunks([i for i in unique if i not in found], _IN_CHUNK):
             rows = conn.execute(
                 select(segments_table).where(
@@ -483,9 +486,11 @@ class PreferenceStore:
                 )
             ).all()
             for row in rows:
-                found[row.id] = cache[row.id] = _segment_from_row(row)
-        while len(cache) > _SEGMENT_CACHE_SIZE:
-            cache.popitem(last=False)
+                found[row.id] = _segment_from_row(row)
+        with self._cache_lock:
+            cache.update((i, seg) for i, seg in found.items() if i not in cache)
+            while len(cache) > _SEGMENT_CACHE_SIZE:
+                cache.popitem(last=False)
         missing = [i for i in unique if i not in found]
         if missing:
             raise StoreError(
