@@ -50,6 +50,8 @@ class BenchConfig:
     workers: int | None = None
     eval_episodes: int = 10
     random_episodes: int = 20
+    executor: str = "process"
+    ray_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,23 +122,63 @@ def random_baselines(config: BenchConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def execute(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
-    """Run jobs on a process pool (each worker uses one torch thread), logging progress."""
-    rows: list[dict[str, Any]] = []
+EXECUTORS = ("process", "ray")
+
+
+def execute(jobs: list[Job], workers: int, executor: str = "process", ray_address: str | None = None) -> list[dict[str, Any]]:
+    """Run jobs in parallel and log each as it finishes.
+
+    ``process`` (default): a local process pool. ``ray``: Ray tasks of one CPU each, on a local
+    Ray instance started here (bound to 127.0.0.1, shut down afterwards) or on the cluster at
+    ``ray_address`` (its workers need prefloop installed). Every job is seeded and runs torch on
+    one thread, so both executors give the same numbers for the same seeds.
+    """
     started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+
+    def finished(job: Job, row: dict[str, Any]) -> None:
+        rows.append(row)
+        log.info(
+            "[%d/%d] %s %s return %.1f (%.0f s, %.0f s elapsed)",
+            len(rows), len(jobs), job.kind, job.config.run_dir.name, row["eval_return_mean"], row["wall_time_s"],
+            time.perf_counter() - started,
+        )
+
+    if executor == "ray":
+        _execute_on_ray(jobs, workers, ray_address, finished)
+        return rows
+    if executor != "process":
+        raise ValueError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
     context = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {pool.submit(run_job, job): job for job in jobs}
-        for done, future in enumerate(cf.as_completed(futures), start=1):
-            job = futures[future]
-            row = future.result()
-            rows.append(row)
-            log.info(
-                "[%d/%d] %s %s return %.1f (%.0f s, %.0f s elapsed)",
-                done, len(jobs), job.kind, job.config.run_dir.name, row["eval_return_mean"], row["wall_time_s"],
-                time.perf_counter() - started,
-            )
+        for future in cf.as_completed(futures):
+            finished(futures[future], future.result())
     return rows
+
+
+def _execute_on_ray(jobs: list[Job], workers: int, address: str | None, finished) -> None:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ValueError("--ray needs Ray: pip install 'prefloop[ray]'") from exc
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            # A private local instance on loopback only; the dashboard is not needed.
+            ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        remote_job = ray.remote(num_cpus=1)(run_job)
+        pending = {remote_job.remote(job): job for job in jobs}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                finished(pending.pop(ref), ray.get(ref))
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 def aggregate(runs: list[dict[str, Any]], random_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -299,7 +341,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     log.info("bench: %d runs on %d workers -> %s", len(jobs), workers, out_dir)
     started = time.perf_counter()
     random_rows = random_baselines(config)
-    runs = execute(jobs, workers)
+    runs = execute(jobs, workers, config.executor, config.ray_address)
     document = results_document(config, runs, random_rows, time.perf_counter() - started)
     (out_dir / "results.json").write_text(json.dumps(document, indent=1))
     table = markdown_table(document["groups"])

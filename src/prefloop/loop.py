@@ -414,6 +414,7 @@ def collect_random(venv: VecEnv, steps: int, seed: int) -> None:
 
 
 HUMAN_TEACHER = "human"
+RECORDED_PREFIX = "recorded:"  # "recorded:<dataset dir>" replays the labels of an exported run
 
 
 def train(
@@ -542,6 +543,10 @@ def check_run_inputs(config: TrainConfig, spec: EnvSpec, venv: VecEnv) -> Teache
     if config.teacher == HUMAN_TEACHER:
         check_can_render(spec)
         return None
+    if config.teacher.startswith(RECORDED_PREFIX):
+        from prefloop.recorded import make_recorded_teacher
+
+        return make_recorded_teacher(config.teacher[len(RECORDED_PREFIX):])
     return make_teacher(config.teacher, seed=config.seed, **config.teacher_params)
 
 

@@ -1,0 +1,73 @@
+"""prefloop bench: the aggregation against hand-made numbers, the results schema, and a tiny sweep
+on each executor giving the same numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from prefloop.bench import SCHEMA, BenchConfig, aggregate, markdown_table, run_bench
+from prefloop.metrics import median_iqr, normalized_return
+
+
+def run_row(kind: str, seed: int, ret: float, wall: float, labels: int = 0) -> dict:
+    return {
+        "kind": kind, "env_id": "E-v0", "algo": "ppo", "seed": seed, "labels": labels,
+        "teacher": "oracle" if kind == "preferences" else None,
+        "query": "uniform" if kind == "preferences" else None,
+        "eval_return_mean": ret, "wall_time_s": wall, "reward_learning_time_s": wall / 10,
+    }
+
+
+def test_aggregate_normalises_with_baseline_means_and_reports_median_and_iqr() -> None:
+    runs = [
+        run_row("true_reward", 0, 100.0, 10.0), run_row("true_reward", 1, 80.0, 10.0), run_row("true_reward", 2, 90.0, 20.0),
+        run_row("preferences", 0, 90.0, 12.0, 50), run_row("preferences", 1, 50.0, 11.0, 50), run_row("preferences", 2, 10.0, 30.0, 50),
+    ]
+    random_rows = [{"env_id": "E-v0", "seed": s, "return_mean": 10.0} for s in range(3)]
+    [group] = aggregate(runs, random_rows)
+    # R_true = mean(100, 80, 90) = 90, R_random = 10: (R - 10) / 80
+    assert group["normalized_return"]["per_seed"] == pytest.approx([1.0, 0.5, 0.0])
+    assert group["normalized_return"]["median"] == pytest.approx(0.5)
+    assert group["normalized_return"]["q25"] == pytest.approx(0.25)
+    assert group["normalized_return"]["q75"] == pytest.approx(0.75)
+    # wall-time ratio per seed against the same seed's baseline: 1.2, 1.1, 1.5
+    assert group["wall_time_ratio"]["median"] == pytest.approx(1.2)
+    assert group["true_reward_return"] == 90.0 and group["random_return"] == 10.0
+    assert "| E-v0 | ppo | oracle | uniform | 50 | 0.50 [0.25, 0.75] |" in markdown_table([group])
+
+
+def test_metrics_edge_cases() -> None:
+    assert math.isnan(normalized_return(5.0, 10.0, 10.0))  # baselines equal: undefined, not a division by zero
+    assert median_iqr([float("nan"), 1.0, 3.0]) == (2.0, 1.5, 2.5)
+    assert all(math.isnan(v) for v in median_iqr([]))
+
+
+@pytest.mark.slow
+def test_tiny_sweep_gives_the_same_numbers_on_both_executors(tmp_path: Path) -> None:
+    results = {}
+    for executor in ("process", "ray"):
+        config = BenchConfig(
+            envs=("CartPole-v1",), label_budgets=(8,), seeds=(0,), queries=("uniform",), steps=1_500,
+            out_dir=tmp_path / executor, workers=2, eval_episodes=2, random_episodes=3, executor=executor,
+        )
+        document = run_bench(config)
+        results[executor] = document
+        saved = json.loads((tmp_path / executor / "results.json").read_text())
+        assert saved["schema"] == SCHEMA
+        assert {r["kind"] for r in saved["runs"]} == {"preferences", "true_reward"}
+        for row in saved["runs"]:
+            assert {"env_id", "algo", "seed", "steps", "eval_return_mean", "eval_returns", "wall_time_s", "curve"} <= set(row)
+        [group] = saved["groups"]
+        assert {"normalized_return", "return", "wall_time_ratio", "true_reward_return", "random_return"} <= set(group)
+        assert (tmp_path / executor / "results.md").read_text().count("| CartPole-v1 |") == 1
+        assert (tmp_path / executor / "learning_curves.png").stat().st_size > 1000
+        assert (tmp_path / executor / "return_vs_labels.png").stat().st_size > 1000
+
+    def numbers(document: dict) -> list:
+        return sorted((r["kind"], r["seed"], r["eval_returns"], r["labels_used"]) for r in document["runs"])
+
+    assert numbers(results["process"]) == numbers(results["ray"])
