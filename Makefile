@@ -25,10 +25,11 @@ run: $(STAMP)
 	$(VENV)/bin/prefloop train --env CartPole-v1 --teacher oracle --labels 200 --steps 100000 --seed 0
 
 # What the tests need from the system: Debian's chromium (the browser tests; never a downloaded
-# browser) and PostgreSQL (the store runs on both backends). Installed when missing and we are root.
+# browser), PostgreSQL (the store runs on both backends) and Mesa's EGL (headless MuJoCo clips). Installed when missing and we are root.
 system-deps:
 	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	ldconfig -p | grep -q 'libEGL.so.1' || missing="$$missing libegl1 libgl1-mesa-dri"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

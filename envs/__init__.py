@@ -4,10 +4,16 @@ env -> :class:`EpisodeSeeder` (replayable episodes) -> :class:`VecSegmentRecorde
 what the agent did, true reward) -> :class:`VecLearnedReward` (what the policy is trained on).
 """
 
+from prefloop.envs.mujoco_render import prefer_egl
+
+# Before anything imports mujoco: it picks its OpenGL platform at import time, and a headless
+# machine has only EGL (a later switch renders silently black frames). A user's MUJOCO_GL wins.
+prefer_egl()
+
 from prefloop.envs.factory import EnvSetupError, EnvSpec, check_can_render, check_env_id, check_spaces, make_env
 from prefloop.envs.learned_reward import LearnedRewardWrapper, RewardFunction, VecLearnedReward
 from prefloop.envs.recorder import SegmentRecorder, VecSegmentRecorder
-from prefloop.envs.render import ReplayMismatchError, render_segment
+from prefloop.envs.render import ReplayMismatchError, SegmentRenderer, render_segment
 from prefloop.envs.seeding import EpisodeSeeder
 from prefloop.envs.segments import EpisodeSegmenter, SegmentBuffer, cut_segments
 
@@ -21,6 +27,7 @@ __all__ = [
     "RewardFunction",
     "SegmentBuffer",
     "SegmentRecorder",
+    "SegmentRenderer",
     "cut_segments",
     "VecLearnedReward",
     "VecSegmentRecorder",

@@ -14,6 +14,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
+from prefloop.envs.mujoco_render import configure_fast_rendering
 from prefloop.envs.seeding import EpisodeSeeder
 
 SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiBinary)
@@ -103,6 +104,8 @@ def make_env(
     except TypeError as exc:
         raise EnvSetupError(f"{spec.env_id} rejected its keyword arguments {kwargs}: {exc}") from exc
     check_spaces(env.observation_space, env.action_space, spec.env_id)
+    if render_mode == "rgb_array":
+        configure_fast_rendering(env)
     return EpisodeSeeder(env, seed=seed)
 
 

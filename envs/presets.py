@@ -114,8 +114,38 @@ PRESETS: dict[str, EnvPreset] = {
             label_budgets=(50, 100, 200),
             guideline="Which car gets further up the right-hand hill?",
         ),
+        *[
+            EnvPreset(
+                env_id=env_id,
+                # 50 steps: 0.4 s of Hopper/Walker2d time, 2.5 s of HalfCheetah/Swimmer (as in B-Pref/PEBBLE)
+                segment_length=50,
+                total_steps=steps,
+                algo="sac",
+                algo_kwargs={
+                    # rl-baselines3-zoo's SAC for MuJoCo, with a smaller buffer for CPU-sized runs
+                    "sac": dict(learning_starts=5_000, buffer_size=300_000),
+                    "ppo": dict(n_steps=512, batch_size=64, gae_lambda=0.9, gamma=0.99, n_epochs=10,
+                                ent_coef=0.0, learning_rate=3e-4, clip_range=0.2),
+                    "td3": dict(learning_starts=5_000, buffer_size=300_000),
+                },
+                n_envs={"ppo": 1},
+                label_budgets=(100, 300, 700),
+                guideline=guideline,
+                # small frames: clips for raters, not publication renders
+                env_kwargs={"width": 320, "height": 240},
+            )
+            for env_id, steps, guideline in [
+                ("Hopper-v5", 100_000, "Which hopper moves forward faster without falling over?"),
+                ("HalfCheetah-v5", 100_000, "Which cheetah runs forward (to the right) faster?"),
+                ("Walker2d-v5", 100_000, "Which walker moves forward faster while staying upright?"),
+                ("Swimmer-v5", 100_000, "Which swimmer moves forward (to the right) faster?"),
+            ]
+        ],
     ]
 }
+
+MUJOCO_ENVS = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Swimmer-v5")
+CLASSIC_CONTROL_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCarContinuous-v0")
 
 
 def default_preset(env_id: str) -> EnvPreset:
