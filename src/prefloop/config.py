@@ -53,6 +53,8 @@ class TrainConfig:
         min_initial_labels: human raters, ``continue``: labels needed before the policy starts.
         gold_fraction: human raters: share of pairs with a known answer (quality control).
         raters_per_pair: labels wanted per pair (> 1 measures agreement between raters).
+        unsupervised_steps: env steps of PEBBLE's unsupervised pre-training (state-entropy
+            exploration) before the first query; 0 starts from a random policy's segments instead.
         guideline: the question shown to human raters above the two clips (None: the preset's).
         run_name: the run's name in the store (None: the run folder's name, fixed at creation so
             a renamed folder still finds its labels).
@@ -85,6 +87,7 @@ class TrainConfig:
     min_initial_labels: int = 10
     gold_fraction: float = 0.05
     raters_per_pair: int = 1
+    unsupervised_steps: int = 0
     env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -100,6 +103,8 @@ class TrainConfig:
         _check(self.when_behind in ("continue", "wait"), "when_behind", self.when_behind, "'continue' or 'wait'")
         _check(self.min_initial_labels >= 1, "min_initial_labels", self.min_initial_labels, "an integer >= 1")
         _check(0.0 <= self.gold_fraction < 1.0, "gold_fraction", self.gold_fraction, "a number in [0, 1)")
+        _check(self.unsupervised_steps >= 0 and (self.steps is None or self.unsupervised_steps < self.steps),
+               "unsupervised_steps", self.unsupervised_steps, "an integer >= 0 and below steps")
         _check(self.raters_per_pair >= 1, "raters_per_pair", self.raters_per_pair, "an integer >= 1")
         if self.reward_source == "preferences":
             _check(self.labels >= 1, "labels", self.labels, "an integer >= 1 for a preference run")

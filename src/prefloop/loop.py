@@ -37,6 +37,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from prefloop.algos import algorithm_class, check_algorithm_fits, is_off_policy, make_algorithm, relabel_replay_buffer
 from prefloop.config import TrainConfig
 from prefloop.envs import EnvSpec, SegmentBuffer, VecLearnedReward, VecSegmentRecorder, check_can_render, make_env
+from prefloop.exploration import StateEntropyReward, SwitchableReward
 from prefloop.labeling import answer_pending
 from prefloop.metrics import correlations
 from prefloop.plots import plot_learning_curve
@@ -399,8 +400,11 @@ def publish_run_info(store: PreferenceStore, config: TrainConfig, spec: EnvSpec)
 
 
 def initial_random_steps(config: TrainConfig) -> int:
-    """Env steps of the random policy whose segments give the first pairs (counted in ``steps``)."""
+    """Env steps of the random policy whose segments give the first pairs (counted in ``steps``);
+    0 with unsupervised pre-training, whose exploration steps are the policy's own."""
     assert config.steps is not None and config.segment_length is not None
+    if config.unsupervised_steps:
+        return 0
     wanted = max(int(0.02 * config.steps), 40 * config.segment_length)
     return min(wanted, int(0.1 * config.steps))
 
@@ -463,7 +467,8 @@ def train(
                 n_members=config.reward_model.n_members, hidden_sizes=config.reward_model.hidden_sizes,
                 seed=config.seed,
             )
-        env = VecLearnedReward(recorder, reward_model)
+        policy_reward = SwitchableReward(reward_model)
+        env = VecLearnedReward(recorder, policy_reward)
         store_url = config.db_url or sqlite_url(run_dir.store_path)
         store = PreferenceStore(store_url, run_name=config.run_name or "default")
         publish_run_info(store, config, spec)
@@ -489,7 +494,19 @@ def train(
     rounds: list[LabelRound] = []
     if learner is not None:
         rounds = label_rounds(config.labels, config.steps, config.schedule)
-        first_labels(learner, env, rounds[0], initial_steps, checkpoint is not None, int(model.num_timesteps), curve)
+
+        def collect_first_segments() -> None:
+            if config.unsupervised_steps:  # PEBBLE: explore for state entropy, then ask
+                policy_reward.current = StateEntropyReward()
+                model.learn(config.unsupervised_steps, progress_bar=config.progress_bar, tb_log_name="policy")
+                policy_reward.current = learner.reward_model
+            else:
+                collect_random(env, initial_steps, config.seed)
+
+        first_labels(learner, collect_first_segments, rounds[0], initial_steps, checkpoint is not None,
+                     int(model.num_timesteps), curve)
+        if is_off_policy(model):
+            relabel_replay_buffer(model, learner.reward_model)
 
     remaining = config.steps - initial_steps - model.num_timesteps
     callbacks: list[BaseCallback] = [CurveCallback(initial_steps, max(1, config.steps // 200), curve)]
@@ -501,7 +518,7 @@ def train(
             total_timesteps=remaining,
             callback=CallbackList(callbacks),
             progress_bar=config.progress_bar,
-            reset_num_timesteps=checkpoint is None,
+            reset_num_timesteps=model.num_timesteps == 0,
             tb_log_name="policy",
         )
     final_step = initial_steps + int(model.num_timesteps)
@@ -552,23 +569,22 @@ def check_run_inputs(config: TrainConfig, spec: EnvSpec, venv: VecEnv) -> Teache
 
 def first_labels(
     learner: PreferenceLearner,
-    env: VecEnv,
+    collect_first_segments: Callable[[], None],
     first_round: LabelRound,
     initial_steps: int,
     resumed: bool,
     policy_steps_done: int,
     curve: list,
 ) -> None:
-    """Before the policy trains: segments of a random policy, the first labels, the first reward model.
+    """Before the policy trains on preferences: first segments (a random policy's, or PEBBLE's
+    exploration), the first labels, the first reward model.
 
     On resume: answer (simulated) or wait for (humans) what is still pending, and refit.
     """
     config = learner.config
     env_step = initial_steps + policy_steps_done
     if not resumed:
-        started = time.perf_counter()
-        collect_random(env, initial_steps, config.seed)
-        learner.time_s += time.perf_counter() - started
+        collect_first_segments()
     if learner.teacher is not None:
         if not resumed or learner.store.counts()["pending"]:
             target = first_round.cumulative_labels if not resumed else learner.pairs_asked()
