@@ -42,6 +42,18 @@ def _teacher_param(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a number") from None
 
 
+def _teacher_name(text: str) -> str:
+    if text == "human" or text in TEACHER_PRESETS or (text.startswith("recorded:") and len(text) > len("recorded:")):
+        return text
+    import difflib
+
+    close = difflib.get_close_matches(text, ["human", *TEACHER_PRESETS], n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise argparse.ArgumentTypeError(
+        f"unknown teacher {text!r}.{hint} Choose human, {', '.join(sorted(TEACHER_PRESETS))}, or recorded:DATASET_DIR"
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text.replace("_", ""))
@@ -54,7 +66,9 @@ def _positive_int(text: str) -> int:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
-    parser.add_argument("--teacher", default="oracle", choices=sorted(TEACHER_PRESETS), help="simulated teacher (B-Pref presets)")
+    parser.add_argument("--teacher", default="oracle", type=_teacher_name, metavar="TEACHER",
+                        help="'human' (raters in the browser app), a simulated teacher ("
+                        + ", ".join(sorted(TEACHER_PRESETS)) + "), or recorded:DATASET_DIR (replay exported labels)")
     parser.add_argument(
         "--teacher-param", action="append", default=[], type=_teacher_param, metavar="KEY=VALUE",
         help="override a teacher parameter: beta, gamma, epsilon, skip_threshold, equal_threshold (repeatable)",
@@ -72,6 +86,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'true' trains on the env reward instead (the baseline)")
     parser.add_argument("--eval-episodes", type=_positive_int, default=10)
     parser.add_argument("--db-url", default=None, help="SQLAlchemy URL of the store (default: SQLite in the run folder)")
+    parser.add_argument("--when-behind", default="continue", choices=("continue", "wait"),
+                        help="human raters behind the label schedule: keep training on the current reward model, or wait")
+    parser.add_argument("--gold-fraction", type=float, default=0.05, help="human raters: share of quality-control pairs with a known answer")
+    parser.add_argument("--raters-per-pair", type=_positive_int, default=1, help="labels per pair (>1 measures rater agreement)")
+    parser.add_argument("--unsupervised-steps", type=int, default=0,
+                        help="PEBBLE: env steps of state-entropy exploration before the first query (off-policy algorithms)")
+    parser.add_argument("--guideline", default=None, help="the question shown to raters above the clips (default: the env preset's)")
 
 
 def build_train_config(args: argparse.Namespace) -> TrainConfig:
@@ -93,6 +114,11 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         eval_episodes=args.eval_episodes,
         progress_bar=not args.no_progress,
         db_url=args.db_url,
+        when_behind=args.when_behind,
+        gold_fraction=args.gold_fraction,
+        raters_per_pair=args.raters_per_pair,
+        guideline=args.guideline,
+        unsupervised_steps=args.unsupervised_steps,
     )
 
 
@@ -103,8 +129,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and args.run_dir is None:
         raise RunDirError("--resume needs --run-dir: the folder of the run to continue")
     config = build_train_config(args)
-    print(f"run folder: {config.run_dir}", flush=True)
     result = train(config, resume=args.resume)
+    print_run_summary(result)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train with people as the teacher: the trainer here, the rater app (and its clip worker) in a
+    child process started as soon as the store exists."""
+    import subprocess
+
+    from prefloop.loop import train
+    from prefloop.report import print_run_summary
+
+    if args.resume and args.run_dir is None:
+        raise RunDirError("--resume needs --run-dir: the folder of the run to continue")
+    config = build_train_config(args)
+    app: list[subprocess.Popen] = []
+
+    def start_app(run_dir, store_url: str, run_name: str) -> None:
+        command = [sys.executable, "-m", "prefloop.cli", "rate", "--db-url", store_url, "--run-name", run_name,
+                   "--host", args.host, "--port", str(args.port)]
+        if args.token:
+            command += ["--token", args.token]
+        app.append(subprocess.Popen(command, start_new_session=True))
+        print(f"rater app: http://{args.host}:{args.port}/  (open it in a browser and start comparing clips)", flush=True)
+
+    try:
+        result = train(config, resume=args.resume, on_ready=start_app)
+    finally:
+        for process in app:
+            process.terminate()
+            process.wait(timeout=30)
     print_run_summary(result)
     return 0
 
@@ -123,6 +179,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out_dir=Path(args.out),
         workers=args.workers,
         eval_episodes=args.eval_episodes,
+        executor="ray" if (args.ray or args.ray_address) else "process",
+        ray_address=args.ray_address,
     )
     run_bench(config)
     return 0
@@ -140,6 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     train_p.add_argument("--no-progress", action="store_true", help="no progress bar")
     train_p.set_defaults(func=cmd_train)
 
+    run_p = sub.add_parser("run", help="train from human preferences: the trainer plus the rater app")
+    add_run_arguments(run_p)
+    run_p.set_defaults(teacher="human")
+    run_p.add_argument("--run-dir", type=Path, default=None, help="run folder (default: runs/<env>-human-s<seed>-<time>)")
+    run_p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    run_p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run_p.add_argument("--host", default="127.0.0.1", help="address the rater app listens on (anything but loopback needs --token)")
+    run_p.add_argument("--port", type=_positive_int, default=8501)
+    run_p.add_argument("--token", default=None, help="access token raters must present (required off loopback)")
+    run_p.set_defaults(func=cmd_run)
+
+    _add_optional_commands(sub)
+
     bench_p = sub.add_parser("bench", help="preference runs vs. true-reward and random baselines, over a grid")
     bench_p.add_argument("--envs", nargs="+", default=["CartPole-v1"])
     bench_p.add_argument("--labels", nargs="+", type=_positive_int, default=[200])
@@ -151,8 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench_p.add_argument("--workers", type=_positive_int, default=None, help="parallel runs (default: CPU cores)")
     bench_p.add_argument("--eval-episodes", type=_positive_int, default=10)
     bench_p.add_argument("--out", default="bench-out/latest", help="output folder")
+    bench_p.add_argument("--ray", action="store_true", help="run on a local Ray instance instead of a process pool")
+    bench_p.add_argument("--ray-address", default=None, help="run on the Ray cluster at this address (e.g. ray://head:10001)")
     bench_p.set_defaults(func=cmd_bench)
     return parser
+
+
+def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands whose modules live with their part of the product (the app, the doctor)."""
+    from prefloop.apps.cli_rate import add_rate_parser
+    from prefloop.doctor import add_doctor_parser
+
+    add_rate_parser(sub)
+    add_doctor_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -451,6 +451,7 @@ def train(
     checkpoint = run_dir.latest_checkpoint() if resume else None
     if not resume:
         run_dir.create(config)
+    log.info("run folder: %s", run_dir.path)
 
     learner: PreferenceLearner | None = None
     env: VecEnv = venv
