@@ -267,10 +267,9 @@ def markdown_table(groups: list[dict[str, Any]]) -> str:
 
 
 def write_plots(document: dict[str, Any], out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from prefloop.plots import finish_axes
 
     runs = document["runs"]
     envs = sorted({r["env_id"] for r in runs})
@@ -309,13 +308,7 @@ def write_plots(document: dict[str, Any], out_dir: Path) -> None:
         ax.errorbar(labels, med, yerr=err, marker="o", capsize=3, label=f"{env_id} {algo} {teacher} {query}")
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
     ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("labels")
-    ax.set_ylabel("normalized return (median, IQR)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "return_vs_labels.png")
-    plt.close(fig)
+    finish_axes(fig, ax, out_dir / "return_vs_labels.png", "labels", "normalized return (median, IQR)")
 
 
 def _mean_curve(curves: list[list[dict]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
