@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prefloop.algos import ALGORITHMS, AlgorithmError
 from prefloop.config import ConfigError, TrainConfig
+from prefloop.dataset import DatasetError
 from prefloop.envs import EnvSetupError
 from prefloop.query import QUERY_METHODS, NotEnoughSegmentsError, QueryConfig, QueryConfigError
 from prefloop.reward_models import RewardModelConfig, UnsupportedSpaceError
@@ -22,6 +23,7 @@ from prefloop.teachers import TEACHER_PRESETS, TeacherConfigError
 USER_ERRORS = (
     AlgorithmError,
     ConfigError,
+    DatasetError,
     EnvSetupError,
     NotEnoughSegmentsError,
     QueryConfigError,
@@ -231,10 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     """Commands whose modules live with their part of the product (the app, the doctor)."""
     from prefloop.apps.cli_rate import add_rate_parser
+    from prefloop.dataset import add_export_parser, add_import_parser
     from prefloop.doctor import add_doctor_parser
 
     add_rate_parser(sub)
     add_doctor_parser(sub)
+    add_export_parser(sub)
+    add_import_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -112,6 +112,9 @@ class PreferenceLearner:
         counts = store.counts()
         self._pairs_asked = counts["pairs"]  # kept here: the schedule checks it every rollout
         self.labels_at_last_fit = -1
+        # Gold pairs are for people; replaying a recorded human run asks them too, or its pairs would differ.
+        recorded = getattr(teacher, "recorded_config", None) or {}
+        self._asks_gold = teacher is None or recorded.get("teacher") == HUMAN_TEACHER
 
     def pairs_asked(self) -> int:
         return self._pairs_asked
@@ -139,7 +142,7 @@ class PreferenceLearner:
         if not new_pairs:
             return 0
         candidates = self.buffer.recent()
-        n_gold = int(round(new_pairs * self.config.gold_fraction)) if self.teacher is None else 0
+        n_gold = int(round(new_pairs * self.config.gold_fraction)) if self._asks_gold else 0
         try:
             pairs = select_pairs(
                 candidates, new_pairs - n_gold, self.config.query, self._rng,
@@ -564,7 +567,10 @@ def check_run_inputs(config: TrainConfig, spec: EnvSpec, venv: VecEnv) -> Teache
     if config.teacher.startswith(RECORDED_PREFIX):
         from prefloop.recorded import make_recorded_teacher
 
-        return make_recorded_teacher(config.teacher[len(RECORDED_PREFIX):])
+        teacher = make_recorded_teacher(config.teacher[len(RECORDED_PREFIX):])
+        for difference in teacher.config_differences(config.to_json()):
+            log.warning("replay differs from the recorded run (its pairs may not all be recorded): %s", difference)
+        return teacher
     return make_teacher(config.teacher, seed=config.seed, **config.teacher_params)
 
 

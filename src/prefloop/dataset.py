@@ -1,0 +1,1145 @@
+"""A run's preferences as a portable dataset folder: export, validate, load, import.
+
+Researchers take a run's segments, pairs and labels elsewhere (another machine, another store,
+another tool) and can re-run a human experiment from them (see :mod:`prefloop.recorded`). The
+format is open and never uses pickle: JSON, JSON Lines and one NumPy ``.npz`` of plain numeric
+arrays, which any language with a zip and ``.npy`` reader can open.
+
+    dataset/
+      manifest.json    format "prefloop.preferences" version 1: where it came from (run name,
+                       env_spec, render_fps, guideline, the run's config), counts, file checksums,
+                       and a description of every file, array and field
+      segments.npz     the segments' arrays, row i of every array belongs to segment_id[i]
+      segments.jsonl   one JSON object per segment (same order), its scalar fields and provenance
+      pairs.jsonl      one JSON object per pair shown to raters
+      labels.jsonl     one JSON object per label, retracted ones included (they are kept, marked)
+
+Ids in the files are the source store's ids; importing gives new ids in the target store and keeps
+everything else as it was: arrays bit for bit (dtypes too), rater ids, choices, response times,
+timestamps and the retracted state of every label.
+
+Everything a file holds is validated on loading, before a store is touched; a problem raises
+:class:`DatasetError` naming the file, the line or array, the field, and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import create_engine, func, insert, inspect, select, update
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError
+
+from prefloop.serialization import array_from_bytes, array_to_bytes
+from prefloop.store import (
+    ANSWERED,
+    MAX_RATER_ID_CHARS,
+    PENDING,
+    PreferenceStore,
+    labels_table,
+    pairs_table,
+    run_meta_table,
+    runs_table,
+    segments_table,
+    sqlite_url,
+)
+from prefloop.types import Choice, Label, Segment
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "DatasetError",
+    "DatasetPair",
+    "DatasetSummary",
+    "PreferenceDataset",
+    "add_export_parser",
+    "add_import_parser",
+    "export_dataset",
+    "import_dataset",
+    "load_dataset",
+]
+
+FORMAT_NAME = "prefloop.preferences"
+FORMAT_VERSION = 1
+
+MANIFEST = "manifest.json"
+SEGMENTS_NPZ = "segments.npz"
+SEGMENTS_JSONL = "segments.jsonl"
+PAIRS_JSONL = "pairs.jsonl"
+LABELS_JSONL = "labels.jsonl"
+DATA_FILES = (SEGMENTS_NPZ, SEGMENTS_JSONL, PAIRS_JSONL, LABELS_JSONL)
+
+# Run meta keys (written by prefloop.loop.publish_run_info) carried in the manifest.
+_META_KEYS = ("config", "env_spec", "render_fps", "guideline")
+_IMPORT_META_KEY = "import_source"
+
+_CHOICES = [c.value for c in Choice]
+_INT_ARRAYS = ("segment_id", "n_valid", "episode_seed", "start_step", "env_step")
+
+FILE_DESCRIPTIONS: dict[str, Any] = {
+    MANIFEST: {
+        "description": "this file: format, provenance, counts, checksums and the meaning of every field",
+    },
+    SEGMENTS_NPZ: {
+        "description": (
+            "NumPy npz (zip of .npy files, no pickle: load with allow_pickle=False). N segments of "
+            "length L; row i of every per-segment array belongs to segment_id[i]"
+        ),
+        "arrays": {
+            "segment_id": "(N,) int64, the segment's id in the source store",
+            "obs": "(N, L, *obs_shape), the observation each action was taken in (float32 as recorded)",
+            "actions": "(N, L, *act_shape), the actions (int64 for Discrete, float32 for Box)",
+            "true_rewards": "(N, L) float32, the environment's reward (0 on absorbing steps)",
+            "n_valid": "(N,) int64, real steps; steps from n_valid on are the absorbing state "
+            "after termination (obs and actions zero)",
+            "terminated": "(N,) bool, the episode terminated at step n_valid - 1 of the segment",
+            "episode_seed": "(N,) int64, the seed the episode was reset with",
+            "start_step": "(N,) int64, index of the segment's first step within its episode",
+            "env_step": "(N,) int64, the agent's total env steps when the segment was recorded",
+            "episode_actions": "(sum of start_step + n_valid, *act_shape), every action from each "
+            "episode's reset to its segment's last real step, segments concatenated in row order; "
+            "with episode_seed it replays the episode exactly (how clips are rendered)",
+            "episode_actions_offsets": "(N + 1,) int64, segment i's episode actions are "
+            "episode_actions[offsets[i]:offsets[i + 1]]",
+        },
+    },
+    SEGMENTS_JSONL: {
+        "description": "one JSON object per line, one line per segment, in the order of segments.npz",
+        "fields": {
+            "id": "int, the segment's id in the source store (= segment_id in segments.npz)",
+            "env_id": "str or null, the Gymnasium id of the env it was recorded in",
+            "episode_seed": "int", "start_step": "int", "n_valid": "int", "terminated": "bool",
+            "env_step": "int, provenance: the policy had trained this many env steps when it "
+            "played the segment (random-policy segments come first)",
+            "run_name": "str, provenance: the run whose policy played it",
+            "created_at": "float, unix seconds when it was stored",
+        },
+    },
+    PAIRS_JSONL: {
+        "description": "one JSON object per line, one line per pair shown to raters, by id",
+        "fields": {
+            "id": "int, the pair's id in the source store",
+            "left_segment_id": "int, a segment id of segments.jsonl",
+            "right_segment_id": "int, a segment id of segments.jsonl",
+            "labels_per_pair": "int >= 1, how many different raters were to label it",
+            "gold_choice": "null or 'left'/'right'/'equal': the known answer of a quality-control pair",
+            "score": "float, the query selector's acquisition score",
+            "created_at": "float, unix seconds when it was queued",
+            "status": "informational: 'pending', 'claimed' or 'answered' at export; an import "
+            "recomputes it from the labels and never carries leases",
+        },
+    },
+    LABELS_JSONL: {
+        "description": "one JSON object per line, one line per label, in the order they were given",
+        "fields": {
+            "id": "int, the label's id in the source store",
+            "pair_id": "int, a pair id of pairs.jsonl",
+            "rater_id": "str, who answered",
+            "choice": f"one of {_CHOICES}: which segment is better ('cant_tell': no answer)",
+            "response_time_s": "float >= 0, seconds the rater took",
+            "created_at": "float, unix seconds when it was given",
+            "retracted_at": "null, or unix seconds when the rater undid it (not used for training)",
+        },
+    },
+}
+
+
+class DatasetError(ValueError):
+    """A dataset folder is missing, malformed or cannot go where it was asked to; the message names
+    the file and field and says how to fix it."""
+
+
+@dataclass(frozen=True)
+class DatasetPair:
+    """One pair of a dataset; segment ids refer to :attr:`PreferenceDataset.segments`."""
+
+    id: int
+    left_segment_id: int
+    right_segment_id: int
+    labels_per_pair: int
+    gold_choice: Choice | None
+    score: float
+    created_at: float
+    status: str | None = None
+
+
+@dataclass
+class PreferenceDataset:
+    """A dataset folder in memory.
+
+    Attributes:
+        manifest: the parsed ``manifest.json``.
+        segments: every segment, ``id`` set to its dataset (source store) id.
+        pairs: by id.
+        labels: in the order given; ``pair_id`` and ``id`` are dataset ids, retracted ones included
+            when the export included them.
+        segment_created_at: when each segment (by id) was first stored, unix seconds.
+    """
+
+    manifest: dict[str, Any]
+    segments: list[Segment]
+    pairs: list[DatasetPair]
+    labels: list[Label]
+    segment_created_at: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def run_name(self) -> str | None:
+        """The run the dataset was exported from."""
+        return self.manifest.get("source", {}).get("run_name")
+
+    @property
+    def env_spec(self) -> dict[str, Any] | None:
+        return self.manifest.get("env_spec")
+
+    def segment_by_id(self) -> dict[int, Segment]:
+        return {int(s.id): s for s in self.segments}  # type: ignore[arg-type]
+
+    def live_labels(self) -> dict[int, list[Label]]:
+        """Non-retracted labels by pair id, in the order given."""
+        out: dict[int, list[Label]] = {}
+        for label in self.labels:
+            if label.retracted_at is None:
+                out.setdefault(label.pair_id, []).append(label)
+        return out
+
+
+@dataclass
+class DatasetSummary:
+    """What an export or import moved.
+
+    ``segment_ids``, ``pair_ids`` and ``label_ids`` map dataset ids to the target store's ids
+    (import only; empty after an export, whose files keep the store's ids).
+    """
+
+    path: Path
+    run_name: str
+    segments: int
+    pairs: int
+    labels: int
+    retracted_labels: int
+    raters: list[str]
+    segment_ids: dict[int, int] = field(default_factory=dict)
+    pair_ids: dict[int, int] = field(default_factory=dict)
+    label_ids: dict[int, int] = field(default_factory=dict)
+
+    def to_text(self) -> str:
+        return (
+            f"{self.segments} segments, {self.pairs} pairs, {self.labels} labels "
+            f"({self.retracted_labels} retracted) from {len(self.raters)} rater(s)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+
+
+def export_dataset(
+    store_url: str,
+    run_name: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    include_retracted: bool = True,
+) -> DatasetSummary:
+    """Write run ``run_name`` of the store at ``store_url`` as a dataset folder ``out_dir``.
+
+    Reads one consistent snapshot (a single read transaction), so a run still in progress exports
+    cleanly. The folder is written under a temporary name and renamed when complete. Nothing in the
+    store is changed.
+
+    Raises:
+        DatasetError: ``out_dir`` is not empty, the store or run does not exist, or the run's
+            segments do not share one shape.
+        prefloop.store.StoreError: the store cannot be opened.
+    """
+    out = Path(out_dir)
+    _check_out_dir(out)
+    _check_run_exists(store_url, run_name)
+    with PreferenceStore(store_url, run_name=run_name) as store:
+        with _transaction(store, write=False) as conn:
+            segment_rows, pair_rows, label_rows, meta = _read_snapshot(conn, store.run_id, include_retracted)
+
+    env_spec = _json_or_none(meta.get("env_spec"))
+    segments = [_segment_from_row(row) for row in segment_rows]
+    arrays = _segment_arrays(segments, run_name)
+    env_id = env_spec.get("env_id") if isinstance(env_spec, dict) else None
+    segment_lines = [
+        {
+            "id": int(row.id),
+            "env_id": env_id,
+            "episode_seed": int(row.episode_seed),
+            "start_step": int(row.start_step),
+            "n_valid": int(row.n_valid),
+            "terminated": bool(row.terminated),
+            "env_step": int(row.env_step),
+            "run_name": run_name,
+            "created_at": float(row.created_at),
+        }
+        for row in segment_rows
+    ]
+    pair_lines = [
+        {
+            "id": int(row.id),
+            "left_segment_id": int(row.left_segment_id),
+            "right_segment_id": int(row.right_segment_id),
+            "labels_per_pair": int(row.labels_per_pair),
+            "gold_choice": row.gold_choice,
+            "score": float(row.score),
+            "created_at": float(row.created_at),
+            "status": row.status,
+        }
+        for row in pair_rows
+    ]
+    label_lines = [
+        {
+            "id": int(row.id),
+            "pair_id": int(row.pair_id),
+            "rater_id": row.rater_id,
+            "choice": row.choice,
+            "response_time_s": float(row.response_time_s),
+            "created_at": float(row.created_at),
+            "retracted_at": None if row.retracted_at is None else float(row.retracted_at),
+        }
+        for row in label_rows
+    ]
+    counts = _counts(len(segment_lines), pair_lines, label_lines)
+    try:
+        render_fps: float | None = float(meta["render_fps"])
+    except (KeyError, ValueError):
+        render_fps = None
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        np.savez_compressed(tmp / SEGMENTS_NPZ, allow_pickle=False, **arrays)
+        _write_jsonl(tmp / SEGMENTS_JSONL, segment_lines)
+        _write_jsonl(tmp / PAIRS_JSONL, pair_lines)
+        _write_jsonl(tmp / LABELS_JSONL, label_lines)
+        manifest = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "created_at": time.time(),
+            "created_by": _prefloop_version(),
+            "source": {"run_name": run_name, "backend": make_url(store_url).get_backend_name()},
+            "include_retracted": bool(include_retracted),
+            "env_spec": env_spec,
+            "render_fps": render_fps,
+            "guideline": meta.get("guideline"),
+            "config": _json_or_none(meta.get("config")),
+            "segment_length": int(arrays["true_rewards"].shape[1]) if segments else None,
+            "counts": counts,
+            "checksums": {name: _sha256(tmp / name) for name in DATA_FILES},
+            "files": FILE_DESCRIPTIONS,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return DatasetSummary(
+        path=out,
+        run_name=run_name,
+        segments=counts["segments"],
+        pairs=counts["pairs"],
+        labels=counts["labels"],
+        retracted_labels=counts["retracted_labels"],
+        raters=sorted({line["rater_id"] for line in label_lines}),
+    )
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DatasetError(
+            f"export folder {out} already exists and is not empty; nothing was written. Choose a "
+            "new --out folder (or delete that one yourself if it is an old export)."
+        )
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    if out.exists():
+        out.rmdir()  # empty (checked before); a non-empty folder makes rmdir fail, never lose files
+    tmp.rename(out)
+
+
+def _check_run_exists(store_url: str, run_name: str) -> None:
+    """Refuse a missing store or run without creating either (opening a PreferenceStore would)."""
+    try:
+        url = make_url(store_url)
+    except ArgumentError as exc:
+        raise DatasetError(f"cannot parse database URL {store_url!r} ({exc})") from exc
+    if url.get_backend_name() == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:") or not Path(database).is_file():
+            raise DatasetError(
+                f"there is no preference store at {database or store_url!r}; pass the run folder "
+                "(--run-dir) or the URL of the store that holds the run"
+            )
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if runs_table.name not in inspect(conn).get_table_names():
+                raise DatasetError(
+                    f"the database {url.render_as_string(hide_password=True)} is not a prefloop "
+                    "preference store (it has no runs table)"
+                )
+            names = list(conn.scalars(select(runs_table.c.name).order_by(runs_table.c.name)))
+    finally:
+        engine.dispose()
+    if run_name not in names:
+        shown = ", ".join(repr(n) for n in names[:20]) or "none"
+        raise DatasetError(
+            f"the store has no run named {run_name!r} (its runs: {shown}); pass --run-name"
+        )
+
+
+@contextmanager
+def _transaction(store: PreferenceStore, *, write: bool) -> Iterator[Connection]:
+    """One transaction on the store's own engine, with its backend settings (SQLite: WAL,
+    foreign keys, ``BEGIN IMMEDIATE`` for writes). The store has no public transaction API, so this
+    is the one place this module reaches into it."""
+    manager = store._write() if write else store._read()  # noqa: SLF001
+    with manager as conn:
+        yield conn
+
+
+def _read_snapshot(
+    conn: Connection, run_id: int, include_retracted: bool
+) -> tuple[list, list, list, dict[str, str]]:
+    """The run's segment, pair and label rows (by id) and its meta, read in one transaction."""
+    s, p, lab, m = segments_table, pairs_table, labels_table, run_meta_table
+    segment_rows = conn.execute(select(s).where(s.c.run_id == run_id).order_by(s.c.id)).all()
+    pair_rows = conn.execute(select(p).where(p.c.run_id == run_id).order_by(p.c.id)).all()
+    query = select(lab).join(p, p.c.id == lab.c.pair_id).where(p.c.run_id == run_id)
+    if not include_retracted:
+        query = query.where(lab.c.retracted_at.is_(None))
+    label_rows = conn.execute(query.order_by(lab.c.id)).all()
+    meta = dict(
+        conn.execute(select(m.c.key, m.c.value).where(m.c.run_id == run_id, m.c.key.in_(_META_KEYS))).all()
+    )
+    return segment_rows, pair_rows, label_rows, meta
+
+
+def _segment_from_row(row: Any) -> Segment:
+    return Segment(
+        obs=array_from_bytes(row.obs),
+        actions=array_from_bytes(row.actions),
+        true_rewards=array_from_bytes(row.true_rewards),
+        n_valid=int(row.n_valid),
+        terminated=bool(row.terminated),
+        episode_seed=int(row.episode_seed),
+        start_step=int(row.start_step),
+        episode_actions=array_from_bytes(row.episode_actions),
+        env_step=int(row.env_step),
+        id=int(row.id),
+    )
+
+
+def _segment_arrays(segments: Sequence[Segment], run_name: str) -> dict[str, np.ndarray]:
+    """The npz arrays of ``segments``; all must share shapes and dtypes (one env, one L)."""
+    if not segments:
+        empty_int = np.zeros(0, dtype=np.int64)
+        return {
+            "segment_id": empty_int, "obs": np.zeros((0, 0), np.float32),
+            "actions": np.zeros((0, 0), np.int64), "true_rewards": np.zeros((0, 0), np.float32),
+            "n_valid": empty_int, "terminated": np.zeros(0, dtype=bool),
+            "episode_seed": empty_int, "start_step": empty_int, "env_step": empty_int,
+            "episode_actions": np.zeros(0, np.int64),
+            "episode_actions_offsets": np.zeros(1, dtype=np.int64),
+        }
+    first = segments[0]
+    for name in ("obs", "actions", "true_rewards", "episode_actions"):
+        skip = 1 if name == "episode_actions" else 0  # its first dimension varies by segment
+        kinds = {(getattr(s, name).dtype.str, getattr(s, name).shape[skip:]) for s in segments}
+        if len(kinds) > 1:
+            raise DatasetError(
+                f"run {run_name!r} holds segments whose {name} differ in shape or dtype "
+                f"({sorted(kinds)[:3]}); a dataset holds one env's segments of one length"
+            )
+    lengths = [s.episode_actions.shape[0] for s in segments]
+    offsets = np.zeros(len(segments) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(lengths)
+    episode_actions = (
+        np.concatenate([s.episode_actions for s in segments])
+        if offsets[-1] > 0
+        else np.zeros((0, *first.episode_actions.shape[1:]), first.episode_actions.dtype)
+    )
+    return {
+        "segment_id": np.array([s.id for s in segments], dtype=np.int64),
+        "obs": np.stack([s.obs for s in segments]),
+        "actions": np.stack([s.actions for s in segments]),
+        "true_rewards": np.stack([s.true_rewards for s in segments]),
+        "n_valid": np.array([s.n_valid for s in segments], dtype=np.int64),
+        "terminated": np.array([s.terminated for s in segments], dtype=bool),
+        "episode_seed": np.array([s.episode_seed for s in segments], dtype=np.int64),
+        "start_step": np.array([s.start_step for s in segments], dtype=np.int64),
+        "env_step": np.array([s.env_step for s in segments], dtype=np.int64),
+        "episode_actions": episode_actions,
+        "episode_actions_offsets": offsets,
+    }
+
+
+def _counts(n_segments: int, pairs: list[dict], labels: list[dict]) -> dict[str, int]:
+    retracted = sum(1 for line in labels if line["retracted_at"] is not None)
+    return {
+        "segments": n_segments,
+        "pairs": len(pairs),
+        "gold_pairs": sum(1 for line in pairs if line["gold_choice"] is not None),
+        "labels": len(labels),
+        "live_labels": len(labels) - retracted,
+        "retracted_labels": retracted,
+        "raters": len({line["rater_id"] for line in labels}),
+    }
+
+
+def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for line in lines:
+            handle.write(json.dumps(line, allow_nan=False, ensure_ascii=False) + "\n")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _json_or_none(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def _prefloop_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"prefloop {version('prefloop')}"
+    except PackageNotFoundError:
+        return "prefloop"
+
+
+# --------------------------------------------------------------------------------------------
+# Load and validate
+
+
+def load_dataset(in_dir: str | os.PathLike[str], *, verify_checksums: bool = True) -> PreferenceDataset:
+    """Read and validate a dataset folder written by :func:`export_dataset`.
+
+    Checks the manifest's format and version, every file's presence and syntax, array shapes and
+    dtypes, field types, choices, the references between files, the manifest's counts and (with
+    ``verify_checksums``) that no file changed since export.
+
+    Raises:
+        DatasetError: naming the file, line or array, the field, and the fix.
+    """
+    root = Path(in_dir)
+    if not root.is_dir():
+        raise DatasetError(
+            f"dataset folder {root} does not exist (or is not a folder); pass the folder "
+            "`prefloop export --out` wrote"
+        )
+    manifest = _load_manifest(root)
+    arrays = _load_npz(root / SEGMENTS_NPZ)
+    segments = _segments_from_arrays(arrays)
+    created_at = _check_segment_lines(_read_jsonl(root / SEGMENTS_JSONL), segments)
+    segment_ids = {int(s.id) for s in segments}  # type: ignore[arg-type]
+    pairs = _pairs_from_lines(_read_jsonl(root / PAIRS_JSONL), segment_ids)
+    labels = _labels_from_lines(_read_jsonl(root / LABELS_JSONL), {p.id for p in pairs})
+
+    counts = manifest.get("counts")
+    actual = {
+        "segments": (len(segments), SEGMENTS_NPZ),
+        "pairs": (len(pairs), PAIRS_JSONL),
+        "labels": (len(labels), LABELS_JSONL),
+    }
+    if isinstance(counts, dict):
+        for key, (value, file) in actual.items():
+            if key in counts and counts[key] != value:
+                raise DatasetError(
+                    f"{file} holds {value} {key} but {MANIFEST} counts.{key} says {counts[key]!r}; "
+                    "the file is incomplete or was edited -- re-export the dataset"
+                )
+    if verify_checksums:
+        checksums = manifest.get("checksums")
+        if isinstance(checksums, dict):
+            for name in DATA_FILES:
+                expected = checksums.get(name)
+                if expected is not None and _sha256(root / name) != expected:
+                    raise DatasetError(
+                        f"{name}: its sha256 differs from {MANIFEST} checksums.{name}: the file "
+                        "changed since export (damaged in transfer, or edited). Re-export it; if you "
+                        "edited it on purpose, load it with verify_checksums=False"
+                    )
+    return PreferenceDataset(
+        manifest=manifest, segments=segments, pairs=pairs, labels=labels, segment_created_at=created_at
+    )
+
+
+def _load_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST
+    if not path.is_file():
+        raise DatasetError(
+            f"{MANIFEST} is missing from {root}: this is not a prefloop preference dataset (or "
+            "its export was interrupted); export it again with `prefloop export`"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{MANIFEST} is not valid JSON ({exc}); re-export the dataset") from exc
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{MANIFEST} must hold a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT_NAME:
+        raise DatasetError(
+            f"{MANIFEST}: field 'format' is {manifest.get('format')!r}, expected {FORMAT_NAME!r}; "
+            "this folder is not a prefloop preference dataset"
+        )
+    version = manifest.get("version")
+    if version != FORMAT_VERSION:
+        raise DatasetError(
+            f"{MANIFEST}: field 'version' is {version!r}; this prefloop reads version "
+            f"{FORMAT_VERSION}. Use the prefloop version that wrote it"
+        )
+    for key, kind in (("env_spec", dict), ("config", dict), ("guideline", str), ("counts", dict)):
+        value = manifest.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise DatasetError(
+                f"{MANIFEST}: field {key!r} must be a JSON {'object' if kind is dict else 'string'} "
+                f"or null, got {type(value).__name__}"
+            )
+    fps = manifest.get("render_fps")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0):
+        raise DatasetError(f"{MANIFEST}: field 'render_fps' must be a number > 0 or null, got {fps!r}")
+    source = manifest.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("run_name"), str):
+        raise DatasetError(f"{MANIFEST}: field 'source' must be an object with a string 'run_name'")
+    for name in DATA_FILES:
+        if not (root / name).is_file():
+            raise DatasetError(f"{name} is missing from {root}; the dataset is incomplete -- re-export it")
+    return manifest
+
+
+_NPZ_ARRAYS = (
+    "segment_id", "obs", "actions", "true_rewards", "n_valid", "terminated", "episode_seed",
+    "start_step", "env_step", "episode_actions", "episode_actions_offsets",
+)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [name for name in _NPZ_ARRAYS if name not in npz.files]
+            if missing:
+                raise DatasetError(
+                    f"{SEGMENTS_NPZ}: arrays {missing} are missing (it has {npz.files}); re-export"
+                )
+            return {name: npz[name] for name in _NPZ_ARRAYS}
+    except DatasetError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise DatasetError(
+            f"{SEGMENTS_NPZ} cannot be read ({type(exc).__name__}: {exc}); it is truncated, damaged "
+            "or not a pickle-free npz -- copy it again or re-export the dataset"
+        ) from exc
+
+
+def _segments_from_arrays(a: dict[str, np.ndarray]) -> list[Segment]:
+    def bad(name: str, problem: str) -> DatasetError:
+        return DatasetError(f"{SEGMENTS_NPZ}: array {name!r} {problem}; re-export the dataset")
+
+    for name, arr in a.items():
+        if arr.dtype.hasobject or arr.dtype.kind not in "biuf":
+            raise bad(name, f"has dtype {arr.dtype}; only numeric and bool arrays are allowed")
+    ids = a["segment_id"]
+    if ids.ndim != 1:
+        raise bad("segment_id", f"must have shape (N,), got {ids.shape}")
+    n = ids.shape[0]
+    for name in (*_INT_ARRAYS, "terminated"):
+        arr = a[name]
+        if arr.shape != (n,):
+            raise bad(name, f"has shape {arr.shape}, expected ({n},) like segment_id")
+        if name != "terminated" and arr.dtype.kind not in "iu":
+            raise bad(name, f"has dtype {arr.dtype}, expected an integer dtype")
+    if a["terminated"].dtype != np.bool_:
+        raise bad("terminated", f"has dtype {a['terminated'].dtype}, expected bool")
+    if len(set(ids.tolist())) != n:
+        raise bad("segment_id", "holds duplicate ids")
+    offsets = a["episode_actions_offsets"]
+    if offsets.shape != (n + 1,) or offsets.dtype.kind not in "iu":
+        raise bad("episode_actions_offsets", f"has shape {offsets.shape} ({offsets.dtype}), expected ({n + 1},) integers")
+    if n == 0:
+        return []
+    rewards = a["true_rewards"]
+    if rewards.ndim != 2 or rewards.shape[0] != n or rewards.shape[1] < 1:
+        raise bad("true_rewards", f"has shape {rewards.shape}, expected ({n}, L) with L >= 1")
+    length = rewards.shape[1]
+    for name in ("obs", "actions"):
+        if a[name].ndim < 2 or a[name].shape[:2] != (n, length):
+            raise bad(name, f"has shape {a[name].shape}, expected ({n}, {length}, ...) (N segments of length L)")
+    episode_actions = a["episode_actions"]
+    act_tail = a["actions"].shape[2:]
+    if episode_actions.shape[1:] != act_tail or episode_actions.dtype != a["actions"].dtype:
+        raise bad(
+            "episode_actions",
+            f"has shape {episode_actions.shape} ({episode_actions.dtype}); expected (T, *{act_tail}) "
+            f"({a['actions'].dtype}) like actions",
+        )
+    if offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] != episode_actions.shape[0]:
+        raise bad("episode_actions_offsets", f"must rise from 0 to {episode_actions.shape[0]}")
+
+    segments = []
+    for i in range(n):
+        n_valid, start = int(a["n_valid"][i]), int(a["start_step"][i])
+        where = f"segment_id {int(ids[i])} (row {i})"
+        if not 1 <= n_valid <= length:
+            raise bad("n_valid", f"is {n_valid} for {where}; it must be between 1 and {length}")
+        if n_valid < length and not bool(a["terminated"][i]):
+            raise bad("n_valid", f"is {n_valid} < L={length} for {where}, which is not terminated")
+        if start < 0 or int(a["env_step"][i]) < 0:
+            raise bad("start_step", f"or env_step is negative for {where}")
+        span = int(offsets[i + 1] - offsets[i])
+        if span != start + n_valid:
+            raise bad(
+                "episode_actions_offsets",
+                f"gives {span} episode actions for {where}; start_step + n_valid = {start + n_valid}",
+            )
+        segments.append(
+            Segment(
+                obs=a["obs"][i].copy(),
+                actions=a["actions"][i].copy(),
+                true_rewards=rewards[i].copy(),
+                n_valid=n_valid,
+                terminated=bool(a["terminated"][i]),
+                episode_seed=int(a["episode_seed"][i]),
+                start_step=start,
+                episode_actions=episode_actions[offsets[i] : offsets[i + 1]].copy(),
+                env_step=int(a["env_step"][i]),
+                id=int(ids[i]),
+            )
+        )
+    return segments
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-empty line of a JSON Lines file."""
+    out = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path.name} is not UTF-8 text ({exc}); re-export the dataset") from exc
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(
+                f"{path.name} line {number} is not valid JSON ({exc}); the file is damaged or was "
+                "edited by hand -- re-export the dataset"
+            ) from exc
+        if not isinstance(obj, dict):
+            raise DatasetError(f"{path.name} line {number} must be a JSON object, got {type(obj).__name__}")
+        out.append((number, obj))
+    return out
+
+
+class _Fields:
+    """Typed field access on one JSON Lines object, with errors naming file, line and field."""
+
+    def __init__(self, file: str, number: int, obj: dict[str, Any]):
+        self.file, self.number, self.obj = file, number, obj
+
+    def error(self, name: str, problem: str) -> DatasetError:
+        return DatasetError(f"{self.file} line {self.number}: field {name!r} {problem}")
+
+    def _get(self, name: str) -> Any:
+        if name not in self.obj:
+            raise self.error(name, "is missing")
+        return self.obj[name]
+
+    def int(self, name: str) -> int:
+        value = self._get(name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(name, f"must be an integer, got {value!r}")
+        return value
+
+    def float(self, name: str, *, optional: bool = False) -> float | None:
+        value = self._get(name)
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.error(name, f"must be a finite number{' or null' if optional else ''}, got {value!r}")
+        return float(value)
+
+    def str(self, name: str) -> str:
+        value = self._get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(name, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def bool(self, name: str) -> bool:
+        value = self._get(name)
+        if not isinstance(value, bool):
+            raise self.error(name, f"must be true or false, got {value!r}")
+        return value
+
+    def choice(self, name: str, *, optional: bool = False) -> Choice | None:
+        value = self._get(name)
+        if value is None and optional:
+            return None
+        try:
+            return Choice(value)
+        except ValueError:
+            allowed = _CHOICES + (["null"] if optional else [])
+            raise self.error(name, f"is {value!r}; it must be one of {allowed}") from None
+
+
+def _check_segment_lines(
+    lines: list[tuple[int, dict[str, Any]]], segments: list[Segment]
+) -> dict[int, float]:
+    """Check segments.jsonl against the npz; returns each segment's ``created_at`` (if given)."""
+    if len(lines) != len(segments):
+        raise DatasetError(
+            f"{SEGMENTS_JSONL} has {len(lines)} lines but {SEGMENTS_NPZ} holds {len(segments)} "
+            "segments; one of them is incomplete -- re-export the dataset"
+        )
+    created_at: dict[int, float] = {}
+    for (number, obj), seg in zip(lines, segments):
+        f = _Fields(SEGMENTS_JSONL, number, obj)
+        if f.int("id") != seg.id:
+            raise f.error("id", f"is {obj['id']} but row {number - 1} of {SEGMENTS_NPZ} is segment {seg.id}; keep both files in the same order")
+        for name in ("episode_seed", "start_step", "n_valid", "env_step"):
+            if f.int(name) != getattr(seg, name):
+                raise f.error(name, f"is {obj[name]} but {SEGMENTS_NPZ} says {getattr(seg, name)}")
+        if f.bool("terminated") != seg.terminated:
+            raise f.error("terminated", f"is {obj['terminated']} but {SEGMENTS_NPZ} says {seg.terminated}")
+        if obj.get("created_at") is not None:
+            created_at[int(seg.id)] = f.float("created_at")  # type: ignore[arg-type, assignment]
+    return created_at
+
+
+def _pairs_from_lines(lines: list[tuple[int, dict[str, Any]]], segment_ids: set[int]) -> list[DatasetPair]:
+    pairs: list[DatasetPair] = []
+    seen: set[int] = set()
+    for number, obj in lines:
+        f = _Fields(PAIRS_JSONL, number, obj)
+        pair_id = f.int("id")
+        if pair_id in seen:
+            raise f.error("id", f"{pair_id} appears twice; pair ids must be unique")
+        seen.add(pair_id)
+        sides = {}
+        for side in ("left_segment_id", "right_segment_id"):
+            sides[side] = f.int(side)
+            if sides[side] not in segment_ids:
+                raise f.error(side, f"is {sides[side]}, which is not a segment of {SEGMENTS_JSONL}")
+        labels_per_pair = f.int("labels_per_pair")
+        if labels_per_pair < 1:
+            raise f.error("labels_per_pair", f"must be >= 1, got {labels_per_pair}")
+        gold = f.choice("gold_choice", optional=True)
+        if gold is Choice.CANT_TELL:
+            raise f.error("gold_choice", "is 'cant_tell'; a gold answer is left, right, equal or null")
+        status = obj.get("status")
+        pairs.append(
+            DatasetPair(
+                id=pair_id,
+                left_segment_id=sides["left_segment_id"],
+                right_segment_id=sides["right_segment_id"],
+                labels_per_pair=labels_per_pair,
+                gold_choice=gold,
+                score=f.float("score"),  # type: ignore[arg-type]
+                created_at=f.float("created_at"),  # type: ignore[arg-type]
+                status=status if isinstance(status, str) else None,
+            )
+        )
+    return sorted(pairs, key=lambda p: p.id)
+
+
+def _labels_from_lines(lines: list[tuple[int, dict[str, Any]]], pair_ids: set[int]) -> list[Label]:
+    labels: list[Label] = []
+    seen: set[int] = set()
+    live: set[tuple[int, str]] = set()
+    for number, obj in lines:
+        f = _Fields(LABELS_JSONL, number, obj)
+        label_id = f.int("id")
+        if label_id in seen:
+            raise f.error("id", f"{label_id} appears twice; label ids must be unique")
+        seen.add(label_id)
+        pair_id = f.int("pair_id")
+        if pair_id not in pair_ids:
+            raise f.error("pair_id", f"is {pair_id}, which is not a pair of {PAIRS_JSONL}")
+        rater_id = f.str("rater_id")
+        if len(rater_id) > MAX_RATER_ID_CHARS:
+            raise f.error("rater_id", f"is {len(rater_id)} characters long; at most {MAX_RATER_ID_CHARS}")
+        response_time = f.float("response_time_s")
+        if response_time is not None and response_time < 0:
+            raise f.error("response_time_s", f"must be >= 0, got {response_time}")
+        retracted_at = f.float("retracted_at", optional=True)
+        if retracted_at is None:
+            if (pair_id, rater_id) in live:
+                raise f.error(
+                    "rater_id",
+                    f"{rater_id!r} has two live (not retracted) labels on pair {pair_id}; a rater "
+                    "has at most one live label per pair",
+                )
+            live.add((pair_id, rater_id))
+        labels.append(
+            Label(
+                pair_id=pair_id,
+                rater_id=rater_id,
+                choice=f.choice("choice"),  # type: ignore[arg-type]
+                response_time_s=response_time,  # type: ignore[arg-type]
+                created_at=f.float("created_at"),  # type: ignore[arg-type]
+                id=label_id,
+                retracted_at=retracted_at,
+            )
+        )
+    return sorted(labels, key=lambda lab: lab.id)  # type: ignore[arg-type, return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Import
+
+
+def import_dataset(in_dir: str | os.PathLike[str], store_url: str, run_name: str) -> DatasetSummary:
+    """Write a dataset folder into run ``run_name`` of the store at ``store_url``, in one transaction.
+
+    Segments, pairs and labels get new ids; every label keeps its rater id, choice, response time,
+    timestamps and retracted state. Pair statuses are recomputed from the live labels (``answered``
+    once a pair has ``labels_per_pair`` of them, else ``pending``); leases are not carried. The
+    run's meta gets the dataset's env_spec, render_fps, guideline and config, and ``import_source``.
+
+    The dataset is fully validated before the store is opened, so a bad dataset leaves it
+    unchanged; a failure during the write rolls everything back.
+
+    Raises:
+        DatasetError: the dataset is malformed, or the run already has pairs (labels are never
+            mixed or overwritten) or meta from another env.
+        prefloop.store.StoreError: the store cannot be opened.
+    """
+    return _import_loaded(load_dataset(in_dir), Path(in_dir), store_url, run_name)
+
+
+def _import_loaded(dataset: PreferenceDataset, in_dir: Path, store_url: str, run_name: str) -> DatasetSummary:
+    with PreferenceStore(store_url, run_name=run_name) as store:
+        with _transaction(store, write=True) as conn:
+            ids = _write_dataset(conn, store.run_id, run_name, dataset)
+    return DatasetSummary(
+        path=in_dir,
+        run_name=run_name,
+        segments=len(dataset.segments),
+        pairs=len(dataset.pairs),
+        labels=len(dataset.labels),
+        retracted_labels=sum(1 for lab in dataset.labels if lab.retracted_at is not None),
+        raters=sorted({lab.rater_id for lab in dataset.labels}),
+        segment_ids=ids[0],
+        pair_ids=ids[1],
+        label_ids=ids[2],
+    )
+
+
+def _write_dataset(
+    conn: Connection, run_id: int, run_name: str, dataset: PreferenceDataset
+) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+    s, p, lab, m = segments_table, pairs_table, labels_table, run_meta_table
+    # Lock the run row (PostgreSQL) so two imports into one run cannot both pass the check below;
+    # on SQLite the write transaction (BEGIN IMMEDIATE) already excludes every other writer.
+    conn.execute(select(runs_table.c.id).where(runs_table.c.id == run_id).with_for_update())
+    n_pairs = conn.scalar(select(func.count()).select_from(p).where(p.c.run_id == run_id))
+    if n_pairs:
+        raise DatasetError(
+            f"run {run_name!r} already has {n_pairs} pairs; an import never mixes or overwrites "
+            "labels. Import into a new run (another --run-name or --run-dir)"
+        )
+    meta_values = _meta_values(dataset)
+    existing = dict(conn.execute(select(m.c.key, m.c.value).where(m.c.run_id == run_id)).all())
+    if "env_spec" in existing and "env_spec" in meta_values:
+        if _json_or_none(existing["env_spec"]) != dataset.env_spec:
+            raise DatasetError(
+                f"run {run_name!r} is set up for env {existing['env_spec']} but the dataset was "
+                f"recorded in {json.dumps(dataset.env_spec)}; import into a new run"
+            )
+
+    now = time.time()
+    segment_ids: dict[int, int] = {}
+    for seg in dataset.segments:
+        row = {
+            "run_id": run_id,
+            "obs": array_to_bytes(seg.obs),
+            "actions": array_to_bytes(seg.actions),
+            "true_rewards": array_to_bytes(seg.true_rewards),
+            "episode_actions": array_to_bytes(seg.episode_actions),
+            "n_valid": seg.n_valid,
+            "terminated": seg.terminated,
+            "episode_seed": seg.episode_seed,
+            "start_step": seg.start_step,
+            "env_step": seg.env_step,
+            "length": seg.length,
+            "created_at": dataset.segment_created_at.get(int(seg.id), now),  # type: ignore[arg-type]
+        }
+        segment_ids[int(seg.id)] = int(conn.execute(insert(s).values(**row)).inserted_primary_key[0])  # type: ignore[arg-type]
+
+    live = Counter(lab.pair_id for lab in dataset.labels if lab.retracted_at is None)
+    pair_ids: dict[int, int] = {}
+    for pair in dataset.pairs:
+        result = conn.execute(
+            insert(p).values(
+                run_id=run_id,
+                left_segment_id=segment_ids[pair.left_segment_id],
+                right_segment_id=segment_ids[pair.right_segment_id],
+                status=ANSWERED if live[pair.id] >= pair.labels_per_pair else PENDING,
+                claimed_by=None,
+                lease_expires_at=None,
+                labels_per_pair=pair.labels_per_pair,
+                gold_choice=None if pair.gold_choice is None else pair.gold_choice.value,
+                score=pair.score,
+                created_at=pair.created_at,
+            )
+        )
+        pair_ids[pair.id] = int(result.inserted_primary_key[0])
+
+    label_ids: dict[int, int] = {}
+    for label in dataset.labels:
+        result = conn.execute(
+            insert(lab).values(
+                pair_id=pair_ids[label.pair_id],
+                rater_id=label.rater_id,
+                choice=label.choice.value,
+                response_time_s=label.response_time_s,
+                created_at=label.created_at,
+                retracted_at=label.retracted_at,
+            )
+        )
+        label_ids[int(label.id)] = int(result.inserted_primary_key[0])  # type: ignore[arg-type]
+
+    meta_values[_IMPORT_META_KEY] = json.dumps({
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "source_run_name": dataset.run_name,
+        "dataset_created_at": dataset.manifest.get("created_at"),
+        "imported_at": now,
+    })
+    for key, value in meta_values.items():
+        if key in existing:
+            conn.execute(update(m).where(m.c.run_id == run_id, m.c.key == key).values(value=value))
+        else:
+            conn.execute(insert(m).values(run_id=run_id, key=key, value=value))
+    return segment_ids, pair_ids, label_ids
+
+
+def _meta_values(dataset: PreferenceDataset) -> dict[str, str]:
+    manifest = dataset.manifest
+    values: dict[str, str] = {}
+    if manifest.get("env_spec") is not None:
+        values["env_spec"] = json.dumps(manifest["env_spec"])
+    if manifest.get("render_fps") is not None:
+        values["render_fps"] = str(float(manifest["render_fps"]))
+    if manifest.get("guideline") is not None:
+        values["guideline"] = manifest["guideline"]
+    if manifest.get("config") is not None:
+        values["config"] = json.dumps(manifest["config"])
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# Command line (wired into prefloop.cli by the lead)
+
+
+def _store_of_run_dir(run_dir: Path, db_url: str | None, run_name: str | None) -> tuple[str, str]:
+    """(store URL, run name) of a run folder: its config.json's ``db_url``/``run_name`` when it has
+    them, else ``prefs.sqlite`` in it and the folder's name; explicit arguments win."""
+    config: dict[str, Any] = {}
+    config_path = run_dir / "config.json"
+    if config_path.is_file():
+        try:
+            loaded = json.loads(config_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{config_path} is not valid JSON ({exc}); pass --db-url and --run-name") from exc
+        if isinstance(loaded, dict):
+            config = loaded
+    url = db_url or config.get("db_url") or sqlite_url(run_dir / "prefs.sqlite")
+    name = run_name or config.get("run_name") or run_dir.resolve().name
+    return url, name
+
+
+def _target(args: argparse.Namespace, *, create: bool) -> tuple[str, str]:
+    if args.run_dir is None:
+        if args.db_url is None or args.run_name is None:
+            raise DatasetError(
+                f"prefloop {args.command} needs --run-dir DIR, or --db-url URL with --run-name NAME"
+            )
+        return args.db_url, args.run_name
+    run_dir = Path(args.run_dir)
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif not run_dir.is_dir():
+        raise DatasetError(f"run folder {run_dir} does not exist; pass the folder of a prefloop run")
+    return _store_of_run_dir(run_dir, args.db_url, args.run_name)
+
+
+def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``prefloop export`` to the CLI's subparsers; its ``func`` returns the exit code."""
+    parser = subparsers.add_parser(
+        "export",
+        help="write a run's segments, pairs and labels as a portable dataset folder (JSON + npz)",
+        description="Export a run's preferences as an open, pickle-free dataset folder.",
+    )
+    parser.add_argument("--run-dir", type=Path, default=None, help="the run folder to export")
+    parser.add_argument("--db-url", default=None, help="the store's SQLAlchemy URL (default: the run folder's)")
+    parser.add_argument("--run-name", default=None, help="the run in the store (default: the run folder's)")
+    parser.add_argument("--out", type=Path, required=True, help="the dataset folder to write (new or empty)")
+    parser.add_argument("--no-retracted", action="store_true", help="leave out retracted labels")
+    parser.set_defaults(func=cmd_export)
+    return parser
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    url, run_name = _target(args, create=False)
+    summary = export_dataset(url, run_name, args.out, include_retracted=not args.no_retracted)
+    print(f"exported run {run_name!r} to {summary.path}: {summary.to_text()}")
+    sys.stdout.flush()
+    return 0
+
+
+def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``prefloop import`` to the CLI's subparsers; its ``func`` returns the exit code."""
+    parser = subparsers.add_parser(
+        "import",
+        help="load an exported preference dataset into a new run of a store",
+        description="Import a dataset folder written by `prefloop export` into a run without pairs.",
+    )
+    parser.add_argument("--in", dest="in_dir", type=Path, required=True, help="the dataset folder")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="the run folder to import into (created if missing, store prefs.sqlite)")
+    parser.add_argument("--db-url", default=None, help="the store's SQLAlchemy URL (default: the run folder's)")
+    parser.add_argument("--run-name", default=None, help="the run in the store (default: the run folder's)")
+    parser.set_defaults(func=cmd_import)
+    return parser
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    dataset = load_dataset(args.in_dir)  # a bad dataset fails before any folder or store is made
+    url, run_name = _target(args, create=True)
+    summary = _import_loaded(dataset, Path(args.in_dir), url, run_name)
+    print(f"imported {summary.path} into run {run_name!r}: {summary.to_text()}")
+    sys.stdout.flush()
+    return 0
+
