@@ -9,7 +9,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.prefloop-installed
 
-.PHONY: run test install bench clean system-deps
+.PHONY: run demo test install bench clean system-deps
 
 $(PY):
 	$(PY_SYS) -m venv $(VENV)
@@ -21,7 +21,12 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The human loop: the trainer plus the rater app on http://127.0.0.1:8501 (you are the teacher).
 run: $(STAMP)
+	$(VENV)/bin/prefloop run --env CartPole-v1 --labels 60 --steps 60000 --seed 0
+
+# The unattended demo: the same loop with a simulated (oracle) teacher.
+demo: $(STAMP)
 	$(VENV)/bin/prefloop train --env CartPole-v1 --teacher oracle --labels 200 --steps 100000 --seed 0
 
 # What the tests need from the system: Debian's chromium (the browser tests; never a downloaded

@@ -1,17 +1,22 @@
-"""The preference store on real SQLite files: round trips, leases, labels, refusal, concurrency."""
+"""The preference store on real databases: round trips, leases, labels, refusal, concurrency.
+
+Every store test runs twice, on a SQLite file and on a real PostgreSQL server (``store_url`` in
+conftest.py gives a fresh database on each backend).
+"""
 
 from __future__ import annotations
 
 import io
 import multiprocessing
-import os
 import queue
 import sqlite3
-import uuid
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from prefloop.serialization import array_from_bytes, array_to_bytes
 from prefloop.store import (
@@ -80,14 +85,20 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "prefs.sqlite"
-
-
-@pytest.fixture
-def store(db_path: Path, clock: FakeClock):
-    with PreferenceStore(sqlite_url(db_path), "run-a", clock=clock) as opened:
+def store(store_url: str, clock: FakeClock):
+    with PreferenceStore(store_url, "run-a", clock=clock) as opened:
         yield opened
+
+
+def raw_sql(url: str, statement: str, **params) -> list[tuple]:
+    """Run one SQL statement outside the store (as another program would) and commit it."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(text(statement), params)
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
 
 
 def assert_same_segment(got: Segment, want: Segment) -> None:
@@ -214,6 +225,32 @@ def test_held_pairs_are_not_handed_to_another_rater(store: PreferenceStore) -> N
     assert store.claim_next("carol") is None
 
 
+def test_a_pair_locked_by_another_transaction_is_waited_for_not_reported_missing(
+    store: PreferenceStore, store_url: str
+) -> None:
+    """None from claim_next means "nothing left", even while another transaction (a rater
+    answering, an admin script) holds the last pair's row: the claim waits for it instead."""
+    (pair_id,) = store.add_pairs(make_pairs(1))
+    engine = create_engine(store_url)
+    results: queue.Queue = queue.Queue()
+    try:
+        with engine.connect() as conn:
+            if store_url.startswith("sqlite"):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # SQLite locks the whole file
+            else:
+                conn.begin()
+                conn.execute(text("SELECT id FROM pairs FOR UPDATE"))
+            waiter = threading.Thread(target=lambda: results.put(store.claim_next("alice")))
+            waiter.start()
+            waiter.join(timeout=0.5)  # give it the chance to (wrongly) answer None while locked
+            conn.rollback()
+        waiter.join(timeout=60)
+    finally:
+        engine.dispose()
+    claimed = results.get(timeout=1)
+    assert claimed is not None and claimed.id == pair_id
+
+
 def test_expired_lease_returns_pair_and_late_answer_is_rejected(
     store: PreferenceStore, clock: FakeClock
 ) -> None:
@@ -279,7 +316,7 @@ def test_release_gives_the_pair_back(store: PreferenceStore) -> None:
 
 
 def test_undo_retracts_without_deleting_and_lets_the_rater_answer_again(
-    store: PreferenceStore, db_path: Path, clock: FakeClock
+    store: PreferenceStore, store_url: str, clock: FakeClock
 ) -> None:
     first, second = store.add_pairs(make_pairs(2))
     store.claim_next("alice")
@@ -292,8 +329,7 @@ def test_undo_retracts_without_deleting_and_lets_the_rater_answer_again(
     assert undone is not None and undone.id == wrong.id and undone.choice is Choice.LEFT
     assert store.labels() == []
     assert [lab.id for lab in store.labels(include_retracted=True)] == [wrong.id]
-    with sqlite3.connect(db_path) as raw:
-        assert raw.execute("SELECT retracted_at FROM labels").fetchall() == [(clock.now,)]
+    assert raw_sql(store_url, "SELECT retracted_at FROM labels") == [(clock.now,)]
     assert store.counts()["answered"] == 0
     assert store.claim_next("alice").id == first  # the undone pair comes back first
 
@@ -308,22 +344,20 @@ def test_undo_retracts_without_deleting_and_lets_the_rater_answer_again(
 
 
 def test_the_database_itself_refuses_a_second_live_label(
-    store: PreferenceStore, db_path: Path
+    store: PreferenceStore, store_url: str
 ) -> None:
     (pair_id,) = store.add_pairs(make_pairs(1))
     store.claim_next("alice")
     store.answer(pair_id, "alice", Choice.LEFT, 1.0)
-    row = (pair_id, "alice", "right", 1.0, 0.0)
     insert = (
         "INSERT INTO labels (pair_id, rater_id, choice, response_time_s, created_at) "
-        "VALUES (?, ?, ?, ?, ?)"
+        "VALUES (:pair, 'alice', 'right', 1.0, 0.0)"
     )
-    with sqlite3.connect(db_path) as raw:
-        with pytest.raises(sqlite3.IntegrityError):
-            raw.execute(insert, row)
-        raw.execute("UPDATE labels SET retracted_at = 1.0")
-        raw.execute(insert, row)  # allowed once the first is retracted
-    raw.close()
+    with pytest.raises(IntegrityError):
+        raw_sql(store_url, insert, pair=pair_id)
+    raw_sql(store_url, "UPDATE labels SET retracted_at = 1.0")
+    raw_sql(store_url, insert, pair=pair_id)  # allowed once the first is retracted
+    assert len(store.labels(include_retracted=True)) == 2 and store.labels() != []
 
 
 def test_labels_per_pair_two_needs_two_different_raters(store: PreferenceStore) -> None:
@@ -374,8 +408,8 @@ def test_labeled_pairs_targets_are_label_means_without_cant_tell(store: Preferen
     assert (counts["labels"], counts["cant_tell"], counts["answered"]) == (7, 2, 5)
 
 
-def test_reopening_the_file_keeps_everything(db_path: Path, clock: FakeClock) -> None:
-    url = sqlite_url(db_path)
+def test_reopening_the_store_keeps_everything(store_url: str, clock: FakeClock) -> None:
+    url = store_url
     with PreferenceStore(url, "run-a", clock=clock) as store:
         first, second = store.add_pairs(make_pairs(2))
         store.claim_next("alice")
@@ -399,12 +433,24 @@ def test_reopening_the_file_keeps_everything(db_path: Path, clock: FakeClock) ->
         assert other_run.get_meta("config") is None
 
 
-def test_other_schema_version_is_refused(db_path: Path) -> None:
-    PreferenceStore(sqlite_url(db_path)).close()
-    with sqlite3.connect(db_path) as raw:
-        raw.execute("UPDATE prefloop_meta SET value = '999' WHERE key = 'schema_version'")
+def test_other_schema_version_is_refused(store_url: str) -> None:
+    PreferenceStore(store_url).close()
+    raw_sql(store_url, "UPDATE prefloop_meta SET value = '999' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match="schema version"):
-        PreferenceStore(sqlite_url(db_path))
+        PreferenceStore(store_url)
+
+
+def test_a_database_of_another_application_is_refused_and_left_alone(store_url: str) -> None:
+    raw_sql(store_url, "CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    raw_sql(store_url, "INSERT INTO invoices (id, total) VALUES (1, 9.5)")
+    with pytest.raises(NotAPreferenceStoreError, match="another application"):
+        PreferenceStore(store_url)
+    assert raw_sql(store_url, "SELECT id, total FROM invoices") == [(1, 9.5)]
+    engine = create_engine(store_url)
+    try:
+        assert inspect(engine).get_table_names() == ["invoices"]  # nothing of prefloop's added
+    finally:
+        engine.dispose()
 
 
 def _write_garbage(path: Path) -> None:
@@ -518,19 +564,8 @@ def check_four_processes_answer_every_pair_exactly_once(url: str, run_name: str)
         assert {lab.pair_id for lab in stored if lab.rater_id == rater} == {p for p, _ in answered}
 
 
-def test_four_processes_answer_every_pair_exactly_once(db_path: Path) -> None:
-    check_four_processes_answer_every_pair_exactly_once(sqlite_url(db_path), "run-a")
-
-
-@pytest.mark.skipif(
-    not os.environ.get("PREFLOOP_TEST_POSTGRES_URL"),
-    reason="set PREFLOOP_TEST_POSTGRES_URL (e.g. postgresql+psycopg://user@host/db) to run",
-)
-def test_four_processes_on_postgresql() -> None:
-    run_name = f"test-{uuid.uuid4().hex}"  # a fresh run in a database that may hold older ones
-    check_four_processes_answer_every_pair_exactly_once(
-        os.environ["PREFLOOP_TEST_POSTGRES_URL"], run_name
-    )
+def test_four_processes_answer_every_pair_exactly_once(store_url: str) -> None:
+    check_four_processes_answer_every_pair_exactly_once(store_url, "run-a")
 
 
 @pytest.mark.parametrize(

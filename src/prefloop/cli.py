@@ -139,22 +139,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Train with people as the teacher: the trainer here, the rater app (and its clip worker) in a
     child process started as soon as the store exists."""
+    import os
     import subprocess
 
     from prefloop.loop import train
     from prefloop.report import print_run_summary
 
+    from prefloop.apps.access import is_loopback_host
+
     if args.resume and args.run_dir is None:
         raise RunDirError("--resume needs --run-dir: the folder of the run to continue")
+    if not is_loopback_host(args.host) and not args.token:
+        raise ConfigError(
+            f"--host {args.host} serves the rater app beyond this machine: pass --token TOKEN too "
+            "(raters open the link with ?token=TOKEN), or keep the default --host 127.0.0.1"
+        )
     config = build_train_config(args)
     app: list[subprocess.Popen] = []
 
     def start_app(run_dir, store_url: str, run_name: str) -> None:
         command = [sys.executable, "-m", "prefloop.cli", "rate", "--db-url", store_url, "--run-name", run_name,
                    "--host", args.host, "--port", str(args.port)]
+        env = dict(os.environ)
         if args.token:
-            command += ["--token", args.token]
-        app.append(subprocess.Popen(command, start_new_session=True))
+            env["PREFLOOP_RATER_TOKEN"] = args.token  # not on the command line, where `ps` shows it
+        app.append(subprocess.Popen(command, start_new_session=True, env=env))
         print(f"rater app: http://{args.host}:{args.port}/  (open it in a browser and start comparing clips)", flush=True)
 
     try:

@@ -302,9 +302,11 @@ class PreferenceCallback(BaseCallback):
             behind = waiting["pending"] + waiting["claimed"]
             asked = learner.ask(due[-1].cumulative_labels, env_step)
             if config.when_behind == "wait":
+                store = learner.store
+                # Pairs whose clips failed to render can never be answered: do not wait for them.
                 learner.wait_for_raters(
-                    lambda c: c["pending"] + c["claimed"] == 0, "training waits until every pair is answered",
-                    env_step, self.run.curve,
+                    lambda c: c["pending"] + c["claimed"] <= len(store.pairs_missing_clips(failed_only=True)),
+                    "training waits until every pair is answered", env_step, self.run.curve,
                 )
             elif behind:
                 message = (
@@ -593,10 +595,11 @@ def first_labels(
     if not resumed:
         collect_first_segments()
     if learner.teacher is not None:
-        if not resumed or learner.store.counts()["pending"]:
-            target = first_round.cumulative_labels if not resumed else learner.pairs_asked()
-            stats = learner.run_round(target, env_step, None)
-            log.info("initial round: %d labels, segment-return corr %.2f", stats["labels"], stats["segment_return_pearson"])
+        # On resume, answer what is pending and always refit: labels answered after the checkpoint
+        # was written are in the store but not in the checkpoint's reward model.
+        target = first_round.cumulative_labels if not resumed else learner.pairs_asked()
+        stats = learner.run_round(target, env_step, None)
+        log.info("initial round: %d labels, segment-return corr %.2f", stats["labels"], stats["segment_return_pearson"])
         return
     if not resumed:
         learner.ask(first_round.cumulative_labels, env_step)

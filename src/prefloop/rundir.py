@@ -8,14 +8,18 @@
       summary.json         the result, written at the end
       learning_curve.png   true (and learned) episode return vs. env steps
 
-A checkpoint is written into a fresh ``step-<N>.tmp`` folder and renamed to ``step-<N>`` only when
-complete (an atomic rename), so a crash mid-write never hides or damages the previous checkpoint.
+A checkpoint is written into a fresh ``step-<N>.tmp`` folder, flushed to disk, and renamed to
+``step-<N>`` only when complete (an atomic rename), so a crash mid-write never hides or damages the
+previous checkpoint. Folders are only ever deleted after being renamed to ``*.tmp`` (which
+``--resume`` ignores), so a crash mid-delete cannot leave a half-deleted checkpoint that looks
+complete; ``*.tmp`` leftovers of crashes are removed at the next checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +28,8 @@ if TYPE_CHECKING:
     from prefloop.config import TrainConfig
 
 KEEP_CHECKPOINTS = 2
+_COMPLETE_NAME = re.compile(r"step-\d+")
+_LEFTOVERS_OF_CREATE = {"config.json.tmp", "checkpoints"}
 
 
 class RunDirError(RuntimeError):
@@ -55,15 +61,27 @@ class RunDir:
         return self.path / "summary.json"
 
     def create(self, config: "TrainConfig") -> None:
-        """Make the folder for a new run; refuse one that already holds anything."""
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+        """Make the folder for a new run; refuse one that already holds anything.
+
+        A folder holding only what an interrupted ``create`` leaves (no ``config.json`` yet) counts
+        as empty, so a run killed while starting can simply be started again.
+        """
+        if self.path.exists() and (not self.path.is_dir() or not self._unstarted()):
             raise RunDirError(
                 f"run folder {self.path} already exists. Pass --resume to continue that run, "
                 "or choose a new --run-dir (nothing in it was changed)."
             )
         self.path.mkdir(parents=True, exist_ok=True)
-        self.checkpoints_dir.mkdir()
-        config.save(self.config_path)
+        # config.json first and atomically: once it exists the folder is a resumable run.
+        tmp = self.path / "config.json.tmp"
+        config.save(tmp)
+        os.replace(tmp, self.config_path)
+        self.checkpoints_dir.mkdir(exist_ok=True)
+
+    def _unstarted(self) -> bool:
+        if any(entry.name not in _LEFTOVERS_OF_CREATE for entry in self.path.iterdir()):
+            return False
+        return not (self.checkpoints_dir.is_dir() and any(self.checkpoints_dir.iterdir()))
 
     def load_config(self) -> "TrainConfig":
         from prefloop.config import TrainConfig
@@ -82,12 +100,30 @@ class RunDir:
         return target
 
     def publish_checkpoint(self, tmp_dir: Path) -> Path:
+        """Make a fully written ``step-<N>.tmp`` folder the checkpoint ``step-<N>``; keep the newest
+        :data:`KEEP_CHECKPOINTS` and remove leftovers of crashed checkpoint writes.
+
+        Only one trainer writes a run folder, so any other ``*.tmp`` folder is such a leftover.
+        """
         final = tmp_dir.with_suffix("")
-        shutil.rmtree(final, ignore_errors=True)
+        _fsync_tree(tmp_dir)
+        if final.exists():  # the same step again (e.g. the last one, after a resume)
+            self._discard(final)
         tmp_dir.rename(final)
+        _fsync_dir(self.checkpoints_dir)
         for old in self._complete_checkpoints()[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
+            self._discard(old)
+        for leftover in self.checkpoints_dir.glob("*.tmp"):
+            shutil.rmtree(leftover, ignore_errors=True)
         return final
+
+    def _discard(self, checkpoint: Path) -> None:
+        # Renamed first (atomic) so a crash mid-delete leaves a *.tmp folder, never a checkpoint
+        # that still has its state.json but lost its policy.
+        trash = checkpoint.with_name(checkpoint.name + ".old.tmp")
+        shutil.rmtree(trash, ignore_errors=True)
+        checkpoint.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint, or None when the run has none yet."""
@@ -97,11 +133,34 @@ class RunDir:
     def _complete_checkpoints(self) -> list[Path]:
         if not self.checkpoints_dir.is_dir():
             return []
-        found = [p for p in self.checkpoints_dir.glob("step-*") if p.suffix != ".tmp" and (p / "state.json").is_file()]
+        found = [
+            p for p in self.checkpoints_dir.glob("step-*")
+            if _COMPLETE_NAME.fullmatch(p.name) and (p / "state.json").is_file()
+        ]
         return sorted(found)
 
     def write_result(self, result: dict[str, Any]) -> None:
         _write_atomic(self.summary_path, json.dumps(result, indent=2))
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` and the folders themselves to disk (power-loss safety)."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_atomic(path: Path, text: str) -> None:

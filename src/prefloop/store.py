@@ -675,7 +675,14 @@ class PreferenceStore:
                 )
                 if excluded:
                     query = query.where(p.c.id.not_in(excluded))
-                candidates = conn.scalars(query.order_by(p.c.id).limit(_CLAIM_BATCH)).all()
+                query = query.order_by(p.c.id)
+                # PostgreSQL: first take a claimable row nobody has locked, so concurrent raters
+                # do not all queue behind the row lock on the pair at the head of the queue. Only
+                # when every claimable row is locked, wait for them, so None still means "nothing
+                # left". SQLite renders no FOR UPDATE (its write transaction excludes all others).
+                candidates = conn.scalars(
+                    query.limit(1).with_for_update(of=p, skip_locked=True)
+                ).all() or conn.scalars(query.limit(_CLAIM_BATCH)).all()
                 if not candidates:
                     return None
                 for pair_id in candidates:
@@ -1134,13 +1141,16 @@ class PreferenceStore:
             segs = self._load_segments(conn, wanted)
         return [segs[i] for i in wanted]
 
-    def pairs_missing_clips(self) -> list[int]:
+    def pairs_missing_clips(self, *, failed_only: bool = False) -> list[int]:
         """Ids of this run's pending or claimed pairs that cannot be shown yet: a side has no
         clip (not rendered yet, or its rendering failed). Pass them to ``claim_next(exclude=...)``.
+        With ``failed_only``, just the pairs that never can be shown (a side failed to render).
         """
         p, c = pairs_table, clips_table
 
         def lacks_clip(column: Any) -> Any:
+            if failed_only:
+                return exists().where(c.c.segment_id == column, c.c.error.is_not(None))
             return ~exists().where(c.c.segment_id == column, c.c.error.is_(None))
 
         with self._read() as conn:

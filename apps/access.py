@@ -1,0 +1,137 @@
+"""The rater app's configuration and who may use it: tokens, rater names, loopback addresses.
+
+Secrets (the database URL may hold a password; the tokens) can come from the environment instead
+of the command line, so they do not show up in ``ps``: ``PREFLOOP_DB_URL``,
+``PREFLOOP_RATER_TOKEN``, ``PREFLOOP_ADMIN_TOKEN``. ``apps/launch.py`` passes them that way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import ipaddress
+import math
+import os
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+ENV_DB_URL = "PREFLOOP_DB_URL"
+ENV_TOKEN = "PREFLOOP_RATER_TOKEN"
+ENV_ADMIN_TOKEN = "PREFLOOP_ADMIN_TOKEN"
+
+MAX_RATER_NAME_CHARS = 40
+MIN_TOKEN_CHARS = 8
+
+
+class AppConfigError(ValueError):
+    """The app was started with missing or bad settings; the message says which and how to fix."""
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Settings of one rater app process.
+
+    Attributes:
+        db_url: SQLAlchemy URL of the preference store.
+        run_name: the run whose pairs are rated.
+        token: access token raters must present (``?token=`` or a field); None: open app.
+        admin_token: token for the dashboard; None: the dashboard is open to whoever may rate.
+        lease_seconds: how long a shown pair stays reserved for its rater.
+    """
+
+    db_url: str
+    run_name: str = "default"
+    token: str | None = None
+    admin_token: str | None = None
+    lease_seconds: float = 120.0
+
+
+def parse_app_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> AppConfig:
+    """Build the config from the script's arguments (those after ``--`` of ``streamlit run``),
+    falling back to the environment for the database URL and tokens.
+
+    Raises:
+        AppConfigError: no database URL, a bad lease, or a token shorter than 8 characters.
+    """
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="rater_app.py", add_help=False)
+    parser.add_argument("--db-url", default=None)
+    parser.add_argument("--run-name", default="default")
+    parser.add_argument("--token", default=None)
+    parser.add_argument("--admin-token", default=None)
+    parser.add_argument("--lease-seconds", default="120")
+    args, _unknown = parser.parse_known_args(list(argv))
+    db_url = args.db_url or environ.get(ENV_DB_URL)
+    if not db_url:
+        raise AppConfigError(
+            "the rater app needs the preference store's URL: pass --db-url URL after '--' "
+            f"(or set {ENV_DB_URL}); start it with `prefloop rate --run-dir RUN_FOLDER`"
+        )
+    try:
+        lease = float(args.lease_seconds)
+    except ValueError:
+        lease = math.nan
+    if not (math.isfinite(lease) and lease >= 5):
+        raise AppConfigError(f"--lease-seconds must be a number of seconds >= 5, got {args.lease_seconds!r}")
+    token = check_token_value(args.token or environ.get(ENV_TOKEN), "--token")
+    admin_token = check_token_value(args.admin_token or environ.get(ENV_ADMIN_TOKEN), "--admin-token")
+    return AppConfig(db_url=db_url, run_name=args.run_name, token=token, admin_token=admin_token, lease_seconds=lease)
+
+
+def check_token_value(token: str | None, what: str) -> str | None:
+    """A configured token, validated: None or a string of at least 8 non-space characters."""
+    if token is None or token == "":
+        return None
+    if len(token) < MIN_TOKEN_CHARS or any(ch.isspace() for ch in token):
+        raise AppConfigError(
+            f"{what} must be at least {MIN_TOKEN_CHARS} characters without spaces; generate one "
+            "with `python -c \"import secrets; print(secrets.token_urlsafe(16))\"`"
+        )
+    return token
+
+
+def token_matches(expected: str | None, given: object) -> bool:
+    """True when no token is configured, or ``given`` equals it (compared in constant time)."""
+    if expected is None:
+        return True
+    if not isinstance(given, str) or not given:
+        return False
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for addresses only this machine can reach: ``localhost``, 127.0.0.0/8, ``::1``.
+
+    ``0.0.0.0``, ``::``, a LAN address or a host name other than localhost are not loopback.
+    """
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_NAME_OK = re.compile(r"^[\w .@'-]+$", re.UNICODE)
+
+
+def clean_rater_name(name: object) -> str:
+    """The rater id for a typed or ``?rater=`` name: trimmed, inner spaces collapsed.
+
+    Raises:
+        ValueError: empty, longer than 40 characters, or with characters other than letters,
+            digits, spaces and ``. _ - @ '``; the message is shown to the rater as is.
+    """
+    if not isinstance(name, str):
+        raise ValueError("Type your name (or a nickname) to start.")
+    cleaned = " ".join(unicodedata.normalize("NFC", name).split())
+    if not cleaned:
+        raise ValueError("Type your name (or a nickname) to start.")
+    if len(cleaned) > MAX_RATER_NAME_CHARS:
+        raise ValueError(f"Please use a shorter name (at most {MAX_RATER_NAME_CHARS} characters).")
+    if not _NAME_OK.match(cleaned):
+        raise ValueError("Please use only letters, digits, spaces and . _ - @ ' in your name.")
+    return cleaned

@@ -1,0 +1,319 @@
+"""Numbers for the people running a run: label throughput, raters, agreement, gold accuracy, and
+the trainer's progress (what it writes into the run's ``progress`` meta).
+
+Plain functions over :class:`~prefloop.types.Label` lists and meta strings; the Streamlit page
+that draws them is :func:`render_dashboard`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefloop.types import Choice, Label
+
+TRAINER_STATUS_WORDS = {
+    "training": "The trainer is training the agent; it will ask for more comparisons soon.",
+    "waiting_for_labels": "The trainer is waiting for your comparisons.",
+    "finished": "Training has finished. Thank you for your help!",
+}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The trainer's ``progress`` meta, every field optional (older or starting trainers)."""
+
+    status: str | None = None
+    env_step: int | None = None
+    total_steps: int | None = None
+    labels_asked: int | None = None
+    fit_history: list[dict[str, Any]] = field(default_factory=list)
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    updated_at: float | None = None
+    message: str | None = None
+
+    @property
+    def fraction_done(self) -> float | None:
+        if self.env_step is None or not self.total_steps:
+            return None
+        return min(1.0, max(0.0, self.env_step / self.total_steps))
+
+
+def parse_progress(raw: str | None) -> Progress | None:
+    """Read the ``progress`` meta value; None when missing or not a JSON object. Fields of the
+    wrong type are dropped rather than failing the page."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+
+    def number(key: str, kind: type) -> Any:
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return None
+        return kind(value)
+
+    def rows(key: str) -> list[dict[str, Any]]:
+        value = data.get(key)
+        return [r for r in value if isinstance(r, dict)] if isinstance(value, list) else []
+
+    status = data.get("status")
+    message = data.get("message")
+    return Progress(
+        status=status if isinstance(status, str) else None,
+        env_step=number("env_step", int),
+        total_steps=number("total_steps", int),
+        labels_asked=number("labels_asked", int),
+        fit_history=rows("fit_history"),
+        curve=rows("curve"),
+        updated_at=number("updated_at", float),
+        message=message if isinstance(message, str) else None,
+    )
+
+
+def describe_age(seconds: float) -> str:
+    """'just now', '42 s ago', '5 min ago', '3 h ago'."""
+    if seconds < 5:
+        return "just now"
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.0f} h ago"
+
+
+def trainer_status_line(progress: Progress | None, now: float | None = None) -> str:
+    """One sentence on what the trainer is doing, for raters and the dashboard."""
+    if progress is None:
+        return "No news from the trainer yet."
+    now = time.time() if now is None else now
+    parts = [TRAINER_STATUS_WORDS.get(progress.status or "", f"Trainer status: {progress.status or 'unknown'}.")]
+    if progress.fraction_done is not None and progress.status != "finished":
+        parts.append(f"{progress.fraction_done:.0%} of training done.")
+    if progress.message:
+        parts.append(progress.message)
+    if progress.updated_at is not None:
+        parts.append(f"(updated {describe_age(max(0.0, now - progress.updated_at))})")
+    return " ".join(parts)
+
+
+# -- label statistics ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RaterRow:
+    rater_id: str
+    labels: int
+    median_seconds: float
+    cant_tell: int
+    last_at: float
+
+
+def rater_table(labels: Iterable[Label]) -> list[RaterRow]:
+    """Per rater: live labels, median response time, "can't tell" answers, latest answer time;
+    most labels first."""
+    by_rater: dict[str, list[Label]] = defaultdict(list)
+    for label in labels:
+        by_rater[label.rater_id].append(label)
+    rows = [
+        RaterRow(
+            rater_id=rater,
+            labels=len(items),
+            median_seconds=statistics.median(l.response_time_s for l in items),
+            cant_tell=sum(1 for l in items if l.choice is Choice.CANT_TELL),
+            last_at=max(l.created_at for l in items),
+        )
+        for rater, items in by_rater.items()
+    ]
+    return sorted(rows, key=lambda r: (-r.labels, r.rater_id))
+
+
+def labels_per_hour(labels: Iterable[Label]) -> list[tuple[float, int]]:
+    """``(hour start, labels)`` for every hour from the first label's to the last one's, zero
+    hours included so a chart shows the gaps."""
+    hours = Counter(int(l.created_at // 3600) for l in labels)
+    if not hours:
+        return []
+    return [(h * 3600.0, hours.get(h, 0)) for h in range(min(hours), max(hours) + 1)]
+
+
+def median_seconds_per_label(labels: Sequence[Label]) -> float | None:
+    return statistics.median(l.response_time_s for l in labels) if labels else None
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Agreement between raters on pairs with more than one informative label.
+
+    ``pairwise`` is the share of rater pairs (two labels of one pair) that gave the same answer;
+    ``unanimous`` the share of those pairs where every rater agreed. "Can't tell" is left out.
+    """
+
+    pairs: int
+    comparisons: int
+    pairwise: float | None
+    unanimous: float | None
+
+
+def agreement(labels: Iterable[Label]) -> Agreement:
+    by_pair: dict[int, list[Choice]] = defaultdict(list)
+    for label in labels:
+        if label.choice is not Choice.CANT_TELL:
+            by_pair[label.pair_id].append(label.choice)
+    multi = [choices for choices in by_pair.values() if len(choices) > 1]
+    agree = total = 0
+    for choices in multi:
+        for a, b in itertools.combinations(choices, 2):
+            total += 1
+            agree += a is b
+    unanimous = sum(1 for choices in multi if len(set(choices)) == 1)
+    return Agreement(
+        pairs=len(multi),
+        comparisons=total,
+        pairwise=agree / total if total else None,
+        unanimous=unanimous / len(multi) if multi else None,
+    )
+
+
+@dataclass(frozen=True)
+class GoldRow:
+    rater_id: str
+    correct: int
+    answered: int  # gold pairs answered with something other than "can't tell"
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.answered if self.answered else None
+
+
+def gold_accuracy(labels: Iterable[Label], gold: Mapping[int, Choice]) -> list[GoldRow]:
+    """Per rater, how many gold pairs (known answer) they answered right."""
+    correct: Counter[str] = Counter()
+    answered: Counter[str] = Counter()
+    for label in labels:
+        expected = gold.get(label.pair_id)
+        if expected is None or label.choice is Choice.CANT_TELL:
+            continue
+        answered[label.rater_id] += 1
+        correct[label.rater_id] += label.choice is expected
+    return sorted(
+        (GoldRow(r, correct[r], answered[r]) for r in answered), key=lambda row: row.rater_id
+    )
+
+
+# -- the page ------------------------------------------------------------------------------------
+
+
+def render_dashboard(store: Any, now: float | None = None) -> None:
+    """Draw the dashboard of ``store``'s run with Streamlit (charts rather than tables)."""
+    import pandas as pd
+    import streamlit as st
+
+    now = time.time() if now is None else now
+    labels = store.labels()
+    counts = store.counts()
+    progress = parse_progress(store.get_meta("progress"))
+    gold = {
+        lp.pair_id: lp.extra["gold_choice"]
+        for lp in store.labeled_pairs()
+        if lp.extra.get("gold_choice") is not None and lp.pair_id is not None
+    }
+    failed_clips = len(store.clip_errors())
+
+    st.title("Run dashboard")
+    st.caption(f"Run **{store.run_name}** · {trainer_status_line(progress, now)}")
+
+    recent = [l for l in labels if l.created_at >= now - 3600]
+    median = median_seconds_per_label(labels)
+    cols = st.columns(5)
+    cols[0].metric("Labels", f"{len(labels)}")
+    cols[1].metric("Raters", f"{len({l.rater_id for l in labels})}")
+    cols[2].metric("Labels in the last hour", f"{len(recent)}")
+    cols[3].metric("Median seconds per label", "–" if median is None else f"{median:.1f}")
+    cols[4].metric("Pairs waiting", f"{counts['pending'] + counts['claimed']}")
+    if progress is not None and progress.fraction_done is not None:
+        st.progress(progress.fraction_done, text=f"Training: env step {progress.env_step:,} of {progress.total_steps:,}")
+    if failed_clips:
+        st.warning(f"{failed_clips} clips could not be rendered; their pairs are not shown to raters.")
+
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Labels per hour")
+        per_hour = labels_per_hour(labels)
+        if per_hour:
+            frame = pd.DataFrame(
+                {"hour": pd.to_datetime([t for t, _ in per_hour], unit="s"), "labels": [n for _, n in per_hour]}
+            ).set_index("hour")
+            st.bar_chart(frame, y="labels", height=260)
+        else:
+            st.info("No labels yet.")
+    with right:
+        st.subheader("Labels per rater")
+        rows = rater_table(labels)
+        if rows:
+            frame = pd.DataFrame(
+                {"rater": [r.rater_id for r in rows], "labels": [r.labels for r in rows],
+                 "median seconds": [round(r.median_seconds, 1) for r in rows]}
+            ).set_index("rater")
+            st.bar_chart(frame, y="labels", horizontal=True, height=260)
+            st.caption(" · ".join(f"{r.rater_id}: {r.median_seconds:.1f} s median" for r in rows[:8]))
+        else:
+            st.info("No raters yet.")
+
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Reward model validation accuracy")
+        history = [h for h in (progress.fit_history if progress else []) if "env_step" in h]
+        if any("val_accuracy" in h for h in history):
+            frame = pd.DataFrame(
+                {"env step": [h["env_step"] for h in history], "validation accuracy": [h.get("val_accuracy") for h in history]}
+            ).set_index("env step")
+            st.line_chart(frame, height=260)
+        else:
+            st.info("The trainer has not reported a reward-model fit yet.")
+    with right:
+        st.subheader("Policy return")
+        curve = [c for c in (progress.curve if progress else []) if "env_step" in c]
+        if curve:
+            data: dict[str, list[Any]] = {"env step": [c["env_step"] for c in curve],
+                                          "true return": [c.get("true_return") for c in curve]}
+            if any("learned_return" in c for c in curve):
+                data["learned return"] = [c.get("learned_return") for c in curve]
+            st.line_chart(pd.DataFrame(data).set_index("env step"), height=260)
+        else:
+            st.info("No returns reported yet.")
+
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Agreement between raters")
+        agree = agreement(labels)
+        if agree.pairwise is None:
+            st.info("No pair has been labelled by more than one rater yet.")
+        else:
+            st.metric("Same answer (rater pairs)", f"{agree.pairwise:.0%}",
+                      help=f"{agree.comparisons} comparisons over {agree.pairs} pairs; can't tell left out")
+            st.metric("Pairs where all raters agreed", f"{agree.unanimous:.0%}")
+    with right:
+        st.subheader("Accuracy on gold pairs")
+        rows_gold = [row for row in gold_accuracy(labels, gold) if row.answered]
+        if rows_gold:
+            frame = pd.DataFrame(
+                {"rater": [r.rater_id for r in rows_gold], "accuracy": [r.accuracy for r in rows_gold]}
+            ).set_index("rater")
+            st.bar_chart(frame, y="accuracy", horizontal=True, height=200)
+            total_correct = sum(r.correct for r in rows_gold)
+            total = sum(r.answered for r in rows_gold)
+            st.caption(f"All raters: {total_correct} of {total} gold pairs right ({total_correct / total:.0%}).")
+        else:
+            st.info("No gold pair (a pair with a known answer) has been answered yet.")

@@ -1,0 +1,267 @@
+"""The rater app: people compare two clips of the agent and say which is better.
+
+Start it with ``prefloop rate --run-dir RUN_FOLDER`` (or ``apps/launch.py``); by hand:
+``streamlit run apps/rater_app.py -- --db-url URL --run-name NAME [--token T] [--admin-token T]
+[--lease-seconds S]``. The process only reads pairs and clips from the store and writes labels;
+the trainer and the clip worker run elsewhere.
+
+This file is the thin Streamlit glue; the logic lives in ``rating`` (the rater's queue),
+``player`` (the side-by-side clip player), ``access`` (config, tokens, names) and ``dashboard``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+import streamlit as st
+from streamlit import config as st_config
+from sqlalchemy.exc import SQLAlchemyError
+
+from prefloop.apps.access import (
+    AppConfig,
+    AppConfigError,
+    clean_rater_name,
+    is_loopback_host,
+    parse_app_args,
+    token_matches,
+)
+from prefloop.apps.dashboard import parse_progress, render_dashboard, trainer_status_line
+from prefloop.apps.player import PLAYER_KEY, render_player
+from prefloop.apps.rating import DB_TROUBLE, Notice, RaterSession
+from prefloop.store import PreferenceStore, StoreError
+
+log = logging.getLogger("prefloop.apps")
+
+DEFAULT_GUIDELINE = "Which clip shows the agent doing the task better?"
+WAITING_POLL_S = 2.0
+_SESSION = "prefloop_rater_session"
+_NOTICE_ICONS = {"info": "ℹ️", "success": "✅", "warning": "⚠️", "error": "❗"}
+
+
+@st.cache_resource(show_spinner=False)
+def open_store(db_url: str, run_name: str) -> PreferenceStore:
+    """One store (one connection pool) per app process, shared by every rater's session."""
+    return PreferenceStore(db_url, run_name)
+
+
+def main(argv: Sequence[str]) -> None:
+    st.set_page_config(page_title="Compare clips · prefloop", page_icon=":material/compare:", layout="wide")
+    try:
+        config = parse_app_args(argv)
+    except AppConfigError as exc:
+        st.error(f"The rater app is not configured correctly: {exc}")
+        return
+
+    # Streamlit listens on every interface when no address is set.
+    if config.token is None and not is_loopback_host(st_config.get_option("server.address") or "0.0.0.0"):
+        st.error(
+            "This app is reachable from other machines but has no access token, so it shows "
+            "nothing. Restart it with a token: `prefloop rate ... --token TOKEN` (or bind it to "
+            "127.0.0.1)."
+        )
+        return
+    if not _check_token(config.token, "token", "Access token",
+                        "This rater app needs an access token. Use the link you were given, or type the token."):
+        return
+    try:
+        store = open_store(config.db_url, config.run_name)
+    except (StoreError, SQLAlchemyError) as exc:
+        st.error(f"Cannot open the label database: {exc}")
+        return
+
+    def rate() -> None:
+        _guarded(lambda: rate_page(config, store))
+
+    def dashboard() -> None:
+        if _check_token(config.admin_token, "admin_token", "Dashboard token",
+                        "The dashboard needs the admin token."):
+            _guarded(lambda: render_dashboard(store))
+
+    # Less empty space above the page, so clips and answer buttons fit a laptop screen.
+    st.html("<style>[data-testid='stMainBlockContainer'] { padding-top: 2.5rem; }</style>")
+    page = st.navigation(
+        [
+            st.Page(rate, title="Rate clips", icon=":material/compare:", url_path="rate", default=True),
+            st.Page(dashboard, title="Dashboard", icon=":material/monitoring:", url_path="dashboard"),
+        ],
+        position="top",
+    )
+    page.run()
+
+
+def _guarded(body) -> None:
+    """Run a page so that a failure reaches the person as a sentence, never as a traceback."""
+    try:
+        body()
+    except SQLAlchemyError as exc:
+        log.warning("database error: %s", exc)
+        st.error(DB_TROUBLE)
+        st.button("Try again", key="retry_after_db_error")
+    except Exception:
+        log.exception("rater app page failed")
+        st.error("Something went wrong on our side. Reload the page; every answer you saved is safe.")
+
+
+def _check_token(expected: str | None, param: str, label: str, prompt: str) -> bool:
+    """Ask for a token (``?<param>=`` or a field) when one is configured; True once it matches."""
+    if expected is None:
+        return True
+    ok_key = f"prefloop_{param}_ok"
+    if st.session_state.get(ok_key):
+        return True
+    typed_key = f"prefloop_{param}_typed"
+    candidates = [t for t in (st.session_state.get(typed_key), st.query_params.get(param)) if t]
+    for given in candidates:
+        if token_matches(expected, given):
+            st.session_state[ok_key] = True
+            if st.query_params.get(param) != given:
+                st.query_params[param] = given  # a reload keeps working
+            return True
+    st.markdown(f"### {prompt}")
+    if candidates:
+        st.error(
+            f"That {label.lower()} is not valid. Ask the person running the training for the "
+            "correct link or token."
+        )
+    st.text_input(label, type="password", key=typed_key)
+    return False
+
+
+# -- the rating page ---------------------------------------------------------------------------
+
+
+def identify() -> str | None:
+    """The rater's name from the session, ``?rater=``, or a form; None while there is none."""
+    if st.session_state.get("prefloop_rater"):
+        return st.session_state["prefloop_rater"]
+    problem = None
+    from_url = st.query_params.get("rater")
+    if from_url:
+        try:
+            st.session_state["prefloop_rater"] = clean_rater_name(from_url)
+            return st.session_state["prefloop_rater"]
+        except ValueError as exc:
+            problem = str(exc)
+    st.markdown("## Welcome! Help teach an agent by comparing short clips")
+    st.markdown(
+        "You will see two short clips of the agent side by side and say which one does the "
+        "task better. Each answer takes a few seconds; stop whenever you like, your answers "
+        "are saved as you go."
+    )
+    form_column, _ = st.columns([2, 3])
+    with form_column, st.form("rater_name_form", border=False):
+        name = st.text_input("Your name (or a nickname)", max_chars=40, key="rater_name_input",
+                             placeholder="e.g. alex")
+        submitted = st.form_submit_button("Start comparing", type="primary")
+    if submitted:
+        try:
+            rater = clean_rater_name(name)
+        except ValueError as exc:
+            problem = str(exc)
+        else:
+            st.session_state["prefloop_rater"] = rater
+            st.query_params["rater"] = rater  # a reload keeps the name
+            st.rerun()
+    if problem:
+        st.warning(problem)
+    return None
+
+
+def get_session(store: PreferenceStore, rater: str, lease_seconds: float) -> RaterSession:
+    session = st.session_state.get(_SESSION)
+    if not isinstance(session, RaterSession) or session.rater_id != rater or session.store is not store:
+        session = RaterSession(store, rater, lease_seconds=lease_seconds)
+        session.refresh()
+        st.session_state[_SESSION] = session
+    return session
+
+
+def _on_actions() -> None:
+    """The player sent answers or an undo: record them before the page is drawn again."""
+    session = st.session_state.get(_SESSION)
+    state = st.session_state.get(PLAYER_KEY) or {}
+    payload = state.get("actions") if hasattr(state, "get") else None
+    if not isinstance(session, RaterSession) or not isinstance(payload, dict):
+        return
+    try:
+        session.apply(payload.get("items") or [])
+    except Exception:  # never let a callback traceback reach the rater
+        log.exception("handling rater actions failed")
+        session.notices.append(Notice("error", "That answer could not be processed; please answer again."))
+
+
+def rate_page(config: AppConfig, store: PreferenceStore) -> None:
+    rater = identify()
+    if rater is None:
+        return
+    session = get_session(store, rater, config.lease_seconds)
+    guideline = store.get_meta("guideline") or DEFAULT_GUIDELINE
+
+    head, who = st.columns([5, 1], vertical_alignment="bottom")
+    head.markdown(f"### {guideline}")
+    with who:
+        if st.button(f"Not {rater}?", key="switch_rater", type="tertiary"):
+            session.release_all()
+            for key in ("prefloop_rater", _SESSION):
+                st.session_state.pop(key, None)
+            st.query_params.pop("rater", None)
+            st.rerun()
+
+    for notice in session.take_notices():
+        st.toast(notice.text, icon=_NOTICE_ICONS[notice.level], duration="long")
+
+    if session.current is None:
+        _waiting_view(session, store)
+        return
+
+    waiting = store.counts()
+    st.caption(
+        f"Watch both clips (they loop together; slow them down if it helps), then pick the "
+        f"better one -- or *Can't tell*. Your answers today: **{session.labels_today()}** · "
+        f"Pairs waiting: **{waiting['pending'] + waiting['claimed']}**"
+    )
+    render_player(session, _on_actions)
+    _keepalive(session, config.lease_seconds)
+
+
+def _keepalive(session: RaterSession, lease_seconds: float) -> None:
+    @st.fragment(run_every=max(5.0, lease_seconds / 4))
+    def keep_leases() -> None:
+        if session.keepalive():
+            st.rerun(scope="app")
+
+    keep_leases()
+
+
+def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
+    @st.fragment(run_every=WAITING_POLL_S)
+    def waiting() -> None:
+        if session.current is None:
+            session.refresh()
+        if session.current is not None:
+            st.rerun(scope="app")
+        progress = parse_progress(store.get_meta("progress"))
+        if progress is not None and progress.status == "finished":
+            st.success("Training has finished -- there is nothing left to compare. Thank you for your help!")
+        elif session.queue.preparing:
+            st.info(
+                f"Preparing the clips of {session.queue.preparing} pairs -- they will appear here "
+                "in a moment; this page refreshes by itself."
+            )
+        else:
+            st.info(
+                "No pairs are waiting right now -- the trainer will add more; this page "
+                "refreshes by itself."
+            )
+        st.caption(trainer_status_line(progress))
+        if progress is not None and progress.fraction_done is not None and progress.status != "finished":
+            st.progress(progress.fraction_done)
+        st.caption(f"Your answers today: **{session.labels_today()}**")
+
+    waiting()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,338 @@
+"""What one rater's browser session does with the store, without any Streamlit: which pair is
+shown, which one is ready next, answering, undoing, keeping leases alive.
+
+The session holds two pairs: ``current`` (on screen) and ``next`` (claimed and its clips already
+loaded, so the browser can switch to it the moment an answer is given). Both are always derived
+from the store, never from memory alone:
+
+- ``current`` is ``claim_next`` with the full lease: the pair the rater already holds with the
+  newest lease comes back first, so a reloaded page shows the same pair again;
+- ``next`` is claimed after it with half the lease, so its lease always ends before the current
+  one's and a reload never puts it first.
+
+Actions come from the browser as a list with increasing sequence numbers and are re-sent until
+acknowledged (``acked_seq``), so a lost message never loses an answer and a repeated one counts
+once (the store's ``answer`` is idempotent for the same rater too).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from prefloop.store import LeaseError, PreferenceStore, StoreError
+from prefloop.types import Choice
+
+log = logging.getLogger("prefloop.apps")
+
+MAX_RESPONSE_TIME_S = 3600.0
+# Leases are kept alive this long after the rater's last action; an abandoned tab then lets its
+# pairs go to other raters when the lease runs out.
+KEEPALIVE_IDLE_LIMIT_S = 15 * 60.0
+
+NoticeLevel = Literal["info", "success", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A message for the rater (shown as a toast)."""
+
+    level: NoticeLevel
+    text: str
+
+
+@dataclass(frozen=True)
+class ShownPair:
+    """A claimed pair whose two clips are loaded: what the player shows."""
+
+    pair_id: int
+    left_segment_id: int
+    right_segment_id: int
+    left_clip: bytes
+    right_clip: bytes
+    mime: str
+
+    def to_player(self) -> dict[str, Any]:
+        """JSON for the browser: pair id and both clips base64-encoded."""
+        return {
+            "id": self.pair_id,
+            "mime": self.mime,
+            "left": base64.b64encode(self.left_clip).decode("ascii"),
+            "right": base64.b64encode(self.right_clip).decode("ascii"),
+        }
+
+
+@dataclass
+class QueueState:
+    """Why there is no pair to show, for the waiting screen."""
+
+    waiting: int = 0  # pending or claimed pairs of the run
+    preparing: int = 0  # of those, pairs whose clips are not encoded yet (or failed)
+
+
+def clamp_response_time(value: object) -> float:
+    """The browser's measured seconds from clips playable to answer, made safe to store.
+
+    Anything that is not a finite number becomes 0; negative becomes 0; more than an hour is
+    clamped to an hour (a tab left open overnight is not a response time).
+    """
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+    if isinstance(value, bool) or not math.isfinite(seconds):
+        return 0.0
+    return min(max(seconds, 0.0), MAX_RESPONSE_TIME_S)
+
+
+def start_of_today(now: float) -> float:
+    """Unix time of the last local midnight before ``now``."""
+    day = dt.datetime.fromtimestamp(now).date()
+    return dt.datetime.combine(day, dt.time()).timestamp()
+
+
+DB_TROUBLE = (
+    "The label database is not reachable right now, so nothing was saved. "
+    "Wait a moment and try again; answers you gave before are safe."
+)
+
+
+@dataclass
+class RaterSession:
+    """One rater's view of the queue.
+
+    Args:
+        store: the run's store (shared by all sessions of the app process; thread-safe).
+        rater_id: who answers.
+        lease_seconds: how long a shown pair stays reserved for this rater without activity.
+        prefetch: claim and load the next pair in advance (the browser switches instantly).
+        clock: unix seconds, for the keep-alive and "labels today".
+    """
+
+    store: PreferenceStore
+    rater_id: str
+    lease_seconds: float = 120.0
+    prefetch: bool = True
+    clock: Callable[[], float] = time.time
+    current: ShownPair | None = None
+    next: ShownPair | None = None
+    acked_seq: int = 0
+    queue: QueueState = field(default_factory=QueueState)
+    notices: list[Notice] = field(default_factory=list)
+    last_activity: float = 0.0
+    last_refresh: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.last_activity = self.clock()
+
+    # -- the two pairs ------------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Re-derive ``current`` and ``next`` from the store (renewing their leases).
+
+        Returns:
+            True if either pair changed (the browser needs new data). On a database error both
+            stay as they were and a notice is queued.
+        """
+        before = self._shown_ids()
+        try:
+            self._refresh()
+        except SQLAlchemyError as exc:
+            log.warning("rater %s: database error while refreshing: %s", self.rater_id, exc)
+            self._notify("error", DB_TROUBLE)
+        self.last_refresh = self.clock()
+        return self._shown_ids() != before
+
+    def _shown_ids(self) -> tuple[int | None, int | None]:
+        return tuple(p.pair_id if p else None for p in (self.current, self.next))  # type: ignore[return-value]
+
+    def release_all(self) -> None:
+        """Give the shown and the prepared pair back to the queue (the rater leaves)."""
+        for pair in (self.current, self.next):
+            if pair is not None:
+                try:
+                    self.store.release(pair.pair_id, self.rater_id)
+                except (SQLAlchemyError, StoreError) as exc:  # the lease runs out by itself anyway
+                    log.warning("rater %s: could not release pair %d: %s", self.rater_id, pair.pair_id, exc)
+        self.current = self.next = None
+
+    def _refresh(self) -> None:
+        not_ready = set(self.store.pairs_missing_clips())
+        old = [p for p in (self.current, self.next) if p is not None]
+        known = {p.pair_id: p for p in old}
+        self.current = self._claim_ready(not_ready, set(), self.lease_seconds, known)
+        self.next = None
+        if self.current is not None and self.prefetch:
+            self.next = self._claim_ready(
+                not_ready, {self.current.pair_id}, self.lease_seconds / 2, known
+            )
+        keep = {p.pair_id for p in (self.current, self.next) if p is not None}
+        for pair in old:  # a pair this session held but no longer shows goes back to the queue
+            if pair.pair_id not in keep:
+                self.store.release(pair.pair_id, self.rater_id)
+        if self.current is None:
+            self.queue = QueueState(
+                waiting=self._waiting_pairs(), preparing=len(not_ready)
+            )
+
+    def _claim_ready(
+        self,
+        not_ready: set[int],
+        exclude: set[int],
+        lease_seconds: float,
+        known: dict[int, ShownPair],
+    ) -> ShownPair | None:
+        """Claim the rater's next pair whose clips are both in the store, loading them."""
+        for _ in range(4):
+            pair = self.store.claim_next(
+                self.rater_id, lease_seconds, exclude=exclude | not_ready
+            )
+            if pair is None:
+                return None
+            assert pair.id is not None and pair.left.id is not None and pair.right.id is not None
+            if pair.id in known:
+                return known[pair.id]
+            clips = self.store.get_clips([pair.left.id, pair.right.id])
+            if pair.left.id in clips and pair.right.id in clips:
+                (left, mime), (right, _) = clips[pair.left.id], clips[pair.right.id]
+                return ShownPair(pair.id, pair.left.id, pair.right.id, left, right, mime)
+            # Its clips disappeared between the two reads (or never were): try another one.
+            self.store.release(pair.id, self.rater_id)
+            not_ready.add(pair.id)
+        return None
+
+    def _waiting_pairs(self) -> int:
+        counts = self.store.counts()
+        return counts["pending"] + counts["claimed"]
+
+    # -- actions from the browser ---------------------------------------------------------------
+
+    def apply(self, actions: Iterable[Any]) -> None:
+        """Process the browser's unacknowledged actions in order, each sequence number once.
+
+        Each action is a dict: ``{"seq": int, "type": "answer", "pair_id": int, "choice": str,
+        "response_time_s": float}`` or ``{"seq": int, "type": "undo"}``. Malformed entries are
+        skipped. ``acked_seq`` is raised past every action handled, including failed ones (their
+        notice tells the rater what to do); after a database error it stays, so the browser sends
+        the action again.
+        """
+        items = []
+        for action in actions if isinstance(actions, (list, tuple)) else []:
+            if not isinstance(action, dict):
+                continue
+            seq = action.get("seq")
+            if isinstance(seq, bool) or not isinstance(seq, int):
+                continue
+            if seq > self.acked_seq:
+                items.append(action)
+        changed = False
+        for action in sorted(items, key=lambda a: a["seq"]):
+            kind = action.get("type")
+            try:
+                if kind == "answer":
+                    self._answer(action.get("pair_id"), action.get("choice"), action.get("response_time_s"))
+                elif kind == "undo":
+                    self._undo()
+            except SQLAlchemyError as exc:
+                log.warning("rater %s: database error on %s: %s", self.rater_id, kind, exc)
+                self._notify("error", DB_TROUBLE)
+                break
+            self.acked_seq = int(action["seq"])
+            changed = True
+        if changed:
+            self.last_activity = self.clock()
+            self.refresh()
+
+    def answer(self, pair_id: int, choice: Choice | str, response_time_s: float) -> None:
+        """Answer one pair (as the browser would) and move on; problems become notices."""
+        try:
+            self._answer(pair_id, choice, response_time_s)
+        except SQLAlchemyError as exc:
+            log.warning("rater %s: database error on answer: %s", self.rater_id, exc)
+            self._notify("error", DB_TROUBLE)
+            return
+        self.last_activity = self.clock()
+        self.refresh()
+
+    def undo(self) -> None:
+        """Take back the rater's latest answer and show that pair again."""
+        try:
+            self._undo()
+        except SQLAlchemyError as exc:
+            log.warning("rater %s: database error on undo: %s", self.rater_id, exc)
+            self._notify("error", DB_TROUBLE)
+            return
+        self.last_activity = self.clock()
+        self.refresh()
+
+    def _answer(self, pair_id: object, choice: object, response_time_s: object) -> None:
+        try:
+            wanted = Choice(choice)
+        except ValueError:
+            self._notify("error", f"Unknown answer {choice!r}; use the buttons or the arrow keys.")
+            return
+        if isinstance(pair_id, bool) or not isinstance(pair_id, int):
+            self._notify("error", "That answer did not say which pair it was for; answer again.")
+            return
+        try:
+            label = self.store.answer(pair_id, self.rater_id, wanted, clamp_response_time(response_time_s))
+        except LeaseError:
+            self._notify(
+                "warning",
+                "This pair was already answered by someone else (it was reserved for you too "
+                "long without an answer) -- here is the next one.",
+            )
+            return
+        except StoreError as exc:
+            self._notify("error", f"That answer could not be saved: {exc}")
+            return
+        if label.choice is not wanted:
+            self._notify(
+                "info",
+                f"You had already answered this pair ({_CHOICE_WORDS[label.choice]}), in another "
+                "tab or before reloading; that answer was kept. Use Undo to change it.",
+            )
+
+    def _undo(self) -> None:
+        label = self.store.undo_last(self.rater_id, self.lease_seconds)
+        if label is None:
+            self._notify("info", "Nothing to undo: you have no answers yet.")
+            return
+        self._notify("success", f"Took back your answer ({_CHOICE_WORDS[label.choice]}); answer this pair again.")
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    def keepalive(self) -> bool:
+        """Renew the leases of the shown pairs if the rater was active lately (or fetch a pair if
+        none is shown). Returns True if a pair changed."""
+        if self.current is not None and self.clock() - self.last_activity > KEEPALIVE_IDLE_LIMIT_S:
+            return False
+        return self.refresh()
+
+    def labels_today(self) -> int:
+        """The rater's live labels since local midnight."""
+        since = start_of_today(self.clock())
+        return sum(1 for label in self.store.labels(rater_id=self.rater_id) if label.created_at >= since)
+
+    def take_notices(self) -> list[Notice]:
+        notices, self.notices = self.notices, []
+        return notices
+
+    def _notify(self, level: NoticeLevel, text: str) -> None:
+        self.notices.append(Notice(level, text))
+
+
+_CHOICE_WORDS = {
+    Choice.LEFT: "left is better",
+    Choice.RIGHT: "right is better",
+    Choice.EQUAL: "about the same",
+    Choice.CANT_TELL: "can't tell",
+}

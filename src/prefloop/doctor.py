@@ -1,0 +1,623 @@
+"""``prefloop doctor``: check a run's preference store and checkpoints, and repair what is safe.
+
+:func:`check_run` looks at
+
+- the database file itself (SQLite ``PRAGMA integrity_check``), and that it is a prefloop store of
+  the schema version this prefloop reads;
+- every run in it (or the one named): pairs whose segments are missing, segments whose arrays do
+  not load, pairs whose status disagrees with their live labels, leases that expired but are
+  still held, labels on pairs that do not exist, more live labels than a pair asked for;
+- the run folder: ``config.json``, leftover ``step-*.tmp`` checkpoint folders, and whether the
+  newest checkpoint loads (``state.json``, ``policy.zip``, the reward model) and was trained on no
+  more labels than the store still has.
+
+With ``repair=True`` it fixes only what can be fixed without losing anything: a pair's status is
+recomputed from its labels, an expired lease is released, a leftover ``.tmp`` checkpoint folder
+(never a complete checkpoint) is removed. **It never deletes or changes a label or a segment.**
+Repairs are compare-and-set updates, so they are safe next to a live rater app, but stop
+``prefloop train`` first: a ``.tmp`` folder younger than two minutes is left alone in case a
+running trainer is writing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import sqlite3
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, create_engine, func, inspect, select, update
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from prefloop.serialization import array_from_bytes
+from prefloop.store import (
+    ANSWERED,
+    APP_MARKER,
+    CLAIMED,
+    META_TABLE,
+    PENDING,
+    SCHEMA_VERSION,
+    labels_table,
+    meta_table,
+    pairs_table,
+    run_meta_table,
+    runs_table,
+    segments_table,
+    sqlite_url,
+)
+
+ERROR = "error"  # data is damaged or unusable
+WARNING = "warning"  # the run works, but something needs attention (or a repair)
+SEVERITIES = (ERROR, WARNING)
+TMP_GRACE_S = 120.0  # a younger .tmp checkpoint folder may still be written by a running trainer
+_SEGMENT_CHUNK = 200
+_MAX_LISTED = 10
+_CHECKPOINT_NAME = re.compile(r"step-\d+")  # what RunDir takes for a complete checkpoint
+# The tables every version-1 store has; later additions (clips) are created when a store opens.
+_CORE_TABLES = (runs_table, run_meta_table, segments_table, pairs_table, labels_table)
+
+
+@dataclass
+class Finding:
+    """One problem.
+
+    Attributes:
+        severity: ``"error"`` (damaged or unusable data) or ``"warning"`` (needs attention).
+        check: which check found it, e.g. ``"pair_status"``.
+        what: what is wrong, naming the rows or files.
+        repaired: ``--repair`` fixed it.
+        fix: how to fix it otherwise (empty when repaired).
+    """
+
+    severity: str
+    check: str
+    what: str
+    repaired: bool = False
+    fix: str = ""
+
+
+@dataclass
+class DoctorReport:
+    """What :func:`check_run` found. ``healthy`` when no finding is left unrepaired."""
+
+    target: str
+    checks: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def remaining(self) -> list[Finding]:
+        return [f for f in self.findings if not f.repaired]
+
+    @property
+    def healthy(self) -> bool:
+        return not self.remaining
+
+    def add(self, severity: str, check: str, what: str, fix: str = "", repaired: bool = False) -> Finding:
+        finding = Finding(severity, check, what, repaired, "" if repaired else fix)
+        self.findings.append(finding)
+        return finding
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "healthy": self.healthy,
+            "checks": self.checks,
+            "findings": [asdict(f) for f in self.findings],
+        }
+
+    def to_text(self) -> str:
+        lines = [f"prefloop doctor: {self.target}", f"checks: {', '.join(self.checks)}"]
+        for f in self.findings:
+            mark = "  [repaired]" if f.repaired else ""
+            lines.append(f"  {f.severity.upper():7} {f.check}: {f.what}{mark}")
+            if f.fix:
+                lines.append(f"          fix: {f.fix}")
+        repaired = sum(f.repaired for f in self.findings)
+        if self.healthy:
+            lines.append(f"healthy ({repaired} repaired)" if repaired else "healthy: no problems found")
+        else:
+            lines.append(f"{len(self.remaining)} problem(s) remain, {repaired} repaired")
+        return "\n".join(lines)
+
+
+def check_run(
+    run_dir: str | os.PathLike[str] | None = None,
+    *,
+    db_url: str | None = None,
+    run_name: str | None = None,
+    repair: bool = False,
+    clock: Callable[[], float] = time.time,
+) -> DoctorReport:
+    """Check a run folder and/or a preference store; with ``repair``, fix what is safe to fix.
+
+    Args:
+        run_dir: the run folder (its ``config.json`` gives the store URL and run name). None:
+            check only the database at ``db_url``.
+        db_url: the store's SQLAlchemy URL; overrides the run folder's (``--db-url`` runs).
+        run_name: the run inside the store; default: the run folder's config, or, with only a
+            ``db_url``, every run in the database.
+        repair: recompute wrong pair statuses, release expired leases, remove leftover ``.tmp``
+            checkpoint folders. Never deletes a label or a segment.
+        clock: unix seconds, to decide which leases have expired.
+
+    Returns:
+        The report; ``report.healthy`` is False when a problem remains.
+
+    Raises:
+        ValueError: neither ``run_dir`` nor ``db_url`` was given.
+    """
+    if run_dir is None and db_url is None:
+        raise ValueError("check_run needs a run folder (run_dir) or a database URL (db_url)")
+    report = DoctorReport(target=str(run_dir) if run_dir is not None else _safe_url(db_url or ""))
+    expects_store = True
+    config: dict[str, Any] | None = None
+    if run_dir is not None:
+        run_path = Path(run_dir)
+        config = _check_config(run_path, report)
+        if config is None and not run_path.is_dir():
+            return report
+        if config is not None:
+            expects_store = config.get("reward_source", "preferences") == "preferences"
+            db_url = db_url or config.get("db_url")
+            run_name = run_name or config.get("run_name")
+        run_name = run_name or run_path.name
+        if db_url is None:
+            store_file = run_path / "prefs.sqlite"
+            if store_file.exists() or expects_store:
+                db_url = sqlite_url(store_file)
+    live_labels: dict[str, int] | None = None
+    if db_url is not None and (expects_store or run_dir is None):
+        live_labels = _check_store(db_url, run_name, repair, clock(), report, missing_ok=run_dir is not None)
+    if run_dir is not None:
+        labels_in_store = None if live_labels is None or run_name is None else live_labels.get(run_name)
+        # file times are real time, whatever clock the leases are judged by
+        _check_checkpoints(Path(run_dir), repair, time.time(), report, expects_store, labels_in_store)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folder
+
+
+def _check_config(run_dir: Path, report: DoctorReport) -> dict[str, Any] | None:
+    report.checks.append("config")
+    if not run_dir.is_dir():
+        report.add(ERROR, "config", f"run folder {run_dir} does not exist", "pass the --run-dir of an existing run")
+        return None
+    path = run_dir / "config.json"
+    if not path.is_file():
+        report.add(
+            ERROR, "config", f"{path} is missing",
+            "a run killed before its config was written cannot be resumed: start it again in a new --run-dir",
+        )
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        report.add(ERROR, "config", f"{path} is not valid JSON ({exc})",
+                   "restore config.json from a backup (a checkpoint does not hold it); labels are in the store")
+        return None
+    if not isinstance(config, dict):
+        report.add(ERROR, "config", f"{path} does not hold a JSON object", "restore config.json from a backup")
+        return None
+    return config
+
+
+def _check_checkpoints(
+    run_dir: Path, repair: bool, now: float, report: DoctorReport, expects_store: bool, labels_in_store: int | None
+) -> None:
+    report.checks.append("checkpoints")
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        report.add(WARNING, "checkpoints", f"{folder} does not exist",
+                   f"create it (mkdir {folder}); --resume then starts the policy from scratch, labels are kept")
+        return
+    complete: list[Path] = []
+    for path in sorted(folder.glob("step-*")):
+        if path.suffix == ".tmp":
+            _leftover_tmp(path, repair, now, report)
+        elif path.is_dir() and _CHECKPOINT_NAME.fullmatch(path.name) and (path / "state.json").is_file():
+            complete.append(path)
+        elif path.is_dir():
+            report.add(WARNING, "checkpoints", f"{path.name} is not a complete checkpoint (no state.json, or "
+                       "not named step-<N>), so --resume ignores it", f"move {path} out of {folder}")
+    if not complete:
+        return
+    latest = complete[-1]
+    problems = _checkpoint_problems(latest, expects_store)
+    if problems:
+        older = f"--resume then continues from {complete[-2].name}" if len(complete) > 1 else (
+            "--resume then starts the policy from scratch; labels are kept")
+        report.add(ERROR, "checkpoint_loads", f"latest checkpoint {latest.name}: {'; '.join(problems)}",
+                   f"move {latest} out of {folder}; {older}")
+        return
+    if labels_in_store is not None:
+        state = json.loads((latest / "state.json").read_text())
+        history = state.get("fit_history") or []
+        trained_on = history[-1].get("labels") if history and isinstance(history[-1], dict) else None
+        if isinstance(trained_on, (int, float)) and math.isfinite(trained_on) and trained_on > labels_in_store:
+            report.add(
+                ERROR, "labels_vs_checkpoint",
+                f"checkpoint {latest.name} was trained on {int(trained_on)} labels but the store holds only "
+                f"{labels_in_store} usable ones: labels were lost or the store was replaced",
+                "restore the store (prefs.sqlite or the --db-url database) from a backup",
+            )
+
+
+def _leftover_tmp(path: Path, repair: bool, now: float, report: DoctorReport) -> None:
+    what = f"incomplete checkpoint folder {path.name} (a crash while writing a checkpoint)"
+    fix = f"remove {path}; the complete checkpoints next to it are not affected"
+    try:
+        age = now - path.stat().st_mtime
+    except OSError:
+        return
+    if repair and age < TMP_GRACE_S:
+        report.add(WARNING, "checkpoint_tmp", what + f", written {age:.0f} s ago: maybe a running trainer's",
+                   "stop `prefloop train` and run doctor --repair again")
+        return
+    if repair:
+        shutil.rmtree(path, ignore_errors=True)
+    report.add(WARNING, "checkpoint_tmp", what, fix, repaired=repair and not path.exists())
+
+
+def _checkpoint_problems(checkpoint: Path, expects_store: bool) -> list[str]:
+    problems = []
+    try:
+        state = json.loads((checkpoint / "state.json").read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("env_step"), int):
+            problems.append("state.json has no integer env_step")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(f"state.json does not parse ({exc})")
+    policy = checkpoint / "policy.zip"
+    if not policy.is_file():
+        problems.append("policy.zip is missing")
+    else:
+        try:
+            with zipfile.ZipFile(policy) as archive:
+                bad = archive.testzip()
+                if bad is not None or "data" not in archive.namelist():
+                    problems.append(f"policy.zip is damaged ({bad or 'no SB3 data entry'})")
+        except (OSError, zipfile.BadZipFile) as exc:
+            problems.append(f"policy.zip is not a readable zip ({exc})")
+    if expects_store:
+        from prefloop.reward_models import load_reward_model  # torch: only when there is one to load
+
+        try:
+            load_reward_model(checkpoint / "reward_model")
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            problems.append(f"reward_model does not load ({exc})")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Store
+
+
+def _check_store(
+    url: str, run_name: str | None, repair: bool, now: float, report: DoctorReport, *, missing_ok: bool
+) -> dict[str, int] | None:
+    """Run the store checks; returns live usable labels per run name, or None if unreadable."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        report.add(ERROR, "store", f"cannot parse the database URL ({exc})", "pass a valid SQLAlchemy URL")
+        return None
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "")
+        if not path.is_file():
+            if missing_ok:
+                report.add(WARNING, "store", f"no preference store at {path}",
+                           "nothing to check; a run killed before its first pairs has none yet")
+            else:
+                report.add(ERROR, "store", f"no SQLite file at {path}", "check the path")
+            return None
+        if not _sqlite_integrity(path, report):
+            return None
+    engine = _engine(url, parsed.get_backend_name() == "sqlite")
+    try:
+        with engine.connect() as conn:
+            if not _check_schema(conn, report):
+                return None
+            runs = _runs(conn, run_name, report)
+        live: dict[str, int] = {}
+        _labels_on_unknown_pairs(engine, report)
+        for run_id, name in runs:
+            _pairs_missing_segments(engine, run_id, name, report)
+            _broken_segments(engine, run_id, name, report)
+            _pair_status(engine, run_id, name, repair, report)
+            _expired_leases(engine, run_id, name, repair, now, report)
+            live[name] = _usable_labels(engine, run_id)
+        return live
+    except SQLAlchemyError as exc:
+        report.add(ERROR, "store", f"reading the store failed: {type(exc).__name__}: {exc}".splitlines()[0],
+                   "restore the database from a backup; for SQLite, `sqlite3 prefs.sqlite .recover` salvages rows")
+        return None
+    finally:
+        engine.dispose()
+
+
+def _safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable URL>"
+
+
+def _engine(url: str, is_sqlite: bool) -> Engine:
+    # Each repair is one UPDATE, atomic on its own; SQLite waits for a busy writer instead of failing.
+    return create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+
+
+@contextmanager
+def _write(engine: Engine) -> Iterator[Connection]:
+    with engine.begin() as conn:
+        yield conn
+
+
+def _sqlite_integrity(path: Path, report: DoctorReport) -> bool:
+    report.checks.append("sqlite_integrity")
+    salvage = (f"stop everything using it, keep a copy, then salvage the rows with "
+               f"`sqlite3 {path} .recover > salvage.sql` or restore it from a backup")
+    with open(path, "rb") as handle:
+        header = handle.read(16)
+    if header != b"SQLite format 3\x00":
+        report.add(ERROR, "sqlite_integrity", f"{path} is not a SQLite database (wrong header)", salvage)
+        return False
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as raw:
+            rows = [r[0] for r in raw.execute("PRAGMA integrity_check(20)").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        report.add(ERROR, "sqlite_integrity", f"{path} is corrupt: {exc}", salvage)
+        return False
+    if rows != ["ok"]:
+        report.add(ERROR, "sqlite_integrity", f"{path} fails integrity_check: {'; '.join(rows[:5])}", salvage)
+        return False
+    return True
+
+
+def _check_schema(conn: Connection, report: DoctorReport) -> bool:
+    report.checks.append("schema")
+    tables = set(inspect(conn).get_table_names())
+    if META_TABLE not in tables:
+        report.add(ERROR, "schema", f"no '{META_TABLE}' table: not a prefloop store (tables: {sorted(tables)[:5]})",
+                   "point --db-url at the run's store")
+        return False
+    meta = dict(conn.execute(select(meta_table.c.key, meta_table.c.value)).all())
+    if meta.get("app") != APP_MARKER:
+        report.add(ERROR, "schema", f"'{META_TABLE}' lacks app={APP_MARKER!r}: not a prefloop store",
+                   "point --db-url at the run's store")
+        return False
+    if meta.get("schema_version") != str(SCHEMA_VERSION):
+        report.add(ERROR, "schema", f"schema version {meta.get('schema_version')!r}, this prefloop reads {SCHEMA_VERSION}",
+                   "use the prefloop version that wrote the store")
+        return False
+    missing = sorted(t.name for t in _CORE_TABLES if t.name not in tables)
+    if missing:
+        report.add(ERROR, "schema", f"tables {missing} are missing", "restore the database from a backup")
+        return False
+    return True
+
+
+def _runs(conn: Connection, run_name: str | None, report: DoctorReport) -> list[tuple[int, str]]:
+    query = select(runs_table.c.id, runs_table.c.name).order_by(runs_table.c.id)
+    if run_name is not None:
+        query = query.where(runs_table.c.name == run_name)
+    runs = [(int(i), str(n)) for i, n in conn.execute(query).all()]
+    if run_name is not None and not runs:
+        names = list(conn.scalars(select(runs_table.c.name).limit(_MAX_LISTED)))
+        report.add(WARNING, "store", f"the store has no run named {run_name!r} (runs: {names})",
+                   "pass --run-name, or the run has not stored anything yet")
+    return runs
+
+
+def _ids(ids: list[int]) -> str:
+    head = ", ".join(str(i) for i in ids[:_MAX_LISTED])
+    return head + (f" and {len(ids) - _MAX_LISTED} more" if len(ids) > _MAX_LISTED else "")
+
+
+def _labels_on_unknown_pairs(engine: Engine, report: DoctorReport) -> None:
+    report.checks.append("labels_on_unknown_pairs")
+    lab, p = labels_table, pairs_table
+    with engine.connect() as conn:
+        ids = list(conn.scalars(
+            select(lab.c.id).outerjoin(p, p.c.id == lab.c.pair_id).where(p.c.id.is_(None)).order_by(lab.c.id)
+        ))
+    if ids:
+        report.add(ERROR, "labels_on_unknown_pairs", f"{len(ids)} labels point at pairs that do not exist (label ids {_ids(ids)})",
+                   "restore the pairs table from a backup; the labels themselves are kept and never deleted")
+
+
+def _pairs_missing_segments(engine: Engine, run_id: int, name: str, report: DoctorReport) -> None:
+    report.checks.append("pair_segments")
+    p, s = pairs_table, segments_table
+    found: list[int] = []
+    with engine.connect() as conn:
+        for side in (p.c.left_segment_id, p.c.right_segment_id):
+            seg = s.alias()
+            found += conn.scalars(
+                select(p.c.id)
+                .outerjoin(seg, and_(seg.c.id == side, seg.c.run_id == p.c.run_id))
+                .where(p.c.run_id == run_id, seg.c.id.is_(None))
+            ).all()
+    ids = sorted(set(found))
+    if ids:
+        report.add(ERROR, "pair_segments", f"run {name!r}: {len(ids)} pairs use segments that are missing (pair ids {_ids(ids)})",
+                   "restore the segments from a backup; until then reward-model training fails on these pairs")
+
+
+def _broken_segments(engine: Engine, run_id: int, name: str, report: DoctorReport) -> None:
+    report.checks.append("segment_arrays")
+    s = segments_table
+    broken: list[tuple[int, str]] = []
+    last = -1
+    with engine.connect() as conn:
+        while True:
+            rows = conn.execute(
+                select(s).where(s.c.run_id == run_id, s.c.id > last).order_by(s.c.id).limit(_SEGMENT_CHUNK)
+            ).all()
+            if not rows:
+                break
+            for row in rows:
+                problem = _segment_problem(row)
+                if problem:
+                    broken.append((int(row.id), problem))
+            last = int(rows[-1].id)
+    if broken:
+        detail = "; ".join(f"segment {i}: {why}" for i, why in broken[:3])
+        report.add(ERROR, "segment_arrays",
+                   f"run {name!r}: {len(broken)} segments do not load ({detail})",
+                   "restore them from a backup; they are kept as they are (doctor never deletes data), "
+                   "and training fails on pairs that use them")
+
+
+def _segment_problem(row: Any) -> str | None:
+    arrays = {}
+    for column in ("obs", "actions", "true_rewards", "episode_actions"):
+        try:
+            arrays[column] = array_from_bytes(row._mapping[column])
+        except Exception as exc:  # any decoding failure is the finding itself
+            return f"{column} does not decode ({type(exc).__name__}: {exc})"
+    length = int(row.length)
+    if arrays["true_rewards"].shape != (length,):
+        return f"true_rewards has shape {arrays['true_rewards'].shape}, expected ({length},)"
+    for column in ("obs", "actions"):
+        if arrays[column].ndim < 1 or arrays[column].shape[0] != length:
+            return f"{column} has shape {arrays[column].shape}, expected first dimension {length}"
+    if not 1 <= int(row.n_valid) <= length:
+        return f"n_valid {row.n_valid} outside 1..{length}"
+    if arrays["episode_actions"].ndim < 1 or arrays["episode_actions"].shape[0] != int(row.start_step) + int(row.n_valid):
+        return f"episode_actions has {arrays['episode_actions'].shape[:1]} steps, expected start_step + n_valid"
+    return None
+
+
+def _live_count(pair_id_column: Any) -> Any:
+    lab = labels_table
+    return (
+        select(func.count())
+        .select_from(lab)
+        .where(lab.c.pair_id == pair_id_column, lab.c.retracted_at.is_(None))
+        .scalar_subquery()
+    )
+
+
+def _pair_status(engine: Engine, run_id: int, name: str, repair: bool, report: DoctorReport) -> None:
+    report.checks.append("pair_status")
+    p = pairs_table
+    live = _live_count(p.c.id)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(p.c.id, p.c.status, p.c.claimed_by, p.c.lease_expires_at, p.c.labels_per_pair, live.label("live"))
+            .where(p.c.run_id == run_id)
+            .order_by(p.c.id)
+        ).all()
+    over = [r.id for r in rows if r.live > r.labels_per_pair]
+    if over:
+        report.add(ERROR, "pair_status",
+                   f"run {name!r}: {len(over)} pairs have more live labels than they asked for (pair ids {_ids(over)})",
+                   "inspect them; retract the label given in error (undo), none is deleted automatically")
+    wrong: list[tuple[Any, str]] = []
+    for r in rows:
+        if r.live >= r.labels_per_pair:
+            if r.status != ANSWERED:
+                wrong.append((r, f"pair {r.id} is {r.status!r} with {r.live}/{r.labels_per_pair} live labels (should be answered)"))
+        elif r.status == ANSWERED:
+            wrong.append((r, f"pair {r.id} is 'answered' with only {r.live}/{r.labels_per_pair} live labels"))
+        elif r.status == CLAIMED and (r.claimed_by is None or r.lease_expires_at is None):
+            wrong.append((r, f"pair {r.id} is 'claimed' by nobody"))
+        elif r.status == PENDING and (r.claimed_by is not None or r.lease_expires_at is not None):
+            wrong.append((r, f"pair {r.id} is pending but still names a lease holder"))
+    fixed = 0
+    if repair:
+        for r, _ in wrong:
+            fixed += _repair_status(engine, r)
+    if wrong:
+        detail = "; ".join(why for _, why in wrong[:3])
+        report.add(ERROR, "pair_status",
+                   f"run {name!r}: {len(wrong)} pairs have a status their labels disagree with ({detail})",
+                   "run `prefloop doctor --repair` to recompute the status from the labels",
+                   repaired=repair and fixed == len(wrong))
+
+
+def _repair_status(engine: Engine, row: Any) -> int:
+    """Recompute one pair's status, only if nothing about it changed since it was read."""
+    p = pairs_table
+    target = ANSWERED if row.live >= row.labels_per_pair else PENDING
+    unchanged = [p.c.id == row.id, p.c.status == row.status, _live_count(p.c.id) == row.live]
+    unchanged.append(p.c.claimed_by.is_(None) if row.claimed_by is None else p.c.claimed_by == row.claimed_by)
+    with _write(engine) as conn:
+        result = conn.execute(update(p).where(*unchanged).values(status=target, claimed_by=None, lease_expires_at=None))
+    return int(result.rowcount == 1)
+
+
+def _expired_leases(engine: Engine, run_id: int, name: str, repair: bool, now: float, report: DoctorReport) -> None:
+    report.checks.append("expired_leases")
+    p = pairs_table
+    expired = and_(p.c.run_id == run_id, p.c.status == CLAIMED, p.c.lease_expires_at <= now)
+    with engine.connect() as conn:
+        ids = list(conn.scalars(select(p.c.id).where(expired).order_by(p.c.id)))
+    if not ids:
+        return
+    released = 0
+    if repair:
+        with _write(engine) as conn:
+            released = conn.execute(
+                update(p).where(expired, p.c.id.in_(ids)).values(status=PENDING, claimed_by=None, lease_expires_at=None)
+            ).rowcount
+    report.add(WARNING, "expired_leases",
+               f"run {name!r}: {len(ids)} pairs are still leased to raters whose lease expired (pair ids {_ids(ids)})",
+               "run `prefloop doctor --repair` to release them (a rater claiming next also takes them over)",
+               repaired=repair and released == len(ids))
+
+
+def _usable_labels(engine: Engine, run_id: int) -> int:
+    lab, p = labels_table, pairs_table
+    with engine.connect() as conn:
+        return int(conn.scalar(
+            select(func.count(func.distinct(lab.c.pair_id)))
+            .join(p, p.c.id == lab.c.pair_id)
+            .where(p.c.run_id == run_id, lab.c.retracted_at.is_(None), lab.c.choice != "cant_tell")
+        ) or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_doctor_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``prefloop doctor`` to the CLI's subparsers; its ``func`` returns the exit code."""
+    parser = subparsers.add_parser(
+        "doctor",
+        help="check a run's store and checkpoints for damage (exit 0 healthy, 1 problems remain)",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("--run-dir", type=Path, default=None, help="the run folder to check")
+    parser.add_argument("--db-url", default=None, help="the store's SQLAlchemy URL (default: the run folder's)")
+    parser.add_argument("--run-name", default=None, help="the run in the store (default: the run folder's; all runs with only --db-url)")
+    parser.add_argument("--repair", action="store_true",
+                        help="recompute pair statuses, release expired leases, remove .tmp checkpoints (never deletes labels)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    if args.run_dir is None and args.db_url is None:
+        from prefloop.rundir import RunDirError
+
+        raise RunDirError("prefloop doctor needs --run-dir (a run folder) or --db-url (a preference store)")
+    report = check_run(args.run_dir, db_url=args.db_url, run_name=args.run_name, repair=args.repair)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.to_text())
+    sys.stdout.flush()
+    return 0 if report.healthy else 1

@@ -1,0 +1,168 @@
+"""The rater app in a real browser: Debian's Chromium, driven by Playwright, against a served app.
+
+Checks what only a browser can: the clips decode and play, keys and clicks answer, the next pair
+appears, two raters see different pairs. Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from prefloop.apps.launch import launch_rater_app, wait_until_ready
+from sqlalchemy import create_engine, select
+
+from prefloop.store import PreferenceStore, pairs_table
+from prefloop.types import Choice, Label
+
+from conftest import RATED_GUIDELINE, RatedStore
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    if Path(CHROMIUM).is_file() or shutil.which("chromium"):
+        return CHROMIUM if Path(CHROMIUM).is_file() else str(shutil.which("chromium"))
+    message = f"Debian's chromium is not installed ({CHROMIUM}); `make test` installs it"
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def served(rated_store: RatedStore, tmp_path: Path) -> Iterator[tuple[str, RatedStore]]:
+    port = free_port()
+    log = tmp_path / "app.log"
+    app = launch_rater_app(rated_store.url, rated_store.run_name, port=port, log_path=log)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_ready(url, timeout=60, process=app)
+        yield url, rated_store
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+
+
+def eventually(check: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def live_labels(rated: RatedStore) -> list[Label]:
+    with PreferenceStore(rated.url, rated.run_name) as store:
+        return store.labels()
+
+
+def claimed_by(rated: RatedStore) -> dict[int, str | None]:
+    engine = create_engine(rated.url)
+    try:
+        with engine.connect() as conn:
+            return dict(conn.execute(select(pairs_table.c.id, pairs_table.c.claimed_by)).all())
+    finally:
+        engine.dispose()
+
+
+def shown_pair(page) -> int:
+    """Wait until the player shows a pair whose two clips are playing; return its id."""
+    page.wait_for_function("window.__prefloopRater && window.__prefloopRater.ready", timeout=20_000)
+    return page.evaluate("window.__prefloopRater.pairId")
+
+
+def front_videos(page) -> list[dict]:
+    return page.locator("video.pl-front").evaluate_all(
+        "vs => vs.map(v => ({ready: v.readyState, width: v.videoWidth, t: v.currentTime, paused: v.paused,"
+        " side: v.dataset.side, rate: v.playbackRate, webm: v.canPlayType('video/webm; codecs=\"vp9\"')}))"
+    )
+
+
+def test_raters_watch_both_clips_and_answer_by_key_and_click(served, chromium: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, rated = served
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            alice_context = browser.new_context(viewport={"width": 1280, "height": 860})
+            alice = alice_context.new_page()
+            alice.goto(url + "?rater=alice")
+            first = shown_pair(alice)
+            alice.get_by_text(RATED_GUIDELINE).wait_for()
+
+            videos = front_videos(alice)
+            assert [v["side"] for v in videos] == ["left", "right"]
+            assert all(v["ready"] >= 2 and v["width"] > 0 and v["webm"] == "probably" for v in videos), videos
+            started = [v["t"] for v in videos]
+            eventually(lambda: all(v["t"] > t + 0.1 for v, t in zip(front_videos(alice), started)),
+                       what="both clips to play")
+            alice.screenshot(path=str(ARTIFACTS / "rater.png"))
+            alice.locator("button[data-speed='0.25']").click()  # slow motion for both clips
+            assert {v["rate"] for v in front_videos(alice)} == {0.25}
+            alice.locator("button[data-speed='1']").click()
+
+            time.sleep(0.3)  # a rater looks before answering (answers within 0.25 s are ignored)
+            alice.keyboard.press("ArrowLeft")
+            second = shown_pair(alice)
+            assert second != first
+            (label,) = eventually(lambda: live_labels(rated), what="the keyboard answer in the store")
+            assert (label.pair_id, label.rater_id, label.choice) == (first, "alice", Choice.LEFT)
+            assert 0.3 <= label.response_time_s < 60
+
+            time.sleep(0.3)
+            alice.locator("button.pl-answer[data-choice='right']").click()
+            third = eventually(lambda: (p := shown_pair(alice)) != second and p, what="the third pair")
+            labels = eventually(lambda: (found := live_labels(rated)) and len(found) == 2 and found,
+                                what="the clicked answer in the store")
+            assert [(l.pair_id, l.rater_id, l.choice) for l in labels][1] == (second, "alice", Choice.RIGHT)
+            eventually(lambda: "All answers saved" in alice.locator(".pl-status").inner_text(), what="saved status")
+
+            bob = browser.new_context(viewport={"width": 1280, "height": 860}).new_page()
+            bob.goto(url + "?rater=bob")
+            bobs = shown_pair(bob)
+            assert bobs not in (first, second, third)
+            holders = claimed_by(rated)
+            assert holders[bobs] == "bob" and holders[third] == "alice"
+            assert all(v["ready"] >= 2 for v in front_videos(bob))
+
+            with PreferenceStore(rated.url, rated.run_name) as store:  # what the trainer reports
+                store.set_meta("progress", json.dumps({
+                    "status": "waiting_for_labels", "env_step": 30_000, "total_steps": 100_000,
+                    "updated_at": time.time(),
+                    "fit_history": [{"env_step": s, "labels": s // 500, "val_accuracy": 0.55 + s / 100_000}
+                                    for s in range(5_000, 30_001, 5_000)],
+                    "curve": [{"env_step": s, "true_return": 20 + s / 200, "learned_return": s / 1000}
+                              for s in range(0, 30_001, 2_500)],
+                }))
+            alice.set_viewport_size({"width": 1280, "height": 1700})
+            alice.goto(url + "dashboard?rater=alice")
+            alice.get_by_text("Run dashboard").wait_for()
+            alice.locator("canvas, svg.marks").first.wait_for(timeout=20_000)
+            time.sleep(0.5)  # charts fade in
+            alice.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+        finally:
+            browser.close()
