@@ -168,11 +168,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         result = train(config, resume=args.resume, on_ready=start_app)
+        print_run_summary(result)
+        if app and sys.stdin.isatty():
+            print(f"Training finished. The rater app stays up for its dashboard: http://{args.host}:{args.port}/dashboard"
+                  " -- press Ctrl-C to stop it.", flush=True)
+            try:
+                app[0].wait()
+            except KeyboardInterrupt:
+                pass  # the run is complete; Ctrl-C only stops the app
     finally:
         for process in app:
             process.terminate()
             process.wait(timeout=30)
-    print_run_summary(result)
     return 0
 
 

@@ -155,10 +155,11 @@ class PreferenceLearner:
                 f"{self.config.labels} over {self.config.steps} steps, use fewer --labels or more --steps."
             ) from exc
         self.store.add_pairs(pairs, labels_per_pair=self.config.raters_per_pair)
-        for left, right, choice in gold_pairs(candidates, n_gold, self._rng):
+        golds = gold_pairs(candidates, n_gold, self._rng)
+        for left, right, choice in golds:
             self.store.add_pairs([SegmentPair(left, right)], labels_per_pair=self.config.raters_per_pair, gold_choice=choice)
-        self._pairs_asked += len(pairs) + n_gold
-        return len(pairs) + n_gold
+        self._pairs_asked += len(pairs) + len(golds)
+        return len(pairs) + len(golds)
 
     def labels_so_far(self) -> int:
         return self.store.counts()["labels"]
