@@ -61,7 +61,9 @@ class Job:
 
 
 def plan_jobs(config: BenchConfig) -> list[Job]:
-    """Every run of the grid, baselines first (they are shared by many preference runs)."""
+    """Every run of the grid. Each seed's true-reward baseline comes right before that seed's
+    preference runs, so on a pool the runs compared for wall time mostly run side by side, under
+    the same load."""
     runs_dir = Path(config.out_dir) / "runs"
     jobs: list[Job] = []
     for env_id, algo, seed in itertools.product(config.envs, config.algos, config.seeds):
@@ -71,15 +73,12 @@ def plan_jobs(config: BenchConfig) -> list[Job]:
             steps=config.steps, seed=seed, reward_source="true", progress_bar=False,
             eval_episodes=config.eval_episodes,
         )))
-    for env_id, algo, labels, teacher, query, seed in itertools.product(
-        config.envs, config.algos, config.label_budgets, config.teachers, config.queries, config.seeds
-    ):
-        algo_name = algo or default_preset(env_id).algo
-        jobs.append(Job("preferences", TrainConfig(
-            env_id=env_id, run_dir=runs_dir / f"{env_id}-{algo_name}-{teacher}-{query}-{labels}-s{seed}",
-            algo=algo_name, steps=config.steps, seed=seed, labels=labels, teacher=teacher,
-            query=QueryConfig(method=query), progress_bar=False, eval_episodes=config.eval_episodes,
-        )))
+        for labels, teacher, query in itertools.product(config.label_budgets, config.teachers, config.queries):
+            jobs.append(Job("preferences", TrainConfig(
+                env_id=env_id, run_dir=runs_dir / f"{env_id}-{algo_name}-{teacher}-{query}-{labels}-s{seed}",
+                algo=algo_name, steps=config.steps, seed=seed, labels=labels, teacher=teacher,
+                query=QueryConfig(method=query), progress_bar=False, eval_episodes=config.eval_episodes,
+            )))
     return jobs
 
 
