@@ -57,7 +57,9 @@ class VecSegmentRecorder(VecEnvWrapper):
 
     Per vector step it only appends the batch arrays to a history (this runs on every env step of
     training); an env's episode is gathered from its column of the history when the episode ends,
-    and history older than every running episode is dropped.
+    and history older than every running episode is dropped. Long episodes are also cut while
+    they run, every ``2 * segment_length`` steps, so segments arrive before the first episode ends
+    (many parallel envs with 500-step episodes would otherwise give none for thousands of steps).
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class VecSegmentRecorder(VecEnvWrapper):
         self._rewards: list[np.ndarray] = []
         self._first = 0  # history index of self._obs[0]
         self._episode_start = np.zeros(venv.num_envs, dtype=np.int64)
+        self._cut_until = np.zeros(venv.num_envs, dtype=np.int64)  # episode steps already cut
         self._episode_seed: list[int | None] = [None] * venv.num_envs
         self._last_obs: np.ndarray | None = None
         self._actions_in_flight: np.ndarray | None = None
@@ -93,6 +96,7 @@ class VecSegmentRecorder(VecEnvWrapper):
         self._rewards.clear()
         self._first = 0
         self._episode_start[:] = 0
+        self._cut_until[:] = 0
         self._episode_seed = [self._seed_of_new_episode(i) for i in range(self.num_envs)]
         self._last_obs = obs
         return obs
@@ -108,18 +112,23 @@ class VecSegmentRecorder(VecEnvWrapper):
         self._obs.append(self._last_obs)
         self._actions.append(self._actions_in_flight)
         self._rewards.append(np.asarray(rewards, dtype=np.float32))
+        now = self._first + len(self._obs)  # history index after this step
         if dones.any():
-            now = self._first + len(self._obs)  # history index after this step
             for index in np.flatnonzero(dones):
                 terminated = not infos[index].get("TimeLimit.truncated", False)
-                self._finish_episode(int(index), now, terminated)
+                self._cut(int(index), now, terminated)
                 self._episode_start[index] = now
+                self._cut_until[index] = 0
                 self._episode_seed[index] = self._seed_of_new_episode(int(index))
             self._drop_history_before(int(self._episode_start.min()))
+        running = now - self._episode_start
+        for index in np.flatnonzero(running - self._cut_until >= 2 * self.segment_length):
+            self._cut(int(index), now, terminated=False)
         self._last_obs = obs
         return obs, rewards, dones, infos
 
-    def _finish_episode(self, index: int, end: int, terminated: bool) -> None:
+    def _cut(self, index: int, end: int, terminated: bool) -> None:
+        """Cut the segments of env ``index``'s episode that start after what was cut before."""
         seed = self._episode_seed[index]
         begin = int(self._episode_start[index]) - self._first
         stop = end - self._first
@@ -132,8 +141,11 @@ class VecSegmentRecorder(VecEnvWrapper):
                 np.array([step[index] for step in self._rewards[begin:stop]]),
                 terminated=terminated, episode_seed=seed, segment_length=self.segment_length,
                 rng=self._rngs[index], env_step=self.num_timesteps, segments_per_step=self.segments_per_step,
+                from_step=int(self._cut_until[index]),
             )
         )
+        # the next cut starts where no whole segment fitted yet
+        self._cut_until[index] = max(int(self._cut_until[index]), stop - begin - self.segment_length + 1)
 
     def _drop_history_before(self, index: int) -> None:
         drop = index - self._first

@@ -32,32 +32,38 @@ def cut_segments(
     rng: np.random.Generator,
     env_step: int,
     segments_per_step: float | None = None,
+    from_step: int = 0,
 ) -> list[Segment]:
-    """Cut one finished episode into segments at random, distinct start steps.
+    """Cut an episode (finished, or the steps of a running one so far) into segments at random,
+    distinct start steps.
 
     Args:
-        obs: ``(T, *obs_shape)``, the observation each action was taken in.
+        obs: ``(T, *obs_shape)``, the observation each action was taken in, from the reset on.
         actions: ``(T, *act_shape)`` (integer dtype for discrete actions).
         rewards: ``(T,)`` true rewards.
-        terminated: the episode ended in a terminal state (else it was truncated).
+        terminated: the episode ended in a terminal state at step ``T - 1``; False for a time
+            limit or a running episode (then every segment lies wholly inside the ``T`` steps).
         episode_seed: the seed it was reset with.
         segment_length: L.
         rng: draws the start steps.
         env_step: provenance stamp for the segments.
         segments_per_step: segments per episode step (default ``1 / L``: on average every step
             lands in one segment); at least one segment is cut when any fits.
+        from_step: only segments starting at or after this step (the earlier ones were cut
+            before, while the episode was running).
     """
     length = len(rewards)
     last_start = length - 1 if terminated else length - segment_length
-    if length == 0 or last_start < 0:
+    if length == 0 or last_start < from_step:
         return []
     obs = np.asarray(obs, dtype=np.float32)
     actions = np.asarray(actions)
     actions = actions.astype(np.int64 if np.issubdtype(actions.dtype, np.integer) else np.float32, copy=False)
     rewards = np.asarray(rewards, dtype=np.float32)
     per_step = segments_per_step if segments_per_step is not None else 1.0 / segment_length
-    n_segments = min(max(1, int(round(length * per_step))), last_start + 1)
-    starts = np.sort(rng.choice(last_start + 1, size=n_segments, replace=False))
+    n_starts = last_start + 1 - from_step
+    n_segments = min(max(1, int(round((length - from_step) * per_step))), n_starts)
+    starts = from_step + np.sort(rng.choice(n_starts, size=n_segments, replace=False))
     segments = []
     for start in (int(s) for s in starts):
         end = min(start + segment_length, length)

@@ -215,3 +215,21 @@ def test_vec_recorder_segments_match_a_replay_of_their_episode_in_every_env() ->
         assert terminated == seg.terminated
     # the history of finished episodes is dropped, not kept forever
     assert len(recorder._obs) < 200
+
+
+def test_long_episodes_give_segments_before_they_end() -> None:
+    spec = EnvSpec("Pendulum-v1")  # 200-step episodes, never terminated
+    buffer = SegmentBuffer(1000)
+    recorder = VecSegmentRecorder(random_vec(spec, n_envs=4), buffer, segment_length=20, seed=0)
+    play(recorder, 60)  # 60 steps per env: no episode has ended
+    segments = buffer.recent()
+    assert len(segments) >= 4 and len({s.episode_seed for s in segments}) == 4
+    assert all(s.n_valid == 20 and not s.terminated and s.start_step + 20 <= 60 for s in segments)
+    play_on = 150
+    for _ in range(play_on):  # the rest of the episodes: later cuts never repeat a start step
+        recorder.step(np.stack([recorder.action_space.sample() for _ in range(4)]))
+    by_episode: dict[int, list[int]] = {}
+    for seg in buffer.recent():
+        by_episode.setdefault(seg.episode_seed, []).append(seg.start_step)
+    assert all(len(starts) == len(set(starts)) for starts in by_episode.values())
+    render_segment(spec, segments[0])  # replays and checks every observation

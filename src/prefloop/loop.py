@@ -411,7 +411,8 @@ def initial_random_steps(config: TrainConfig) -> int:
     assert config.steps is not None and config.segment_length is not None
     if config.unsupervised_steps:
         return 0
-    wanted = max(int(0.02 * config.steps), 40 * config.segment_length)
+    # enough for ~40 segments, and for every parallel env to get past its first cut (2 L steps)
+    wanted = max(int(0.02 * config.steps), 40 * config.segment_length, 3 * config.segment_length * (config.n_envs or 1))
     return min(wanted, int(0.1 * config.steps))
 
 
