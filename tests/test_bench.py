@@ -18,7 +18,7 @@ def run_row(kind: str, seed: int, ret: float, wall: float, labels: int = 0) -> d
         "kind": kind, "env_id": "E-v0", "algo": "ppo", "seed": seed, "labels": labels,
         "teacher": "oracle" if kind == "preferences" else None,
         "query": "uniform" if kind == "preferences" else None,
-        "eval_return_mean": ret, "wall_time_s": wall, "reward_learning_time_s": wall / 10,
+        "eval_return_mean": ret, "wall_time_s": wall, "cpu_time_s": wall / 2, "reward_learning_time_s": wall / 10,
     }
 
 
@@ -36,8 +36,9 @@ def test_aggregate_normalises_with_baseline_means_and_reports_median_and_iqr() -
     assert group["normalized_return"]["q75"] == pytest.approx(0.75)
     # wall-time ratio per seed against the same seed's baseline: 1.2, 1.1, 1.5
     assert group["wall_time_ratio"]["median"] == pytest.approx(1.2)
+    assert group["cpu_time_ratio"]["per_seed"] == pytest.approx([1.2, 1.1, 1.5])
     assert group["true_reward_return"] == 90.0 and group["random_return"] == 10.0
-    assert "| E-v0 | ppo | oracle | uniform | 50 | 0.50 [0.25, 0.75] |" in markdown_table([group])
+    assert "| E-v0 | ppo | oracle | uniform | 50 | 0.50 [0.25, 0.75] | 50.0 | 90.0 | 10.0 | 1.20 | 1.20 | 10% |" in markdown_table([group])
 
 
 def test_metrics_edge_cases() -> None:
@@ -60,7 +61,7 @@ def test_tiny_sweep_gives_the_same_numbers_on_both_executors(tmp_path: Path) -> 
         assert saved["schema"] == SCHEMA
         assert {r["kind"] for r in saved["runs"]} == {"preferences", "true_reward"}
         for row in saved["runs"]:
-            assert {"env_id", "algo", "seed", "steps", "eval_return_mean", "eval_returns", "wall_time_s", "curve"} <= set(row)
+            assert {"env_id", "algo", "seed", "steps", "eval_return_mean", "eval_returns", "wall_time_s", "cpu_time_s", "curve"} <= set(row)
         [group] = saved["groups"]
         assert {"normalized_return", "return", "wall_time_ratio", "true_reward_return", "random_return"} <= set(group)
         assert (tmp_path / executor / "results.md").read_text().count("| CartPole-v1 |") == 1

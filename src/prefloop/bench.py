@@ -102,6 +102,7 @@ def run_job(job: Job) -> dict[str, Any]:
         "eval_returns": result.eval_returns,
         "labels_used": result.labels_used,
         "wall_time_s": result.wall_time_s,
+        "cpu_time_s": result.cpu_time_s,
         "reward_learning_time_s": result.reward_learning_time_s,
         "reward_model": result.reward_model,
         "curve": result.curve,
@@ -186,6 +187,7 @@ def aggregate(runs: list[dict[str, Any]], random_rows: list[dict[str, Any]]) -> 
     true_runs = [r for r in runs if r["kind"] == "true_reward"]
     true_mean = _mean_by(true_runs, ("env_id", "algo"), "eval_return_mean")
     true_wall = {(r["env_id"], r["algo"], r["seed"]): r["wall_time_s"] for r in true_runs}
+    true_cpu = {(r["env_id"], r["algo"], r["seed"]): r.get("cpu_time_s") for r in true_runs}
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         if run["kind"] == "preferences":
@@ -199,6 +201,10 @@ def aggregate(runs: list[dict[str, Any]], random_rows: list[dict[str, Any]]) -> 
             m["wall_time_s"] / true_wall[(env_id, algo, m["seed"])]
             for m in members if (env_id, algo, m["seed"]) in true_wall
         ]
+        cpu_ratios = [
+            m["cpu_time_s"] / true_cpu[(env_id, algo, m["seed"])]
+            for m in members if true_cpu.get((env_id, algo, m["seed"])) and m.get("cpu_time_s")
+        ]
         out.append({
             "env_id": env_id, "algo": algo, "teacher": teacher, "query": query, "labels": labels,
             "seeds": [m["seed"] for m in members],
@@ -207,6 +213,7 @@ def aggregate(runs: list[dict[str, Any]], random_rows: list[dict[str, Any]]) -> 
             "true_reward_return": r_true,
             "random_return": r_random,
             "wall_time_ratio": _stats(ratios),
+            "cpu_time_ratio": _stats(cpu_ratios),
             "reward_learning_share": _stats([m["reward_learning_time_s"] / m["wall_time_s"] for m in members]),
         })
     return out
@@ -230,7 +237,7 @@ def results_document(config: BenchConfig, runs: list[dict[str, Any]], random_row
     Keys: ``schema`` ("prefloop.bench/1"); ``created_at`` (ISO time); ``config`` (the grid);
     ``wall_time_s`` (the whole sweep); ``runs`` (one row per run: kind "preferences" or
     "true_reward", env_id, algo, seed, steps, labels, teacher, query, eval_return_mean,
-    eval_returns, labels_used, wall_time_s, reward_learning_time_s, reward_model stats, curve
+    eval_returns, labels_used, wall_time_s, cpu_time_s, reward_learning_time_s, reward_model stats, curve
     [{env_step, true_return, learned_return?}], run_dir); ``random`` (env_id, seed, return_mean,
     returns); ``groups`` (see :func:`aggregate`: statistics are {median, q25, q75, per_seed}).
     """
@@ -250,8 +257,8 @@ def results_document(config: BenchConfig, runs: list[dict[str, Any]], random_row
 def markdown_table(groups: list[dict[str, Any]]) -> str:
     header = (
         "| env | algo | teacher | query | labels | normalized return, median [IQR] | return (median) "
-        "| true-reward return | random return | wall-time ratio | reward-learning share |\n"
-        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|\n"
+        "| true-reward return | random return | wall-time ratio | CPU-time ratio | reward-learning share |\n"
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = []
     for g in groups:
@@ -260,7 +267,8 @@ def markdown_table(groups: list[dict[str, Any]]) -> str:
             f"| {g['env_id']} | {g['algo']} | {g['teacher']} | {g['query']} | {g['labels']} "
             f"| {n['median']:.2f} [{n['q25']:.2f}, {n['q75']:.2f}] | {g['return']['median']:.1f} "
             f"| {g['true_reward_return']:.1f} | {g['random_return']:.1f} "
-            f"| {g['wall_time_ratio']['median']:.2f} | {g['reward_learning_share']['median']:.0%} |"
+            f"| {g['wall_time_ratio']['median']:.2f} | {g['cpu_time_ratio']['median']:.2f} "
+            f"| {g['reward_learning_share']['median']:.0%} |"
         )
     return header + "\n".join(lines) + "\n"
 

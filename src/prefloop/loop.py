@@ -62,6 +62,7 @@ class RunResult:
     eval_returns: list[float]
     labels_used: int
     wall_time_s: float
+    cpu_time_s: float  # this process's CPU time: a load-independent view of the cost (one torch thread)
     reward_learning_time_s: float
     curve: list[dict[str, float]]
     reward_model: dict[str, float] = field(default_factory=dict)
@@ -74,6 +75,7 @@ class RunResult:
             "eval_returns": self.eval_returns,
             "labels_used": self.labels_used,
             "wall_time_s": self.wall_time_s,
+            "cpu_time_s": self.cpu_time_s,
             "reward_learning_time_s": self.reward_learning_time_s,
             "curve": self.curve,
             "reward_model": self.reward_model,
@@ -448,6 +450,7 @@ def train(
             raised before anything is written.
     """
     started = time.perf_counter()
+    cpu_started = time.process_time()
     run_dir = RunDir(Path(config.run_dir))
     config = (run_dir.load_config() if resume else config).resolve()
     assert config.steps is not None and config.n_envs is not None and config.algo is not None
@@ -540,6 +543,7 @@ def train(
         eval_returns=eval_returns,
         labels_used=learner.store.counts()["labels"] if learner is not None else 0,
         wall_time_s=time.perf_counter() - started,
+        cpu_time_s=time.process_time() - cpu_started,
         reward_learning_time_s=learner.time_s if learner is not None else 0.0,
         curve=curve,
         reward_model=learner.fit_history[-1] if learner is not None and learner.fit_history else {},

@@ -23,7 +23,7 @@ def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
         ("reward", "learned from preferences" if config.reward_source == "preferences" else "true env reward"),
         ("env steps", f"{config.steps:,}"),
         ("eval return (true reward)", f"{_fmt(result.eval_return_mean, 1)} ± {_fmt(result.eval_return_std, 1)} over {len(result.eval_returns)} episodes"),
-        ("wall time", f"{result.wall_time_s:.1f} s"),
+        ("wall time", f"{result.wall_time_s:.1f} s ({result.cpu_time_s:.1f} s CPU)"),
     ]
     if config.reward_source == "preferences":
         rm = result.reward_model
