@@ -37,7 +37,8 @@ class AppConfig:
         db_url: SQLAlchemy URL of the preference store.
         run_name: the run whose pairs are rated.
         token: access token raters must present (``?token=`` or a field); None: open app.
-        admin_token: token for the dashboard; None: the dashboard is open to whoever may rate.
+        admin_token: token for the dashboard and the preferences download; None: both are open
+            to whoever may rate (allowed on a loopback address only, see :func:`check_exposure`).
         lease_seconds: how long a shown pair stays reserved for its rater.
     """
 
@@ -96,9 +97,48 @@ def token_matches(expected: str | None, given: object) -> bool:
     """True when no token is configured, or ``given`` equals it (compared in constant time)."""
     if expected is None:
         return True
-    if not isinstance(given, str) or not given:
+    if not isinstance(given, str) or not given or len(given) > 4 * len(expected) + 64:
         return False
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    # surrogatepass: a forged parameter with an unpaired surrogate is a wrong token, not a crash.
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8"))
+
+
+def check_exposure(
+    host: str,
+    token: str | None,
+    admin_token: str | None,
+    *,
+    token_flag: str = "--token",
+    admin_flag: str = "--admin-token",
+) -> None:
+    """Refuse to serve beyond this machine without both tokens.
+
+    On a loopback address (see :func:`is_loopback_host`) only people on this machine reach the
+    app, so tokens are optional. Anywhere else the app needs a rater token (to rate at all) and a
+    different admin token (for the dashboard and for downloading the run's preferences), or
+    anyone who can reach the host could label the run or take its data.
+
+    Raises:
+        AppConfigError: a non-loopback ``host`` without both tokens, or with the same token twice;
+            the message names the missing option (``token_flag``/``admin_flag``).
+    """
+    if is_loopback_host(host):
+        return
+    missing = [flag for flag, value in ((token_flag, token), (admin_flag, admin_token)) if not value]
+    if missing:
+        raise AppConfigError(
+            f"refusing to serve the rater app on {host!r} without {' and '.join(missing)}: anyone "
+            "who can reach this machine could label the run, open its dashboard and download its "
+            "preferences. Raters open the link with ?token=TOKEN; the dashboard and the download "
+            "need the admin token. Generate each with "
+            "`python -c \"import secrets; print(secrets.token_urlsafe(16))\"`, or keep the "
+            "default --host 127.0.0.1."
+        )
+    if token == admin_token:
+        raise AppConfigError(
+            f"{admin_flag} must differ from {token_flag}: every rater knows the rater token, and "
+            "the admin token guards the dashboard and the download of the run's preferences"
+        )
 
 
 def is_loopback_host(host: str) -> bool:

@@ -15,8 +15,8 @@ from prefloop.apps.access import (
     ENV_ADMIN_TOKEN,
     ENV_TOKEN,
     AppConfigError,
+    check_exposure,
     check_token_value,
-    is_loopback_host,
 )
 from prefloop.apps.launch import AppStartError, app_url, launch_rater_app, wait_until_ready
 from prefloop.config import ConfigError
@@ -39,12 +39,13 @@ def add_rate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     where.add_argument("--run-dir", type=Path, help="the run folder (its prefs.sqlite and config.json)")
     where.add_argument("--db-url", help="SQLAlchemy URL of the preference store (with --run-name)")
     parser.add_argument("--run-name", default=None, help="run name in the store (default: the run folder's, or 'default')")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback needs --token")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback needs --token and --admin-token")
     parser.add_argument("--port", type=int, default=8501)
     parser.add_argument("--token", default=os.environ.get(ENV_TOKEN),
                         help=f"access token raters must present (?token=... in the link; default: ${ENV_TOKEN})")
     parser.add_argument("--admin-token", default=os.environ.get(ENV_ADMIN_TOKEN),
-                        help=f"token for the dashboard page (default: ${ENV_ADMIN_TOKEN}, else open to raters)")
+                        help=f"token for the dashboard and the preferences download (default: ${ENV_ADMIN_TOKEN}; "
+                        "required off loopback, else open to raters)")
     parser.add_argument("--lease-seconds", type=float, default=None, help="how long a shown pair stays reserved (default 120)")
     parser.add_argument("--no-clip-worker", action="store_true", help="do not render clips here (another worker does)")
     parser.set_defaults(func=cmd_rate)
@@ -80,13 +81,9 @@ def cmd_rate(args: argparse.Namespace) -> int:
     try:
         check_token_value(args.token, "--token")
         check_token_value(args.admin_token, "--admin-token")
+        check_exposure(args.host, args.token, args.admin_token)
     except AppConfigError as exc:
         raise RateCommandError(str(exc)) from None
-    if not is_loopback_host(args.host) and not args.token:
-        raise RateCommandError(
-            f"--host {args.host} makes the rater app reachable from other machines; pass "
-            "--token TOKEN too (raters then open the link with ?token=TOKEN)"
-        )
     PreferenceStore(db_url, run_name).close()  # a bad URL or foreign file fails here, clearly
 
     worker = None

@@ -7,17 +7,25 @@ that draws them is :func:`render_dashboard`.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
+import logging
 import math
+import re
 import statistics
+import tempfile
 import time
+import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prefloop.types import Choice, Label
+
+log = logging.getLogger("prefloop.apps")
 
 TRAINER_STATUS_WORDS = {
     "training": "The trainer is training the agent; it will ask for more comparisons soon.",
@@ -267,7 +275,7 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
                  "median seconds": [round(r.median_seconds, 1) for r in rows]}
             ).set_index("rater")
             st.bar_chart(frame, y="labels", horizontal=True, height=260)
-            st.caption(" · ".join(f"{r.rater_id}: {r.median_seconds:.1f} s median" for r in rows[:8]))
+            st.caption(" · ".join(f"{escape_markdown(r.rater_id)}: {r.median_seconds:.1f} s median" for r in rows[:8]))
         else:
             st.info("No raters yet.")
 
@@ -317,3 +325,75 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
             st.caption(f"All raters: {total_correct} of {total} gold pairs right ({total_correct / total:.0%}).")
         else:
             st.info("No gold pair (a pair with a known answer) has been answered yet.")
+
+
+# -- the preferences download (admin only) -------------------------------------------------------
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` with Markdown's special characters escaped, so a rater id imported from elsewhere
+    shows as typed and never as a link or an image."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def export_file_name(run_name: str) -> str:
+    """The download's file name: the run name reduced to ``[A-Za-z0-9._-]`` (at most 80)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_name).strip("._")[:80]
+    return f"{safe or 'run'}-preferences.zip"
+
+
+def export_zip(db_url: str, run_name: str) -> bytes:
+    """The run's preferences as a zip of the dataset folder ``prefloop export`` writes.
+
+    Args:
+        db_url: the store's URL, from the app's own configuration (never from a request).
+        run_name: the run, likewise.
+
+    Returns:
+        The zip file's bytes: ``<run>-preferences/manifest.json``, ``segments.npz``,
+        ``segments.jsonl``, ``pairs.jsonl`` and ``labels.jsonl`` (retracted labels included,
+        marked), readable by :func:`prefloop.dataset.load_dataset` once unpacked.
+
+    Raises:
+        prefloop.dataset.DatasetError, prefloop.store.StoreError: the run cannot be exported.
+    """
+    from prefloop.dataset import export_dataset
+
+    folder = export_file_name(run_name).removesuffix(".zip")
+    with tempfile.TemporaryDirectory(prefix="prefloop-export-") as tmp:
+        out = Path(tmp) / folder
+        export_dataset(db_url, run_name, out)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(out.iterdir()):
+                archive.write(path, arcname=f"{folder}/{path.name}")
+        return buffer.getvalue()
+
+
+def render_export_download(db_url: str, run_name: str) -> None:
+    """The dashboard's "Download preferences" button. The export runs only when it is clicked
+    (Streamlit calls :func:`export_zip` then); the page shows it only to whoever passed the
+    dashboard's admin-token check."""
+    import streamlit as st
+
+    def build() -> bytes:
+        try:
+            return export_zip(db_url, run_name)
+        except Exception:
+            log.exception("exporting run %r for the dashboard download failed", run_name)
+            raise
+
+    st.subheader("Preferences")
+    st.download_button(
+        "Download preferences",
+        data=build,
+        file_name=export_file_name(run_name),
+        mime="application/zip",
+        on_click="ignore",
+        icon=":material/download:",
+        key="download_preferences",
+        help="The run's segments, pairs and labels (retracted ones marked) as a zipped dataset "
+        "folder, the format of `prefloop export`.",
+    )

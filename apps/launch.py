@@ -19,8 +19,8 @@ from prefloop.apps.access import (
     ENV_ADMIN_TOKEN,
     ENV_DB_URL,
     ENV_TOKEN,
+    check_exposure,
     check_token_value,
-    is_loopback_host,
 )
 
 RATER_APP = Path(__file__).with_name("rater_app.py")
@@ -47,26 +47,21 @@ def launch_rater_app(
         db_url: the preference store's SQLAlchemy URL.
         run_name: the run whose pairs are rated.
         host: address to listen on. Anything but loopback (127.0.0.1, localhost, ::1) makes the
-            app reachable from other machines and therefore needs ``token``.
+            app reachable from other machines and therefore needs ``token`` and ``admin_token``.
         port: TCP port.
         token: access token raters must present (``?token=...`` in the link or typed in).
-        admin_token: token for the dashboard page (None: the dashboard is open to raters).
+        admin_token: token for the dashboard page and the preferences download (None: open to
+            raters; loopback only).
         lease_seconds: how long a shown pair stays reserved for its rater (default 120).
         log_path: file for the app's output (default: discarded).
 
     Raises:
-        ValueError: a non-loopback ``host`` without ``token``, a token shorter than 8
-            characters, or a bad port.
+        ValueError: a non-loopback ``host`` without both tokens (an ``AppConfigError``), a token
+            shorter than 8 characters, or a bad port.
     """
-    if not is_loopback_host(host) and not token:
-        raise ValueError(
-            f"refusing to serve the rater app on {host!r} without an access token: anyone who can "
-            "reach this machine could label (and read) the run. Pass a token (e.g. --token "
-            "$(python -c 'import secrets; print(secrets.token_urlsafe(16))')) or use "
-            "--host 127.0.0.1."
-        )
     check_token_value(token, "token")
     check_token_value(admin_token, "admin_token")
+    check_exposure(host, token, admin_token, token_flag="token", admin_flag="admin_token")
     if not 0 < int(port) < 65536:
         raise ValueError(f"port must be between 1 and 65535, got {port}")
     command = [

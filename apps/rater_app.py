@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import unicodedata
 from collections.abc import Sequence
 
 import streamlit as st
@@ -22,14 +23,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from prefloop.apps.access import (
     AppConfig,
     AppConfigError,
+    check_exposure,
     clean_rater_name,
-    is_loopback_host,
     parse_app_args,
     token_matches,
 )
-from prefloop.apps.dashboard import parse_progress, render_dashboard, trainer_status_line
+from prefloop.apps.dashboard import parse_progress, render_dashboard, render_export_download, trainer_status_line
 from prefloop.apps.player import PLAYER_KEY, render_player
 from prefloop.apps.rating import DB_TROUBLE, Notice, RaterSession
+from prefloop.config import MAX_GUIDELINE_CHARS
 from prefloop.store import PreferenceStore, StoreError
 
 log = logging.getLogger("prefloop.apps")
@@ -55,11 +57,13 @@ def main(argv: Sequence[str]) -> None:
         return
 
     # Streamlit listens on every interface when no address is set.
-    if config.token is None and not is_loopback_host(st_config.get_option("server.address") or "0.0.0.0"):
+    try:
+        check_exposure(st_config.get_option("server.address") or "0.0.0.0", config.token, config.admin_token)
+    except AppConfigError:
         st.error(
-            "This app is reachable from other machines but has no access token, so it shows "
-            "nothing. Restart it with a token: `prefloop rate ... --token TOKEN` (or bind it to "
-            "127.0.0.1)."
+            "This app is reachable from other machines but was started without both an access "
+            "token and a different admin token, so it shows nothing. Restart it with "
+            "`prefloop rate ... --token TOKEN --admin-token ADMIN_TOKEN` (or bind it to 127.0.0.1)."
         )
         return
     if not _check_token(config.token, "token", "Access token",
@@ -68,7 +72,12 @@ def main(argv: Sequence[str]) -> None:
     try:
         store = open_store(config.db_url, config.run_name)
     except (StoreError, SQLAlchemyError) as exc:
-        st.error(f"Cannot open the label database: {exc}")
+        # Details (paths, host names) are for the person running the app, not for raters.
+        log.error("cannot open the preference store: %s", exc)
+        st.error(
+            "Cannot open the label database, so there is nothing to compare right now. The "
+            "person running the training can see why in the app's output."
+        )
         return
 
     def rate() -> None:
@@ -78,6 +87,7 @@ def main(argv: Sequence[str]) -> None:
         if _check_token(config.admin_token, "admin_token", "Dashboard token",
                         "The dashboard needs the admin token."):
             _guarded(lambda: render_dashboard(store))
+            _guarded(lambda: render_export_download(config.db_url, config.run_name))
 
     # Less empty space above the page, so clips and answer buttons fit a laptop screen.
     st.html("<style>[data-testid='stMainBlockContainer'] { padding-top: 2.5rem; }</style>")
@@ -130,6 +140,15 @@ def _check_token(expected: str | None, param: str, label: str, prompt: str) -> b
 
 
 # -- the rating page ---------------------------------------------------------------------------
+
+
+def display_guideline(stored: str | None) -> str:
+    """The question above the clips: the run's guideline on one line (whitespace and control
+    characters collapsed to spaces, at most 500 characters; Markdown emphasis is kept, HTML is
+    never rendered), or the default question when there is none."""
+    text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cs") else ch for ch in stored or "")
+    text = " ".join(text.split())[:MAX_GUIDELINE_CHARS]
+    return text or DEFAULT_GUIDELINE
 
 
 def identify() -> str | None:
@@ -197,7 +216,7 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
     if rater is None:
         return
     session = get_session(store, rater, config.lease_seconds)
-    guideline = store.get_meta("guideline") or DEFAULT_GUIDELINE
+    guideline = display_guideline(store.get_meta("guideline"))
 
     head, who = st.columns([5, 1], vertical_alignment="bottom")
     head.markdown(f"### {guideline}")

@@ -34,6 +34,12 @@ from prefloop.types import Choice
 log = logging.getLogger("prefloop.apps")
 
 MAX_RESPONSE_TIME_S = 3600.0
+# The browser's outbox holds a handful of actions; a message with more is not from our player.
+# The first ones (by sequence number) are handled, the rest wait for the next message.
+MAX_ACTIONS_PER_MESSAGE = 50
+MAX_SEQ = 2**53  # the largest integer a browser counts exactly
+MAX_NOTICES = 5
+_SHOWN_MEMORY = 64  # pair ids this session has shown, for the wording of a rejected answer
 # Leases are kept alive this long after the rater's last action; an abandoned tab then lets its
 # pairs go to other raters when the lease runs out.
 KEEPALIVE_IDLE_LIMIT_S = 15 * 60.0
@@ -86,7 +92,7 @@ def clamp_response_time(value: object) -> float:
     """
     try:
         seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0.0
     if isinstance(value, bool) or not math.isfinite(seconds):
         return 0.0
@@ -129,6 +135,7 @@ class RaterSession:
     notices: list[Notice] = field(default_factory=list)
     last_activity: float = 0.0
     last_refresh: float = 0.0
+    shown_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.last_activity = self.clock()
@@ -175,6 +182,8 @@ class RaterSession:
                 not_ready, {self.current.pair_id}, self.lease_seconds / 2, known
             )
         keep = {p.pair_id for p in (self.current, self.next) if p is not None}
+        for pair_id in sorted(keep - set(self.shown_ids)):
+            self.shown_ids = [*self.shown_ids, pair_id][-_SHOWN_MEMORY:]
         for pair in old:  # a pair this session held but no longer shows goes back to the queue
             if pair.pair_id not in keep:
                 self.store.release(pair.pair_id, self.rater_id)
@@ -219,22 +228,27 @@ class RaterSession:
         """Process the browser's unacknowledged actions in order, each sequence number once.
 
         Each action is a dict: ``{"seq": int, "type": "answer", "pair_id": int, "choice": str,
-        "response_time_s": float}`` or ``{"seq": int, "type": "undo"}``. Malformed entries are
-        skipped. ``acked_seq`` is raised past every action handled, including failed ones (their
-        notice tells the rater what to do); after a database error it stays, so the browser sends
-        the action again.
+        "response_time_s": float}`` or ``{"seq": int, "type": "undo"}``. Malformed entries (no
+        integer ``seq`` in 1..2**53, not a dict) are skipped; an unknown ``type`` is acknowledged
+        and ignored. At most :data:`MAX_ACTIONS_PER_MESSAGE` actions are handled per call (the
+        lowest sequence numbers; the browser re-sends the rest). ``acked_seq`` is raised past
+        every action handled, including failed ones (their notice tells the rater what to do);
+        after a database error it stays, so the browser sends the action again.
+
+        The rater is always this session's; an action can only name a pair, and the store records
+        an answer only for a pair leased to this rater (or returns their existing label).
         """
         items = []
         for action in actions if isinstance(actions, (list, tuple)) else []:
             if not isinstance(action, dict):
                 continue
             seq = action.get("seq")
-            if isinstance(seq, bool) or not isinstance(seq, int):
+            if isinstance(seq, bool) or not isinstance(seq, int) or seq > MAX_SEQ:
                 continue
             if seq > self.acked_seq:
                 items.append(action)
         changed = False
-        for action in sorted(items, key=lambda a: a["seq"]):
+        for action in sorted(items, key=lambda a: a["seq"])[:MAX_ACTIONS_PER_MESSAGE]:
             kind = action.get("type")
             try:
                 if kind == "answer":
@@ -274,10 +288,13 @@ class RaterSession:
         self.refresh()
 
     def _answer(self, pair_id: object, choice: object, response_time_s: object) -> None:
+        # What the browser sent is untrusted: it is never echoed back, only checked.
         try:
-            wanted = Choice(choice)
+            wanted = Choice(choice) if isinstance(choice, str) else None
         except ValueError:
-            self._notify("error", f"Unknown answer {choice!r}; use the buttons or the arrow keys.")
+            wanted = None
+        if wanted is None:
+            self._notify("error", "That answer was not one of the four choices; use the buttons or the arrow keys.")
             return
         if isinstance(pair_id, bool) or not isinstance(pair_id, int):
             self._notify("error", "That answer did not say which pair it was for; answer again.")
@@ -285,14 +302,18 @@ class RaterSession:
         try:
             label = self.store.answer(pair_id, self.rater_id, wanted, clamp_response_time(response_time_s))
         except LeaseError:
-            self._notify(
-                "warning",
-                "This pair was already answered by someone else (it was reserved for you too "
-                "long without an answer) -- here is the next one.",
-            )
+            if pair_id in self.shown_ids:
+                self._notify(
+                    "warning",
+                    "This pair was already answered by someone else (it was reserved for you too "
+                    "long without an answer) -- here is the next one.",
+                )
+            else:
+                self._notify("error", _NOT_YOURS)
             return
-        except StoreError as exc:
-            self._notify("error", f"That answer could not be saved: {exc}")
+        except StoreError as exc:  # no such pair (or an id no pair can have)
+            log.warning("rater %s: answer for pair %s refused: %s", self.rater_id, str(pair_id)[:30], exc)
+            self._notify("error", _NOT_YOURS)
             return
         if label.choice is not wanted:
             self._notify(
@@ -327,7 +348,12 @@ class RaterSession:
         return notices
 
     def _notify(self, level: NoticeLevel, text: str) -> None:
-        self.notices.append(Notice(level, text))
+        notice = Notice(level, text)
+        if notice not in self.notices:  # a flood of bad actions makes one message, not hundreds
+            self.notices = [*self.notices, notice][-MAX_NOTICES:]
+
+
+_NOT_YOURS = "That answer was for a pair that is not shown to you, so it was not saved; answer the pair on screen."
 
 
 _CHOICE_WORDS = {

@@ -92,8 +92,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="human raters behind the label schedule: keep training on the current reward model, or wait")
     parser.add_argument("--gold-fraction", type=float, default=0.05, help="human raters: share of quality-control pairs with a known answer")
     parser.add_argument("--raters-per-pair", type=_positive_int, default=1, help="labels per pair (>1 measures rater agreement)")
-    parser.add_argument("--unsupervised-steps", type=int, default=0,
-                        help="PEBBLE: env steps of state-entropy exploration before the first query (off-policy algorithms)")
+    parser.add_argument("--unsupervised-steps", type=int, default=None,
+                        help="PEBBLE: env steps of state-entropy exploration before the first query (default: the env preset's, 0 for most)")
     parser.add_argument("--guideline", default=None, help="the question shown to raters above the clips (default: the env preset's)")
 
 
@@ -145,15 +145,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prefloop.loop import train
     from prefloop.report import print_run_summary
 
-    from prefloop.apps.access import is_loopback_host
+    from prefloop.apps.access import ENV_ADMIN_TOKEN, ENV_TOKEN, AppConfigError, check_exposure, check_token_value
 
     if args.resume and args.run_dir is None:
         raise RunDirError("--resume needs --run-dir: the folder of the run to continue")
-    if not is_loopback_host(args.host) and not args.token:
-        raise ConfigError(
-            f"--host {args.host} serves the rater app beyond this machine: pass --token TOKEN too "
-            "(raters open the link with ?token=TOKEN), or keep the default --host 127.0.0.1"
-        )
+    try:  # before training starts, not when the app's process fails later
+        check_token_value(args.token, "--token")
+        check_token_value(args.admin_token, "--admin-token")
+        check_exposure(args.host, args.token, args.admin_token)
+    except AppConfigError as exc:
+        raise ConfigError(str(exc)) from None
     config = build_train_config(args)
     app: list[subprocess.Popen] = []
 
@@ -161,8 +162,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         command = [sys.executable, "-m", "prefloop.cli", "rate", "--db-url", store_url, "--run-name", run_name,
                    "--host", args.host, "--port", str(args.port)]
         env = dict(os.environ)
+        # Tokens travel in the environment, not on the command line, where `ps` shows them.
         if args.token:
-            env["PREFLOOP_RATER_TOKEN"] = args.token  # not on the command line, where `ps` shows it
+            env[ENV_TOKEN] = args.token
+        if args.admin_token:
+            env[ENV_ADMIN_TOKEN] = args.admin_token
         app.append(subprocess.Popen(command, start_new_session=True, env=env))
         print(f"rater app: http://{args.host}:{args.port}/  (open it in a browser and start comparing clips)", flush=True)
 
@@ -222,9 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--run-dir", type=Path, default=None, help="run folder (default: runs/<env>-human-s<seed>-<time>)")
     run_p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     run_p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run_p.add_argument("--host", default="127.0.0.1", help="address the rater app listens on (anything but loopback needs --token)")
+    run_p.add_argument("--host", default="127.0.0.1", help="address the rater app listens on (anything but loopback needs --token and --admin-token)")
     run_p.add_argument("--port", type=_positive_int, default=8501)
     run_p.add_argument("--token", default=None, help="access token raters must present (required off loopback)")
+    run_p.add_argument("--admin-token", default=None,
+                       help="token for the dashboard and the preferences download (required off loopback, must differ from --token)")
     run_p.set_defaults(func=cmd_run)
 
     _add_optional_commands(sub)

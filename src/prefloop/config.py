@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ from prefloop.reward_models import RewardModelConfig
 from prefloop.schedule import ScheduleConfig
 
 REWARD_SOURCES = ("preferences", "true")
+MAX_GUIDELINE_CHARS = 500
 
 
 class ConfigError(ValueError):
@@ -54,7 +59,8 @@ class TrainConfig:
         gold_fraction: human raters: share of pairs with a known answer (quality control).
         raters_per_pair: labels wanted per pair (> 1 measures agreement between raters).
         unsupervised_steps: env steps of PEBBLE's unsupervised pre-training (state-entropy
-            exploration) before the first query; 0 starts from a random policy's segments instead.
+            exploration) before the first query; 0 starts from a random policy's segments instead
+            (None: the preset's, 0 for most envs).
         guideline: the question shown to human raters above the two clips (None: the preset's).
         run_name: the run's name in the store (None: the run folder's name, fixed at creation so
             a renamed folder still finds its labels).
@@ -87,7 +93,7 @@ class TrainConfig:
     min_initial_labels: int = 10
     gold_fraction: float = 0.05
     raters_per_pair: int = 1
-    unsupervised_steps: int = 0
+    unsupervised_steps: int | None = None
     env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -103,9 +109,12 @@ class TrainConfig:
         _check(self.when_behind in ("continue", "wait"), "when_behind", self.when_behind, "'continue' or 'wait'")
         _check(self.min_initial_labels >= 1, "min_initial_labels", self.min_initial_labels, "an integer >= 1")
         _check(0.0 <= self.gold_fraction < 1.0, "gold_fraction", self.gold_fraction, "a number in [0, 1)")
-        _check(self.unsupervised_steps >= 0 and (self.steps is None or self.unsupervised_steps < self.steps),
-               "unsupervised_steps", self.unsupervised_steps, "an integer >= 0 and below steps")
+        _check(self.unsupervised_steps is None or (
+            self.unsupervised_steps >= 0 and (self.steps is None or self.unsupervised_steps < self.steps)),
+            "unsupervised_steps", self.unsupervised_steps, "an integer >= 0 and below steps")
         _check(self.raters_per_pair >= 1, "raters_per_pair", self.raters_per_pair, "an integer >= 1")
+        _check(self.guideline is None or _is_one_line(self.guideline, MAX_GUIDELINE_CHARS), "guideline",
+               self.guideline, f"one line of at most {MAX_GUIDELINE_CHARS} characters without control characters")
         if self.reward_source == "preferences":
             _check(self.labels >= 1, "labels", self.labels, "an integer >= 1 for a preference run")
 
@@ -118,6 +127,10 @@ class TrainConfig:
             run_dir=Path(self.run_dir),
             run_name=self.run_name or Path(self.run_dir).name,
             guideline=self.guideline or preset.guideline,
+            unsupervised_steps=(
+                self.unsupervised_steps if self.unsupervised_steps is not None
+                else (preset.unsupervised_steps if self.reward_source == "preferences" else 0)
+            ),
             algo=algo,
             steps=self.steps if self.steps is not None else preset.total_steps,
             n_envs=self.n_envs if self.n_envs is not None else preset.envs_for(algo),
@@ -133,35 +146,133 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
-        data = dict(data)
-        nested = {"query": QueryConfig, "reward_model": RewardModelConfig, "schedule": ScheduleConfig}
-        for key, sub in nested.items():
-            if key in data:
-                values = dict(data[key])
-                if key == "reward_model" and "hidden_sizes" in values:
-                    values["hidden_sizes"] = tuple(values["hidden_sizes"])
-                data[key] = sub(**values)
-        data["run_dir"] = Path(data["run_dir"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**data)
+        """The config :meth:`to_json` wrote, every key and value checked against the field types.
+
+        Raises:
+            ConfigError: not an object, an unknown or missing key, a value of the wrong type (the
+                message names the key, e.g. ``query.oversampling``), or one out of range.
+        """
+        return _dataclass_from_json(cls, data, "")
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True))
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
+        """Read a run folder's ``config.json``.
+
+        Raises:
+            ConfigError: one line naming the file and what is wrong with it (unreadable, not
+                UTF-8 JSON, not an object, unknown/missing keys, wrong types, bad values).
+        """
+        hint = "fix it, or restore it from a backup of the run folder"
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} is not valid JSON ({exc}); restore it from the run's checkpoints or start a new run") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a JSON object, got {type(data).__name__}")
-        return cls.from_json(data)
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise ConfigError(f"{path} is not valid JSON ({reason}); {hint}") from None
+        try:
+            return cls.from_json(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}; {hint}") from None
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+        raise ConfigError(f"{name} must be {allowed}, got {_short(value)}")
+
+
+def _is_one_line(text: object, max_chars: int) -> bool:
+    return (
+        isinstance(text, str)
+        and len(text) <= max_chars
+        and not any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text)
+    )
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value from a config file for an error message: its repr, cut to ``limit`` characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _dataclass_from_json(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a JSON object, checking keys and value types; ``where`` is the
+    key path so far (``"query."``) for the messages."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where.rstrip('.') or 'the config'} must be a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in data if k not in fields)
+    if unknown:
+        shown = ", ".join(_short(k, 40) for k in unknown[:5])
+        raise ConfigError(f"unknown config keys {shown} in {where.rstrip('.') or 'the config'}; valid keys: {', '.join(sorted(fields))}")
+    missing = [
+        name for name, f in fields.items()
+        if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"missing config keys {', '.join(where + m for m in missing)}")
+    values = {name: _json_value(data[name], hints[name], where + name) for name in data}
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: {str(exc)[:300]}") from None
+
+
+def _json_value(value: Any, annotation: Any, key: str) -> Any:
+    """``value`` (parsed JSON) as the Python value of a field typed ``annotation``."""
+    if annotation is Any:
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return _dataclass_from_json(annotation, value, key + ".")
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _json_value(value, options[0], key)
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif annotation is Path:
+        if isinstance(value, str) and value and "\x00" not in value:
+            return Path(value)
+    elif origin is dict:
+        if isinstance(value, dict):
+            return {k: _json_value(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if isinstance(value, (list, tuple)):
+            return tuple(_json_value(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    raise ConfigError(f"{key} must be {_type_words(annotation)}, got {_short(value)}")
+
+
+def _type_words(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_words(a) for a in args)
+    words = {bool: "true or false", int: "an integer (64 bits)", float: "a finite number", str: "a string",
+             Path: "a non-empty path string", type(None): "null"}
+    if annotation in words:
+        return words[annotation]
+    if origin is dict:
+        return f"an object whose values are each {_type_words(args[1])}"
+    if origin is tuple:
+        return f"a list whose items are each {_type_words(args[0])}"
+    return getattr(annotation, "__name__", str(annotation))

@@ -31,9 +31,11 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import random
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -68,7 +70,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 
 from prefloop.serialization import array_from_bytes, array_to_bytes
 from prefloop.types import Choice, Label, LabeledPair, Segment, SegmentPair
@@ -94,6 +96,11 @@ _SEGMENT_CACHE_SIZE = 4096  # decoded segments kept per store instance (read-onl
 _MAX_CLAIM_ROUNDS = 1000
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# PostgreSQL aborts one of two transactions that lock rows in opposite orders (deadlock_detected)
+# or that cannot be serialised; the aborted one only has to run again. SQLite never reports these.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+CLAIM_ATTEMPTS = 5
+_CLAIM_RETRY_SLEEP_S = 0.02  # times the attempt number, jittered
 _LABEL_HAS_RETRACTED_AT = "retracted_at" in {f.name for f in fields(Label)}
 
 
@@ -261,17 +268,24 @@ class PreferenceStore:
     def __init__(
         self, url: str, run_name: str = "default", *, clock: Callable[[], float] = time.time
     ) -> None:
-        if not isinstance(run_name, str) or not run_name.strip() or len(run_name) > 200:
+        if (
+            not isinstance(run_name, str)
+            or not run_name.strip()
+            or len(run_name) > 200
+            or _bad_text(run_name)
+        ):
             raise StoreError(
-                f"run_name must be a non-empty string of at most 200 characters, got {run_name!r}"
+                "run_name must be a non-empty string of at most 200 printable characters, got "
+                f"{_short(run_name)}"
             )
         try:
             parsed = make_url(url)
-        except ArgumentError as exc:
+        except (ArgumentError, ValueError, TypeError) as exc:
+            # The URL is not echoed: it may hold a password.
             raise StoreError(
-                f"cannot parse database URL {url!r} ({exc}); use sqlite_url(path) for a file "
+                f"cannot parse the database URL ({exc}); use sqlite_url(path) for a file "
                 "or 'postgresql+psycopg://user:password@host/dbname'"
-            ) from exc
+            ) from None
         self._clock = clock
         self._run_name = run_name
         self._url = parsed
@@ -279,7 +293,13 @@ class PreferenceStore:
         if self._is_sqlite:
             _preflight_sqlite_file(parsed.database)
 
-        self._engine: Engine = create_engine(parsed)
+        try:
+            self._engine: Engine = create_engine(parsed)
+        except (ArgumentError, ImportError) as exc:
+            raise StoreError(
+                f"cannot use database URL {self.url} ({exc}); prefloop stores work on SQLite "
+                "(sqlite:///path) and PostgreSQL (postgresql+psycopg://...)"
+            ) from None
         if self._is_sqlite:
             event.listen(self._engine, "connect", _on_sqlite_connect)
             event.listen(self._engine, "begin", _on_sqlite_begin)
@@ -291,6 +311,18 @@ class PreferenceStore:
         try:
             self._ensure_schema()
             self._run_id = self._get_or_create_run(run_name)
+        except DBAPIError as exc:
+            self._engine.dispose()
+            reason = (str(exc.orig).strip().splitlines() or ["unknown error"])[0][:300]
+            if self._is_sqlite:
+                raise StoreError(
+                    f"cannot open the preference store {parsed.database}: {reason}. The file is "
+                    "damaged: `prefloop doctor` shows what is wrong; restore it from a backup"
+                ) from exc
+            raise StoreError(
+                f"cannot open the preference store {self.url}: {reason}. Check that the server "
+                "runs and the URL (host, port, user, database) is right"
+            ) from exc
         except BaseException:
             self._engine.dispose()
             raise
@@ -646,10 +678,28 @@ class PreferenceStore:
         back first, with its lease renewed. Otherwise the lowest-id pair that is pending, or
         claimed with an expired lease, and not yet labelled by this rater, is taken. ``exclude``
         skips pair ids (e.g. the one the rater just released with "skip").
+
+        When PostgreSQL aborts the claim's transaction as a deadlock victim (SQLSTATE 40P01) or a
+        serialization failure (40001), nothing of it was committed and the whole claim runs
+        again, up to :data:`CLAIM_ATTEMPTS` times with a short jittered pause; other errors (and
+        every SQLite error) are raised at once.
         """
         rater_id = _check_rater(rater_id)
         lease_seconds = _check_lease(lease_seconds)
         excluded = sorted({_as_int(i, "excluded pair id") for i in exclude})
+        for attempt in range(1, CLAIM_ATTEMPTS + 1):
+            try:
+                return self._claim_next_once(rater_id, lease_seconds, excluded)
+            except OperationalError as exc:
+                if attempt == CLAIM_ATTEMPTS or not is_retryable_conflict(exc):
+                    raise
+            time.sleep(_CLAIM_RETRY_SLEEP_S * attempt * random.uniform(0.5, 1.5))
+        raise AssertionError("unreachable")
+
+    def _claim_next_once(
+        self, rater_id: str, lease_seconds: float, excluded: list[int]
+    ) -> SegmentPair | None:
+        """One attempt of :meth:`claim_next` in one transaction (arguments already validated)."""
         p = pairs_table
         with self._write() as conn:
             now = self._now()
@@ -1044,7 +1094,10 @@ class PreferenceStore:
         segment_id = _as_int(segment_id, "segment_id")
         if not isinstance(message, str) or not message.strip():
             raise StoreError("put_clip_error needs a non-empty message saying what went wrong")
-        return self._put_clip_row(segment_id, b"", "", message[:MAX_CLIP_ERROR_CHARS])
+        # The message is an exception's text: keep it storable on every backend.
+        message = message[:MAX_CLIP_ERROR_CHARS].replace("\x00", "\ufffd")
+        message = message.encode("utf-8", "replace").decode("utf-8")
+        return self._put_clip_row(segment_id, b"", "", message)
 
     def _put_clip_row(self, segment_id: int, data: bytes, mime: str, error: str | None) -> bool:
         c = clips_table
@@ -1189,6 +1242,11 @@ class PreferenceStore:
                 f"meta value for {key!r} must be a str, got {type(value).__name__}; "
                 "serialise it first (e.g. json.dumps)"
             )
+        if "\x00" in value or any(unicodedata.category(ch) == "Cs" for ch in value):
+            raise StoreError(
+                f"meta value for {key!r} contains a NUL character or an unpaired surrogate, which "
+                "PostgreSQL cannot store; remove it (json.dumps escapes both)"
+            )
         m = run_meta_table
         for attempt in range(2):
             try:
@@ -1248,7 +1306,18 @@ def _preflight_sqlite_file(database: str | None) -> None:
     """
     if not database or database == ":memory:" or database.startswith("file:"):
         return
-    path = Path(database)
+    if "\x00" in database:
+        raise StoreError("the database file name contains a NUL character; pass a real file path")
+    try:
+        _check_sqlite_file(Path(database))
+    except OSError as exc:  # unreadable file or folder: say which, without a traceback
+        raise StoreError(
+            f"cannot read the database file {database}: {exc.strerror or exc}; check the path "
+            "and its permissions"
+        ) from None
+
+
+def _check_sqlite_file(path: Path) -> None:
     if not path.parent.is_dir():
         raise StoreError(
             f"cannot create the preference store {path}: folder {path.parent} does not exist; "
@@ -1297,6 +1366,40 @@ def _preflight_sqlite_file(database: str | None) -> None:
 # Validation and row conversion
 
 
+def is_retryable_conflict(exc: BaseException) -> bool:
+    """True for a database error that only asks to run the transaction again: a PostgreSQL
+    deadlock victim (SQLSTATE 40P01) or serialization failure (40001). psycopg 3 names the code
+    ``sqlstate``, psycopg2 ``pgcode``."""
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code in _RETRYABLE_SQLSTATES
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages about untrusted input (a
+    megabyte string or a 10**5000 integer must not end up in a message or a log line whole)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__, or an int too long to print
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bad_text(text: str) -> str | None:
+    """Why ``text`` cannot be stored as is on every backend, or None: PostgreSQL refuses NUL
+    characters, no backend can encode an unpaired surrogate, and other control characters in a
+    name only hide what it really says."""
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            return "an unpaired surrogate (not valid Unicode text)"
+        if category == "Cc":
+            return f"the control character U+{ord(ch):04X}"
+    return None
+
+
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -1304,8 +1407,11 @@ def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
 
 def _as_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise StoreError(f"{what} must be an integer, got {value!r}")
-    return int(value)
+        raise StoreError(f"{what} must be an integer, got {_short(value)}")
+    number = int(value)
+    if not _INT64_MIN <= number <= _INT64_MAX:
+        raise StoreError(f"{what} must fit in 64 bits, got {_short(number)}; no row has such an id")
+    return number
 
 
 def _as_choice(value: object, what: str) -> Choice:
@@ -1314,17 +1420,20 @@ def _as_choice(value: object, what: str) -> Choice:
     except ValueError:
         raise StoreError(
             f"{what} must be one of {[c.value for c in Choice]} (a prefloop.types.Choice), "
-            f"got {value!r}"
+            f"got {_short(value)}"
         ) from None
 
 
 def _check_rater(rater_id: object) -> str:
     if not isinstance(rater_id, str) or not rater_id.strip():
-        raise StoreError(f"rater_id must be a non-empty string, got {rater_id!r}")
+        raise StoreError(f"rater_id must be a non-empty string, got {_short(rater_id)}")
     if len(rater_id) > MAX_RATER_ID_CHARS:
         raise StoreError(
             f"rater_id is {len(rater_id)} characters long; use at most {MAX_RATER_ID_CHARS}"
         )
+    problem = _bad_text(rater_id)
+    if problem:
+        raise StoreError(f"rater_id {_short(rater_id)} contains {problem}; use printable text")
     return rater_id
 
 
@@ -1334,7 +1443,7 @@ def _check_lease(lease_seconds: object) -> float:
     except (TypeError, ValueError):
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise StoreError(f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}")
+        raise StoreError(f"lease_seconds must be a positive number of seconds, got {_short(lease_seconds)}")
     return value
 
 
@@ -1345,7 +1454,7 @@ def _check_response_time(response_time_s: object) -> float:
         value = math.nan
     if isinstance(response_time_s, bool) or not (math.isfinite(value) and value >= 0):
         raise StoreError(
-            f"response_time_s must be a finite number of seconds >= 0, got {response_time_s!r}"
+            f"response_time_s must be a finite number of seconds >= 0, got {_short(response_time_s)}"
         )
     return value
 
@@ -1360,10 +1469,10 @@ def _check_mime(mime: object) -> str:
 
 
 def _check_meta_key(key: object) -> str:
-    if not isinstance(key, str) or not key or len(key) > MAX_META_KEY_CHARS:
+    if not isinstance(key, str) or not key or len(key) > MAX_META_KEY_CHARS or _bad_text(key):
         raise StoreError(
-            f"meta key must be a non-empty string of at most {MAX_META_KEY_CHARS} characters, "
-            f"got {key!r}"
+            f"meta key must be a non-empty string of at most {MAX_META_KEY_CHARS} printable "
+            f"characters, got {_short(key)}"
         )
     return key
 
