@@ -153,12 +153,50 @@ def test_wrong_token_shows_a_clear_message_and_nothing_else(rated_store: RatedSt
     assert player(ok) is not None
 
 
-def test_without_a_token_the_app_refuses_to_serve_other_machines(rated_store: RatedStore) -> None:
+@pytest.mark.parametrize(
+    ("tokens", "served"),
+    [
+        ([], False),
+        (["--token", "rater-token-1"], False),  # a rater token alone does not guard the dashboard
+        (["--admin-token", "admin-token-1"], False),
+        (["--token", "same-token-1", "--admin-token", "same-token-1"], False),  # raters know it
+        (["--token", "rater-token-1", "--admin-token", "admin-token-1"], True),
+    ],
+)
+def test_off_loopback_the_app_needs_a_rater_and_a_different_admin_token(
+    rated_store: RatedStore, tokens: list[str], served: bool
+) -> None:
     with patch_config_options({"server.address": "0.0.0.0"}):
-        at = make_app(rated_store, rater="ada")
-    assert "no access token" in texts(at.error) and player(at) is None
-    with pytest.raises(ValueError, match="without an access token"):
-        launch_rater_app(rated_store.url, rated_store.run_name, host="0.0.0.0")
+        at = make_app(rated_store, *tokens, rater="ada", token="rater-token-1")
+    assert not at.exception
+    if served:
+        assert not at.error and player(at) is not None
+    else:
+        assert "reachable from other machines" in texts(at.error) and player(at) is None
+        kwargs = dict(zip([t.removeprefix("--").replace("-", "_") for t in tokens[::2]], tokens[1::2]))
+        with pytest.raises(ValueError, match="refusing to serve|must differ"):
+            launch_rater_app(rated_store.url, rated_store.run_name, host="0.0.0.0", **kwargs)
+
+
+def test_run_and_rate_refuse_a_public_address_without_both_tokens_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefloop.cli import main
+
+    run_dir = tmp_path / "run"
+    for argv, expected in (
+        (["run", "--host", "0.0.0.0", "--token", "rater-token-1", "--run-dir", str(run_dir)], "without --admin-token"),
+        (["run", "--host", "192.168.1.20", "--admin-token", "admin-token-1", "--run-dir", str(run_dir)], "without --token"),
+        (["run", "--host", "::", "--run-dir", str(run_dir)], "without --token and --admin-token"),
+        (["run", "--host", "0.0.0.0", "--token", "same-token-1", "--admin-token", "same-token-1",
+          "--run-dir", str(run_dir)], "--admin-token must differ from --token"),
+        (["rate", "--db-url", sqlite_url(tmp_path / "x.sqlite"), "--host", "0.0.0.0", "--token", "rater-token-1"],
+         "without --admin-token"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and expected in err
+    assert not run_dir.exists() and not (tmp_path / "x.sqlite").exists()  # nothing was started
 
 
 # -- answering ---------------------------------------------------------------------------------------
@@ -415,3 +453,66 @@ def test_rate_command_finds_the_store_of_a_run_folder(tmp_path: Path) -> None:
         parser.parse_args(["rate"])  # one of --run-dir / --db-url is required
     with pytest.raises(RateCommandError, match="--token"):
         args.func(parser.parse_args(["rate", "--run-dir", str(run_dir), "--host", "0.0.0.0"]))
+
+
+
+def test_the_admin_downloads_the_runs_preferences_from_the_dashboard(
+    rated_store: RatedStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import zipfile
+
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    from prefloop.dataset import load_dataset
+
+    with PreferenceStore(rated_store.url, rated_store.run_name) as store:
+        for pair_id, choice in zip(rated_store.pair_ids[:2], ("left", "right")):
+            store.claim_next("ada")
+            store.answer(pair_id, "ada", choice, 2.0)
+    registered: list = []  # what a click on the button runs (Streamlit defers it to the click)
+    original = MediaFileManager.add_deferred
+
+    def record(self, data_callable, *args, **kwargs):
+        registered.append((data_callable, kwargs.get("file_name", args[2] if len(args) > 2 else None)))
+        return original(self, data_callable, *args, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+
+    tokens = ("--token", "rater-token-1", "--admin-token", "admin-token-1")
+    rater = make_app(rated_store, *tokens, rater="ada", token="rater-token-1", admin_token="rater-token-1")
+    open_page(rater, "dashboard")  # a rater's token does not open the dashboard
+    assert "needs the admin token" in texts(rater.markdown)
+    assert not rater.get("download_button") and registered == []
+
+    at = make_app(rated_store, *tokens, rater="ada", token="rater-token-1", admin_token="admin-token-1",
+                  out="/etc", path="../../etc/passwd")  # nothing is read from the request
+    open_page(at, "dashboard")
+    assert not at.exception
+    (button,) = at.get("download_button")
+    assert button.label == "Download preferences"
+    (build, file_name), *_ = registered
+    assert file_name == "rated-run-preferences.zip"
+    with zipfile.ZipFile(io.BytesIO(build())) as archive:
+        names = archive.namelist()
+        assert all(n.startswith("rated-run-preferences/") and ".." not in n for n in names)
+        archive.extractall(tmp_path / "unzipped")
+    dataset = load_dataset(tmp_path / "unzipped" / "rated-run-preferences")
+    assert dataset.run_name == rated_store.run_name and len(dataset.pairs) == len(rated_store.pair_ids)
+    assert [(l.pair_id, l.rater_id, l.choice) for l in dataset.labels] == [
+        (rated_store.pair_ids[0], "ada", Choice.LEFT), (rated_store.pair_ids[1], "ada", Choice.RIGHT)]
+
+
+def test_a_forged_answer_for_another_raters_pair_changes_nothing(rated_store: RatedStore) -> None:
+    ada = make_app(rated_store, rater="ada")
+    bob = make_app(rated_store, rater="bob")
+    adas, bobs = player(ada)["pair"]["id"], player(bob)["pair"]["id"]
+    unclaimed = max(rated_store.pair_ids)
+    for seq, pair_id in enumerate([bobs, unclaimed, 10_000, -1, 0], start=1):
+        send(ada, answer(seq, pair_id, "left"))  # a hand-made trigger value naming another pair
+        assert not ada.exception and player(ada)["ack"] == seq
+        assert "not shown to you" in texts(ada.toast)
+    assert labels(rated_store) == []
+    assert player(ada)["pair"]["id"] == adas
+    send(bob, answer(1, bobs, "right"))  # bob's lease was not disturbed
+    assert [(l.pair_id, l.rater_id) for l in labels(rated_store)] == [(bobs, "bob")]

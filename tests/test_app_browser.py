@@ -166,3 +166,101 @@ def test_raters_watch_both_clips_and_answer_by_key_and_click(served, chromium: s
             alice.screenshot(path=str(ARTIFACTS / "dashboard.png"))
         finally:
             browser.close()
+
+
+def body_text(page) -> str:
+    return page.locator("body").inner_text()
+
+
+def test_the_app_killed_right_after_an_answer_stores_it_once_or_not_at_all(
+    rated_store: RatedStore, chromium: str, tmp_path: Path
+) -> None:
+    """SIGKILL the server process just after a key press, start it again on the same store and
+    port: the answer is stored once (the page then says so) or not at all (the page shows the same
+    pair again), never twice, whatever the browser's outbox re-sends."""
+    import signal
+
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+
+    def start():
+        app = launch_rater_app(rated_store.url, rated_store.run_name, port=port, log_path=tmp_path / "app.log")
+        wait_until_ready(url, timeout=60, process=app)
+        return app
+
+    def mine(pair_id: int) -> list[Label]:
+        return [l for l in live_labels(rated_store) if l.pair_id == pair_id]
+
+    def settled(page) -> int:
+        """Wait until the page shows a playable pair and has nothing left to send; its id."""
+        eventually(lambda: page.evaluate("window.__prefloopRater && window.__prefloopRater.ready")
+                   and "Saving" not in page.locator(".pl-status").inner_text(), timeout=30, what="a settled page")
+        return page.evaluate("window.__prefloopRater.pairId")
+
+    app = start()
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 860})
+                page.goto(url + "?rater=ada")
+                first = shown_pair(page)
+
+                # 1. The server is frozen when the key is pressed, then killed: nothing is stored,
+                #    and the reloaded page (its outbox gone with it) shows the same pair again.
+                time.sleep(0.3)
+                os.kill(app.pid, signal.SIGSTOP)
+                page.keyboard.press("ArrowLeft")
+                page.wait_for_function("window.__prefloopRater.answers === 1")
+                app.kill()
+                app.wait(timeout=30)
+                assert mine(first) == []
+                app = start()
+                page.reload()
+                assert settled(page) == first
+                eventually(lambda: "Your answers today: 0" in body_text(page), what="no answer counted")
+
+                # 2. Killed right after the answer left the browser: it may or may not have been
+                #    stored. After the restart the page reconnects by itself and its outbox sends
+                #    whatever was not acknowledged again.
+                time.sleep(0.3)
+                page.keyboard.press("ArrowRight")
+                app.kill()
+                app.wait(timeout=30)
+                assert len(mine(first)) <= 1
+                app = start()
+                for reloaded in (False, True):
+                    shown = settled(page)
+                    stored = mine(first)
+                    assert len(stored) <= 1 and len(live_labels(rated_store)) == len(stored)
+                    if stored:  # saved once, and the page says so
+                        assert stored[0].choice is Choice.RIGHT and shown != first
+                        eventually(lambda: "Your answers today: 1" in body_text(page), what="the saved answer counted")
+                    else:  # not saved, and the same pair is asked again
+                        assert shown == first
+                        eventually(lambda: "Your answers today: 0" in body_text(page), what="no answer counted")
+                    if not reloaded:
+                        page.reload()
+                assert len(mine(first)) == 1, "the outbox re-sent the answer after the reconnect"
+
+                # 3. Killed just after the label was committed, before the browser heard back: the
+                #    outbox sends it again to the new process, and the store keeps the one label.
+                current = settled(page)
+                time.sleep(0.3)
+                page.keyboard.press("ArrowLeft")
+                eventually(lambda: mine(current), timeout=15, what="the answer in the store")
+                os.kill(app.pid, signal.SIGSTOP)
+                app.kill()
+                app.wait(timeout=30)
+                app = start()
+                assert settled(page) != current
+                eventually(lambda: "Your answers today: 2" in body_text(page), what="both answers counted")
+                assert [l.choice for l in mine(current)] == [Choice.LEFT] and len(live_labels(rated_store)) == 2
+            finally:
+                browser.close()
+    finally:
+        if app.poll() is None:
+            app.terminate()
+            app.wait(timeout=30)

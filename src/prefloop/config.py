@@ -97,6 +97,8 @@ class TrainConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check(_is_one_line(self.env_id, 200) and bool(self.env_id.strip()), "env_id", self.env_id,
+               "a Gymnasium id such as 'CartPole-v1' (at most 200 characters)")
         _check(self.labels >= 0, "labels", self.labels, "an integer >= 0")
         _check(self.steps is None or self.steps > 0, "steps", self.steps, "an integer > 0")
         _check(self.n_envs is None or self.n_envs >= 1, "n_envs", self.n_envs, "an integer >= 1")

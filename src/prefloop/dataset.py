@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import create_engine, func, insert, inspect, select, update
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from prefloop.serialization import array_from_bytes, array_to_bytes
 from prefloop.store import (
@@ -398,6 +398,12 @@ def _check_run_exists(store_url: str, run_name: str) -> None:
                     "preference store (it has no runs table)"
                 )
             names = list(conn.scalars(select(runs_table.c.name).order_by(runs_table.c.name)))
+    except DBAPIError as exc:  # a damaged file or an unreachable server: one clear line
+        reason = (str(exc.orig).strip().splitlines() or ["unknown error"])[0][:300]
+        raise DatasetError(
+            f"cannot read the preference store {url.render_as_string(hide_password=True)}: "
+            f"{reason}. `prefloop doctor` checks a damaged store; restore it from a backup"
+        ) from None
     finally:
         engine.dispose()
     if run_name not in names:

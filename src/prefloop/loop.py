@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,19 +34,17 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from prefloop.algos import algorithm_class, check_algorithm_fits, is_off_policy, make_algorithm, relabel_replay_buffer
+from prefloop.callbacks import CheckpointCallback, CurveCallback, PreferenceCallback, RunState
 from prefloop.config import TrainConfig
 from prefloop.envs import EnvSpec, SegmentBuffer, VecLearnedReward, VecSegmentRecorder, check_can_render, make_env
 from prefloop.exploration import StateEntropyReward, SwitchableReward
-from prefloop.labeling import answer_pending
-from prefloop.metrics import correlations
+from prefloop.learner import PreferenceLearner
 from prefloop.plots import plot_learning_curve
-from prefloop.query import NotEnoughSegmentsError, select_pairs
-from prefloop.reward_models import RewardEnsemble, RewardTrainer, load_reward_model, save_reward_model
+from prefloop.reward_models import RewardEnsemble, load_reward_model
 from prefloop.rundir import RunDir
 from prefloop.schedule import LabelRound, label_rounds
 from prefloop.store import PreferenceStore, sqlite_url
-from prefloop.teachers import Teacher, make_teacher
-from prefloop.types import Choice, Segment, SegmentPair
+from prefloop.teachers import HUMAN_TEACHER, RECORDED_PREFIX, Teacher, make_teacher
 
 log = logging.getLogger("prefloop")
 
@@ -87,314 +84,6 @@ def build_vec_env(spec: EnvSpec, n_envs: int, seed: int) -> VecEnv:
     return DummyVecEnv([lambda i=i: Monitor(make_env(spec, seed=seed + 1000 * i)) for i in range(n_envs)])
 
 
-class PreferenceLearner:
-    """Owns the preference side of a run: segments, store, teacher, reward model and its trainer.
-
-    ``teacher=None`` means people answer through the rater app: pairs are only put in the store,
-    and the reward model retrains whenever new labels have come in.
-    """
-
-    def __init__(
-        self,
-        config: TrainConfig,
-        store: PreferenceStore,
-        reward_model: RewardEnsemble,
-        buffer: SegmentBuffer,
-        teacher: Teacher | None,
-    ):
-        self.config = config
-        self.store = store
-        self.reward_model = reward_model
-        self.trainer = RewardTrainer(reward_model, config.reward_model)
-        self.buffer = buffer
-        self.teacher = teacher
-        self._rng = np.random.default_rng([config.seed, 7])
-        self.fit_history: list[dict[str, float]] = []
-        self.time_s = 0.0
-        counts = store.counts()
-        self._pairs_asked = counts["pairs"]  # kept here: the schedule checks it every rollout
-        self.labels_at_last_fit = -1
-        # Gold pairs are for people; replaying a recorded human run asks them too, or its pairs would differ.
-        recorded = getattr(teacher, "recorded_config", None) or {}
-        self._asks_gold = teacher is None or recorded.get("teacher") == HUMAN_TEACHER
-
-    def pairs_asked(self) -> int:
-        return self._pairs_asked
-
-    def run_round(self, target_pairs: int, env_step: int, recent_returns: tuple[float, float] | None) -> dict[str, float]:
-        """Simulated teacher: ask for pairs up to ``target_pairs``, answer them, retrain.
-
-        ``recent_returns`` is (mean episode return, mean episode length) of the current policy,
-        which scales the skip/equal thresholds of B-Pref teachers.
-        """
-        assert self.teacher is not None, "run_round needs a simulated teacher"
-        started = time.perf_counter()
-        self.ask(target_pairs, env_step)
-        if recent_returns is not None and recent_returns[1] > 0:
-            mean_return, mean_length = recent_returns
-            self.teacher.set_return_scale(mean_return * self.config.segment_length / mean_length)
-        answer_pending(self.store, self.teacher)
-        stats = self.fit(env_step)
-        self.time_s += time.perf_counter() - started
-        return stats
-
-    def ask(self, target_pairs: int, env_step: int) -> int:
-        """Select new pairs from the recent segments so that ``target_pairs`` have been asked; returns how many."""
-        new_pairs = max(0, target_pairs - self.pairs_asked())
-        if not new_pairs:
-            return 0
-        candidates = self.buffer.recent()
-        n_gold = int(round(new_pairs * self.config.gold_fraction)) if self._asks_gold else 0
-        try:
-            pairs = select_pairs(
-                candidates, new_pairs - n_gold, self.config.query, self._rng,
-                preference_probs=self.reward_model.preference_probs,
-            )
-        except NotEnoughSegmentsError as exc:
-            raise NotEnoughSegmentsError(
-                f"label round at env step {env_step} asks for {new_pairs} new pairs but only "
-                f"{len(candidates)} segments have been recorded: {exc} With --labels "
-                f"{self.config.labels} over {self.config.steps} steps, use fewer --labels or more --steps."
-            ) from exc
-        self.store.add_pairs(pairs, labels_per_pair=self.config.raters_per_pair)
-        golds = gold_pairs(candidates, n_gold, self._rng)
-        for left, right, choice in golds:
-            self.store.add_pairs([SegmentPair(left, right)], labels_per_pair=self.config.raters_per_pair, gold_choice=choice)
-        self._pairs_asked += len(pairs) + len(golds)
-        return len(pairs) + len(golds)
-
-    def labels_so_far(self) -> int:
-        return self.store.counts()["labels"]
-
-    def wait_for_raters(self, done: Callable[[dict[str, int]], bool], what: str, env_step: int, curve: list) -> None:
-        """Block until ``done(store.counts())``, saying every 10 s (terminal and app) what it waits for."""
-        last_said = -math.inf
-        while True:
-            counts = self.store.counts()
-            if done(counts):
-                return
-            if time.monotonic() - last_said > 10:
-                last_said = time.monotonic()
-                message = (
-                    f"waiting for raters ({what}): {counts['labels']} labels so far, "
-                    f"{counts['pending'] + counts['claimed']} pairs waiting in the rater app"
-                )
-                log.info("step %d: %s", env_step, message)
-                self.publish_progress("waiting_for_labels", env_step, curve, message)
-            time.sleep(0.5)
-
-    def publish_progress(self, status: str, env_step: int, curve: list, message: str = "") -> None:
-        """The trainer's state for the rater app's status line and dashboard (run meta ``progress``)."""
-        self.store.set_meta("progress", json.dumps(_finite_json({
-            "status": status,
-            "env_step": int(env_step),
-            "total_steps": int(self.config.steps or 0),
-            "labels_asked": self.pairs_asked(),
-            "fit_history": self.fit_history,
-            "curve": curve,
-            "updated_at": time.time(),
-            "message": message,
-        })))
-
-    def fit(self, env_step: int) -> dict[str, float]:
-        """Train the reward model on every label so far and rescale its output."""
-        labeled = self.store.labeled_pairs()
-        self.labels_at_last_fit = self.labels_so_far()
-        fit = self.trainer.fit(labeled)
-        recent = self.buffer.recent(500)
-        corr = {"pearson": math.nan, "spearman": math.nan}
-        if recent:  # empty right after a resume: keep the checkpoint's scale until segments come in
-            self.reward_model.update_normalization_from_segments(recent)
-            corr = correlations(self.reward_model.predict_segment_returns(recent), [s.true_return for s in recent])
-        stats = {
-            "env_step": float(env_step),
-            "labels": float(len(labeled)),
-            "train_loss": fit.train_loss,
-            "val_accuracy": fit.val_accuracy if fit.val_accuracy is not None else math.nan,
-            "segment_return_pearson": corr["pearson"],
-            "segment_return_spearman": corr["spearman"],
-        }
-        self.fit_history.append(stats)
-        return stats
-
-
-def _finite_json(value: Any) -> Any:
-    """``value`` with every nan/inf float replaced by None, so it is strict JSON for any reader."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_json(v) for v in value]
-    return value
-
-
-def gold_pairs(candidates: list[Segment], n: int, rng: np.random.Generator) -> list[tuple[Segment, Segment, Choice]]:
-    """``n`` quality-control pairs with an obvious answer: of 20 random pairs each, the one whose
-    true returns differ most, with the answer the true return gives."""
-    out = []
-    for _ in range(n if len(candidates) >= 2 else 0):
-        draws = [tuple(rng.choice(len(candidates), size=2, replace=False)) for _ in range(20)]
-        i, j = max(draws, key=lambda d: abs(candidates[d[0]].true_return - candidates[d[1]].true_return))
-        left, right = candidates[i], candidates[j]
-        if left.true_return != right.true_return:
-            out.append((left, right, Choice.RIGHT if right.true_return > left.true_return else Choice.LEFT))
-    return out
-
-
-class CurveCallback(BaseCallback):
-    """Records the learning curve (true and learned episode return vs. env steps) and logs it."""
-
-    def __init__(self, step_offset: int, every: int, curve: list[dict[str, float]]):
-        super().__init__()
-        self.step_offset = step_offset
-        self.every = max(1, every)
-        self.curve = curve
-        self._next = (curve[-1]["env_step"] + self.every) if curve else 0
-        self._learned_returns: list[float] = []
-
-    def _on_step(self) -> bool:
-        for info in self.locals.get("infos", ()):
-            learned = info.get("learned_episode_return")
-            if learned is not None:
-                self._learned_returns.append(learned)
-        return True
-
-    def _on_rollout_end(self) -> None:
-        env_step = self.step_offset + self.num_timesteps
-        if env_step < self._next or not self.model.ep_info_buffer:
-            return
-        self._next = env_step + self.every
-        true_returns = [ep["r"] for ep in self.model.ep_info_buffer]
-        point = {"env_step": float(env_step), "true_return": float(np.mean(true_returns))}
-        if self._learned_returns:
-            point["learned_return"] = float(np.mean(self._learned_returns[-len(true_returns):]))
-            self.logger.record("pref/learned_ep_return", point["learned_return"])
-        self.curve.append(point)
-
-
-class PreferenceCallback(BaseCallback):
-    """Runs the label schedule during ``model.learn`` and checkpoints after each reward update.
-
-    Simulated teacher: each due round is asked, answered and trained on at once. Human raters:
-    a due round only puts pairs in the store; with ``when_behind="wait"`` training pauses until
-    the raters have answered every waiting pair, with ``"continue"`` it goes on with the current
-    reward model; either way the reward model retrains whenever new labels have arrived.
-    """
-
-    def __init__(self, learner: PreferenceLearner, rounds: list[LabelRound], step_offset: int, run: "RunState"):
-        super().__init__()
-        self.learner = learner
-        self.rounds = rounds
-        self.step_offset = step_offset
-        self.run = run
-
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_rollout_end(self) -> None:
-        learner, config = self.learner, self.learner.config
-        env_step = self.step_offset + self.num_timesteps
-        due = [r for r in self.rounds if r.at_step <= env_step and r.cumulative_labels > learner.pairs_asked()]
-        if learner.teacher is not None:
-            if due:
-                self._after_fit(learner.run_round(due[-1].cumulative_labels, env_step, self._recent_returns()), env_step)
-            return
-        if due:
-            waiting = learner.store.counts()
-            behind = waiting["pending"] + waiting["claimed"]
-            asked = learner.ask(due[-1].cumulative_labels, env_step)
-            if config.when_behind == "wait":
-                store = learner.store
-                # Pairs whose clips failed to render can never be answered: do not wait for them.
-                learner.wait_for_raters(
-                    lambda c: c["pending"] + c["claimed"] <= len(store.pairs_missing_clips(failed_only=True)),
-                    "training waits until every pair is answered", env_step, self.run.curve,
-                )
-            elif behind:
-                message = (
-                    f"raters are behind ({behind} pairs still waiting, {asked} more asked); "
-                    f"training continues on the reward model from {int(learner.fit_history[-1]['labels'])} labels"
-                )
-                log.info("step %d: %s", env_step, message)
-                learner.publish_progress("training", env_step, self.run.curve, message)
-        if learner.labels_so_far() > learner.labels_at_last_fit:
-            started = time.perf_counter()
-            stats = learner.fit(env_step)
-            learner.time_s += time.perf_counter() - started
-            self._after_fit(stats, env_step)
-
-    def _after_fit(self, stats: dict[str, float], env_step: int) -> None:
-        if is_off_policy(self.model):
-            started = time.perf_counter()
-            relabel_replay_buffer(self.model, self.learner.reward_model)
-            self.learner.time_s += time.perf_counter() - started
-        for key, value in stats.items():
-            if key != "env_step" and math.isfinite(value):
-                self.logger.record(f"pref/{key}", value)
-        log.info(
-            "step %d: %d labels, reward-model val acc %.2f, segment-return corr %.2f",
-            env_step, stats["labels"], stats["val_accuracy"], stats["segment_return_pearson"],
-        )
-        self.learner.publish_progress("training", env_step, self.run.curve)
-        self.run.checkpoint(self.model, self.learner, env_step)
-
-    def _recent_returns(self) -> tuple[float, float] | None:
-        episodes = list(self.model.ep_info_buffer)
-        if not episodes:
-            return None
-        return float(np.mean([e["r"] for e in episodes])), float(np.mean([e["l"] for e in episodes]))
-
-
-class CheckpointCallback(BaseCallback):
-    """Checkpoints every ``every`` env steps (label rounds checkpoint on their own as well)."""
-
-    def __init__(self, run: "RunState", learner: "PreferenceLearner | None", step_offset: int, every: int):
-        super().__init__()
-        self.run = run
-        self.learner = learner
-        self.step_offset = step_offset
-        self.every = every
-        self._next = 0
-
-    def _on_training_start(self) -> None:
-        self._next = self.step_offset + self.num_timesteps + self.every
-
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_rollout_end(self) -> None:
-        env_step = self.step_offset + self.num_timesteps
-        if env_step >= self._next:
-            self._next = env_step + self.every
-            self.run.checkpoint(self.model, self.learner, env_step)
-
-
-class RunState:
-    """The run folder's checkpoint: policy, reward model and loop progress, written atomically."""
-
-    def __init__(self, run_dir: RunDir, curve: list[dict[str, float]], initial_steps: int):
-        self.run_dir = run_dir
-        self.curve = curve
-        self.initial_steps = initial_steps
-
-    def checkpoint(self, model: BaseAlgorithm, learner: PreferenceLearner | None, env_step: int) -> None:
-        target = self.run_dir.new_checkpoint_dir(env_step)
-        model.save(target / "policy.zip")
-        state: dict[str, Any] = {
-            "env_step": env_step,
-            "policy_timesteps": int(model.num_timesteps),
-            "initial_steps": self.initial_steps,
-            "curve": self.curve,
-        }
-        if learner is not None:
-            save_reward_model(learner.reward_model, target / "reward_model")
-            state["fit_history"] = learner.fit_history
-            state["reward_learning_time_s"] = learner.time_s
-        (target / "state.json").write_text(json.dumps(state))
-        self.run_dir.publish_checkpoint(target)
-
-
 def publish_run_info(store: PreferenceStore, config: TrainConfig, spec: EnvSpec) -> None:
     """What the rater app and clip worker need to know of the run, kept in the store itself so
     they work from a database URL alone: the env to re-render clips, its frame rate, the guideline."""
@@ -426,8 +115,6 @@ def collect_random(venv: VecEnv, steps: int, seed: int) -> None:
         venv.step(np.stack([venv.action_space.sample() for _ in range(venv.num_envs)]))
 
 
-HUMAN_TEACHER = "human"
-RECORDED_PREFIX = "recorded:"  # "recorded:<dataset dir>" replays the labels of an exported run
 
 
 def train(

@@ -28,7 +28,13 @@ import numpy as np
 
 from prefloop.types import Choice, Segment
 
+# Not simulated: people answering in the rater app; and the replay of an exported run's labels.
+HUMAN_TEACHER = "human"
+RECORDED_PREFIX = "recorded:"  # "recorded:<dataset dir>"
+
 __all__ = [
+    "HUMAN_TEACHER",
+    "RECORDED_PREFIX",
     "TEACHER_PRESETS",
     "SimulatedTeacher",
     "Teacher",

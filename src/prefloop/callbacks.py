@@ -1,0 +1,175 @@
+"""SB3 callbacks that run the preference schedule, record the learning curve and checkpoint,
+composed with any algorithm (no subclassing), plus the checkpoint writer they share."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+
+from prefloop.algos import is_off_policy, relabel_replay_buffer
+from prefloop.learner import PreferenceLearner
+from prefloop.reward_models import save_reward_model
+from prefloop.rundir import RunDir
+from prefloop.schedule import LabelRound
+
+log = logging.getLogger("prefloop")
+
+
+class CurveCallback(BaseCallback):
+    """Records the learning curve (true and learned episode return vs. env steps) and logs it."""
+
+    def __init__(self, step_offset: int, every: int, curve: list[dict[str, float]]):
+        super().__init__()
+        self.step_offset = step_offset
+        self.every = max(1, every)
+        self.curve = curve
+        self._next = (curve[-1]["env_step"] + self.every) if curve else 0
+        self._learned_returns: list[float] = []
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            learned = info.get("learned_episode_return")
+            if learned is not None:
+                self._learned_returns.append(learned)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        env_step = self.step_offset + self.num_timesteps
+        if env_step < self._next or not self.model.ep_info_buffer:
+            return
+        self._next = env_step + self.every
+        true_returns = [ep["r"] for ep in self.model.ep_info_buffer]
+        point = {"env_step": float(env_step), "true_return": float(np.mean(true_returns))}
+        if self._learned_returns:
+            point["learned_return"] = float(np.mean(self._learned_returns[-len(true_returns):]))
+            self.logger.record("pref/learned_ep_return", point["learned_return"])
+        self.curve.append(point)
+
+
+class PreferenceCallback(BaseCallback):
+    """Runs the label schedule during ``model.learn`` and checkpoints after each reward update.
+
+    Simulated teacher: each due round is asked, answered and trained on at once. Human raters:
+    a due round only puts pairs in the store; with ``when_behind="wait"`` training pauses until
+    the raters have answered every waiting pair, with ``"continue"`` it goes on with the current
+    reward model; either way the reward model retrains whenever new labels have arrived.
+    """
+
+    def __init__(self, learner: PreferenceLearner, rounds: list[LabelRound], step_offset: int, run: "RunState"):
+        super().__init__()
+        self.learner = learner
+        self.rounds = rounds
+        self.step_offset = step_offset
+        self.run = run
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        learner, config = self.learner, self.learner.config
+        env_step = self.step_offset + self.num_timesteps
+        due = [r for r in self.rounds if r.at_step <= env_step and r.cumulative_labels > learner.pairs_asked()]
+        if learner.teacher is not None:
+            if due:
+                self._after_fit(learner.run_round(due[-1].cumulative_labels, env_step, self._recent_returns()), env_step)
+            return
+        if due:
+            waiting = learner.store.counts()
+            behind = waiting["pending"] + waiting["claimed"]
+            asked = learner.ask(due[-1].cumulative_labels, env_step)
+            if config.when_behind == "wait":
+                store = learner.store
+                # Pairs whose clips failed to render can never be answered: do not wait for them.
+                learner.wait_for_raters(
+                    lambda c: c["pending"] + c["claimed"] <= len(store.pairs_missing_clips(failed_only=True)),
+                    "training waits until every pair is answered", env_step, self.run.curve,
+                )
+            elif behind:
+                message = (
+                    f"raters are behind ({behind} pairs still waiting, {asked} more asked); "
+                    f"training continues on the reward model from {int(learner.fit_history[-1]['labels'])} labels"
+                )
+                log.info("step %d: %s", env_step, message)
+                learner.publish_progress("training", env_step, self.run.curve, message)
+        if learner.labels_so_far() > learner.labels_at_last_fit:
+            started = time.perf_counter()
+            stats = learner.fit(env_step)
+            learner.time_s += time.perf_counter() - started
+            self._after_fit(stats, env_step)
+
+    def _after_fit(self, stats: dict[str, float], env_step: int) -> None:
+        if is_off_policy(self.model):
+            started = time.perf_counter()
+            relabel_replay_buffer(self.model, self.learner.reward_model)
+            self.learner.time_s += time.perf_counter() - started
+        for key, value in stats.items():
+            if key != "env_step" and math.isfinite(value):
+                self.logger.record(f"pref/{key}", value)
+        log.info(
+            "step %d: %d labels, reward-model val acc %.2f, segment-return corr %.2f",
+            env_step, stats["labels"], stats["val_accuracy"], stats["segment_return_pearson"],
+        )
+        self.learner.publish_progress("training", env_step, self.run.curve)
+        self.run.checkpoint(self.model, self.learner, env_step)
+
+    def _recent_returns(self) -> tuple[float, float] | None:
+        episodes = list(self.model.ep_info_buffer)
+        if not episodes:
+            return None
+        return float(np.mean([e["r"] for e in episodes])), float(np.mean([e["l"] for e in episodes]))
+
+
+class CheckpointCallback(BaseCallback):
+    """Checkpoints every ``every`` env steps (label rounds checkpoint on their own as well)."""
+
+    def __init__(self, run: "RunState", learner: "PreferenceLearner | None", step_offset: int, every: int):
+        super().__init__()
+        self.run = run
+        self.learner = learner
+        self.step_offset = step_offset
+        self.every = every
+        self._next = 0
+
+    def _on_training_start(self) -> None:
+        self._next = self.step_offset + self.num_timesteps + self.every
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        env_step = self.step_offset + self.num_timesteps
+        if env_step >= self._next:
+            self._next = env_step + self.every
+            self.run.checkpoint(self.model, self.learner, env_step)
+
+
+class RunState:
+    """The run folder's checkpoint: policy, reward model and loop progress, written atomically."""
+
+    def __init__(self, run_dir: RunDir, curve: list[dict[str, float]], initial_steps: int):
+        self.run_dir = run_dir
+        self.curve = curve
+        self.initial_steps = initial_steps
+
+    def checkpoint(self, model: BaseAlgorithm, learner: PreferenceLearner | None, env_step: int) -> None:
+        target = self.run_dir.new_checkpoint_dir(env_step)
+        model.save(target / "policy.zip")
+        state: dict[str, Any] = {
+            "env_step": env_step,
+            "policy_timesteps": int(model.num_timesteps),
+            "initial_steps": self.initial_steps,
+            "curve": self.curve,
+        }
+        if learner is not None:
+            save_reward_model(learner.reward_model, target / "reward_model")
+            state["fit_history"] = learner.fit_history
+            state["reward_learning_time_s"] = learner.time_s
+        (target / "state.json").write_text(json.dumps(state))
+        self.run_dir.publish_checkpoint(target)

@@ -1,0 +1,184 @@
+"""The preference side of a run: which pairs to ask, who answers them, and the reward model's updates.
+
+:class:`PreferenceLearner` owns the segment buffer, the store, the teacher (simulated, recorded or
+none for people in the rater app), the reward ensemble and its trainer. It publishes the trainer's
+state into the store (``progress`` meta) for the rater app's status line and dashboard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from prefloop.config import TrainConfig
+from prefloop.envs import SegmentBuffer
+from prefloop.labeling import answer_pending
+from prefloop.metrics import correlations
+from prefloop.query import NotEnoughSegmentsError, select_pairs
+from prefloop.reward_models import RewardEnsemble, RewardTrainer
+from prefloop.store import PreferenceStore
+from prefloop.teachers import HUMAN_TEACHER, Teacher
+from prefloop.types import Choice, Segment, SegmentPair
+
+log = logging.getLogger("prefloop")
+
+
+class PreferenceLearner:
+    """Owns the preference side of a run: segments, store, teacher, reward model and its trainer.
+
+    ``teacher=None`` means people answer through the rater app: pairs are only put in the store,
+    and the reward model retrains whenever new labels have come in.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        store: PreferenceStore,
+        reward_model: RewardEnsemble,
+        buffer: SegmentBuffer,
+        teacher: Teacher | None,
+    ):
+        self.config = config
+        self.store = store
+        self.reward_model = reward_model
+        self.trainer = RewardTrainer(reward_model, config.reward_model)
+        self.buffer = buffer
+        self.teacher = teacher
+        self._rng = np.random.default_rng([config.seed, 7])
+        self.fit_history: list[dict[str, float]] = []
+        self.time_s = 0.0
+        counts = store.counts()
+        self._pairs_asked = counts["pairs"]  # kept here: the schedule checks it every rollout
+        self.labels_at_last_fit = -1
+        # Gold pairs are for people; replaying a recorded human run asks them too, or its pairs would differ.
+        recorded = getattr(teacher, "recorded_config", None) or {}
+        self._asks_gold = teacher is None or recorded.get("teacher") == HUMAN_TEACHER
+
+    def pairs_asked(self) -> int:
+        return self._pairs_asked
+
+    def run_round(self, target_pairs: int, env_step: int, recent_returns: tuple[float, float] | None) -> dict[str, float]:
+        """Simulated teacher: ask for pairs up to ``target_pairs``, answer them, retrain.
+
+        ``recent_returns`` is (mean episode return, mean episode length) of the current policy,
+        which scales the skip/equal thresholds of B-Pref teachers.
+        """
+        assert self.teacher is not None, "run_round needs a simulated teacher"
+        started = time.perf_counter()
+        self.ask(target_pairs, env_step)
+        if recent_returns is not None and recent_returns[1] > 0:
+            mean_return, mean_length = recent_returns
+            self.teacher.set_return_scale(mean_return * self.config.segment_length / mean_length)
+        answer_pending(self.store, self.teacher)
+        stats = self.fit(env_step)
+        self.time_s += time.perf_counter() - started
+        return stats
+
+    def ask(self, target_pairs: int, env_step: int) -> int:
+        """Select new pairs from the recent segments so that ``target_pairs`` have been asked; returns how many."""
+        new_pairs = max(0, target_pairs - self.pairs_asked())
+        if not new_pairs:
+            return 0
+        candidates = self.buffer.recent()
+        n_gold = int(round(new_pairs * self.config.gold_fraction)) if self._asks_gold else 0
+        try:
+            pairs = select_pairs(
+                candidates, new_pairs - n_gold, self.config.query, self._rng,
+                preference_probs=self.reward_model.preference_probs,
+            )
+        except NotEnoughSegmentsError as exc:
+            raise NotEnoughSegmentsError(
+                f"label round at env step {env_step} asks for {new_pairs} new pairs but only "
+                f"{len(candidates)} segments have been recorded: {exc} With --labels "
+                f"{self.config.labels} over {self.config.steps} steps, use fewer --labels or more --steps."
+            ) from exc
+        self.store.add_pairs(pairs, labels_per_pair=self.config.raters_per_pair)
+        golds = gold_pairs(candidates, n_gold, self._rng)
+        for left, right, choice in golds:
+            self.store.add_pairs([SegmentPair(left, right)], labels_per_pair=self.config.raters_per_pair, gold_choice=choice)
+        self._pairs_asked += len(pairs) + len(golds)
+        return len(pairs) + len(golds)
+
+    def labels_so_far(self) -> int:
+        return self.store.counts()["labels"]
+
+    def wait_for_raters(self, done: Callable[[dict[str, int]], bool], what: str, env_step: int, curve: list) -> None:
+        """Block until ``done(store.counts())``, saying every 10 s (terminal and app) what it waits for."""
+        last_said = -math.inf
+        while True:
+            counts = self.store.counts()
+            if done(counts):
+                return
+            if time.monotonic() - last_said > 10:
+                last_said = time.monotonic()
+                message = (
+                    f"waiting for raters ({what}): {counts['labels']} labels so far, "
+                    f"{counts['pending'] + counts['claimed']} pairs waiting in the rater app"
+                )
+                log.info("step %d: %s", env_step, message)
+                self.publish_progress("waiting_for_labels", env_step, curve, message)
+            time.sleep(0.5)
+
+    def publish_progress(self, status: str, env_step: int, curve: list, message: str = "") -> None:
+        """The trainer's state for the rater app's status line and dashboard (run meta ``progress``)."""
+        self.store.set_meta("progress", json.dumps(_finite_json({
+            "status": status,
+            "env_step": int(env_step),
+            "total_steps": int(self.config.steps or 0),
+            "labels_asked": self.pairs_asked(),
+            "fit_history": self.fit_history,
+            "curve": curve,
+            "updated_at": time.time(),
+            "message": message,
+        })))
+
+    def fit(self, env_step: int) -> dict[str, float]:
+        """Train the reward model on every label so far and rescale its output."""
+        labeled = self.store.labeled_pairs()
+        self.labels_at_last_fit = self.labels_so_far()
+        fit = self.trainer.fit(labeled)
+        recent = self.buffer.recent(500)
+        corr = {"pearson": math.nan, "spearman": math.nan}
+        if recent:  # empty right after a resume: keep the checkpoint's scale until segments come in
+            self.reward_model.update_normalization_from_segments(recent)
+            corr = correlations(self.reward_model.predict_segment_returns(recent), [s.true_return for s in recent])
+        stats = {
+            "env_step": float(env_step),
+            "labels": float(len(labeled)),
+            "train_loss": fit.train_loss,
+            "val_accuracy": fit.val_accuracy if fit.val_accuracy is not None else math.nan,
+            "segment_return_pearson": corr["pearson"],
+            "segment_return_spearman": corr["spearman"],
+        }
+        self.fit_history.append(stats)
+        return stats
+
+
+def _finite_json(value: Any) -> Any:
+    """``value`` with every nan/inf float replaced by None, so it is strict JSON for any reader."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
+def gold_pairs(candidates: list[Segment], n: int, rng: np.random.Generator) -> list[tuple[Segment, Segment, Choice]]:
+    """``n`` quality-control pairs with an obvious answer: of 20 random pairs each, the one whose
+    true returns differ most, with the answer the true return gives."""
+    out = []
+    for _ in range(n if len(candidates) >= 2 else 0):
+        draws = [tuple(rng.choice(len(candidates), size=2, replace=False)) for _ in range(20)]
+        i, j = max(draws, key=lambda d: abs(candidates[d[0]].true_return - candidates[d[1]].true_return))
+        left, right = candidates[i], candidates[j]
+        if left.true_return != right.true_return:
+            out.append((left, right, Choice.RIGHT if right.true_return > left.true_return else Choice.LEFT))
+    return out
