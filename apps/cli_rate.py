@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from prefloop.apps.access import (
     check_token_value,
 )
 from prefloop.apps.launch import AppStartError, app_url, launch_rater_app, wait_until_ready
-from prefloop.config import ConfigError
+from prefloop.config import ConfigError, read_store_settings
 from prefloop.store import PreferenceStore, sqlite_url
 
 
@@ -56,14 +55,12 @@ def resolve_store(args: argparse.Namespace) -> tuple[str, str]:
     """``(db_url, run_name)`` from ``--run-dir`` or ``--db-url``/``--run-name``."""
     if args.run_dir is not None:
         run_dir = Path(args.run_dir)
-        try:
-            saved = json.loads((run_dir / "config.json").read_text())
-        except (OSError, ValueError):
-            saved = {}
-        saved = saved if isinstance(saved, dict) else {}
-        run_name = args.run_name or saved.get("run_name") or "default"
-        if saved.get("db_url"):  # the run keeps its store elsewhere (e.g. PostgreSQL)
-            return str(saved["db_url"]), run_name
+        # A damaged config.json is an error, not a reason to guess: a wrong run name would put
+        # raters on an empty run.
+        saved_url, saved_name = read_store_settings(run_dir / "config.json")
+        run_name = args.run_name or saved_name or "default"
+        if saved_url:  # the run keeps its store elsewhere (e.g. PostgreSQL)
+            return saved_url, run_name
         store_path = run_dir / "prefs.sqlite"
         if not store_path.is_file():
             raise RateCommandError(

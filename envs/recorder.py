@@ -134,11 +134,15 @@ class VecSegmentRecorder(VecEnvWrapper):
         stop = end - self._first
         if seed is None or stop <= begin:
             return
+        # One C-level conversion of the history slice, then this env's column (a Python loop over
+        # steps would cost more than the rest of the recorder together); observations and rewards
+        # only from where the new segments can start.
+        from_row = begin + int(self._cut_until[index])
         self.buffer.extend(
             cut_segments(
-                np.stack([step[index] for step in self._obs[begin:stop]]),
-                np.stack([step[index] for step in self._actions[begin:stop]]),
-                np.array([step[index] for step in self._rewards[begin:stop]]),
+                np.asarray(self._obs[from_row:stop])[:, index],
+                np.asarray(self._actions[begin:stop])[:, index],
+                np.asarray(self._rewards[from_row:stop])[:, index],
                 terminated=terminated, episode_seed=seed, segment_length=self.segment_length,
                 rng=self._rngs[index], env_step=self.num_timesteps, segments_per_step=self.segments_per_step,
                 from_step=int(self._cut_until[index]),

@@ -38,9 +38,11 @@ def cut_segments(
     distinct start steps.
 
     Args:
-        obs: ``(T, *obs_shape)``, the observation each action was taken in, from the reset on.
-        actions: ``(T, *act_shape)`` (integer dtype for discrete actions).
-        rewards: ``(T,)`` true rewards.
+        obs: ``(T - from_step, *obs_shape)``, the observation each action was taken in, for the
+            episode's steps ``from_step`` to ``T - 1``.
+        actions: ``(T, *act_shape)``, every action since the reset (integer dtype for discrete
+            actions): segments keep the prefix to replay their episode.
+        rewards: ``(T - from_step,)`` true rewards of the same steps as ``obs``.
         terminated: the episode ended in a terminal state at step ``T - 1``; False for a time
             limit or a running episode (then every segment lies wholly inside the ``T`` steps).
         episode_seed: the seed it was reset with.
@@ -49,10 +51,12 @@ def cut_segments(
         env_step: provenance stamp for the segments.
         segments_per_step: segments per episode step (default ``1 / L``: on average every step
             lands in one segment); at least one segment is cut when any fits.
-        from_step: only segments starting at or after this step (the earlier ones were cut
-            before, while the episode was running).
+        from_step: only segments starting at or after this episode step (the earlier ones were
+            cut before, while the episode was running).
     """
-    length = len(rewards)
+    length = len(actions)
+    if len(rewards) != length - from_step or len(obs) != length - from_step:
+        raise ValueError(f"obs and rewards must cover steps {from_step}..{length - 1}, got {len(obs)} and {len(rewards)} rows")
     last_start = length - 1 if terminated else length - segment_length
     if length == 0 or last_start < from_step:
         return []
@@ -69,9 +73,9 @@ def cut_segments(
         end = min(start + segment_length, length)
         segments.append(
             Segment(
-                obs=_pad(obs[start:end], segment_length),
+                obs=_pad(obs[start - from_step : end - from_step], segment_length),
                 actions=_pad(actions[start:end], segment_length),
-                true_rewards=_pad(rewards[start:end], segment_length),
+                true_rewards=_pad(rewards[start - from_step : end - from_step], segment_length),
                 n_valid=end - start,
                 terminated=bool(terminated and end == length),
                 episode_seed=int(episode_seed),

@@ -232,8 +232,17 @@ class RewardEnsemble(nn.Module):
             raise ValueError(f"left has {len(left)} segments but right has {len(right)}")
         if len(left) == 0:
             return np.zeros((self.n_members, 0), dtype=np.float64)
-        diff = self._raw_returns(right).double() - self._raw_returns(left).double()
-        return torch.sigmoid(diff).cpu().numpy()
+        # Candidate pairs share segments: score each distinct segment once.
+        index: dict[int, int] = {}
+        unique: list[Segment] = []
+        for seg in (*left, *right):
+            if id(seg) not in index:
+                index[id(seg)] = len(unique)
+                unique.append(seg)
+        returns = self._raw_returns(unique).double()
+        left_idx = torch.as_tensor([index[id(s)] for s in left])
+        right_idx = torch.as_tensor([index[id(s)] for s in right])
+        return torch.sigmoid(returns[:, right_idx] - returns[:, left_idx]).cpu().numpy()
 
     @torch.inference_mode()
     def predict_segment_returns(self, segments: Sequence[Segment]) -> np.ndarray:

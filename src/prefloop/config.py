@@ -115,6 +115,8 @@ class TrainConfig:
             self.unsupervised_steps >= 0 and (self.steps is None or self.unsupervised_steps < self.steps)),
             "unsupervised_steps", self.unsupervised_steps, "an integer >= 0 and below steps")
         _check(self.raters_per_pair >= 1, "raters_per_pair", self.raters_per_pair, "an integer >= 1")
+        _check(self.run_name is None or (_is_one_line(self.run_name, 200) and bool(self.run_name.strip())), "run_name",
+               self.run_name, "a name of at most 200 characters without control characters")
         _check(self.guideline is None or _is_one_line(self.guideline, MAX_GUIDELINE_CHARS), "guideline",
                self.guideline, f"one line of at most {MAX_GUIDELINE_CHARS} characters without control characters")
         if self.reward_source == "preferences":
@@ -128,7 +130,7 @@ class TrainConfig:
             self,
             run_dir=Path(self.run_dir),
             run_name=self.run_name or Path(self.run_dir).name,
-            guideline=self.guideline or preset.guideline,
+            guideline=self.guideline if self.guideline and self.guideline.strip() else preset.guideline,
             unsupervised_steps=(
                 self.unsupervised_steps if self.unsupervised_steps is not None
                 else (preset.unsupervised_steps if self.reward_source == "preferences" else 0)
@@ -184,6 +186,35 @@ class TrainConfig:
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{name} must be {allowed}, got {_short(value)}")
+
+
+def read_store_settings(config_path: Path) -> tuple[str | None, str | None]:
+    """``(db_url, run_name)`` of a run folder's ``config.json``, for commands that only need to
+    find the run's store (``prefloop rate``, ``prefloop export``); ``(None, None)`` when the file
+    does not exist, None for a key it does not set.
+
+    Raises:
+        ConfigError: one line naming the file: unreadable, not JSON, not an object, or
+            ``db_url``/``run_name`` not strings (a wrong run name would rate or export another run).
+    """
+    if not config_path.exists():
+        return None, None
+    try:
+        data = json.loads(config_path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {config_path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{config_path} is not valid JSON ({reason}); fix it, or pass --db-url and --run-name") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_path} must be a JSON object, got {type(data).__name__}; fix it, or pass --db-url and --run-name")
+    found: list[str | None] = []
+    for key in ("db_url", "run_name"):
+        value = data.get(key)
+        if value is not None and not (_is_one_line(value, 2000) and value.strip()):
+            raise ConfigError(f"{config_path}: {key} must be a non-empty string, got {_short(value)}; fix it, or pass --db-url and --run-name")
+        found.append(value or None)
+    return found[0], found[1]
 
 
 def _is_one_line(text: object, max_chars: int) -> bool:

@@ -52,6 +52,7 @@ from prefloop.store import (
     MAX_RATER_ID_CHARS,
     PENDING,
     PreferenceStore,
+    _preflight_sqlite_file,
     labels_table,
     pairs_table,
     run_meta_table,
@@ -380,16 +381,23 @@ def _check_run_exists(store_url: str, run_name: str) -> None:
     """Refuse a missing store or run without creating either (opening a PreferenceStore would)."""
     try:
         url = make_url(store_url)
-    except ArgumentError as exc:
-        raise DatasetError(f"cannot parse database URL {store_url!r} ({exc})") from exc
+    except (ArgumentError, ValueError, TypeError) as exc:  # the URL is not echoed: it may hold a password
+        raise DatasetError(f"cannot parse the database URL ({exc}); pass --run-dir, or a URL like sqlite:///path") from None
     if url.get_backend_name() == "sqlite":
         database = url.database or ""
-        if database in ("", ":memory:") or not Path(database).is_file():
+        if database in ("", ":memory:") or "\x00" in database or not Path(database).is_file():
             raise DatasetError(
                 f"there is no preference store at {database or store_url!r}; pass the run folder "
                 "(--run-dir) or the URL of the store that holds the run"
             )
-    engine = create_engine(url)
+        _preflight_sqlite_file(database)  # a corrupt or foreign file: refused, left untouched
+    try:
+        engine = create_engine(url)
+    except (ArgumentError, ImportError) as exc:
+        raise DatasetError(
+            f"cannot use database URL {url.render_as_string(hide_password=True)} ({exc}); prefloop "
+            "stores work on SQLite and PostgreSQL"
+        ) from None
     try:
         with engine.connect() as conn:
             if runs_table.name not in inspect(conn).get_table_names():
@@ -1072,17 +1080,16 @@ def _meta_values(dataset: PreferenceDataset) -> dict[str, str]:
 def _store_of_run_dir(run_dir: Path, db_url: str | None, run_name: str | None) -> tuple[str, str]:
     """(store URL, run name) of a run folder: its config.json's ``db_url``/``run_name`` when it has
     them, else ``prefs.sqlite`` in it and the folder's name; explicit arguments win."""
-    config: dict[str, Any] = {}
-    config_path = run_dir / "config.json"
-    if config_path.is_file():
-        try:
-            loaded = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{config_path} is not valid JSON ({exc}); pass --db-url and --run-name") from exc
-        if isinstance(loaded, dict):
-            config = loaded
-    url = db_url or config.get("db_url") or sqlite_url(run_dir / "prefs.sqlite")
-    name = run_name or config.get("run_name") or run_dir.resolve().name
+    from prefloop.config import ConfigError, read_store_settings
+
+    if db_url and run_name:
+        return db_url, run_name
+    try:
+        saved_url, saved_name = read_store_settings(run_dir / "config.json")
+    except ConfigError as exc:
+        raise DatasetError(str(exc)) from None
+    url = db_url or saved_url or sqlite_url(run_dir / "prefs.sqlite")
+    name = run_name or saved_name or run_dir.resolve().name
     return url, name
 
 

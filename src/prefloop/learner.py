@@ -143,7 +143,7 @@ class PreferenceLearner:
         labeled = self.store.labeled_pairs()
         self.labels_at_last_fit = self.labels_so_far()
         fit = self.trainer.fit(labeled)
-        recent = self.buffer.recent(500)
+        recent = self.buffer.recent(200)  # plenty for a scale and a correlation; this runs every round
         corr = {"pearson": math.nan, "spearman": math.nan}
         if recent:  # empty right after a resume: keep the checkpoint's scale until segments come in
             self.reward_model.update_normalization_from_segments(recent)
