@@ -376,6 +376,34 @@ export default function (component) {
 }
 """
 
+def _tolerate_hostile_trigger_json() -> None:
+    """Make Streamlit read a trigger value it cannot parse as "not JSON" instead of failing the page.
+
+    Streamlit (1.67) parses a component's trigger value with ``json.loads`` and catches only
+    ``JSONDecodeError``; a forged message with an integer of more than 4300 digits (``ValueError``)
+    or thousands of nested brackets (``RecursionError``) would otherwise end the script run with a
+    traceback. Such a value then reaches ``_on_actions`` as a plain string, which it ignores. If a
+    later Streamlit moves this function, nothing is patched (and its own handling applies).
+    """
+    try:
+        from streamlit.components.v2.bidi_component import serialization
+    except ImportError:
+        return
+    original = getattr(serialization, "handle_deserialize", None)
+    if original is None or getattr(original, "prefloop_tolerant", False):
+        return
+
+    def handle_deserialize(s: str | None) -> Any:
+        try:
+            return original(s)
+        except (ValueError, RecursionError):
+            return s
+
+    handle_deserialize.prefloop_tolerant = True  # type: ignore[attr-defined]
+    serialization.handle_deserialize = handle_deserialize
+
+
+_tolerate_hostile_trigger_json()
 _player = st.components.v2.component(COMPONENT_NAME, html=_HTML, css=_CSS, js=_JS)
 
 

@@ -312,7 +312,7 @@ class RaterSession:
                 self._notify("error", _NOT_YOURS)
             return
         except StoreError as exc:  # no such pair (or an id no pair can have)
-            log.warning("rater %s: answer for pair %s refused: %s", self.rater_id, str(pair_id)[:30], exc)
+            log.warning("rater %s: answer refused: %s", self.rater_id, exc)  # (exc cuts the id short)
             self._notify("error", _NOT_YOURS)
             return
         if label.choice is not wanted:

@@ -96,6 +96,7 @@ _SEGMENT_CACHE_SIZE = 4096  # decoded segments kept per store instance (read-onl
 _MAX_CLAIM_ROUNDS = 1000
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1  # INTEGER columns (ids) on PostgreSQL
 # PostgreSQL aborts one of two transactions that lock rows in opposite orders (deadlock_detected)
 # or that cannot be serialised; the aborted one only has to run again. SQLite never reports these.
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
@@ -477,7 +478,7 @@ class PreferenceStore:
         Raises:
             StoreError: some id is not a segment of this run.
         """
-        wanted = [_as_int(i, "segment id") for i in ids]
+        wanted = [_as_id(i, "segment id") for i in ids]
         with self._read() as conn:
             found = self._load_segments(conn, wanted)
         return [found[i] for i in wanted]
@@ -549,7 +550,7 @@ class PreferenceStore:
             gold_choice: the known right answer, for gold (rater-check) questions.
         """
         pairs = list(pairs)
-        labels_per_pair = _as_int(labels_per_pair, "labels_per_pair")
+        labels_per_pair = _as_id(labels_per_pair, "labels_per_pair")
         if labels_per_pair < 1:
             raise StoreError(f"labels_per_pair must be >= 1, got {labels_per_pair}")
         gold = None if gold_choice is None else _as_choice(gold_choice, "gold_choice")
@@ -571,7 +572,7 @@ class PreferenceStore:
                         _validate_segment(seg, f"pair {index}.{side}")
                         unsaved[id(seg)] = seg
                 else:
-                    saved_ids.add(_as_int(seg.id, f"pair {index}.{side}.id"))
+                    saved_ids.add(_as_id(seg.id, f"pair {index}.{side}.id"))
             score = float(pair.score)
             if not math.isfinite(score):
                 raise StoreError(
@@ -631,7 +632,7 @@ class PreferenceStore:
 
     def get_pair(self, pair_id: int) -> SegmentPair:
         """Load one pair of this run with its segments."""
-        pair_id = _as_int(pair_id, "pair_id")
+        pair_id = _as_id(pair_id, "pair_id")
         with self._read() as conn:
             return self._load_pair(conn, pair_id)
 
@@ -686,7 +687,7 @@ class PreferenceStore:
         """
         rater_id = _check_rater(rater_id)
         lease_seconds = _check_lease(lease_seconds)
-        excluded = sorted({_as_int(i, "excluded pair id") for i in exclude})
+        excluded = sorted({_as_id(i, "excluded pair id") for i in exclude})
         for attempt in range(1, CLAIM_ATTEMPTS + 1):
             try:
                 return self._claim_next_once(rater_id, lease_seconds, excluded)
@@ -763,7 +764,7 @@ class PreferenceStore:
                 expired and another rater claimed (or completed) it since.
             StoreError: bad arguments or unknown pair.
         """
-        pair_id = _as_int(pair_id, "pair_id")
+        pair_id = _as_id(pair_id, "pair_id")
         rater_id = _check_rater(rater_id)
         choice = _as_choice(choice, "choice")
         response_time_s = _check_response_time(response_time_s)
@@ -870,7 +871,7 @@ class PreferenceStore:
         Raises:
             StoreError: the pair does not exist in this run.
         """
-        pair_id = _as_int(pair_id, "pair_id")
+        pair_id = _as_id(pair_id, "pair_id")
         rater_id = _check_rater(rater_id)
         p = pairs_table
         with self._write() as conn:
@@ -1075,7 +1076,7 @@ class PreferenceStore:
         Raises:
             StoreError: empty data, bad MIME type, or a segment that is not in this run.
         """
-        segment_id = _as_int(segment_id, "segment_id")
+        segment_id = _as_id(segment_id, "segment_id")
         if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
             raise StoreError(
                 f"clip data for segment {segment_id} must be non-empty bytes, got "
@@ -1091,7 +1092,7 @@ class PreferenceStore:
         listed by :meth:`pairs_missing_clips`, so raters are never shown them. Returns False (and
         changes nothing) when the segment already has a clip or a recorded failure.
         """
-        segment_id = _as_int(segment_id, "segment_id")
+        segment_id = _as_id(segment_id, "segment_id")
         if not isinstance(message, str) or not message.strip():
             raise StoreError("put_clip_error needs a non-empty message saying what went wrong")
         # The message is an exception's text: keep it storable on every backend.
@@ -1130,13 +1131,13 @@ class PreferenceStore:
     def get_clip(self, segment_id: int) -> tuple[bytes, str] | None:
         """The clip of a segment of this run as ``(data, mime)``; None if it has none (yet) or
         its rendering failed."""
-        segment_id = _as_int(segment_id, "segment_id")
+        segment_id = _as_id(segment_id, "segment_id")
         return self.get_clips([segment_id]).get(segment_id)
 
     def get_clips(self, segment_ids: Iterable[int]) -> dict[int, tuple[bytes, str]]:
         """Clips of several segments of this run in one read: ``{segment_id: (data, mime)}``;
         segments without a usable clip are left out."""
-        wanted = sorted({_as_int(i, "segment id") for i in segment_ids})
+        wanted = sorted({_as_id(i, "segment id") for i in segment_ids})
         c, s = clips_table, segments_table
         found: dict[int, tuple[bytes, str]] = {}
         with self._read() as conn:
@@ -1405,13 +1406,19 @@ def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
         yield items[start : start + size]
 
 
-def _as_int(value: object, what: str) -> int:
+def _as_int(value: object, what: str, low: int = _INT64_MIN, high: int = _INT64_MAX) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise StoreError(f"{what} must be an integer, got {_short(value)}")
     number = int(value)
-    if not _INT64_MIN <= number <= _INT64_MAX:
-        raise StoreError(f"{what} must fit in 64 bits, got {_short(number)}; no row has such an id")
+    if not low <= number <= high:
+        raise StoreError(f"{what} must be an integer from {low} to {high}, got {_short(number)}")
     return number
+
+
+def _as_id(value: object, what: str) -> int:
+    """An id (or count) of an INTEGER column: PostgreSQL's are 32-bit, and a larger number in a
+    query is an error there rather than "no such row", so it is refused here on every backend."""
+    return _as_int(value, what, _INT32_MIN, _INT32_MAX)
 
 
 def _as_choice(value: object, what: str) -> Choice:
