@@ -1383,7 +1383,7 @@ def _short(value: object, limit: int = 60) -> str:
         return f"an integer of {value.bit_length()} bits"
     try:
         text = repr(value)
-    except Exception:  # a hostile __repr__, or an int too long to print
+    except Exception:  # noqa: BLE001 -- a hostile __repr__, or an int too long to print
         return f"a {type(value).__name__}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
