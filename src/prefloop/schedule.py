@@ -2,7 +2,8 @@
 
 A run asks for ``initial_fraction`` of its labels before the policy trains at all (on segments of
 a random policy), then holds ``rounds`` more label rounds at evenly spaced env steps up to
-``label_until`` of training. The cumulative number of labels grows like the square root of time,
+``label_until`` of training (as in Christiano et al. and PEBBLE, feedback continues through
+training: a reward model frozen early is exploited by the policy). The cumulative number of labels grows like the square root of time,
 so early rounds, when the reward model is worst and the policy changes most, get the most labels.
 """
 
@@ -22,7 +23,9 @@ class ScheduleConfig:
 
     initial_fraction: float = 0.25
     rounds: int = 12
-    label_until: float = 0.6
+    # Labels keep coming until late: with labelling stopped at 60%, a CartPole policy that had
+    # reached 496 drifted into states the frozen reward model misjudged and fell to 120.
+    label_until: float = 0.9
 
     def __post_init__(self) -> None:
         if not 0.0 < self.initial_fraction <= 1.0:
