@@ -426,7 +426,7 @@ def _transaction(store: PreferenceStore, *, write: bool) -> Iterator[Connection]
     """One transaction on the store's own engine, with its backend settings (SQLite: WAL,
     foreign keys, ``BEGIN IMMEDIATE`` for writes). The store has no public transaction API, so this
     is the one place this module reaches into it."""
-    manager = store._write() if write else store._read()  # noqa: SLF001
+    manager = store.write_transaction() if write else store.read_transaction()
     with manager as conn:
         yield conn
 

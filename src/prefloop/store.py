@@ -28,6 +28,7 @@ Not safe to share across ``fork``: open a new :class:`PreferenceStore` in each p
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -369,6 +370,15 @@ class PreferenceStore:
         self._check_open()
         with self._write_engine.begin() as conn:
             yield conn
+
+    def read_transaction(self) -> "contextlib.AbstractContextManager[Connection]":
+        """One consistent read transaction on this store's database (for bulk readers like export)."""
+        return self._read()
+
+    def write_transaction(self) -> "contextlib.AbstractContextManager[Connection]":
+        """One write transaction with the store's locking (SQLite: ``BEGIN IMMEDIATE``), for bulk
+        writers like import; use the table objects of this module, and filter by ``run_id``."""
+        return self._write()
 
     def _check_open(self) -> None:
         if self._closed:
