@@ -142,13 +142,18 @@ class RewardEnsemble(nn.Module):
 
     # ------------------------------------------------------------------------ numpy API (no grad)
 
-    def _tensors(self, obs: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _checked(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Numpy inputs validated against the spaces (shapes, row counts, ranges)."""
         obs = np.asarray(obs)
         actions = np.asarray(actions)
         if obs.shape[:1] != actions.shape[:1]:
             raise ValueError(f"obs has shape {obs.shape} but actions has shape {actions.shape}: row counts differ")
         self.obs_encoder.check(obs)
         self.action_encoder.check(actions)
+        return obs, actions
+
+    def _tensors(self, obs: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        obs, actions = self._checked(obs, actions)
         return torch.as_tensor(obs, device=self.device), torch.as_tensor(actions, device=self.device)
 
     def predict(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
@@ -165,12 +170,7 @@ class RewardEnsemble(nn.Module):
         Returns:
             ``(B,)`` float32.
         """
-        obs = np.asarray(obs)
-        actions = np.asarray(actions)
-        if obs.shape[:1] != actions.shape[:1]:
-            raise ValueError(f"obs has shape {obs.shape} but actions has shape {actions.shape}: row counts differ")
-        self.obs_encoder.check(obs)
-        self.action_encoder.check(actions)
+        obs, actions = self._checked(obs, actions)
         weights, biases, scale = self._numpy_snapshot()
         out = np.empty(len(obs), dtype=np.float32)
         for start in range(0, len(obs), _CHUNK_ROWS):

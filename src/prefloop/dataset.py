@@ -53,6 +53,7 @@ from prefloop.store import (
     PENDING,
     PreferenceStore,
     _preflight_sqlite_file,
+    _segment_from_row,
     labels_table,
     pairs_table,
     run_meta_table,
@@ -424,8 +425,7 @@ def _check_run_exists(store_url: str, run_name: str) -> None:
 @contextmanager
 def _transaction(store: PreferenceStore, *, write: bool) -> Iterator[Connection]:
     """One transaction on the store's own engine, with its backend settings (SQLite: WAL,
-    foreign keys, ``BEGIN IMMEDIATE`` for writes). The store has no public transaction API, so this
-    is the one place this module reaches into it."""
+    foreign keys, ``BEGIN IMMEDIATE`` for writes)."""
     manager = store.write_transaction() if write else store.read_transaction()
     with manager as conn:
         yield conn
@@ -446,21 +446,6 @@ def _read_snapshot(
         conn.execute(select(m.c.key, m.c.value).where(m.c.run_id == run_id, m.c.key.in_(_META_KEYS))).all()
     )
     return segment_rows, pair_rows, label_rows, meta
-
-
-def _segment_from_row(row: Any) -> Segment:
-    return Segment(
-        obs=array_from_bytes(row.obs),
-        actions=array_from_bytes(row.actions),
-        true_rewards=array_from_bytes(row.true_rewards),
-        n_valid=int(row.n_valid),
-        terminated=bool(row.terminated),
-        episode_seed=int(row.episode_seed),
-        start_step=int(row.start_step),
-        episode_actions=array_from_bytes(row.episode_actions),
-        env_step=int(row.env_step),
-        id=int(row.id),
-    )
 
 
 def _segment_arrays(segments: Sequence[Segment], run_name: str) -> dict[str, np.ndarray]:
