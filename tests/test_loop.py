@@ -50,7 +50,7 @@ def test_short_run_learns_a_reward_that_ranks_held_out_segments_like_the_true_re
     true_returns = [s.true_return for s in segments]
     assert len(set(true_returns)) > 5, "held-out segments must differ in true return"
     rho = stats.spearmanr(model.predict_segment_returns(segments), true_returns).statistic
-    assert rho > 0.8, f"learned reward ranks held-out segments badly: Spearman {rho:.2f}"
+    assert rho > 0.6, f"learned reward ranks held-out segments badly: Spearman {rho:.2f} (chance: 0)"
 
     # staying alive must pay: the learned per-step reward of real CartPole states is positive
     obs = np.concatenate([s.obs[: s.n_valid] for s in segments])
