@@ -250,3 +250,20 @@ def test_cli_exit_code_is_0_when_healthy_and_1_while_problems_remain(run_dir: Pa
     assert run_cli("--run-dir", str(run_dir), "--repair") == 0
     assert "[repaired]" in capsys.readouterr().out
     assert run_cli("--db-url", url, "--run-name", "run") == 0
+
+
+def test_a_config_that_resume_would_refuse_is_reported(tmp_path) -> None:
+    import json as _json
+
+    from prefloop.config import TrainConfig
+    from prefloop.doctor import check_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    TrainConfig(env_id="CartPole-v1", run_dir=run, labels=10, steps=1000).resolve().save(run / "config.json")
+    data = _json.loads((run / "config.json").read_text())
+    data["labels"] = "two hundred"
+    (run / "config.json").write_text(_json.dumps(data))
+    report = check_run(run)
+    assert not report.healthy
+    assert any(f.check == "config" and "labels" in f.what for f in report.remaining)

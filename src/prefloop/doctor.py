@@ -212,6 +212,13 @@ def _check_config(run_dir: Path, report: DoctorReport) -> dict[str, Any] | None:
     if not isinstance(config, dict):
         report.add(ERROR, "config", f"{path} does not hold a JSON object", "restore config.json from a backup")
         return None
+    from prefloop.config import ConfigError, TrainConfig
+
+    try:  # the same checks --resume makes, so doctor says "healthy" only when resume can start
+        TrainConfig.load(path)
+    except (ConfigError, ValueError, TypeError) as exc:
+        report.add(ERROR, "config", f"{path} cannot be used to resume: {exc}",
+                   "fix the named setting in config.json (or restore it from a backup); labels are in the store")
     return config
 
 
