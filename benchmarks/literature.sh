@@ -9,7 +9,7 @@ W=${WORKERS:-2}
 # Classic control at 200 oracle labels, 3 seeds.
 $PF bench --envs CartPole-v1 Pendulum-v1 --labels 200 --seeds 0 1 2 --workers "$W" --out bench-out/core
 $PF bench --envs Acrobot-v1 --labels 200 --seeds 0 1 2 --workers "$W" --out bench-out/acrobot
-$PF bench --envs MountainCarContinuous-v0 --labels 200 --seeds 0 1 --workers "$W" --out bench-out/mountaincar
+$PF bench --envs MountainCarContinuous-v0 --labels 200 --seeds 0 1 2 --workers "$W" --out bench-out/mountaincar
 
 # The same CartPole sweep on a local Ray instance: the same numbers as the process pool above.
 $PF bench --envs CartPole-v1 --labels 200 --seeds 0 1 2 --workers "$W" --ray --out bench-out/core-ray
