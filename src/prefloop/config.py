@@ -170,17 +170,22 @@ class TrainConfig:
                 UTF-8 JSON, not an object, unknown/missing keys, wrong types, bad values).
         """
         hint = "fix it, or restore it from a backup of the run folder"
-        try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            raise ConfigError(f"{path} is not valid JSON ({reason}); {hint}") from None
+        data = _read_json(path, hint)
         try:
             return cls.from_json(data)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}; {hint}") from None
+
+
+def _read_json(path: Path, hint: str) -> Any:
+    """The JSON in ``path``; a one-line ConfigError naming the file (and ``hint``) otherwise."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path} is not valid JSON ({reason}); {hint}") from None
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
@@ -199,13 +204,7 @@ def read_store_settings(config_path: Path) -> tuple[str | None, str | None]:
     """
     if not config_path.exists():
         return None, None
-    try:
-        data = json.loads(config_path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {config_path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{config_path} is not valid JSON ({reason}); fix it, or pass --db-url and --run-name") from None
+    data = _read_json(config_path, "fix it, or pass --db-url and --run-name")
     if not isinstance(data, dict):
         raise ConfigError(f"{config_path} must be a JSON object, got {type(data).__name__}; fix it, or pass --db-url and --run-name")
     found: list[str | None] = []
