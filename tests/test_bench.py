@@ -72,3 +72,37 @@ def test_tiny_sweep_gives_the_same_numbers_on_both_executors(tmp_path: Path) -> 
         return sorted((r["kind"], r["seed"], r["eval_returns"], r["labels_used"]) for r in document["runs"])
 
     assert numbers(results["process"]) == numbers(results["ray"])
+
+
+def test_interrupted_sweep_resumes_and_a_new_sweep_reuses_identical_baselines(tmp_path: Path) -> None:
+    from prefloop.rundir import RunDirError
+
+    tiny = dict(envs=("CartPole-v1",), label_budgets=(8,), seeds=(0,), queries=("uniform",), steps=1_500,
+                workers=1, eval_episodes=2, random_episodes=3)
+    first = run_bench(BenchConfig(out_dir=tmp_path / "first", **tiny))
+    preference_dir = Path(next(r["run_dir"] for r in first["runs"] if r["kind"] == "preferences"))
+    # Simulate a sweep killed while its preference run was still going: no row, no results.json.
+    (preference_dir / "bench_row.json").unlink()
+    (tmp_path / "first" / "results.json").unlink()
+    stored_before = {f.name: f.read_bytes() for f in preference_dir.glob("prefs.sqlite*")}
+    assert stored_before
+
+    with pytest.raises(RunDirError, match="--resume"):
+        run_bench(BenchConfig(out_dir=tmp_path / "first", **tiny))
+    resumed = run_bench(BenchConfig(out_dir=tmp_path / "first", resume=True, **tiny))
+
+    [kept] = list((tmp_path / "first" / "runs" / "interrupted").iterdir())
+    assert {f.name: f.read_bytes() for f in kept.glob("prefs.sqlite*")} == stored_before  # nothing stored is lost
+    by_kind = {r["kind"]: r for r in resumed["runs"]}
+    assert "reused_from" in by_kind["true_reward"] and "reused_from" not in by_kind["preferences"]
+    assert by_kind["preferences"]["eval_returns"] == next(r for r in first["runs"] if r["kind"] == "preferences")["eval_returns"]
+
+    # Another teacher on the same env and seed: the true-reward baseline is the same computation.
+    second = run_bench(BenchConfig(out_dir=tmp_path / "second", teachers=("mistake",), reuse_from=(tmp_path / "first",), **tiny))
+    baseline = next(r for r in second["runs"] if r["kind"] == "true_reward")
+    assert baseline["reused_from"].startswith(str(tmp_path / "first"))
+    assert not (tmp_path / "second" / "runs" / Path(baseline["run_dir"]).name).exists()
+    assert [g["teacher"] for g in second["groups"]] == ["mistake"]
+    # A different step budget is a different computation: nothing is reused.
+    third = run_bench(BenchConfig(out_dir=tmp_path / "third", reuse_from=(tmp_path / "first",), **{**tiny, "steps": 1_600}))
+    assert not any("reused_from" in r for r in third["runs"])

@@ -7,6 +7,12 @@ normalised as ``(R - R_random) / (R_true - R_random)`` with the baselines' means
 Outputs in ``out_dir``: ``results.json`` (schema ``prefloop.bench/1``, documented in
 :func:`results_document`), ``results.md`` (a table: median and interquartile range over seeds),
 ``learning_curves.png`` and ``return_vs_labels.png``; each run's folder is under ``runs/``.
+
+A finished run leaves ``bench_row.json`` in its folder. ``resume`` takes those of ``out_dir``
+instead of running them again (an interrupted run's folder is moved to ``runs/interrupted/``,
+kept, and the run starts over, so results stay a function of the seed). ``reuse_from`` takes
+finished runs from other sweeps' folders when their resolved :class:`TrainConfig` is identical
+apart from where it was written (e.g. the true-reward baselines every sweep of an env shares).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from prefloop.config import TrainConfig
+from prefloop.config import ConfigError, TrainConfig
 from prefloop.envs.presets import default_preset
 from prefloop.metrics import median_iqr, normalized_return
 from prefloop.query import QueryConfig
@@ -52,12 +58,28 @@ class BenchConfig:
     random_episodes: int = 20
     executor: str = "process"
     ray_address: str | None = None
+    resume: bool = False
+    reuse_from: tuple[Path, ...] = ()
+
+
+ROW_FILE = "bench_row.json"
+# Fields that say where or how visibly a run was made, not what it computes.
+_NOT_IDENTITY = ("run_dir", "run_name", "progress_bar", "db_url")
 
 
 @dataclass(frozen=True)
 class Job:
     kind: str  # "preferences" or "true_reward"
     config: TrainConfig
+
+    def identity(self) -> str:
+        """What makes two jobs the same computation: the kind and the resolved config, minus paths."""
+        return run_identity(self.kind, self.config.resolve().to_json())
+
+
+def run_identity(kind: str, resolved_config: dict[str, Any]) -> str:
+    data = {k: v for k, v in resolved_config.items() if k not in _NOT_IDENTITY}
+    return json.dumps({"kind": kind, "config": data}, sort_keys=True)
 
 
 def plan_jobs(config: BenchConfig) -> list[Job]:
@@ -89,7 +111,7 @@ def run_job(job: Job) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
     result = train(job.config)
     config = result.config
-    return {
+    row = {
         "kind": job.kind,
         "env_id": config.env_id,
         "algo": config.algo,
@@ -108,6 +130,42 @@ def run_job(job: Job) -> dict[str, Any]:
         "curve": result.curve,
         "run_dir": str(config.run_dir),
     }
+    _write_atomically(config.run_dir / ROW_FILE, json.dumps(row))
+    return row
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def finished_rows(folder: Path) -> dict[str, dict[str, Any]]:
+    """The finished runs of a sweep folder, by :meth:`Job.identity`.
+
+    Reads each ``runs/*/bench_row.json`` and, for sweeps written before those existed, the rows of
+    ``results.json`` whose run folder still holds its ``config.json``.
+    """
+    folder = Path(folder)
+    rows: dict[str, dict[str, Any]] = {}
+    candidates: list[tuple[Path, dict[str, Any]]] = []
+    results = folder / "results.json"
+    if results.is_file():
+        for row in json.loads(results.read_text()).get("runs", []):
+            candidates.append((folder / "runs" / Path(row["run_dir"]).name, row))
+    for row_file in sorted(folder.glob(f"runs/*/{ROW_FILE}")):
+        candidates.append((row_file.parent, json.loads(row_file.read_text())))
+    for run_dir, row in candidates:
+        config_file = run_dir / "config.json"
+        if not config_file.is_file():
+            continue
+        try:
+            resolved = TrainConfig.load(config_file).to_json()
+        except ConfigError as exc:  # written by another prefloop version: run it again instead
+            log.warning("not reusing %s: %s", run_dir, exc)
+            continue
+        rows[run_identity(row["kind"], resolved)] = row
+    return rows
 
 
 def random_baselines(config: BenchConfig) -> list[dict[str, Any]]:
@@ -238,11 +296,13 @@ def results_document(config: BenchConfig, runs: list[dict[str, Any]], random_row
     ``wall_time_s`` (the whole sweep); ``runs`` (one row per run: kind "preferences" or
     "true_reward", env_id, algo, seed, steps, labels, teacher, query, eval_return_mean,
     eval_returns, labels_used, wall_time_s, cpu_time_s, reward_learning_time_s, reward_model stats, curve
-    [{env_step, true_return, learned_return?}], run_dir); ``random`` (env_id, seed, return_mean,
+    [{env_step, true_return, learned_return?}], run_dir, and reused_from when the run was taken
+    from an earlier sweep instead of run again); ``random`` (env_id, seed, return_mean,
     returns); ``groups`` (see :func:`aggregate`: statistics are {median, q25, q75, per_seed}).
     """
     grid = dataclasses.asdict(config)
     grid["out_dir"] = str(config.out_dir)
+    grid["reuse_from"] = [str(p) for p in config.reuse_from]
     return {
         "schema": SCHEMA,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -327,21 +387,55 @@ def _mean_curve(curves: list[list[dict]]) -> tuple[np.ndarray, np.ndarray, np.nd
     return grid, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
+def split_finished(config: BenchConfig, jobs: list[Job]) -> tuple[list[dict[str, Any]], list[Job]]:
+    """Rows of jobs already finished (``resume``, ``reuse_from``) and the jobs still to run.
+
+    Raises:
+        RunDirError: a job's folder exists and ``resume`` is off (nothing is changed).
+    """
+    from prefloop.rundir import RunDirError
+
+    known: dict[str, dict[str, Any]] = {}
+    for folder in config.reuse_from:
+        if not Path(folder).is_dir():
+            raise RunDirError(f"--reuse {folder}: no such folder; give the --out folder of an earlier sweep")
+        known.update(finished_rows(Path(folder)))
+    if config.resume:
+        known.update(finished_rows(Path(config.out_dir)))
+    done: list[dict[str, Any]] = []
+    todo: list[Job] = []
+    for job in jobs:
+        row = known.get(job.identity())
+        if row is not None:
+            done.append({**row, "reused_from": row["run_dir"]})
+            continue
+        run_dir = job.config.run_dir
+        if run_dir.exists():
+            if not config.resume:
+                raise RunDirError(
+                    f"{run_dir} already exists: add --resume to finish this sweep, or choose a new --out folder "
+                    "(nothing was changed)"
+                )
+            # Interrupted: keep what it stored, start the run over so its result depends only on the seed.
+            aside = run_dir.parent / "interrupted" / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            run_dir.rename(aside)
+            log.warning("%s was interrupted; kept it as %s and run it again", run_dir, aside)
+        todo.append(job)
+    return done, todo
+
+
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Run the grid and write results.json, results.md and the plots into ``config.out_dir``."""
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(config)
-    for job in jobs:
-        if job.config.run_dir.exists():
-            from prefloop.rundir import RunDirError
-
-            raise RunDirError(f"{job.config.run_dir} already exists: choose a new --out folder (nothing was changed)")
+    done, todo = split_finished(config, jobs)
     workers = config.workers or os.cpu_count() or 1
-    log.info("bench: %d runs on %d workers -> %s", len(jobs), workers, out_dir)
+    log.info("bench: %d runs on %d workers -> %s (%d finished earlier, reused)", len(todo), workers, out_dir, len(done))
     started = time.perf_counter()
     random_rows = random_baselines(config)
-    runs = execute(jobs, workers, config.executor, config.ray_address)
+    runs = done + execute(todo, workers, config.executor, config.ray_address)
     document = results_document(config, runs, random_rows, time.perf_counter() - started)
     (out_dir / "results.json").write_text(json.dumps(document, indent=1))
     table = markdown_table(document["groups"])

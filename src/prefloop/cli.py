@@ -203,6 +203,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         eval_episodes=args.eval_episodes,
         executor="ray" if (args.ray or args.ray_address) else "process",
         ray_address=args.ray_address,
+        resume=args.resume,
+        reuse_from=tuple(Path(p) for p in args.reuse),
     )
     run_bench(config)
     return 0
@@ -236,15 +238,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optional_commands(sub)
 
     bench_p = sub.add_parser("bench", help="preference runs vs. true-reward and random baselines, over a grid")
-    bench_p.add_argument("--envs", nargs="+", default=["CartPole-v1"])
-    bench_p.add_argument("--labels", nargs="+", type=_positive_int, default=[200])
-    bench_p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    bench_p.add_argument("--teachers", nargs="+", default=["oracle"], choices=sorted(TEACHER_PRESETS))
-    bench_p.add_argument("--queries", nargs="+", default=["disagreement"], choices=QUERY_METHODS)
-    bench_p.add_argument("--algos", nargs="+", default=None, choices=sorted(ALGORITHMS))
+    bench_p.add_argument("--envs", nargs="+", default=["CartPole-v1"], help="Gymnasium env ids (default: CartPole-v1)")
+    bench_p.add_argument("--labels", nargs="+", type=_positive_int, default=[200], help="label budgets (default: 200)")
+    bench_p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    bench_p.add_argument("--teachers", nargs="+", default=["oracle"], choices=sorted(TEACHER_PRESETS),
+                         help="simulated teachers, B-Pref's presets (default: oracle)")
+    bench_p.add_argument("--queries", nargs="+", default=["disagreement"], choices=QUERY_METHODS,
+                         help="query selection methods (default: disagreement)")
+    bench_p.add_argument("--algos", nargs="+", default=None, choices=sorted(ALGORITHMS),
+                         help="SB3 algorithms (default: each env preset's)")
     bench_p.add_argument("--steps", type=_positive_int, default=None, help="env steps per run (default: each preset's)")
     bench_p.add_argument("--workers", type=_positive_int, default=None, help="parallel runs (default: CPU cores)")
-    bench_p.add_argument("--eval-episodes", type=_positive_int, default=10)
+    bench_p.add_argument("--eval-episodes", type=_positive_int, default=10, help="evaluation episodes per run (default: 10)")
+    bench_p.add_argument("--resume", action="store_true",
+                         help="finish an interrupted sweep in --out: keep its finished runs, run the rest")
+    bench_p.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="DIR",
+                         help="take runs with an identical config (e.g. true-reward baselines) from these earlier sweep folders")
     bench_p.add_argument("--out", default="bench-out/latest", help="output folder")
     bench_p.add_argument("--ray", action="store_true", help="run on a local Ray instance instead of a process pool")
     bench_p.add_argument("--ray-address", default=None, help="run on the Ray cluster at this address (e.g. ray://head:10001)")
