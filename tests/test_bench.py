@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from prefloop.bench import SCHEMA, BenchConfig, aggregate, markdown_table, run_bench
+from prefloop.bench import SCHEMA, BenchConfig, aggregate, markdown_table, run_bench, time_split
 from prefloop.metrics import median_iqr, normalized_return
 
 
@@ -39,6 +39,10 @@ def test_aggregate_normalises_with_baseline_means_and_reports_median_and_iqr() -
     assert group["cpu_time_ratio"]["per_seed"] == pytest.approx([1.2, 1.1, 1.5])
     assert group["true_reward_return"] == 90.0 and group["random_return"] == 10.0
     assert "| E-v0 | ppo | oracle | uniform | 50 | 0.50 [0.25, 0.75] | 50.0 | 90.0 | 10.0 | 1.20 | 1.20 | 10% |" in markdown_table([group])
+    # 93 s of run time, of which 5.3 s in reward learning; a reused run costs nothing here
+    split = time_split(runs + [{**runs[0], "reused_from": "elsewhere"}])
+    assert split["runs"] == 6 and split["run_time_s"] == pytest.approx(93.0)
+    assert split["reward_learning_s"] == pytest.approx(5.3) and split["policy_learning_s"] == pytest.approx(87.7)
 
 
 def test_metrics_edge_cases() -> None:
@@ -65,6 +69,8 @@ def test_tiny_sweep_gives_the_same_numbers_on_both_executors(tmp_path: Path) -> 
         [group] = saved["groups"]
         assert {"normalized_return", "return", "wall_time_ratio", "true_reward_return", "random_return"} <= set(group)
         assert (tmp_path / executor / "results.md").read_text().count("| CartPole-v1 |") == 1
+        assert saved["time"]["runs"] == 2 and 0 < saved["time"]["reward_learning_share"] < 1
+        assert "reward learning" in (tmp_path / executor / "results.md").read_text()
         assert (tmp_path / executor / "learning_curves.png").stat().st_size > 1000
         assert (tmp_path / executor / "return_vs_labels.png").stat().st_size > 1000
 

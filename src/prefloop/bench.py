@@ -277,6 +277,22 @@ def aggregate(runs: list[dict[str, Any]], random_rows: list[dict[str, Any]]) -> 
     return out
 
 
+def time_split(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Where the sweep's run time went: reward learning (queries, teacher, store, reward-model fits,
+    relabelling) vs. policy learning (everything else, true-reward runs included). Runs reused from
+    an earlier sweep cost nothing here and are left out."""
+    ran = [r for r in runs if "reused_from" not in r]
+    total = sum(r["wall_time_s"] for r in ran)
+    reward = sum(r["reward_learning_time_s"] for r in ran if r["kind"] == "preferences")
+    return {
+        "runs": len(ran),
+        "run_time_s": total,
+        "reward_learning_s": reward,
+        "policy_learning_s": total - reward,
+        "reward_learning_share": reward / total if total > 0 else float("nan"),
+    }
+
+
 def _stats(values: list[float]) -> dict[str, Any]:
     median, q25, q75 = median_iqr(values)
     return {"median": median, "q25": q25, "q75": q75, "per_seed": values}
@@ -311,6 +327,7 @@ def results_document(config: BenchConfig, runs: list[dict[str, Any]], random_row
         "runs": sorted(runs, key=lambda r: (r["env_id"], r["kind"], r["labels"], r["seed"])),
         "random": random_rows,
         "groups": aggregate(runs, random_rows),
+        "time": time_split(runs),
     }
 
 
@@ -439,8 +456,16 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     document = results_document(config, runs, random_rows, time.perf_counter() - started)
     (out_dir / "results.json").write_text(json.dumps(document, indent=1))
     table = markdown_table(document["groups"])
-    (out_dir / "results.md").write_text(f"# prefloop bench\n\n{table}\nSweep wall time: {document['wall_time_s']:.0f} s\n")
+    split = document["time"]
+    timing = (
+        f"Sweep wall time: {document['wall_time_s']:.0f} s on {workers} workers; {split['runs']} runs took "
+        f"{split['run_time_s']:.0f} s of run time: reward learning {split['reward_learning_s']:.0f} s "
+        f"({split['reward_learning_share']:.0%}), policy learning {split['policy_learning_s']:.0f} s"
+        + (f"; {len(done)} runs reused from earlier sweeps" if done else "") + ".\n"
+    )
+    (out_dir / "results.md").write_text(f"# prefloop bench\n\n{table}\n{timing}")
     write_plots(document, out_dir)
     print(table)
+    print(timing, end="")
     print(f"results: {out_dir / 'results.json'}, {out_dir / 'results.md'}, plots: {out_dir}/*.png")
     return document
