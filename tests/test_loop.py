@@ -93,3 +93,14 @@ def test_label_schedule_front_loads_and_spends_the_budget_exactly() -> None:
     increments = np.diff([r.cumulative_labels for r in rounds[1:]])
     assert increments[0] > increments[-1], "earlier rounds ask for more labels than later ones"
     assert all(b.at_step > a.at_step for a, b in zip(rounds, rounds[1:]))
+
+
+def test_a_run_whose_every_answer_is_cant_tell_finishes_and_keeps_the_answers(tmp_path: Path) -> None:
+    # A skip teacher whose threshold no CartPole segment reaches: every pair is skipped, so there
+    # is never a usable label. The run must go on (reward model untrained), not crash in a fit.
+    cfg = small_config(tmp_path / "skip", steps=2_000, labels=12, teacher="skip", teacher_params={"skip_threshold": 1000.0})
+    result = train(cfg)
+    assert result.reward_model["labels"] == 0
+    with PreferenceStore(sqlite_url(cfg.run_dir / "prefs.sqlite"), run_name="skip") as store:
+        choices = [label.choice.value for label in store.labels()]
+    assert len(choices) == 12 and set(choices) == {"cant_tell"}

@@ -133,8 +133,8 @@ def test_equal_teacher_uses_undiscounted_margin() -> None:
 def test_return_scale_scales_both_thresholds() -> None:
     equal = make_teacher("equal")
     assert equal.compare(flat(1.0), flat(1.5)) is Choice.RIGHT
-    equal.set_return_scale(-10.0)  # sign dropped: threshold 0.1 * 10 = 1.0
-    assert equal.return_scale == 10.0
+    equal.set_return_scale(-10.0)  # margin 0.1 * |-10| = 1.0
+    assert equal.return_scale == -10.0
     assert equal.compare(flat(1.0), flat(1.5)) is Choice.EQUAL
 
     skip = make_teacher("skip")
@@ -142,6 +142,15 @@ def test_return_scale_scales_both_thresholds() -> None:
     skip.set_return_scale(10.0)
     assert skip.compare(flat(0.5), flat(0.0)) is Choice.CANT_TELL
     assert skip.compare(flat(1.5), flat(0.0)) is Choice.LEFT
+
+
+def test_skip_on_negative_rewards_skips_only_pairs_that_are_both_poor() -> None:
+    # Pendulum-like: a typical segment returns -150, so the threshold is 0.1 * -150 = -15.
+    skip = make_teacher("skip")
+    skip.set_return_scale(-150.0)
+    assert skip.compare(flat(-100.0), flat(-40.0)) is Choice.CANT_TELL
+    assert skip.compare(flat(-100.0), flat(-5.0)) is Choice.RIGHT
+    assert skip.compare(flat(-2.0), flat(-1.0)) is Choice.RIGHT
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])

@@ -142,7 +142,18 @@ class PreferenceLearner:
         """Train the reward model on every label so far and rescale its output."""
         labeled = self.store.labeled_pairs()
         self.labels_at_last_fit = self.labels_so_far()
-        fit = self.trainer.fit(labeled)
+        train_loss = val_accuracy = math.nan
+        if labeled:
+            fit = self.trainer.fit(labeled)
+            train_loss = fit.train_loss
+            val_accuracy = fit.val_accuracy if fit.val_accuracy is not None else math.nan
+        else:
+            # Every answer so far was "can't tell" (a skip teacher early on, or raters unsure):
+            # nothing to learn from yet, so the reward model stays as it is.
+            log.warning(
+                "step %d: no usable labels yet: all %d answers were \"can't tell\"; the reward model "
+                "is not retrained until a pair gets a left/right/equal answer", env_step, self.labels_at_last_fit,
+            )
         recent = self.buffer.recent(200)  # plenty for a scale and a correlation; this runs every round
         corr = {"pearson": math.nan, "spearman": math.nan}
         if recent:  # empty right after a resume: keep the checkpoint's scale until segments come in
@@ -151,8 +162,8 @@ class PreferenceLearner:
         stats = {
             "env_step": float(env_step),
             "labels": float(len(labeled)),
-            "train_loss": fit.train_loss,
-            "val_accuracy": fit.val_accuracy if fit.val_accuracy is not None else math.nan,
+            "train_loss": train_loss,
+            "val_accuracy": val_accuracy,
             "segment_return_pearson": corr["pearson"],
             "segment_return_spearman": corr["spearman"],
         }

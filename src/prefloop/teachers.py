@@ -10,7 +10,7 @@ Preference-Based Reinforcement Learning"), applied in B-Pref's order:
 3. rationality: ``P(RIGHT) = sigmoid(beta * (R'_right - R'_left))`` on the myopic returns ``R'``,
    sampled; ``beta = inf`` answers deterministically.
 4. mistake: LEFT and RIGHT are swapped with probability ``epsilon``.
-5. equal: ``|R_left - R_right| < equal_threshold * return_scale`` -> ``EQUAL``.
+5. equal: ``|R_left - R_right| < equal_threshold * |return_scale|`` -> ``EQUAL``.
 
 ``R`` is the undiscounted sum of ``Segment.true_rewards`` (absorbing steps after termination
 hold 0).
@@ -81,9 +81,12 @@ class TeacherConfig:
         gamma: myopia discount in ``(0, 1]``; step ``t`` of ``L`` is weighted ``gamma**(L-1-t)``.
         epsilon: probability in ``[0, 1]`` of swapping LEFT and RIGHT (a mistake).
         skip_threshold: skip the query (CANT_TELL) when both returns are below
-            ``skip_threshold * return_scale``; ``>= 0``, 0 disables it.
+            ``skip_threshold * return_scale``; ``>= 0``, 0 disables it. As in B-Pref's code the
+            scale keeps its sign: with negative rewards (Pendulum) a pair is skipped when both
+            returns are below that fraction of a typical (negative) return, i.e. both are poor.
         equal_threshold: answer EQUAL when the returns differ by less than
-            ``equal_threshold * return_scale``; ``>= 0``, 0 disables it.
+            ``equal_threshold * |return_scale|``; ``>= 0``, 0 disables it. (B-Pref's code takes
+            the signed scale here too, which switches EQUAL off on negative-reward tasks.)
     """
 
     beta: float = math.inf
@@ -158,8 +161,8 @@ class SimulatedTeacher:
             preset in :data:`TEACHER_PRESETS`, else ``"sim-custom"``.
 
     ``return_scale`` (default 1.0) multiplies both thresholds. B-Pref sets it to the average true
-    return of a segment-length piece of recent episodes; the loop calls
-    ``set_return_scale(mean_episode_return * L / mean_episode_length)``.
+    return of a segment-length piece of recent episodes (negative on negative-reward tasks); the
+    loop calls ``set_return_scale(mean_episode_return * L / mean_episode_length)``.
     """
 
     def __init__(self, config: TeacherConfig, seed: int = 0, rater_id: str | None = None) -> None:
@@ -176,18 +179,18 @@ class SimulatedTeacher:
 
     @property
     def return_scale(self) -> float:
-        """The return the skip and equal thresholds are fractions of (always >= 0)."""
+        """The return the skip and equal thresholds are fractions of (signed)."""
         return self._return_scale
 
     def set_return_scale(self, scale: float) -> None:
-        """Set the return both thresholds are fractions of; its sign is dropped."""
+        """Set the return both thresholds are fractions of (a typical segment's true return)."""
         value = float(scale)
         if not math.isfinite(value):
             raise ValueError(
                 f"return_scale must be finite, got {scale!r}; pass the mean true return of a "
                 "segment-length piece of recent episodes"
             )
-        self._return_scale = abs(value)
+        self._return_scale = value
 
     def compare(self, left: Segment, right: Segment) -> Choice:
         """Answer which segment is better, from their ``true_rewards`` (both shape ``(L,)``)."""
@@ -201,10 +204,10 @@ class SimulatedTeacher:
         cfg = self.config
         ret_left, ret_right = float(r_left.sum()), float(r_right.sum())
 
-        # Gated on the effective threshold, as B-Pref does: with a threshold of 0 (or a scale of
-        # 0) a pair of negative-return segments must still be answered, not skipped.
+        # A threshold of 0 (or a scale of 0) disables skipping: a pair of negative-return
+        # segments must then still be answered, not skipped.
         skip_at = cfg.skip_threshold * self._return_scale
-        if skip_at > 0 and max(ret_left, ret_right) < skip_at:
+        if skip_at != 0 and max(ret_left, ret_right) < skip_at:
             return Choice.CANT_TELL
 
         # Always two draws per answered query, so the stream (and thus every later answer) does
@@ -228,7 +231,7 @@ class SimulatedTeacher:
         if choice is not Choice.EQUAL and u_mistake < cfg.epsilon:
             choice = Choice.LEFT if choice is Choice.RIGHT else Choice.RIGHT
 
-        if abs(ret_left - ret_right) < cfg.equal_threshold * self._return_scale:
+        if abs(ret_left - ret_right) < cfg.equal_threshold * abs(self._return_scale):
             choice = Choice.EQUAL
         return choice
 
