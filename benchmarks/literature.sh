@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The experiments behind docs/benchmarks.md, at step counts a 2-core CPU machine affords (~40 min).
+# The experiments behind docs/benchmarks.md, at step counts a 2-core CPU machine affords (about 2 hours).
 # Each writes results.json, results.md and PNG plots into bench-out/<name>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,13 +14,14 @@ $PF bench --envs MountainCarContinuous-v0 --labels 200 --seeds 0 1 2 --workers "
 # The same CartPole sweep on a local Ray instance: the same numbers as the process pool above.
 $PF bench --envs CartPole-v1 --labels 200 --seeds 0 1 2 --workers "$W" --ray --out bench-out/core-ray
 
-# B-Pref: noisy simulated teachers against the oracle (Pendulum, 100 labels).
-$PF bench --envs Pendulum-v1 --labels 100 --seeds 0 1 --teachers oracle stochastic mistake equal \
-  --workers "$W" --out bench-out/bpref-teachers
+# B-Pref: noisy simulated teachers against the oracle (Pendulum, 100 labels, 4 seeds). "skip" is left
+# out: with Pendulum's negative rewards B-Pref's rule skips almost every early pair (see docs).
+$PF bench --envs Pendulum-v1 --labels 100 --seeds 0 1 2 3 --teachers oracle stochastic myopic mistake equal \
+  --workers "$W" --reuse bench-out/core --out bench-out/bpref-pendulum
 
-# Query selection at a small budget: ensemble disagreement vs uniform (Pendulum, 50 labels).
-$PF bench --envs Pendulum-v1 --labels 50 --seeds 0 1 --queries disagreement uniform \
-  --workers "$W" --out bench-out/query-selection
+# Query selection at small budgets: uniform vs ensemble disagreement vs entropy (Pendulum, 50 and 100 labels).
+$PF bench --envs Pendulum-v1 --labels 50 100 --seeds 0 1 2 3 --queries uniform disagreement entropy \
+  --workers "$W" --reuse bench-out/core bench-out/bpref-pendulum --out bench-out/queries-pendulum
 
-# Christiano et al.: ~700 synthetic labels nearly match RL on the true reward (MuJoCo, SAC, 20k steps).
-$PF bench --envs HalfCheetah-v5 --labels 700 --seeds 0 --steps 20000 --workers "$W" --out bench-out/mujoco-700
+# Christiano et al.: ~700 synthetic labels nearly match RL on the true reward (Hopper-v5, SAC, 40k steps).
+$PF bench --envs Hopper-v5 --labels 700 --seeds 0 1 2 --steps 40000 --workers "$W" --out bench-out/mujoco-hopper

@@ -73,6 +73,7 @@ def test_tiny_sweep_gives_the_same_numbers_on_both_executors(tmp_path: Path) -> 
         assert "reward learning" in (tmp_path / executor / "results.md").read_text()
         assert (tmp_path / executor / "learning_curves.png").stat().st_size > 1000
         assert (tmp_path / executor / "return_vs_labels.png").stat().st_size > 1000
+        assert (tmp_path / executor / "groups.png").stat().st_size > 1000
 
     def numbers(document: dict) -> list:
         return sorted((r["kind"], r["seed"], r["eval_returns"], r["labels_used"]) for r in document["runs"])

@@ -6,7 +6,8 @@ normalised as ``(R - R_random) / (R_true - R_random)`` with the baselines' means
 
 Outputs in ``out_dir``: ``results.json`` (schema ``prefloop.bench/1``, documented in
 :func:`results_document`), ``results.md`` (a table: median and interquartile range over seeds),
-``learning_curves.png`` and ``return_vs_labels.png``; each run's folder is under ``runs/``.
+``learning_curves.png``, ``return_vs_labels.png`` and ``groups.png`` (every group's seeds side by
+side); each run's folder is under ``runs/``.
 
 A finished run leaves ``bench_row.json`` in its folder. ``resume`` takes those of ``out_dir``
 instead of running them again (an interrupted run's folder is moved to ``runs/interrupted/``,
@@ -393,6 +394,27 @@ def write_plots(document: dict[str, Any], out_dir: Path) -> None:
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
     ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
     finish_axes(fig, ax, out_dir / "return_vs_labels.png", "labels", "normalized return (median, IQR)")
+    plot_groups(document["groups"], out_dir / "groups.png")
+
+
+def plot_groups(groups: list[dict[str, Any]], path: Path) -> None:
+    """One row per group (env, algo, teacher, query, labels): every seed's normalized return as a
+    dot, the median as a bar with its IQR -- the comparison of teachers or query methods at a glance."""
+    import matplotlib.pyplot as plt
+
+    from prefloop.plots import finish_axes
+
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.45 * len(groups)), dpi=110)
+    for row, g in enumerate(reversed(groups)):
+        n = g["normalized_return"]
+        ax.barh(row, n["median"], color="tab:blue", alpha=0.35, height=0.6)
+        ax.errorbar(n["median"], row, xerr=[[n["median"] - n["q25"]], [n["q75"] - n["median"]]], color="tab:blue", capsize=3)
+        ax.plot(n["per_seed"], [row] * len(n["per_seed"]), "o", color="black", markersize=3)
+    ax.set_yticks(range(len(groups)))
+    ax.set_yticklabels([f"{g['env_id']} {g['algo']} {g['teacher']} {g['query']} {g['labels']}" for g in reversed(groups)], fontsize=7)
+    ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.axvline(0.0, color="grey", linestyle=":", linewidth=1)
+    finish_axes(fig, ax, path, "normalized return (bar: median, whisker: IQR, dots: seeds)", "", legend=False)
 
 
 def _mean_curve(curves: list[list[dict]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
