@@ -113,3 +113,13 @@ def test_interrupted_sweep_resumes_and_a_new_sweep_reuses_identical_baselines(tm
     # A different step budget is a different computation: nothing is reused.
     third = run_bench(BenchConfig(out_dir=tmp_path / "third", reuse_from=(tmp_path / "first",), **{**tiny, "steps": 1_600}))
     assert not any("reused_from" in r for r in third["runs"])
+
+
+def test_a_teacher_with_overrides_reaches_the_run_config_and_names_its_group(tmp_path: Path) -> None:
+    from prefloop.bench import plan_jobs
+
+    jobs = plan_jobs(BenchConfig(teachers=("oracle", "mistake:epsilon=0.3"), seeds=(0,), out_dir=tmp_path))
+    preference = [j.config for j in jobs if j.kind == "preferences"]
+    assert [(c.teacher, c.teacher_params) for c in preference] == [("oracle", {}), ("mistake", {"epsilon": 0.3})]
+    assert preference[1].run_dir.name == "CartPole-v1-ppo-mistake-epsilon=0.3-disagreement-200-s0"
+    assert len({j.identity() for j in jobs}) == len(jobs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -243,3 +244,15 @@ def test_make_teacher_unknown_override_lists_valid_keys() -> None:
     assert "temperature" in message
     for key in ("beta", "gamma", "epsilon", "skip_threshold", "equal_threshold"):
         assert key in message
+
+
+def test_teacher_specs_name_a_preset_with_overrides_and_round_trip() -> None:
+    from prefloop.teachers import parse_teacher_spec, teacher_spec
+
+    assert parse_teacher_spec("mistake") == ("mistake", {})
+    assert parse_teacher_spec("stochastic:beta=0.5, gamma=0.9") == ("stochastic", {"beta": 0.5, "gamma": 0.9})
+    assert teacher_spec(*parse_teacher_spec("stochastic:gamma=0.9,beta=0.5")) == "stochastic:beta=0.5,gamma=0.9"
+    for bad, words in [("mistke", "Did you mean 'mistake'"), ("mistake:eps=0.2", "valid keys"),
+                       ("mistake:epsilon", "KEY=VALUE"), ("mistake:epsilon=x", "not a number"), ("mistake:epsilon=2", "[0, 1]")]:
+        with pytest.raises(TeacherConfigError, match=re.escape(words)):
+            parse_teacher_spec(bad)

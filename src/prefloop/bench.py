@@ -37,6 +37,7 @@ from prefloop.config import ConfigError, TrainConfig
 from prefloop.envs.presets import default_preset
 from prefloop.metrics import median_iqr, normalized_return
 from prefloop.query import QueryConfig
+from prefloop.teachers import parse_teacher_spec, teacher_spec
 
 log = logging.getLogger("prefloop.bench")
 SCHEMA = "prefloop.bench/1"
@@ -44,7 +45,8 @@ SCHEMA = "prefloop.bench/1"
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """A grid of runs. ``algos=(None,)`` means each env preset's default algorithm."""
+    """A grid of runs. ``algos=(None,)`` means each env preset's default algorithm; a teacher is a
+    B-Pref preset name with optional overrides, e.g. ``"mistake:epsilon=0.2"``."""
 
     envs: tuple[str, ...] = ("CartPole-v1",)
     label_budgets: tuple[int, ...] = (200,)
@@ -97,9 +99,11 @@ def plan_jobs(config: BenchConfig) -> list[Job]:
             eval_episodes=config.eval_episodes,
         )))
         for labels, teacher, query in itertools.product(config.label_budgets, config.teachers, config.queries):
+            name, params = parse_teacher_spec(teacher)
+            folder_teacher = teacher_spec(name, params).replace(":", "-").replace(",", "-")
             jobs.append(Job("preferences", TrainConfig(
-                env_id=env_id, run_dir=runs_dir / f"{env_id}-{algo_name}-{teacher}-{query}-{labels}-s{seed}",
-                algo=algo_name, steps=config.steps, seed=seed, labels=labels, teacher=teacher,
+                env_id=env_id, run_dir=runs_dir / f"{env_id}-{algo_name}-{folder_teacher}-{query}-{labels}-s{seed}",
+                algo=algo_name, steps=config.steps, seed=seed, labels=labels, teacher=name, teacher_params=params,
                 query=QueryConfig(method=query), progress_bar=False, eval_episodes=config.eval_episodes,
             )))
     return jobs
@@ -119,7 +123,7 @@ def run_job(job: Job) -> dict[str, Any]:
         "seed": config.seed,
         "steps": config.steps,
         "labels": config.labels if job.kind == "preferences" else 0,
-        "teacher": config.teacher if job.kind == "preferences" else None,
+        "teacher": teacher_spec(config.teacher, config.teacher_params) if job.kind == "preferences" else None,
         "query": config.query.method if job.kind == "preferences" else None,
         "eval_return_mean": result.eval_return_mean,
         "eval_returns": result.eval_returns,

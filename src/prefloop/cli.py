@@ -56,6 +56,16 @@ def _teacher_name(text: str) -> str:
     )
 
 
+def _teacher_spec(text: str) -> str:
+    from prefloop.teachers import parse_teacher_spec
+
+    try:
+        parse_teacher_spec(text)
+    except TeacherConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text.replace("_", ""))
@@ -241,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_p.add_argument("--envs", nargs="+", default=["CartPole-v1"], help="Gymnasium env ids (default: CartPole-v1)")
     bench_p.add_argument("--labels", nargs="+", type=_positive_int, default=[200], help="label budgets (default: 200)")
     bench_p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    bench_p.add_argument("--teachers", nargs="+", default=["oracle"], choices=sorted(TEACHER_PRESETS),
-                         help="simulated teachers, B-Pref's presets (default: oracle)")
+    bench_p.add_argument("--teachers", nargs="+", default=["oracle"], type=_teacher_spec, metavar="TEACHER[:KEY=VALUE,...]",
+                         help=f"simulated teachers: B-Pref's presets ({', '.join(sorted(TEACHER_PRESETS))}), optionally "
+                              "with parameters, e.g. mistake:epsilon=0.2 (default: oracle)")
     bench_p.add_argument("--queries", nargs="+", default=["disagreement"], choices=QUERY_METHODS,
                          help="query selection methods (default: disagreement)")
     bench_p.add_argument("--algos", nargs="+", default=None, choices=sorted(ALGORITHMS),

@@ -41,6 +41,8 @@ __all__ = [
     "TeacherConfig",
     "TeacherConfigError",
     "make_teacher",
+    "parse_teacher_spec",
+    "teacher_spec",
 ]
 
 
@@ -274,3 +276,35 @@ def make_teacher(
         if overrides:
             rater_id += "[" + ",".join(f"{k}={overrides[k]}" for k in sorted(overrides)) + "]"
     return SimulatedTeacher(config, seed=seed, rater_id=rater_id)
+
+
+def parse_teacher_spec(spec: str) -> tuple[str, dict[str, float]]:
+    """A preset name with optional parameter overrides, as sweeps name teachers.
+
+    ``"mistake"`` -> ``("mistake", {})``; ``"mistake:epsilon=0.2"`` -> ``("mistake", {"epsilon": 0.2})``;
+    several overrides are separated by commas (``"stochastic:beta=0.5,gamma=0.9"``).
+
+    Raises:
+        TeacherConfigError: unknown preset or parameter, a value that is not a number or out of
+            range (checked by building the teacher once).
+    """
+    name, _, params_text = spec.partition(":")
+    params: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in params_text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise TeacherConfigError(f"teacher {spec!r}: expected KEY=VALUE after ':' (e.g. mistake:epsilon=0.2), got {item!r}")
+        try:
+            params[key.strip()] = float(value)
+        except ValueError:
+            raise TeacherConfigError(f"teacher {spec!r}: {key.strip()}={value!r} is not a number") from None
+    make_teacher(name.strip(), **params)
+    return name.strip(), params
+
+
+def teacher_spec(name: str, params: dict[str, float]) -> str:
+    """The inverse of :func:`parse_teacher_spec`: ``"mistake:epsilon=0.2"``, or just the name."""
+    if not params:
+        return name
+    return name + ":" + ",".join(f"{k}={params[k]:g}" for k in sorted(params))
+
