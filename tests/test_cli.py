@@ -113,3 +113,32 @@ class TupleObsEnv(gym.Env):
 
     def step(self, action):
         return (0, 0), 0.0, True, False, {}
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--teachers", "mistke"], "Did you mean 'mistake'"),
+        (["--teachers", "mistake:epsilon=1.5"], "epsilon must be in [0, 1]"),
+        (["--teachers", "oracle:temperature=2"], "unknown teacher parameter(s) temperature"),
+        (["--reuse", "no-such-sweep"], "--reuse no-such-sweep: no such folder"),
+        (["--labels", "0"], "labels"),
+    ],
+)
+def test_bad_bench_arguments_are_named_before_anything_runs(capsys, tmp_path: Path, args, expected) -> None:
+    try:
+        code = main(["bench", "--out", str(tmp_path / "out"), *args])
+    except SystemExit as exit_:  # argparse's own check of an argument
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_into_a_used_folder_asks_for_resume_and_changes_nothing(capsys, tmp_path: Path) -> None:
+    run = tmp_path / "out" / "runs" / "CartPole-v1-ppo-true-s0"
+    run.mkdir(parents=True)
+    (run / "prefs.sqlite").write_bytes(b"precious labels")
+    code, err = run_cli(capsys, "bench", "--seeds", "0", "--out", str(tmp_path / "out"))
+    assert code == 2 and "--resume" in err and "already exists" in err
+    assert (run / "prefs.sqlite").read_bytes() == b"precious labels"

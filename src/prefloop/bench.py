@@ -471,9 +471,9 @@ def split_finished(config: BenchConfig, jobs: list[Job]) -> tuple[list[dict[str,
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Run the grid and write results.json, results.md and the plots into ``config.out_dir``."""
     out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(config)
     done, todo = split_finished(config, jobs)
+    out_dir.mkdir(parents=True, exist_ok=True)
     workers = config.workers or os.cpu_count() or 1
     log.info("bench: %d runs on %d workers -> %s (%d finished earlier, reused)", len(todo), workers, out_dir, len(done))
     started = time.perf_counter()
