@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,10 @@ def test_tiny_sweep_gives_the_same_numbers_on_both_executors(tmp_path: Path) -> 
         assert {r["kind"] for r in saved["runs"]} == {"preferences", "true_reward"}
         for row in saved["runs"]:
             assert {"env_id", "algo", "seed", "steps", "eval_return_mean", "eval_returns", "wall_time_s", "cpu_time_s", "curve"} <= set(row)
+        documented = set(re.findall(r"`([a-z_0-9]+)`", (Path(__file__).parents[1] / "docs" / "bench-results-schema.md").read_text()))
+        undocumented = (set(saved) | set(saved["config"]) | set(saved["time"]) | {k for r in saved["runs"] for k in r}
+                        | {k for g in saved["groups"] for k in g}) - documented
+        assert not undocumented, f"results.json keys missing from docs/bench-results-schema.md: {undocumented}"
         [group] = saved["groups"]
         assert {"normalized_return", "return", "wall_time_ratio", "true_reward_return", "random_return"} <= set(group)
         assert (tmp_path / executor / "results.md").read_text().count("| CartPole-v1 |") == 1
