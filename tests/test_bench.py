@@ -4,6 +4,7 @@ on each executor giving the same numbers."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -86,12 +87,17 @@ def test_tiny_sweep_gives_the_same_numbers_on_both_executors(tmp_path: Path) -> 
     assert numbers(results["process"]) == numbers(results["ray"])
 
 
-def test_interrupted_sweep_resumes_and_a_new_sweep_reuses_identical_baselines(tmp_path: Path) -> None:
+def test_interrupted_sweep_resumes_and_a_new_sweep_reuses_identical_baselines(tmp_path: Path, monkeypatch, caplog) -> None:
+    import prefloop.bench
     from prefloop.rundir import RunDirError
+
+    monkeypatch.setattr(prefloop.bench, "HEARTBEAT_S", 0.5)
+    caplog.set_level(logging.INFO, logger="prefloop.bench")
 
     tiny = dict(envs=("CartPole-v1",), label_budgets=(8,), seeds=(0,), queries=("uniform",), steps=1_500,
                 workers=1, eval_episodes=2, random_episodes=3)
     first = run_bench(BenchConfig(out_dir=tmp_path / "first", **tiny))
+    assert "0/2 runs finished" in caplog.text  # progress while the first runs go on
     preference_dir = Path(next(r["run_dir"] for r in first["runs"] if r["kind"] == "preferences"))
     # Simulate a sweep killed while its preference run was still going: no row, no results.json.
     (preference_dir / "bench_row.json").unlink()

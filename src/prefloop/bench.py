@@ -186,6 +186,7 @@ def random_baselines(config: BenchConfig) -> list[dict[str, Any]]:
 
 
 EXECUTORS = ("process", "ray")
+HEARTBEAT_S = 60.0  # seconds between "still running" lines while no run finishes
 
 
 def execute(jobs: list[Job], workers: int, executor: str = "process", ray_address: str | None = None) -> list[dict[str, Any]]:
@@ -208,19 +209,28 @@ def execute(jobs: list[Job], workers: int, executor: str = "process", ray_addres
         )
 
     if executor == "ray":
-        _execute_on_ray(jobs, workers, ray_address, finished)
+        _execute_on_ray(jobs, workers, ray_address, finished, started)
         return rows
     if executor != "process":
         raise ValueError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
     context = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(run_job, job): job for job in jobs}
-        for future in cf.as_completed(futures):
-            finished(futures[future], future.result())
+        pending = {pool.submit(run_job, job): job for job in jobs}
+        while pending:
+            done, _ = cf.wait(pending, timeout=HEARTBEAT_S, return_when=cf.FIRST_COMPLETED)
+            if not done:
+                _heartbeat(len(rows), len(jobs), started)
+            for future in done:
+                finished(pending.pop(future), future.result())
     return rows
 
 
-def _execute_on_ray(jobs: list[Job], workers: int, address: str | None, finished) -> None:
+def _heartbeat(finished: int, total: int, started: float) -> None:
+    """A line a minute while runs go on, so a sweep of long runs never looks stuck."""
+    log.info("bench: %d/%d runs finished, %.0f s elapsed", finished, total, time.perf_counter() - started)
+
+
+def _execute_on_ray(jobs: list[Job], workers: int, address: str | None, finished, started: float) -> None:
     try:
         import ray
     except ImportError as exc:
@@ -236,7 +246,9 @@ def _execute_on_ray(jobs: list[Job], workers: int, address: str | None, finished
         remote_job = ray.remote(num_cpus=1)(run_job)
         pending = {remote_job.remote(job): job for job in jobs}
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=HEARTBEAT_S)
+            if not done:
+                _heartbeat(len(jobs) - len(pending), len(jobs), started)
             for ref in done:
                 finished(pending.pop(ref), ray.get(ref))
     finally:
