@@ -41,6 +41,9 @@ def test_aggregate_normalises_with_baseline_means_and_reports_median_and_iqr() -
     assert group["cpu_time_ratio"]["per_seed"] == pytest.approx([1.2, 1.1, 1.5])
     assert group["true_reward_return"] == 90.0 and group["random_return"] == 10.0
     assert "| E-v0 | ppo | oracle | uniform | 50 | 0.50 [0.25, 0.75] | 50.0 | 90.0 | 10.0 | 1.20 | 1.20 | 10% |" in markdown_table([group])
+    # runs arrive in the order they finish; per-seed lists still follow the seeds
+    [shuffled] = aggregate(runs[::-1], random_rows)
+    assert shuffled["seeds"] == [0, 1, 2] and shuffled["normalized_return"]["per_seed"] == pytest.approx([1.0, 0.5, 0.0])
     # 93 s of run time, of which 5.3 s in reward learning; a reused run costs nothing here
     split = time_split(runs + [{**runs[0], "reused_from": "elsewhere"}])
     assert split["runs"] == 6 and split["run_time_s"] == pytest.approx(93.0)

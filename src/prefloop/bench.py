@@ -269,6 +269,7 @@ def aggregate(runs: list[dict[str, Any]], random_rows: list[dict[str, Any]]) -> 
             groups[(run["env_id"], run["algo"], run["teacher"], run["query"], run["labels"])].append(run)
     out = []
     for (env_id, algo, teacher, query, labels), members in sorted(groups.items()):
+        members = sorted(members, key=lambda m: m["seed"])  # per_seed lists follow `seeds`, whatever finished first
         r_random = random_mean.get((env_id,), float("nan"))
         r_true = true_mean.get((env_id, algo), float("nan"))
         normalized = [normalized_return(m["eval_return_mean"], r_random, r_true) for m in members]
