@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The experiments behind docs/benchmarks.md, at step counts a 2-core CPU machine affords (about 2 hours).
+# The experiments behind docs/benchmarks.md, at step counts a 2-core CPU machine affords (about 2.5 hours).
 # Each writes results.json, results.md and PNG plots into bench-out/<name>/. Interrupted? Run it
 # again: --resume keeps every finished run.
 set -euo pipefail
