@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from prefloop.bench import SCHEMA, BenchConfig, aggregate, markdown_table, run_bench, time_split
+from prefloop.bench import SCHEMA, BenchConfig, run_bench
+from prefloop.bench_report import aggregate, markdown_table, time_split
 from prefloop.metrics import median_iqr, normalized_return
 
 

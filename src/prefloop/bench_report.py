@@ -1,0 +1,175 @@
+"""The numbers of a sweep, summarised: groups over seeds, where the time went, a Markdown table
+and PNG plots. Input is the ``runs`` and ``random`` rows of ``results.json`` (see
+docs/bench-results-schema.md); nothing here runs anything.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prefloop.metrics import median_iqr, normalized_return
+
+
+def aggregate(runs: list[dict[str, Any]], random_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One group per env x algo x teacher x query x labels: normalised return, return and wall-time ratio over seeds."""
+    random_mean = _mean_by(random_rows, ("env_id",), "return_mean")
+    true_runs = [r for r in runs if r["kind"] == "true_reward"]
+    true_mean = _mean_by(true_runs, ("env_id", "algo"), "eval_return_mean")
+    true_wall = {(r["env_id"], r["algo"], r["seed"]): r["wall_time_s"] for r in true_runs}
+    true_cpu = {(r["env_id"], r["algo"], r["seed"]): r.get("cpu_time_s") for r in true_runs}
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        if run["kind"] == "preferences":
+            groups[(run["env_id"], run["algo"], run["teacher"], run["query"], run["labels"])].append(run)
+    out = []
+    for (env_id, algo, teacher, query, labels), members in sorted(groups.items()):
+        members = sorted(members, key=lambda m: m["seed"])  # per_seed lists follow `seeds`, whatever finished first
+        r_random = random_mean.get((env_id,), float("nan"))
+        r_true = true_mean.get((env_id, algo), float("nan"))
+        normalized = [normalized_return(m["eval_return_mean"], r_random, r_true) for m in members]
+        ratios = [
+            m["wall_time_s"] / true_wall[(env_id, algo, m["seed"])]
+            for m in members if (env_id, algo, m["seed"]) in true_wall
+        ]
+        cpu_ratios = [
+            m["cpu_time_s"] / true_cpu[(env_id, algo, m["seed"])]
+            for m in members if true_cpu.get((env_id, algo, m["seed"])) and m.get("cpu_time_s")
+        ]
+        out.append({
+            "env_id": env_id, "algo": algo, "teacher": teacher, "query": query, "labels": labels,
+            "seeds": [m["seed"] for m in members],
+            "normalized_return": _stats(normalized),
+            "return": _stats([m["eval_return_mean"] for m in members]),
+            "true_reward_return": r_true,
+            "random_return": r_random,
+            "wall_time_ratio": _stats(ratios),
+            "cpu_time_ratio": _stats(cpu_ratios),
+            "reward_learning_share": _stats([m["reward_learning_time_s"] / m["wall_time_s"] for m in members]),
+        })
+    return out
+
+
+def time_split(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Where the sweep's run time went: reward learning (queries, teacher, store, reward-model fits,
+    relabelling) vs. policy learning (everything else, true-reward runs included). Runs reused from
+    an earlier sweep cost nothing here and are left out."""
+    ran = [r for r in runs if "reused_from" not in r]
+    total = sum(r["wall_time_s"] for r in ran)
+    reward = sum(r["reward_learning_time_s"] for r in ran if r["kind"] == "preferences")
+    return {
+        "runs": len(ran),
+        "run_time_s": total,
+        "reward_learning_s": reward,
+        "policy_learning_s": total - reward,
+        "reward_learning_share": reward / total if total > 0 else float("nan"),
+    }
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    median, q25, q75 = median_iqr(values)
+    return {"median": median, "q25": q25, "q75": q75, "per_seed": values}
+
+
+def _mean_by(rows: list[dict[str, Any]], keys: tuple[str, ...], value: str) -> dict[tuple, float]:
+    grouped: dict[tuple, list[float]] = defaultdict(list)
+    for row in rows:
+        grouped[tuple(row[k] for k in keys)].append(row[value])
+    return {k: float(np.mean(v)) for k, v in grouped.items()}
+
+
+def markdown_table(groups: list[dict[str, Any]]) -> str:
+    header = (
+        "| env | algo | teacher | query | labels | normalized return, median [IQR] | return (median) "
+        "| true-reward return | random return | wall-time ratio | CPU-time ratio | reward-learning share |\n"
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    for g in groups:
+        n = g["normalized_return"]
+        lines.append(
+            f"| {g['env_id']} | {g['algo']} | {g['teacher']} | {g['query']} | {g['labels']} "
+            f"| {n['median']:.2f} [{n['q25']:.2f}, {n['q75']:.2f}] | {g['return']['median']:.1f} "
+            f"| {g['true_reward_return']:.1f} | {g['random_return']:.1f} "
+            f"| {g['wall_time_ratio']['median']:.2f} | {g['cpu_time_ratio']['median']:.2f} "
+            f"| {g['reward_learning_share']['median']:.0%} |"
+        )
+    return header + "\n".join(lines) + "\n"
+
+
+def write_plots(document: dict[str, Any], out_dir: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from prefloop.plots import finish_axes
+
+    runs = document["runs"]
+    envs = sorted({r["env_id"] for r in runs})
+    fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4), dpi=110, squeeze=False)
+    for ax, env_id in zip(axes[0], envs):
+        series: dict[str, list[dict]] = defaultdict(list)
+        for r in runs:
+            if r["env_id"] == env_id and r["curve"]:
+                name = "true reward" if r["kind"] == "true_reward" else f"{r['labels']} {r['teacher']} labels ({r['query']})"
+                series[name].append(r)
+        for name, members in sorted(series.items()):
+            grid, mean, low, high = _mean_curve([m["curve"] for m in members])
+            ax.plot(grid, mean, label=name, linestyle="--" if name == "true reward" else "-")
+            ax.fill_between(grid, low, high, alpha=0.15)
+        random_values = [r["return_mean"] for r in document["random"] if r["env_id"] == env_id]
+        if random_values:
+            ax.axhline(float(np.mean(random_values)), color="grey", linewidth=1, linestyle=":", label="random policy")
+        ax.set_title(env_id)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("true episode return (training episodes)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "learning_curves.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    keyed: dict[tuple, list[tuple[int, dict]]] = defaultdict(list)
+    for g in document["groups"]:
+        keyed[(g["env_id"], g["algo"], g["teacher"], g["query"])].append((g["labels"], g["normalized_return"]))
+    for (env_id, algo, teacher, query), points in sorted(keyed.items()):
+        points.sort(key=lambda p: p[0])
+        labels = [p[0] for p in points]
+        med = [p[1]["median"] for p in points]
+        err = [[p[1]["median"] - p[1]["q25"] for p in points], [p[1]["q75"] - p[1]["median"] for p in points]]
+        ax.errorbar(labels, med, yerr=err, marker="o", capsize=3, label=f"{env_id} {algo} {teacher} {query}")
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
+    finish_axes(fig, ax, out_dir / "return_vs_labels.png", "labels", "normalized return (median, IQR)")
+    plot_groups(document["groups"], out_dir / "groups.png")
+
+
+def plot_groups(groups: list[dict[str, Any]], path: Path) -> None:
+    """One row per group (env, algo, teacher, query, labels): every seed's normalized return as a
+    dot, the median as a bar with its IQR -- the comparison of teachers or query methods at a glance."""
+    import matplotlib.pyplot as plt
+
+    from prefloop.plots import finish_axes
+
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.45 * len(groups)), dpi=110)
+    for row, g in enumerate(reversed(groups)):
+        n = g["normalized_return"]
+        ax.barh(row, n["median"], color="tab:blue", alpha=0.35, height=0.6)
+        ax.errorbar(n["median"], row, xerr=[[n["median"] - n["q25"]], [n["q75"] - n["median"]]], color="tab:blue", capsize=3)
+        ax.plot(n["per_seed"], [row] * len(n["per_seed"]), "o", color="black", markersize=3)
+    ax.set_yticks(range(len(groups)))
+    ax.set_yticklabels([f"{g['env_id']} {g['algo']} {g['teacher']} {g['query']} {g['labels']}" for g in reversed(groups)], fontsize=7)
+    ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.axvline(0.0, color="grey", linestyle=":", linewidth=1)
+    finish_axes(fig, ax, path, "normalized return (bar: median, whisker: IQR, dots: seeds)", "", legend=False)
+
+
+def _mean_curve(curves: list[list[dict]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    end = min(c[-1]["env_step"] for c in curves)
+    grid = np.linspace(0, end, 100)
+    values = np.stack([
+        np.interp(grid, [p["env_step"] for p in c], [p["true_return"] for p in c]) for c in curves
+    ])
+    return grid, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
