@@ -123,6 +123,8 @@ class TupleObsEnv(gym.Env):
         (["--teachers", "oracle:temperature=2"], "unknown teacher parameter(s) temperature"),
         (["--reuse", "no-such-sweep"], "--reuse no-such-sweep: no such folder"),
         (["--labels", "0"], "labels"),
+        (["--envs", "CartPol-v1"], "Did you mean 'CartPole-v1'"),
+        (["--algos", "sac"], "SAC needs a Box action space; CartPole-v1 has Discrete(2)"),
     ],
 )
 def test_bad_bench_arguments_are_named_before_anything_runs(capsys, tmp_path: Path, args, expected) -> None:

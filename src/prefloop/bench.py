@@ -281,6 +281,26 @@ def results_document(config: BenchConfig, runs: list[dict[str, Any]], random_row
     }
 
 
+def check_grid(config: BenchConfig) -> None:
+    """Refuse a grid with an unknown env, an algorithm that cannot act in an env, or spaces the
+    reward model cannot read -- before any folder is made or any run starts.
+
+    Raises:
+        EnvSetupError, AlgorithmError: one line naming the env/algorithm and the fix.
+    """
+    from prefloop.algos import check_algorithm_fits
+    from prefloop.envs import EnvSpec, make_env
+
+    for env_id in config.envs:
+        preset = default_preset(env_id)
+        env = make_env(EnvSpec(env_id, preset.env_kwargs))
+        try:
+            for algo in config.algos:
+                check_algorithm_fits(algo or preset.algo, env.action_space, env_id)
+        finally:
+            env.close()
+
+
 def split_finished(config: BenchConfig, jobs: list[Job]) -> tuple[list[dict[str, Any]], list[Job]]:
     """Rows of jobs already finished (``resume``, ``reuse_from``) and the jobs still to run.
 
@@ -322,6 +342,7 @@ def split_finished(config: BenchConfig, jobs: list[Job]) -> tuple[list[dict[str,
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Run the grid and write results.json, results.md and the plots into ``config.out_dir``."""
     out_dir = Path(config.out_dir)
+    check_grid(config)
     jobs = plan_jobs(config)
     done, todo = split_finished(config, jobs)
     out_dir.mkdir(parents=True, exist_ok=True)
