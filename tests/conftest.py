@@ -12,12 +12,15 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from streamlit.testing.v1.util import patch_config_options
 
 from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
 from prefloop.types import Segment, SegmentPair
@@ -115,3 +118,16 @@ def rated_store(rated_store_template: tuple[Path, list[int]], tmp_path: Path) ->
         if source.exists():
             shutil.copyfile(source, target.with_name(target.name + suffix))
     return RatedStore(target, sqlite_url(target), RATED_RUN, list(pair_ids))
+
+
+@contextmanager
+def app_served_on_loopback() -> Iterator[None]:
+    """Run Streamlit AppTests as if served on 127.0.0.1; afterwards put back the ``__main__``
+    module, which the script runner replaces with the app script (multiprocessing's spawn in later
+    tests would re-run that script in its children otherwise)."""
+    main_module = sys.modules["__main__"]
+    try:
+        with patch_config_options({"server.address": "127.0.0.1"}):
+            yield
+    finally:
+        sys.modules["__main__"] = main_module

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from prefloop.envs.clips import CLIP_MIME
 from prefloop.store import PreferenceStore, sqlite_url
 from prefloop.types import Choice, Label, SegmentPair
 
-from conftest import RATED_GUIDELINE, RatedStore, cartpole_segments
+from conftest import RATED_GUIDELINE, RatedStore, app_served_on_loopback, cartpole_segments
 
 
 def app_script(argv: list[str]) -> None:
@@ -42,15 +41,8 @@ def app_script(argv: list[str]) -> None:
 
 @pytest.fixture(autouse=True)
 def app_test_isolation() -> Iterator[None]:
-    """Run as if served on 127.0.0.1; afterwards put back the ``__main__`` module, which the
-    script runner replaces with the app script (multiprocessing's spawn in later tests would
-    re-run that script in its children otherwise)."""
-    main_module = sys.modules["__main__"]
-    try:
-        with patch_config_options({"server.address": "127.0.0.1"}):
-            yield
-    finally:
-        sys.modules["__main__"] = main_module
+    with app_served_on_loopback():
+        yield
 
 
 def make_app(rated: RatedStore, *args: str, **query: str) -> AppTest:

@@ -36,7 +36,6 @@ import pytest
 from sqlalchemy import create_engine, select
 from streamlit.components.v2.bidi_component.main import _make_trigger_id
 from streamlit.testing.v1 import AppTest
-from streamlit.testing.v1.util import patch_config_options
 
 from prefloop.apps.player import PLAYER_KEY
 from prefloop.apps.rater_app import DEFAULT_GUIDELINE, display_guideline
@@ -46,7 +45,7 @@ from prefloop.config import ConfigError, TrainConfig
 from prefloop.store import PreferenceStore, StoreError, labels_table, sqlite_url
 from prefloop.types import Choice
 
-from conftest import RATED_GUIDELINE, RATED_RUN
+from conftest import RATED_GUIDELINE, RATED_RUN, app_served_on_loopback
 from test_store import make_pairs
 
 
@@ -808,13 +807,8 @@ def claimed_by(url: str, rater: str) -> list[int]:
 
 @pytest.fixture(scope="module", autouse=True)
 def served_on_loopback() -> Iterator[None]:
-    """As if served on 127.0.0.1; afterwards put back ``__main__`` (the script runner replaces it)."""
-    main_module = sys.modules["__main__"]
-    try:
-        with patch_config_options({"server.address": "127.0.0.1"}):
-            yield
-    finally:
-        sys.modules["__main__"] = main_module
+    with app_served_on_loopback():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ from prefloop.config import ConfigError, TrainConfig
 from prefloop.envs.presets import default_preset
 from prefloop.bench_report import aggregate, markdown_table, time_split, write_plots
 from prefloop.query import QueryConfig
+from prefloop.rundir import RunDirError, write_atomic
 from prefloop.teachers import parse_teacher_spec, teacher_spec
 
 log = logging.getLogger("prefloop.bench")
@@ -134,14 +135,8 @@ def run_job(job: Job) -> dict[str, Any]:
         "curve": result.curve,
         "run_dir": str(config.run_dir),
     }
-    _write_atomically(config.run_dir / ROW_FILE, json.dumps(row))
+    write_atomic(config.run_dir / ROW_FILE, json.dumps(row))
     return row
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def finished_rows(folder: Path) -> dict[str, dict[str, Any]]:
@@ -307,8 +302,6 @@ def split_finished(config: BenchConfig, jobs: list[Job]) -> tuple[list[dict[str,
     Raises:
         RunDirError: a job's folder exists and ``resume`` is off (nothing is changed).
     """
-    from prefloop.rundir import RunDirError
-
     known: dict[str, dict[str, Any]] = {}
     for folder in config.reuse_from:
         if not Path(folder).is_dir():

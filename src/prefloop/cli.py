@@ -17,7 +17,7 @@ from prefloop.query import QUERY_METHODS, NotEnoughSegmentsError, QueryConfig, Q
 from prefloop.reward_models import RewardModelConfig, UnsupportedSpaceError
 from prefloop.rundir import RunDirError
 from prefloop.store import StoreError
-from prefloop.teachers import TEACHER_PRESETS, TeacherConfigError
+from prefloop.teachers import TEACHER_PRESETS, TeacherConfigError, parse_teacher_param, parse_teacher_spec
 
 # Errors that are the user's input, not a bug: shown as one clear line, exit code 2.
 USER_ERRORS = (
@@ -35,13 +35,10 @@ USER_ERRORS = (
 
 
 def _teacher_param(text: str) -> tuple[str, float]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. beta=1.0), got {text!r}")
     try:
-        return key.strip(), float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a number") from None
+        return parse_teacher_param(text)
+    except TeacherConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _teacher_name(text: str) -> str:
@@ -57,8 +54,6 @@ def _teacher_name(text: str) -> str:
 
 
 def _teacher_spec(text: str) -> str:
-    from prefloop.teachers import parse_teacher_spec
-
     try:
         parse_teacher_spec(text)
     except TeacherConfigError as exc:

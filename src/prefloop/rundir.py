@@ -140,7 +140,7 @@ class RunDir:
         return sorted(found)
 
     def write_result(self, result: dict[str, Any]) -> None:
-        _write_atomic(self.summary_path, json.dumps(result, indent=2))
+        write_atomic(self.summary_path, json.dumps(result, indent=2))
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -163,7 +163,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: readers see the old file or the new, never half."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

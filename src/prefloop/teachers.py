@@ -41,6 +41,7 @@ __all__ = [
     "TeacherConfig",
     "TeacherConfigError",
     "make_teacher",
+    "parse_teacher_param",
     "parse_teacher_spec",
     "teacher_spec",
 ]
@@ -289,17 +290,27 @@ def parse_teacher_spec(spec: str) -> tuple[str, dict[str, float]]:
             range (checked by building the teacher once).
     """
     name, _, params_text = spec.partition(":")
-    params: dict[str, float] = {}
-    for item in filter(None, (part.strip() for part in params_text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise TeacherConfigError(f"teacher {spec!r}: expected KEY=VALUE after ':' (e.g. mistake:epsilon=0.2), got {item!r}")
-        try:
-            params[key.strip()] = float(value)
-        except ValueError:
-            raise TeacherConfigError(f"teacher {spec!r}: {key.strip()}={value!r} is not a number") from None
+    try:
+        params = dict(parse_teacher_param(item) for item in filter(None, (p.strip() for p in params_text.split(","))))
+    except TeacherConfigError as exc:
+        raise TeacherConfigError(f"teacher {spec!r}: {exc}") from None
     make_teacher(name.strip(), **params)
     return name.strip(), params
+
+
+def parse_teacher_param(text: str) -> tuple[str, float]:
+    """``"epsilon=0.2"`` -> ``("epsilon", 0.2)``; the key is checked when the teacher is built.
+
+    Raises:
+        TeacherConfigError: no ``=``, or a value that is not a number.
+    """
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise TeacherConfigError(f"expected KEY=VALUE (e.g. epsilon=0.2), got {text!r}")
+    try:
+        return key.strip(), float(value)
+    except ValueError:
+        raise TeacherConfigError(f"{key.strip()}={value!r} is not a number") from None
 
 
 def teacher_spec(name: str, params: dict[str, float]) -> str:
