@@ -96,10 +96,10 @@ def cmd_rate(args: argparse.Namespace) -> int:
     try:
         url = app_url(args.host, args.port)
         wait_until_ready(url, timeout=120, process=app)
-        link = url + (f"?token={args.token}" if args.token else "")
-        print(f"rater app: {link}", flush=True)
+        # Tokens are not printed: terminal output ends up in logs. Whoever set them adds them.
+        print(f"rater app: {url}" + ("?token=<the rater token>" if args.token else ""), flush=True)
         if args.admin_token:
-            print(f"dashboard: {url}dashboard?admin_token={args.admin_token}" + (f"&token={args.token}" if args.token else ""), flush=True)
+            print(f"dashboard: {url}dashboard?admin_token=<the admin token>", flush=True)
         print("Ctrl-C stops the app" + ("" if args.no_clip_worker else " and the clip worker"), flush=True)
         app.wait()
         return 0 if app.returncode in (0, -signal.SIGTERM) else 1

@@ -3,7 +3,6 @@ composed with any algorithm (no subclassing), plus the checkpoint writer they sh
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -18,6 +17,7 @@ from prefloop.learner import PreferenceLearner
 from prefloop.reward_models import save_reward_model
 from prefloop.rundir import RunDir
 from prefloop.schedule import LabelRound
+from prefloop.serialization import strict_json
 
 log = logging.getLogger("prefloop")
 
@@ -153,10 +153,13 @@ class CheckpointCallback(BaseCallback):
 class RunState:
     """The run folder's checkpoint: policy, reward model and loop progress, written atomically."""
 
-    def __init__(self, run_dir: RunDir, curve: list[dict[str, float]], initial_steps: int):
+    def __init__(
+        self, run_dir: RunDir, curve: list[dict[str, float]], initial_steps: int, config: dict[str, Any] | None = None
+    ):
         self.run_dir = run_dir
         self.curve = curve
         self.initial_steps = initial_steps
+        self.config = config  # the run's config (JSON), kept in each checkpoint: --resume compares it
 
     def checkpoint(self, model: BaseAlgorithm, learner: PreferenceLearner | None, env_step: int) -> None:
         target = self.run_dir.new_checkpoint_dir(env_step)
@@ -167,9 +170,11 @@ class RunState:
             "initial_steps": self.initial_steps,
             "curve": self.curve,
         }
+        if self.config is not None:
+            state["config"] = self.config
         if learner is not None:
             save_reward_model(learner.reward_model, target / "reward_model")
             state["fit_history"] = learner.fit_history
             state["reward_learning_time_s"] = learner.time_s
-        (target / "state.json").write_text(json.dumps(state))
+        (target / "state.json").write_text(strict_json(state))
         self.run_dir.publish_checkpoint(target)

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from prefloop.algos import ALGORITHMS, AlgorithmError
+from prefloop.apps.access import ENV_ADMIN_TOKEN, ENV_TOKEN
 from prefloop.config import ConfigError, TrainConfig
+from prefloop.credentials import (
+    ENV_DB_PASSWORD,
+    ENV_DB_PASSWORD_FILE,
+    CredentialsError,
+    read_password_file,
+    url_password,
+    url_without_password,
+)
 from prefloop.dataset import DatasetError
 from prefloop.envs import EnvSetupError
 from prefloop.query import QUERY_METHODS, NotEnoughSegmentsError, QueryConfig, QueryConfigError
@@ -23,6 +33,7 @@ from prefloop.teachers import TEACHER_PRESETS, TeacherConfigError, parse_teacher
 USER_ERRORS = (
     AlgorithmError,
     ConfigError,
+    CredentialsError,
     DatasetError,
     EnvSetupError,
     NotEnoughSegmentsError,
@@ -92,7 +103,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reward-source", default="preferences", choices=("preferences", "true"),
                         help="'true' trains on the env reward instead (the baseline)")
     parser.add_argument("--eval-episodes", type=_positive_int, default=10)
-    parser.add_argument("--db-url", default=None, help="SQLAlchemy URL of the store (default: SQLite in the run folder)")
+    parser.add_argument("--db-url", default=None,
+                        help="SQLAlchemy URL of the store (default: SQLite in the run folder); keep the password out "
+                        f"of it: ${ENV_DB_PASSWORD} or --db-password-file (it is never saved)")
+    add_password_file_argument(parser)
     parser.add_argument("--when-behind", default="continue", choices=("continue", "wait"),
                         help="human raters behind the label schedule: keep training on the current reward model, or wait")
     parser.add_argument("--gold-fraction", type=float, default=0.05, help="human raters: share of quality-control pairs with a known answer")
@@ -100,6 +114,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unsupervised-steps", type=int, default=None,
                         help="PEBBLE: env steps of state-entropy exploration before the first query (default: the env preset's, 0 for most)")
     parser.add_argument("--guideline", default=None, help="the question shown to raters above the clips (default: the env preset's)")
+
+
+def add_password_file_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db-password-file", type=Path, default=None, metavar="FILE",
+                        help=f"file holding the database password (default: ${ENV_DB_PASSWORD}, "
+                        f"${ENV_DB_PASSWORD_FILE} or PostgreSQL's PGPASSWORD / ~/.pgpass)")
 
 
 def build_train_config(args: argparse.Namespace) -> TrainConfig:
@@ -150,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prefloop.loop import train
     from prefloop.report import print_run_summary
 
-    from prefloop.apps.access import ENV_ADMIN_TOKEN, ENV_TOKEN, AppConfigError, check_exposure, check_token_value
+    from prefloop.apps.access import AppConfigError, check_exposure, check_token_value
 
     if args.resume and args.run_dir is None:
         raise RunDirError("--resume needs --run-dir: the folder of the run to continue")
@@ -164,10 +184,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     app: list[subprocess.Popen] = []
 
     def start_app(run_dir, store_url: str, run_name: str) -> None:
-        command = [sys.executable, "-m", "prefloop.cli", "rate", "--db-url", store_url, "--run-name", run_name,
-                   "--host", args.host, "--port", str(args.port)]
+        command = [sys.executable, "-m", "prefloop.cli", "rate", "--db-url", url_without_password(store_url),
+                   "--run-name", run_name, "--host", args.host, "--port", str(args.port)]
         env = dict(os.environ)
-        # Tokens travel in the environment, not on the command line, where `ps` shows them.
+        # Secrets travel in the environment, not on the command line, where `ps` shows them.
+        if url_password(store_url):
+            env[ENV_DB_PASSWORD] = url_password(store_url) or ""
         if args.token:
             env[ENV_TOKEN] = args.token
         if args.admin_token:
@@ -235,9 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--no-progress", action="store_true", help="no progress bar")
     run_p.add_argument("--host", default="127.0.0.1", help="address the rater app listens on (anything but loopback needs --token and --admin-token)")
     run_p.add_argument("--port", type=_positive_int, default=8501)
-    run_p.add_argument("--token", default=None, help="access token raters must present (required off loopback)")
-    run_p.add_argument("--admin-token", default=None,
-                       help="token for the dashboard and the preferences download (required off loopback, must differ from --token)")
+    run_p.add_argument("--token", default=os.environ.get(ENV_TOKEN),
+                       help=f"access token raters must present (required off loopback; default: ${ENV_TOKEN})")
+    run_p.add_argument("--admin-token", default=os.environ.get(ENV_ADMIN_TOKEN),
+                       help="token for the dashboard and the preferences download (required off loopback, must differ "
+                       f"from --token; default: ${ENV_ADMIN_TOKEN})")
     run_p.set_defaults(func=cmd_run)
 
     _add_optional_commands(sub)
@@ -273,17 +297,24 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     from prefloop.dataset import add_export_parser, add_import_parser
     from prefloop.doctor import add_doctor_parser
 
-    add_rate_parser(sub)
-    add_doctor_parser(sub)
-    add_export_parser(sub)
-    add_import_parser(sub)
+    for parser in (add_rate_parser(sub), add_doctor_parser(sub), add_export_parser(sub), add_import_parser(sub)):
+        add_password_file_argument(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    previous_password_file = os.environ.get(ENV_DB_PASSWORD_FILE)
     try:
+        if getattr(args, "db_password_file", None) is not None:
+            read_password_file(args.db_password_file)  # unreadable or empty: one line, before anything runs
+            # The store reads it from there (this process and its children): the path travels, not the password.
+            os.environ[ENV_DB_PASSWORD_FILE] = str(Path(args.db_password_file).resolve())
+        if url_password(getattr(args, "db_url", None) or ""):
+            logging.getLogger("prefloop").warning(
+                "the password in --db-url is visible to other users of this machine (ps) while this runs; it is "
+                "never saved. Prefer $%s or --db-password-file", ENV_DB_PASSWORD)
         return args.func(args)
     except USER_ERRORS as exc:
         print(f"prefloop: error: {exc}", file=sys.stderr)
@@ -291,6 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prefloop: interrupted; every label so far is stored, continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        if previous_password_file is None:
+            os.environ.pop(ENV_DB_PASSWORD_FILE, None)
+        else:
+            os.environ[ENV_DB_PASSWORD_FILE] = previous_password_file
 
 
 if __name__ == "__main__":

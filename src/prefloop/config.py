@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefloop.credentials import scrub_config
 from prefloop.envs.presets import default_preset
 from prefloop.query import QueryConfig
 from prefloop.reward_models import RewardModelConfig
 from prefloop.schedule import ScheduleConfig
+from prefloop.serialization import strict_json
 
 REWARD_SOURCES = ("preferences", "true")
 MAX_GUIDELINE_CHARS = 500
@@ -144,9 +146,10 @@ class TrainConfig:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The config as JSON values, ``db_url`` without its password (this goes into files)."""
         data = dataclasses.asdict(self)
         data["run_dir"] = str(self.run_dir)
-        return data
+        return scrub_config(data)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -159,7 +162,7 @@ class TrainConfig:
         return _dataclass_from_json(cls, data, "")
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True))
+        path.write_text(strict_json(self.to_json(), indent=2, sort_keys=True))
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
@@ -175,6 +178,30 @@ class TrainConfig:
             return cls.from_json(data)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}; {hint}") from None
+
+
+# What makes a run the run it is: a config.json that differs from the run's own record in one of
+# these (an edited file, a file from another run) cannot continue it.
+RUN_IDENTITY_KEYS = (
+    "env_id", "env_kwargs", "run_name", "algo", "algo_kwargs", "seed", "n_envs", "segment_length",
+    "reward_source", "teacher", "teacher_params", "labels", "steps", "raters_per_pair",
+    "unsupervised_steps", "query", "reward_model", "schedule",
+)
+
+
+def config_differences(recorded: Any, current: dict[str, Any]) -> list[str]:
+    """The run-identity settings (:data:`RUN_IDENTITY_KEYS`) in which ``current`` (a config as
+    JSON) differs from ``recorded`` (the copy the run kept in its store or checkpoint), e.g.
+    ``["env_id: the run has 'CartPole-v1', config.json 'Acrobot-v1'"]``; keys one of them lacks
+    (an older version) are not compared. Values are cut short for the message."""
+    if not isinstance(recorded, dict):
+        return []
+    current = json.loads(json.dumps(current))  # tuples -> lists, as recorded
+    return [
+        f"{key}: the run has {_short(recorded[key], 40)}, config.json {_short(current[key], 40)}"
+        for key in RUN_IDENTITY_KEYS
+        if key in recorded and key in current and recorded[key] != current[key]
+    ]
 
 
 def _read_json(path: Path, hint: str) -> Any:

@@ -7,12 +7,10 @@ state into the store (``progress`` meta) for the rater app's status line and das
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -22,6 +20,7 @@ from prefloop.labeling import answer_pending
 from prefloop.metrics import correlations
 from prefloop.query import NotEnoughSegmentsError, select_pairs
 from prefloop.reward_models import RewardEnsemble, RewardTrainer
+from prefloop.serialization import strict_json
 from prefloop.store import PreferenceStore
 from prefloop.teachers import HUMAN_TEACHER, Teacher
 from prefloop.types import Choice, Segment, SegmentPair
@@ -127,7 +126,7 @@ class PreferenceLearner:
 
     def publish_progress(self, status: str, env_step: int, curve: list, message: str = "") -> None:
         """The trainer's state for the rater app's status line and dashboard (run meta ``progress``)."""
-        self.store.set_meta("progress", json.dumps(_finite_json({
+        self.store.set_meta("progress", strict_json({
             "status": status,
             "env_step": int(env_step),
             "total_steps": int(self.config.steps or 0),
@@ -136,7 +135,7 @@ class PreferenceLearner:
             "curve": curve,
             "updated_at": time.time(),
             "message": message,
-        })))
+        }))
 
     def fit(self, env_step: int) -> dict[str, float]:
         """Train the reward model on every label so far and rescale its output."""
@@ -169,17 +168,6 @@ class PreferenceLearner:
         }
         self.fit_history.append(stats)
         return stats
-
-
-def _finite_json(value: Any) -> Any:
-    """``value`` with every nan/inf float replaced by None, so it is strict JSON for any reader."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_json(v) for v in value]
-    return value
 
 
 def gold_pairs(candidates: list[Segment], n: int, rng: np.random.Generator) -> list[tuple[Segment, Segment, Choice]]:
