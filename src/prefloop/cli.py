@@ -27,7 +27,7 @@ from prefloop.query import QUERY_METHODS, NotEnoughSegmentsError, QueryConfig, Q
 from prefloop.reward_models import RewardModelConfig, UnsupportedSpaceError
 from prefloop.rundir import RunDirError
 from prefloop.store import StoreError
-from prefloop.teachers import TEACHER_PRESETS, TeacherConfigError, parse_teacher_param, parse_teacher_spec
+from prefloop.teachers import HUMAN_TEACHER, TEACHER_PRESETS, TeacherConfigError, parse_teacher_param, parse_teacher_spec
 
 # Errors that are the user's input, not a bug: shown as one clear line, exit code 2.
 USER_ERRORS = (
@@ -107,9 +107,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SQLAlchemy URL of the store (default: SQLite in the run folder); keep the password out "
                         f"of it: ${ENV_DB_PASSWORD} or --db-password-file (it is never saved)")
     add_password_file_argument(parser)
-    parser.add_argument("--when-behind", default="continue", choices=("continue", "wait"),
-                        help="human raters behind the label schedule: keep training on the current reward model, or wait")
-    parser.add_argument("--gold-fraction", type=float, default=0.05, help="human raters: share of quality-control pairs with a known answer")
+    parser.add_argument("--when-behind", default=None, choices=("continue", "wait"),
+                        help="human raters behind the label schedule: keep training on the current reward model, or wait "
+                        "(default: continue; human raters only)")
+    parser.add_argument("--gold-fraction", type=float, default=None,
+                        help="human raters: share of quality-control pairs with a known answer (default 0.05; human raters only)")
     parser.add_argument("--raters-per-pair", type=_positive_int, default=1, help="labels per pair (>1 measures rater agreement)")
     parser.add_argument("--unsupervised-steps", type=int, default=None,
                         help="PEBBLE: env steps of state-entropy exploration before the first query (default: the env preset's, 0 for most)")
@@ -122,8 +124,19 @@ def add_password_file_argument(parser: argparse.ArgumentParser) -> None:
                         f"${ENV_DB_PASSWORD_FILE} or PostgreSQL's PGPASSWORD / ~/.pgpass)")
 
 
+# Settings only the human-rater path reads: refused with a simulated or recorded teacher.
+HUMAN_ONLY_FLAGS = {"gold_fraction": "--gold-fraction", "when_behind": "--when-behind"}
+
+
 def build_train_config(args: argparse.Namespace) -> TrainConfig:
     run_dir = args.run_dir or Path("runs") / f"{args.env}-{args.teacher}-s{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    human_only = {key: getattr(args, key) for key in HUMAN_ONLY_FLAGS if getattr(args, key) is not None}
+    if human_only and args.teacher != HUMAN_TEACHER:
+        flags = " and ".join(HUMAN_ONLY_FLAGS[key] for key in human_only)
+        raise ConfigError(
+            f"{flags} {'apply' if len(human_only) > 1 else 'applies'} to human raters only (--teacher human, prefloop run); the {args.teacher!r} teacher "
+            f"answers every pair as soon as it is asked: leave {flags} out"
+        )
     return TrainConfig(
         env_id=args.env,
         run_dir=Path(run_dir),
@@ -141,20 +154,39 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         eval_episodes=args.eval_episodes,
         progress_bar=not args.no_progress,
         db_url=args.db_url,
-        when_behind=args.when_behind,
-        gold_fraction=args.gold_fraction,
         raters_per_pair=args.raters_per_pair,
         guideline=args.guideline,
         unsupervised_steps=args.unsupervised_steps,
+        **human_only,
     )
+
+
+# What --resume takes from its command line; every other run setting comes from the run folder.
+RESUME_OPTIONS = {"command", "func", "verbose", "run_dir", "resume", "no_progress", "db_url", "db_password_file",
+                  "host", "port", "token", "admin_token"}
+
+
+def check_resume_arguments(args: argparse.Namespace) -> None:
+    """Refuse run settings given with --resume (the run keeps its own), instead of ignoring them."""
+    if not args.resume:
+        return
+    if args.run_dir is None:
+        raise RunDirError("--resume needs --run-dir: the folder of the run to continue")
+    defaults = vars(build_parser().parse_args([args.command, "--run-dir", str(args.run_dir)]))
+    given = sorted(key for key, value in vars(args).items() if key not in RESUME_OPTIONS and value != defaults.get(key))
+    if given:
+        flags = ", ".join("--" + key.replace("_", "-") for key in given)
+        raise ConfigError(
+            f"--resume continues the run with its own settings (its config.json), so {flags} would be ignored: "
+            "leave them out, or start a new run (new --run-dir) with the new settings"
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from prefloop.loop import train
     from prefloop.report import print_run_summary
 
-    if args.resume and args.run_dir is None:
-        raise RunDirError("--resume needs --run-dir: the folder of the run to continue")
+    check_resume_arguments(args)
     config = build_train_config(args)
     result = train(config, resume=args.resume)
     print_run_summary(result)
@@ -172,8 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from prefloop.apps.access import AppConfigError, check_exposure, check_token_value
 
-    if args.resume and args.run_dir is None:
-        raise RunDirError("--resume needs --run-dir: the folder of the run to continue")
+    check_resume_arguments(args)
     try:  # before training starts, not when the app's process fails later
         check_token_value(args.token, "--token")
         check_token_value(args.admin_token, "--admin-token")

@@ -22,6 +22,7 @@ from prefloop.query import QueryConfig
 from prefloop.reward_models import RewardModelConfig
 from prefloop.schedule import ScheduleConfig
 from prefloop.serialization import strict_json
+from prefloop.teachers import HUMAN_TEACHER, RECORDED_PREFIX
 
 REWARD_SOURCES = ("preferences", "true")
 MAX_GUIDELINE_CHARS = 500
@@ -123,6 +124,29 @@ class TrainConfig:
                self.guideline, f"one line of at most {MAX_GUIDELINE_CHARS} characters without control characters")
         if self.reward_source == "preferences":
             _check(self.labels >= 1, "labels", self.labels, "an integer >= 1 for a preference run")
+            self._check_fits_teacher()
+
+    def _check_fits_teacher(self) -> None:
+        """Refuse settings the run's teacher or query method would silently ignore."""
+        human = self.teacher == HUMAN_TEACHER
+        simulated = not human and not self.teacher.startswith(RECORDED_PREFIX)
+        if self.raters_per_pair > 1 and not human:
+            raise ConfigError(
+                f"raters_per_pair {self.raters_per_pair} needs human raters (teacher 'human'): the "
+                f"{_short(self.teacher, 40)} teacher gives one label per pair, so every pair would wait "
+                "for ever; leave --raters-per-pair out"
+            )
+        if self.teacher_params and not simulated:
+            raise ConfigError(
+                f"teacher parameters ({', '.join(sorted(map(str, self.teacher_params)))}) apply to simulated "
+                f"teachers only; the {_short(self.teacher, 40)} teacher has none: leave --teacher-param out"
+            )
+        if self.query.method == "disagreement" and self.reward_model.n_members < 2:
+            raise ConfigError(
+                "query 'disagreement' ranks pairs by how much the reward-model ensemble's members "
+                f"disagree, which needs at least 2 members, got {self.reward_model.n_members}; use "
+                "--ensemble 2 or more (default 3), or --query entropy / uniform"
+            )
 
     def resolve(self) -> "TrainConfig":
         """A copy with every ``None`` filled from the env preset, and the preset's hyper-parameters merged."""

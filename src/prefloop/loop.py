@@ -35,7 +35,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from prefloop.algos import algorithm_class, check_algorithm_fits, is_off_policy, make_algorithm, relabel_replay_buffer
-from prefloop.callbacks import CheckpointCallback, CurveCallback, PreferenceCallback, RunState
+from prefloop.callbacks import CheckpointCallback, CurveCallback, PreferenceCallback, RunState, StepLimitCallback
 from prefloop.checkpoints import CheckpointChoice, newest_usable_checkpoint
 from prefloop.config import ConfigError, TrainConfig, config_differences
 from prefloop.credentials import url_password, url_without_password
@@ -233,6 +233,7 @@ def _train(
     if learner is not None:
         callbacks.append(PreferenceCallback(learner, rounds, initial_steps, state))
     callbacks.append(CheckpointCallback(state, learner, initial_steps, config.checkpoint_every or max(1, config.steps // 10)))
+    callbacks.append(StepLimitCallback(initial_steps, config.steps))
     if remaining > 0:
         model.learn(
             total_timesteps=remaining,
@@ -242,6 +243,9 @@ def _train(
             tb_log_name="policy",
         )
     final_step = initial_steps + int(model.num_timesteps)
+    if final_step != config.steps:
+        log.info("ran %d env steps for steps=%d: the %d parallel envs step together, so the total is a whole "
+                 "number of their steps", final_step, config.steps, config.n_envs)
     state.checkpoint(model, learner, final_step)
 
     eval_returns = evaluate(model, spec, config.eval_episodes, seed=config.seed + 10_000)

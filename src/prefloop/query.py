@@ -8,7 +8,10 @@ the ``n_pairs`` highest (Christiano et al. 2017; Lee et al. 2021):
 - disagreement: standard deviation over ensemble members of ``P(right better)``.
 - entropy: binary entropy (nats) of the ensemble-mean ``P(right better)``; highest at 0.5.
 
-Without a reward model yet (``preference_probs=None``) every method falls back to uniform.
+``select_pairs(..., preference_probs=None)`` samples uniformly whatever the method. The training
+loop always passes its ensemble, also for the first round, when the members are still untrained:
+``disagreement`` and ``entropy`` then score with the untrained members (no fallback to uniform).
+``disagreement`` needs at least two members (``TrainConfig`` refuses one).
 """
 
 from __future__ import annotations
