@@ -43,7 +43,7 @@ def url_without_password(url: str) -> str:
     except (ArgumentError, ValueError, TypeError):
         return _USERINFO.sub(r"\g<scheme>\g<user>@", str(url))
     query = {k: v for k, v in parsed.query.items() if k.lower() not in _PASSWORD_QUERY_KEYS}
-    return parsed.set(password=None, query=query).render_as_string(hide_password=False)
+    return parsed._replace(password=None).set(query=query).render_as_string(hide_password=False)
 
 
 def url_password(url: str) -> str | None:

@@ -51,10 +51,9 @@ from prefloop.store import (
     ANSWERED,
     MAX_RATER_ID_CHARS,
     PENDING,
+    NoSuchRunError,
+    NoSuchStoreError,
     PreferenceStore,
-    StoreBusyError,
-    StoreError,
-    StoreReadOnlyError,
     _segment_from_row,
     labels_table,
     pairs_table,
@@ -384,9 +383,7 @@ def _open_for_export(store_url: str, run_name: str) -> PreferenceStore:
     a missing store or run is a DatasetError, a locked or unreadable one says so."""
     try:
         return PreferenceStore(store_url, run_name=run_name, read_only=True)
-    except (StoreBusyError, StoreReadOnlyError):
-        raise
-    except StoreError as exc:
+    except (NoSuchStoreError, NoSuchRunError) as exc:
         raise DatasetError(f"{exc}; pass the run folder (--run-dir) or the URL of the store that holds the run") from None
 
 

@@ -106,8 +106,10 @@ def initial_random_steps(config: TrainConfig) -> int:
     if config.unsupervised_steps:
         return 0
     # enough for ~40 segments, and for every parallel env to get past its first cut (2 L steps)
-    wanted = max(int(0.02 * config.steps), 40 * config.segment_length, 3 * config.segment_length * (config.n_envs or 1))
-    return min(wanted, int(0.1 * config.steps))
+    n_envs = config.n_envs or 1
+    wanted = max(int(0.02 * config.steps), 40 * config.segment_length, 3 * config.segment_length * n_envs)
+    steps = min(wanted, int(0.1 * config.steps))
+    return max(n_envs, steps - steps % n_envs)  # what collect_random plays: whole steps of every env
 
 
 def collect_random(venv: VecEnv, steps: int, seed: int) -> None:

@@ -139,6 +139,8 @@ class RunDir:
         A folder holding only what an interrupted ``create`` leaves (no ``config.json`` yet) counts
         as empty, so a run killed while starting can simply be started again.
         """
+        if self.path.is_dir() and lock_holder(self.path) is not None:
+            self._acquire_lock()  # raises RunDirBusyError naming the trainer
         if self.path.exists() and (not self.path.is_dir() or not self._unstarted()):
             raise RunDirError(
                 f"run folder {self.path} already exists. Pass --resume to continue that run, "

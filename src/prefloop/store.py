@@ -117,6 +117,10 @@ class NotAPreferenceStoreError(StoreError):
     """The database is not a prefloop store (corrupt file, not SQLite, or another app's tables)."""
 
 
+class NoSuchStoreError(StoreError):
+    """A store opened read-only does not exist (nothing is created)."""
+
+
 class NoSuchRunError(StoreError):
     """A store opened read-only has no run of the name asked for (nothing is created)."""
 
@@ -317,6 +321,8 @@ class PreferenceStore:
         self._is_sqlite = parsed.get_backend_name() == "sqlite"
         if self._is_sqlite:
             _preflight_sqlite_file(parsed.database, must_exist=read_only)
+            if not read_only:
+                self._check_writable()
 
         try:
             if self._is_sqlite and read_only and parsed.database not in (None, "", ":memory:"):
@@ -347,6 +353,8 @@ class PreferenceStore:
             else:
                 self._ensure_schema()
                 self._run_id = self._get_or_create_run(run_name)
+                if not self._is_sqlite:
+                    self._check_writable()
         except DBAPIError as exc:
             self._engine.dispose()
             raise store_open_error(exc, self.url, parsed.database if self._is_sqlite else None) from exc
@@ -395,6 +403,25 @@ class PreferenceStore:
         self._check_open()
         with self._write_engine.begin() as conn:
             yield conn
+
+    def _check_writable(self) -> None:
+        """Refuse a store that cannot be written now, not when the first label is written: a
+        SQLite file or folder that may not be written (a read-only mount; SQLite would open it
+        read-only without a word), a read-only PostgreSQL database or a user who may not insert."""
+        if self._is_sqlite:
+            database = str(self._url.database or "")
+            if database not in ("", ":memory:") and not database.startswith("file:") and _sqlite_not_writable(Path(database)):
+                raise read_only_error(database, "the file or its folder may not be written")
+            return
+        if self._url.get_backend_name() != "postgresql":
+            return
+        with self._read() as conn:
+            read_only, may_insert = conn.exec_driver_sql(
+                "SELECT current_setting('transaction_read_only'), has_table_privilege('labels', 'INSERT')"
+            ).one()
+        if read_only == "on" or not may_insert:
+            why = "the database is read-only" if read_only == "on" else "the database user may not insert labels"
+            raise read_only_error(self.url, why)
 
     def read_transaction(self) -> "contextlib.AbstractContextManager[Connection]":
         """One consistent read transaction on this store's database (for bulk readers like export)."""
@@ -1443,12 +1470,7 @@ def store_open_error(exc: DBAPIError, shown_url: str, sqlite_path: str | None) -
     if kind == "busy":
         return _busy_error(where, reason)
     if kind == "read_only":
-        return StoreReadOnlyError(
-            f"the preference store {where} cannot be written ({reason}): a read-only file system, or "
-            "the file, its folder or the database user may not write. It is not damaged: `prefloop "
-            "export` and `prefloop doctor` read it as it is; to train or rate, copy the run folder "
-            "somewhere writable (or grant write access)"
-        )
+        return read_only_error(where, reason)
     if sqlite_path:
         return StoreError(
             f"cannot open the preference store {sqlite_path}: {reason}. The file is damaged: "
@@ -1458,6 +1480,17 @@ def store_open_error(exc: DBAPIError, shown_url: str, sqlite_path: str | None) -
         f"cannot open the preference store {shown_url}: {reason}. Check that the server runs and the "
         f"URL (host, port, user, database) is right; a password goes in ${ENV_DB_PASSWORD} or "
         "--db-password-file, never into files"
+    )
+
+
+def read_only_error(where: str, reason: str) -> StoreReadOnlyError:
+    """The one line for a store that may not be written (a read-only mount, file permissions,
+    a read-only database or user): not damage, and reading it works."""
+    return StoreReadOnlyError(
+        f"the preference store {where} cannot be written ({reason}): a read-only file system, or the "
+        "file, its folder or the database user may not write. It is not damaged: `prefloop export` and "
+        "`prefloop doctor` read it as it is; to train or rate, copy the run folder somewhere writable "
+        "(or grant write access)"
     )
 
 
@@ -1518,7 +1551,7 @@ def _preflight_sqlite_file(database: str | None, must_exist: bool = False) -> No
     if "\x00" in database:
         raise StoreError("the database file name contains a NUL character; pass a real file path")
     if must_exist and not Path(database).is_file():
-        raise StoreError(f"there is no preference store at {database}; check the path (nothing was created)")
+        raise NoSuchStoreError(f"there is no preference store at {database}; check the path (nothing was created)")
     try:
         _check_sqlite_file(Path(database))
     except OSError as exc:  # unreadable file or folder: say which, without a traceback
