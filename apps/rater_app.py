@@ -293,8 +293,8 @@ def _keepalive(session: RaterSession, lease_seconds: float) -> None:
 
 def _paused_view(session: RaterSession, config: AppConfig) -> None:
     st.info(
-        f"Paused: no answer for {config.idle_seconds / 60:.0f} minutes, so your pairs went back to "
-        "the queue for others. Take a break if you need one; press the button when you are back.",
+        f"Paused: no answer for {config.idle_seconds / 60:.0f} minutes, so no pairs are held for you "
+        "and others can rate them. Take a break if you need one; press the button when you are back.",
         icon=":material/pause_circle:",
     )
     if st.button("I'm back -- show me a pair", key="resume_rating", type="primary"):
@@ -307,7 +307,7 @@ def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
     def waiting() -> None:
         if session.current is None:
             session.heartbeat()
-        if session.current is not None:
+        if session.current is not None or session.paused:
             st.rerun(scope="app")
         progress = parse_progress(store.get_meta("progress"))
         if progress is not None and progress.status == "finished":

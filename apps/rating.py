@@ -223,8 +223,6 @@ class RaterSession:
         for pair in (self.current, self.next):  # both go to the browser now
             if pair is not None and pair.pair_id not in self.served_at:
                 self.served_at[pair.pair_id] = now
-        if self.current is not None and (not old or old[0].pair_id != self.current.pair_id):
-            self.last_activity = max(self.last_activity, now)  # a new pair on screen: idle from now
         for pair_id in [i for i in self.served_at if i not in keep]:
             del self.served_at[pair_id]
         for pair_id in sorted(keep - set(self.shown_ids)):
@@ -408,12 +406,14 @@ class RaterSession:
 
     def heartbeat(self) -> bool:
         """The page's periodic call while the tab is open: renew the shown pairs' leases (or fetch
-        a pair if none is shown). A pair on screen for ``idle_release_s`` without an answer pauses
-        the session and gives both pairs back. A closed tab stops calling, and its leases run out
-        after ``lease_seconds``. Returns True if what the page shows changed."""
+        a pair if none is shown). ``idle_release_s`` after the rater's last action (answer, undo,
+        sign-in, "I'm back") the session pauses and gives its pairs back -- also while it waits
+        for pairs, so an abandoned tab never picks up the pairs other idle tabs let go. A closed
+        tab stops calling, and its leases run out after ``lease_seconds``. Returns True if what
+        the page shows changed."""
         if self.paused:
             return False
-        if self.current is not None and self.clock() - self.last_activity > self.idle_release_s:
+        if self.clock() - self.last_activity > self.idle_release_s:
             self.pause()
             return True
         return self.refresh()
