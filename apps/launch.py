@@ -31,6 +31,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from prefloop.rundir import write_atomic
 from prefloop.apps.access import (
     ENV_ADMIN_TOKEN,
     ENV_DB_URL,
@@ -197,12 +198,9 @@ def launch_rater_app(
 
 
 def _write_if_changed(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a running app may read it at any moment)."""
-    if path.is_file() and path.read_text() == text:
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` in one step (a running app may read it at any moment)."""
+    if not (path.is_file() and path.read_text() == text):
+        write_atomic(path, text)
 
 
 def app_url(host: str, port: int) -> str:
