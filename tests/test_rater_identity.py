@@ -19,6 +19,7 @@ from prefloop.apps.rating import RaterSession
 from prefloop.cli import main as cli_main
 from prefloop.envs.clips import CLIP_MIME
 from prefloop.identity import IdentityError, hash_secret, invite, name_skeleton, normalize_rater_name, sign_in
+from prefloop.rundir import store_of_run_folder
 from prefloop.store import PreferenceStore, sqlite_url
 from prefloop.types import Choice, SegmentPair
 
@@ -122,20 +123,21 @@ def test_a_name_belongs_to_whoever_holds_its_key(store: PreferenceStore) -> None
 def test_raters_add_prints_a_link_and_stores_only_its_hash(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    PreferenceStore(sqlite_url(run_dir / "prefs.sqlite"), "default").close()
+    url, run = store_of_run_folder(run_dir)
+    PreferenceStore(url, run).close()
     assert cli_main(["raters", "add", "alice", "--run-dir", str(run_dir), "--url", "http://rate.example:8501"]) == 0
     link = capsys.readouterr().out.strip()
     assert link.startswith("http://rate.example:8501/?rater=alice&key=")
     secret = link.rsplit("key=", 1)[1]
     for path in run_dir.iterdir():  # the secret is in the link only: not in the store, not in its journal
         assert secret.encode() not in path.read_bytes(), path
-    with PreferenceStore(sqlite_url(run_dir / "prefs.sqlite"), "default") as store:
+    with PreferenceStore(url, run) as store:
         assert sign_in(store, "alice", secret).name == "alice"
     assert cli_main(["raters", "add", "alice", "--run-dir", str(run_dir)]) == 2  # taken: one clear line
     assert "--new-link" in capsys.readouterr().err
     assert cli_main(["raters", "add", "alice", "--run-dir", str(run_dir), "--new-link"]) == 0
     new_secret = capsys.readouterr().out.strip().rsplit("key=", 1)[1]
-    with PreferenceStore(sqlite_url(run_dir / "prefs.sqlite"), "default") as store:
+    with PreferenceStore(url, run) as store:
         with pytest.raises(IdentityError):
             sign_in(store, "alice", secret)  # the old link stopped working
         assert sign_in(store, "alice", new_secret).name == "alice"
