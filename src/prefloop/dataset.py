@@ -1232,7 +1232,7 @@ def _meta_values(dataset: PreferenceDataset) -> dict[str, str]:
 # Command line (wired into prefloop.cli by the lead)
 
 
-def _store_of_run_dir(run_dir: Path, db_url: str | None, run_name: str | None) -> tuple[str, str]:
+def store_of_run_dir(run_dir: Path, db_url: str | None, run_name: str | None) -> tuple[str, str]:
     """(store URL, run name) of a run folder: its config.json's ``db_url``/``run_name`` when it has
     them, else ``prefs.sqlite`` in it and the folder's name; explicit arguments win."""
     from prefloop.config import ConfigError, read_store_settings
@@ -1260,7 +1260,7 @@ def _target(args: argparse.Namespace, *, create: bool) -> tuple[str, str]:
         run_dir.mkdir(parents=True, exist_ok=True)
     elif not run_dir.is_dir():
         raise DatasetError(f"run folder {run_dir} does not exist; pass the folder of a prefloop run")
-    return _store_of_run_dir(run_dir, args.db_url, args.run_name)
+    return store_of_run_dir(run_dir, args.db_url, args.run_name)
 
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
