@@ -488,7 +488,9 @@ def test_rerun_with_the_recorded_teacher_gives_identical_labels(tmp_path: Path) 
 
     first = train(config("original", "oracle"))
     export_dataset(sqlite_url(tmp_path / "original" / "prefs.sqlite"), "original", tmp_path / "dataset")
-    replay_config = config("replay", f"recorded:{tmp_path / 'dataset'}")
+    # the labels travel as a dataset into a run folder elsewhere; the replay trains on that run
+    import_dataset(tmp_path / "dataset", sqlite_url((tmp_path / "imported").mkdir() or tmp_path / "imported" / "prefs.sqlite"), "imported")
+    replay_config = config("replay", f"recorded:{tmp_path / 'imported'}")
     teacher = make_recorded_teacher(tmp_path / "dataset")
     assert teacher.caveats == []
     assert teacher.config_differences(replay_config.resolve().to_json()) == []

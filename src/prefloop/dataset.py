@@ -66,6 +66,7 @@ from prefloop.store import (
 )
 from prefloop.types import Choice, Label, Segment
 from prefloop.untrusted import (
+    BIDI_CONTROLS,
     TooLargeError,
     UntrustedInputError,
     check_finite,
@@ -569,9 +570,6 @@ MAX_SOURCE_RUN_NAME_CHARS = 200
 _TIME_RANGE = (0.0, 253_402_300_799.0)
 _INT32 = (-(2**31), 2**31 - 1)  # INTEGER columns on PostgreSQL
 _INT64 = (-(2**63), 2**63 - 1)  # BIGINT columns, and ids
-# Characters that reorder what is shown around them: a rater id holding one can pass itself off as
-# another name on the dashboard. The rater app never accepts them in a typed name either.
-_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _REEXPORT = "export it again with `prefloop export` (a dataset is only accepted as written)"
 
 
@@ -918,7 +916,7 @@ class _Fields:
             rater_id = _check_rater(value)
         except StoreError as exc:
             raise self.error(name, str(exc).removeprefix("rater_id ")) from None
-        bidi = next((ch for ch in rater_id if ch in _BIDI_CONTROLS), None)
+        bidi = next((ch for ch in rater_id if ch in BIDI_CONTROLS), None)
         if bidi is not None:
             raise self.error(
                 name,

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import stat
+import unicodedata
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,12 +30,14 @@ __all__ = [
     "MAX_INT_DIGITS",
     "MAX_JSON_DEPTH",
     "TooLargeError",
+    "BIDI_CONTROLS",
     "UntrustedInputError",
     "check_finite",
     "excerpt",
     "iter_jsonl",
     "open_regular_file",
     "parse_json",
+    "plain_text",
     "read_npz",
     "read_regular_file",
 ]
@@ -45,6 +48,8 @@ MAX_INT_DIGITS = 20  # any int64 (19 digits and a sign); Python itself refuses >
 MAX_NPZ_MEMBERS = 64
 MAX_NPZ_DIRECTORY_BYTES = 1 << 20  # the zip's central directory, read whole by zipfile
 MAX_NPY_DIMS = 8
+# Characters that reorder the text around them: a name holding one can show as another name.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _ALLOWED_KINDS = "biuf"  # bool, integers, floats: no objects (pickle), strings, voids or complex
 
 
@@ -68,6 +73,18 @@ def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
     except Exception:  # noqa: BLE001 -- a value too odd to print
         return f"a {type(value).__name__}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def plain_text(text: str, limit: int = 200) -> str:
+    """Text from a store or a dataset made fit for one line of a page: control characters become
+    spaces, :data:`BIDI_CONTROLS` are dropped, runs of spaces collapse, and it is cut to ``limit``
+    characters. Show it as text (``st.text``), never as Markdown or HTML, so a link or an image
+    in it stays text."""
+    cleaned = "".join(
+        " " if unicodedata.category(ch) in ("Cc", "Cs") else ch for ch in text if ch not in BIDI_CONTROLS
+    )
+    cleaned = " ".join(cleaned.split())
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
 
 
 # -- files --------------------------------------------------------------------------------------
