@@ -39,17 +39,12 @@ from prefloop.recorded import make_recorded_teacher
 from prefloop.store import PreferenceStore, metadata, sqlite_url
 from prefloop.types import Choice
 
-from test_dataset import reseal
+from conftest import backend_database
+from test_dataset import META, reseal
 from test_hostile_input import cli
 from test_store import make_pairs
 
 SECRET = "TOP-SECRET-MARKER-7f3a"  # content of files outside the dataset that links point at
-META = {
-    "env_spec": json.dumps({"env_id": "CartPole-v1", "env_kwargs": {}}),
-    "render_fps": "50.0",
-    "guideline": "Which cart keeps the pole upright longer?",
-    "config": json.dumps({"env_id": "CartPole-v1", "seed": 0, "labels": 4}),
-}
 
 
 @pytest.fixture(scope="module")
@@ -388,22 +383,13 @@ def dump_store(url: str) -> dict[str, list[tuple]]:
 def precious(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A store on each backend whose run 'precious' holds labels an import must never touch (one
     database per backend for the module: creating one per case would cost more than the cases)."""
-    if request.param == "sqlite":
-        url, drop = sqlite_url(tmp_path_factory.mktemp("precious") / "prefs.sqlite"), None
-    else:
-        server = request.getfixturevalue("local_postgres")
-        name = f"test_{uuid.uuid4().hex[:20]}"
-        url, drop = server.create_database(name), (server, name)
-    with PreferenceStore(url, "precious") as store:
-        store.set_meta("guideline", "keep me")
-        (pair_id,) = store.add_pairs(make_pairs(1))
-        store.claim_next("ada")
-        store.answer(pair_id, "ada", Choice.LEFT, 1.0)
-    try:
+    with backend_database(request, request.param, tmp_path_factory) as url:
+        with PreferenceStore(url, "precious") as store:
+            store.set_meta("guideline", "keep me")
+            (pair_id,) = store.add_pairs(make_pairs(1))
+            store.claim_next("ada")
+            store.answer(pair_id, "ada", Choice.LEFT, 1.0)
         yield url
-    finally:
-        if drop:
-            drop[0].drop_database(drop[1])
 
 
 def assert_short_excerpt(err: str, value: str | None) -> None:
