@@ -27,17 +27,12 @@ from prefloop.apps.access import (
     parse_app_args,
     token_matches,
 )
-from prefloop.apps.dashboard import (
-    escape_markdown,
-    parse_progress,
-    render_dashboard,
-    render_export_download,
-    trainer_status_line,
-)
+from prefloop.apps.dashboard import parse_progress, render_dashboard, render_export_download, trainer_status_line
 from prefloop.apps.player import PLAYER_KEY, render_player
 from prefloop.apps.rating import DB_TROUBLE, Notice, RaterSession
 from prefloop.config import MAX_GUIDELINE_CHARS
 from prefloop.identity import IdentityError, sign_in
+from prefloop.untrusted import markdown_literal
 from prefloop.store import PreferenceStore, StoreError
 
 log = logging.getLogger("prefloop.apps")
@@ -191,7 +186,7 @@ def identify(store: PreferenceStore, config: AppConfig) -> str | None:
         if problem is None:
             st.rerun()
     if problem:
-        st.warning(escape_markdown(problem))  # the name is the rater's text: never Markdown
+        st.warning(markdown_literal(problem, 500))  # the name is the rater's text: never Markdown
     return None
 
 
@@ -246,7 +241,7 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
     head, who = st.columns([5, 1], vertical_alignment="bottom")
     head.markdown(f"### {guideline}")
     with who:
-        if st.button(f"Not {escape_markdown(rater)}?", key="switch_rater", type="tertiary"):
+        if st.button(f"Not {markdown_literal(rater)}?", key="switch_rater", type="tertiary"):
             session.release_all()
             for key in ("prefloop_rater", _SESSION, "prefloop_new_key"):
                 st.session_state.pop(key, None)
@@ -256,7 +251,7 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
     if st.session_state.pop("prefloop_new_key", False):
         st.info(
             "Bookmark this page: its address is your personal link. It proves you are "
-            f"**{escape_markdown(rater)}**; without it no one (you included) can answer as this name.",
+            f"**{markdown_literal(rater)}**; without it no one (you included) can answer as this name.",
             icon=":material/key:",
         )
 
