@@ -162,53 +162,80 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Train with people as the teacher: the trainer here, the rater app (and its clip worker) in a
-    child process started as soon as the store exists."""
+    child process started as soon as the store exists, watched and stopped with the run."""
+    import _thread
     import os
-    import subprocess
+    import signal
 
     from prefloop.loop import train
     from prefloop.report import print_run_summary
 
     from prefloop.apps.access import ENV_ADMIN_TOKEN, ENV_TOKEN, AppConfigError, check_exposure, check_token_value
+    from prefloop.apps.launch import AppStartError, check_port_free
+    from prefloop.apps.supervise import RaterAppSupervisor
 
     if args.resume and args.run_dir is None:
         raise RunDirError("--resume needs --run-dir: the folder of the run to continue")
-    try:  # before training starts, not when the app's process fails later
+    try:  # before training starts (and before the run folder exists), not when the app fails later
         check_token_value(args.token, "--token")
         check_token_value(args.admin_token, "--admin-token")
         check_exposure(args.host, args.token, args.admin_token)
-    except AppConfigError as exc:
+        check_port_free(args.host, args.port)
+    except (AppConfigError, AppStartError) as exc:
         raise ConfigError(str(exc)) from None
     config = build_train_config(args)
-    app: list[subprocess.Popen] = []
+    supervisors: list[RaterAppSupervisor] = []
 
     def start_app(run_dir, store_url: str, run_name: str) -> None:
-        command = [sys.executable, "-m", "prefloop.cli", "rate", "--db-url", store_url, "--run-name", run_name,
-                   "--host", args.host, "--port", str(args.port)]
         env = dict(os.environ)
         # Tokens travel in the environment, not on the command line, where `ps` shows them.
         if args.token:
             env[ENV_TOKEN] = args.token
         if args.admin_token:
             env[ENV_ADMIN_TOKEN] = args.admin_token
-        app.append(subprocess.Popen(command, start_new_session=True, env=env))
-        print(f"rater app: http://{args.host}:{args.port}/  (open it in a browser and start comparing clips)", flush=True)
+        # The app prints its URL itself, once, when it answers (and is this run's app).
+        supervisor = RaterAppSupervisor(
+            ["--db-url", store_url, "--run-name", run_name, "--host", args.host, "--port", str(args.port)],
+            env, on_give_up=lambda why: _thread.interrupt_main(),
+        )
+        supervisors.append(supervisor)
+        supervisor.start()
 
+    # A timeout, systemd, `docker stop` or a closed terminal: stop like Ctrl-C, app and worker too.
+    stop_signals = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {signum: signal.signal(signum, _raise_keyboard_interrupt) for signum in stop_signals}
     try:
         result = train(config, resume=args.resume, on_ready=start_app)
         print_run_summary(result)
-        if app and sys.stdin.isatty():
-            print(f"Training finished. The rater app stays up for its dashboard: http://{args.host}:{args.port}/dashboard"
-                  " -- press Ctrl-C to stop it.", flush=True)
+        if supervisors and supervisors[0].running() and sys.stdin.isatty():
+            print("Training finished; the rater app says so to raters and stays up for its dashboard "
+                  "-- press Ctrl-C to stop it.", flush=True)
             try:
-                app[0].wait()
+                supervisors[0].wait()
             except KeyboardInterrupt:
                 pass  # the run is complete; Ctrl-C only stops the app
+    except KeyboardInterrupt:
+        failure = supervisors[0].failure if supervisors else None
+        if failure is None:
+            raise
+        print(f"prefloop: error: {failure}; every label so far is stored, continue with --resume", file=sys.stderr)
+        return 1
     finally:
-        for process in app:
-            process.terminate()
-            process.wait(timeout=30)
+        for signum in previous:  # no second signal cuts the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
+        for supervisor in supervisors:
+            supervisor.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    failure = supervisors[0].failure if supervisors else None
+    if failure is not None:
+        print(f"prefloop: error: {failure}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -1064,19 +1064,14 @@ def _meta_values(dataset: PreferenceDataset) -> dict[str, str]:
 
 
 def _store_of_run_dir(run_dir: Path, db_url: str | None, run_name: str | None) -> tuple[str, str]:
-    """(store URL, run name) of a run folder: its config.json's ``db_url``/``run_name`` when it has
-    them, else ``prefs.sqlite`` in it and the folder's name; explicit arguments win."""
-    from prefloop.config import ConfigError, read_store_settings
+    """(store URL, run name) of a run folder (see :func:`prefloop.rundir.store_of_run_folder`)."""
+    from prefloop.config import ConfigError
+    from prefloop.rundir import store_of_run_folder
 
-    if db_url and run_name:
-        return db_url, run_name
     try:
-        saved_url, saved_name = read_store_settings(run_dir / "config.json")
+        return store_of_run_folder(run_dir, db_url, run_name)
     except ConfigError as exc:
         raise DatasetError(str(exc)) from None
-    url = db_url or saved_url or sqlite_url(run_dir / "prefs.sqlite")
-    name = run_name or saved_name or run_dir.resolve().name
-    return url, name
 
 
 def _target(args: argparse.Namespace, *, create: bool) -> tuple[str, str]:
