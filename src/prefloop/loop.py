@@ -256,6 +256,7 @@ def _train(
         withdrawn = learner.store.withdraw_unanswered()
         if withdrawn:
             log.info("withdrew %d unanswered pairs: training is over, they will not be shown to raters", withdrawn)
+        learner.publish_progress("evaluating", final_step, curve, "Labelling is over; the final policy is being evaluated.")
 
     eval_returns = evaluate(model, spec, config.eval_episodes, seed=config.seed + 10_000)
     result = RunResult(
