@@ -979,7 +979,7 @@ def _pairs_from_lines(lines: list[tuple[int, dict[str, Any]]], segment_ids: set[
                 gold_choice=gold,
                 score=f.float("score"),  # type: ignore[arg-type]
                 created_at=f.time("created_at"),  # type: ignore[arg-type]
-                status=status if status in (PENDING, CLAIMED, ANSWERED) else None,
+                status=status if status in (PENDING, CLAIMED, ANSWERED, WITHDRAWN) else None,
             )
         )
     return sorted(pairs, key=lambda p: p.id)
