@@ -322,7 +322,7 @@ def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
                 "No pairs are waiting right now -- the trainer will add more; this page "
                 "refreshes by itself."
             )
-        st.caption(trainer_status_line(progress))
+        st.text(trainer_status_line(progress))  # holds the trainer's message: plain text
         if progress is not None and progress.fraction_done is not None and progress.status != "finished":
             st.progress(progress.fraction_done)
         st.caption(f"Your answers today: **{session.labels_today()}**")

@@ -332,7 +332,7 @@ def test_empty_queue_waits_calmly_shows_the_trainer_and_picks_up_new_pairs(rated
     at = make_app(rated_store, rater="ada")
     assert player(at) is None
     assert "No pairs are waiting right now" in texts(at.info) and "refreshes by itself" in texts(at.info)
-    assert "25% of training done" in texts(at.caption)
+    assert "25% of training done" in texts(at.text)  # the trainer's words are shown as plain text
 
     with PreferenceStore(rated_store.url, rated_store.run_name) as store:
         (new_pair,) = store.add_pairs([SegmentPair(*store.get_segments([1, 2]))])

@@ -75,7 +75,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
     parser.add_argument("--teacher", default="oracle", type=_teacher_name, metavar="TEACHER",
                         help="'human' (raters in the browser app), a simulated teacher ("
-                        + ", ".join(sorted(TEACHER_PRESETS)) + "), or recorded:DATASET_DIR (replay exported labels)")
+                        + ", ".join(sorted(TEACHER_PRESETS)) + "), or recorded:DIR (replay the labels of an exported dataset or an imported run folder)")
     parser.add_argument(
         "--teacher-param", action="append", default=[], type=_teacher_param, metavar="KEY=VALUE",
         help="override a teacher parameter: beta, gamma, epsilon, skip_threshold, equal_threshold (repeatable)",
