@@ -16,6 +16,7 @@ any other for ``doctor``, ``export`` and a replay (``--teacher recorded:RUN_DIR`
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -32,6 +33,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, select
 
+from prefloop.apps.cli_rate import resolve_store
 from prefloop.cli import main
 from prefloop.dataset import export_dataset, import_dataset, load_dataset
 from prefloop.doctor import check_run
@@ -307,6 +309,11 @@ HOSTILE = [
     Hostile("npz-not-a-zip", lambda d: (d / "segments.npz").write_bytes(b"PK\x03\x04" + os.urandom(300)), "segments.npz cannot be read"),
     Hostile("npz-array-missing", drop_member("n_valid.npy"), "arrays ['n_valid'] are missing"),
     Hostile("jsonl-bigger-than-allowed", lambda d: None, "more than the limit", args=("--max-gib", "0.000001")),
+    Hostile("100k-empty-objects", lambda d: (d / "labels.jsonl").write_text("{}\n" * 100_000),
+            "labels.jsonl has 100,001 lines", args=("--max-gib", "0.001")),
+    Hostile("100k-empty-segments", lambda d: write_npz(d, {**npz_members(d), "segment_id.npy": npy(np.arange(100_000)),
+                                                            "obs.npy": npy(np.zeros((100_000, 1, 0), np.float32))}),
+            "segments.npz holds 100,000 segments", args=("--max-gib", "0.1")),
     Hostile("manifest-9mb", edit_manifest(lambda m: m.update({"padding": "p" * (9 << 20)})), "manifest.json is 9,", echo="p" * 100),
     Hostile("1mb-rater-id", edit_field("labels.jsonl", 0, "rater_id", MB), "labels.jsonl line 1 is 1,000,", echo=MB),
     Hostile("1mb-choice", edit_field("labels.jsonl", 1, "choice", MB), "labels.jsonl line 2 is 1,000,", echo=MB),
@@ -466,11 +473,21 @@ def test_an_imported_run_is_a_run_doctor_export_and_replay_understand(
     assert f"recorded:{run_dir}" in text  # says how to train on it
     assert main(["doctor", "--run-dir", str(run_dir)]) == 0
 
+    # raters get the pairs still waiting for labels (the app opens the run the import made)
+    url, run_name = resolve_store(argparse.Namespace(run_dir=run_dir, run_name=None, db_url=None))
+    with PreferenceStore(url, run_name) as store:
+        assert store.counts()["labels"] == 4 and store.counts()["pending"] == 2
+        waiting = store.claim_next("carol")
+        assert waiting is not None
+        store.answer(waiting.id, "carol", Choice.LEFT, 3.0)
+        store.release(store.claim_next("carol").id, "carol")
+
     assert main(["export", "--run-dir", str(run_dir), "--out", str(tmp_path / "exported")]) == 0
     original, exported = load_dataset(clean_dataset), load_dataset(tmp_path / "exported")
     assert [(lab.rater_id, lab.choice, lab.created_at, lab.retracted_at) for lab in original.labels] == [
-        (lab.rater_id, lab.choice, lab.created_at, lab.retracted_at) for lab in exported.labels
+        (lab.rater_id, lab.choice, lab.created_at, lab.retracted_at) for lab in exported.labels[:-1]
     ]
+    assert exported.labels[-1].rater_id == "carol"
 
     # a replay reads the imported run like the dataset it came from
     from_run, from_dataset = make_recorded_teacher(run_dir), make_recorded_teacher(clean_dataset)
