@@ -47,6 +47,7 @@ class Progress:
     curve: list[dict[str, Any]] = field(default_factory=list)
     updated_at: float | None = None
     message: str | None = None
+    eval_return: float | None = None  # a finished run's evaluation return (``eval_return_mean``)
 
     @property
     def fraction_done(self) -> float | None:
@@ -88,6 +89,7 @@ def parse_progress(raw: str | None) -> Progress | None:
         curve=rows("curve"),
         updated_at=number("updated_at", float),
         message=message if isinstance(message, str) else None,
+        eval_return=number("eval_return_mean", float),
     )
 
 
