@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import shutil
 import struct
@@ -31,14 +32,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, update
 
 from prefloop.apps.cli_rate import resolve_store
 from prefloop.cli import main
 from prefloop.dataset import export_dataset, import_dataset, load_dataset
 from prefloop.doctor import check_run
 from prefloop.recorded import make_recorded_teacher
-from prefloop.store import PreferenceStore, metadata, sqlite_url
+from prefloop.store import PreferenceStore, labels_table, metadata, sqlite_url
 from prefloop.types import Choice
 
 from conftest import backend_database
@@ -527,3 +528,23 @@ def test_a_write_that_fails_midway_leaves_no_run_and_no_row(
     with pytest.raises(Exception, match="already has 1 pairs"):
         import_dataset(clean_dataset, precious, "precious")
     assert dump_store(precious) == before
+
+
+@pytest.mark.parametrize("value", [-math.inf, math.inf], ids=["minus-infinity", "infinity"])
+def test_export_of_a_store_holding_an_impossible_time_is_one_line(
+    clean_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: float
+) -> None:
+    """A label time another tool wrote (SQLite keeps infinities) cannot go into a dataset: one line,
+    no half-written folder, the store unchanged."""
+    run_dir = tmp_path / "run"
+    import_dataset(clean_dataset, sqlite_url((run_dir.mkdir() or run_dir) / "prefs.sqlite"), "run")
+    url = sqlite_url(run_dir / "prefs.sqlite")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(update(labels_table).where(labels_table.c.rater_id == "bob").values(created_at=value))
+    engine.dispose()
+    before = dump_store(url)
+    err = cli(capsys, "export", "--run-dir", str(run_dir), "--out", str(tmp_path / "out"))
+    assert "created_at = " in err and "nothing was exported" in err
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == [run_dir]
+    assert dump_store(url) == before

@@ -524,7 +524,16 @@ def _counts(n_segments: int, pairs: list[dict], labels: list[dict]) -> dict[str,
 def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for line in lines:
-            handle.write(json.dumps(line, allow_nan=False, ensure_ascii=False) + "\n")
+            try:
+                text = json.dumps(line, allow_nan=False, ensure_ascii=False)
+            except ValueError:  # NaN or infinity: a store edited or damaged outside prefloop
+                key = next(k for k, v in line.items() if isinstance(v, float) and not math.isfinite(v))
+                raise DatasetError(
+                    f"{path.stem} {line.get('id')} has {key} = {line[key]}, which is not a number a "
+                    "dataset can hold; the store was edited or damaged outside prefloop. Set that "
+                    "value in the store to a real one; nothing was exported"
+                ) from None
+            handle.write(text + "\n")
 
 
 def _sha256(path: Path) -> str:
