@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefloop.algos import ALGORITHMS, AlgorithmError
-from prefloop.config import ConfigError, TrainConfig
+from prefloop.config import WHEN_BEHIND, ConfigError, TrainConfig
 from prefloop.dataset import DatasetError
 from prefloop.envs import EnvSetupError
 from prefloop.query import QUERY_METHODS, NotEnoughSegmentsError, QueryConfig, QueryConfigError
@@ -71,6 +71,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (0 <= value <= 3600):
+        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds, got {text}")
+    return value
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
     parser.add_argument("--teacher", default="oracle", type=_teacher_name, metavar="TEACHER",
@@ -93,8 +103,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'true' trains on the env reward instead (the baseline)")
     parser.add_argument("--eval-episodes", type=_positive_int, default=10)
     parser.add_argument("--db-url", default=None, help="SQLAlchemy URL of the store (default: SQLite in the run folder)")
-    parser.add_argument("--when-behind", default="continue", choices=("continue", "wait"),
-                        help="human raters behind the label schedule: keep training on the current reward model, or wait")
+    parser.add_argument("--when-behind", default="pace", choices=WHEN_BEHIND,
+                        help="raters behind the label schedule: 'pace' (default) trains the policy only as far as the "
+                        "answers so far unlock, 'wait' pauses at every round until all pairs are answered, "
+                        "'continue' never waits (a slow rater then makes the run worse, not longer)")
+    parser.add_argument("--answer-seconds", type=_seconds, default=0.0, metavar="S",
+                        help="a simulated teacher answers through the store at human pace: S seconds per pair "
+                        "(the median), in a background thread, like a person in the app (default 0: at once)")
+    parser.add_argument("--answer-seconds-sigma", type=_seconds, default=0.0, metavar="SIGMA",
+                        help="spread of those times (log-normal sigma; 0 = always S)")
     parser.add_argument("--gold-fraction", type=float, default=0.05, help="human raters: share of quality-control pairs with a known answer")
     parser.add_argument("--raters-per-pair", type=_positive_int, default=1, help="labels per pair (>1 measures rater agreement)")
     parser.add_argument("--unsupervised-steps", type=int, default=None,
@@ -122,6 +139,8 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         progress_bar=not args.no_progress,
         db_url=args.db_url,
         when_behind=args.when_behind,
+        answer_seconds=args.answer_seconds,
+        answer_seconds_sigma=args.answer_seconds_sigma,
         gold_fraction=args.gold_fraction,
         raters_per_pair=args.raters_per_pair,
         guideline=args.guideline,
@@ -237,6 +256,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         resume=args.resume,
         reuse_from=tuple(Path(p) for p in args.reuse),
+        answer_seconds=args.answer_seconds,
+        answer_seconds_sigma=args.answer_seconds_sigma,
     )
     run_bench(config)
     return 0
@@ -287,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="finish an interrupted sweep in --out: keep its finished runs, run the rest")
     bench_p.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="DIR",
                          help="take runs with an identical config (e.g. true-reward baselines) from these earlier sweep folders")
+    bench_p.add_argument("--answer-seconds", type=_seconds, default=0.0, metavar="S",
+                         help="teachers answer through the store at human pace, S seconds per pair (runs are then "
+                              "paced by them; more --workers than cores is fine, they mostly wait)")
+    bench_p.add_argument("--answer-seconds-sigma", type=_seconds, default=0.0, metavar="SIGMA",
+                         help="log-normal spread of those times (default 0: always S)")
     bench_p.add_argument("--out", default="bench-out/latest", help="output folder")
     bench_p.add_argument("--ray", action="store_true", help="run on a local Ray instance instead of a process pool")
     bench_p.add_argument("--ray-address", default=None, help="run on the Ray cluster at this address (e.g. ray://head:10001)")

@@ -51,6 +51,7 @@ from prefloop.store import (
     ANSWERED,
     CLAIMED,
     PENDING,
+    WITHDRAWN,
     PreferenceStore,
     StoreError,
     _check_rater,
@@ -158,8 +159,8 @@ FILE_DESCRIPTIONS: dict[str, Any] = {
             "gold_choice": "null or 'left'/'right'/'equal': the known answer of a quality-control pair",
             "score": "float, the query selector's acquisition score",
             "created_at": "float, unix seconds when it was queued",
-            "status": "informational: 'pending', 'claimed' or 'answered' at export; an import "
-            "recomputes it from the labels and never carries leases",
+            "status": "'pending', 'claimed', 'answered' or 'withdrawn' at export; an import "
+            "recomputes it from the labels (keeping 'withdrawn') and never carries leases",
         },
     },
     LABELS_JSONL: {
@@ -978,7 +979,7 @@ def _pairs_from_lines(lines: list[tuple[int, dict[str, Any]]], segment_ids: set[
                 gold_choice=gold,
                 score=f.float("score"),  # type: ignore[arg-type]
                 created_at=f.time("created_at"),  # type: ignore[arg-type]
-                status=status if status in (PENDING, CLAIMED, ANSWERED) else None,
+                status=status if status in (PENDING, CLAIMED, ANSWERED, WITHDRAWN) else None,
             )
         )
     return sorted(pairs, key=lambda p: p.id)
@@ -1043,7 +1044,7 @@ def import_dataset(in_dir: str | os.PathLike[str], store_url: str, run_name: str
 
     Segments, pairs and labels get new ids; every label keeps its rater id, choice, response time,
     timestamps and retracted state. Pair statuses are recomputed from the live labels (``answered``
-    once a pair has ``labels_per_pair`` of them, else ``pending``); leases are not carried. The
+    once a pair has ``labels_per_pair`` of them, else ``withdrawn`` if it was, else ``pending``); leases are not carried. The
     run's meta gets the dataset's env_spec, render_fps, guideline and config, and ``import_source``.
 
     The dataset is fully validated before the store is opened, so a bad dataset leaves it
@@ -1172,7 +1173,7 @@ def _write_dataset(
                 run_id=run_id,
                 left_segment_id=segment_ids[pair.left_segment_id],
                 right_segment_id=segment_ids[pair.right_segment_id],
-                status=ANSWERED if live[pair.id] >= pair.labels_per_pair else PENDING,
+                status=ANSWERED if live[pair.id] >= pair.labels_per_pair else WITHDRAWN if pair.status == WITHDRAWN else PENDING,
                 claimed_by=None,
                 lease_expires_at=None,
                 labels_per_pair=pair.labels_per_pair,

@@ -50,6 +50,7 @@ from prefloop.store import (
     META_TABLE,
     PENDING,
     SCHEMA_VERSION,
+    WITHDRAWN,
     labels_table,
     meta_table,
     pairs_table,
@@ -592,8 +593,8 @@ def _pair_status(engine: Engine, run_id: int, name: str, repair: bool, report: D
             wrong.append((r, f"pair {r.id} is 'answered' with only {r.live}/{r.labels_per_pair} live labels"))
         elif r.status == CLAIMED and (r.claimed_by is None or r.lease_expires_at is None):
             wrong.append((r, f"pair {r.id} is 'claimed' by nobody"))
-        elif r.status == PENDING and (r.claimed_by is not None or r.lease_expires_at is not None):
-            wrong.append((r, f"pair {r.id} is pending but still names a lease holder"))
+        elif r.status in (PENDING, WITHDRAWN) and (r.claimed_by is not None or r.lease_expires_at is not None):
+            wrong.append((r, f"pair {r.id} is {r.status} but still names a lease holder"))
     fixed = 0
     if repair:
         for r, _ in wrong:
@@ -609,7 +610,8 @@ def _pair_status(engine: Engine, run_id: int, name: str, repair: bool, report: D
 def _repair_status(engine: Engine, row: Any) -> int:
     """Recompute one pair's status, only if nothing about it changed since it was read."""
     p = pairs_table
-    target = ANSWERED if row.live >= row.labels_per_pair else PENDING
+    # A withdrawn pair stays withdrawn (its run no longer wants labels) unless its labels are complete.
+    target = ANSWERED if row.live >= row.labels_per_pair else WITHDRAWN if row.status == WITHDRAWN else PENDING
     unchanged = [p.c.id == row.id, p.c.status == row.status, _live_count(p.c.id) == row.live]
     unchanged.append(p.c.claimed_by.is_(None) if row.claimed_by is None else p.c.claimed_by == row.claimed_by)
     with _write(engine) as conn:

@@ -249,7 +249,7 @@ def replay_caveats(config: dict | None) -> list[str]:
     caveats = []
     if config.get("when_behind", "continue") != "wait":
         caveats.append(
-            "the recorded run used when_behind='continue', so its labels' arrival times shaped it "
+            f"the recorded run used when_behind={config.get('when_behind', 'continue')!r}, so its labels' arrival times shaped it "
             "and a replay diverges once a label came late"
         )
     if config.get("gold_fraction", 0) not in (0, 0.0):
