@@ -364,6 +364,10 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
         else:
             st.info("No gold pair (a pair with a known answer) has been answered yet.")
 
+    from prefloop.apps.rater_quality import render_rater_quality
+
+    render_rater_quality(store, labels, gold, [c for c in (progress.curve if progress else []) if "env_step" in c])
+
 
 # -- the preferences download (admin only) -------------------------------------------------------
 

@@ -4,12 +4,15 @@
   (``?rater=NAME&key=SECRET``). Only the hash of the secret is stored; the link is printed once,
   to the admin's terminal, and nowhere else. ``--new-link`` replaces a lost link.
 - ``prefloop raters list --run-dir DIR`` shows who rates: labels, flagged labels, onboarding.
+- ``prefloop raters cost --run-dir DIR --hourly-rate 20`` (or ``--cost-per-label``) sets what
+  labels cost, for the dashboard's cost per label and return per unit of cost.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import urllib.parse
@@ -41,7 +44,41 @@ def add_raters_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     _add_store_arguments(list_p)
     list_p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     list_p.set_defaults(func=cmd_raters_list)
+
+    cost_p = sub.add_parser("cost", help="what a label costs: an hourly rate or a price per label (dashboard and bench)")
+    _add_store_arguments(cost_p)
+    price = cost_p.add_mutually_exclusive_group(required=True)
+    price.add_argument("--hourly-rate", type=_non_negative, help="pay per rating hour")
+    price.add_argument("--cost-per-label", type=_non_negative, help="pay per label")
+    cost_p.add_argument("--currency", default="USD", help="currency shown beside costs (default: USD)")
+    cost_p.set_defaults(func=cmd_raters_cost)
     return parser
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def cmd_raters_cost(args: argparse.Namespace) -> int:
+    from prefloop.apps.rater_quality import COST_META
+
+    currency = args.currency.strip()
+    if not (0 < len(currency) <= 8 and currency.isprintable()):
+        raise ConfigError(f"--currency must be a short code such as USD or EUR, got {args.currency!r}")
+    settings = {"hourly_rate": args.hourly_rate, "cost_per_label": args.cost_per_label, "currency": currency}
+    with _open_store(args) as store:
+        store.set_meta(COST_META, json.dumps({k: v for k, v in settings.items() if v is not None}))
+        run = store.run_name
+    what = (f"{args.hourly_rate:g} {currency} per rating hour" if args.hourly_rate is not None
+            else f"{args.cost_per_label:g} {currency} per label")
+    print(f"run {run!r}: labels cost {what}; the dashboard shows cost per label, total cost and return per cost")
+    return 0
 
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
