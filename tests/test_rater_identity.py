@@ -394,3 +394,69 @@ def test_the_dashboard_shows_alpha_flags_and_cost(rated_store: RatedStore, tmp_p
         (table,) = [d for d in at.dataframe]
         row = table.value.loc["quick"]
         assert (row["labels"], row["too fast"], row["time cut"]) == (1, 1, 1)
+
+
+# -- guidelines and breaks ---------------------------------------------------------------------------
+
+HOSTILE_GUIDE = """# How to judge
+Prefer the cart whose **pole** stays up longest. <script>window.__pwned = 1</script>
+<img src="https://tracker.example/pixel.png" onerror="window.__pwned = 2">
+![tracking pixel](https://tracker.example/pixel.gif) and ![local](/etc/passwd)
+Read [our site](https://phish.example/login) or <https://phish.example/auto>.
+
+![Left is better: its pole never falls](pair:1)
+
+<iframe src="https://evil.example"></iframe>
+"""
+
+
+def test_the_guideline_page_strips_remote_images_html_and_links() -> None:
+    from prefloop.apps.guideline import ExampleBlock, HtmlBlock, render_guideline
+
+    blocks = render_guideline(HOSTILE_GUIDE)
+    html = "".join(b.html for b in blocks if isinstance(b, HtmlBlock))
+    assert "<strong>pole</strong>" in html and "<h1>How to judge</h1>" in html  # Markdown still works
+    for forbidden in ("<script", "<img", "<iframe", "<a "):  # as tags: what a browser would act on
+        assert forbidden not in html
+    assert "&lt;script&gt;" in html and "tracking pixel" in html and "our site" in html  # shown as text
+    assert [b for b in blocks if isinstance(b, ExampleBlock)] == [ExampleBlock(1, "Left is better: its pole never falls")]
+
+
+def test_raters_guideline_command_and_the_page_above_the_clips(rated_store: RatedStore, tmp_path: Path, capsys) -> None:
+    guide = tmp_path / "guide.md"
+    guide.write_text(HOSTILE_GUIDE, encoding="utf-8")
+    assert cli_main(["raters", "guideline", "--db-url", rated_store.url, "--run-name", rated_store.run_name,
+                     "--file", str(guide)]) == 0
+    assert "1 example pairs" in capsys.readouterr().out
+    with app_served_on_loopback():
+        at = AppTest.from_function(_app, args=(["--db-url", rated_store.url, "--run-name", rated_store.run_name],),
+                                   default_timeout=30)
+        at.query_params.update(rater="reader")
+        at.run()
+        assert not at.exception
+        assert at.markdown[0].value == f"### {RATED_GUIDELINE}"  # the one-line question stays on top
+        (fold,) = at.expander
+        assert fold.label == "How to judge (guidelines)"
+        html = "".join(e.proto.body for e in at.get("html"))
+        assert "<strong>pole</strong>" in html
+        assert not any(tag in html for tag in ("<script", "<img", "<iframe", "<a "))
+        assert len(at.get("video")) == 2  # the example pair's two clips, from the store
+
+
+def test_a_break_reminder_after_a_stretch_of_rating(store: PreferenceStore, clock: Clock) -> None:
+    alice = session(store, clock, "alice")
+    assert not alice.break_due(20 * 60)
+    for seq in range(1, 12):
+        clock.advance(3.0 if seq < 11 else 20 * 60)
+        alice.apply([answer(seq, alice.current.pair_id)])
+        if alice.paused:
+            alice.resume()
+    assert alice.break_due(20 * 60) and not alice.break_due(0)
+    alice.keep_going()
+    assert not alice.break_due(20 * 60)
+    clock.advance(20 * 60)
+    assert alice.break_due(20 * 60)
+    alice.pause()  # "Take a break": the pairs go back, the stretch starts again afterwards
+    assert store.counts()["claimed"] == 0 or all(p is None for p in (alice.current, alice.next))
+    alice.resume()
+    assert not alice.break_due(20 * 60) and alice.current is not None

@@ -52,6 +52,12 @@ def add_raters_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     price.add_argument("--cost-per-label", type=_non_negative, help="pay per label")
     cost_p.add_argument("--currency", default="USD", help="currency shown beside costs (default: USD)")
     cost_p.set_defaults(func=cmd_raters_cost)
+
+    guide_p = sub.add_parser("guideline", help="the Markdown page raters read above the clips (rendered safely)")
+    _add_store_arguments(guide_p)
+    guide_p.add_argument("--file", type=Path, required=True,
+                         help="a short Markdown file; ![caption](pair:N) shows pair N's clips as an example")
+    guide_p.set_defaults(func=cmd_raters_guideline)
     return parser
 
 
@@ -78,6 +84,26 @@ def cmd_raters_cost(args: argparse.Namespace) -> int:
     what = (f"{args.hourly_rate:g} {currency} per rating hour" if args.hourly_rate is not None
             else f"{args.cost_per_label:g} {currency} per label")
     print(f"run {run!r}: labels cost {what}; the dashboard shows cost per label, total cost and return per cost")
+    return 0
+
+
+def cmd_raters_guideline(args: argparse.Namespace) -> int:
+    from prefloop.apps.guideline import GUIDELINE_META, MAX_GUIDELINE_PAGE_CHARS, render_guideline
+
+    try:
+        text = args.file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the guideline file {args.file}: {exc}; pass a UTF-8 Markdown file") from None
+    if len(text) > MAX_GUIDELINE_PAGE_CHARS:
+        raise ConfigError(f"{args.file} has {len(text)} characters; a guideline page holds at most "
+                          f"{MAX_GUIDELINE_PAGE_CHARS} (keep it short: raters read it while rating)")
+    text = text.replace("\x00", "")
+    examples = [b.pair_id for b in render_guideline(text) if hasattr(b, "pair_id")]
+    with _open_store(args) as store:
+        store.set_meta(GUIDELINE_META, text)
+        run = store.run_name
+    print(f"run {run!r}: guideline page set ({len(text)} characters, {len(examples)} example pairs); "
+          "raters see it above the clips. HTML, images and links in it are shown as text.")
     return 0
 
 
