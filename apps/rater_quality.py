@@ -14,7 +14,6 @@ dashboard section, :func:`render_rater_quality`:
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import statistics
 from collections import Counter, defaultdict
@@ -22,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from prefloop.apps.dashboard import json_object
 from prefloop.types import Choice, Label
 
 SESSION_GAP_S = 10 * 60.0  # labels further apart than this belong to different rating sessions
@@ -195,13 +195,8 @@ class CostSettings:
 
 def parse_cost(raw: str | None) -> CostSettings | None:
     """The run's ``cost`` meta (JSON), or None when unset or unreadable."""
-    if not raw:
-        return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
+    data = json_object(raw)
+    if data is None:
         return None
 
     def positive(key: str) -> float | None:
