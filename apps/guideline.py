@@ -88,7 +88,7 @@ def render_guideline_page(store: Any, text: str) -> None:
 
     from prefloop.untrusted import plain_text
 
-    for block in render_guideline(text):
+    for number, block in enumerate(render_guideline(text), start=1):
         if isinstance(block, HtmlBlock):
             st.html(f"<div class='prefloop-guideline'>{block.html}</div>")
             continue
@@ -105,6 +105,7 @@ def render_guideline_page(store: Any, text: str) -> None:
         for column, segment_id, side in ((left, pair.left.id, "Left"), (right, pair.right.id, "Right")):
             data, mime = clips[segment_id]
             column.caption(side)
-            column.video(data, format=mime, loop=True, autoplay=True, muted=True)
+            column.video(data, format=mime, loop=True, autoplay=True, muted=True,
+                         alt=f"Example {number}: the {side.lower()} clip")  # (also keeps element ids apart)
         if block.caption:
             st.text(plain_text(block.caption, 300))
