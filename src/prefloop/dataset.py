@@ -30,10 +30,12 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -524,7 +526,16 @@ def _counts(n_segments: int, pairs: list[dict], labels: list[dict]) -> dict[str,
 def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for line in lines:
-            handle.write(json.dumps(line, allow_nan=False, ensure_ascii=False) + "\n")
+            try:
+                text = json.dumps(line, allow_nan=False, ensure_ascii=False)
+            except ValueError:  # NaN or infinity: a store edited or damaged outside prefloop
+                key = next(k for k, v in line.items() if isinstance(v, float) and not math.isfinite(v))
+                raise DatasetError(
+                    f"{path.stem} {line.get('id')} has {key} = {line[key]}, which is not a number a "
+                    "dataset can hold; the store was edited or damaged outside prefloop. Set that "
+                    "value in the store to a real one; nothing was exported"
+                ) from None
+            handle.write(text + "\n")
 
 
 def _sha256(path: Path) -> str:
@@ -567,6 +578,10 @@ MAX_MANIFEST_BYTES = 8 << 20
 MAX_JSONL_LINE_BYTES = 64 << 10  # a label line is ~200 bytes, a segment line ~250
 MAX_IMPORTED_GUIDELINE_CHARS = 20_000
 MAX_SOURCE_RUN_NAME_CHARS = 200
+# What one record costs once parsed (dicts, dataclasses, small arrays), so that the number of
+# records is bounded by --max-gib as well as the bytes: a file of a million "{}" lines is small.
+_BYTES_PER_RECORD = 1 << 10
+_BYTES_PER_SEGMENT = 4 << 10
 # Unix seconds a dataset may hold: from 1970 to the end of year 9999 (what datetime can show).
 _TIME_RANGE = (0.0, 253_402_300_799.0)
 _INT32 = (-(2**31), 2**31 - 1)  # INTEGER columns on PostgreSQL
@@ -617,6 +632,13 @@ def _load_checked(root: Path, verify_checksums: bool, max_bytes: int) -> Prefere
     texts: dict[str, bytes] = {}
     for name in (SEGMENTS_JSONL, PAIRS_JSONL, LABELS_JSONL):
         texts[name] = read_regular_file(root, name, max_bytes - sum(map(len, texts.values())))
+    for name, data in texts.items():
+        records = data.count(b"\n") + 1
+        if records * _BYTES_PER_RECORD > max_bytes:
+            raise TooLargeError(
+                f"{name} has {records:,} lines, which would take about {records * _BYTES_PER_RECORD:,} "
+                f"bytes once read, more than the limit of {max_bytes:,}"
+            )
     with open_regular_file(root, SEGMENTS_NPZ, max_bytes) as npz:
         if verify_checksums:
             checksums = manifest["checksums"]
@@ -624,6 +646,12 @@ def _load_checked(root: Path, verify_checksums: bool, max_bytes: int) -> Prefere
                 _verify_checksum(name, hashlib.sha256(data).hexdigest(), checksums[name])
             _verify_checksum(SEGMENTS_NPZ, _sha256_handle(npz), checksums[SEGMENTS_NPZ])
         arrays = read_npz(npz, SEGMENTS_NPZ, _NPZ_ARRAYS, max_bytes - sum(map(len, texts.values())))
+    n_segments = arrays["segment_id"].shape[0] if arrays["segment_id"].ndim else 0
+    if n_segments * _BYTES_PER_SEGMENT > max_bytes:
+        raise TooLargeError(
+            f"{SEGMENTS_NPZ} holds {n_segments:,} segments, which would take about "
+            f"{n_segments * _BYTES_PER_SEGMENT:,} bytes once read, more than the limit of {max_bytes:,}"
+        )
     segments = _segments_from_arrays(arrays)
     created_at = _check_segment_lines(_jsonl_objects(texts[SEGMENTS_JSONL], SEGMENTS_JSONL), segments)
     segment_ids = {int(s.id) for s in segments}  # type: ignore[arg-type]
@@ -674,6 +702,37 @@ def _storable_text(value: str) -> str | None:
     return None
 
 
+_ENV_ID = re.compile(r"[A-Za-z0-9_:./-]{1,200}")  # Gymnasium ids: [namespace/]name[-vN]
+
+
+def _env_spec_problem(env_spec: dict[str, Any]) -> str | None:
+    """Why a dataset's env spec cannot be used to rebuild its env here, or None. The spec is passed
+    to ``gymnasium.make`` by whoever renders clips or trains on the run, so it may not name files
+    on the importing machine (some envs read a model file named in their keyword arguments)."""
+    env_id = env_spec.get("env_id")
+    if not isinstance(env_id, str) or not _ENV_ID.fullmatch(env_id) or ".." in env_id:
+        return f"must name its env in 'env_id' (a Gymnasium id such as 'CartPole-v1'), got {excerpt(env_id)}"
+    kwargs = env_spec.get("env_kwargs", {})
+    if not isinstance(kwargs, dict):
+        return f"has 'env_kwargs' {excerpt(kwargs)}; it must be a JSON object"
+    stack: list[tuple[str, Any]] = [(f"env_kwargs.{k}", v) for k, v in kwargs.items()]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, str) and (
+            "/" in value or "\\" in value or value.startswith(("~", ".")) or _storable_text(value)
+            or any(unicodedata.category(ch) == "Cc" for ch in value)
+        ):
+            return (
+                f"has {excerpt(where, 60)} = {excerpt(value)}; a dataset may not name files or paths on "
+                "the machine that imports it (nor hold control characters)"
+            )
+    return None
+
+
 def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
     try:
         data = read_regular_file(root, MANIFEST, MAX_MANIFEST_BYTES)
@@ -711,8 +770,10 @@ def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
         if value is not None and not isinstance(value, kind):
             raise bad(key, f"must be a JSON {'object' if kind is dict else 'string'} or null, got {type(value).__name__}")
     env_spec = manifest.get("env_spec")
-    if env_spec is not None and not isinstance(env_spec.get("env_id"), str):
-        raise bad("env_spec", "must name its env in a string 'env_id'")
+    if env_spec is not None:
+        problem = _env_spec_problem(env_spec)
+        if problem:
+            raise bad("env_spec", problem)
     guideline = manifest.get("guideline")
     if guideline is not None:
         if len(guideline) > MAX_IMPORTED_GUIDELINE_CHARS:
