@@ -41,6 +41,7 @@ from prefloop.exploration import StateEntropyReward, SwitchableReward
 from prefloop.learner import PreferenceLearner
 from prefloop.plots import plot_learning_curve
 from prefloop.reward_models import RewardEnsemble, load_reward_model
+from prefloop.resume_state import restore_resume_state
 from prefloop.rundir import RunDir
 from prefloop.schedule import LabelRound, label_rounds
 from prefloop.store import PreferenceStore, sqlite_url
@@ -182,6 +183,7 @@ def train(
         curve.extend(saved.get("curve", []))
         state.initial_steps = initial_steps = int(saved.get("initial_steps", initial_steps))
         model = cls.load(checkpoint / "policy.zip", env=env, tensorboard_log=str(run_dir.tensorboard_dir))
+        restore_resume_state(checkpoint, model, learner.trainer if learner is not None else None)
         if learner is not None:
             learner.fit_history = list(saved.get("fit_history", []))
             learner.time_s = float(saved.get("reward_learning_time_s", 0.0))
