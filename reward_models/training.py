@@ -218,8 +218,12 @@ class RewardTrainer:
         self._n_fits = 0
         self.pairs_fitted = 0  # labelled pairs seen by earlier fits: the per-label budget counts the rest
 
-    def fit(self, pairs: Sequence[LabeledPair]) -> FitStats:
+    def fit(self, pairs: Sequence[LabeledPair], pseudo_pairs: Sequence[LabeledPair] = ()) -> FitStats:
         """Train on ``pairs`` (all labelled pairs so far, not just the new ones).
+
+        ``pseudo_pairs`` (SURF's model-made labels, ``prefloop.semi_supervised``) join the training
+        side only: never validated on, not counted in the per-label step budget, not used for the
+        input statistics.
 
         Raises:
             ValueError: no pairs, a target outside [0, 1], or segments of mismatched shapes.
@@ -239,11 +243,16 @@ class RewardTrainer:
             is_val = validation_mask(keys, cfg.seed, cfg.val_fraction)
             if is_val.all():
                 is_val[:] = False
+        if cfg.normalize_inputs:
+            self._update_input_normalization(pairs)
+        n_labelled = len(pairs)
+        if pseudo_pairs:
+            pairs = [*pairs, *pseudo_pairs]
+            targets = np.concatenate([targets, [p.target for p in pseudo_pairs]])
+            is_val = np.concatenate([is_val, np.zeros(len(pseudo_pairs), dtype=bool)])
         train_idx = np.flatnonzero(~is_val)
         val_idx = np.flatnonzero(is_val)
 
-        if cfg.normalize_inputs:
-            self._update_input_normalization(pairs)
         features, mask, target_t = self._encode(pairs, targets)
 
         rng = np.random.default_rng([cfg.seed, self._n_fits])
@@ -251,8 +260,8 @@ class RewardTrainer:
         n_train, members = len(train_idx), model.n_members
         boot = train_idx[rng.integers(0, n_train, size=(members, n_train))]
         steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-        new_pairs = max(0, len(pairs) - self.pairs_fitted)
-        self.pairs_fitted = max(self.pairs_fitted, len(pairs))
+        new_pairs = max(0, n_labelled - self.pairs_fitted)
+        self.pairs_fitted = max(self.pairs_fitted, n_labelled)
         budget = max(cfg.min_steps_per_fit, cfg.steps_per_label * new_pairs)
         total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps_per_fit, budget)
         length, dim = features.shape[-2], features.shape[-1]

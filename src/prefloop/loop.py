@@ -40,6 +40,7 @@ from prefloop.envs import EnvSpec, SegmentBuffer, VecLearnedReward, VecSegmentRe
 from prefloop.exploration import StateEntropyReward, SwitchableReward
 from prefloop.learner import PreferenceLearner
 from prefloop.plots import plot_learning_curve
+from prefloop.query import QueryRule
 from prefloop.reward_models import RewardEnsemble, load_reward_model
 from prefloop.resume_state import restore_resume_state
 from prefloop.rundir import RunDir
@@ -123,6 +124,7 @@ def train(
     *,
     resume: bool = False,
     on_ready: Callable[[RunDir, str, str], None] | None = None,
+    query_rule: QueryRule | None = None,
 ) -> RunResult:
     """Run one whole preference-learning run (or true-reward baseline) and write its run folder.
 
@@ -131,6 +133,8 @@ def train(
         resume: continue the run in ``config.run_dir`` from its newest checkpoint.
         on_ready: called with (run folder, store URL, run name) once the store exists and before
             the first labels are asked -- ``prefloop run`` starts the rater app there.
+        query_rule: your own pair selection (:class:`prefloop.query.QueryRule`) instead of
+            ``config.query``'s.
 
     Raises:
         prefloop.rundir.RunDirError: the folder exists without ``resume`` (or is missing with it).
@@ -171,7 +175,7 @@ def train(
         store_url = config.db_url or sqlite_url(run_dir.store_path)
         store = PreferenceStore(store_url, run_name=config.run_name or "default")
         publish_run_info(store, config, spec)
-        learner = PreferenceLearner(config, store, reward_model, buffer, teacher)
+        learner = PreferenceLearner(config, store, reward_model, buffer, teacher, query_rule)
         initial_steps = initial_random_steps(config)
         if on_ready is not None:
             on_ready(run_dir, store_url, config.run_name or "default")
