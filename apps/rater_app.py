@@ -28,7 +28,13 @@ from prefloop.apps.access import (
     parse_app_args,
     token_matches,
 )
-from prefloop.apps.dashboard import parse_progress, render_dashboard, render_export_download, trainer_status_line
+from prefloop.apps.dashboard import (
+    Progress,
+    parse_progress,
+    render_dashboard,
+    render_export_download,
+    trainer_status_line,
+)
 from prefloop.apps.player import PLAYER_KEY, render_player
 from prefloop.apps.rating import DB_TROUBLE, Notice, RaterSession
 from prefloop.config import MAX_GUIDELINE_CHARS
@@ -38,8 +44,11 @@ log = logging.getLogger("prefloop.apps")
 
 DEFAULT_GUIDELINE = "Which clip shows the agent doing the task better?"
 WAITING_POLL_S = 2.0
+RUN_END_POLL_S = 3.0  # how soon a page showing a pair learns that the run is complete
 _SESSION = "prefloop_rater_session"
-_NOTICE_ICONS = {"info": "ℹ️", "success": "✅", "warning": "⚠️", "error": "❗"}
+# Material icons come with Streamlit's own font; emoji need an emoji font the machine may lack.
+_NOTICE_ICONS = {"info": ":material/info:", "success": ":material/check_circle:", "warning": ":material/warning:",
+                 "error": ":material/error:"}
 
 
 @st.cache_resource(show_spinner=False)
@@ -231,6 +240,12 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
     for notice in session.take_notices():
         st.toast(notice.text, icon=_NOTICE_ICONS[notice.level], duration="long")
 
+    progress = parse_progress(store.get_meta("progress"))
+    if progress is not None and progress.status == "finished":
+        session.release_all()  # nothing is served once the trainer uses no more labels
+        _finished_view(session, store, progress)
+        return
+
     if session.current is None:
         _waiting_view(session, store)
         return
@@ -238,11 +253,11 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
     waiting = store.counts()
     st.caption(
         f"Watch both clips (they loop together; slow them down if it helps), then pick the "
-        f"better one -- or *Can't tell*. Your answers today: **{session.labels_today()}** · "
-        f"Pairs waiting: **{waiting['pending'] + waiting['claimed']}**"
+        f"better one -- or *Can't tell*. Pairs waiting: **{waiting['pending'] + waiting['claimed']}**"
     )
-    render_player(session, _on_actions)
+    render_player(session, _on_actions)  # it shows the rater's answers today, counted at once
     _keepalive(session, config.lease_seconds)
+    _watch_for_run_end(store)
 
 
 def _keepalive(session: RaterSession, lease_seconds: float) -> None:
@@ -254,6 +269,39 @@ def _keepalive(session: RaterSession, lease_seconds: float) -> None:
     keep_leases()
 
 
+def _watch_for_run_end(store: PreferenceStore) -> None:
+    """While a pair is on screen: redraw the page the moment the trainer says the run is complete."""
+
+    @st.fragment(run_every=RUN_END_POLL_S)
+    def watch() -> None:
+        progress = parse_progress(store.get_meta("progress"))
+        if progress is not None and progress.status == "finished":
+            st.rerun(scope="app")
+
+    watch()
+
+
+def run_result_line(progress: Progress) -> str | None:
+    """The finished run's result for raters: its evaluation return (from the trainer's
+    ``eval_return_mean`` or its closing message), None when the trainer did not say."""
+    if progress.eval_return is not None:
+        return f"The trained agent's return, on the task's own score: **{progress.eval_return:.1f}**."
+    if progress.message:
+        return f"Trainer: {progress.message}"
+    return None
+
+
+def _finished_view(session: RaterSession, store: PreferenceStore, progress: Progress) -> None:
+    st.success("Training has finished -- this run is complete, so there is nothing left to compare. "
+               "Thank you for your help!")
+    result = run_result_line(progress)
+    if result:
+        st.markdown(result)
+    counts = store.counts()
+    st.caption(f"Your answers today: **{session.labels_today()}** · Answers from all raters in this run: "
+               f"**{counts['labels']}**")
+
+
 def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
     @st.fragment(run_every=WAITING_POLL_S)
     def waiting() -> None:
@@ -263,7 +311,7 @@ def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
             st.rerun(scope="app")
         progress = parse_progress(store.get_meta("progress"))
         if progress is not None and progress.status == "finished":
-            st.success("Training has finished -- there is nothing left to compare. Thank you for your help!")
+            st.rerun(scope="app")  # the page for a complete run
         elif session.queue.preparing:
             st.info(
                 f"Preparing the clips of {session.queue.preparing} pairs -- they will appear here "
@@ -274,7 +322,7 @@ def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
                 "No pairs are waiting right now -- the trainer will add more; this page "
                 "refreshes by itself."
             )
-        st.caption(trainer_status_line(progress))
+        st.text(trainer_status_line(progress))  # holds the trainer's message: plain text
         if progress is not None and progress.fraction_done is not None and progress.status != "finished":
             st.progress(progress.fraction_done)
         st.caption(f"Your answers today: **{session.labels_today()}**")

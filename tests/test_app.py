@@ -204,7 +204,7 @@ def test_an_answer_is_stored_once_and_the_next_pair_is_shown(rated_store: RatedS
     assert (label.pair_id, label.rater_id, label.choice, label.response_time_s) == (first, "ada", Choice.RIGHT, 2.5)
     data = player(at)
     assert data["ack"] == 1 and data["pair"]["id"] == second and data["next"]["id"] not in (first, second)
-    assert "Your answers today: **1**" in texts(at.caption)
+    assert data["today"] == 1  # the player shows it; the browser adds answers still on their way
 
     send(at, answer(1, first, "right", 2.5))  # the browser re-sent it: the same sequence number
     send(at, answer(2, first, "right", 2.5))  # a second tab sent it again: the store's idempotence
@@ -332,7 +332,7 @@ def test_empty_queue_waits_calmly_shows_the_trainer_and_picks_up_new_pairs(rated
     at = make_app(rated_store, rater="ada")
     assert player(at) is None
     assert "No pairs are waiting right now" in texts(at.info) and "refreshes by itself" in texts(at.info)
-    assert "25% of training done" in texts(at.caption)
+    assert "25% of training done" in texts(at.text)  # the trainer's words are shown as plain text
 
     with PreferenceStore(rated_store.url, rated_store.run_name) as store:
         (new_pair,) = store.add_pairs([SegmentPair(*store.get_segments([1, 2]))])
@@ -343,6 +343,25 @@ def test_empty_queue_waits_calmly_shows_the_trainer_and_picks_up_new_pairs(rated
         store.set_meta("progress", json.dumps({"status": "finished"}))
     send(at, answer(1, new_pair, "left"))
     assert player(at) is None and "Training has finished" in texts(at.success)
+
+
+def test_a_finished_run_says_so_at_once_shows_its_result_and_serves_no_more_pairs(rated_store: RatedStore) -> None:
+    at = make_app(rated_store, rater="ada")
+    first = player(at)["pair"]["id"]
+    send(at, answer(1, first, "left"))
+    assert player(at)["today"] == 1
+    with PreferenceStore(rated_store.url, rated_store.run_name) as store:
+        store.set_meta("progress", json.dumps({"status": "finished", "eval_return_mean": 487.25,
+                                               "message": "run finished: eval return 487.2"}))
+    at.run()  # what the page's run-end watch does within seconds, with a pair still on screen
+    assert player(at) is None
+    assert "this run is complete" in texts(at.success) and "**487.2**" in texts(at.markdown)
+    assert "Your answers today: **1**" in texts(at.caption)
+    with PreferenceStore(rated_store.url, rated_store.run_name) as store:
+        assert store.counts()["claimed"] == 0  # the pairs this page held went back (nothing is served)
+    with PreferenceStore(rated_store.url, rated_store.run_name) as store:
+        store.set_meta("progress", json.dumps({"status": "finished", "message": "run finished: eval return 9.0"}))
+    assert "Trainer: run finished: eval return 9.0" in texts(make_app(rated_store, rater="bob").markdown)
 
 
 def test_pairs_whose_clips_are_not_ready_are_not_shown(rated_store: RatedStore) -> None:

@@ -66,6 +66,9 @@ class PreferenceLearner:
         # Gold pairs are for people; replaying a recorded human run asks them too, or its pairs would differ.
         recorded = getattr(teacher, "recorded_config", None) or {}
         self._asks_gold = teacher is None or recorded.get("teacher") == HUMAN_TEACHER
+        # Raises if whoever answers in the background has died (a simulated clock rater), so a
+        # wait for labels cannot hang forever; people in the app are not watched here.
+        self.check_raters: Callable[[], None] = lambda: None
 
     def pairs_asked(self) -> int:
         return self._pairs_asked
@@ -121,6 +124,7 @@ class PreferenceLearner:
         """Block until ``done(store.counts())``, saying every 10 s (terminal and app) what it waits for."""
         last_said = -math.inf
         while True:
+            self.check_raters()
             counts = self.store.counts()
             if done(counts):
                 return

@@ -21,6 +21,10 @@ Two modifiers combine with any method (written ``method+qpa+surf`` in the CLI an
 
 Without a reward model yet (``preference_probs=None``: the first round, an untrained ensemble)
 every method falls back to uniform. Users plug in their own rule through :class:`QueryRule`.
+
+Pairs whose two clips a person could not tell apart (both episodes end in the first frames, or the
+same observations; see :mod:`prefloop.distinguishable`) are never candidates
+(``QueryConfig.skip_indistinguishable``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Protocol
 
 import numpy as np
 
+from prefloop.distinguishable import indistinguishable
 from prefloop.types import Segment, SegmentPair
 
 __all__ = [
@@ -88,10 +93,12 @@ class QueryConfig:
         policy_window: segments that count as the current policy's (at least enough for the pairs asked).
         semi_supervised: SURF: do not ask pairs the ensemble is sure about, label them itself.
         confidence: SURF's threshold on the ensemble-mean P(one side better), in (0.5, 1).
+        skip_indistinguishable: never ask a pair whose clips a person could not tell apart.
     """
 
     method: str = "disagreement"
     oversampling: int = 10
+    skip_indistinguishable: bool = True
     policy_aligned: bool = False
     policy_window: int = 100
     semi_supervised: bool = False
@@ -158,12 +165,31 @@ def _unique_segments(candidates: Sequence[Segment]) -> list[Segment]:
 
 
 def _draw_pairs(
-    segments: list[Segment], n: int, rng: np.random.Generator
+    segments: list[Segment], n: int, rng: np.random.Generator, skip_indistinguishable: bool = False
 ) -> list[tuple[Segment, Segment]]:
+    """Up to ``n`` distinct random pairs (fewer only when ``skip_indistinguishable`` leaves fewer)."""
     total = len(segments) * (len(segments) - 1) // 2
-    picks = rng.choice(total, size=n, replace=False)
+    first = rng.choice(total, size=n, replace=False)
+    pairs = _decode_pairs(segments, first, rng)
+    if not skip_indistinguishable:
+        return pairs
+    kept = [p for p in pairs if not indistinguishable(*p)]
+    if len(kept) < n and n < total:
+        # Top up from the pairs not drawn yet, in random order, until enough are askable.
+        rest = np.setdiff1d(np.arange(total), first)
+        rng.shuffle(rest)
+        for start in range(0, len(rest), 2 * n + 8):
+            kept += [p for p in _decode_pairs(segments, rest[start:start + 2 * n + 8], rng) if not indistinguishable(*p)]
+            if len(kept) >= n:
+                break
+    return kept[:n]
+
+
+def _decode_pairs(
+    segments: list[Segment], picks: np.ndarray, rng: np.random.Generator
+) -> list[tuple[Segment, Segment]]:
     # Segments usually arrive in recording order; a coin flip keeps "left" free of that order.
-    swap = rng.random(n) < 0.5
+    swap = rng.random(len(picks)) < 0.5
     pairs = []
     for k, flip in zip(picks.tolist(), swap.tolist()):
         i, j = _pair_from_index(k)
@@ -241,16 +267,20 @@ def select_pairs(
         segments = segments[-max(config.policy_window, _segments_needed(n_pairs)):]
         total = len(segments) * (len(segments) - 1) // 2
 
+    skip = config.skip_indistinguishable
     # Before the first fit the ensemble is untrained: its disagreement or confidence means nothing.
     needs_no_model = config.method == "kcenter"
     if (preference_probs is None and not needs_no_model) or (config.method == "uniform" and not config.semi_supervised):
-        return [SegmentPair(left=a, right=b) for a, b in _draw_pairs(segments, n_pairs, rng)]
+        drawn = _draw_pairs(segments, n_pairs, rng, skip)
+        _check_enough_askable(len(drawn), n_pairs, len(segments), total)
+        return [SegmentPair(left=a, right=b) for a, b in drawn]
 
     n_candidates = min(config.oversampling * n_pairs, total)
-    drawn = _draw_pairs(segments, n_candidates, rng)
+    drawn = _draw_pairs(segments, n_candidates, rng, skip)
+    _check_enough_askable(len(drawn), n_pairs, len(segments), total)
     if config.semi_supervised and preference_probs is not None:
         drawn = _uncertain(drawn, n_pairs, config.confidence, preference_probs)
-        n_candidates = len(drawn)
+    n_candidates = len(drawn)
     lefts = [a for a, _ in drawn]
     rights = [b for _, b in drawn]
     if config.method == "uniform":
@@ -311,3 +341,13 @@ def _k_center(drawn: list[tuple[Segment, Segment]], n_pairs: int, rng: np.random
         nearest = np.minimum(nearest, np.linalg.norm(feats - feats[k], axis=1))
         nearest[k] = -np.inf
     return picked
+
+
+def _check_enough_askable(found: int, n_pairs: int, n_segments: int, total: int) -> None:
+    if found < n_pairs:
+        raise NotEnoughSegmentsError(
+            f"{n_pairs} pairs are wanted but only {found} of the {total} distinct pairs of {n_segments} "
+            "segments show a difference a person can see (the others both end within their first "
+            "frames, or look identical). Collect more environment steps before querying, or ask "
+            "for fewer labels in this round."
+        )

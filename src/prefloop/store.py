@@ -83,6 +83,9 @@ META_TABLE = "prefloop_meta"
 PENDING = "pending"
 CLAIMED = "claimed"
 ANSWERED = "answered"
+# Asked but no longer wanted: the trainer stopped using labels before anyone answered it. Kept (never
+# deleted, its partial labels too), never served again; see PreferenceStore.withdraw_unanswered.
+WITHDRAWN = "withdrawn"
 
 MAX_RATER_ID_CHARS = 200
 MAX_META_KEY_CHARS = 200
@@ -124,7 +127,7 @@ class LeaseError(StoreError):
 
 metadata = MetaData()
 
-_STATUSES = (PENDING, CLAIMED, ANSWERED)
+_STATUSES = (PENDING, CLAIMED, ANSWERED, WITHDRAWN)
 _CHOICES = tuple(c.value for c in Choice)
 
 
@@ -426,6 +429,7 @@ class PreferenceStore:
                 f"{meta.get('schema_version')!r}, this prefloop reads version {SCHEMA_VERSION}; "
                 "open it with the prefloop version that wrote it, or start a new store."
             )
+        _allow_withdrawn_status(conn)
         added = [t for t in _ADDED_TABLES if t.name not in tables]
         for table in added:
             table.create(conn)
@@ -866,6 +870,8 @@ class PreferenceStore:
             return head + "it does not exist" + tail
         if row.status == ANSWERED:
             return head + "it is already completed (it has all the labels it needs)" + tail
+        if row.status == WITHDRAWN:
+            return head + "it was withdrawn: the run no longer uses labels (training is over)" + tail
         if row.status == CLAIMED:
             return (
                 head + "it is leased to another rater (if it was yours, your lease expired and "
@@ -944,6 +950,7 @@ class PreferenceStore:
                     update(p)
                     .where(
                         p.c.id == row.pair_id,
+                        p.c.status != WITHDRAWN,  # the run is over for this pair; the label is retracted all the same
                         or_(
                             p.c.status != CLAIMED,
                             p.c.claimed_by == rater_id,
@@ -957,6 +964,20 @@ class PreferenceStore:
                 label = _label_from_row(row)
                 return _make_label(**{**_label_kwargs(label), "retracted_at": now})
         raise StoreError(f"could not undo for {rater_id!r}: too much contention; try again")
+
+    def withdraw_unanswered(self) -> int:
+        """Withdraw every pair of this run still waiting for labels (pending or claimed): the
+        trainer no longer uses labels. Rows are kept, with any partial labels; ``claim_next``
+        never serves them again and ``answer`` refuses them with a :class:`LeaseError`.
+        Returns how many pairs were withdrawn."""
+        p = pairs_table
+        with self._write() as conn:
+            result = conn.execute(
+                update(p)
+                .where(p.c.run_id == self._run_id, p.c.status.in_((PENDING, CLAIMED)))
+                .values(status=WITHDRAWN, claimed_by=None, lease_expires_at=None)
+            )
+        return int(result.rowcount)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -1033,7 +1054,7 @@ class PreferenceStore:
 
     def counts(self) -> dict[str, int]:
         """Sizes of this run: ``segments``, ``pairs``, pairs by status (``pending``, ``claimed``,
-        ``answered``), live ``labels`` and how many of those are ``cant_tell``."""
+        ``answered``, ``withdrawn``), live ``labels`` and how many of those are ``cant_tell``."""
         p, lab = pairs_table, labels_table
         with self._read() as conn:
             n_segments = conn.scalar(
@@ -1064,6 +1085,7 @@ class PreferenceStore:
             "pending": int(by_status.get(PENDING, 0)),
             "claimed": int(by_status.get(CLAIMED, 0)),
             "answered": int(by_status.get(ANSWERED, 0)),
+            "withdrawn": int(by_status.get(WITHDRAWN, 0)),
             "labels": int(sum(by_choice.values())),
             "cant_tell": int(by_choice.get(Choice.CANT_TELL.value, 0)),
         }
@@ -1286,6 +1308,38 @@ class PreferenceStore:
 
 # --------------------------------------------------------------------------------------------
 # SQLite plumbing
+
+
+def _allow_withdrawn_status(conn: Connection) -> None:
+    """Let a store created before the ``withdrawn`` status existed hold it: widen the pairs'
+    status CHECK constraint in place (every existing row still satisfies it; nothing is copied)."""
+    if conn.dialect.name == "sqlite":
+        sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type='table' AND name='pairs'").scalar()
+        old = "'answered')"
+        if not sql or f"'{WITHDRAWN}'" in sql or old not in sql:
+            return
+        # SQLite's documented way to loosen a CHECK constraint without rebuilding the table.
+        version = conn.exec_driver_sql("PRAGMA schema_version").scalar()
+        conn.exec_driver_sql("PRAGMA writable_schema=ON")
+        try:
+            conn.exec_driver_sql(
+                "UPDATE sqlite_master SET sql=? WHERE type='table' AND name='pairs'",
+                (sql.replace(old, f"'answered', '{WITHDRAWN}')", 1),),
+            )
+            conn.exec_driver_sql(f"PRAGMA schema_version={int(version) + 1}")
+        finally:
+            conn.exec_driver_sql("PRAGMA writable_schema=OFF")
+    elif conn.dialect.name == "postgresql":
+        definition = conn.exec_driver_sql(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conname = 'ck_pairs_status' AND conrelid = to_regclass('pairs')"
+        ).scalar()
+        if definition is None or f"'{WITHDRAWN}'" in definition:
+            return
+        conn.exec_driver_sql(
+            "ALTER TABLE pairs DROP CONSTRAINT ck_pairs_status, "
+            f"ADD CONSTRAINT ck_pairs_status CHECK ({_in_check('status', _STATUSES)})"
+        )
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
