@@ -49,7 +49,7 @@ def tiny_trained_ensemble(rng: np.random.Generator):
 
 
 def test_policy_aligned_queries_come_from_the_newest_segments() -> None:
-    pool = [segment(0.0, i) for i in range(300)]  # oldest first, as the segment buffer gives them
+    pool = [segment(0.001 * i, i) for i in range(300)]  # oldest first, as the segment buffer gives them
     config = QueryConfig(method="uniform", policy_aligned=True, policy_window=30)
     pairs = select_pairs(pool, 20, config, np.random.default_rng(0))
     assert len(pairs) == 20
@@ -60,7 +60,7 @@ def test_policy_aligned_queries_come_from_the_newest_segments() -> None:
 
 
 def test_policy_window_widens_to_what_the_pairs_need() -> None:
-    pool = [segment(0.0, i) for i in range(100)]
+    pool = [segment(0.001 * i, i) for i in range(100)]
     pairs = select_pairs(pool, 45, QueryConfig(method="uniform", policy_aligned=True, policy_window=2), np.random.default_rng(0))
     assert len({frozenset((p.left.env_step, p.right.env_step)) for p in pairs}) == 45  # 10 segments give 45 pairs
 
@@ -99,7 +99,8 @@ def test_pseudo_labels_train_but_are_never_validated_on_or_budgeted() -> None:
 
 
 def test_k_center_covers_the_outliers_uniform_misses() -> None:
-    pool = [segment(0.0, i) for i in range(40)] + [segment(50.0, 100), segment(-50.0, 101)]
+    rng = np.random.default_rng(4)
+    pool = [segment(0.0, i, rng) for i in range(40)] + [segment(50.0, 100), segment(-50.0, 101)]
     config = QueryConfig(method="kcenter", oversampling=1000)
     pairs = select_pairs(pool, 3, config, np.random.default_rng(0))
     with_outlier = [p for p in pairs if {p.left.env_step, p.right.env_step} & {100, 101}]
