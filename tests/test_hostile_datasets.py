@@ -373,6 +373,15 @@ HOSTILE = [
     Hostile("guideline-surrogate", raw_manifest("guideline", '"Which\\udc00?"'), "field 'guideline' contains an unpaired surrogate", reseal=False),
     Hostile("guideline-1mb", edit_manifest(lambda m: m.update({"guideline": MB})), "field 'guideline' is 1,000,000 characters", echo=MB),
     Hostile("env-spec-without-env-id", edit_manifest(lambda m: m.update({"env_spec": {"env_kwargs": {}}})), "field 'env_spec' must name its env"),
+    Hostile("env-kwargs-absolute-path", edit_manifest(lambda m: m.update({"env_spec": {"env_id": "Hopper-v5", "env_kwargs": {"xml_file": "/etc/passwd"}}})),
+            "env_kwargs.xml_file' = '/etc/passwd'; a dataset may not name files"),
+    Hostile("env-kwargs-nested-relative-path", edit_manifest(lambda m: m.update({"env_spec": {"env_id": "Hopper-v5", "env_kwargs": {"a": [{"b": "../../x.xml"}]}}})),
+            "env_kwargs.a[0].b' = '../../x.xml'"),
+    Hostile("env-kwargs-home-path", edit_manifest(lambda m: m.update({"env_spec": {"env_id": "Hopper-v5", "env_kwargs": {"xml_file": "~root.xml"}}})),
+            "may not name files"),
+    Hostile("env-id-with-a-command", edit_manifest(lambda m: m["env_spec"].update({"env_id": "CartPole-v1\n; rm -rf ~"})), "must name its env in 'env_id'"),
+    Hostile("env-id-up-the-tree", edit_manifest(lambda m: m["env_spec"].update({"env_id": "../../CartPole-v1"})), "must name its env in 'env_id'"),
+    Hostile("env-id-1mb", edit_manifest(lambda m: m["env_spec"].update({"env_id": MB})), "must name its env in 'env_id'", echo=MB),
     Hostile("counts-lie-with-1mb", edit_manifest(lambda m: m["counts"].update({"labels": MB})), "counts.labels says 'xxx", echo=MB),
 ]
 

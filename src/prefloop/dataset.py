@@ -30,10 +30,12 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -700,6 +702,37 @@ def _storable_text(value: str) -> str | None:
     return None
 
 
+_ENV_ID = re.compile(r"[A-Za-z0-9_:./-]{1,200}")  # Gymnasium ids: [namespace/]name[-vN]
+
+
+def _env_spec_problem(env_spec: dict[str, Any]) -> str | None:
+    """Why a dataset's env spec cannot be used to rebuild its env here, or None. The spec is passed
+    to ``gymnasium.make`` by whoever renders clips or trains on the run, so it may not name files
+    on the importing machine (some envs read a model file named in their keyword arguments)."""
+    env_id = env_spec.get("env_id")
+    if not isinstance(env_id, str) or not _ENV_ID.fullmatch(env_id) or ".." in env_id:
+        return f"must name its env in 'env_id' (a Gymnasium id such as 'CartPole-v1'), got {excerpt(env_id)}"
+    kwargs = env_spec.get("env_kwargs", {})
+    if not isinstance(kwargs, dict):
+        return f"has 'env_kwargs' {excerpt(kwargs)}; it must be a JSON object"
+    stack: list[tuple[str, Any]] = [(f"env_kwargs.{k}", v) for k, v in kwargs.items()]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, str) and (
+            "/" in value or "\\" in value or value.startswith(("~", ".")) or _storable_text(value)
+            or any(unicodedata.category(ch) == "Cc" for ch in value)
+        ):
+            return (
+                f"has {excerpt(where, 60)} = {excerpt(value)}; a dataset may not name files or paths on "
+                "the machine that imports it (nor hold control characters)"
+            )
+    return None
+
+
 def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
     try:
         data = read_regular_file(root, MANIFEST, MAX_MANIFEST_BYTES)
@@ -737,8 +770,10 @@ def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
         if value is not None and not isinstance(value, kind):
             raise bad(key, f"must be a JSON {'object' if kind is dict else 'string'} or null, got {type(value).__name__}")
     env_spec = manifest.get("env_spec")
-    if env_spec is not None and not isinstance(env_spec.get("env_id"), str):
-        raise bad("env_spec", "must name its env in a string 'env_id'")
+    if env_spec is not None:
+        problem = _env_spec_problem(env_spec)
+        if problem:
+            raise bad("env_spec", problem)
     guideline = manifest.get("guideline")
     if guideline is not None:
         if len(guideline) > MAX_IMPORTED_GUIDELINE_CHARS:
