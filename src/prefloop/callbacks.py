@@ -16,6 +16,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from prefloop.algos import is_off_policy, relabel_replay_buffer
 from prefloop.learner import PreferenceLearner
 from prefloop.pacing import LabelPace
+from prefloop.resume_state import save_resume_state
 from prefloop.reward_models import save_reward_model
 from prefloop.rundir import RunDir
 from prefloop.schedule import LabelRound
@@ -215,6 +216,7 @@ class RunState:
     def checkpoint(self, model: BaseAlgorithm, learner: PreferenceLearner | None, env_step: int) -> None:
         target = self.run_dir.new_checkpoint_dir(env_step)
         model.save(target / "policy.zip")
+        save_resume_state(target, model, learner.trainer if learner is not None else None)
         state: dict[str, Any] = {
             "env_step": env_step,
             "policy_timesteps": int(model.num_timesteps),
