@@ -27,7 +27,7 @@ from prefloop.apps.access import (
     parse_app_args,
     token_matches,
 )
-from prefloop.apps.guideline import GUIDELINE_META, render_guideline_page
+from prefloop.apps.guideline import GUIDELINE_META, render_guideline_page, show_pair_clips
 from prefloop.apps.onboarding import Onboarding, start_onboarding
 from prefloop.types import Choice
 from prefloop.apps.dashboard import (
@@ -262,15 +262,8 @@ def _practice_view(store: PreferenceStore, rater: str, practice: Onboarding) -> 
                 st.session_state.pop("prefloop_feedback", None)
                 st.rerun()
         return
-    pair_id = practice.next_pair()
-    pair = store.get_pair(pair_id)
-    clips = store.get_clips([pair.left.id, pair.right.id])
     st.caption(f"Practice pair {len(practice.answers) + 1} of {len(practice.pairs)}")
-    left, right = st.columns(2)
-    for column, segment_id, side in ((left, pair.left.id, "Left"), (right, pair.right.id, "Right")):
-        data, mime = clips[segment_id]
-        column.caption(side)
-        column.video(data, format=mime, loop=True, autoplay=True, muted=True, alt=f"Practice pair: the {side.lower()} clip")
+    show_pair_clips(store, practice.next_pair(), "Practice pair")
     buttons = st.columns(3)
     for column, (choice, words) in zip(buttons, ((Choice.LEFT, "Left is better"), (Choice.EQUAL, "About the same"),
                                                   (Choice.RIGHT, "Right is better"))):
