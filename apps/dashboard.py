@@ -56,16 +56,22 @@ class Progress:
         return min(1.0, max(0.0, self.env_step / self.total_steps))
 
 
-def parse_progress(raw: str | None) -> Progress | None:
-    """Read the ``progress`` meta value; None when missing or not a JSON object. Fields of the
-    wrong type are dropped rather than failing the page."""
+def json_object(raw: str | None) -> dict[str, Any] | None:
+    """A meta value read as a JSON object; None when missing, not JSON, or not an object."""
     if not raw:
         return None
     try:
         data = json.loads(raw)
     except ValueError:
         return None
-    if not isinstance(data, dict):
+    return data if isinstance(data, dict) else None
+
+
+def parse_progress(raw: str | None) -> Progress | None:
+    """Read the ``progress`` meta value; None when missing or not a JSON object. Fields of the
+    wrong type are dropped rather than failing the page."""
+    data = json_object(raw)
+    if data is None:
         return None
 
     def number(key: str, kind: type) -> Any:
@@ -363,6 +369,10 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
             st.caption(f"All raters: {total_correct} of {total} gold pairs right ({total_correct / total:.0%}).")
         else:
             st.info("No gold pair (a pair with a known answer) has been answered yet.")
+
+    from prefloop.apps.rater_quality import render_rater_quality
+
+    render_rater_quality(store, labels, gold, [c for c in (progress.curve if progress else []) if "env_step" in c])
 
 
 # -- the preferences download (admin only) -------------------------------------------------------

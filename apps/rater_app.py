@@ -27,6 +27,7 @@ from prefloop.apps.access import (
     parse_app_args,
     token_matches,
 )
+from prefloop.apps.guideline import GUIDELINE_META, render_guideline_page
 from prefloop.apps.dashboard import (
     Progress,
     parse_progress,
@@ -280,6 +281,9 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
         _waiting_view(session, store)
         return
 
+    if session.break_due(config.break_minutes * 60):
+        _break_reminder(session, config)
+    _guideline_page(store, expanded=not session.own_label_ids)
     waiting = store.counts()
     st.caption(
         f"Watch both clips (they loop together; slow them down if it helps), then pick the "
@@ -288,6 +292,29 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
     render_player(session, _on_actions)  # it shows the rater's answers today, counted at once
     _keepalive(session, config.lease_seconds)
     _watch_for_run_end(store)
+
+
+def _break_reminder(session: RaterSession, config: AppConfig) -> None:
+    with st.container(border=True):
+        st.markdown(
+            f"**You have been rating for {config.break_minutes:.0f} minutes.** A few minutes away from "
+            "the screen keep your answers sharp; your answers so far are saved."
+        )
+        take, go_on, _ = st.columns([1, 1, 3])
+        if take.button("Take a break", key="take_break", type="primary"):
+            session.pause()
+            st.rerun()
+        if go_on.button("Keep going", key="keep_going"):
+            session.keep_going()
+            st.rerun()
+
+
+def _guideline_page(store: PreferenceStore, expanded: bool) -> None:
+    """The run's guideline page (if the admin wrote one) in a fold below the question."""
+    page = store.get_meta(GUIDELINE_META)
+    if page and page.strip():
+        with st.expander("How to judge (guidelines)", expanded=expanded, icon=":material/menu_book:"):
+            render_guideline_page(store, page)
 
 
 def _keepalive(session: RaterSession, lease_seconds: float) -> None:
@@ -303,8 +330,8 @@ def _keepalive(session: RaterSession, lease_seconds: float) -> None:
 
 def _paused_view(session: RaterSession, config: AppConfig) -> None:
     st.info(
-        f"Paused: no answer for {config.idle_seconds / 60:.0f} minutes, so no pairs are held for you "
-        "and others can rate them. Take a break if you need one; press the button when you are back.",
+        "Paused: no pairs are held for you, so others can rate them (this happens on a break, or "
+        f"after {config.idle_seconds / 60:.0f} minutes without an answer). Press the button when you are back.",
         icon=":material/pause_circle:",
     )
     if st.button("I'm back -- show me a pair", key="resume_rating", type="primary"):
