@@ -63,12 +63,26 @@ def checkpoint_problems(checkpoint: Path, *, reward_model: bool, algo: str | Non
                 except Exception as exc:  # noqa: BLE001 -- any failure to load is the finding itself
                     problems.append(f"policy.zip does not load ({type(exc).__name__}: {_first_line(exc)})")
     if reward_model:
+        from prefloop.resume_state import OPTIMIZER_FILE, TRAINER_FILE
         from prefloop.reward_models import load_reward_model
 
         try:
             load_reward_model(checkpoint / "reward_model")
         except Exception as exc:  # noqa: BLE001 -- a truncated file fails in many ways
             problems.append(f"reward_model does not load ({_first_line(exc)})")
+        optimizer, counters = checkpoint / OPTIMIZER_FILE, checkpoint / TRAINER_FILE
+        if optimizer.is_file():
+            import torch
+
+            try:
+                torch.load(optimizer, weights_only=True)
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"{OPTIMIZER_FILE} does not load ({_first_line(exc)})")
+        if counters.is_file():
+            try:
+                json.loads(counters.read_bytes().decode("utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                problems.append(f"{TRAINER_FILE} does not parse ({_first_line(exc)})")
     return problems
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prefloop.algos import ALGORITHMS, AlgorithmError
 from prefloop.apps.access import ENV_ADMIN_TOKEN, ENV_TOKEN
-from prefloop.config import ConfigError, TrainConfig
+from prefloop.config import WHEN_BEHIND, ConfigError, TrainConfig
 from prefloop.credentials import (
     ENV_DB_PASSWORD,
     ENV_DB_PASSWORD_FILE,
@@ -27,7 +27,7 @@ from prefloop.query import QUERY_METHODS, NotEnoughSegmentsError, QueryConfig, Q
 from prefloop.reward_models import RewardModelConfig, UnsupportedSpaceError
 from prefloop.rundir import RunDirError
 from prefloop.store import StoreError
-from prefloop.teachers import HUMAN_TEACHER, TEACHER_PRESETS, TeacherConfigError, parse_teacher_param, parse_teacher_spec
+from prefloop.teachers import HUMAN_TEACHER, RECORDED_PREFIX, TEACHER_PRESETS, TeacherConfigError, parse_teacher_param, parse_teacher_spec
 
 # Errors that are the user's input, not a bug: shown as one clear line, exit code 2.
 USER_ERRORS = (
@@ -72,6 +72,13 @@ def _teacher_spec(text: str) -> str:
     return text
 
 
+def _query_spec(text: str) -> str:
+    try:
+        return QueryConfig.from_spec(text).spec
+    except QueryConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text.replace("_", ""))
@@ -82,11 +89,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (0 <= value <= 3600):
+        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds, got {text}")
+    return value
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
     parser.add_argument("--teacher", default="oracle", type=_teacher_name, metavar="TEACHER",
                         help="'human' (raters in the browser app), a simulated teacher ("
-                        + ", ".join(sorted(TEACHER_PRESETS)) + "), or recorded:DATASET_DIR (replay exported labels)")
+                        + ", ".join(sorted(TEACHER_PRESETS)) + "), or recorded:DIR (replay the labels of an exported dataset or an imported run folder)")
     parser.add_argument(
         "--teacher-param", action="append", default=[], type=_teacher_param, metavar="KEY=VALUE",
         help="override a teacher parameter: beta, gamma, epsilon, skip_threshold, equal_threshold (repeatable)",
@@ -95,7 +112,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=_positive_int, default=None, help="env steps (default: the env preset's)")
     parser.add_argument("--algo", default=None, choices=sorted(ALGORITHMS), help="SB3 algorithm (default: the env preset's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--query", default="disagreement", choices=QUERY_METHODS, help="query selection")
+    parser.add_argument("--query", default="disagreement", type=_query_spec, metavar="METHOD[+qpa][+surf]",
+                        help=f"query selection: {', '.join(QUERY_METHODS)}, optionally +qpa (policy-aligned) "
+                             "and/or +surf (semi-supervised) (default: disagreement)")
     parser.add_argument("--oversampling", type=_positive_int, default=10, help="candidate pairs scored per pair asked")
     parser.add_argument("--segment-length", type=_positive_int, default=None, help="steps per segment (default: the preset's)")
     parser.add_argument("--n-envs", type=_positive_int, default=None, help="parallel envs (default: the preset's)")
@@ -107,11 +126,19 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SQLAlchemy URL of the store (default: SQLite in the run folder); keep the password out "
                         f"of it: ${ENV_DB_PASSWORD} or --db-password-file (it is never saved)")
     add_password_file_argument(parser)
-    parser.add_argument("--when-behind", default=None, choices=("continue", "wait"),
-                        help="human raters behind the label schedule: keep training on the current reward model, or wait "
-                        "(default: continue; human raters only)")
+    parser.add_argument("--when-behind", default=None, choices=WHEN_BEHIND,
+                        help="raters behind the label schedule: 'pace' (default) trains the policy only as far as the "
+                        "answers so far unlock, 'wait' pauses at every round until all pairs are answered, "
+                        "'continue' never waits (a slow rater then makes the run worse, not longer); for raters who "
+                        "answer in their own time: people, or a simulated teacher with --answer-seconds")
+    parser.add_argument("--answer-seconds", type=_seconds, default=0.0, metavar="S",
+                        help="a simulated teacher answers through the store at human pace: S seconds per pair "
+                        "(the median), in a background thread, like a person in the app (default 0: at once)")
+    parser.add_argument("--answer-seconds-sigma", type=_seconds, default=0.0, metavar="SIGMA",
+                        help="spread of those times (log-normal sigma; 0 = always S)")
     parser.add_argument("--gold-fraction", type=float, default=None,
-                        help="human raters: share of quality-control pairs with a known answer (default 0.05; human raters only)")
+                        help="share of quality-control pairs with a known answer (default 0.05), for raters who answer "
+                        "in their own time (people, --answer-seconds) and replays of a human run")
     parser.add_argument("--raters-per-pair", type=_positive_int, default=1, help="labels per pair (>1 measures rater agreement)")
     parser.add_argument("--unsupervised-steps", type=int, default=None,
                         help="PEBBLE: env steps of state-entropy exploration before the first query (default: the env preset's, 0 for most)")
@@ -124,18 +151,23 @@ def add_password_file_argument(parser: argparse.ArgumentParser) -> None:
                         f"${ENV_DB_PASSWORD_FILE} or PostgreSQL's PGPASSWORD / ~/.pgpass)")
 
 
-# Settings only the human-rater path reads: refused with a simulated or recorded teacher.
-HUMAN_ONLY_FLAGS = {"gold_fraction": "--gold-fraction", "when_behind": "--when-behind"}
+# Settings for raters who answer in their own time (people in the app, a simulated teacher with
+# --answer-seconds): refused where nobody would read them.
+PACED_FLAGS = {"gold_fraction": "--gold-fraction", "when_behind": "--when-behind"}
 
 
 def build_train_config(args: argparse.Namespace) -> TrainConfig:
     run_dir = args.run_dir or Path("runs") / f"{args.env}-{args.teacher}-s{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    human_only = {key: getattr(args, key) for key in HUMAN_ONLY_FLAGS if getattr(args, key) is not None}
-    if human_only and args.teacher != HUMAN_TEACHER:
-        flags = " and ".join(HUMAN_ONLY_FLAGS[key] for key in human_only)
+    paced = {key: getattr(args, key) for key in PACED_FLAGS if getattr(args, key) is not None}
+    at_once = args.teacher != HUMAN_TEACHER and not args.answer_seconds
+    # A replay asks gold pairs when the recorded run was a human one, so its gold share is read.
+    ignored = [key for key in paced if at_once and not (key == "gold_fraction" and args.teacher.startswith(RECORDED_PREFIX))]
+    if ignored:
+        flags = " and ".join(PACED_FLAGS[key] for key in ignored)
         raise ConfigError(
-            f"{flags} {'apply' if len(human_only) > 1 else 'applies'} to human raters only (--teacher human, prefloop run); the {args.teacher!r} teacher "
-            f"answers every pair as soon as it is asked: leave {flags} out"
+            f"{flags} {'apply' if len(ignored) > 1 else 'applies'} to raters who answer in their own time (--teacher "
+            f"human, or a simulated teacher with --answer-seconds); the {args.teacher!r} teacher answers every pair "
+            f"as soon as it is asked: leave {flags} out"
         )
     return TrainConfig(
         env_id=args.env,
@@ -149,15 +181,17 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         n_envs=args.n_envs,
         segment_length=args.segment_length,
         reward_source=args.reward_source,
-        query=QueryConfig(method=args.query, oversampling=args.oversampling),
+        query=QueryConfig.from_spec(args.query, oversampling=args.oversampling),
         reward_model=RewardModelConfig(n_members=args.ensemble, seed=args.seed),
         eval_episodes=args.eval_episodes,
         progress_bar=not args.no_progress,
         db_url=args.db_url,
+        answer_seconds=args.answer_seconds,
+        answer_seconds_sigma=args.answer_seconds_sigma,
         raters_per_pair=args.raters_per_pair,
         guideline=args.guideline,
         unsupervised_steps=args.unsupervised_steps,
-        **human_only,
+        **paced,
     )
 
 
@@ -195,28 +229,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Train with people as the teacher: the trainer here, the rater app (and its clip worker) in a
-    child process started as soon as the store exists."""
+    child process started as soon as the store exists, watched and stopped with the run."""
+    import _thread
     import os
-    import subprocess
+    import signal
 
     from prefloop.loop import train
     from prefloop.report import print_run_summary
 
     from prefloop.apps.access import AppConfigError, check_exposure, check_token_value
+    from prefloop.apps.launch import AppStartError, check_port_free
+    from prefloop.apps.supervise import RaterAppSupervisor
 
     check_resume_arguments(args)
-    try:  # before training starts, not when the app's process fails later
+    try:  # before training starts (and before the run folder exists), not when the app fails later
         check_token_value(args.token, "--token")
         check_token_value(args.admin_token, "--admin-token")
         check_exposure(args.host, args.token, args.admin_token)
-    except AppConfigError as exc:
+        check_port_free(args.host, args.port)
+    except (AppConfigError, AppStartError) as exc:
         raise ConfigError(str(exc)) from None
     config = build_train_config(args)
-    app: list[subprocess.Popen] = []
+    supervisors: list[RaterAppSupervisor] = []
 
     def start_app(run_dir, store_url: str, run_name: str) -> None:
-        command = [sys.executable, "-m", "prefloop.cli", "rate", "--db-url", url_without_password(store_url),
-                   "--run-name", run_name, "--host", args.host, "--port", str(args.port)]
         env = dict(os.environ)
         # Secrets travel in the environment, not on the command line, where `ps` shows them.
         if url_password(store_url):
@@ -225,24 +261,49 @@ def cmd_run(args: argparse.Namespace) -> int:
             env[ENV_TOKEN] = args.token
         if args.admin_token:
             env[ENV_ADMIN_TOKEN] = args.admin_token
-        app.append(subprocess.Popen(command, start_new_session=True, env=env))
-        print(f"rater app: http://{args.host}:{args.port}/  (open it in a browser and start comparing clips)", flush=True)
+        # The app prints its URL itself, once, when it answers (and is this run's app).
+        supervisor = RaterAppSupervisor(
+            ["--db-url", url_without_password(store_url), "--run-name", run_name, "--host", args.host, "--port", str(args.port)],
+            env, on_give_up=lambda why: _thread.interrupt_main(),
+        )
+        supervisors.append(supervisor)
+        supervisor.start()
 
+    # A timeout, systemd, `docker stop` or a closed terminal: stop like Ctrl-C, app and worker too.
+    stop_signals = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {signum: signal.signal(signum, _raise_keyboard_interrupt) for signum in stop_signals}
     try:
         result = train(config, resume=args.resume, on_ready=start_app)
         print_run_summary(result)
-        if app and sys.stdin.isatty():
-            print(f"Training finished. The rater app stays up for its dashboard: http://{args.host}:{args.port}/dashboard"
-                  " -- press Ctrl-C to stop it.", flush=True)
+        if supervisors and supervisors[0].running() and sys.stdin.isatty():
+            print("Training finished; the rater app says so to raters and stays up for its dashboard "
+                  "-- press Ctrl-C to stop it.", flush=True)
             try:
-                app[0].wait()
+                supervisors[0].wait()
             except KeyboardInterrupt:
                 pass  # the run is complete; Ctrl-C only stops the app
+    except KeyboardInterrupt:
+        failure = supervisors[0].failure if supervisors else None
+        if failure is None:
+            raise
+        print(f"prefloop: error: {failure}; every label so far is stored, continue with --resume", file=sys.stderr)
+        return 1
     finally:
-        for process in app:
-            process.terminate()
-            process.wait(timeout=30)
+        for signum in previous:  # no second signal cuts the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
+        for supervisor in supervisors:
+            supervisor.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    failure = supervisors[0].failure if supervisors else None
+    if failure is not None:
+        print(f"prefloop: error: {failure}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -263,6 +324,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         resume=args.resume,
         reuse_from=tuple(Path(p) for p in args.reuse),
+        answer_seconds=args.answer_seconds,
+        answer_seconds_sigma=args.answer_seconds_sigma,
     )
     run_bench(config)
     return 0
@@ -304,8 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_p.add_argument("--teachers", nargs="+", default=["oracle"], type=_teacher_spec, metavar="TEACHER[:KEY=VALUE,...]",
                          help=f"simulated teachers: B-Pref's presets ({', '.join(sorted(TEACHER_PRESETS))}), optionally "
                               "with parameters, e.g. mistake:epsilon=0.2 (default: oracle)")
-    bench_p.add_argument("--queries", nargs="+", default=["disagreement"], choices=QUERY_METHODS,
-                         help="query selection methods (default: disagreement)")
+    bench_p.add_argument("--queries", nargs="+", default=["disagreement"], type=_query_spec, metavar="METHOD[+qpa][+surf]",
+                         help=f"query selection methods: {', '.join(QUERY_METHODS)}, each optionally +qpa and/or +surf "
+                              "(default: disagreement)")
     bench_p.add_argument("--algos", nargs="+", default=None, choices=sorted(ALGORITHMS),
                          help="SB3 algorithms (default: each env preset's)")
     bench_p.add_argument("--steps", type=_positive_int, default=None, help="env steps per run (default: each preset's)")
@@ -315,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="finish an interrupted sweep in --out: keep its finished runs, run the rest")
     bench_p.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="DIR",
                          help="take runs with an identical config (e.g. true-reward baselines) from these earlier sweep folders")
+    bench_p.add_argument("--answer-seconds", type=_seconds, default=0.0, metavar="S",
+                         help="teachers answer through the store at human pace, S seconds per pair (runs are then "
+                              "paced by them; more --workers than cores is fine, they mostly wait)")
+    bench_p.add_argument("--answer-seconds-sigma", type=_seconds, default=0.0, metavar="SIGMA",
+                         help="log-normal spread of those times (default 0: always S)")
     bench_p.add_argument("--out", default="bench-out/latest", help="output folder")
     bench_p.add_argument("--ray", action="store_true", help="run on a local Ray instance instead of a process pool")
     bench_p.add_argument("--ray-address", default=None, help="run on the Ray cluster at this address (e.g. ray://head:10001)")
@@ -325,11 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     """Commands whose modules live with their part of the product (the app, the doctor)."""
     from prefloop.apps.cli_rate import add_rate_parser
+    from prefloop.cli_raters import add_raters_parser
     from prefloop.dataset import add_export_parser, add_import_parser
     from prefloop.doctor import add_doctor_parser
 
     for parser in (add_rate_parser(sub), add_doctor_parser(sub), add_export_parser(sub), add_import_parser(sub)):
         add_password_file_argument(parser)
+    add_raters_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

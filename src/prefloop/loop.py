@@ -17,6 +17,7 @@ the same algorithm, hyper-parameters, steps and evaluation, so the two are direc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -37,13 +38,17 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from prefloop.algos import algorithm_class, check_algorithm_fits, is_off_policy, make_algorithm, relabel_replay_buffer
 from prefloop.callbacks import CheckpointCallback, CurveCallback, PreferenceCallback, RunState, StepLimitCallback
 from prefloop.checkpoints import CheckpointChoice, newest_usable_checkpoint
+from prefloop.clock_rater import ClockRater
 from prefloop.config import ConfigError, TrainConfig, config_differences
 from prefloop.credentials import url_password, url_without_password
+from prefloop.human_time import human_time
 from prefloop.envs import EnvSpec, SegmentBuffer, VecLearnedReward, VecSegmentRecorder, check_can_render, make_env
 from prefloop.exploration import StateEntropyReward, SwitchableReward
 from prefloop.learner import PreferenceLearner
 from prefloop.plots import plot_learning_curve
+from prefloop.query import QueryRule
 from prefloop.reward_models import RewardEnsemble, load_reward_model
+from prefloop.resume_state import restore_resume_state
 from prefloop.rundir import RunDir, RunDirError
 from prefloop.schedule import LabelRound, label_rounds
 from prefloop.store import PreferenceStore, check_store_url, sqlite_url
@@ -66,6 +71,9 @@ class RunResult:
     reward_learning_time_s: float
     curve: list[dict[str, float]]
     reward_model: dict[str, float] = field(default_factory=dict)
+    labels_fitted: int = 0  # labels the last reward-model fit saw (the rest came too late to be used)
+    pairs_withdrawn: int = 0  # asked, still unanswered when the trainer stopped using labels
+    human_time: dict[str, float] = field(default_factory=dict)  # prefloop.human_time: answer_s, span_s
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +87,9 @@ class RunResult:
             "reward_learning_time_s": self.reward_learning_time_s,
             "curve": self.curve,
             "reward_model": self.reward_model,
+            "labels_fitted": self.labels_fitted,
+            "pairs_withdrawn": self.pairs_withdrawn,
+            "human_time": self.human_time,
         }
 
 
@@ -127,6 +138,7 @@ def train(
     *,
     resume: bool = False,
     on_ready: Callable[[RunDir, str, str], None] | None = None,
+    query_rule: QueryRule | None = None,
 ) -> RunResult:
     """Run one whole preference-learning run (or true-reward baseline) and write its run folder.
 
@@ -135,9 +147,12 @@ def train(
         resume: continue the run in ``config.run_dir`` from its newest checkpoint.
         on_ready: called with (run folder, store URL, run name) once the store exists and before
             the first labels are asked -- ``prefloop run`` starts the rater app there.
+        query_rule: your own pair selection (:class:`prefloop.query.QueryRule`) instead of
+            ``config.query``'s.
 
     The run folder is locked for the whole call (:meth:`RunDir.owned`): a second trainer on
-    it is refused with this one's PID.
+    it is refused with this one's PID. A simulated rater started for the run is stopped however
+    it ends.
 
     Raises:
         prefloop.rundir.RunDirError: the folder exists without ``resume`` (or is missing with it),
@@ -147,12 +162,18 @@ def train(
             disagrees with the run's store or checkpoint.
     """
     run_dir = RunDir(Path(config.run_dir))
-    with run_dir.owned(existing=resume):
-        return _train(config, run_dir, resume, on_ready)
+    with run_dir.owned(existing=resume), contextlib.ExitStack() as cleanup:
+        return _train(config, run_dir, resume=resume, on_ready=on_ready, cleanup=cleanup, query_rule=query_rule)
 
 
 def _train(
-    config: TrainConfig, run_dir: RunDir, resume: bool, on_ready: Callable[[RunDir, str, str], None] | None
+    config: TrainConfig,
+    run_dir: RunDir,
+    *,
+    resume: bool,
+    on_ready: Callable[[RunDir, str, str], None] | None,
+    cleanup: contextlib.ExitStack,
+    query_rule: QueryRule | None = None,
 ) -> RunResult:
     started = time.perf_counter()
     cpu_started = time.process_time()
@@ -194,10 +215,18 @@ def _train(
         store_url = config.db_url or sqlite_url(run_dir.store_path)
         store = PreferenceStore(store_url, run_name=config.run_name or "default")
         publish_run_info(store, config, spec)
-        learner = PreferenceLearner(config, store, reward_model, buffer, teacher)
+        clock_rater = None
+        if config.answer_seconds > 0 and teacher is not None:  # answers through the store, at human pace
+            clock_rater = ClockRater(store_url, config.run_name or "default", teacher, config.answer_seconds,
+                                     config.answer_seconds_sigma, seed=config.seed)
+            teacher = None
+        learner = PreferenceLearner(config, store, reward_model, buffer, teacher, query_rule)
         initial_steps = initial_random_steps(config)
         if on_ready is not None:
             on_ready(run_dir, store_url, config.run_name or "default")
+        if clock_rater is not None:
+            cleanup.callback(clock_rater.stop)
+            learner.check_raters = clock_rater.start().check_alive
     state = RunState(run_dir, curve, initial_steps, config.to_json())
 
     cls = algorithm_class(config.algo)
@@ -206,6 +235,7 @@ def _train(
         curve.extend(saved.get("curve", []))
         state.initial_steps = initial_steps = int(saved.get("initial_steps", initial_steps))
         model = cls.load(checkpoint / "policy.zip", env=env, tensorboard_log=str(run_dir.tensorboard_dir))
+        restore_resume_state(checkpoint, model, learner.trainer if learner is not None else None)
         if learner is not None:
             learner.fit_history = list(saved.get("fit_history", []))
             learner.time_s = float(saved.get("reward_learning_time_s", 0.0))
@@ -249,6 +279,13 @@ def _train(
         log.info("ran %d env steps for steps=%d: the %d parallel envs step together, so the total is a whole "
                  "number of their steps", final_step, config.steps, config.n_envs)
     state.checkpoint(model, learner, final_step)
+    withdrawn = 0
+    if learner is not None:
+        # The trainer uses no label from here on: what is still unanswered is withdrawn, not served.
+        withdrawn = learner.store.withdraw_unanswered()
+        if withdrawn:
+            log.info("withdrew %d unanswered pairs: training is over, they will not be shown to raters", withdrawn)
+        learner.publish_progress("evaluating", final_step, curve, "Labelling is over; the final policy is being evaluated.")
 
     eval_returns = evaluate(model, spec, config.eval_episodes, seed=config.seed + 10_000)
     result = RunResult(
@@ -262,6 +299,9 @@ def _train(
         reward_learning_time_s=learner.time_s if learner is not None else 0.0,
         curve=curve,
         reward_model=learner.fit_history[-1] if learner is not None and learner.fit_history else {},
+        labels_fitted=max(0, learner.labels_at_last_fit) if learner is not None else 0,
+        pairs_withdrawn=withdrawn,
+        human_time=human_time(learner.store) if learner is not None else {},
     )
     run_dir.write_result(result.to_json())
     if curve:
@@ -378,7 +418,7 @@ def first_labels(
     if not resumed:
         learner.ask(first_round.cumulative_labels, env_step)
     asked = learner.pairs_asked()
-    needed = asked if config.when_behind == "wait" else min(asked, config.min_initial_labels)
+    needed = asked if config.when_behind == "wait" else min(asked, config.min_initial_labels)  # pace, continue
     learner.wait_for_raters(lambda c: c["labels"] >= needed, f"{needed} labels before the policy starts", env_step, curve)
     learner.fit(env_step)
     learner.publish_progress("training", env_step, curve)
