@@ -584,8 +584,9 @@ def test_an_edited_config_is_found_by_doctor_and_refused_by_resume_before_any_wr
     (["--teacher", "stochastic", "--raters-per-pair", "2"], "needs human raters"),
     (["--teacher", "human", "--teacher-param", "beta=1"], "apply to simulated teachers only"),
     (["--teacher", "recorded:/nowhere", "--teacher-param", "epsilon=0.1"], "apply to simulated teachers only"),
-    (["--gold-fraction", "0.2"], "--gold-fraction applies to human raters only"),
-    (["--teacher", "mistake", "--when-behind", "wait"], "--when-behind applies to human raters only"),
+    (["--gold-fraction", "0.2"], "--gold-fraction applies to raters who answer in their own time"),
+    (["--teacher", "mistake", "--when-behind", "wait"], "--when-behind applies to raters who answer in their own time"),
+    (["--teacher", "recorded:/nowhere", "--when-behind", "pace"], "--when-behind applies"),
     (["--ensemble", "1"], "needs at least 2 members"),
     (["--ensemble", "1", "--query", "disagreement", "--teacher", "human"], "needs at least 2 members"),
 ])
@@ -604,6 +605,9 @@ def test_the_flags_work_where_they_apply(tmp_path: Path) -> None:
         ["train", "--run-dir", str(tmp_path), "--teacher", "stochastic", "--teacher-param", "beta=2", "--ensemble", "1",
          "--query", "entropy"]))
     assert simulated.teacher_params == {"beta": 2.0} and simulated.reward_model.n_members == 1
+    paced = build_train_config(build_parser().parse_args(
+        ["train", "--run-dir", str(tmp_path), "--answer-seconds", "2", "--when-behind", "wait", "--gold-fraction", "0.1"]))
+    assert (paced.when_behind, paced.gold_fraction) == ("wait", 0.1)  # a simulated rater on a clock reads them
 
 
 def test_resume_refuses_run_settings_instead_of_ignoring_them(tmp_path: Path, cli: Cli) -> None:

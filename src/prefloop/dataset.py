@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import create_engine, delete, exists, func, insert, inspect, select, update
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from prefloop.credentials import scrub_config
 from prefloop.serialization import array_from_bytes, array_to_bytes
