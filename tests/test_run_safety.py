@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import postgres_database
 from prefloop.credentials import ENV_DB_PASSWORD, url_password, url_without_password
 from prefloop.local_postgres import SUPERUSER
 from prefloop.rundir import LOCK_NAME
@@ -160,13 +161,8 @@ def descendants(pid: int) -> set[int]:
 
 @pytest.fixture(scope="module")
 def pg_database(request: pytest.FixtureRequest) -> Iterator[str]:
-    server = request.getfixturevalue("local_postgres")
-    name = f"safety_{uuid.uuid4().hex[:16]}"
-    url = server.create_database(name)
-    try:
+    with postgres_database(request) as url:
         yield url
-    finally:
-        server.drop_database(name)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -199,10 +195,15 @@ def store_url_of(run: Path) -> str:
 
 
 @pytest.fixture
-def unfinished_run(finished_run: tuple[Path, dict[str, str]], tmp_path: Path) -> tuple[Path, dict[str, str]]:
+def unfinished_run(
+    finished_run: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, dict[str, str]]:
     """A copy of the finished run without its summary: what a run killed after its last
-    checkpoint looks like (--resume then evaluates and finishes it)."""
+    checkpoint looks like (--resume then evaluates and finishes it). Its store's password, if
+    any, is in this process's environment, as a user would set it."""
     source, env = finished_run
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     copy = tmp_path / RUN
     shutil.copytree(source, copy)
     (copy / "summary.json").unlink()
@@ -340,7 +341,7 @@ def test_a_second_trainer_is_refused_with_the_holders_pid_and_the_first_run_is_u
             time.sleep(0.1)
         for args in (["train", "--resume", "--run-dir", str(run)],
                      ["train", "--env", "CartPole-v1", "--run-dir", str(run)],
-                     ["run", "--resume", "--run-dir", str(run)]):
+                     ["run", "--resume", "--run-dir", str(run), "--port", str(free_port())]):
             cli.error(*args, "--no-progress", expected=(f"PID {first.pid}",))
         assert first.poll() is None, "the first trainer is still running"
         output, _ = first.communicate(timeout=600)
@@ -427,23 +428,37 @@ def test_a_read_only_run_folder_is_exported_and_checked_and_never_called_damaged
         assert (tmp_path / "archive" / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()
 
 
+LOCK_HOLDERS = {
+    # SQLite: the whole file, as a sqlite3 shell in an exclusive transaction holds it.
+    "sqlite": (
+        "import sqlite3, sys, time\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA locking_mode=EXCLUSIVE'); c.execute('BEGIN EXCLUSIVE')\n"
+        "c.execute(\"INSERT INTO prefloop_meta VALUES ('held', 'by a test')\")\n"
+        "print('held', flush=True); time.sleep(120)\n"
+    ),
+    # PostgreSQL: the runs table, as a migration or a pg_dump --lock... would.
+    "postgresql": (
+        "import psycopg, sys, time\n"
+        "from sqlalchemy.engine import make_url\n"
+        "u = make_url(sys.argv[1])\n"
+        "c = psycopg.connect(host=u.host, port=u.port, user=u.username, password=u.password, dbname=u.database)\n"
+        "c.execute('LOCK TABLE runs IN ACCESS EXCLUSIVE MODE')\n"
+        "print('held', flush=True); time.sleep(120)\n"
+    ),
+}
+
+
 def test_a_locked_store_is_reported_as_locked_not_damaged(
-    unfinished_run: tuple[Path, dict[str, str]], backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli,
+    unfinished_run: tuple[Path, dict[str, str]], backend: str, pg_database: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, cli: Cli,
 ) -> None:
-    if backend != "sqlite":
-        pytest.skip("a SQLite file lock (PostgreSQL: see the read-only database test)")
     from prefloop import store as store_module
 
     run, _env = unfinished_run
-    monkeypatch.setattr(store_module, "SQLITE_BUSY_TIMEOUT_S", 0.5)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import sqlite3, sys, time\n"
-            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "c.execute('PRAGMA locking_mode=EXCLUSIVE'); c.execute('BEGIN EXCLUSIVE')\n"
-            "c.execute(\"INSERT INTO prefloop_meta VALUES ('held', 'by a test')\")\n"
-            "print('held', flush=True); time.sleep(120)\n"
-        ), str(run / "prefs.sqlite")], stdout=subprocess.PIPE, text=True)
+    monkeypatch.setattr(store_module, "SQLITE_BUSY_TIMEOUT_S", 0.5)  # SQLite busy_timeout, PostgreSQL lock_timeout
+    target = str(run / "prefs.sqlite") if backend == "sqlite" else pg_database
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDERS[backend], target], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         before = folder_state(run)
@@ -505,9 +520,7 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_loads(
 ) -> None:
     if backend != "sqlite" and damaged != "policy.zip":
         pytest.skip("the checkpoint files are the same on both backends; one case on PostgreSQL")
-    run, env = unfinished_run
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    run, _env = unfinished_run
     older, newest = sorted((run / "checkpoints").glob("step-*"))
     target = newest / damaged
     target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
@@ -558,9 +571,7 @@ def test_an_edited_config_is_found_by_doctor_and_refused_by_resume_before_any_wr
 ) -> None:
     if backend != "sqlite" and key != "run_name":
         pytest.skip("one case on PostgreSQL: the run name decides which run of the database is continued")
-    run, env = unfinished_run
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    run, _env = unfinished_run
     config = json.loads((run / "config.json").read_text())
     config[key] = value
     (run / "config.json").write_text(json.dumps(config, indent=2))

@@ -433,7 +433,8 @@ def _engine(url: str, is_sqlite: bool, repair: bool) -> Engine:
     if is_sqlite and not repair:
         path = Path(parsed.database or "")
         return create_engine("sqlite://", creator=lambda: open_sqlite_read_only(path), poolclass=NullPool)
-    return create_engine(parsed, connect_args={"timeout": store_module.SQLITE_BUSY_TIMEOUT_S} if is_sqlite else {})
+    return create_engine(parsed, connect_args={"timeout": store_module.SQLITE_BUSY_TIMEOUT_S} if is_sqlite
+                         else store_module.wait_limit_args(parsed))
 
 
 @contextmanager

@@ -362,7 +362,7 @@ class PreferenceStore:
                     "sqlite://", creator=lambda: open_sqlite_read_only(path), poolclass=NullPool
                 )
             else:
-                self._engine = create_engine(parsed)
+                self._engine = create_engine(parsed, connect_args=wait_limit_args(parsed))
         except (ArgumentError, ImportError) as exc:
             raise StoreError(
                 f"cannot use database URL {self.url} ({exc}); prefloop stores work on SQLite "
@@ -1621,6 +1621,15 @@ def _parse_url(url: str) -> URL:
         ) from None
 
 
+def wait_limit_args(url: URL) -> dict[str, Any]:
+    """Connection arguments that bound how long a statement waits for another process's lock on
+    PostgreSQL (``lock_timeout``, as SQLite's ``busy_timeout``), so a table locked elsewhere is
+    reported as locked instead of hanging; a URL that sets its own ``options`` keeps them."""
+    if url.get_backend_name() != "postgresql" or "options" in url.query:
+        return {}
+    return {"options": f"-c lock_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}"}
+
+
 def check_store_url(url: str) -> None:
     """Check that ``url`` can hold a prefloop store -- reachable, and empty or a prefloop store --
     without writing anything (before a run has validated all its input).
@@ -1633,7 +1642,7 @@ def check_store_url(url: str) -> None:
         _preflight_sqlite_file(parsed.database)
         return
     try:
-        engine = create_engine(parsed, poolclass=NullPool)
+        engine = create_engine(parsed, poolclass=NullPool, connect_args=wait_limit_args(parsed))
     except (ArgumentError, ImportError) as exc:
         raise StoreError(
             f"cannot use database URL {parsed.render_as_string(hide_password=True)} ({exc}); prefloop "
