@@ -31,6 +31,7 @@ log = logging.getLogger("prefloop.apps")
 TRAINER_STATUS_WORDS = {
     "training": "The trainer is training the agent; it will ask for more comparisons soon.",
     "waiting_for_labels": "The trainer is waiting for your comparisons.",
+    "evaluating": "Labelling is over; the trainer is evaluating the agent.",
     "finished": "Training has finished. Thank you for your help!",
 }
 
