@@ -135,6 +135,8 @@ def launch_rater_app(
     admin_token: str | None = None,
     *,
     lease_seconds: float | None = None,
+    idle_seconds: float | None = None,
+    invite_only: bool = False,
     log_path: str | os.PathLike[str] | None = None,
 ) -> RaterAppProcess:
     """Start the rater app for one run; returns the ``streamlit run`` process (not waited for):
@@ -149,7 +151,11 @@ def launch_rater_app(
         token: access token raters must present (``?token=...`` in the link or typed in).
         admin_token: token for the dashboard page and the preferences download (None: open to
             raters; loopback only).
-        lease_seconds: how long a shown pair stays reserved for its rater (default 120).
+        lease_seconds: how long a shown pair stays reserved for its rater without the open
+            page's heartbeat (default 30).
+        idle_seconds: a rater's session pauses (and gives its pairs back) after this long
+            without an answer (default 120).
+        invite_only: only raters with a personal link (``prefloop raters add``) may rate.
         log_path: file for the app's output (default: discarded).
 
     Raises:
@@ -181,6 +187,10 @@ def launch_rater_app(
     ]
     if lease_seconds is not None:
         command += ["--lease-seconds", str(lease_seconds)]
+    if idle_seconds is not None:
+        command += ["--idle-seconds", str(idle_seconds)]
+    if invite_only:
+        command += ["--invite-only"]
     env = {k: v for k, v in os.environ.items() if k not in (ENV_DB_URL, ENV_TOKEN, ENV_ADMIN_TOKEN)}
     env[ENV_DB_URL] = db_url
     if token:

@@ -12,6 +12,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,18 +49,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def served(rated_store: RatedStore, tmp_path: Path) -> Iterator[tuple[str, RatedStore]]:
+@contextmanager
+def serve_app(rated: RatedStore, log: Path, **options: object) -> Iterator[str]:
+    """The rater app for ``rated`` on a free loopback port (``options`` go to launch_rater_app);
+    yields its URL."""
     port = free_port()
-    log = tmp_path / "app.log"
-    app = launch_rater_app(rated_store.url, rated_store.run_name, port=port, log_path=log)
+    app = launch_rater_app(rated.url, rated.run_name, port=port, log_path=log, **options)
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_ready(url, timeout=60, process=app)
-        yield url, rated_store
+        yield url
     finally:
         app.terminate()
         app.wait(timeout=30)
+
+
+@pytest.fixture
+def served(rated_store: RatedStore, tmp_path: Path) -> Iterator[tuple[str, RatedStore]]:
+    with serve_app(rated_store, tmp_path / "app.log") as url:
+        yield url, rated_store
 
 
 def eventually(check: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:

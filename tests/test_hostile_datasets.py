@@ -16,8 +16,10 @@ any other for ``doctor``, ``export`` and a replay (``--teacher recorded:RUN_DIR`
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+import math
 import os
 import shutil
 import struct
@@ -30,13 +32,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, update
 
+from prefloop.apps.cli_rate import resolve_store
 from prefloop.cli import main
 from prefloop.dataset import export_dataset, import_dataset, load_dataset
 from prefloop.doctor import check_run
 from prefloop.recorded import make_recorded_teacher
-from prefloop.store import PreferenceStore, metadata, sqlite_url
+from prefloop.store import PreferenceStore, labels_table, metadata, sqlite_url
 from prefloop.types import Choice
 
 from conftest import backend_database
@@ -307,6 +310,11 @@ HOSTILE = [
     Hostile("npz-not-a-zip", lambda d: (d / "segments.npz").write_bytes(b"PK\x03\x04" + os.urandom(300)), "segments.npz cannot be read"),
     Hostile("npz-array-missing", drop_member("n_valid.npy"), "arrays ['n_valid'] are missing"),
     Hostile("jsonl-bigger-than-allowed", lambda d: None, "more than the limit", args=("--max-gib", "0.000001")),
+    Hostile("100k-empty-objects", lambda d: (d / "labels.jsonl").write_text("{}\n" * 100_000),
+            "labels.jsonl has 100,001 lines", args=("--max-gib", "0.001")),
+    Hostile("100k-empty-segments", lambda d: write_npz(d, {**npz_members(d), "segment_id.npy": npy(np.arange(100_000)),
+                                                            "obs.npy": npy(np.zeros((100_000, 1, 0), np.float32))}),
+            "segments.npz holds 100,000 segments", args=("--max-gib", "0.1")),
     Hostile("manifest-9mb", edit_manifest(lambda m: m.update({"padding": "p" * (9 << 20)})), "manifest.json is 9,", echo="p" * 100),
     Hostile("1mb-rater-id", edit_field("labels.jsonl", 0, "rater_id", MB), "labels.jsonl line 1 is 1,000,", echo=MB),
     Hostile("1mb-choice", edit_field("labels.jsonl", 1, "choice", MB), "labels.jsonl line 2 is 1,000,", echo=MB),
@@ -466,11 +474,21 @@ def test_an_imported_run_is_a_run_doctor_export_and_replay_understand(
     assert f"recorded:{run_dir}" in text  # says how to train on it
     assert main(["doctor", "--run-dir", str(run_dir)]) == 0
 
+    # raters get the pairs still waiting for labels (the app opens the run the import made)
+    url, run_name = resolve_store(argparse.Namespace(run_dir=run_dir, run_name=None, db_url=None))
+    with PreferenceStore(url, run_name) as store:
+        assert store.counts()["labels"] == 4 and store.counts()["pending"] == 2
+        waiting = store.claim_next("carol")
+        assert waiting is not None
+        store.answer(waiting.id, "carol", Choice.LEFT, 3.0)
+        store.release(store.claim_next("carol").id, "carol")
+
     assert main(["export", "--run-dir", str(run_dir), "--out", str(tmp_path / "exported")]) == 0
     original, exported = load_dataset(clean_dataset), load_dataset(tmp_path / "exported")
     assert [(lab.rater_id, lab.choice, lab.created_at, lab.retracted_at) for lab in original.labels] == [
-        (lab.rater_id, lab.choice, lab.created_at, lab.retracted_at) for lab in exported.labels
+        (lab.rater_id, lab.choice, lab.created_at, lab.retracted_at) for lab in exported.labels[:-1]
     ]
+    assert exported.labels[-1].rater_id == "carol"
 
     # a replay reads the imported run like the dataset it came from
     from_run, from_dataset = make_recorded_teacher(run_dir), make_recorded_teacher(clean_dataset)
@@ -510,3 +528,23 @@ def test_a_write_that_fails_midway_leaves_no_run_and_no_row(
     with pytest.raises(Exception, match="already has 1 pairs"):
         import_dataset(clean_dataset, precious, "precious")
     assert dump_store(precious) == before
+
+
+@pytest.mark.parametrize("value", [-math.inf, math.inf], ids=["minus-infinity", "infinity"])
+def test_export_of_a_store_holding_an_impossible_time_is_one_line(
+    clean_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: float
+) -> None:
+    """A label time another tool wrote (SQLite keeps infinities) cannot go into a dataset: one line,
+    no half-written folder, the store unchanged."""
+    run_dir = tmp_path / "run"
+    import_dataset(clean_dataset, sqlite_url((run_dir.mkdir() or run_dir) / "prefs.sqlite"), "run")
+    url = sqlite_url(run_dir / "prefs.sqlite")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(update(labels_table).where(labels_table.c.rater_id == "bob").values(created_at=value))
+    engine.dispose()
+    before = dump_store(url)
+    err = cli(capsys, "export", "--run-dir", str(run_dir), "--out", str(tmp_path / "out"))
+    assert "created_at = " in err and "nothing was exported" in err
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == [run_dir]
+    assert dump_store(url) == before

@@ -323,10 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     """Commands whose modules live with their part of the product (the app, the doctor)."""
     from prefloop.apps.cli_rate import add_rate_parser
+    from prefloop.cli_raters import add_raters_parser
     from prefloop.dataset import add_export_parser, add_import_parser
     from prefloop.doctor import add_doctor_parser
 
     add_rate_parser(sub)
+    add_raters_parser(sub)
     add_doctor_parser(sub)
     add_export_parser(sub)
     add_import_parser(sub)

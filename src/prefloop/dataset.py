@@ -524,7 +524,16 @@ def _counts(n_segments: int, pairs: list[dict], labels: list[dict]) -> dict[str,
 def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for line in lines:
-            handle.write(json.dumps(line, allow_nan=False, ensure_ascii=False) + "\n")
+            try:
+                text = json.dumps(line, allow_nan=False, ensure_ascii=False)
+            except ValueError:  # NaN or infinity: a store edited or damaged outside prefloop
+                key = next(k for k, v in line.items() if isinstance(v, float) and not math.isfinite(v))
+                raise DatasetError(
+                    f"{path.stem} {line.get('id')} has {key} = {line[key]}, which is not a number a "
+                    "dataset can hold; the store was edited or damaged outside prefloop. Set that "
+                    "value in the store to a real one; nothing was exported"
+                ) from None
+            handle.write(text + "\n")
 
 
 def _sha256(path: Path) -> str:
@@ -567,6 +576,10 @@ MAX_MANIFEST_BYTES = 8 << 20
 MAX_JSONL_LINE_BYTES = 64 << 10  # a label line is ~200 bytes, a segment line ~250
 MAX_IMPORTED_GUIDELINE_CHARS = 20_000
 MAX_SOURCE_RUN_NAME_CHARS = 200
+# What one record costs once parsed (dicts, dataclasses, small arrays), so that the number of
+# records is bounded by --max-gib as well as the bytes: a file of a million "{}" lines is small.
+_BYTES_PER_RECORD = 1 << 10
+_BYTES_PER_SEGMENT = 4 << 10
 # Unix seconds a dataset may hold: from 1970 to the end of year 9999 (what datetime can show).
 _TIME_RANGE = (0.0, 253_402_300_799.0)
 _INT32 = (-(2**31), 2**31 - 1)  # INTEGER columns on PostgreSQL
@@ -617,6 +630,13 @@ def _load_checked(root: Path, verify_checksums: bool, max_bytes: int) -> Prefere
     texts: dict[str, bytes] = {}
     for name in (SEGMENTS_JSONL, PAIRS_JSONL, LABELS_JSONL):
         texts[name] = read_regular_file(root, name, max_bytes - sum(map(len, texts.values())))
+    for name, data in texts.items():
+        records = data.count(b"\n") + 1
+        if records * _BYTES_PER_RECORD > max_bytes:
+            raise TooLargeError(
+                f"{name} has {records:,} lines, which would take about {records * _BYTES_PER_RECORD:,} "
+                f"bytes once read, more than the limit of {max_bytes:,}"
+            )
     with open_regular_file(root, SEGMENTS_NPZ, max_bytes) as npz:
         if verify_checksums:
             checksums = manifest["checksums"]
@@ -624,6 +644,12 @@ def _load_checked(root: Path, verify_checksums: bool, max_bytes: int) -> Prefere
                 _verify_checksum(name, hashlib.sha256(data).hexdigest(), checksums[name])
             _verify_checksum(SEGMENTS_NPZ, _sha256_handle(npz), checksums[SEGMENTS_NPZ])
         arrays = read_npz(npz, SEGMENTS_NPZ, _NPZ_ARRAYS, max_bytes - sum(map(len, texts.values())))
+    n_segments = arrays["segment_id"].shape[0] if arrays["segment_id"].ndim else 0
+    if n_segments * _BYTES_PER_SEGMENT > max_bytes:
+        raise TooLargeError(
+            f"{SEGMENTS_NPZ} holds {n_segments:,} segments, which would take about "
+            f"{n_segments * _BYTES_PER_SEGMENT:,} bytes once read, more than the limit of {max_bytes:,}"
+        )
     segments = _segments_from_arrays(arrays)
     created_at = _check_segment_lines(_jsonl_objects(texts[SEGMENTS_JSONL], SEGMENTS_JSONL), segments)
     segment_ids = {int(s.id) for s in segments}  # type: ignore[arg-type]

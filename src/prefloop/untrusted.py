@@ -16,6 +16,7 @@ import errno
 import json
 import math
 import os
+import re
 import stat
 import unicodedata
 import zipfile
@@ -37,6 +38,7 @@ __all__ = [
     "iter_jsonl",
     "open_regular_file",
     "parse_json",
+    "markdown_literal",
     "plain_text",
     "read_npz",
     "read_regular_file",
@@ -85,6 +87,16 @@ def plain_text(text: str, limit: int = 200) -> str:
     )
     cleaned = " ".join(cleaned.split())
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$&:])")
+
+
+def markdown_literal(text: str, limit: int = 200) -> str:
+    """:func:`plain_text` with Markdown's special characters escaped, for the few places that
+    render Markdown around untrusted text (a button label, a message naming a rater): ``__bold__``
+    shows as typed, never bold, a link or an image stays text."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", plain_text(text, limit))
 
 
 # -- files --------------------------------------------------------------------------------------
