@@ -157,7 +157,8 @@ def fatigue(labels: Iterable[Label], gold: Mapping[int, Choice], min_labels: int
         by_rater[label.rater_id].append(label)
     rows = []
     for rater, items in sorted(by_rater.items()):
-        session = sessions_of(items)[-1]
+        sessions = sessions_of(items)
+        session = sessions[-1] if sessions else []  # none: every label's time is not finite
         if len(session) < min_labels:
             continue
         third = len(session) // 3

@@ -84,7 +84,7 @@ def test_agreement_on_a_pair_with_a_hundred_thousand_labels_is_counted_not_enume
 
 
 def test_rater_quality_on_huge_pairs_and_odd_times_is_linear_and_finite() -> None:
-    from prefloop.apps.rater_quality import krippendorff_alpha, rating_hours, self_consistency
+    from prefloop.apps.rater_quality import fatigue, krippendorff_alpha, rating_hours, self_consistency
 
     units = [["left"] * 150 + ["right"] * 50 + ["equal"] * 7, ["left", "left"], ["right", "equal", "right"]]
     assert krippendorff_alpha(units) == pytest.approx(_alpha_by_enumeration(units), rel=1e-9)
@@ -95,6 +95,7 @@ def test_rater_quality_on_huge_pairs_and_odd_times_is_linear_and_finite() -> Non
     assert row.repeats == 60_000 * 59_999 // 2 and row.consistent == 2 * (30_000 * 29_999 // 2)
     odd = [label(t) for t in (NOW, NOW + 60, math.nan, math.inf, -math.inf, 1e10, 0.0)]
     assert math.isfinite(rating_hours(odd))
+    assert fatigue([label(math.inf)] * 8 + [label(math.nan, "bob")] * 8, {}) == []  # no session: no row
 
 
 def _alpha_by_enumeration(units: list[list[str]]) -> float:
