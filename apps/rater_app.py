@@ -27,7 +27,9 @@ from prefloop.apps.access import (
     parse_app_args,
     token_matches,
 )
-from prefloop.apps.guideline import GUIDELINE_META, render_guideline_page
+from prefloop.apps.guideline import GUIDELINE_META, render_guideline_page, show_pair_clips
+from prefloop.apps.onboarding import Onboarding, start_onboarding
+from prefloop.types import Choice
 from prefloop.apps.dashboard import (
     Progress,
     parse_progress,
@@ -215,6 +217,61 @@ def _sign_in(store: PreferenceStore, config: AppConfig, name: object, key: objec
     return None
 
 
+def onboarded(store: PreferenceStore, rater: str) -> bool:
+    """True once ``rater`` may give labels: onboarding is off, there are not enough gold pairs
+    for it, or they passed it. Otherwise draws the practice round and returns False."""
+    if st.session_state.get("prefloop_onboarded") == rater:
+        return True
+    record = store.rater(rater)
+    practice = st.session_state.get("prefloop_onboarding")
+    if record is not None and record["onboarded_at"] is None:
+        if not (isinstance(practice, tuple) and practice[0] == rater):
+            started = start_onboarding(store, display_guideline(store.get_meta("guideline")))
+            practice = (rater, started)
+            st.session_state["prefloop_onboarding"] = practice
+        if practice[1] is not None and practice[1].available:
+            _practice_view(store, rater, practice[1])
+            return False
+    st.session_state["prefloop_onboarded"] = rater
+    return True
+
+
+def _practice_view(store: PreferenceStore, rater: str, practice: Onboarding) -> None:
+    st.markdown(f"### {display_guideline(store.get_meta('guideline'))}")
+    st.caption(f"Practice first: {len(practice.pairs)} pairs whose answer is known. After each you see which "
+               f"clip was better and why; with {practice.plan.to_pass} right your answers start to count.")
+    _guideline_page(store, expanded=False)
+    feedback = st.session_state.get("prefloop_feedback")
+    if feedback is not None:
+        (st.success if feedback.correct else st.warning)(feedback.text)
+        if not practice.finished:
+            if st.button("Next practice pair", key="practice_next", type="primary"):
+                st.session_state.pop("prefloop_feedback", None)
+                st.rerun()
+        elif practice.passed:
+            st.success(f"You passed ({sum(practice.answers)} of {len(practice.pairs)} right). Your answers count from now on.")
+            if st.button("Start rating", key="practice_done", type="primary"):
+                store.set_onboarded(rater)
+                st.session_state.pop("prefloop_feedback", None)
+                st.rerun()
+        else:
+            st.info(f"{sum(practice.answers)} of {len(practice.pairs)} right; {practice.plan.to_pass} are needed. "
+                    "Read the guidelines above and try again.")
+            if st.button("Try again", key="practice_again", type="primary"):
+                practice.restart()
+                st.session_state.pop("prefloop_feedback", None)
+                st.rerun()
+        return
+    st.caption(f"Practice pair {len(practice.answers) + 1} of {len(practice.pairs)}")
+    show_pair_clips(store, practice.next_pair(), "Practice pair")
+    buttons = st.columns(3)
+    for column, (choice, words) in zip(buttons, ((Choice.LEFT, "Left is better"), (Choice.EQUAL, "About the same"),
+                                                  (Choice.RIGHT, "Right is better"))):
+        if column.button(words, key=f"practice_{choice.value}", width="stretch"):
+            st.session_state["prefloop_feedback"] = practice.answer(choice)
+            st.rerun()
+
+
 def get_session(store: PreferenceStore, rater: str, config: AppConfig) -> RaterSession:
     session = st.session_state.get(_SESSION)
     if not isinstance(session, RaterSession) or session.rater_id != rater or session.store is not store:
@@ -244,6 +301,8 @@ def _on_actions() -> None:
 def rate_page(config: AppConfig, store: PreferenceStore) -> None:
     rater = identify(store, config)
     if rater is None:
+        return
+    if not onboarded(store, rater):
         return
     session = get_session(store, rater, config)
     guideline = display_guideline(store.get_meta("guideline"))
