@@ -38,7 +38,12 @@ class RewardModelConfig:
         lr: Adam learning rate.
         weight_decay: Adam L2 weight decay.
         batch_size: pairs per gradient step (per member).
-        epochs: at most this many passes over the training pairs per ``fit`` call ...
+        steps_per_label: gradient steps a ``fit`` call may take per label it has not fitted before
+            (at least ``min_steps_per_fit``): the cost of reward learning is bounded per label, so
+            a model that cannot reach ``stop_accuracy`` (noisy answers, a hard task) costs at most
+            ``steps_per_label`` steps per label over the whole run, not a full cap at every round ...
+        min_steps_per_fit: ... (a round with a few new labels still gets this many) ...
+        epochs: ... and at most this many passes over the training pairs per call ...
         max_steps_per_fit: ... and at most this many gradient steps per call, so fitting stays
             cheap when thousands of labels have accumulated (the model is warm-started anyway).
         stop_accuracy: stop a ``fit`` after the first epoch in which the members' training
@@ -48,6 +53,11 @@ class RewardModelConfig:
         random_response: probability that the teacher answers at random (Christiano's 0.1).
         val_fraction: fraction of pairs held out for validation (0 disables validation).
         seed: seeds the initial weights, the validation split and the bootstrap resamples.
+        normalize_inputs: standardise the network's inputs with the mean and standard deviation
+            of the labelled segments' steps, updated at every fit (imitation's running norm does
+            the same): without it an env whose observations mix scales (Reacher: joint
+            velocities of ~9 next to a fingertip offset of ~0.15) hides the features the reward
+            depends on, and the model memorises instead of generalising.
     """
 
     n_members: int = 3
@@ -55,19 +65,22 @@ class RewardModelConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 64
-    epochs: int = 50
+    steps_per_label: int = 10
+    min_steps_per_fit: int = 100
+    epochs: int = 200
     max_steps_per_fit: int = 2000
     stop_accuracy: float = 0.97
     random_response: float = 0.1
     val_fraction: float = 0.2
     seed: int = 0
+    normalize_inputs: bool = True
 
     def __post_init__(self) -> None:
         hidden = self.hidden_sizes
         if isinstance(hidden, int) or not all(_is_int(h) and h >= 1 for h in hidden):
             raise ValueError(f"hidden_sizes must be a tuple of positive ints, got {hidden!r}")
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in hidden))
-        for name in ("n_members", "batch_size", "epochs", "max_steps_per_fit"):
+        for name in ("n_members", "batch_size", "epochs", "max_steps_per_fit", "steps_per_label", "min_steps_per_fit"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -203,9 +216,14 @@ class RewardTrainer:
         self.config = config
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self._n_fits = 0
+        self.pairs_fitted = 0  # labelled pairs seen by earlier fits: the per-label budget counts the rest
 
-    def fit(self, pairs: Sequence[LabeledPair]) -> FitStats:
+    def fit(self, pairs: Sequence[LabeledPair], pseudo_pairs: Sequence[LabeledPair] = ()) -> FitStats:
         """Train on ``pairs`` (all labelled pairs so far, not just the new ones).
+
+        ``pseudo_pairs`` (SURF's model-made labels, ``prefloop.semi_supervised``) join the training
+        side only: never validated on, not counted in the per-label step budget, not used for the
+        input statistics.
 
         Raises:
             ValueError: no pairs, a target outside [0, 1], or segments of mismatched shapes.
@@ -225,6 +243,13 @@ class RewardTrainer:
             is_val = validation_mask(keys, cfg.seed, cfg.val_fraction)
             if is_val.all():
                 is_val[:] = False
+        if cfg.normalize_inputs:
+            self._update_input_normalization(pairs)
+        n_labelled = len(pairs)
+        if pseudo_pairs:
+            pairs = [*pairs, *pseudo_pairs]
+            targets = np.concatenate([targets, [p.target for p in pseudo_pairs]])
+            is_val = np.concatenate([is_val, np.zeros(len(pseudo_pairs), dtype=bool)])
         train_idx = np.flatnonzero(~is_val)
         val_idx = np.flatnonzero(is_val)
 
@@ -235,7 +260,10 @@ class RewardTrainer:
         n_train, members = len(train_idx), model.n_members
         boot = train_idx[rng.integers(0, n_train, size=(members, n_train))]
         steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-        total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps_per_fit)
+        new_pairs = max(0, n_labelled - self.pairs_fitted)
+        self.pairs_fitted = max(self.pairs_fitted, n_labelled)
+        budget = max(cfg.min_steps_per_fit, cfg.steps_per_label * new_pairs)
+        total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps_per_fit, budget)
         length, dim = features.shape[-2], features.shape[-1]
 
         steps = 0
@@ -278,6 +306,29 @@ class RewardTrainer:
             n_val=int(len(val_idx)),
             steps=steps,
         )
+
+    def counters(self) -> dict[str, int]:
+        """The trainer's progress besides the optimiser: fits so far (seeds each fit's shuffles) and
+        labelled pairs already fitted (the per-label budget counts the rest)."""
+        return {"n_fits": self._n_fits, "pairs_fitted": self.pairs_fitted}
+
+    def restore_counters(self, counters: dict[str, int]) -> None:
+        """Continue from :meth:`counters` of a checkpoint."""
+        self._n_fits = int(counters.get("n_fits", 0))
+        self.pairs_fitted = int(counters.get("pairs_fitted", 0))
+
+    def _update_input_normalization(self, pairs: Sequence[LabeledPair]) -> None:
+        """Standardise inputs with the statistics of the labelled segments' real steps (each distinct segment once)."""
+        seen: dict[int, object] = {}
+        for p in pairs:
+            seen.setdefault(id(p.left), p.left)
+            seen.setdefault(id(p.right), p.right)
+        obs, actions, mask = stack_segments(list(seen.values()))  # type: ignore[arg-type]
+        real = mask > 0
+        if real.sum() < 2:
+            return
+        features = self.model.raw_features(obs[real], actions[real]).astype(np.float64)
+        self.model.set_input_normalization(features.mean(0), features.std(0))
 
     def _encode(
         self, pairs: Sequence[LabeledPair], targets: np.ndarray
