@@ -115,6 +115,9 @@ def test_rate_run_dir_opens_the_run_an_import_made_and_serves_its_pairs(rated_st
     with PreferenceStore(url, run_name) as store:
         waiting = store.counts()["pending"]
     assert waiting == len(rated_store.pair_ids)  # the imported run, not an empty one
+    named = tmp_path / "named"  # an import that chose its own run name
+    assert main(["import", "--in", str(dataset), "--run-dir", str(named), "--run-name", "my-labels"]) == 0
+    assert resolve_store(parser.parse_args(["rate", "--run-dir", str(named)]))[1] == "my-labels"
     with ClipWorker(url, run_name) as worker:  # what `prefloop rate` runs beside the app
         while worker.render_pending(8):
             pass
