@@ -460,3 +460,56 @@ def test_a_break_reminder_after_a_stretch_of_rating(store: PreferenceStore, cloc
     assert store.counts()["claimed"] == 0 or all(p is None for p in (alice.current, alice.next))
     alice.resume()
     assert not alice.break_due(20 * 60) and alice.current is not None
+
+
+# -- onboarding ------------------------------------------------------------------------------------
+
+
+def test_a_new_rater_practises_on_gold_pairs_and_counts_once_passed(rated_store: RatedStore, capsys) -> None:
+    with PreferenceStore(rated_store.url, rated_store.run_name) as store:
+        segments = store.get_segments([1, 2, 3, 4])
+        gold = [store.add_pairs([SegmentPair(segments[a], segments[b])], gold_choice=choice)[0]
+                for a, b, choice in ((0, 1, Choice.LEFT), (1, 2, Choice.RIGHT), (2, 3, Choice.LEFT))]
+        store.set_meta("guideline_page", f"![The left pole never falls: that is what counts]({f'pair:{gold[0]}'})")
+    assert cli_main(["raters", "onboarding", "--db-url", rated_store.url, "--run-name", rated_store.run_name,
+                     "--pairs", "3", "--pass", "2"]) == 0
+    assert "practise on 3 gold pairs" in capsys.readouterr().out
+
+    def app(rater: str) -> AppTest:
+        at = AppTest.from_function(_app, args=(["--db-url", rated_store.url, "--run-name", rated_store.run_name],),
+                                   default_timeout=30)
+        at.query_params.update(rater=rater)
+        return at.run()
+
+    def press(at: AppTest, label: str) -> AppTest:
+        next(b for b in at.button if b.label == label).click()
+        return at.run()
+
+    with app_served_on_loopback():
+        at = app("newbie")
+        assert "Practice first" in "\n".join(c.value for c in at.caption)
+        assert not [e for e in at.get("bidi_component")]  # no rating player before passing
+        press(at, "Right is better")  # wrong: the left one was better, and the guideline says why
+        assert "Not quite: the left clip was better. The left pole never falls" in at.warning[0].value
+        press(at, "Next practice pair")
+        press(at, "Right is better")
+        assert at.success[0].value.startswith("Right: the right clip was better.")
+        press(at, "Next practice pair")
+        press(at, "Left is better")
+        assert any("You passed (2 of 3 right)" in s.value for s in at.success)
+        press(at, "Start rating")
+        assert [e for e in at.get("bidi_component")]  # now rating for real
+        with PreferenceStore(rated_store.url, rated_store.run_name) as store:
+            assert store.rater("newbie")["onboarded_at"] is not None
+            assert store.labels(rater_id="newbie") == []  # practice answers are never labels
+
+        failing = app("clicker")
+        for _ in range(3):
+            press(failing, "About the same")
+            if any(b.label == "Next practice pair" for b in failing.button):
+                press(failing, "Next practice pair")
+        assert "0 of 3 right; 2 are needed" in failing.info[-1].value
+        press(failing, "Try again")
+        assert "Practice pair 1 of 3" in "\n".join(c.value for c in failing.caption)
+        with PreferenceStore(rated_store.url, rated_store.run_name) as store:
+            assert store.rater("clicker")["onboarded_at"] is None

@@ -58,6 +58,13 @@ def add_raters_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     guide_p.add_argument("--file", type=Path, required=True,
                          help="a short Markdown file; ![caption](pair:N) shows pair N's clips as an example")
     guide_p.set_defaults(func=cmd_raters_guideline)
+
+    onboard_p = sub.add_parser("onboarding", help="new raters practise on gold pairs first; their labels count once they pass")
+    _add_store_arguments(onboard_p)
+    onboard_p.add_argument("--pairs", type=int, required=True, help="gold pairs to practise on (0: no onboarding)")
+    onboard_p.add_argument("--pass", dest="to_pass", type=int, default=None,
+                           help="how many of them must be right (default: all but one)")
+    onboard_p.set_defaults(func=cmd_raters_onboarding)
     return parser
 
 
@@ -104,6 +111,29 @@ def cmd_raters_guideline(args: argparse.Namespace) -> int:
         run = store.run_name
     print(f"run {run!r}: guideline page set ({len(text)} characters, {len(examples)} example pairs); "
           "raters see it above the clips. HTML, images and links in it are shown as text.")
+    return 0
+
+
+def cmd_raters_onboarding(args: argparse.Namespace) -> int:
+    from prefloop.apps.onboarding import ONBOARDING_META
+
+    to_pass = args.to_pass if args.to_pass is not None else max(1, args.pairs - 1)
+    if args.pairs and not 0 < to_pass <= args.pairs <= 50:
+        raise ConfigError(f"--pass must be between 1 and --pairs, and --pairs at most 50; got --pairs "
+                          f"{args.pairs} --pass {to_pass}")
+    with _open_store(args) as store:
+        if args.pairs <= 0:
+            store.set_meta(ONBOARDING_META, "{}")
+            print(f"run {store.run_name!r}: no onboarding; every rater's answers count from the start")
+            return 0
+        store.set_meta(ONBOARDING_META, json.dumps({"pairs": args.pairs, "pass": to_pass}))
+        gold = len(store.gold_pairs())
+        run = store.run_name
+    print(f"run {run!r}: new raters practise on {args.pairs} gold pairs and need {to_pass} right before "
+          "their answers count.")
+    if gold < args.pairs:
+        print(f"note: the run has {gold} gold pairs with clips so far; onboarding uses what there is "
+              f"(and is skipped while there are fewer than {to_pass})", file=sys.stderr)
     return 0
 
 

@@ -106,7 +106,8 @@ LABELS_JSONL = "labels.jsonl"
 DATA_FILES = (SEGMENTS_NPZ, SEGMENTS_JSONL, PAIRS_JSONL, LABELS_JSONL)
 
 # Run meta keys (written by prefloop.loop.publish_run_info) carried in the manifest.
-_META_KEYS = ("config", "env_spec", "render_fps", "guideline")
+# "guideline_page": the rater guideline's Markdown page (rendered safely by the rater app).
+_META_KEYS = ("config", "env_spec", "render_fps", "guideline", "guideline_page")
 _IMPORT_META_KEY = "import_source"
 
 _CHOICES = [c.value for c in Choice]
@@ -360,6 +361,7 @@ def export_dataset(
             "env_spec": env_spec,
             "render_fps": render_fps,
             "guideline": meta.get("guideline"),
+            "guideline_page": meta.get("guideline_page"),
             "config": _json_or_none(meta.get("config")),
             "segment_length": int(arrays["true_rewards"].shape[1]) if segments else None,
             "counts": counts,
@@ -765,7 +767,7 @@ def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
             f"{MANIFEST}: field 'version' is {excerpt(version)}; this prefloop reads version "
             f"{FORMAT_VERSION}. Use the prefloop version that wrote it"
         )
-    for key, kind in (("env_spec", dict), ("config", dict), ("guideline", str), ("counts", dict)):
+    for key, kind in (("env_spec", dict), ("config", dict), ("guideline", str), ("guideline_page", str), ("counts", dict)):
         value = manifest.get(key)
         if value is not None and not isinstance(value, kind):
             raise bad(key, f"must be a JSON {'object' if kind is dict else 'string'} or null, got {type(value).__name__}")
@@ -774,12 +776,13 @@ def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
         problem = _env_spec_problem(env_spec)
         if problem:
             raise bad("env_spec", problem)
-    guideline = manifest.get("guideline")
-    if guideline is not None:
-        if len(guideline) > MAX_IMPORTED_GUIDELINE_CHARS:
-            raise bad("guideline", f"is {len(guideline):,} characters long; at most {MAX_IMPORTED_GUIDELINE_CHARS:,}")
-        if _storable_text(guideline):
-            raise bad("guideline", f"contains {_storable_text(guideline)}")
+    for key in ("guideline", "guideline_page"):
+        text = manifest.get(key)
+        if text is not None:
+            if len(text) > MAX_IMPORTED_GUIDELINE_CHARS:
+                raise bad(key, f"is {len(text):,} characters long; at most {MAX_IMPORTED_GUIDELINE_CHARS:,}")
+            if _storable_text(text):
+                raise bad(key, f"contains {_storable_text(text)}")
     fps = manifest.get("render_fps")
     if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000):
         raise bad("render_fps", f"must be a number from 0 to 1000 (frames per second) or null, got {excerpt(fps)}")
@@ -1283,6 +1286,8 @@ def _meta_values(dataset: PreferenceDataset) -> dict[str, str]:
         values["render_fps"] = str(float(manifest["render_fps"]))
     if manifest.get("guideline") is not None:
         values["guideline"] = manifest["guideline"]
+    if manifest.get("guideline_page") is not None:
+        values["guideline_page"] = manifest["guideline_page"]
     if manifest.get("config") is not None:
         values["config"] = json.dumps(manifest["config"])
     return values
