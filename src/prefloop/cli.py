@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefloop.algos import ALGORITHMS, AlgorithmError
+from prefloop.cli_raters import non_negative_number
 from prefloop.config import WHEN_BEHIND, ConfigError, TrainConfig
 from prefloop.dataset import DatasetError
 from prefloop.envs import EnvSetupError
