@@ -188,8 +188,9 @@ def test_attack_ten_idle_tabs_do_not_starve_a_rater_or_the_trainer(store: Prefer
     idle = [session(store, clock, f"idle{i}") for i in range(10)]
     real = session(store, clock, "real")
     assert real.current is not None or store.counts()["claimed"] == 12
-    # Two minutes of nothing but heartbeats: every idle session pauses and lets go.
-    for _ in range(17):
+    # Two and a half minutes of nothing but heartbeats: every idle session pauses and lets go (a
+    # tab that was still waiting for pairs gets some of those let go, and 30 s to answer them).
+    for _ in range(22):
         clock.advance(7.5)
         for tab in idle:
             tab.heartbeat()
@@ -540,3 +541,28 @@ def test_bench_reports_cost_and_return_per_hour_and_per_cost(tmp_path: Path) -> 
     assert "| E-v0 | ppo | oracle | uniform | 100 | 0.50 | 10.00 | 0.100 | 60.0 | 120.0 | 6.00 |" in table
     plot_return_vs_cost(list(hourly.values()), "EUR", tmp_path / "return_vs_cost.png")
     assert (tmp_path / "return_vs_cost.png").stat().st_size > 10_000
+
+
+def test_a_rater_waiting_for_the_trainer_gets_the_new_pairs_but_must_answer_soon(store: PreferenceStore, clock: Clock) -> None:
+    busy = [session(store, clock, f"busy{i}") for i in range(6)]  # hold all 12 pairs
+    waiter = session(store, clock, "waiter")
+    assert waiter.current is None
+    for _ in range(40):  # five minutes of waiting (the trainer is training)
+        clock.advance(7.5)
+        for tab in busy:
+            tab.last_activity = clock()  # these raters are busy answering
+            tab.heartbeat()
+        waiter.heartbeat()
+    assert not waiter.paused
+    busy[0].release_all()  # two pairs come free
+    busy[0].paused = True
+    assert waiter.heartbeat() and waiter.current is not None and not waiter.paused
+    clock.advance(20)
+    waiter.apply([answer(1, waiter.current.pair_id)])  # the person was there: rating goes on
+    assert not waiter.paused and len(store.labels(rater_id="waiter")) == 1
+    clock.advance(119)
+    waiter.heartbeat()
+    assert not waiter.paused
+    clock.advance(2)  # then the person leaves: two minutes after the answer the page pauses
+    waiter.heartbeat()
+    assert waiter.paused and waiter.current is None
