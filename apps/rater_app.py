@@ -49,6 +49,8 @@ log = logging.getLogger("prefloop.apps")
 DEFAULT_GUIDELINE = "Which clip shows the agent doing the task better?"
 WAITING_POLL_S = 2.0
 RUN_END_POLL_S = 3.0  # how soon a page showing a pair learns that the run is complete
+# Trainer statuses after which it uses no more labels (its unanswered pairs are withdrawn).
+LABELLING_OVER = ("evaluating", "finished")
 _SESSION = "prefloop_rater_session"
 # Material icons come with Streamlit's own font; emoji need an emoji font the machine may lack.
 _NOTICE_ICONS = {"info": ":material/info:", "success": ":material/check_circle:", "warning": ":material/warning:",
@@ -328,9 +330,9 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
         st.toast(notice.text, icon=_NOTICE_ICONS[notice.level], duration="long")
 
     progress = parse_progress(store.get_meta("progress"))
-    if progress is not None and progress.status == "finished":
+    if progress is not None and progress.status in LABELLING_OVER:
         session.release_all()  # nothing is served once the trainer uses no more labels
-        _finished_view(session, store, progress)
+        _finished_view(session, store)
         return
 
     if session.paused:
@@ -408,7 +410,7 @@ def _watch_for_run_end(store: PreferenceStore) -> None:
     @st.fragment(run_every=RUN_END_POLL_S)
     def watch() -> None:
         progress = parse_progress(store.get_meta("progress"))
-        if progress is not None and progress.status == "finished":
+        if progress is not None and progress.status in LABELLING_OVER:
             st.rerun(scope="app")
 
     watch()
@@ -424,15 +426,28 @@ def run_result_line(progress: Progress) -> str | None:
     return None
 
 
-def _finished_view(session: RaterSession, store: PreferenceStore, progress: Progress) -> None:
-    st.success("Training has finished -- this run is complete, so there is nothing left to compare. "
-               "Thank you for your help!")
-    result = run_result_line(progress)
-    if result:
-        st.markdown(result)
-    counts = store.counts()
-    st.caption(f"Your answers today: **{session.labels_today()}** · Answers from all raters in this run: "
-               f"**{counts['labels']}**")
+def _finished_view(session: RaterSession, store: PreferenceStore) -> None:
+    """The page once labelling is over: thanks, then the run's result (polled until it is in)."""
+
+    @st.fragment(run_every=WAITING_POLL_S)
+    def finished() -> None:
+        progress = parse_progress(store.get_meta("progress"))
+        if progress is None or progress.status not in LABELLING_OVER:
+            st.rerun(scope="app")  # a resumed run asks again
+        if progress.status == "finished":
+            st.success("Training has finished -- this run is complete, so there is nothing left to compare. "
+                       "Thank you for your help!")
+            result = run_result_line(progress)
+            if result:
+                st.markdown(result)
+        else:
+            st.info("Labelling is over -- thank you! The trainer is evaluating the agent your answers "
+                    "taught; its result appears here in a moment.")
+        counts = store.counts()
+        st.caption(f"Your answers today: **{session.labels_today()}** · Answers from all raters in this run: "
+                   f"**{counts['labels']}**")
+
+    finished()
 
 
 def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
@@ -443,7 +458,7 @@ def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
         if session.current is not None or session.paused:
             st.rerun(scope="app")
         progress = parse_progress(store.get_meta("progress"))
-        if progress is not None and progress.status == "finished":
+        if progress is not None and progress.status in LABELLING_OVER:
             st.rerun(scope="app")  # the page for a complete run
         elif session.queue.preparing:
             st.info(

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, update
 
 from prefloop.apps.dashboard import (
     MAX_CHART_HOURS,
+    agreement,
     labels_left_off_the_chart,
     labels_per_hour,
     trainer_status_line,
@@ -69,6 +70,50 @@ def test_labels_over_months_show_the_latest_weeks_and_say_what_is_older() -> Non
     older = len(labels) - sum(n for _, n in rows)
     assert older > 0 and f"{older} older than the {MAX_CHART_HOURS} hours shown" in labels_left_off_the_chart(labels, rows, NOW)
     assert labels_per_hour([label(math.nan)], NOW) == [] and labels_per_hour([], NOW) == []
+
+
+def test_agreement_on_a_pair_with_a_hundred_thousand_labels_is_counted_not_enumerated() -> None:
+    """An imported pair may ask for up to 2^31 - 1 labels; agreement must not build every pair of
+    them (5 * 10^9 here)."""
+    labels = [Label(7, f"r{i}", Choice.LEFT if i % 4 else Choice.RIGHT, 1.0, NOW) for i in range(100_000)]
+    agree = agreement(labels)
+    n, right = 100_000, 25_000
+    assert agree.comparisons == n * (n - 1) // 2
+    assert agree.pairwise == pytest.approx(((n - right) * (n - right - 1) + right * (right - 1)) / (n * (n - 1)))
+    assert (agree.pairs, agree.unanimous) == (1, 0.0)
+
+
+def test_rater_quality_on_huge_pairs_and_odd_times_is_linear_and_finite() -> None:
+    from prefloop.apps.rater_quality import fatigue, krippendorff_alpha, rating_hours, self_consistency
+
+    units = [["left"] * 150 + ["right"] * 50 + ["equal"] * 7, ["left", "left"], ["right", "equal", "right"]]
+    assert krippendorff_alpha(units) == pytest.approx(_alpha_by_enumeration(units), rel=1e-9)
+    big = [["left"] * 75_000 + ["right"] * 25_000, ["left", "left"]]  # 10^10 ordered pairs if enumerated
+    assert -1.0 <= krippendorff_alpha(big) <= 1.0
+    repeats = [Label(i, "ada", Choice.LEFT if i % 2 else Choice.RIGHT, 1.0, NOW) for i in range(60_000)]
+    (row,) = self_consistency(repeats, {i: (1, 2) for i in range(60_000)})
+    assert row.repeats == 60_000 * 59_999 // 2 and row.consistent == 2 * (30_000 * 29_999 // 2)
+    odd = [label(t) for t in (NOW, NOW + 60, math.nan, math.inf, -math.inf, 1e10, 0.0)]
+    assert math.isfinite(rating_hours(odd))
+    assert fatigue([label(math.inf)] * 8 + [label(math.nan, "bob")] * 8, {}) == []  # no session: no row
+
+
+def _alpha_by_enumeration(units: list[list[str]]) -> float:
+    """Krippendorff's alpha for nominal data, straight from the definition (small inputs only)."""
+    import itertools
+    from collections import Counter
+
+    coincidence: Counter = Counter()
+    for values in units:
+        for a, b in itertools.permutations(values, 2):
+            coincidence[(a, b)] += 1 / (len(values) - 1)
+    n = sum(coincidence.values())
+    totals: Counter = Counter()
+    for (a, _), c in coincidence.items():
+        totals[a] += c
+    observed = sum(c for (a, b), c in coincidence.items() if a != b) / n
+    expected = sum(totals[a] * totals[b] for a in totals for b in totals if a != b) / (n * (n - 1))
+    return 1 - observed / expected
 
 
 def test_store_text_becomes_one_plain_line() -> None:
