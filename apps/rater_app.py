@@ -12,6 +12,7 @@ This file is the thin Streamlit glue; the logic lives in ``rating`` (the rater's
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import unicodedata
 from collections.abc import Sequence
@@ -157,13 +158,25 @@ def _check_token(expected: str | None, param: str, label: str, prompt: str) -> b
 # -- the rating page ---------------------------------------------------------------------------
 
 
+# Markdown that could make the question a link or an image (or an HTML entity spelling one), and
+# what GitHub-flavoured Markdown turns into a link by itself: an address or an e-mail.
+_LINK_SYNTAX = re.compile(r"([\\\[\]()<>!&])")
+_AUTOLINK_TRIGGER = re.compile(r"(?i)(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)")
+
+
 def display_guideline(stored: str | None) -> str:
     """The question above the clips: the run's guideline on one line (whitespace and control
-    characters collapsed to spaces, at most 500 characters; Markdown emphasis is kept, HTML is
-    never rendered), or the default question when there is none."""
+    characters collapsed to spaces, at most 500 characters), or the default question when there
+    is none. It is shown as Markdown for emphasis only: link, image and HTML syntax is escaped and
+    a zero-width space breaks what would become a link by itself (``https://``, ``www.``, ``@``),
+    so a guideline from a store or an imported dataset never loads a remote image or shows a link
+    that leaves the app. The admin's guideline page (``render_guideline_page``) is the place for
+    richer text."""
     text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cs") else ch for ch in stored or "")
     text = " ".join(text.split())[:MAX_GUIDELINE_CHARS]
-    return text or DEFAULT_GUIDELINE
+    if not text:
+        return DEFAULT_GUIDELINE
+    return _AUTOLINK_TRIGGER.sub("\u200b", _LINK_SYNTAX.sub(r"\\\1", text))
 
 
 def identify(store: PreferenceStore, config: AppConfig) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 
 import pytest
@@ -154,3 +155,33 @@ def test_the_dashboard_stays_small_and_shows_store_text_as_text(rated_store: Rat
     plain = texts(at.text)
     assert EVIL_RATER[:39] in plain and "![tracker](https://evil.example/pixel.png)" in plain
     assert "Not in the chart: 2 with a time that is not a date" in texts(at.caption)
+
+
+GUIDELINE_ATTACKS = [
+    "![tracker](https://evil.example/pixel.png) Which cart is better?",
+    "[Session expired - click to log in](https://evil.example/login)",
+    "Which is better? <https://evil.example/login>",
+    "Session expired, log in at https://evil.example/login",
+    "Log in at www.evil.example",
+    "Write to help@evil.example",
+    "https&#58;//evil.example &#91;x&#93;&#40;https://evil.example&#41;",
+    "[x][1] [1]: https://evil.example",
+    "\\[x\\](https://evil.example) a backslash before the bracket",
+    "<img src=https://evil.example/a.png> <a href=https://evil.example>log in</a>",
+]
+
+
+@pytest.mark.parametrize("text", GUIDELINE_ATTACKS)
+def test_a_guideline_from_a_store_or_dataset_never_becomes_a_link_or_an_image(text: str) -> None:
+    """The one-line question above the clips is Markdown (for emphasis): whatever a store or an
+    imported dataset holds, it renders without a link, an image or HTML, and without the address
+    and e-mail patterns GitHub-flavoured Markdown links by itself."""
+    from markdown_it import MarkdownIt
+
+    from prefloop.apps.rater_app import display_guideline
+
+    shown = display_guideline(text)
+    html = MarkdownIt("commonmark").render(f"### {shown}")
+    assert "<a " not in html and "<img" not in html and "<b>" not in html
+    assert not re.search(r"(?i)https?://|www\.|[\w.+-]@[\w-]", shown)  # GFM's literal autolinks
+    assert display_guideline("Which cart is *better*?") == "Which cart is *better*?"  # emphasis kept
