@@ -8,7 +8,6 @@ that draws them is :func:`render_dashboard`.
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ log = logging.getLogger("prefloop.apps")
 TRAINER_STATUS_WORDS = {
     "training": "The trainer is training the agent; it will ask for more comparisons soon.",
     "waiting_for_labels": "The trainer is waiting for your comparisons.",
+    "evaluating": "Labelling is over; the trainer is evaluating the agent.",
     "finished": "Training has finished. Thank you for your help!",
 }
 
@@ -221,10 +221,10 @@ def agreement(labels: Iterable[Label]) -> Agreement:
             by_pair[label.pair_id].append(label.choice)
     multi = [choices for choices in by_pair.values() if len(choices) > 1]
     agree = total = 0
-    for choices in multi:
-        for a, b in itertools.combinations(choices, 2):
-            total += 1
-            agree += a is b
+    for choices in multi:  # counted, not enumerated: a pair with many labels stays linear
+        n = len(choices)
+        total += n * (n - 1) // 2
+        agree += sum(k * (k - 1) // 2 for k in Counter(choices).values())
     unanimous = sum(1 for choices in multi if len(set(choices)) == 1)
     return Agreement(
         pairs=len(multi),
