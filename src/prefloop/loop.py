@@ -44,7 +44,8 @@ from prefloop.reward_models import RewardEnsemble, load_reward_model
 from prefloop.rundir import RunDir
 from prefloop.schedule import LabelRound, label_rounds
 from prefloop.store import PreferenceStore, sqlite_url
-from prefloop.teachers import HUMAN_TEACHER, RECORDED_PREFIX, Teacher, make_teacher
+from prefloop.teacher_specs import build_simulated_teacher
+from prefloop.teachers import HUMAN_TEACHER, RECORDED_PREFIX, Teacher
 
 log = logging.getLogger("prefloop")
 
@@ -266,7 +267,7 @@ def check_run_inputs(config: TrainConfig, spec: EnvSpec, venv: VecEnv) -> Teache
         for difference in teacher.config_differences(config.to_json()):
             log.warning("replay differs from the recorded run (its pairs may not all be recorded): %s", difference)
         return teacher
-    return make_teacher(config.teacher, seed=config.seed, **config.teacher_params)
+    return build_simulated_teacher(config.teacher, config.teacher_params, config.seed)
 
 
 def first_labels(

@@ -965,13 +965,14 @@ class PreferenceStore:
 
         Usable: not retracted and not ``cant_tell``. ``target`` is the mean of the labels'
         ``Choice.target`` (probability that RIGHT is better). ``extra`` holds ``n_labels``,
-        ``gold_choice`` (a Choice or None) and ``score``. A segment shared by several pairs is
+        ``votes`` (one ``(rater_id, target, weight)`` per label, in the order given; the weight is
+        1.0), ``gold_choice`` (a Choice or None) and ``score``. A segment shared by several pairs is
         one shared object.
         """
         p, lab = pairs_table, labels_table
         with self._read() as conn:
             rows = conn.execute(
-                select(lab.c.pair_id, lab.c.choice)
+                select(lab.c.pair_id, lab.c.choice, lab.c.rater_id)
                 .join(p, p.c.id == lab.c.pair_id)
                 .where(
                     p.c.run_id == self._run_id,
@@ -981,10 +982,13 @@ class PreferenceStore:
                 .order_by(lab.c.pair_id, lab.c.id)
             ).all()
             targets: dict[int, list[float]] = {}
+            votes: dict[int, list[tuple[str, float, float]]] = {}
             for row in rows:
                 target = Choice(row.choice).target
                 assert target is not None  # cant_tell is filtered out in SQL
                 targets.setdefault(row.pair_id, []).append(target)
+                # (rater, target, weight): the weight is where per-answer flags (e.g. too fast) lower a label.
+                votes.setdefault(row.pair_id, []).append((row.rater_id, target, 1.0))
             pair_rows = []
             for chunk in _chunks(sorted(targets), _IN_CHUNK):
                 pair_rows.extend(
@@ -1013,6 +1017,7 @@ class PreferenceStore:
                     pair_id=row.id,
                     extra={
                         "n_labels": len(values),
+                        "votes": votes[row.id],
                         "gold_choice": None if row.gold_choice is None else Choice(row.gold_choice),
                         "score": float(row.score),
                     },
