@@ -233,8 +233,18 @@ def _fit_choices(diffs: np.ndarray, right: np.ndarray, fit_gamma: bool) -> tuple
             best = result
     assert best is not None
     log_b, gamma, eps = best.x
-    beta = math.inf if log_b >= bounds[0][1] - 1e-3 else math.exp(log_b) / scale
-    return beta, float(gamma) if fit_gamma else 1.0, float(eps), -float(best.fun)
+    gamma = float(gamma) if fit_gamma else 1.0
+    log_likelihood = -float(best.fun)
+    # A deterministic rater (beta = inf) who errs at rate eps: keep it when a likelihood-ratio test
+    # cannot tell it from the finite fit -- past the closest pair's difference a larger beta
+    # changes nothing, so the finite optimum is arbitrary there.
+    delta = diffs @ gamma**powers
+    wrong = np.where(delta == 0, 0.5, (delta > 0) != right)
+    eps_inf = float(np.clip(wrong.mean(), 1e-9, 1 - 1e-9))
+    ll_inf = float(np.sum(np.where(delta == 0, math.log(0.5), np.where(wrong == 1, math.log(eps_inf), math.log1p(-eps_inf)))))
+    if log_b >= bounds[0][1] - 1e-3 or 2 * (log_likelihood - ll_inf) < _LR_CRITICAL:
+        return math.inf, gamma, eps_inf if ll_inf >= log_likelihood - _LR_CRITICAL / 2 else float(eps), max(ll_inf, log_likelihood)
+    return math.exp(log_b) / scale, gamma, float(eps), log_likelihood
 
 
 def _fit_point(answers: RaterAnswers, return_scale: float) -> _PointFit:
