@@ -30,6 +30,7 @@ replays that person's behaviour in ``train`` and ``bench``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ INTERVAL = 0.9
 # beta * median |D| is searched in [1e-3, 1e3]: at the top the rater is deterministic.
 _BETA_SCALED_BOUNDS = (1e-3, 1e3)
 _GAMMA_BOUNDS = (0.05, 1.0)
+_DETERMINISTIC_SCALED_BETA = 20.0  # beta * median |D| above which sigmoid is a step on most pairs
 _LR_CRITICAL = 3.841  # chi-squared, 1 degree of freedom, 95 %
 # Truncated Newton, not L-BFGS-B: as fast alone, and L-BFGS-B's multithreaded BLAS is several times
 # slower on a loaded machine for these three-parameter problems.
@@ -224,9 +226,13 @@ def _fit_choices(diffs: np.ndarray, right: np.ndarray, fit_gamma: bool) -> tuple
     scale = float(np.median(totals)) or float(np.mean(totals)) or 1.0
     bounds = [tuple(np.log(_BETA_SCALED_BOUNDS)), _GAMMA_BOUNDS if fit_gamma else (1.0, 1.0), (0.0, 1.0)]
     best = None
-    for log_b0, eps0 in ((0.0, 0.05), (3.0, 0.2), (1.0, 0.7)):
+    # Several starts: the likelihood is flat near eps = 0.5 (where beta no longer matters), so a
+    # single start can stall there; eps0 = 0.9 reaches adversarial raters from the other side.
+    starts = [(0.0, 0.05), (2.0, 0.05), (1.0, 0.2), (4.0, 0.1), (1.0, 0.9)]
+    gammas = (0.98, 0.9, 0.7) if fit_gamma else (1.0,)
+    for (log_b0, eps0), gamma0 in itertools.product(starts, gammas):
         result = optimize.minimize(
-            _choice_nll, np.array([log_b0, 0.99 if fit_gamma else 1.0, eps0]), jac=True,
+            _choice_nll, np.array([log_b0, gamma0, eps0]), jac=True,
             args=(diffs, right, scale, powers, fit_gamma), method=_METHOD, bounds=bounds,
         )
         if best is None or result.fun < best.fun:
@@ -235,14 +241,16 @@ def _fit_choices(diffs: np.ndarray, right: np.ndarray, fit_gamma: bool) -> tuple
     log_b, gamma, eps = best.x
     gamma = float(gamma) if fit_gamma else 1.0
     log_likelihood = -float(best.fun)
-    # A deterministic rater (beta = inf) who errs at rate eps: keep it when a likelihood-ratio test
-    # cannot tell it from the finite fit -- past the closest pair's difference a larger beta
-    # changes nothing, so the finite optimum is arbitrary there.
+    # A deterministic rater (beta = inf) who errs at rate eps: taken when the finite fit is already
+    # nearly deterministic on a typical pair and a likelihood-ratio test cannot tell the two apart
+    # -- past the closest pairs' differences a larger beta changes nothing, so the finite optimum
+    # is arbitrary there.
     delta = diffs @ gamma**powers
     wrong = np.where(delta == 0, 0.5, (delta > 0) != right)
     eps_inf = float(np.clip(wrong.mean(), 1e-9, 1 - 1e-9))
     ll_inf = float(np.sum(np.where(delta == 0, math.log(0.5), np.where(wrong == 1, math.log(eps_inf), math.log1p(-eps_inf)))))
-    if log_b >= bounds[0][1] - 1e-3 or 2 * (log_likelihood - ll_inf) < _LR_CRITICAL:
+    nearly_deterministic = log_b >= math.log(_DETERMINISTIC_SCALED_BETA)
+    if log_b >= bounds[0][1] - 1e-3 or (nearly_deterministic and 2 * (log_likelihood - ll_inf) < _LR_CRITICAL):
         return math.inf, gamma, eps_inf if ll_inf >= log_likelihood - _LR_CRITICAL / 2 else float(eps), max(ll_inf, log_likelihood)
     return math.exp(log_b) / scale, gamma, float(eps), log_likelihood
 
