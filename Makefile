@@ -7,26 +7,34 @@ else
 VENV := .venv
 endif
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.prefloop-installed
+# What each command needs, installed once (again when pyproject.toml or constraints.txt change):
+# the runtime for run/demo/bench, the test extras (Playwright, PostgreSQL driver, Ray, MuJoCo) on top
+# for test. Every install goes through constraints.txt (see the README).
+RUN_STAMP := $(VENV)/.prefloop-runtime
+TEST_STAMP := $(VENV)/.prefloop-test
 
 .PHONY: run demo test install bench clean system-deps
 
 $(PY):
 	$(PY_SYS) -m venv $(VENV)
 
-$(STAMP): $(PY) pyproject.toml constraints.txt
+$(RUN_STAMP): $(PY) pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
-	touch $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e .
+	touch $(RUN_STAMP)
 
-install: $(STAMP)
+$(TEST_STAMP): $(RUN_STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(TEST_STAMP)
+
+install: $(RUN_STAMP)
 
 # The human loop: the trainer plus the rater app on http://127.0.0.1:8501 (you are the teacher).
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(VENV)/bin/prefloop run --env CartPole-v1 --labels 60 --steps 60000 --seed 0
 
 # The unattended demo: the same loop with a simulated (oracle) teacher.
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(VENV)/bin/prefloop train --env CartPole-v1 --teacher oracle --labels 200 --steps 100000 --seed 0
 
 # What the tests need from the system: Debian's chromium (the browser tests; never a downloaded
@@ -41,10 +49,10 @@ system-deps:
 	  else echo "missing system packages:$$missing (install them with apt-get; the tests that need them will fail)"; fi; \
 	fi
 
-test: $(STAMP) system-deps
+test: $(TEST_STAMP) system-deps
 	$(PY) -m pytest
 
-bench: $(STAMP)
+bench: $(RUN_STAMP)
 	$(VENV)/bin/prefloop bench --envs CartPole-v1 Pendulum-v1 --labels 200 --seeds 0 1 2 --out bench-out/core
 
 clean:

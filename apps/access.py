@@ -12,16 +12,15 @@ import hmac
 import ipaddress
 import math
 import os
-import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from prefloop.identity import MAX_RATER_NAME_CHARS, normalize_rater_name  # noqa: F401 (re-exported)
 
 ENV_DB_URL = "PREFLOOP_DB_URL"
 ENV_TOKEN = "PREFLOOP_RATER_TOKEN"
 ENV_ADMIN_TOKEN = "PREFLOOP_ADMIN_TOKEN"
 
-MAX_RATER_NAME_CHARS = 40
 MIN_TOKEN_CHARS = 8
 
 
@@ -39,14 +38,23 @@ class AppConfig:
         token: access token raters must present (``?token=`` or a field); None: open app.
         admin_token: token for the dashboard and the preferences download; None: both are open
             to whoever may rate (allowed on a loopback address only, see :func:`check_exposure`).
-        lease_seconds: how long a shown pair stays reserved for its rater.
+        lease_seconds: how long a shown pair stays reserved for its rater without a heartbeat
+            (the open page renews it every quarter of this; a closed tab lets it run out).
+        idle_seconds: a pair on screen this long without an answer pauses the rater's session
+            and gives its pairs back until they press "I'm back".
+        invite_only: only raters added with ``prefloop raters add`` (personal links) may rate;
+            otherwise a new name is claimed on its first visit and bound to a key in its link.
+        max_answers_per_minute: a rater's answers beyond this many within 60 s are refused.
     """
 
     db_url: str
     run_name: str = "default"
     token: str | None = None
     admin_token: str | None = None
-    lease_seconds: float = 120.0
+    lease_seconds: float = 30.0
+    idle_seconds: float = 120.0
+    invite_only: bool = False
+    max_answers_per_minute: int = 30
 
 
 def parse_app_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> AppConfig:
@@ -62,7 +70,10 @@ def parse_app_args(argv: Sequence[str], environ: Mapping[str, str] | None = None
     parser.add_argument("--run-name", default="default")
     parser.add_argument("--token", default=None)
     parser.add_argument("--admin-token", default=None)
-    parser.add_argument("--lease-seconds", default="120")
+    parser.add_argument("--lease-seconds", default="30")
+    parser.add_argument("--idle-seconds", default="120")
+    parser.add_argument("--max-answers-per-minute", default="30")
+    parser.add_argument("--invite-only", action="store_true")
     args, _unknown = parser.parse_known_args(list(argv))
     db_url = args.db_url or environ.get(ENV_DB_URL)
     if not db_url:
@@ -70,15 +81,30 @@ def parse_app_args(argv: Sequence[str], environ: Mapping[str, str] | None = None
             "the rater app needs the preference store's URL: pass --db-url URL after '--' "
             f"(or set {ENV_DB_URL}); start it with `prefloop rate --run-dir RUN_FOLDER`"
         )
-    try:
-        lease = float(args.lease_seconds)
-    except ValueError:
-        lease = math.nan
+    lease = _number(args.lease_seconds)
     if not (math.isfinite(lease) and lease >= 5):
         raise AppConfigError(f"--lease-seconds must be a number of seconds >= 5, got {args.lease_seconds!r}")
+    idle = _number(args.idle_seconds)
+    if not (math.isfinite(idle) and idle >= 5):
+        raise AppConfigError(f"--idle-seconds must be a number of seconds >= 5, got {args.idle_seconds!r}")
+    rate = _number(args.max_answers_per_minute)
+    if not (math.isfinite(rate) and rate >= 1 and rate == int(rate)):
+        raise AppConfigError(
+            f"--max-answers-per-minute must be a whole number >= 1, got {args.max_answers_per_minute!r}"
+        )
     token = check_token_value(args.token or environ.get(ENV_TOKEN), "--token")
     admin_token = check_token_value(args.admin_token or environ.get(ENV_ADMIN_TOKEN), "--admin-token")
-    return AppConfig(db_url=db_url, run_name=args.run_name, token=token, admin_token=admin_token, lease_seconds=lease)
+    return AppConfig(
+        db_url=db_url, run_name=args.run_name, token=token, admin_token=admin_token, lease_seconds=lease,
+        idle_seconds=idle, invite_only=bool(args.invite_only), max_answers_per_minute=int(rate),
+    )
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def check_token_value(token: str | None, what: str) -> str | None:
@@ -155,23 +181,10 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-_NAME_OK = re.compile(r"^[\w .@'-]+$", re.UNICODE)
-
-
 def clean_rater_name(name: object) -> str:
-    """The rater id for a typed or ``?rater=`` name: trimmed, inner spaces collapsed.
+    """The rater id for a typed or ``?rater=`` name (see :func:`prefloop.identity.normalize_rater_name`).
 
     Raises:
-        ValueError: empty, longer than 40 characters, or with characters other than letters,
-            digits, spaces and ``. _ - @ '``; the message is shown to the rater as is.
+        ValueError: the message is shown to the rater as is.
     """
-    if not isinstance(name, str):
-        raise ValueError("Type your name (or a nickname) to start.")
-    cleaned = " ".join(unicodedata.normalize("NFC", name).split())
-    if not cleaned:
-        raise ValueError("Type your name (or a nickname) to start.")
-    if len(cleaned) > MAX_RATER_NAME_CHARS:
-        raise ValueError(f"Please use a shorter name (at most {MAX_RATER_NAME_CHARS} characters).")
-    if not _NAME_OK.match(cleaned):
-        raise ValueError("Please use only letters, digits, spaces and . _ - @ ' in your name.")
-    return cleaned
+    return normalize_rater_name(name)

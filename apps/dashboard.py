@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from prefloop.types import Choice, Label
+from prefloop.untrusted import plain_text
 
 log = logging.getLogger("prefloop.apps")
 
@@ -46,6 +47,7 @@ class Progress:
     curve: list[dict[str, Any]] = field(default_factory=list)
     updated_at: float | None = None
     message: str | None = None
+    eval_return: float | None = None  # a finished run's evaluation return (``eval_return_mean``)
 
     @property
     def fraction_done(self) -> float | None:
@@ -87,6 +89,7 @@ def parse_progress(raw: str | None) -> Progress | None:
         curve=rows("curve"),
         updated_at=number("updated_at", float),
         message=message if isinstance(message, str) else None,
+        eval_return=number("eval_return_mean", float),
     )
 
 
@@ -106,11 +109,11 @@ def trainer_status_line(progress: Progress | None, now: float | None = None) -> 
     if progress is None:
         return "No news from the trainer yet."
     now = time.time() if now is None else now
-    parts = [TRAINER_STATUS_WORDS.get(progress.status or "", f"Trainer status: {progress.status or 'unknown'}.")]
+    parts = [TRAINER_STATUS_WORDS.get(progress.status or "", f"Trainer status: {plain_text(progress.status or 'unknown', 40)}.")]
     if progress.fraction_done is not None and progress.status != "finished":
         parts.append(f"{progress.fraction_done:.0%} of training done.")
     if progress.message:
-        parts.append(progress.message)
+        parts.append(plain_text(progress.message, 300))
     if progress.updated_at is not None:
         parts.append(f"(updated {describe_age(max(0.0, now - progress.updated_at))})")
     return " ".join(parts)
@@ -147,13 +150,44 @@ def rater_table(labels: Iterable[Label]) -> list[RaterRow]:
     return sorted(rows, key=lambda r: (-r.labels, r.rater_id))
 
 
-def labels_per_hour(labels: Iterable[Label]) -> list[tuple[float, int]]:
+MAX_CHART_HOURS = 24 * 21  # "labels per hour" shows at most the last three weeks
+CLOCK_SKEW_S = 24 * 3600.0  # a label this far ahead of the dashboard's clock still counts
+
+
+def is_datable(created_at: float, now: float) -> bool:
+    """Whether a label's time can be shown: a finite unix time from 1970 up to ``now`` (plus
+    :data:`CLOCK_SKEW_S`). Imported or hand-edited stores may hold NaN, the year 2286 or 1970."""
+    return math.isfinite(created_at) and 0.0 <= created_at <= now + CLOCK_SKEW_S
+
+
+def labels_per_hour(
+    labels: Iterable[Label], now: float | None = None, max_hours: int = MAX_CHART_HOURS
+) -> list[tuple[float, int]]:
     """``(hour start, labels)`` for every hour from the first label's to the last one's, zero
-    hours included so a chart shows the gaps."""
-    hours = Counter(int(l.created_at // 3600) for l in labels)
+    hours included so a chart shows the gaps -- at most the ``max_hours`` hours up to the latest
+    label, whatever the timestamps: labels that cannot be dated (:func:`is_datable`) and those
+    older than the window are left out (:func:`labels_left_off_the_chart` counts them), so one
+    label dated in 2286 or 1970 never makes millions of rows."""
+    now = time.time() if now is None else now
+    hours = Counter(int(l.created_at // 3600) for l in labels if is_datable(l.created_at, now))
     if not hours:
         return []
-    return [(h * 3600.0, hours.get(h, 0)) for h in range(min(hours), max(hours) + 1)]
+    last = max(hours)
+    first = max(min(hours), last - max_hours + 1)
+    return [(h * 3600.0, hours.get(h, 0)) for h in range(first, last + 1)]
+
+
+def labels_left_off_the_chart(labels: Sequence[Label], rows: Sequence[tuple[float, int]], now: float) -> str | None:
+    """A sentence on the labels :func:`labels_per_hour` did not show (``rows`` is what it
+    returned), or None when it showed them all."""
+    undatable = sum(1 for l in labels if not is_datable(l.created_at, now))
+    older = len(labels) - undatable - sum(n for _, n in rows)
+    parts = []
+    if older:
+        parts.append(f"{older} older than the {len(rows)} hours shown")
+    if undatable:
+        parts.append(f"{undatable} with a time that is not a date up to now (imported or edited)")
+    return f"Not in the chart: {' and '.join(parts)}." if parts else None
 
 
 def median_seconds_per_label(labels: Sequence[Label]) -> float | None:
@@ -240,9 +274,10 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
     failed_clips = len(store.clip_errors())
 
     st.title("Run dashboard")
-    st.caption(f"Run **{store.run_name}** · {trainer_status_line(progress, now)}")
+    # Run names, rater ids and messages come from the store (and imported datasets): plain text.
+    st.text(f"Run {plain_text(store.run_name)} · {trainer_status_line(progress, now)}")
 
-    recent = [l for l in labels if l.created_at >= now - 3600]
+    recent = [l for l in labels if now - 3600 <= l.created_at <= now + CLOCK_SKEW_S]
     median = median_seconds_per_label(labels)
     cols = st.columns(5)
     cols[0].metric("Labels", f"{len(labels)}")
@@ -258,24 +293,27 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
     left, right = st.columns(2)
     with left:
         st.subheader("Labels per hour")
-        per_hour = labels_per_hour(labels)
+        per_hour = labels_per_hour(labels, now)
         if per_hour:
             frame = pd.DataFrame(
                 {"hour": pd.to_datetime([t for t, _ in per_hour], unit="s"), "labels": [n for _, n in per_hour]}
             ).set_index("hour")
             st.bar_chart(frame, y="labels", height=260)
         else:
-            st.info("No labels yet.")
+            st.info("No labels yet." if not labels else "No label has a time that can be shown.")
+        left_off = labels_left_off_the_chart(labels, per_hour, now)
+        if left_off:
+            st.caption(left_off)
     with right:
         st.subheader("Labels per rater")
         rows = rater_table(labels)
         if rows:
             frame = pd.DataFrame(
-                {"rater": [r.rater_id for r in rows], "labels": [r.labels for r in rows],
+                {"rater": [plain_text(r.rater_id, 40) for r in rows], "labels": [r.labels for r in rows],
                  "median seconds": [round(r.median_seconds, 1) for r in rows]}
             ).set_index("rater")
             st.bar_chart(frame, y="labels", horizontal=True, height=260)
-            st.caption(" · ".join(f"{escape_markdown(r.rater_id)}: {r.median_seconds:.1f} s median" for r in rows[:8]))
+            st.text(" · ".join(f"{plain_text(r.rater_id, 40)}: {r.median_seconds:.1f} s median" for r in rows[:8]))
         else:
             st.info("No raters yet.")
 
@@ -317,7 +355,7 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
         rows_gold = [row for row in gold_accuracy(labels, gold) if row.answered]
         if rows_gold:
             frame = pd.DataFrame(
-                {"rater": [r.rater_id for r in rows_gold], "accuracy": [r.accuracy for r in rows_gold]}
+                {"rater": [plain_text(r.rater_id, 40) for r in rows_gold], "accuracy": [r.accuracy for r in rows_gold]}
             ).set_index("rater")
             st.bar_chart(frame, y="accuracy", horizontal=True, height=200)
             total_correct = sum(r.correct for r in rows_gold)
@@ -393,15 +431,6 @@ def render_rater_reliability(raw: str | None) -> None:
 
 
 # -- the preferences download (admin only) -------------------------------------------------------
-
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
-
-
-def escape_markdown(text: str) -> str:
-    """``text`` with Markdown's special characters escaped, so a rater id imported from elsewhere
-    shows as typed and never as a link or an image."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
-
 
 def export_file_name(run_name: str) -> str:
     """The download's file name: the run name reduced to ``[A-Za-z0-9._-]`` (at most 80)."""

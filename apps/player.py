@@ -9,9 +9,13 @@ Everything time-critical happens in the browser, inside this one component:
 - answers by button or key (arrows or 1-4, U to undo) carry the response time measured from the
   moment both clips were playable;
 - answers are kept in an outbox and re-sent until the server acknowledges their sequence number,
-  so none is lost when a message is dropped, and none counts twice.
+  so none is lost when a message is dropped, and none counts twice;
+- "Your answers today" counts an answer the moment it is given (the server's count plus the
+  answers still on their way), not one round trip later;
+- an answer within the reflex guard (a double press as a pair appears) or before the clips play
+  is not taken, and the player says so instead of staying silent.
 
-Python sends ``{"ack", "pair", "next"}`` (see :func:`player_data`) and receives one trigger,
+Python sends ``{"ack", "pair", "next", "today"}`` (see :func:`player_data`) and receives one trigger,
 ``actions``: ``{"items": [action, ...], "sent": ms}`` with the actions of
 :meth:`prefloop.apps.rating.RaterSession.apply`.
 """
@@ -67,6 +71,7 @@ _HTML = """
       <button type="button" class="pl-pause" tabindex="-1" title="Pause / play (Space)">❚❚</button>
     </div>
     <span class="pl-status pl-muted" aria-live="polite"></span>
+    <span class="pl-count pl-muted">Your answers today: <b class="pl-today">–</b></span>
     <button type="button" class="pl-undo" tabindex="-1">↶ Undo last answer <kbd>U</kbd></button>
   </div>
 </div>
@@ -105,6 +110,9 @@ kbd { font-family: ui-monospace, monospace; font-size: 0.8rem; padding: 1px 5px;
   border-color: var(--st-text-color, #333); }
 .pl-muted { opacity: 0.7; font-size: 0.9rem; }
 .pl-status.pl-saving { color: #b26b00; opacity: 1; }
+.pl-status.pl-hint { color: #b26b00; opacity: 1; font-weight: 600; }
+.pl-root.pl-too-soon .pl-answers { animation: pl-nudge 0.3s ease-in-out; }
+@keyframes pl-nudge { 0%, 100% { transform: translateX(0); } 25% { transform: translateX(-6px); } 75% { transform: translateX(6px); } }
 """
 
 _JS = r"""
@@ -113,6 +121,7 @@ const ANSWER_KEYS = {ArrowLeft: "left", "1": "left", ArrowRight: "right", "2": "
 const HOLD_END_MS = 500;      // the last frame stays up this long (at 1x) before the loop restarts
 const MIN_VIEW_MS = 250;      // answers faster than this after a pair appears are double presses
 const RESEND_MS = 2500;       // unacknowledged actions are sent again after this long
+const HINT_MS = 1800;         // how long "not taken" hints stay up
 
 function b64ToUrl(b64, mime) {
   const bin = atob(b64);
@@ -134,8 +143,9 @@ function createPlayer(root) {
     root, bufs, front: 0, send: null, seq: 0, outbox: [], lastSent: 0, ack: 0,
     serverNext: null, shownAt: 0, playableAt: null, paused: false, holdUntil: null,
     speed: Number(readSetting(speedKey)) || 1, raf: 0, timer: 0, answeredAt: null,
+    today: 0, hintUntil: 0,
     // Read by tests and the latency benchmark: what is shown, and how fast things happened (ms).
-    pub: {pairId: null, ready: false, shownAt: 0, readyAt: 0, answeredAt: 0, answers: 0,
+    pub: {pairId: null, ready: false, shownAt: 0, readyAt: 0, answeredAt: 0, answers: 0, refused: 0,
           latencies: [], saveLatencies: [], frontVideos: () => bufs[p.front].videos},
   };
   window.__prefloopRater = p.pub;
@@ -143,10 +153,29 @@ function createPlayer(root) {
   const state = (s) => { root.dataset.state = s; };
   const overlay = (text) => { root.querySelector(".pl-overlay-text").textContent = text; };
   const status = () => {
+    // Today's answers: the server's count, plus what is on its way, less undos on their way.
+    const pending = p.outbox.reduce((n, a) => n + (a.type === "answer" ? 1 : a.type === "undo" ? -1 : 0), 0);
+    root.querySelector(".pl-today").textContent = String(Math.max(0, p.today + pending));
+    if (performance.now() < p.hintUntil) return;  // a hint stays up for a moment
     const el = root.querySelector(".pl-status");
+    el.classList.remove("pl-hint");
     if (p.outbox.length) { el.textContent = "Saving…"; el.classList.add("pl-saving"); }
     else { el.textContent = p.pub.answers ? "All answers saved ✓" : ""; el.classList.remove("pl-saving"); }
   };
+
+  // An answer that was not taken says why, next to the buttons, for a moment.
+  function hint(text) {
+    p.pub.refused += 1;
+    p.hintUntil = performance.now() + HINT_MS;
+    const el = root.querySelector(".pl-status");
+    el.textContent = text;
+    el.classList.remove("pl-saving");
+    el.classList.add("pl-hint");
+    root.classList.remove("pl-too-soon");
+    void root.offsetWidth;  // restart the nudge animation
+    root.classList.add("pl-too-soon");
+    setTimeout(() => { if (performance.now() >= p.hintUntil) status(); }, HINT_MS + 50);
+  }
 
   function setSpeed(rate) {
     p.speed = rate;
@@ -230,9 +259,17 @@ function createPlayer(root) {
 
   function answer(choice) {
     const front = bufs[p.front];
-    if (root.dataset.state !== "ready" || front.pairId === null) return;
+    if (front.pairId === null) return;
+    if (root.dataset.state !== "ready") {
+      hint(root.dataset.state === "loading" ? "Not taken: the clips are still loading — answer once they play."
+                                            : "Not taken: wait for the next pair to appear.");
+      return;
+    }
     const now = performance.now();
-    if (now - p.shownAt < MIN_VIEW_MS) return;
+    if (now - p.shownAt < MIN_VIEW_MS) {
+      hint("Not taken: too quick — a new pair just appeared. Watch it, then answer.");
+      return;
+    }
     const since = p.playableAt === null ? p.shownAt : p.playableAt;
     p.outbox.push({seq: ++p.seq, type: "answer", pair_id: front.pairId, choice,
                    response_time_s: (now - since) / 1000, at: now});
@@ -342,6 +379,7 @@ function createPlayer(root) {
 
   p.update = (data) => {
     p.ack = Math.max(p.ack, data.ack || 0);
+    if (typeof data.today === "number") p.today = data.today;
     const now = performance.now();
     for (const a of p.outbox) if (a.seq <= p.ack && a.at) p.pub.saveLatencies.push(now - a.at);
     p.outbox = p.outbox.filter((a) => a.seq > p.ack);
@@ -408,11 +446,13 @@ _player = st.components.v2.component(COMPONENT_NAME, html=_HTML, css=_CSS, js=_J
 
 
 def player_data(session: RaterSession) -> dict[str, Any]:
-    """What the player needs from the server: acknowledged actions and the two pairs' clips."""
+    """What the player needs from the server: acknowledged actions, the two pairs' clips and the
+    rater's answers today (counting every acknowledged action)."""
     return {
         "ack": session.acked_seq,
         "pair": session.current.to_player() if session.current else None,
         "next": session.next.to_player() if session.next else None,
+        "today": session.labels_today(),  # after every acknowledged action
     }
 
 

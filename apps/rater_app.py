@@ -24,22 +24,32 @@ from prefloop.apps.access import (
     AppConfig,
     AppConfigError,
     check_exposure,
-    clean_rater_name,
     parse_app_args,
     token_matches,
 )
-from prefloop.apps.dashboard import parse_progress, render_dashboard, render_export_download, trainer_status_line
+from prefloop.apps.dashboard import (
+    Progress,
+    parse_progress,
+    render_dashboard,
+    render_export_download,
+    trainer_status_line,
+)
 from prefloop.apps.player import PLAYER_KEY, render_player
 from prefloop.apps.rating import DB_TROUBLE, Notice, RaterSession
 from prefloop.config import MAX_GUIDELINE_CHARS
+from prefloop.identity import IdentityError, sign_in
+from prefloop.untrusted import markdown_literal
 from prefloop.store import PreferenceStore, StoreError
 
 log = logging.getLogger("prefloop.apps")
 
 DEFAULT_GUIDELINE = "Which clip shows the agent doing the task better?"
 WAITING_POLL_S = 2.0
+RUN_END_POLL_S = 3.0  # how soon a page showing a pair learns that the run is complete
 _SESSION = "prefloop_rater_session"
-_NOTICE_ICONS = {"info": "ℹ️", "success": "✅", "warning": "⚠️", "error": "❗"}
+# Material icons come with Streamlit's own font; emoji need an emoji font the machine may lack.
+_NOTICE_ICONS = {"info": ":material/info:", "success": ":material/check_circle:", "warning": ":material/warning:",
+                 "error": ":material/error:"}
 
 
 @st.cache_resource(show_spinner=False)
@@ -151,47 +161,66 @@ def display_guideline(stored: str | None) -> str:
     return text or DEFAULT_GUIDELINE
 
 
-def identify() -> str | None:
-    """The rater's name from the session, ``?rater=``, or a form; None while there is none."""
+def identify(store: PreferenceStore, config: AppConfig) -> str | None:
+    """The rater this browser session acts as, or None while there is none.
+
+    A name is bound to a secret key: ``?rater=NAME&key=KEY`` (an invite link from
+    ``prefloop raters add``, or the link this page made on the name's first visit). Another
+    browser with the name but without its key cannot act as that rater. Once verified, the
+    session keeps the name; the key stays in the address bar so a reload keeps working.
+    """
     if st.session_state.get("prefloop_rater"):
         return st.session_state["prefloop_rater"]
     problem = None
     from_url = st.query_params.get("rater")
     if from_url:
-        try:
-            st.session_state["prefloop_rater"] = clean_rater_name(from_url)
+        problem = _sign_in(store, config, from_url, st.query_params.get("key"))
+        if problem is None:
             return st.session_state["prefloop_rater"]
-        except ValueError as exc:
-            problem = str(exc)
     st.markdown("## Welcome! Help teach an agent by comparing short clips")
     st.markdown(
         "You will see two short clips of the agent side by side and say which one does the "
         "task better. Each answer takes a few seconds; stop whenever you like, your answers "
         "are saved as you go."
     )
+    if config.invite_only and problem is None:
+        st.info("This run rates by invitation: open the personal link you were given.")
     form_column, _ = st.columns([2, 3])
     with form_column, st.form("rater_name_form", border=False):
         name = st.text_input("Your name (or a nickname)", max_chars=40, key="rater_name_input",
                              placeholder="e.g. alex")
         submitted = st.form_submit_button("Start comparing", type="primary")
     if submitted:
-        try:
-            rater = clean_rater_name(name)
-        except ValueError as exc:
-            problem = str(exc)
-        else:
-            st.session_state["prefloop_rater"] = rater
-            st.query_params["rater"] = rater  # a reload keeps the name
+        problem = _sign_in(store, config, name, None)
+        if problem is None:
             st.rerun()
     if problem:
-        st.warning(problem)
+        st.warning(markdown_literal(problem, 500))  # the name is the rater's text: never Markdown
     return None
 
 
-def get_session(store: PreferenceStore, rater: str, lease_seconds: float) -> RaterSession:
+def _sign_in(store: PreferenceStore, config: AppConfig, name: object, key: object) -> str | None:
+    """Verify or claim ``name``; on success remember it in the session (and a newly issued key
+    in the link). Returns the problem to show, or None."""
+    try:
+        signed = sign_in(store, name, key, open_enrolment=not config.invite_only)
+    except IdentityError as exc:
+        return str(exc)
+    st.session_state["prefloop_rater"] = signed.name
+    st.query_params["rater"] = signed.name  # a reload keeps the name ...
+    if signed.issued_key is not None:
+        st.query_params["key"] = signed.issued_key  # ... and the key that proves it
+        st.session_state["prefloop_new_key"] = True
+    return None
+
+
+def get_session(store: PreferenceStore, rater: str, config: AppConfig) -> RaterSession:
     session = st.session_state.get(_SESSION)
     if not isinstance(session, RaterSession) or session.rater_id != rater or session.store is not store:
-        session = RaterSession(store, rater, lease_seconds=lease_seconds)
+        session = RaterSession(
+            store, rater, lease_seconds=config.lease_seconds, idle_release_s=config.idle_seconds,
+            max_answers_per_minute=config.max_answers_per_minute,
+        )
         session.refresh()
         st.session_state[_SESSION] = session
     return session
@@ -212,25 +241,41 @@ def _on_actions() -> None:
 
 
 def rate_page(config: AppConfig, store: PreferenceStore) -> None:
-    rater = identify()
+    rater = identify(store, config)
     if rater is None:
         return
-    session = get_session(store, rater, config.lease_seconds)
+    session = get_session(store, rater, config)
     guideline = display_guideline(store.get_meta("guideline"))
 
     head, who = st.columns([5, 1], vertical_alignment="bottom")
     head.markdown(f"### {guideline}")
     with who:
-        if st.button(f"Not {rater}?", key="switch_rater", type="tertiary"):
+        if st.button(f"Not {markdown_literal(rater)}?", key="switch_rater", type="tertiary"):
             session.release_all()
-            for key in ("prefloop_rater", _SESSION):
+            for key in ("prefloop_rater", _SESSION, "prefloop_new_key"):
                 st.session_state.pop(key, None)
-            st.query_params.pop("rater", None)
+            for param in ("rater", "key"):
+                st.query_params.pop(param, None)
             st.rerun()
+    if st.session_state.pop("prefloop_new_key", False):
+        st.info(
+            "Bookmark this page: its address is your personal link. It proves you are "
+            f"**{markdown_literal(rater)}**; without it no one (you included) can answer as this name.",
+            icon=":material/key:",
+        )
 
     for notice in session.take_notices():
         st.toast(notice.text, icon=_NOTICE_ICONS[notice.level], duration="long")
 
+    progress = parse_progress(store.get_meta("progress"))
+    if progress is not None and progress.status == "finished":
+        session.release_all()  # nothing is served once the trainer uses no more labels
+        _finished_view(session, store, progress)
+        return
+
+    if session.paused:
+        _paused_view(session, config)
+        return
     if session.current is None:
         _waiting_view(session, store)
         return
@@ -238,32 +283,78 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
     waiting = store.counts()
     st.caption(
         f"Watch both clips (they loop together; slow them down if it helps), then pick the "
-        f"better one -- or *Can't tell*. Your answers today: **{session.labels_today()}** · "
-        f"Pairs waiting: **{waiting['pending'] + waiting['claimed']}**"
+        f"better one -- or *Can't tell*. Pairs waiting: **{waiting['pending'] + waiting['claimed']}**"
     )
-    render_player(session, _on_actions)
+    render_player(session, _on_actions)  # it shows the rater's answers today, counted at once
     _keepalive(session, config.lease_seconds)
+    _watch_for_run_end(store)
 
 
 def _keepalive(session: RaterSession, lease_seconds: float) -> None:
-    @st.fragment(run_every=max(5.0, lease_seconds / 4))
+    """The open page's heartbeat: renews the pairs' leases a few times per lease; when the tab
+    closes it stops, and the pairs go back to the queue within ``lease_seconds``."""
+    @st.fragment(run_every=max(2.0, lease_seconds / 4))
     def keep_leases() -> None:
-        if session.keepalive():
+        if session.heartbeat():
             st.rerun(scope="app")
 
     keep_leases()
+
+
+def _paused_view(session: RaterSession, config: AppConfig) -> None:
+    st.info(
+        f"Paused: no answer for {config.idle_seconds / 60:.0f} minutes, so no pairs are held for you "
+        "and others can rate them. Take a break if you need one; press the button when you are back.",
+        icon=":material/pause_circle:",
+    )
+    if st.button("I'm back -- show me a pair", key="resume_rating", type="primary"):
+        session.resume()
+        st.rerun()
+
+
+def _watch_for_run_end(store: PreferenceStore) -> None:
+    """While a pair is on screen: redraw the page the moment the trainer says the run is complete."""
+
+    @st.fragment(run_every=RUN_END_POLL_S)
+    def watch() -> None:
+        progress = parse_progress(store.get_meta("progress"))
+        if progress is not None and progress.status == "finished":
+            st.rerun(scope="app")
+
+    watch()
+
+
+def run_result_line(progress: Progress) -> str | None:
+    """The finished run's result for raters: its evaluation return (from the trainer's
+    ``eval_return_mean`` or its closing message), None when the trainer did not say."""
+    if progress.eval_return is not None:
+        return f"The trained agent's return, on the task's own score: **{progress.eval_return:.1f}**."
+    if progress.message:
+        return f"Trainer: {progress.message}"
+    return None
+
+
+def _finished_view(session: RaterSession, store: PreferenceStore, progress: Progress) -> None:
+    st.success("Training has finished -- this run is complete, so there is nothing left to compare. "
+               "Thank you for your help!")
+    result = run_result_line(progress)
+    if result:
+        st.markdown(result)
+    counts = store.counts()
+    st.caption(f"Your answers today: **{session.labels_today()}** · Answers from all raters in this run: "
+               f"**{counts['labels']}**")
 
 
 def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
     @st.fragment(run_every=WAITING_POLL_S)
     def waiting() -> None:
         if session.current is None:
-            session.refresh()
-        if session.current is not None:
+            session.heartbeat()
+        if session.current is not None or session.paused:
             st.rerun(scope="app")
         progress = parse_progress(store.get_meta("progress"))
         if progress is not None and progress.status == "finished":
-            st.success("Training has finished -- there is nothing left to compare. Thank you for your help!")
+            st.rerun(scope="app")  # the page for a complete run
         elif session.queue.preparing:
             st.info(
                 f"Preparing the clips of {session.queue.preparing} pairs -- they will appear here "
@@ -274,7 +365,7 @@ def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
                 "No pairs are waiting right now -- the trainer will add more; this page "
                 "refreshes by itself."
             )
-        st.caption(trainer_status_line(progress))
+        st.text(trainer_status_line(progress))  # holds the trainer's message: plain text
         if progress is not None and progress.fraction_done is not None and progress.status != "finished":
             st.progress(progress.fraction_done)
         st.caption(f"Your answers today: **{session.labels_today()}**")

@@ -39,10 +39,17 @@ MAX_RESPONSE_TIME_S = 3600.0
 MAX_ACTIONS_PER_MESSAGE = 50
 MAX_SEQ = 2**53  # the largest integer a browser counts exactly
 MAX_NOTICES = 5
+UNDO_DEPTH = 20  # how many of the session's own latest answers Undo can reach
+TIME_TOLERANCE_S = 1.0  # network delay between the browser's clock and the server's
 _SHOWN_MEMORY = 64  # pair ids this session has shown, for the wording of a rejected answer
-# Leases are kept alive this long after the rater's last action; an abandoned tab then lets its
-# pairs go to other raters when the lease runs out.
-KEEPALIVE_IDLE_LIMIT_S = 15 * 60.0
+# A session with a pair on screen but no answer for this long is paused: its pairs go back to the
+# queue until the rater says they are back, so idle tabs never starve other raters or the trainer.
+IDLE_RELEASE_S = 120.0
+# Answers faster than this share of the clip's length are flagged ``too_fast`` (kept, counted on
+# the dashboard, usable in the loss).
+MIN_WATCH_FRACTION = 0.5
+MAX_ANSWERS_PER_MINUTE = 30
+DEFAULT_CLIP_FPS = 30.0
 
 NoticeLevel = Literal["info", "success", "warning", "error"]
 
@@ -65,6 +72,7 @@ class ShownPair:
     left_clip: bytes
     right_clip: bytes
     mime: str
+    clip_seconds: float = 0.0  # how long the longer clip plays at 1x
 
     def to_player(self) -> dict[str, Any]:
         """JSON for the browser: pair id and both clips base64-encoded."""
@@ -99,6 +107,15 @@ def clamp_response_time(value: object) -> float:
     return min(max(seconds, 0.0), MAX_RESPONSE_TIME_S)
 
 
+def _clip_fps(store: PreferenceStore) -> float:
+    """The run's clip frame rate (``render_fps`` meta), or 30."""
+    try:
+        fps = float(store.get_meta("render_fps") or DEFAULT_CLIP_FPS)
+    except (ValueError, StoreError, SQLAlchemyError):
+        return DEFAULT_CLIP_FPS
+    return fps if math.isfinite(fps) and fps > 0 else DEFAULT_CLIP_FPS
+
+
 def start_of_today(now: float) -> float:
     """Unix time of the last local midnight before ``now``."""
     day = dt.datetime.fromtimestamp(now).date()
@@ -120,7 +137,14 @@ class RaterSession:
         rater_id: who answers.
         lease_seconds: how long a shown pair stays reserved for this rater without activity.
         prefetch: claim and load the next pair in advance (the browser switches instantly).
-        clock: unix seconds, for the keep-alive and "labels today".
+        clock: unix seconds, for the keep-alive, the server-side response times, the rate limit
+            and "labels today".
+        idle_release_s: a pair on screen this long without an answer pauses the session and
+            gives its pairs back (see :meth:`heartbeat`).
+        max_answers_per_minute: more answers than this by the rater within 60 s (all their
+            sessions together) are refused, not stored.
+        min_watch_fraction: answers given in less than this share of the clip's length are
+            flagged ``too_fast``.
     """
 
     store: PreferenceStore
@@ -136,9 +160,20 @@ class RaterSession:
     last_activity: float = 0.0
     last_refresh: float = 0.0
     shown_ids: list[int] = field(default_factory=list)
+    idle_release_s: float = IDLE_RELEASE_S
+    max_answers_per_minute: int = MAX_ANSWERS_PER_MINUTE
+    min_watch_fraction: float = MIN_WATCH_FRACTION
+    paused: bool = False
+    # Server-side timing: when each pair reached the browser, and when the previous answer ended
+    # (answers are given one after the other, so two answers can never overlap in time).
+    served_at: dict[int, float] = field(default_factory=dict)
+    answered_until: float = 0.0
+    # This session's own labels, newest last: the only ones its Undo may retract.
+    own_label_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.last_activity = self.clock()
+        self._fps = _clip_fps(self.store)
 
     # -- the two pairs ------------------------------------------------------------------------
 
@@ -172,6 +207,8 @@ class RaterSession:
         self.current = self.next = None
 
     def _refresh(self) -> None:
+        if self.paused:
+            return
         not_ready = set(self.store.pairs_missing_clips())
         old = [p for p in (self.current, self.next) if p is not None]
         known = {p.pair_id: p for p in old}
@@ -182,6 +219,12 @@ class RaterSession:
                 not_ready, {self.current.pair_id}, self.lease_seconds / 2, known
             )
         keep = {p.pair_id for p in (self.current, self.next) if p is not None}
+        now = self.clock()
+        for pair in (self.current, self.next):  # both go to the browser now
+            if pair is not None and pair.pair_id not in self.served_at:
+                self.served_at[pair.pair_id] = now
+        for pair_id in [i for i in self.served_at if i not in keep]:
+            del self.served_at[pair_id]
         for pair_id in sorted(keep - set(self.shown_ids)):
             self.shown_ids = [*self.shown_ids, pair_id][-_SHOWN_MEMORY:]
         for pair in old:  # a pair this session held but no longer shows goes back to the queue
@@ -212,7 +255,8 @@ class RaterSession:
             clips = self.store.get_clips([pair.left.id, pair.right.id])
             if pair.left.id in clips and pair.right.id in clips:
                 (left, mime), (right, _) = clips[pair.left.id], clips[pair.right.id]
-                return ShownPair(pair.id, pair.left.id, pair.right.id, left, right, mime)
+                seconds = max(pair.left.length, pair.right.length) / self._fps
+                return ShownPair(pair.id, pair.left.id, pair.right.id, left, right, mime, seconds)
             # Its clips disappeared between the two reads (or never were): try another one.
             self.store.release(pair.id, self.rater_id)
             not_ready.add(pair.id)
@@ -299,8 +343,22 @@ class RaterSession:
         if isinstance(pair_id, bool) or not isinstance(pair_id, int):
             self._notify("error", "That answer did not say which pair it was for; answer again.")
             return
+        now = self.clock()
+        shown = next((p for p in (self.current, self.next) if p is not None and p.pair_id == pair_id), None)
+        if shown is not None and self._over_rate_limit(now):
+            self._notify(
+                "warning",
+                f"That was more than {self.max_answers_per_minute} answers in a minute, so the last one "
+                "was not saved. Take a breath, watch both clips, and answer this pair again.",
+            )
+            return
+        claimed = clamp_response_time(response_time_s)
+        # The server's own clock bounds the time: from when the pair reached the browser (or the
+        # previous answer ended, whichever is later) to now.
+        started = max(self.served_at.get(pair_id, now), self.answered_until)
+        seconds = min(claimed, max(0.0, now - started))
         try:
-            label = self.store.answer(pair_id, self.rater_id, wanted, clamp_response_time(response_time_s))
+            label = self.store.answer(pair_id, self.rater_id, wanted, seconds)
         except LeaseError:
             if pair_id in self.shown_ids:
                 self._notify(
@@ -315,6 +373,10 @@ class RaterSession:
             log.warning("rater %s: answer refused: %s", self.rater_id, exc)  # (exc cuts the id short)
             self._notify("error", _NOT_YOURS)
             return
+        if label.choice is wanted and label.id is not None and label.id not in self.own_label_ids:
+            self.own_label_ids = [*self.own_label_ids, label.id][-UNDO_DEPTH:]
+            self.answered_until = started + seconds
+            self._flag(label.id, seconds, claimed, shown)
         if label.choice is not wanted:
             self._notify(
                 "info",
@@ -322,21 +384,53 @@ class RaterSession:
                 "tab or before reloading; that answer was kept. Use Undo to change it.",
             )
 
+    def _over_rate_limit(self, now: float) -> bool:
+        return self.store.count_labels_since(self.rater_id, now - 60.0) >= self.max_answers_per_minute
+
+    def _flag(self, label_id: int, seconds: float, claimed: float, shown: ShownPair | None) -> None:
+        """Mark what the server's clock says about this answer (data, never a deletion)."""
+        if shown is not None and seconds < self.min_watch_fraction * shown.clip_seconds:
+            self.store.flag_label(label_id, "too_fast", seconds)
+        if claimed > seconds + TIME_TOLERANCE_S:
+            self.store.flag_label(label_id, "time_cut", claimed)
+
     def _undo(self) -> None:
-        label = self.store.undo_last(self.rater_id, self.lease_seconds)
+        label = self.store.undo_last(self.rater_id, self.lease_seconds, among=self.own_label_ids)
         if label is None:
-            self._notify("info", "Nothing to undo: you have no answers yet.")
+            self._notify("info", "Nothing to undo: you have given no answers on this page yet.")
             return
+        self.own_label_ids = [i for i in self.own_label_ids if i != label.id]
         self._notify("success", f"Took back your answer ({_CHOICE_WORDS[label.choice]}); answer this pair again.")
 
     # -- housekeeping -------------------------------------------------------------------------
 
-    def keepalive(self) -> bool:
-        """Renew the leases of the shown pairs if the rater was active lately (or fetch a pair if
-        none is shown). Returns True if a pair changed."""
-        if self.current is not None and self.clock() - self.last_activity > KEEPALIVE_IDLE_LIMIT_S:
+    def heartbeat(self) -> bool:
+        """The page's periodic call while the tab is open: renew the shown pairs' leases (or fetch
+        a pair if none is shown). ``idle_release_s`` after the rater's last action (answer, undo,
+        sign-in, "I'm back") the session pauses and gives its pairs back -- also while it waits
+        for pairs, so an abandoned tab never picks up the pairs other idle tabs let go. A closed
+        tab stops calling, and its leases run out after ``lease_seconds``. Returns True if what
+        the page shows changed."""
+        if self.paused:
             return False
+        if self.clock() - self.last_activity > self.idle_release_s:
+            self.pause()
+            return True
         return self.refresh()
+
+    keepalive = heartbeat
+
+    def pause(self) -> None:
+        """Give the pairs back and hold none until :meth:`resume`."""
+        self.release_all()
+        self.paused = True
+        self.served_at.clear()
+
+    def resume(self) -> None:
+        """The rater is back: fetch pairs again."""
+        self.paused = False
+        self.last_activity = self.clock()
+        self.refresh()
 
     def labels_today(self) -> int:
         """The rater's live labels since local midnight."""

@@ -4,11 +4,12 @@ env -> :class:`EpisodeSeeder` (replayable episodes) -> :class:`VecSegmentRecorde
 what the agent did, true reward) -> :class:`VecLearnedReward` (what the policy is trained on).
 """
 
-from prefloop.envs.mujoco_render import prefer_egl
+from prefloop.envs.mujoco_render import prefer_egl, prefer_windowless_sdl
 
 # Before anything imports mujoco: it picks its OpenGL platform at import time, and a headless
 # machine has only EGL (a later switch renders silently black frames). A user's MUJOCO_GL wins.
 prefer_egl()
+prefer_windowless_sdl()  # likewise before pygame's first frame; a user's SDL_VIDEODRIVER wins
 
 from prefloop.envs.factory import EnvSetupError, EnvSpec, check_can_render, check_env_id, check_spaces, make_env
 from prefloop.envs.learned_reward import LearnedRewardWrapper, RewardFunction, VecLearnedReward

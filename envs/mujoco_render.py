@@ -17,6 +17,15 @@ def prefer_egl() -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
 
 
+def prefer_windowless_sdl() -> None:
+    """Classic-control envs draw with pygame, whose first frame initialises SDL's video: on a
+    machine without a display, SDL's Wayland probe prints ``error: XDG_RUNTIME_DIR is invalid or
+    not set in the environment.`` to stderr (at every app start). ``rgb_array`` frames need no
+    window, so without a display SDL gets its window-less driver unless told otherwise."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+
 def configure_fast_rendering(env: gym.Env) -> None:
     """No shadows, no reflections, no multisampling; a no-op for envs that are not MuJoCo."""
     unwrapped = env.unwrapped

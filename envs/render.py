@@ -11,9 +11,15 @@ import gc
 
 import gymnasium as gym
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from prefloop.envs.factory import EnvSpec, make_env
 from prefloop.types import Segment
+
+
+END_TEXT = "EPISODE ENDED"
+END_BAND_RGB = (200, 30, 30)
+END_DIM = 0.4  # brightness of the final state behind the marker
 
 
 class ReplayMismatchError(RuntimeError):
@@ -36,8 +42,9 @@ class SegmentRenderer:
         """Frames of one segment: ``(L + 1, H, W, 3)`` uint8.
 
         Frame ``t`` shows the state in which the segment's action ``t`` was taken; the last real
-        frame shows the state after the last action. After termination the final frame is held, so
-        clips of one run all have the same length and loop in sync.
+        frame shows the state after the last action. After termination the final state is held,
+        dimmed and marked "EPISODE ENDED" (:func:`mark_episode_end`), so clips of one run all have
+        the same length and loop in sync, and a rater sees an ending, not a stalled video.
 
         Args:
             segment: a recorded segment.
@@ -60,8 +67,9 @@ class SegmentRenderer:
             if (terminated or truncated) and t < last:
                 raise ReplayMismatchError(f"episode ended at step {t} during replay, before the recorded end")
         frames.append(np.asarray(env.render(), dtype=np.uint8))
-        while len(frames) < segment.length + 1:
-            frames.append(frames[-1])
+        if len(frames) < segment.length + 1:
+            ended = mark_episode_end(frames[-1])
+            frames.extend([ended] * (segment.length + 1 - len(frames)))
         return np.stack(frames)
 
     def close(self) -> None:
@@ -81,6 +89,31 @@ class SegmentRenderer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def mark_episode_end(frame: np.ndarray) -> np.ndarray:
+    """What a clip shows for the steps after its episode terminated: ``frame`` (``(H, W, 3)``
+    uint8, the final state) dimmed, with a red band across its upper part saying "EPISODE ENDED".
+
+    Returns a new frame of the same shape; the band is large and plain so it survives video
+    compression and downscaling.
+    """
+    height, width = frame.shape[:2]
+    image = Image.fromarray((np.asarray(frame, dtype=np.float32) * END_DIM).astype(np.uint8))
+    band = max(4, height // 5)
+    top = max(1, height // 12)  # above the scene: envs draw their ground and bodies low
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, top, width, top + band), fill=END_BAND_RGB)
+    font = _font(max(6, min(int(band * 0.6), int(width / (0.75 * len(END_TEXT))))))
+    draw.text((width / 2, top + band / 2), END_TEXT, fill=(255, 255, 255), font=font, anchor="mm")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one small bitmap font
+        return ImageFont.load_default()
 
 
 def render_segment(spec: EnvSpec, segment: Segment, *, verify: bool = True, atol: float = 1e-4) -> np.ndarray:

@@ -62,6 +62,8 @@ class RewardModelConfig:
             labels get weight 0 in the fit (kept in the store; unflagged when they improve).
         prior_labels: weight, in labels, of the prior on each rater's error rate: a rater with far
             fewer labels than this keeps about the prior.
+        flagged_answer_weight: weight in the fit of an answer the server flagged (e.g. faster than
+            the clips can be watched); the answer is kept and still scored for its rater.
         val_fraction: fraction of pairs held out for validation (0 disables validation).
         seed: seeds the initial weights, the validation split and the bootstrap resamples.
     """
@@ -78,6 +80,7 @@ class RewardModelConfig:
     rater_model: str = "reliability"
     flag_error_rate: float = 0.3
     prior_labels: float = 5.0
+    flagged_answer_weight: float = 0.25
     val_fraction: float = 0.2
     seed: int = 0
 
@@ -104,6 +107,8 @@ class RewardModelConfig:
             raise ValueError(f"flag_error_rate must be in (0, 1] (1 flags nobody short of always wrong), got {self.flag_error_rate!r}")
         if not (_is_real(self.prior_labels) and 0 < self.prior_labels and math.isfinite(self.prior_labels)):
             raise ValueError(f"prior_labels must be a finite number > 0, got {self.prior_labels!r}")
+        if not (_is_real(self.flagged_answer_weight) and 0 <= self.flagged_answer_weight <= 1):
+            raise ValueError(f"flagged_answer_weight must be in [0, 1], got {self.flagged_answer_weight!r}")
         if not (_is_real(self.stop_accuracy) and 0 < self.stop_accuracy):
             raise ValueError(f"stop_accuracy must be a number > 0 (1.0 disables early stopping), got {self.stop_accuracy!r}")
         if not (_is_real(self.val_fraction) and 0 <= self.val_fraction < 1):
@@ -285,7 +290,7 @@ class RewardTrainer:
         """Train on ``pairs`` (all labelled pairs so far, not just the new ones).
 
         With ``rater_model="reliability"`` and pairs whose ``extra["votes"]`` name at least two
-        raters, each label is a row and the raters' error rates are re-estimated halfway through
+        raters (or hold answers with flags, weighted ``flagged_answer_weight``), each label is a row and the raters' error rates are re-estimated halfway through
         the step budget and at the end (:attr:`rater_estimates`).
 
         Raises:
@@ -382,7 +387,8 @@ class RewardTrainer:
         keys = np.array([i if p.pair_id is None else p.pair_id for i, p in enumerate(pairs)], dtype=np.int64)
         votes = [p.extra.get("votes") for p in pairs]
         raters = {v[0] for pair_votes in votes if pair_votes for v in pair_votes}
-        if cfg.rater_model != "reliability" or len(raters) < 2 or any(not v for v in votes):
+        flagged_answers = any(len(v) > 2 and v[2] for pair_votes in votes if pair_votes for v in pair_votes)
+        if cfg.rater_model != "reliability" or not (len(raters) >= 2 or flagged_answers) or any(not v for v in votes):
             self.rater_estimates = None
             return _Rows(pair=np.arange(len(pairs)), target=torch.as_tensor(targets, dtype=torch.float32, device=device), key=keys)
         rater_ids = tuple(sorted(raters))
@@ -396,7 +402,7 @@ class RewardTrainer:
                 pair_of.append(i)
                 rater_of.append(index[rater])
                 target_of.append(float(target))
-                weight_of.append(float(vote[2]) if len(vote) > 2 else 1.0)
+                weight_of.append(cfg.flagged_answer_weight if len(vote) > 2 and vote[2] else 1.0)
                 gold_of.append(np.nan if gold_target is None else float(gold_target))
         labels = RaterLabels(
             rater_index=np.array(rater_of, dtype=np.int64),

@@ -48,6 +48,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield sqlite_url(tmp_path / "prefs.sqlite")
         return
+    with postgres_database(request) as url:
+        yield url
+
+
+@contextmanager
+def postgres_database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a new database on the session's PostgreSQL server, dropped afterwards."""
     server = request.getfixturevalue("local_postgres")
     name = f"test_{uuid.uuid4().hex[:20]}"
     url = server.create_database(name)
@@ -55,6 +62,20 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         server.drop_database(name)
+
+
+@contextmanager
+def backend_database(request: pytest.FixtureRequest, backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a new, empty database on ``backend`` ("sqlite" or "postgresql") that lives as
+    long as the ``with`` block: for module-scoped stores (one database per backend for a module
+    costs less than one per case)."""
+    from prefloop.store import sqlite_url
+
+    if backend == "sqlite":
+        yield sqlite_url(tmp_path_factory.mktemp("db") / "prefs.sqlite")
+        return
+    with postgres_database(request) as url:
+        yield url
 
 
 RATED_RUN = "rated-run"

@@ -12,6 +12,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,18 +49,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def served(rated_store: RatedStore, tmp_path: Path) -> Iterator[tuple[str, RatedStore]]:
+@contextmanager
+def serve_app(rated: RatedStore, log: Path, **options: object) -> Iterator[str]:
+    """The rater app for ``rated`` on a free loopback port (``options`` go to launch_rater_app);
+    yields its URL."""
     port = free_port()
-    log = tmp_path / "app.log"
-    app = launch_rater_app(rated_store.url, rated_store.run_name, port=port, log_path=log)
+    app = launch_rater_app(rated.url, rated.run_name, port=port, log_path=log, **options)
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_ready(url, timeout=60, process=app)
-        yield url, rated_store
+        yield url
     finally:
         app.terminate()
         app.wait(timeout=30)
+
+
+@pytest.fixture
+def served(rated_store: RatedStore, tmp_path: Path) -> Iterator[tuple[str, RatedStore]]:
+    with serve_app(rated_store, tmp_path / "app.log") as url:
+        yield url, rated_store
 
 
 def eventually(check: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:
@@ -172,6 +180,11 @@ def body_text(page) -> str:
     return page.locator("body").inner_text()
 
 
+def today_count(page) -> str:
+    """The player's "Your answers today" number."""
+    return page.locator(".pl-today").inner_text()
+
+
 def test_the_app_killed_right_after_an_answer_stores_it_once_or_not_at_all(
     rated_store: RatedStore, chromium: str, tmp_path: Path
 ) -> None:
@@ -220,7 +233,7 @@ def test_the_app_killed_right_after_an_answer_stores_it_once_or_not_at_all(
                 app = start()
                 page.reload()
                 assert settled(page) == first
-                eventually(lambda: "Your answers today: 0" in body_text(page), what="no answer counted")
+                eventually(lambda: today_count(page) == "0", what="no answer counted")
 
                 # 2. Killed right after the answer left the browser: it may or may not have been
                 #    stored. After the restart the page reconnects by itself and its outbox sends
@@ -237,10 +250,10 @@ def test_the_app_killed_right_after_an_answer_stores_it_once_or_not_at_all(
                     assert len(stored) <= 1 and len(live_labels(rated_store)) == len(stored)
                     if stored:  # saved once, and the page says so
                         assert stored[0].choice is Choice.RIGHT and shown != first
-                        eventually(lambda: "Your answers today: 1" in body_text(page), what="the saved answer counted")
+                        eventually(lambda: today_count(page) == "1", what="the saved answer counted")
                     else:  # not saved, and the same pair is asked again
                         assert shown == first
-                        eventually(lambda: "Your answers today: 0" in body_text(page), what="no answer counted")
+                        eventually(lambda: today_count(page) == "0", what="no answer counted")
                     if not reloaded:
                         page.reload()
                 assert len(mine(first)) == 1, "the outbox re-sent the answer after the reconnect"
@@ -256,7 +269,7 @@ def test_the_app_killed_right_after_an_answer_stores_it_once_or_not_at_all(
                 app.wait(timeout=30)
                 app = start()
                 assert settled(page) != current
-                eventually(lambda: "Your answers today: 2" in body_text(page), what="both answers counted")
+                eventually(lambda: today_count(page) == "2", what="both answers counted")
                 assert [l.choice for l in mine(current)] == [Choice.LEFT] and len(live_labels(rated_store)) == 2
             finally:
                 browser.close()
@@ -264,3 +277,53 @@ def test_the_app_killed_right_after_an_answer_stores_it_once_or_not_at_all(
         if app.poll() is None:
             app.terminate()
             app.wait(timeout=30)
+
+
+def test_the_counter_counts_each_answer_at_once_a_reflex_press_is_told_and_a_finished_run_says_so(
+    served, chromium: str
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, rated = served
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.goto(url + "?rater=ada")
+            first = shown_pair(page)
+            assert today_count(page) == "0"
+
+            time.sleep(1.0)  # a person looks, then answers -- and presses again as the next pair appears
+            page.keyboard.press("ArrowLeft")
+            page.keyboard.press("ArrowRight")
+            # Counted the moment it is given, not one round trip (or one answer) later.
+            assert today_count(page) == "1"
+            assert page.evaluate("window.__prefloopRater.refused") == 1
+            assert "Not taken" in page.locator(".pl-status").inner_text()
+            page.screenshot(path=str(ARTIFACTS / "rater-reflex-guard.png"))
+            second = shown_pair(page)
+            assert second != first
+            labels = eventually(lambda: live_labels(rated), what="the answer in the store")
+            time.sleep(0.5)
+            assert [(l.pair_id, l.choice) for l in live_labels(rated)] == [(first, Choice.LEFT)]  # the reflex press was not taken
+            eventually(lambda: today_count(page) == "1" and "Saving" not in page.locator(".pl-status").inner_text(),
+                       what="the count, confirmed by the server")
+
+            for expected in ("2", "3"):
+                time.sleep(1.0)
+                page.keyboard.press("ArrowRight")
+                assert today_count(page) == expected
+            page.keyboard.press("u")
+            assert today_count(page) == "2"
+            eventually(lambda: len(live_labels(rated)) == 2 and today_count(page) == "2", what="the undo, saved")
+
+            with PreferenceStore(rated.url, rated.run_name) as store:  # the trainer is done
+                store.set_meta("progress", json.dumps({"status": "finished", "eval_return_mean": 500.0,
+                                                       "message": "run finished: eval return 500.0"}))
+            eventually(lambda: "this run is complete" in (text := body_text(page)) and "500.0" in text,
+                       timeout=15, what="the run-complete page with the run's result")
+            assert page.locator(".pl-root").count() == 0  # no pair is shown any more
+            page.screenshot(path=str(ARTIFACTS / "rater-run-complete.png"))
+        finally:
+            browser.close()

@@ -170,3 +170,34 @@ def test_worker_thread_renders_new_pairs_until_stopped(rated_store: RatedStore) 
             stop.set()
             thread.join(timeout=30)
         assert not thread.is_alive()
+
+
+def _ended_band(frame: np.ndarray) -> float:
+    """Share of the pixels of the upper part of a decoded frame that are the end marker's red."""
+    upper = frame[: frame.shape[0] // 3].astype(int)
+    red = (upper[..., 0] > 150) & (upper[..., 1] < 90) & (upper[..., 2] < 90)
+    return float(red.mean())
+
+
+def test_a_terminated_segments_clip_shows_that_the_episode_ended(tmp_path: Path) -> None:
+    """Frames after the termination are the final state dimmed under an "EPISODE ENDED" band --
+    not a frozen frame that looks like a stalled video; a segment that did not end has no band."""
+    segments = cartpole_segments(40, segment_length=25, seed=2)
+    ended = next(s for s in segments if s.terminated and s.n_valid <= s.length - 5)
+    running = next(s for s in segments if not s.terminated)
+    url = sqlite_url(tmp_path / "prefs.sqlite")
+    with PreferenceStore(url, "run") as store:
+        store.set_meta("env_spec", json.dumps(EnvSpec("CartPole-v1").to_json()))
+        store.add_pairs([SegmentPair(ended, running)])
+    with ClipWorker(url, "run") as worker:  # the clips raters get, decoded as a browser would
+        while worker.render_pending(8):
+            pass
+        ended_frames, _, _ = decode(worker.store.get_clip(ended.id)[0])
+        running_frames, _, _ = decode(worker.store.get_clip(running.id)[0])
+
+    assert len(ended_frames) == len(running_frames) == ended.length + 1  # the pair still loops in sync
+    last_real = ended.n_valid  # the frame after the last real step: the terminal state
+    for t, frame in enumerate(ended_frames):
+        assert (_ended_band(frame) > 0.2) == (t > last_real), f"frame {t} of {len(ended_frames)}"
+    assert ended_frames[-1].mean() < 0.6 * ended_frames[last_real].mean()  # the final state, dimmed
+    assert max(_ended_band(f) for f in running_frames) < 0.01

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -260,6 +261,18 @@ def test_export_refuses_a_non_empty_folder_and_a_missing_run(source: Source, tmp
 # Refusals
 
 
+def reseal(d: Path) -> None:
+    """Write the sha256 of every file present into the manifest, as someone editing a dataset on
+    purpose would, so the checks behind the checksum are what a damaged file meets."""
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["checksums"] = {
+        name: hashlib.sha256((d / name).read_bytes()).hexdigest()
+        for name in ("segments.npz", "segments.jsonl", "pairs.jsonl", "labels.jsonl")
+        if (d / name).is_file()
+    }
+    (d / "manifest.json").write_text(json.dumps(manifest))
+
+
 def _truncate_npz(d: Path) -> None:
     data = (d / "segments.npz").read_bytes()
     (d / "segments.npz").write_bytes(data[: len(data) // 2])
@@ -328,6 +341,8 @@ def test_malformed_dataset_is_refused_by_name_and_the_store_is_left_unchanged(
     out = tmp_path / "dataset"
     export_dataset(source.url, source.run_name, out)
     damage(out)
+    if damage is not _edited_label and (out / "manifest.json").exists():
+        reseal(out)
     target = tmp_path / "target.sqlite"
     with open_store(sqlite_url(target), "existing") as store:
         store.set_meta("guideline", "keep me")
@@ -473,7 +488,9 @@ def test_rerun_with_the_recorded_teacher_gives_identical_labels(tmp_path: Path) 
 
     first = train(config("original", "oracle"))
     export_dataset(sqlite_url(tmp_path / "original" / "prefs.sqlite"), "original", tmp_path / "dataset")
-    replay_config = config("replay", f"recorded:{tmp_path / 'dataset'}")
+    # the labels travel as a dataset into a run folder elsewhere; the replay trains on that run
+    import_dataset(tmp_path / "dataset", sqlite_url((tmp_path / "imported").mkdir() or tmp_path / "imported" / "prefs.sqlite"), "imported")
+    replay_config = config("replay", f"recorded:{tmp_path / 'imported'}")
     teacher = make_recorded_teacher(tmp_path / "dataset")
     assert teacher.caveats == []
     assert teacher.config_differences(replay_config.resolve().to_json()) == []

@@ -23,7 +23,6 @@ import re
 import shutil
 import sqlite3
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from prefloop.config import ConfigError, TrainConfig
 from prefloop.store import PreferenceStore, StoreError, labels_table, sqlite_url
 from prefloop.types import Choice
 
-from conftest import RATED_GUIDELINE, RATED_RUN, app_served_on_loopback
+from conftest import RATED_GUIDELINE, RATED_RUN, app_served_on_loopback, backend_database
 from test_store import make_pairs
 
 
@@ -311,22 +310,15 @@ def test_a_damaged_store_file_is_refused_everywhere_and_left_untouched(
 def id_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PreferenceStore, int, int]]:
     """(store, a pair id, a segment id) of a run with labels, on each backend, for the module
     (one database per backend: creating one per case would cost more than the cases)."""
-    if request.param == "sqlite":
-        url, drop = sqlite_url(tmp_path_factory.mktemp("ids") / "prefs.sqlite"), None
-    else:
-        server = request.getfixturevalue("local_postgres")
-        name = f"test_{uuid.uuid4().hex[:20]}"
-        url, drop = server.create_database(name), (server, name)
-    store = PreferenceStore(url, "ids")
-    pair_ids = store.add_pairs(make_pairs(3))
-    store.claim_next("ada")
-    store.answer(pair_ids[0], "ada", Choice.LEFT, 1.0)  # one label; pair_ids[1] is the next claimable
-    try:
-        yield store, pair_ids[1], store.get_pair(pair_ids[1]).left.id
-    finally:
-        store.close()
-        if drop:
-            drop[0].drop_database(drop[1])
+    with backend_database(request, request.param, tmp_path_factory) as url:
+        store = PreferenceStore(url, "ids")
+        pair_ids = store.add_pairs(make_pairs(3))
+        store.claim_next("ada")
+        store.answer(pair_ids[0], "ada", Choice.LEFT, 1.0)  # one label; pair_ids[1] is the next claimable
+        try:
+            yield store, pair_ids[1], store.get_pair(pair_ids[1]).left.id
+        finally:
+            store.close()
 
 
 ID_CASES = [

@@ -40,7 +40,7 @@ class ThreadRater:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("when_behind", ["wait", "continue"])
+@pytest.mark.parametrize("when_behind", ["pace", "wait", "continue"])
 def test_training_with_raters_answering_through_the_store(tmp_path: Path, when_behind: str) -> None:
     torch.set_num_threads(1)
     run = tmp_path / "run"
@@ -72,5 +72,8 @@ def test_training_with_raters_answering_through_the_store(tmp_path: Path, when_b
     assert result.labels_used == len(labels) >= 10, "the policy started only after the first labels"
     assert gold, "quality-control pairs with a known answer are mixed in"
     assert progress["status"] == "finished" and progress["fit_history"]
-    if when_behind == "wait":
+    if when_behind in ("pace", "wait"):
         assert len(labels) == 24, "waiting for the raters means every asked pair was answered"
+        assert result.labels_fitted == 24 and result.pairs_withdrawn == 0
+    assert counts["pending"] + counts["claimed"] == 0, "nothing is left to serve once training is over"
+    assert counts["withdrawn"] == result.pairs_withdrawn == 24 - counts["answered"]

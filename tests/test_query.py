@@ -20,7 +20,7 @@ from prefloop.types import Segment, SegmentPair
 def seg(index: int, length: int = 4) -> Segment:
     """A segment tagged with ``index`` (in ``env_step``) so tests can tell segments apart."""
     return Segment(
-        obs=np.zeros((length, 2), dtype=np.float32),
+        obs=np.full((length, 2), index, dtype=np.float32),  # distinct clips: identical ones are never asked
         actions=np.zeros(length, dtype=np.int64),
         true_rewards=np.zeros(length, dtype=np.float32),
         n_valid=length,

@@ -209,3 +209,34 @@ def test_the_dashboard_shows_each_raters_estimate_and_names_the_flagged_ones_as_
         assert "\\_\\_bold\\_\\_" in warning.value  # escaped: shown as typed, never bold
         empty = AppTest.from_function(_reliability_page, args=(None,), default_timeout=30).run()
         assert "No per-rater estimate yet" in empty.info[0].value
+
+
+def test_answers_the_server_flagged_count_less_and_are_kept(tmp_path) -> None:
+    """One rater whose careful answers are mixed with a burst of wrong ones the server flagged as
+    too fast: flagged answers get ``flagged_answer_weight`` in the fit, and stay in the store."""
+    store = PreferenceStore(sqlite_url(tmp_path / "prefs.sqlite"), run_name="flags")
+    segments = random_segments(240, np.random.default_rng(5))
+    pair_ids = store.add_pairs([SegmentPair(segments[2 * i], segments[2 * i + 1]) for i in range(120)])
+    oracle = SimulatedTeacher(TeacherConfig(), rater_id="alice")
+    for n, pair_id in enumerate(pair_ids):
+        pair = store.claim_next("alice")
+        choice = oracle.compare(pair.left, pair.right)
+        if n % 3 == 0:  # every third answer: the worse clip, in a second
+            choice = Choice.LEFT if choice is Choice.RIGHT else Choice.RIGHT
+        store.answer(pair.id, "alice", choice, 1.0)
+        if n % 3 == 0:
+            (label,) = [x for x in store.labels("alice") if x.pair_id == pair.id]
+            store.flag_label(label.id, "too_fast", 1.0)
+    test_segments = random_segments(300, np.random.default_rng(98))
+    truth = np.array([s.true_return for s in test_segments])
+
+    def correlation(weight: float) -> float:
+        config = RewardModelConfig(hidden_sizes=(32,), seed=0, epochs=40, flagged_answer_weight=weight)
+        trainer = RewardTrainer(build_reward_model(OBS, ACT, config), config)
+        for _ in range(2):
+            trainer.fit(store.labeled_pairs())
+        assert trainer.rater_estimates is not None  # flags switch the per-label model on, even for one rater
+        return float(np.corrcoef(trainer.model.predict_segment_returns(test_segments), truth)[0, 1])
+
+    assert correlation(0.0) > correlation(1.0) + 0.05
+    assert store.counts()["labels"] == 120 and len(store.label_flags()) == 40

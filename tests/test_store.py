@@ -170,6 +170,7 @@ def test_add_pairs_claim_answer_and_counts(store: PreferenceStore) -> None:
         "pending": 4,
         "claimed": 0,
         "answered": 0,
+        "withdrawn": 0,
         "labels": 0,
         "cant_tell": 0,
     }

@@ -6,7 +6,7 @@ normalised as ``(R - R_random) / (R_true - R_random)`` with the baselines' means
 
 Outputs in ``out_dir``: ``results.json`` (schema ``prefloop.bench/1``, documented in
 docs/bench-results-schema.md), ``results.md`` (a table: median and interquartile range over seeds),
-``learning_curves.png``, ``return_vs_labels.png`` and ``groups.png`` (every group's seeds side by
+``learning_curves.png``, ``return_vs_labels.png``, ``return_vs_human_minutes.png`` and ``groups.png`` (every group's seeds side by
 side); each run's folder is under ``runs/``. The summaries and plots are in :mod:`prefloop.bench_report`.
 
 A finished run leaves ``bench_row.json`` in its folder. ``resume`` takes those of ``out_dir``
@@ -68,6 +68,8 @@ class BenchConfig:
     ray_address: str | None = None
     resume: bool = False
     reuse_from: tuple[Path, ...] = ()
+    answer_seconds: float = 0.0  # > 0: teachers answer at human pace through the store (prefloop.clock_rater)
+    answer_seconds_sigma: float = 0.0
 
 
 ROW_FILE = "bench_row.json"
@@ -114,6 +116,7 @@ def plan_jobs(config: BenchConfig) -> list[Job]:
                 algo=algo_name, steps=config.steps, seed=seed, labels=labels, teacher=name, teacher_params=params,
                 query=QueryConfig(method=query), progress_bar=False, eval_episodes=config.eval_episodes,
                 reward_model=RewardModelConfig(rater_model=rater_model),
+                answer_seconds=config.answer_seconds, answer_seconds_sigma=config.answer_seconds_sigma,
             )))
     return jobs
 
@@ -143,6 +146,10 @@ def run_job(job: Job) -> dict[str, Any]:
         "cpu_time_s": result.cpu_time_s,
         "reward_learning_time_s": result.reward_learning_time_s,
         "reward_model": result.reward_model,
+        "labels_fitted": result.labels_fitted,
+        "pairs_withdrawn": result.pairs_withdrawn,
+        "human_answer_s": result.human_time.get("answer_s", 0.0),
+        "human_time_s": result.human_time.get("span_s", 0.0),
         "curve": result.curve,
         "run_dir": str(config.run_dir),
     }

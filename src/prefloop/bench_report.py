@@ -50,6 +50,8 @@ def aggregate(runs: list[dict[str, Any]], random_rows: list[dict[str, Any]]) -> 
             "cpu_time_ratio": _stats(cpu_ratios),
             "reward_learning_share": _stats([m["reward_learning_time_s"] / m["wall_time_s"] for m in members]),
             "rater_error_rates": _rater_error_rates(members),
+            # rows written before human time was recorded count as 0 (a teacher that answered at once)
+            "human_minutes": _stats([m.get("human_time_s", 0.0) / 60 for m in members]),
         })
     return out
 
@@ -102,8 +104,8 @@ def _mean_by(rows: list[dict[str, Any]], keys: tuple[str, ...], value: str) -> d
 def markdown_table(groups: list[dict[str, Any]]) -> str:
     header = (
         "| env | algo | teacher | query | labels | normalized return, median [IQR] | return (median) "
-        "| true-reward return | random return | wall-time ratio | CPU-time ratio | reward-learning share |\n"
-        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|\n"
+        "| true-reward return | random return | wall-time ratio | CPU-time ratio | reward-learning share | human minutes (median) |\n"
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = []
     for g in groups:
@@ -113,7 +115,7 @@ def markdown_table(groups: list[dict[str, Any]]) -> str:
             f"| {n['median']:.2f} [{n['q25']:.2f}, {n['q75']:.2f}] | {g['return']['median']:.1f} "
             f"| {g['true_reward_return']:.1f} | {g['random_return']:.1f} "
             f"| {g['wall_time_ratio']['median']:.2f} | {g['cpu_time_ratio']['median']:.2f} "
-            f"| {g['reward_learning_share']['median']:.0%} |"
+            f"| {g['reward_learning_share']['median']:.0%} | {g.get('human_minutes', _stats([]))['median']:.1f} |"
         )
     return header + "\n".join(lines) + "\n" + _rater_table(groups)
 
@@ -179,7 +181,46 @@ def write_plots(document: dict[str, Any], out_dir: Path) -> None:
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
     ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
     finish_axes(fig, ax, out_dir / "return_vs_labels.png", "labels", "normalized return (median, IQR)")
+    plot_return_vs_human_minutes(document["runs"], out_dir / "return_vs_human_minutes.png")
     plot_groups(document["groups"], out_dir / "groups.png")
+
+
+def plot_return_vs_human_minutes(runs: list[dict[str, Any]], path: Path) -> None:
+    """Every preference run's true evaluation return against the minutes a person had to be there
+    (``human_time_s``), one panel per env, one series per teacher and query, a line through the
+    label budgets' medians."""
+    import matplotlib.pyplot as plt
+
+    prefs = [r for r in runs if r["kind"] == "preferences"]
+    envs = sorted({r["env_id"] for r in prefs}) or ["(no preference runs)"]
+    fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4), dpi=110, squeeze=False)
+    for ax, env_id in zip(axes[0], envs):
+        series: dict[tuple, list[dict]] = defaultdict(list)
+        for r in prefs:
+            if r["env_id"] == env_id:
+                series[(r["algo"], r["teacher"], r["query"])].append(r)
+        for (algo, teacher, query), members in sorted(series.items()):
+            minutes = [m.get("human_time_s", 0.0) / 60 for m in members]
+            points = ax.scatter(minutes, [m["eval_return_mean"] for m in members], s=14, alpha=0.6)
+            by_budget: dict[int, list[dict]] = defaultdict(list)
+            for m in members:
+                by_budget[m["labels"]].append(m)
+            budgets = sorted(by_budget)
+            ax.plot([float(np.median([m.get("human_time_s", 0.0) / 60 for m in by_budget[b]])) for b in budgets],
+                    [float(np.median([m["eval_return_mean"] for m in by_budget[b]])) for b in budgets],
+                    marker="o", color=points.get_facecolor()[0], label=f"{algo} {teacher} {query}")
+            for b in budgets:
+                ax.annotate(f"{b}", (float(np.median([m.get("human_time_s", 0.0) / 60 for m in by_budget[b]])),
+                                     float(np.median([m["eval_return_mean"] for m in by_budget[b]]))), fontsize=7)
+        ax.set_title(f"{env_id} (numbers: label budgets)")
+        ax.set_xlabel("human minutes (first pair asked to last answer)")
+        ax.set_ylabel("true evaluation return")
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def plot_groups(groups: list[dict[str, Any]], path: Path) -> None:

@@ -15,6 +15,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from prefloop.algos import is_off_policy, relabel_replay_buffer
 from prefloop.learner import PreferenceLearner
+from prefloop.pacing import LabelPace
 from prefloop.reward_models import save_reward_model
 from prefloop.rundir import RunDir
 from prefloop.schedule import LabelRound
@@ -56,11 +57,16 @@ class CurveCallback(BaseCallback):
 class PreferenceCallback(BaseCallback):
     """Runs the label schedule during ``model.learn`` and checkpoints after each reward update.
 
-    Simulated teacher: each due round is asked, answered and trained on at once. Human raters:
-    a due round only puts pairs in the store; with ``when_behind="wait"`` training pauses until
-    the raters have answered every waiting pair, with ``"continue"`` it goes on with the current
-    reward model; either way the reward model retrains whenever new labels have arrived.
+    Simulated teacher: each due round is asked, answered and trained on at once. Human raters
+    (and simulated ones answering on a clock): a due round only puts pairs in the store; with
+    ``when_behind="pace"`` the policy trains at most as far as the answers so far unlock
+    (:class:`~prefloop.pacing.LabelPace`), with ``"wait"`` training pauses at each round until
+    every waiting pair is answered, with ``"continue"`` it goes on with the current reward model.
+    The reward model retrains whenever new labels have arrived (looked for at most every
+    ``POLL_S`` seconds, and always after a wait).
     """
+
+    POLL_S = 1.0
 
     def __init__(self, learner: PreferenceLearner, rounds: list[LabelRound], step_offset: int, run: "RunState"):
         super().__init__()
@@ -68,6 +74,13 @@ class PreferenceCallback(BaseCallback):
         self.rounds = rounds
         self.step_offset = step_offset
         self.run = run
+        config = learner.config
+        self.pace = (
+            LabelPace(rounds, int(config.steps or 0), config.min_initial_labels)
+            if learner.teacher is None and config.when_behind == "pace" and rounds else None
+        )
+        self._allowed = -1  # env steps the resolved pairs unlocked when last looked
+        self._last_poll = -math.inf
 
     def _on_step(self) -> bool:
         return True
@@ -91,18 +104,47 @@ class PreferenceCallback(BaseCallback):
                     lambda c: c["pending"] + c["claimed"] <= len(store.pairs_missing_clips(failed_only=True)),
                     "training waits until every pair is answered", env_step, self.run.curve,
                 )
-            elif behind:
+            elif behind and config.when_behind == "continue":
                 message = (
                     f"raters are behind ({behind} pairs still waiting, {asked} more asked); "
                     f"training continues on the reward model from {int(learner.fit_history[-1]['labels'])} labels"
                 )
                 log.info("step %d: %s", env_step, message)
                 learner.publish_progress("training", env_step, self.run.curve, message)
+        waited = self.pace is not None and self._keep_pace(env_step)
+        if not (due or waited or time.monotonic() - self._last_poll >= self.POLL_S):
+            return
+        self._last_poll = time.monotonic()
         if learner.labels_so_far() > learner.labels_at_last_fit:
             started = time.perf_counter()
             stats = learner.fit(env_step)
             learner.time_s += time.perf_counter() - started
             self._after_fit(stats, env_step)
+
+    def _keep_pace(self, env_step: int) -> bool:
+        """Block while the policy is as far as the resolved pairs allow; True if it waited."""
+        assert self.pace is not None
+        if env_step < self._allowed:
+            return False
+        store = self.learner.store
+
+        def resolved(counts: dict[str, int], with_failed_clips: bool = False) -> int:
+            done = counts["answered"] + counts.get("withdrawn", 0)
+            # Pairs whose clips failed to render can never be answered: do not wait for them.
+            return done + (len(store.pairs_missing_clips(failed_only=True)) if with_failed_clips else 0)
+
+        self._allowed = self.pace.allowed_steps(resolved(store.counts()))
+        if env_step < self._allowed:
+            return False
+        needed = self.pace.labels_needed(env_step)
+        self.learner.wait_for_raters(
+            lambda c: self.pace.allowed_steps(resolved(c, True)) > env_step,  # type: ignore[union-attr]
+            f"{needed} of {self.learner.pairs_asked()} pairs answered let the policy train past "
+            f"step {env_step} of {self.pace.total_steps}",
+            env_step, self.run.curve,
+        )
+        self._allowed = self.pace.allowed_steps(resolved(store.counts(), True))
+        return True
 
     def _after_fit(self, stats: dict[str, float], env_step: int) -> None:
         if is_off_policy(self.model):

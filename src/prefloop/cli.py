@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefloop.algos import ALGORITHMS, AlgorithmError
-from prefloop.config import ConfigError, TrainConfig
+from prefloop.config import WHEN_BEHIND, ConfigError, TrainConfig
 from prefloop.dataset import DatasetError
 from prefloop.envs import EnvSetupError
 from prefloop.query import QUERY_METHODS, NotEnoughSegmentsError, QueryConfig, QueryConfigError
@@ -76,11 +76,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (0 <= value <= 3600):
+        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds, got {text}")
+    return value
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
     parser.add_argument("--teacher", default="oracle", type=_teacher_name, metavar="TEACHER",
                         help="'human' (raters in the browser app), a simulated teacher ("
-                        + ", ".join(sorted(TEACHER_PRESETS)) + "), recorded:DATASET_DIR (replay exported labels), "
+                        + ", ".join(sorted(TEACHER_PRESETS)) + "), recorded:DIR (replay the labels of an exported dataset or an imported run folder), "
                         "a simulated crowd crowd:[COUNTx]KIND[@EPSILON],... (e.g. crowd:3xcareful@0.05,random,adversarial), "
                         "or fitted:PATH[,rater=NAME] (a rater's model from `prefloop raters fit --json PATH`)")
     parser.add_argument(
@@ -106,8 +116,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'true' trains on the env reward instead (the baseline)")
     parser.add_argument("--eval-episodes", type=_positive_int, default=10)
     parser.add_argument("--db-url", default=None, help="SQLAlchemy URL of the store (default: SQLite in the run folder)")
-    parser.add_argument("--when-behind", default="continue", choices=("continue", "wait"),
-                        help="human raters behind the label schedule: keep training on the current reward model, or wait")
+    parser.add_argument("--when-behind", default="pace", choices=WHEN_BEHIND,
+                        help="raters behind the label schedule: 'pace' (default) trains the policy only as far as the "
+                        "answers so far unlock, 'wait' pauses at every round until all pairs are answered, "
+                        "'continue' never waits (a slow rater then makes the run worse, not longer)")
+    parser.add_argument("--answer-seconds", type=_seconds, default=0.0, metavar="S",
+                        help="a simulated teacher answers through the store at human pace: S seconds per pair "
+                        "(the median), in a background thread, like a person in the app (default 0: at once)")
+    parser.add_argument("--answer-seconds-sigma", type=_seconds, default=0.0, metavar="SIGMA",
+                        help="spread of those times (log-normal sigma; 0 = always S)")
     parser.add_argument("--gold-fraction", type=float, default=0.05, help="human raters: share of quality-control pairs with a known answer")
     parser.add_argument("--raters-per-pair", type=_positive_int, default=1, help="labels per pair (>1 measures rater agreement)")
     parser.add_argument("--unsupervised-steps", type=int, default=None,
@@ -135,6 +152,8 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         progress_bar=not args.no_progress,
         db_url=args.db_url,
         when_behind=args.when_behind,
+        answer_seconds=args.answer_seconds,
+        answer_seconds_sigma=args.answer_seconds_sigma,
         gold_fraction=args.gold_fraction,
         raters_per_pair=args.raters_per_pair,
         guideline=args.guideline,
@@ -164,53 +183,80 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Train with people as the teacher: the trainer here, the rater app (and its clip worker) in a
-    child process started as soon as the store exists."""
+    child process started as soon as the store exists, watched and stopped with the run."""
+    import _thread
     import os
-    import subprocess
+    import signal
 
     from prefloop.loop import train
     from prefloop.report import print_run_summary
 
     from prefloop.apps.access import ENV_ADMIN_TOKEN, ENV_TOKEN, AppConfigError, check_exposure, check_token_value
+    from prefloop.apps.launch import AppStartError, check_port_free
+    from prefloop.apps.supervise import RaterAppSupervisor
 
     if args.resume and args.run_dir is None:
         raise RunDirError("--resume needs --run-dir: the folder of the run to continue")
-    try:  # before training starts, not when the app's process fails later
+    try:  # before training starts (and before the run folder exists), not when the app fails later
         check_token_value(args.token, "--token")
         check_token_value(args.admin_token, "--admin-token")
         check_exposure(args.host, args.token, args.admin_token)
-    except AppConfigError as exc:
+        check_port_free(args.host, args.port)
+    except (AppConfigError, AppStartError) as exc:
         raise ConfigError(str(exc)) from None
     config = build_train_config(args)
-    app: list[subprocess.Popen] = []
+    supervisors: list[RaterAppSupervisor] = []
 
     def start_app(run_dir, store_url: str, run_name: str) -> None:
-        command = [sys.executable, "-m", "prefloop.cli", "rate", "--db-url", store_url, "--run-name", run_name,
-                   "--host", args.host, "--port", str(args.port)]
         env = dict(os.environ)
         # Tokens travel in the environment, not on the command line, where `ps` shows them.
         if args.token:
             env[ENV_TOKEN] = args.token
         if args.admin_token:
             env[ENV_ADMIN_TOKEN] = args.admin_token
-        app.append(subprocess.Popen(command, start_new_session=True, env=env))
-        print(f"rater app: http://{args.host}:{args.port}/  (open it in a browser and start comparing clips)", flush=True)
+        # The app prints its URL itself, once, when it answers (and is this run's app).
+        supervisor = RaterAppSupervisor(
+            ["--db-url", store_url, "--run-name", run_name, "--host", args.host, "--port", str(args.port)],
+            env, on_give_up=lambda why: _thread.interrupt_main(),
+        )
+        supervisors.append(supervisor)
+        supervisor.start()
 
+    # A timeout, systemd, `docker stop` or a closed terminal: stop like Ctrl-C, app and worker too.
+    stop_signals = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {signum: signal.signal(signum, _raise_keyboard_interrupt) for signum in stop_signals}
     try:
         result = train(config, resume=args.resume, on_ready=start_app)
         print_run_summary(result)
-        if app and sys.stdin.isatty():
-            print(f"Training finished. The rater app stays up for its dashboard: http://{args.host}:{args.port}/dashboard"
-                  " -- press Ctrl-C to stop it.", flush=True)
+        if supervisors and supervisors[0].running() and sys.stdin.isatty():
+            print("Training finished; the rater app says so to raters and stays up for its dashboard "
+                  "-- press Ctrl-C to stop it.", flush=True)
             try:
-                app[0].wait()
+                supervisors[0].wait()
             except KeyboardInterrupt:
                 pass  # the run is complete; Ctrl-C only stops the app
+    except KeyboardInterrupt:
+        failure = supervisors[0].failure if supervisors else None
+        if failure is None:
+            raise
+        print(f"prefloop: error: {failure}; every label so far is stored, continue with --resume", file=sys.stderr)
+        return 1
     finally:
-        for process in app:
-            process.terminate()
-            process.wait(timeout=30)
+        for signum in previous:  # no second signal cuts the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
+        for supervisor in supervisors:
+            supervisor.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    failure = supervisors[0].failure if supervisors else None
+    if failure is not None:
+        print(f"prefloop: error: {failure}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -232,6 +278,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         resume=args.resume,
         reuse_from=tuple(Path(p) for p in args.reuse),
+        answer_seconds=args.answer_seconds,
+        answer_seconds_sigma=args.answer_seconds_sigma,
     )
     run_bench(config)
     return 0
@@ -285,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="finish an interrupted sweep in --out: keep its finished runs, run the rest")
     bench_p.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="DIR",
                          help="take runs with an identical config (e.g. true-reward baselines) from these earlier sweep folders")
+    bench_p.add_argument("--answer-seconds", type=_seconds, default=0.0, metavar="S",
+                         help="teachers answer through the store at human pace, S seconds per pair (runs are then "
+                              "paced by them; more --workers than cores is fine, they mostly wait)")
+    bench_p.add_argument("--answer-seconds-sigma", type=_seconds, default=0.0, metavar="SIGMA",
+                         help="log-normal spread of those times (default 0: always S)")
     bench_p.add_argument("--out", default="bench-out/latest", help="output folder")
     bench_p.add_argument("--ray", action="store_true", help="run on a local Ray instance instead of a process pool")
     bench_p.add_argument("--ray-address", default=None, help="run on the Ray cluster at this address (e.g. ray://head:10001)")
@@ -295,15 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     """Commands whose modules live with their part of the product (the app, the doctor)."""
     from prefloop.apps.cli_rate import add_rate_parser
+    from prefloop.cli_raters import add_raters_parser
     from prefloop.dataset import add_export_parser, add_import_parser
     from prefloop.doctor import add_doctor_parser
-    from prefloop.raters_cli import add_raters_parser
 
     add_rate_parser(sub)
+    add_raters_parser(sub)
     add_doctor_parser(sub)
     add_export_parser(sub)
     add_import_parser(sub)
-    add_raters_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -165,7 +165,8 @@ def start_clip_worker_thread(
 
     Returns:
         ``(thread, stop_event)``; ``thread.join()`` after ``stop_event.set()`` waits for the
-        current clip to finish (at most a fraction of a second).
+        current clip to finish (at most a fraction of a second). A thread that ends before
+        ``stop_event`` is set has failed; ``thread.failure`` says why.
     """
     stop = threading.Event()
     worker = None if wait_for_meta_s > 0 else ClipWorker(store_url, run_name, spec, fps)
@@ -173,22 +174,26 @@ def start_clip_worker_thread(
     def main() -> None:
         nonlocal worker
         deadline = time.monotonic() + wait_for_meta_s
-        while worker is None and not stop.is_set():
-            try:
-                worker = ClipWorker(store_url, run_name, spec, fps)
-            except ClipWorkerError as exc:
-                if time.monotonic() > deadline:
-                    log.error("clip worker not started: %s", exc)
-                    return
-                stop.wait(1.0)
-        if worker is None:
-            return
         try:
-            worker.run(stop, poll_s)
-        finally:
-            worker.close()
+            while worker is None and not stop.is_set():
+                try:
+                    worker = ClipWorker(store_url, run_name, spec, fps)
+                except ClipWorkerError as exc:
+                    if time.monotonic() > deadline:
+                        raise
+                    stop.wait(1.0)
+            if worker is None:
+                return
+            try:
+                worker.run(stop, poll_s)
+            finally:
+                worker.close()
+        except Exception as exc:  # kept for whoever watches the thread (``prefloop rate`` restarts it)
+            thread.failure = f"{type(exc).__name__}: {exc}"
+            log.error("clip worker stopped: %s", thread.failure)
 
     thread = threading.Thread(target=main, name=f"clip-worker-{run_name}", daemon=True)
+    thread.failure = None  # type: ignore[attr-defined]  # why the thread ended early, if it did
     thread.start()
     return thread, stop
 

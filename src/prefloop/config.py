@@ -22,6 +22,7 @@ from prefloop.reward_models import RewardModelConfig
 from prefloop.schedule import ScheduleConfig
 
 REWARD_SOURCES = ("preferences", "true")
+WHEN_BEHIND = ("pace", "wait", "continue")
 MAX_GUIDELINE_CHARS = 500
 
 
@@ -53,11 +54,19 @@ class TrainConfig:
         torch_threads: torch intra-op threads; 1 is fastest for these small models.
         progress_bar: show a progress bar (off in benchmark workers).
         db_url: SQLAlchemy URL of the preference store (None: SQLite file in the run folder).
-        when_behind: human raters only: when a label round comes before the raters answered the
-            last one, ``"continue"`` training on the current reward model or ``"wait"`` for them.
+        when_behind: raters answering in their own time (people, or a simulated teacher with
+            ``answer_seconds``): ``"pace"`` (default) lets the policy train only as far as the
+            answers so far unlock (:mod:`prefloop.pacing`); ``"wait"`` pauses at every label round
+            until every asked pair is answered; ``"continue"`` never waits, training on the
+            current reward model (a slow rater then makes the run worse, not longer).
         min_initial_labels: human raters, ``continue``: labels needed before the policy starts.
         gold_fraction: human raters: share of pairs with a known answer (quality control).
         raters_per_pair: labels wanted per pair (> 1 measures agreement between raters).
+        answer_seconds: a simulated teacher answers through the store on a clock, like a person
+            in the app: it claims a pair, takes this many seconds (the median), answers; 0 (the
+            default) answers at once. See :mod:`prefloop.clock_rater`.
+        answer_seconds_sigma: spread of those times: each is ``answer_seconds * exp(sigma * z)``,
+            ``z`` standard normal (a log-normal, the usual shape of human response times); 0 = fixed.
         unsupervised_steps: env steps of PEBBLE's unsupervised pre-training (state-entropy
             exploration) before the first query; 0 starts from a random policy's segments instead
             (None: the preset's, 0 for most envs).
@@ -89,11 +98,13 @@ class TrainConfig:
     db_url: str | None = None
     run_name: str | None = None
     guideline: str | None = None
-    when_behind: str = "continue"
+    when_behind: str = "pace"
     min_initial_labels: int = 10
     gold_fraction: float = 0.05
     raters_per_pair: int = 1
     unsupervised_steps: int | None = None
+    answer_seconds: float = 0.0
+    answer_seconds_sigma: float = 0.0
     env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -108,7 +119,13 @@ class TrainConfig:
         _check(self.torch_threads >= 1, "torch_threads", self.torch_threads, "an integer >= 1")
         _check(self.segment_buffer >= 2, "segment_buffer", self.segment_buffer, "an integer >= 2")
         _check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "an integer >= 0")
-        _check(self.when_behind in ("continue", "wait"), "when_behind", self.when_behind, "'continue' or 'wait'")
+        _check(self.when_behind in WHEN_BEHIND, "when_behind", self.when_behind, " or ".join(map(repr, WHEN_BEHIND)))
+        for name in ("answer_seconds", "answer_seconds_sigma"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 3600, name, value,
+                   "a number of seconds in [0, 3600]")
+        _check(self.answer_seconds == 0 or (self.teacher != "human" and not self.teacher.startswith("recorded:")),
+               "answer_seconds", self.answer_seconds, "0 unless the teacher is simulated (people take their own time)")
         _check(self.min_initial_labels >= 1, "min_initial_labels", self.min_initial_labels, "an integer >= 1")
         _check(0.0 <= self.gold_fraction < 1.0, "gold_fraction", self.gold_fraction, "a number in [0, 1)")
         _check(self.unsupervised_steps is None or (

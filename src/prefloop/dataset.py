@@ -25,6 +25,7 @@ Everything a file holds is validated on loading, before a store is touched; a pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -33,7 +34,6 @@ import shutil
 import sys
 import tempfile
 import time
-import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,18 +42,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import create_engine, func, insert, inspect, select, update
+from sqlalchemy import create_engine, delete, exists, func, insert, inspect, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from prefloop.serialization import array_from_bytes, array_to_bytes
 from prefloop.store import (
     ANSWERED,
-    MAX_RATER_ID_CHARS,
+    CLAIMED,
     PENDING,
+    WITHDRAWN,
     PreferenceStore,
+    StoreError,
+    _check_rater,
     _preflight_sqlite_file,
     _segment_from_row,
+    _validate_segment,
     labels_table,
     pairs_table,
     run_meta_table,
@@ -62,6 +66,18 @@ from prefloop.store import (
     sqlite_url,
 )
 from prefloop.types import Choice, Label, Segment
+from prefloop.untrusted import (
+    BIDI_CONTROLS,
+    TooLargeError,
+    UntrustedInputError,
+    check_finite,
+    excerpt,
+    iter_jsonl,
+    open_regular_file,
+    parse_json,
+    read_npz,
+    read_regular_file,
+)
 
 __all__ = [
     "FORMAT_NAME",
@@ -143,8 +159,8 @@ FILE_DESCRIPTIONS: dict[str, Any] = {
             "gold_choice": "null or 'left'/'right'/'equal': the known answer of a quality-control pair",
             "score": "float, the query selector's acquisition score",
             "created_at": "float, unix seconds when it was queued",
-            "status": "informational: 'pending', 'claimed' or 'answered' at export; an import "
-            "recomputes it from the labels and never carries leases",
+            "status": "'pending', 'claimed', 'answered' or 'withdrawn' at export; an import "
+            "recomputes it from the labels (keeping 'withdrawn') and never carries leases",
         },
     },
     LABELS_JSONL: {
@@ -508,7 +524,16 @@ def _counts(n_segments: int, pairs: list[dict], labels: list[dict]) -> dict[str,
 def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for line in lines:
-            handle.write(json.dumps(line, allow_nan=False, ensure_ascii=False) + "\n")
+            try:
+                text = json.dumps(line, allow_nan=False, ensure_ascii=False)
+            except ValueError:  # NaN or infinity: a store edited or damaged outside prefloop
+                key = next(k for k, v in line.items() if isinstance(v, float) and not math.isfinite(v))
+                raise DatasetError(
+                    f"{path.stem} {line.get('id')} has {key} = {line[key]}, which is not a number a "
+                    "dataset can hold; the store was edited or damaged outside prefloop. Set that "
+                    "value in the store to a real one; nothing was exported"
+                ) from None
+            handle.write(text + "\n")
 
 
 def _sha256(path: Path) -> str:
@@ -539,17 +564,49 @@ def _prefloop_version() -> str:
 
 # --------------------------------------------------------------------------------------------
 # Load and validate
+#
+# A dataset may come from anyone, so loading treats every byte as hostile: files are opened
+# without following links and only if they are regular files; sizes, JSON numbers, nesting and
+# npy headers are bounded before anything is allocated (prefloop.untrusted); every value gets the
+# checks the store would make when the data arrived through the product; and an error quotes at
+# most a short excerpt of the value it is about.
+
+DEFAULT_MAX_DATASET_BYTES = 1 << 30  # files plus uncompressed arrays; `prefloop import --max-gib`
+MAX_MANIFEST_BYTES = 8 << 20
+MAX_JSONL_LINE_BYTES = 64 << 10  # a label line is ~200 bytes, a segment line ~250
+MAX_IMPORTED_GUIDELINE_CHARS = 20_000
+MAX_SOURCE_RUN_NAME_CHARS = 200
+# What one record costs once parsed (dicts, dataclasses, small arrays), so that the number of
+# records is bounded by --max-gib as well as the bytes: a file of a million "{}" lines is small.
+_BYTES_PER_RECORD = 1 << 10
+_BYTES_PER_SEGMENT = 4 << 10
+# Unix seconds a dataset may hold: from 1970 to the end of year 9999 (what datetime can show).
+_TIME_RANGE = (0.0, 253_402_300_799.0)
+_INT32 = (-(2**31), 2**31 - 1)  # INTEGER columns on PostgreSQL
+_INT64 = (-(2**63), 2**63 - 1)  # BIGINT columns, and ids
+_REEXPORT = "export it again with `prefloop export` (a dataset is only accepted as written)"
 
 
-def load_dataset(in_dir: str | os.PathLike[str], *, verify_checksums: bool = True) -> PreferenceDataset:
+def load_dataset(
+    in_dir: str | os.PathLike[str],
+    *,
+    verify_checksums: bool = True,
+    max_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+) -> PreferenceDataset:
     """Read and validate a dataset folder written by :func:`export_dataset`.
 
-    Checks the manifest's format and version, every file's presence and syntax, array shapes and
-    dtypes, field types, choices, the references between files, the manifest's counts and (with
-    ``verify_checksums``) that no file changed since export.
+    Checks the manifest's format and version, that every file is a regular file in the folder
+    (symbolic links are refused, never followed), sizes and npy headers before reading, every
+    file's syntax, array shapes, dtypes and finiteness, field types and ranges, choices, rater ids,
+    the references between files, that no pair has more live labels than it asked for, the
+    manifest's counts and (with ``verify_checksums``, required for an import) that the manifest
+    holds a checksum of every file and no file changed since export.
+
+    Args:
+        max_bytes: the most the files and the uncompressed arrays may hold together.
 
     Raises:
-        DatasetError: naming the file, line or array, the field, and the fix.
+        DatasetError: one line naming the file, line or array, the field, and the fix.
     """
     root = Path(in_dir)
     if not root.is_dir():
@@ -557,13 +614,47 @@ def load_dataset(in_dir: str | os.PathLike[str], *, verify_checksums: bool = Tru
             f"dataset folder {root} does not exist (or is not a folder); pass the folder "
             "`prefloop export --out` wrote"
         )
-    manifest = _load_manifest(root)
-    arrays = _load_npz(root / SEGMENTS_NPZ)
+    try:
+        return _load_checked(root, verify_checksums, max_bytes)
+    except TooLargeError as exc:
+        raise DatasetError(
+            f"{exc}; nothing was read into memory beyond that. If the dataset is genuine and this "
+            "machine has the memory, allow more with `prefloop import --max-gib N`"
+        ) from None
+    except UntrustedInputError as exc:
+        raise DatasetError(f"{exc}; {_REEXPORT}") from None
+
+
+def _load_checked(root: Path, verify_checksums: bool, max_bytes: int) -> PreferenceDataset:
+    manifest = _load_manifest(root, verify_checksums)
+    texts: dict[str, bytes] = {}
+    for name in (SEGMENTS_JSONL, PAIRS_JSONL, LABELS_JSONL):
+        texts[name] = read_regular_file(root, name, max_bytes - sum(map(len, texts.values())))
+    for name, data in texts.items():
+        records = data.count(b"\n") + 1
+        if records * _BYTES_PER_RECORD > max_bytes:
+            raise TooLargeError(
+                f"{name} has {records:,} lines, which would take about {records * _BYTES_PER_RECORD:,} "
+                f"bytes once read, more than the limit of {max_bytes:,}"
+            )
+    with open_regular_file(root, SEGMENTS_NPZ, max_bytes) as npz:
+        if verify_checksums:
+            checksums = manifest["checksums"]
+            for name, data in texts.items():
+                _verify_checksum(name, hashlib.sha256(data).hexdigest(), checksums[name])
+            _verify_checksum(SEGMENTS_NPZ, _sha256_handle(npz), checksums[SEGMENTS_NPZ])
+        arrays = read_npz(npz, SEGMENTS_NPZ, _NPZ_ARRAYS, max_bytes - sum(map(len, texts.values())))
+    n_segments = arrays["segment_id"].shape[0] if arrays["segment_id"].ndim else 0
+    if n_segments * _BYTES_PER_SEGMENT > max_bytes:
+        raise TooLargeError(
+            f"{SEGMENTS_NPZ} holds {n_segments:,} segments, which would take about "
+            f"{n_segments * _BYTES_PER_SEGMENT:,} bytes once read, more than the limit of {max_bytes:,}"
+        )
     segments = _segments_from_arrays(arrays)
-    created_at = _check_segment_lines(_read_jsonl(root / SEGMENTS_JSONL), segments)
+    created_at = _check_segment_lines(_jsonl_objects(texts[SEGMENTS_JSONL], SEGMENTS_JSONL), segments)
     segment_ids = {int(s.id) for s in segments}  # type: ignore[arg-type]
-    pairs = _pairs_from_lines(_read_jsonl(root / PAIRS_JSONL), segment_ids)
-    labels = _labels_from_lines(_read_jsonl(root / LABELS_JSONL), {p.id for p in pairs})
+    pairs = _pairs_from_lines(_jsonl_objects(texts[PAIRS_JSONL], PAIRS_JSONL), segment_ids)
+    labels = _labels_from_lines(_jsonl_objects(texts[LABELS_JSONL], LABELS_JSONL), pairs)
 
     counts = manifest.get("counts")
     actual = {
@@ -575,65 +666,111 @@ def load_dataset(in_dir: str | os.PathLike[str], *, verify_checksums: bool = Tru
         for key, (value, file) in actual.items():
             if key in counts and counts[key] != value:
                 raise DatasetError(
-                    f"{file} holds {value} {key} but {MANIFEST} counts.{key} says {counts[key]!r}; "
-                    "the file is incomplete or was edited -- re-export the dataset"
+                    f"{file} holds {value} {key} but {MANIFEST} counts.{key} says "
+                    f"{excerpt(counts[key])}; the file is incomplete or was edited -- {_REEXPORT}"
                 )
-    if verify_checksums:
-        checksums = manifest.get("checksums")
-        if isinstance(checksums, dict):
-            for name in DATA_FILES:
-                expected = checksums.get(name)
-                if expected is not None and _sha256(root / name) != expected:
-                    raise DatasetError(
-                        f"{name}: its sha256 differs from {MANIFEST} checksums.{name}: the file "
-                        "changed since export (damaged in transfer, or edited). Re-export it; if you "
-                        "edited it on purpose, load it with verify_checksums=False"
-                    )
     return PreferenceDataset(
         manifest=manifest, segments=segments, pairs=pairs, labels=labels, segment_created_at=created_at
     )
 
 
-def _load_manifest(root: Path) -> dict[str, Any]:
-    path = root / MANIFEST
-    if not path.is_file():
+def _verify_checksum(name: str, actual: str, expected: str) -> None:
+    if actual != expected:
         raise DatasetError(
-            f"{MANIFEST} is missing from {root}: this is not a prefloop preference dataset (or "
-            "its export was interrupted); export it again with `prefloop export`"
+            f"{name}: its sha256 differs from {MANIFEST} checksums.{name}: the file changed since "
+            f"export (damaged in transfer, or edited); {_REEXPORT}"
         )
+
+
+def _sha256_handle(handle: Any) -> str:
+    digest = hashlib.sha256()
+    handle.seek(0)
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+    handle.seek(0)
+    return digest.hexdigest()
+
+
+def _storable_text(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text on every backend (NUL, unpaired surrogate), or None."""
+    if "\x00" in value:
+        return "a NUL character"
+    if any("\ud800" <= ch <= "\udfff" for ch in value):
+        return "an unpaired surrogate (not valid Unicode text)"
+    return None
+
+
+def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{MANIFEST} is not valid JSON ({exc}); re-export the dataset") from exc
+        data = read_regular_file(root, MANIFEST, MAX_MANIFEST_BYTES)
+    except UntrustedInputError as exc:
+        if not (root / MANIFEST).exists() and not (root / MANIFEST).is_symlink():
+            raise DatasetError(
+                f"{MANIFEST} is missing from {root}: this is not a prefloop preference dataset (or "
+                "its export was interrupted); export it again with `prefloop export`"
+            ) from None
+        raise DatasetError(f"{exc}; {_REEXPORT}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{MANIFEST} is not UTF-8 text (byte {exc.start}); {_REEXPORT}") from None
+    manifest = parse_json(text, MANIFEST)
+
+    def bad(key: str, problem: str) -> DatasetError:
+        return DatasetError(f"{MANIFEST}: field {key!r} {problem}; {_REEXPORT}")
+
     if not isinstance(manifest, dict):
-        raise DatasetError(f"{MANIFEST} must hold a JSON object, got {type(manifest).__name__}")
+        raise DatasetError(f"{MANIFEST} must hold a JSON object, got {type(manifest).__name__}; {_REEXPORT}")
     if manifest.get("format") != FORMAT_NAME:
         raise DatasetError(
-            f"{MANIFEST}: field 'format' is {manifest.get('format')!r}, expected {FORMAT_NAME!r}; "
-            "this folder is not a prefloop preference dataset"
+            f"{MANIFEST}: field 'format' is {excerpt(manifest.get('format'))}, expected "
+            f"{FORMAT_NAME!r}; this folder is not a prefloop preference dataset"
         )
     version = manifest.get("version")
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or version != FORMAT_VERSION:
         raise DatasetError(
-            f"{MANIFEST}: field 'version' is {version!r}; this prefloop reads version "
+            f"{MANIFEST}: field 'version' is {excerpt(version)}; this prefloop reads version "
             f"{FORMAT_VERSION}. Use the prefloop version that wrote it"
         )
     for key, kind in (("env_spec", dict), ("config", dict), ("guideline", str), ("counts", dict)):
         value = manifest.get(key)
         if value is not None and not isinstance(value, kind):
-            raise DatasetError(
-                f"{MANIFEST}: field {key!r} must be a JSON {'object' if kind is dict else 'string'} "
-                f"or null, got {type(value).__name__}"
-            )
+            raise bad(key, f"must be a JSON {'object' if kind is dict else 'string'} or null, got {type(value).__name__}")
+    env_spec = manifest.get("env_spec")
+    if env_spec is not None and not isinstance(env_spec.get("env_id"), str):
+        raise bad("env_spec", "must name its env in a string 'env_id'")
+    guideline = manifest.get("guideline")
+    if guideline is not None:
+        if len(guideline) > MAX_IMPORTED_GUIDELINE_CHARS:
+            raise bad("guideline", f"is {len(guideline):,} characters long; at most {MAX_IMPORTED_GUIDELINE_CHARS:,}")
+        if _storable_text(guideline):
+            raise bad("guideline", f"contains {_storable_text(guideline)}")
     fps = manifest.get("render_fps")
-    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0):
-        raise DatasetError(f"{MANIFEST}: field 'render_fps' must be a number > 0 or null, got {fps!r}")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000):
+        raise bad("render_fps", f"must be a number from 0 to 1000 (frames per second) or null, got {excerpt(fps)}")
     source = manifest.get("source")
-    if not isinstance(source, dict) or not isinstance(source.get("run_name"), str):
-        raise DatasetError(f"{MANIFEST}: field 'source' must be an object with a string 'run_name'")
-    for name in DATA_FILES:
-        if not (root / name).is_file():
-            raise DatasetError(f"{name} is missing from {root}; the dataset is incomplete -- re-export it")
+    name = source.get("run_name") if isinstance(source, dict) else None
+    if not isinstance(name, str):
+        raise bad("source", "must be an object with a string 'run_name'")
+    if len(name) > MAX_SOURCE_RUN_NAME_CHARS or _storable_text(name) or not name.strip():
+        raise bad("source", f"has the run_name {excerpt(name)}; a run name is 1 to 200 characters of text")
+    for file in DATA_FILES:
+        if not os.path.lexists(root / file):
+            raise DatasetError(f"{file} is missing from {root}; the dataset is incomplete -- {_REEXPORT}")
+    if require_checksums:
+        checksums = manifest.get("checksums")
+        if not isinstance(checksums, dict):
+            raise DatasetError(
+                f"{MANIFEST} has no 'checksums' object, so the files cannot be verified and the "
+                f"dataset is refused; {_REEXPORT} (it writes the sha256 of every file)"
+            )
+        for file in DATA_FILES:
+            value = checksums.get(file)
+            if not (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
+                raise DatasetError(
+                    f"{MANIFEST}: checksums.{file} is {'missing' if value is None else excerpt(value)}; "
+                    f"every file needs its sha256 (64 hex digits) or the dataset is refused; {_REEXPORT}"
+                )
     return manifest
 
 
@@ -643,31 +780,15 @@ _NPZ_ARRAYS = (
 )
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [name for name in _NPZ_ARRAYS if name not in npz.files]
-            if missing:
-                raise DatasetError(
-                    f"{SEGMENTS_NPZ}: arrays {missing} are missing (it has {npz.files}); re-export"
-                )
-            return {name: npz[name] for name in _NPZ_ARRAYS}
-    except DatasetError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise DatasetError(
-            f"{SEGMENTS_NPZ} cannot be read ({type(exc).__name__}: {exc}); it is truncated, damaged "
-            "or not a pickle-free npz -- copy it again or re-export the dataset"
-        ) from exc
-
-
 def _segments_from_arrays(a: dict[str, np.ndarray]) -> list[Segment]:
     def bad(name: str, problem: str) -> DatasetError:
-        return DatasetError(f"{SEGMENTS_NPZ}: array {name!r} {problem}; re-export the dataset")
+        return DatasetError(f"{SEGMENTS_NPZ}: array {name!r} {problem}; {_REEXPORT}")
 
     for name, arr in a.items():
         if arr.dtype.hasobject or arr.dtype.kind not in "biuf":
             raise bad(name, f"has dtype {arr.dtype}; only numeric and bool arrays are allowed")
+        if not check_finite(arr):
+            raise bad(name, "holds NaN or infinite values; a recorded segment holds finite numbers only")
     ids = a["segment_id"]
     if ids.ndim != 1:
         raise bad("segment_id", f"must have shape (N,), got {ids.shape}")
@@ -680,11 +801,15 @@ def _segments_from_arrays(a: dict[str, np.ndarray]) -> list[Segment]:
             raise bad(name, f"has dtype {arr.dtype}, expected an integer dtype")
     if a["terminated"].dtype != np.bool_:
         raise bad("terminated", f"has dtype {a['terminated'].dtype}, expected bool")
-    if len(set(ids.tolist())) != n:
-        raise bad("segment_id", "holds duplicate ids")
     offsets = a["episode_actions_offsets"]
     if offsets.shape != (n + 1,) or offsets.dtype.kind not in "iu":
         raise bad("episode_actions_offsets", f"has shape {offsets.shape} ({offsets.dtype}), expected ({n + 1},) integers")
+    for name in (*_INT_ARRAYS, "episode_actions_offsets"):
+        arr = a[name]
+        if arr.size and (int(arr.max()) > _INT64[1] or int(arr.min()) < _INT64[0]):
+            raise bad(name, "holds a value outside the 64-bit integer range")
+    if len(set(ids.tolist())) != n:
+        raise bad("segment_id", "holds duplicate ids")
     if n == 0:
         return []
     rewards = a["true_rewards"]
@@ -696,13 +821,13 @@ def _segments_from_arrays(a: dict[str, np.ndarray]) -> list[Segment]:
             raise bad(name, f"has shape {a[name].shape}, expected ({n}, {length}, ...) (N segments of length L)")
     episode_actions = a["episode_actions"]
     act_tail = a["actions"].shape[2:]
-    if episode_actions.shape[1:] != act_tail or episode_actions.dtype != a["actions"].dtype:
+    if episode_actions.ndim < 1 or episode_actions.shape[1:] != act_tail or episode_actions.dtype != a["actions"].dtype:
         raise bad(
             "episode_actions",
             f"has shape {episode_actions.shape} ({episode_actions.dtype}); expected (T, *{act_tail}) "
             f"({a['actions'].dtype}) like actions",
         )
-    if offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] != episode_actions.shape[0]:
+    if offsets[0] != 0 or np.any(np.diff(offsets.astype(np.int64)) < 0) or offsets[-1] != episode_actions.shape[0]:
         raise bad("episode_actions_offsets", f"must rise from 0 to {episode_actions.shape[0]}")
 
     segments = []
@@ -715,70 +840,63 @@ def _segments_from_arrays(a: dict[str, np.ndarray]) -> list[Segment]:
             raise bad("n_valid", f"is {n_valid} < L={length} for {where}, which is not terminated")
         if start < 0 or int(a["env_step"][i]) < 0:
             raise bad("start_step", f"or env_step is negative for {where}")
-        span = int(offsets[i + 1] - offsets[i])
+        span = int(offsets[i + 1]) - int(offsets[i])
         if span != start + n_valid:
             raise bad(
                 "episode_actions_offsets",
                 f"gives {span} episode actions for {where}; start_step + n_valid = {start + n_valid}",
             )
-        segments.append(
-            Segment(
-                obs=a["obs"][i].copy(),
-                actions=a["actions"][i].copy(),
-                true_rewards=rewards[i].copy(),
-                n_valid=n_valid,
-                terminated=bool(a["terminated"][i]),
-                episode_seed=int(a["episode_seed"][i]),
-                start_step=start,
-                episode_actions=episode_actions[offsets[i] : offsets[i + 1]].copy(),
-                env_step=int(a["env_step"][i]),
-                id=int(ids[i]),
-            )
+        segment = Segment(
+            obs=a["obs"][i].copy(),
+            actions=a["actions"][i].copy(),
+            true_rewards=rewards[i].copy(),
+            n_valid=n_valid,
+            terminated=bool(a["terminated"][i]),
+            episode_seed=int(a["episode_seed"][i]),
+            start_step=start,
+            episode_actions=episode_actions[int(offsets[i]) : int(offsets[i + 1])].copy(),
+            env_step=int(a["env_step"][i]),
+            id=int(ids[i]),
         )
+        try:  # every check the store makes on a segment it is given
+            _validate_segment(dataclasses.replace(segment, id=None), where)
+        except StoreError as exc:
+            raise DatasetError(f"{SEGMENTS_NPZ}: {exc}; {_REEXPORT}") from None
+        segments.append(segment)
     return segments
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for each non-empty line of a JSON Lines file."""
+def _jsonl_objects(data: bytes, name: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-empty line of a JSON Lines file's bytes."""
     out = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path.name} is not UTF-8 text ({exc}); re-export the dataset") from exc
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(
-                f"{path.name} line {number} is not valid JSON ({exc}); the file is damaged or was "
-                "edited by hand -- re-export the dataset"
-            ) from exc
+    for number, obj in iter_jsonl(data, name, MAX_JSONL_LINE_BYTES):
         if not isinstance(obj, dict):
-            raise DatasetError(f"{path.name} line {number} must be a JSON object, got {type(obj).__name__}")
+            raise DatasetError(f"{name} line {number} must be a JSON object, got {type(obj).__name__}; {_REEXPORT}")
         out.append((number, obj))
     return out
 
 
 class _Fields:
-    """Typed field access on one JSON Lines object, with errors naming file, line and field."""
+    """Typed field access on one JSON Lines object, with errors naming file, line and field and
+    quoting at most a short excerpt of the value."""
 
     def __init__(self, file: str, number: int, obj: dict[str, Any]):
         self.file, self.number, self.obj = file, number, obj
 
     def error(self, name: str, problem: str) -> DatasetError:
-        return DatasetError(f"{self.file} line {self.number}: field {name!r} {problem}")
+        return DatasetError(f"{self.file} line {self.number}: field {name!r} {problem}; {_REEXPORT}")
 
     def _get(self, name: str) -> Any:
         if name not in self.obj:
             raise self.error(name, "is missing")
         return self.obj[name]
 
-    def int(self, name: str) -> int:
+    def int(self, name: str, low: int = _INT64[0], high: int = _INT64[1]) -> int:
         value = self._get(name)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(name, f"must be an integer, got {value!r}")
+            raise self.error(name, f"must be an integer, got {excerpt(value)}")
+        if not low <= value <= high:
+            raise self.error(name, f"must be an integer from {low} to {high}, got {excerpt(value)}")
         return value
 
     def float(self, name: str, *, optional: bool = False) -> float | None:
@@ -786,19 +904,26 @@ class _Fields:
         if value is None and optional:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.error(name, f"must be a finite number{' or null' if optional else ''}, got {value!r}")
+            raise self.error(name, f"must be a finite number{' or null' if optional else ''}, got {excerpt(value)}")
         return float(value)
+
+    def time(self, name: str, *, optional: bool = False) -> float | None:
+        """Unix seconds from 1970 to the year 9999."""
+        value = self.float(name, optional=optional)
+        if value is not None and not _TIME_RANGE[0] <= value <= _TIME_RANGE[1]:
+            raise self.error(name, f"must be unix seconds from 1970 to the year 9999, got {excerpt(value)}")
+        return value
 
     def str(self, name: str) -> str:
         value = self._get(name)
         if not isinstance(value, str) or not value.strip():
-            raise self.error(name, f"must be a non-empty string, got {value!r}")
+            raise self.error(name, f"must be a non-empty string, got {excerpt(value)}")
         return value
 
     def bool(self, name: str) -> bool:
         value = self._get(name)
         if not isinstance(value, bool):
-            raise self.error(name, f"must be true or false, got {value!r}")
+            raise self.error(name, f"must be true or false, got {excerpt(value)}")
         return value
 
     def choice(self, name: str, *, optional: bool = False) -> Choice | None:
@@ -807,9 +932,25 @@ class _Fields:
             return None
         try:
             return Choice(value)
-        except ValueError:
+        except (ValueError, TypeError):
             allowed = _CHOICES + (["null"] if optional else [])
-            raise self.error(name, f"is {value!r}; it must be one of {allowed}") from None
+            raise self.error(name, f"is {excerpt(value)}; it must be one of {allowed}") from None
+
+    def rater_id(self, name: str) -> str:
+        """A rater id the store would accept, without characters that reorder how it shows."""
+        value = self._get(name)
+        try:
+            rater_id = _check_rater(value)
+        except StoreError as exc:
+            raise self.error(name, str(exc).removeprefix("rater_id ")) from None
+        bidi = next((ch for ch in rater_id if ch in BIDI_CONTROLS), None)
+        if bidi is not None:
+            raise self.error(
+                name,
+                f"{excerpt(rater_id)} contains the bidirectional control U+{ord(bidi):04X}, which "
+                "makes a name show as another",
+            )
+        return rater_id
 
 
 def _check_segment_lines(
@@ -819,7 +960,7 @@ def _check_segment_lines(
     if len(lines) != len(segments):
         raise DatasetError(
             f"{SEGMENTS_JSONL} has {len(lines)} lines but {SEGMENTS_NPZ} holds {len(segments)} "
-            "segments; one of them is incomplete -- re-export the dataset"
+            f"segments; one of them is incomplete -- {_REEXPORT}"
         )
     created_at: dict[int, float] = {}
     for (number, obj), seg in zip(lines, segments):
@@ -832,7 +973,7 @@ def _check_segment_lines(
         if f.bool("terminated") != seg.terminated:
             raise f.error("terminated", f"is {obj['terminated']} but {SEGMENTS_NPZ} says {seg.terminated}")
         if obj.get("created_at") is not None:
-            created_at[int(seg.id)] = f.float("created_at")  # type: ignore[arg-type, assignment]
+            created_at[int(seg.id)] = f.time("created_at")  # type: ignore[arg-type, assignment]
     return created_at
 
 
@@ -850,9 +991,7 @@ def _pairs_from_lines(lines: list[tuple[int, dict[str, Any]]], segment_ids: set[
             sides[side] = f.int(side)
             if sides[side] not in segment_ids:
                 raise f.error(side, f"is {sides[side]}, which is not a segment of {SEGMENTS_JSONL}")
-        labels_per_pair = f.int("labels_per_pair")
-        if labels_per_pair < 1:
-            raise f.error("labels_per_pair", f"must be >= 1, got {labels_per_pair}")
+        labels_per_pair = f.int("labels_per_pair", 1, _INT32[1])
         gold = f.choice("gold_choice", optional=True)
         if gold is Choice.CANT_TELL:
             raise f.error("gold_choice", "is 'cant_tell'; a gold answer is left, right, equal or null")
@@ -865,17 +1004,19 @@ def _pairs_from_lines(lines: list[tuple[int, dict[str, Any]]], segment_ids: set[
                 labels_per_pair=labels_per_pair,
                 gold_choice=gold,
                 score=f.float("score"),  # type: ignore[arg-type]
-                created_at=f.float("created_at"),  # type: ignore[arg-type]
-                status=status if isinstance(status, str) else None,
+                created_at=f.time("created_at"),  # type: ignore[arg-type]
+                status=status if status in (PENDING, CLAIMED, ANSWERED, WITHDRAWN) else None,
             )
         )
     return sorted(pairs, key=lambda p: p.id)
 
 
-def _labels_from_lines(lines: list[tuple[int, dict[str, Any]]], pair_ids: set[int]) -> list[Label]:
+def _labels_from_lines(lines: list[tuple[int, dict[str, Any]]], pairs: list[DatasetPair]) -> list[Label]:
+    asked = {p.id: p.labels_per_pair for p in pairs}
     labels: list[Label] = []
     seen: set[int] = set()
     live: set[tuple[int, str]] = set()
+    live_per_pair: Counter[int] = Counter()
     for number, obj in lines:
         f = _Fields(LABELS_JSONL, number, obj)
         label_id = f.int("id")
@@ -883,30 +1024,36 @@ def _labels_from_lines(lines: list[tuple[int, dict[str, Any]]], pair_ids: set[in
             raise f.error("id", f"{label_id} appears twice; label ids must be unique")
         seen.add(label_id)
         pair_id = f.int("pair_id")
-        if pair_id not in pair_ids:
+        if pair_id not in asked:
             raise f.error("pair_id", f"is {pair_id}, which is not a pair of {PAIRS_JSONL}")
-        rater_id = f.str("rater_id")
-        if len(rater_id) > MAX_RATER_ID_CHARS:
-            raise f.error("rater_id", f"is {len(rater_id)} characters long; at most {MAX_RATER_ID_CHARS}")
+        rater_id = f.rater_id("rater_id")
         response_time = f.float("response_time_s")
         if response_time is not None and response_time < 0:
             raise f.error("response_time_s", f"must be >= 0, got {response_time}")
-        retracted_at = f.float("retracted_at", optional=True)
+        created = f.time("created_at")
+        retracted_at = f.time("retracted_at", optional=True)
         if retracted_at is None:
             if (pair_id, rater_id) in live:
                 raise f.error(
                     "rater_id",
-                    f"{rater_id!r} has two live (not retracted) labels on pair {pair_id}; a rater "
-                    "has at most one live label per pair",
+                    f"{excerpt(rater_id)} has two live (not retracted) labels on pair {pair_id}; a "
+                    "rater has at most one live label per pair",
                 )
             live.add((pair_id, rater_id))
+            live_per_pair[pair_id] += 1
+            if live_per_pair[pair_id] > asked[pair_id]:
+                raise f.error(
+                    "pair_id",
+                    f"pair {pair_id} asked for {asked[pair_id]} label(s) but this is live label "
+                    f"number {live_per_pair[pair_id]}; the store never takes more than a pair asks for",
+                )
         labels.append(
             Label(
                 pair_id=pair_id,
                 rater_id=rater_id,
                 choice=f.choice("choice"),  # type: ignore[arg-type]
                 response_time_s=response_time,  # type: ignore[arg-type]
-                created_at=f.float("created_at"),  # type: ignore[arg-type]
+                created_at=created,  # type: ignore[arg-type]
                 id=label_id,
                 retracted_at=retracted_at,
             )
@@ -923,7 +1070,7 @@ def import_dataset(in_dir: str | os.PathLike[str], store_url: str, run_name: str
 
     Segments, pairs and labels get new ids; every label keeps its rater id, choice, response time,
     timestamps and retracted state. Pair statuses are recomputed from the live labels (``answered``
-    once a pair has ``labels_per_pair`` of them, else ``pending``); leases are not carried. The
+    once a pair has ``labels_per_pair`` of them, else ``withdrawn`` if it was, else ``pending``); leases are not carried. The
     run's meta gets the dataset's env_spec, render_fps, guideline and config, and ``import_source``.
 
     The dataset is fully validated before the store is opened, so a bad dataset leaves it
@@ -938,9 +1085,22 @@ def import_dataset(in_dir: str | os.PathLike[str], store_url: str, run_name: str
 
 
 def _import_loaded(dataset: PreferenceDataset, in_dir: Path, store_url: str, run_name: str) -> DatasetSummary:
+    new_run = not _run_exists(store_url, run_name)
     with PreferenceStore(store_url, run_name=run_name) as store:
-        with _transaction(store, write=True) as conn:
-            ids = _write_dataset(conn, store.run_id, run_name, dataset)
+        try:
+            with _transaction(store, write=True) as conn:
+                ids = _write_dataset(conn, store.run_id, run_name, dataset)
+        except BaseException as exc:
+            # The write rolled back; a run this import created is removed again (all or nothing).
+            if new_run:
+                _drop_empty_run(store)
+            if isinstance(exc, DBAPIError):
+                reason = (str(exc.orig).strip().splitlines() or ["unknown error"])[0]
+                raise DatasetError(
+                    f"the store refused the dataset ({excerpt(reason, 200)}); nothing was imported. "
+                    "Check the store with `prefloop doctor`"
+                ) from None
+            raise
     return DatasetSummary(
         path=in_dir,
         run_name=run_name,
@@ -953,6 +1113,41 @@ def _import_loaded(dataset: PreferenceDataset, in_dir: Path, store_url: str, run
         pair_ids=ids[1],
         label_ids=ids[2],
     )
+
+
+def _run_exists(store_url: str, run_name: str) -> bool:
+    """Whether the store already has a run of that name (True when that cannot be told, so a
+    failed import never removes a run it did not create)."""
+    try:
+        url = make_url(store_url)
+        if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+            return False
+        engine = create_engine(url)
+    except (ArgumentError, ValueError, TypeError, ImportError):
+        return True
+    try:
+        with engine.connect() as conn:
+            if runs_table.name not in inspect(conn).get_table_names():
+                return False
+            return conn.scalar(select(runs_table.c.id).where(runs_table.c.name == run_name)) is not None
+    except DBAPIError:
+        return True
+    finally:
+        engine.dispose()
+
+
+def _drop_empty_run(store: PreferenceStore) -> None:
+    """Remove the store's run if nothing refers to it (what a failed import into a new run leaves)."""
+    r = runs_table
+    used = [
+        exists().where(table.c.run_id == r.c.id)
+        for table in (segments_table, pairs_table, run_meta_table)
+    ]
+    try:
+        with _transaction(store, write=True) as conn:
+            conn.execute(delete(r).where(r.c.id == store.run_id, *[~u for u in used]))
+    except DBAPIError:
+        pass  # an empty run row is harmless; the import error is what the user must see
 
 
 def _write_dataset(
@@ -1004,7 +1199,7 @@ def _write_dataset(
                 run_id=run_id,
                 left_segment_id=segment_ids[pair.left_segment_id],
                 right_segment_id=segment_ids[pair.right_segment_id],
-                status=ANSWERED if live[pair.id] >= pair.labels_per_pair else PENDING,
+                status=ANSWERED if live[pair.id] >= pair.labels_per_pair else WITHDRAWN if pair.status == WITHDRAWN else PENDING,
                 claimed_by=None,
                 lease_expires_at=None,
                 labels_per_pair=pair.labels_per_pair,
@@ -1062,20 +1257,15 @@ def _meta_values(dataset: PreferenceDataset) -> dict[str, str]:
 # Command line (wired into prefloop.cli by the lead)
 
 
-def _store_of_run_dir(run_dir: Path, db_url: str | None, run_name: str | None) -> tuple[str, str]:
-    """(store URL, run name) of a run folder: its config.json's ``db_url``/``run_name`` when it has
-    them, else ``prefs.sqlite`` in it and the folder's name; explicit arguments win."""
-    from prefloop.config import ConfigError, read_store_settings
+def store_of_run_dir(run_dir: Path, db_url: str | None, run_name: str | None) -> tuple[str, str]:
+    """(store URL, run name) of a run folder (see :func:`prefloop.rundir.store_of_run_folder`)."""
+    from prefloop.config import ConfigError
+    from prefloop.rundir import store_of_run_folder
 
-    if db_url and run_name:
-        return db_url, run_name
     try:
-        saved_url, saved_name = read_store_settings(run_dir / "config.json")
+        return store_of_run_folder(run_dir, db_url, run_name)
     except ConfigError as exc:
         raise DatasetError(str(exc)) from None
-    url = db_url or saved_url or sqlite_url(run_dir / "prefs.sqlite")
-    name = run_name or saved_name or run_dir.resolve().name
-    return url, name
 
 
 def _target(args: argparse.Namespace, *, create: bool) -> tuple[str, str]:
@@ -1090,7 +1280,7 @@ def _target(args: argparse.Namespace, *, create: bool) -> tuple[str, str]:
         run_dir.mkdir(parents=True, exist_ok=True)
     elif not run_dir.is_dir():
         raise DatasetError(f"run folder {run_dir} does not exist; pass the folder of a prefloop run")
-    return _store_of_run_dir(run_dir, args.db_url, args.run_name)
+    return store_of_run_dir(run_dir, args.db_url, args.run_name)
 
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -1129,14 +1319,26 @@ def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="the run folder to import into (created if missing, store prefs.sqlite)")
     parser.add_argument("--db-url", default=None, help="the store's SQLAlchemy URL (default: the run folder's)")
     parser.add_argument("--run-name", default=None, help="the run in the store (default: the run folder's)")
+    parser.add_argument("--max-gib", type=float, default=DEFAULT_MAX_DATASET_BYTES / 2**30,
+                        help="refuse a dataset whose files and uncompressed arrays hold more than this many GiB "
+                        "(checked before reading; default %(default)g)")
     parser.set_defaults(func=cmd_import)
     return parser
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    dataset = load_dataset(args.in_dir)  # a bad dataset fails before any folder or store is made
-    url, run_name = _target(args, create=True)
-    summary = _import_loaded(dataset, Path(args.in_dir), url, run_name)
+    if not (math.isfinite(args.max_gib) and args.max_gib > 0):
+        raise DatasetError(f"--max-gib must be a positive number of GiB, got {args.max_gib}")
+    # A bad dataset fails before any folder or store is made.
+    dataset = load_dataset(args.in_dir, max_bytes=int(args.max_gib * 2**30))
+    new_folder = args.run_dir is not None and not Path(args.run_dir).exists()
+    try:
+        url, run_name = _target(args, create=True)
+        summary = _import_loaded(dataset, Path(args.in_dir), url, run_name)
+    except BaseException:
+        if new_folder:  # made by this import, holding only what it wrote: all or nothing
+            shutil.rmtree(args.run_dir, ignore_errors=True)
+        raise
     print(f"imported {summary.path} into run {run_name!r}: {summary.to_text()}")
     sys.stdout.flush()
     return 0

@@ -42,6 +42,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from prefloop.serialization import array_from_bytes
+from prefloop.untrusted import excerpt
 from prefloop.store import (
     ANSWERED,
     APP_MARKER,
@@ -49,6 +50,7 @@ from prefloop.store import (
     META_TABLE,
     PENDING,
     SCHEMA_VERSION,
+    WITHDRAWN,
     labels_table,
     meta_table,
     pairs_table,
@@ -95,6 +97,7 @@ class DoctorReport:
     target: str
     checks: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the run is, when that is not obvious
 
     @property
     def remaining(self) -> list[Finding]:
@@ -114,11 +117,13 @@ class DoctorReport:
             "target": self.target,
             "healthy": self.healthy,
             "checks": self.checks,
+            "notes": self.notes,
             "findings": [asdict(f) for f in self.findings],
         }
 
     def to_text(self) -> str:
         lines = [f"prefloop doctor: {self.target}", f"checks: {', '.join(self.checks)}"]
+        lines += [f"  note: {note}" for note in self.notes]
         for f in self.findings:
             mark = "  [repaired]" if f.repaired else ""
             lines.append(f"  {f.severity.upper():7} {f.check}: {f.what}{mark}")
@@ -163,9 +168,13 @@ def check_run(
     report = DoctorReport(target=str(run_dir) if run_dir is not None else _safe_url(db_url or ""))
     expects_store = True
     config: dict[str, Any] | None = None
+    imported = False
     if run_dir is not None:
         run_path = Path(run_dir)
-        config = _check_config(run_path, report)
+        imported_name = _imported_run(run_path, run_name, report)
+        imported = imported_name is not None
+        config = None if imported else _check_config(run_path, report)
+        run_name = run_name or imported_name
         if config is None and not run_path.is_dir():
             return report
         if config is not None:
@@ -180,7 +189,7 @@ def check_run(
     live_labels: dict[str, int] | None = None
     if db_url is not None and (expects_store or run_dir is None):
         live_labels = _check_store(db_url, run_name, repair, clock(), report, missing_ok=run_dir is not None)
-    if run_dir is not None:
+    if run_dir is not None and not (imported and not (Path(run_dir) / "checkpoints").exists()):
         labels_in_store = None if live_labels is None or run_name is None else live_labels.get(run_name)
         # file times are real time, whatever clock the leases are judged by
         _check_checkpoints(Path(run_dir), repair, time.time(), report, expects_store, labels_in_store)
@@ -220,6 +229,47 @@ def _check_config(run_dir: Path, report: DoctorReport) -> dict[str, Any] | None:
         report.add(ERROR, "config", f"{path} cannot be used to resume: {exc}",
                    "fix the named setting in config.json (or restore it from a backup); labels are in the store")
     return config
+
+
+def _imported_run(run_dir: Path, run_name: str | None, report: DoctorReport) -> str | None:
+    """The name of the run ``prefloop import`` wrote into ``run_dir`` (which then has no
+    config.json: it was never trained here), noted in the report; None for any other folder."""
+    store_file = run_dir / "prefs.sqlite"
+    if (run_dir / "config.json").exists() or not store_file.is_file():
+        return None
+    try:
+        with closing(sqlite3.connect(f"{store_file.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as raw:
+            rows = raw.execute(
+                "SELECT runs.name, run_meta.value FROM runs JOIN run_meta ON run_meta.run_id = runs.id "
+                "WHERE run_meta.key = 'import_source' ORDER BY runs.id"
+            ).fetchall()
+            n_runs = raw.execute("SELECT count(*) FROM runs").fetchone()[0]
+    except sqlite3.Error:
+        return None  # the store checks report what is wrong with the file
+    wanted = run_name or run_dir.resolve().name
+    match = [row for row in rows if row[0] == wanted] or (rows if n_runs == 1 and run_name is None else [])
+    if not match:
+        return None
+    name, raw_source = match[0]
+    try:
+        source = json.loads(raw_source)
+    except ValueError:
+        source = {}
+    source = source if isinstance(source, dict) else {}
+    when = source.get("imported_at")
+    when_text = (
+        time.strftime(" on %Y-%m-%d", time.gmtime(when))
+        if isinstance(when, (int, float)) and 0 <= when < 253_402_300_800 else ""
+    )
+    report.checks.append("config")
+    report.notes.append(
+        f"run {excerpt(name)} was imported{when_text} by `prefloop import` from a dataset of run "
+        f"{excerpt(source.get('source_run_name'))}; an imported run has labels but was never trained "
+        "here, so it has no config.json or checkpoints and nothing to resume. Rate it "
+        f"(`prefloop rate --run-dir {run_dir}`), export it, or replay its labels in a new run "
+        f"(`prefloop train --teacher recorded:{run_dir} ...` with the settings in its config meta)"
+    )
+    return name
 
 
 def _check_checkpoints(
@@ -543,8 +593,8 @@ def _pair_status(engine: Engine, run_id: int, name: str, repair: bool, report: D
             wrong.append((r, f"pair {r.id} is 'answered' with only {r.live}/{r.labels_per_pair} live labels"))
         elif r.status == CLAIMED and (r.claimed_by is None or r.lease_expires_at is None):
             wrong.append((r, f"pair {r.id} is 'claimed' by nobody"))
-        elif r.status == PENDING and (r.claimed_by is not None or r.lease_expires_at is not None):
-            wrong.append((r, f"pair {r.id} is pending but still names a lease holder"))
+        elif r.status in (PENDING, WITHDRAWN) and (r.claimed_by is not None or r.lease_expires_at is not None):
+            wrong.append((r, f"pair {r.id} is {r.status} but still names a lease holder"))
     fixed = 0
     if repair:
         for r, _ in wrong:
@@ -560,7 +610,8 @@ def _pair_status(engine: Engine, run_id: int, name: str, repair: bool, report: D
 def _repair_status(engine: Engine, row: Any) -> int:
     """Recompute one pair's status, only if nothing about it changed since it was read."""
     p = pairs_table
-    target = ANSWERED if row.live >= row.labels_per_pair else PENDING
+    # A withdrawn pair stays withdrawn (its run no longer wants labels) unless its labels are complete.
+    target = ANSWERED if row.live >= row.labels_per_pair else WITHDRAWN if row.status == WITHDRAWN else PENDING
     unchanged = [p.c.id == row.id, p.c.status == row.status, _live_count(p.c.id) == row.live]
     unchanged.append(p.c.claimed_by.is_(None) if row.claimed_by is None else p.c.claimed_by == row.claimed_by)
     with _write(engine) as conn:

@@ -63,6 +63,9 @@ class PreferenceLearner:
         self._asks_gold = (
             teacher is None or recorded.get("teacher") == HUMAN_TEACHER or getattr(teacher, "simulates_people", False)
         )
+        # Raises if whoever answers in the background has died (a simulated clock rater), so a
+        # wait for labels cannot hang forever; people in the app are not watched here.
+        self.check_raters: Callable[[], None] = lambda: None
 
     def pairs_asked(self) -> int:
         return self._pairs_asked
@@ -116,6 +119,7 @@ class PreferenceLearner:
         """Block until ``done(store.counts())``, saying every 10 s (terminal and app) what it waits for."""
         last_said = -math.inf
         while True:
+            self.check_raters()
             counts = self.store.counts()
             if done(counts):
                 return

@@ -17,6 +17,7 @@ the same algorithm, hyper-parameters, steps and evaluation, so the two are direc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -35,7 +36,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from prefloop.algos import algorithm_class, check_algorithm_fits, is_off_policy, make_algorithm, relabel_replay_buffer
 from prefloop.callbacks import CheckpointCallback, CurveCallback, PreferenceCallback, RunState
+from prefloop.clock_rater import ClockRater
 from prefloop.config import TrainConfig
+from prefloop.human_time import human_time
 from prefloop.envs import EnvSpec, SegmentBuffer, VecLearnedReward, VecSegmentRecorder, check_can_render, make_env
 from prefloop.exploration import StateEntropyReward, SwitchableReward
 from prefloop.learner import PreferenceLearner
@@ -64,6 +67,9 @@ class RunResult:
     reward_learning_time_s: float
     curve: list[dict[str, float]]
     reward_model: dict[str, float] = field(default_factory=dict)
+    labels_fitted: int = 0  # labels the last reward-model fit saw (the rest came too late to be used)
+    pairs_withdrawn: int = 0  # asked, still unanswered when the trainer stopped using labels
+    human_time: dict[str, float] = field(default_factory=dict)  # prefloop.human_time: answer_s, span_s
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +83,9 @@ class RunResult:
             "reward_learning_time_s": self.reward_learning_time_s,
             "curve": self.curve,
             "reward_model": self.reward_model,
+            "labels_fitted": self.labels_fitted,
+            "pairs_withdrawn": self.pairs_withdrawn,
+            "human_time": self.human_time,
         }
 
 
@@ -123,6 +132,18 @@ def train(
     *,
     resume: bool = False,
     on_ready: Callable[[RunDir, str, str], None] | None = None,
+) -> RunResult:
+    """See :func:`_train`; a simulated rater started for the run is stopped however it ends."""
+    with contextlib.ExitStack() as cleanup:
+        return _train(config, resume=resume, on_ready=on_ready, cleanup=cleanup)
+
+
+def _train(
+    config: TrainConfig,
+    *,
+    resume: bool,
+    on_ready: Callable[[RunDir, str, str], None] | None,
+    cleanup: contextlib.ExitStack,
 ) -> RunResult:
     """Run one whole preference-learning run (or true-reward baseline) and write its run folder.
 
@@ -171,10 +192,18 @@ def train(
         store_url = config.db_url or sqlite_url(run_dir.store_path)
         store = PreferenceStore(store_url, run_name=config.run_name or "default")
         publish_run_info(store, config, spec)
+        clock_rater = None
+        if config.answer_seconds > 0 and teacher is not None:  # answers through the store, at human pace
+            clock_rater = ClockRater(store_url, config.run_name or "default", teacher, config.answer_seconds,
+                                     config.answer_seconds_sigma, seed=config.seed)
+            teacher = None
         learner = PreferenceLearner(config, store, reward_model, buffer, teacher)
         initial_steps = initial_random_steps(config)
         if on_ready is not None:
             on_ready(run_dir, store_url, config.run_name or "default")
+        if clock_rater is not None:
+            cleanup.callback(clock_rater.stop)
+            learner.check_raters = clock_rater.start().check_alive
     state = RunState(run_dir, curve, initial_steps)
 
     cls = algorithm_class(config.algo)
@@ -222,6 +251,13 @@ def train(
         )
     final_step = initial_steps + int(model.num_timesteps)
     state.checkpoint(model, learner, final_step)
+    withdrawn = 0
+    if learner is not None:
+        # The trainer uses no label from here on: what is still unanswered is withdrawn, not served.
+        withdrawn = learner.store.withdraw_unanswered()
+        if withdrawn:
+            log.info("withdrew %d unanswered pairs: training is over, they will not be shown to raters", withdrawn)
+        learner.publish_progress("evaluating", final_step, curve, "Labelling is over; the final policy is being evaluated.")
 
     eval_returns = evaluate(model, spec, config.eval_episodes, seed=config.seed + 10_000)
     result = RunResult(
@@ -235,6 +271,9 @@ def train(
         reward_learning_time_s=learner.time_s if learner is not None else 0.0,
         curve=curve,
         reward_model=learner.fit_history[-1] if learner is not None and learner.fit_history else {},
+        labels_fitted=max(0, learner.labels_at_last_fit) if learner is not None else 0,
+        pairs_withdrawn=withdrawn,
+        human_time=human_time(learner.store) if learner is not None else {},
     )
     run_dir.write_result(result.to_json())
     if curve:
@@ -298,7 +337,7 @@ def first_labels(
     if not resumed:
         learner.ask(first_round.cumulative_labels, env_step)
     asked = learner.pairs_asked()
-    needed = asked if config.when_behind == "wait" else min(asked, config.min_initial_labels)
+    needed = asked if config.when_behind == "wait" else min(asked, config.min_initial_labels)  # pace, continue
     learner.wait_for_raters(lambda c: c["labels"] >= needed, f"{needed} labels before the policy starts", env_step, curve)
     learner.fit(env_step)
     learner.publish_progress("training", env_step, curve)

@@ -9,6 +9,10 @@ the ``n_pairs`` highest (Christiano et al. 2017; Lee et al. 2021):
 - entropy: binary entropy (nats) of the ensemble-mean ``P(right better)``; highest at 0.5.
 
 Without a reward model yet (``preference_probs=None``) every method falls back to uniform.
+
+Pairs whose two clips a person could not tell apart (both episodes end in the first frames, or the
+same observations; see :mod:`prefloop.distinguishable`) are never candidates
+(``QueryConfig.skip_indistinguishable``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prefloop.distinguishable import indistinguishable
 from prefloop.types import Segment, SegmentPair
 
 __all__ = [
@@ -52,10 +57,12 @@ class QueryConfig:
         method: one of :data:`QUERY_METHODS`.
         oversampling: the active methods score ``oversampling * n_pairs`` candidate pairs (capped by
             how many distinct pairs exist); ``>= 1``. Ignored by ``uniform``.
+        skip_indistinguishable: never ask a pair whose clips a person could not tell apart.
     """
 
     method: str = "disagreement"
     oversampling: int = 10
+    skip_indistinguishable: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in QUERY_METHODS:
@@ -97,12 +104,31 @@ def _unique_segments(candidates: Sequence[Segment]) -> list[Segment]:
 
 
 def _draw_pairs(
-    segments: list[Segment], n: int, rng: np.random.Generator
+    segments: list[Segment], n: int, rng: np.random.Generator, skip_indistinguishable: bool = False
 ) -> list[tuple[Segment, Segment]]:
+    """Up to ``n`` distinct random pairs (fewer only when ``skip_indistinguishable`` leaves fewer)."""
     total = len(segments) * (len(segments) - 1) // 2
-    picks = rng.choice(total, size=n, replace=False)
+    first = rng.choice(total, size=n, replace=False)
+    pairs = _decode_pairs(segments, first, rng)
+    if not skip_indistinguishable:
+        return pairs
+    kept = [p for p in pairs if not indistinguishable(*p)]
+    if len(kept) < n and n < total:
+        # Top up from the pairs not drawn yet, in random order, until enough are askable.
+        rest = np.setdiff1d(np.arange(total), first)
+        rng.shuffle(rest)
+        for start in range(0, len(rest), 2 * n + 8):
+            kept += [p for p in _decode_pairs(segments, rest[start:start + 2 * n + 8], rng) if not indistinguishable(*p)]
+            if len(kept) >= n:
+                break
+    return kept[:n]
+
+
+def _decode_pairs(
+    segments: list[Segment], picks: np.ndarray, rng: np.random.Generator
+) -> list[tuple[Segment, Segment]]:
     # Segments usually arrive in recording order; a coin flip keeps "left" free of that order.
-    swap = rng.random(n) < 0.5
+    swap = rng.random(len(picks)) < 0.5
     pairs = []
     for k, flip in zip(picks.tolist(), swap.tolist()):
         i, j = _pair_from_index(k)
@@ -175,11 +201,16 @@ def select_pairs(
             "before querying, or ask for fewer labels in this round."
         )
 
+    skip = config.skip_indistinguishable
     if config.method == "uniform" or preference_probs is None:
-        return [SegmentPair(left=a, right=b) for a, b in _draw_pairs(segments, n_pairs, rng)]
+        drawn = _draw_pairs(segments, n_pairs, rng, skip)
+        _check_enough_askable(len(drawn), n_pairs, len(segments), total)
+        return [SegmentPair(left=a, right=b) for a, b in drawn]
 
     n_candidates = min(config.oversampling * n_pairs, total)
-    drawn = _draw_pairs(segments, n_candidates, rng)
+    drawn = _draw_pairs(segments, n_candidates, rng, skip)
+    _check_enough_askable(len(drawn), n_pairs, len(segments), total)
+    n_candidates = len(drawn)
     lefts = [a for a, _ in drawn]
     rights = [b for _, b in drawn]
     probs = _check_probs(preference_probs(lefts, rights), n_candidates)
@@ -189,3 +220,13 @@ def select_pairs(
     return [
         SegmentPair(left=lefts[k], right=rights[k], score=float(scores[k])) for k in best.tolist()
     ]
+
+
+def _check_enough_askable(found: int, n_pairs: int, n_segments: int, total: int) -> None:
+    if found < n_pairs:
+        raise NotEnoughSegmentsError(
+            f"{n_pairs} pairs are wanted but only {found} of the {total} distinct pairs of {n_segments} "
+            "segments show a difference a person can see (the others both end within their first "
+            "frames, or look identical). Collect more environment steps before querying, or ask "
+            "for fewer labels in this round."
+        )

@@ -38,13 +38,23 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from prefloop.dataset import DatasetError, PreferenceDataset, load_dataset
+from prefloop.dataset import (
+    MANIFEST,
+    DatasetError,
+    PreferenceDataset,
+    export_dataset,
+    load_dataset,
+    store_of_run_dir,
+)
 from prefloop.types import Choice, Label, Segment
+from prefloop.untrusted import excerpt
 
 log = logging.getLogger("prefloop")
 
@@ -158,7 +168,7 @@ class RecordedTeacher:
         config_json = json.loads(json.dumps(config_json))  # tuples -> lists, as recorded
         keys = sorted((set(self.recorded_config) | set(config_json)) - _IRRELEVANT_TO_REPLAY)
         return [
-            f"{key}: recorded {self.recorded_config.get(key)!r}, now {config_json.get(key)!r}"
+            f"{key}: recorded {excerpt(self.recorded_config.get(key))}, now {excerpt(config_json.get(key))}"
             for key in keys
             if self.recorded_config.get(key) != config_json.get(key)
         ]
@@ -239,20 +249,34 @@ def replay_caveats(config: dict | None) -> list[str]:
     caveats = []
     if config.get("when_behind", "continue") != "wait":
         caveats.append(
-            "the recorded run used when_behind='continue', so its labels' arrival times shaped it "
+            f"the recorded run used when_behind={config.get('when_behind', 'continue')!r}, so its labels' arrival times shaped it "
             "and a replay diverges once a label came late"
         )
     if config.get("gold_fraction", 0) not in (0, 0.0):
         caveats.append(
-            f"the recorded run mixed in gold pairs (gold_fraction={config['gold_fraction']}), which "
+            f"the recorded run mixed in gold pairs (gold_fraction={excerpt(config['gold_fraction'])}), which "
             "a re-run with a teacher does not ask, so it selects other pairs"
         )
     if config.get("raters_per_pair", 1) != 1:
         caveats.append(
-            f"the recorded run had {config['raters_per_pair']} raters per pair; a replay gives one "
+            f"the recorded run had {excerpt(config['raters_per_pair'])} raters per pair; a replay gives one "
             "combined label per pair, so its training targets differ"
         )
     return caveats
+
+
+def _load_recording(folder: Path) -> PreferenceDataset:
+    if (folder / MANIFEST).exists() or os.path.lexists(folder / MANIFEST) or not folder.is_dir():
+        return load_dataset(folder)
+    if not (folder / "prefs.sqlite").is_file() and not (folder / "config.json").is_file():
+        raise DatasetError(
+            f"{folder} is neither a dataset folder (no {MANIFEST}) nor a run folder (no prefs.sqlite "
+            "or config.json); pass the folder `prefloop export --out` or `prefloop import --run-dir` wrote"
+        )
+    url, run_name = store_of_run_dir(folder, None, None)
+    with tempfile.TemporaryDirectory(prefix="prefloop-recording-") as tmp:
+        export_dataset(url, run_name, Path(tmp) / "dataset")
+        return load_dataset(Path(tmp) / "dataset")
 
 
 def _key(a: str, b: str) -> tuple[str, str]:
@@ -266,12 +290,14 @@ def make_recorded_teacher(
     on_missing: str = "raise",
     rater_id: str = "recorded",
 ) -> RecordedTeacher:
-    """A :class:`RecordedTeacher` from a dataset folder (validated by ``load_dataset``).
+    """A :class:`RecordedTeacher` from a dataset folder (validated by ``load_dataset``), or from a
+    run folder -- an imported run, or any run with a store -- whose run is read as its export
+    would be written (and validated the same way).
 
     Raises:
-        prefloop.dataset.DatasetError: the folder is not a valid dataset.
+        prefloop.dataset.DatasetError: the folder is not a valid dataset or run.
     """
-    teacher = RecordedTeacher(load_dataset(dataset_dir), rule=rule, on_missing=on_missing, rater_id=rater_id)
+    teacher = RecordedTeacher(_load_recording(Path(dataset_dir)), rule=rule, on_missing=on_missing, rater_id=rater_id)
     for caveat in teacher.caveats:
         log.warning("recorded teacher %s: not an exact replay: %s", dataset_dir, caveat)
     return teacher

@@ -29,11 +29,17 @@ def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
         rm = result.reward_model
         rows += [
             ("teacher", config.teacher),
-            ("labels used", str(result.labels_used)),
+            ("labels used", str(result.labels_used)
+             + (f" ({result.labels_fitted} in the last reward-model fit)" if result.labels_fitted != result.labels_used else "")),
             ("reward-model val accuracy", _fmt(rm.get("val_accuracy"))),
             ("learned vs true segment return (Pearson)", _fmt(rm.get("segment_return_pearson"))),
             ("time in reward learning", f"{result.reward_learning_time_s:.1f} s"),
         ]
+        if result.human_time.get("answer_s", 0) >= 1:  # people, or a simulated teacher at human pace
+            rows.append(("rater time", f"{result.human_time['span_s'] / 60:.1f} min from the first pair to the last answer "
+                                       f"({result.human_time['answer_s'] / 60:.1f} min answering)"))
+        if result.pairs_withdrawn:
+            rows.append(("pairs withdrawn", f"{result.pairs_withdrawn} (unanswered when training ended; kept, never shown)"))
     return rows
 
 

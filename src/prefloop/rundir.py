@@ -168,3 +168,21 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def store_of_run_folder(run_dir: Path, db_url: str | None = None, run_name: str | None = None) -> tuple[str, str]:
+    """``(store URL, run name)`` of the run a folder holds, as ``train``, ``run`` and ``import``
+    name it: explicit arguments win, then ``config.json``'s ``db_url``/``run_name``, then
+    ``prefs.sqlite`` in the folder and the folder's name.
+
+    Raises:
+        prefloop.config.ConfigError: a damaged ``config.json`` (a guessed name could open another run).
+    """
+    from prefloop.config import read_store_settings
+    from prefloop.store import sqlite_url
+
+    if db_url and run_name:
+        return db_url, run_name
+    saved_url, saved_name = read_store_settings(Path(run_dir) / "config.json")
+    url = db_url or saved_url or sqlite_url(Path(run_dir) / "prefs.sqlite")
+    return url, run_name or saved_name or Path(run_dir).resolve().name

@@ -83,6 +83,9 @@ META_TABLE = "prefloop_meta"
 PENDING = "pending"
 CLAIMED = "claimed"
 ANSWERED = "answered"
+# Asked but no longer wanted: the trainer stopped using labels before anyone answered it. Kept (never
+# deleted, its partial labels too), never served again; see PreferenceStore.withdraw_unanswered.
+WITHDRAWN = "withdrawn"
 
 MAX_RATER_ID_CHARS = 200
 MAX_META_KEY_CHARS = 200
@@ -124,7 +127,7 @@ class LeaseError(StoreError):
 
 metadata = MetaData()
 
-_STATUSES = (PENDING, CLAIMED, ANSWERED)
+_STATUSES = (PENDING, CLAIMED, ANSWERED, WITHDRAWN)
 _CHOICES = tuple(c.value for c in Choice)
 
 
@@ -234,8 +237,36 @@ clips_table = Table(
     Column("created_at", Double, nullable=False),
 )
 
+# The run's raters: a name is claimed once per run, bound to the SHA-256 hash of that rater's
+# secret (an invite link or a browser key; the secret itself is never stored). ``skeleton`` is
+# the name reduced to how it looks (see prefloop.identity), so look-alike names can be refused.
+raters_table = Table(
+    "raters",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("name", String(MAX_RATER_ID_CHARS), nullable=False),
+    Column("skeleton", String(MAX_RATER_ID_CHARS), nullable=False),
+    Column("secret_hash", String(128), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("onboarded_at", Double, nullable=True),
+)
+Index("uq_raters_name", raters_table.c.run_id, raters_table.c.name, unique=True)
+
+# Flags on labels (data, never deletions): e.g. ``too_fast`` (answered before the clips could be
+# watched, value: the server-measured seconds), ``time_cut`` (the browser claimed a longer time
+# than the server saw, value: the claimed seconds). One row per (label, flag).
+label_flags_table = Table(
+    "label_flags",
+    metadata,
+    Column("label_id", Integer, ForeignKey("labels.id"), primary_key=True),
+    Column("flag", String(32), primary_key=True),
+    Column("value", Double, nullable=True),
+    Column("created_at", Double, nullable=False),
+)
+
 # Tables added to schema version 1 later; a version-1 store without them gets them on open.
-_ADDED_TABLES = (clips_table,)
+_ADDED_TABLES = (clips_table, raters_table, label_flags_table)
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,6 +457,7 @@ class PreferenceStore:
                 f"{meta.get('schema_version')!r}, this prefloop reads version {SCHEMA_VERSION}; "
                 "open it with the prefloop version that wrote it, or start a new store."
             )
+        _allow_withdrawn_status(conn)
         added = [t for t in _ADDED_TABLES if t.name not in tables]
         for table in added:
             table.create(conn)
@@ -866,6 +898,8 @@ class PreferenceStore:
             return head + "it does not exist" + tail
         if row.status == ANSWERED:
             return head + "it is already completed (it has all the labels it needs)" + tail
+        if row.status == WITHDRAWN:
+            return head + "it was withdrawn: the run no longer uses labels (training is over)" + tail
         if row.status == CLAIMED:
             return (
                 head + "it is leased to another rater (if it was yours, your lease expired and "
@@ -902,20 +936,28 @@ class PreferenceStore:
                 if known is None:
                     raise StoreError(self._no_such_pair(pair_id))
 
-    def undo_last(self, rater_id: str, lease_seconds: float = 120.0) -> Label | None:
+    def undo_last(
+        self, rater_id: str, lease_seconds: float = 120.0, *, among: Iterable[int] | None = None
+    ) -> Label | None:
         """Retract ``rater_id``'s latest live label (kept, with ``retracted_at`` set).
 
         The pair is leased back to the rater for ``lease_seconds`` so ``claim_next`` returns it
         and they can answer again -- unless another rater holds a live lease on it right now, in
         which case it stays theirs. Calling again retracts the label before. Returns the
         retracted label, or None if the rater has no live label.
+
+        ``among``: only labels with these ids may be retracted (the rater app passes the labels
+        given in the same browser session, so undo never reaches older answers).
         """
         rater_id = _check_rater(rater_id)
         lease_seconds = _check_lease(lease_seconds)
+        allowed = None if among is None else sorted({_as_id(i, "label id") for i in among})
+        if allowed is not None and not allowed:
+            return None
         p, lab = pairs_table, labels_table
         with self._write() as conn:
             for _ in range(_MAX_CLAIM_ROUNDS):
-                row = conn.execute(
+                query = (
                     select(lab)
                     .join(p, p.c.id == lab.c.pair_id)
                     .where(
@@ -923,9 +965,10 @@ class PreferenceStore:
                         lab.c.rater_id == rater_id,
                         lab.c.retracted_at.is_(None),
                     )
-                    .order_by(lab.c.id.desc())
-                    .limit(1)
-                ).first()
+                )
+                if allowed is not None:
+                    query = query.where(lab.c.id.in_(allowed[-_IN_CHUNK:]))
+                row = conn.execute(query.order_by(lab.c.id.desc()).limit(1)).first()
                 if row is None:
                     return None
                 # Lock the pair row before retracting: answer() counts a pair's live labels
@@ -944,6 +987,7 @@ class PreferenceStore:
                     update(p)
                     .where(
                         p.c.id == row.pair_id,
+                        p.c.status != WITHDRAWN,  # the run is over for this pair; the label is retracted all the same
                         or_(
                             p.c.status != CLAIMED,
                             p.c.claimed_by == rater_id,
@@ -958,6 +1002,140 @@ class PreferenceStore:
                 return _make_label(**{**_label_kwargs(label), "retracted_at": now})
         raise StoreError(f"could not undo for {rater_id!r}: too much contention; try again")
 
+    # -- raters and label flags -----------------------------------------------------------------
+
+    def add_rater(self, name: str, skeleton: str, secret_hash: str, *, replace_secret: bool = False) -> bool:
+        """Claim ``name`` in this run for the holder of the secret whose hash is ``secret_hash``.
+
+        Returns True if the name is now bound to this hash: it was free (or ``replace_secret``:
+        the admin issues a new invite, and the old link stops working). False if someone else
+        claimed it first (race-safe: the unique index decides).
+        """
+        name = _check_rater(name)
+        skeleton = _check_rater(skeleton)
+        if not isinstance(secret_hash, str) or not 16 <= len(secret_hash) <= 128:
+            raise StoreError("secret_hash must be a hex digest (prefloop.identity.hash_secret)")
+        r = raters_table
+        try:
+            with self._write() as conn:
+                if replace_secret:
+                    changed = conn.execute(
+                        update(r).where(r.c.run_id == self._run_id, r.c.name == name)
+                        .values(secret_hash=secret_hash)
+                    )
+                    if changed.rowcount == 1:
+                        return True
+                conn.execute(insert(r).values(
+                    run_id=self._run_id, name=name, skeleton=skeleton, secret_hash=secret_hash,
+                    created_at=self._now(), onboarded_at=None,
+                ))
+                return True
+        except IntegrityError:
+            return False
+
+    def raters(self) -> list[dict[str, Any]]:
+        """This run's registered raters, oldest first: ``name``, ``skeleton``, ``secret_hash``,
+        ``created_at``, ``onboarded_at`` (None until they passed onboarding)."""
+        r = raters_table
+        with self._read() as conn:
+            rows = conn.execute(
+                select(r.c.name, r.c.skeleton, r.c.secret_hash, r.c.created_at, r.c.onboarded_at)
+                .where(r.c.run_id == self._run_id).order_by(r.c.id)
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
+    def rater(self, name: str) -> dict[str, Any] | None:
+        """The registered rater ``name`` (see :meth:`raters`), or None."""
+        name = _check_rater(name)
+        r = raters_table
+        with self._read() as conn:
+            row = conn.execute(
+                select(r.c.name, r.c.skeleton, r.c.secret_hash, r.c.created_at, r.c.onboarded_at)
+                .where(r.c.run_id == self._run_id, r.c.name == name)
+            ).first()
+        return None if row is None else dict(row._mapping)
+
+    def set_onboarded(self, name: str) -> None:
+        """Record that rater ``name`` passed onboarding (their labels count from now on)."""
+        name = _check_rater(name)
+        r = raters_table
+        with self._write() as conn:
+            conn.execute(
+                update(r).where(r.c.run_id == self._run_id, r.c.name == name, r.c.onboarded_at.is_(None))
+                .values(onboarded_at=self._now())
+            )
+
+    def rater_ids(self) -> list[str]:
+        """Every rater name of this run: registered ones and those with labels, sorted."""
+        r, p, lab = raters_table, pairs_table, labels_table
+        with self._read() as conn:
+            names = set(conn.scalars(select(r.c.name).where(r.c.run_id == self._run_id)))
+            names.update(conn.scalars(
+                select(lab.c.rater_id).distinct().join(p, p.c.id == lab.c.pair_id)
+                .where(p.c.run_id == self._run_id)
+            ))
+        return sorted(names)
+
+    def count_labels_since(self, rater_id: str, since: float) -> int:
+        """How many labels (retracted ones too) ``rater_id`` gave in this run at or after ``since``."""
+        rater_id = _check_rater(rater_id)
+        p, lab = pairs_table, labels_table
+        with self._read() as conn:
+            return int(conn.scalar(
+                select(func.count()).select_from(lab).join(p, p.c.id == lab.c.pair_id)
+                .where(p.c.run_id == self._run_id, lab.c.rater_id == rater_id, lab.c.created_at >= float(since))
+            ) or 0)
+
+    def flag_label(self, label_id: int, flag: str, value: float | None = None) -> None:
+        """Attach ``flag`` (a short name, e.g. ``too_fast``) with an optional number to a label of
+        this run. Flags are data for the dashboard and the loss; the label itself is unchanged.
+        Flagging twice keeps the first value."""
+        label_id = _as_id(label_id, "label_id")
+        if not isinstance(flag, str) or not flag or len(flag) > 32 or _bad_text(flag):
+            raise StoreError(f"flag must be a short printable name (at most 32 characters), got {_short(flag)}")
+        number = None if value is None else float(value)
+        if number is not None and not math.isfinite(number):
+            raise StoreError(f"flag value must be a finite number or None, got {_short(value)}")
+        f, p, lab = label_flags_table, pairs_table, labels_table
+        with self._write() as conn:
+            known = conn.scalar(
+                select(lab.c.id).join(p, p.c.id == lab.c.pair_id)
+                .where(lab.c.id == label_id, p.c.run_id == self._run_id)
+            )
+            if known is None:
+                raise StoreError(f"label {label_id} is not a label of run {self._run_name!r}")
+            present = conn.scalar(select(f.c.label_id).where(f.c.label_id == label_id, f.c.flag == flag))
+            if present is None:
+                conn.execute(insert(f).values(label_id=label_id, flag=flag, value=number, created_at=self._now()))
+
+    def label_flags(self) -> dict[int, dict[str, float | None]]:
+        """Flags of this run's labels: ``{label_id: {flag: value}}`` (labels without flags left out)."""
+        f, p, lab = label_flags_table, pairs_table, labels_table
+        with self._read() as conn:
+            rows = conn.execute(
+                select(f.c.label_id, f.c.flag, f.c.value)
+                .join(lab, lab.c.id == f.c.label_id).join(p, p.c.id == lab.c.pair_id)
+                .where(p.c.run_id == self._run_id).order_by(f.c.label_id)
+            ).all()
+        flags: dict[int, dict[str, float | None]] = {}
+        for row in rows:
+            flags.setdefault(int(row.label_id), {})[row.flag] = row.value
+        return flags
+
+    def withdraw_unanswered(self) -> int:
+        """Withdraw every pair of this run still waiting for labels (pending or claimed): the
+        trainer no longer uses labels. Rows are kept, with any partial labels; ``claim_next``
+        never serves them again and ``answer`` refuses them with a :class:`LeaseError`.
+        Returns how many pairs were withdrawn."""
+        p = pairs_table
+        with self._write() as conn:
+            result = conn.execute(
+                update(p)
+                .where(p.c.run_id == self._run_id, p.c.status.in_((PENDING, CLAIMED)))
+                .values(status=WITHDRAWN, claimed_by=None, lease_expires_at=None)
+            )
+        return int(result.rowcount)
+
     # -- reading --------------------------------------------------------------------------------
 
     def labeled_pairs(self) -> list[LabeledPair]:
@@ -965,14 +1143,14 @@ class PreferenceStore:
 
         Usable: not retracted and not ``cant_tell``. ``target`` is the mean of the labels'
         ``Choice.target`` (probability that RIGHT is better). ``extra`` holds ``n_labels``,
-        ``votes`` (one ``(rater_id, target, weight)`` per label, in the order given; the weight is
-        1.0), ``gold_choice`` (a Choice or None) and ``score``. A segment shared by several pairs is
+        ``votes`` (one ``(rater_id, target, flags)`` per label, in the order given; ``flags`` are
+        the names :meth:`flag_label` attached, e.g. ``("too_fast",)``), ``gold_choice`` (a Choice or None) and ``score``. A segment shared by several pairs is
         one shared object.
         """
         p, lab = pairs_table, labels_table
         with self._read() as conn:
             rows = conn.execute(
-                select(lab.c.pair_id, lab.c.choice, lab.c.rater_id)
+                select(lab.c.id, lab.c.pair_id, lab.c.choice, lab.c.rater_id)
                 .join(p, p.c.id == lab.c.pair_id)
                 .where(
                     p.c.run_id == self._run_id,
@@ -981,14 +1159,21 @@ class PreferenceStore:
                 )
                 .order_by(lab.c.pair_id, lab.c.id)
             ).all()
+            flags: dict[int, list[str]] = {}
+            for chunk in _chunks([row.id for row in rows], _IN_CHUNK):
+                for flag_row in conn.execute(
+                    select(label_flags_table.c.label_id, label_flags_table.c.flag)
+                    .where(label_flags_table.c.label_id.in_(chunk))
+                    .order_by(label_flags_table.c.label_id, label_flags_table.c.flag)
+                ):
+                    flags.setdefault(int(flag_row.label_id), []).append(flag_row.flag)
             targets: dict[int, list[float]] = {}
-            votes: dict[int, list[tuple[str, float, float]]] = {}
+            votes: dict[int, list[tuple[str, float, tuple[str, ...]]]] = {}
             for row in rows:
                 target = Choice(row.choice).target
                 assert target is not None  # cant_tell is filtered out in SQL
                 targets.setdefault(row.pair_id, []).append(target)
-                # (rater, target, weight): the weight is where per-answer flags (e.g. too fast) lower a label.
-                votes.setdefault(row.pair_id, []).append((row.rater_id, target, 1.0))
+                votes.setdefault(row.pair_id, []).append((row.rater_id, target, tuple(flags.get(row.id, ()))))
             pair_rows = []
             for chunk in _chunks(sorted(targets), _IN_CHUNK):
                 pair_rows.extend(
@@ -1038,7 +1223,7 @@ class PreferenceStore:
 
     def counts(self) -> dict[str, int]:
         """Sizes of this run: ``segments``, ``pairs``, pairs by status (``pending``, ``claimed``,
-        ``answered``), live ``labels`` and how many of those are ``cant_tell``."""
+        ``answered``, ``withdrawn``), live ``labels`` and how many of those are ``cant_tell``."""
         p, lab = pairs_table, labels_table
         with self._read() as conn:
             n_segments = conn.scalar(
@@ -1069,6 +1254,7 @@ class PreferenceStore:
             "pending": int(by_status.get(PENDING, 0)),
             "claimed": int(by_status.get(CLAIMED, 0)),
             "answered": int(by_status.get(ANSWERED, 0)),
+            "withdrawn": int(by_status.get(WITHDRAWN, 0)),
             "labels": int(sum(by_choice.values())),
             "cant_tell": int(by_choice.get(Choice.CANT_TELL.value, 0)),
         }
@@ -1291,6 +1477,38 @@ class PreferenceStore:
 
 # --------------------------------------------------------------------------------------------
 # SQLite plumbing
+
+
+def _allow_withdrawn_status(conn: Connection) -> None:
+    """Let a store created before the ``withdrawn`` status existed hold it: widen the pairs'
+    status CHECK constraint in place (every existing row still satisfies it; nothing is copied)."""
+    if conn.dialect.name == "sqlite":
+        sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type='table' AND name='pairs'").scalar()
+        old = "'answered')"
+        if not sql or f"'{WITHDRAWN}'" in sql or old not in sql:
+            return
+        # SQLite's documented way to loosen a CHECK constraint without rebuilding the table.
+        version = conn.exec_driver_sql("PRAGMA schema_version").scalar()
+        conn.exec_driver_sql("PRAGMA writable_schema=ON")
+        try:
+            conn.exec_driver_sql(
+                "UPDATE sqlite_master SET sql=? WHERE type='table' AND name='pairs'",
+                (sql.replace(old, f"'answered', '{WITHDRAWN}')", 1),),
+            )
+            conn.exec_driver_sql(f"PRAGMA schema_version={int(version) + 1}")
+        finally:
+            conn.exec_driver_sql("PRAGMA writable_schema=OFF")
+    elif conn.dialect.name == "postgresql":
+        definition = conn.exec_driver_sql(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conname = 'ck_pairs_status' AND conrelid = to_regclass('pairs')"
+        ).scalar()
+        if definition is None or f"'{WITHDRAWN}'" in definition:
+            return
+        conn.exec_driver_sql(
+            "ALTER TABLE pairs DROP CONSTRAINT ck_pairs_status, "
+            f"ADD CONSTRAINT ck_pairs_status CHECK ({_in_check('status', _STATUSES)})"
+        )
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

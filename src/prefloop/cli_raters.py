@@ -1,0 +1,165 @@
+"""``prefloop raters ...``: the people who rate a run.
+
+- ``prefloop raters add NAME --run-dir DIR`` registers a rater and prints their personal link
+  (``?rater=NAME&key=SECRET``). Only the hash of the secret is stored; the link is printed once,
+  to the admin's terminal, and nowhere else. ``--new-link`` replaces a lost link.
+- ``prefloop raters list --run-dir DIR`` shows who rates: labels, flagged labels, onboarding.
+- ``prefloop raters fit --run-dir DIR [--json PATH]`` fits B-Pref's teacher parameters to each
+  rater's labels, with bootstrap intervals (:mod:`prefloop.teacher_fit`); replay one with
+  ``--teacher fitted:PATH,rater=NAME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.parse
+from collections import Counter
+from pathlib import Path
+
+from prefloop.config import ConfigError
+from prefloop.identity import IdentityError, invite
+from prefloop.store import PreferenceStore
+
+ENV_RATER_TOKEN = "PREFLOOP_RATER_TOKEN"
+
+
+def add_raters_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``prefloop raters`` (``add``, ``list``, ``fit``) on the CLI's subparsers."""
+    parser = subparsers.add_parser("raters", help="the raters of a run: personal links, who rated what, fitted teacher models")
+    sub = parser.add_subparsers(dest="raters_command", required=True)
+
+    add_p = sub.add_parser("add", help="register a rater and print their personal link (shown once)")
+    add_p.add_argument("name", help="the rater's name as it will show on the dashboard")
+    _add_store_arguments(add_p)
+    add_p.add_argument("--url", default="http://127.0.0.1:8501/",
+                       help="the rater app's address as raters reach it (default: http://127.0.0.1:8501/)")
+    add_p.add_argument("--new-link", action="store_true",
+                       help="the rater exists: give them a new link (the old one stops working)")
+    add_p.set_defaults(func=cmd_raters_add)
+
+    list_p = sub.add_parser("list", help="the run's raters: labels, flagged labels, onboarding")
+    _add_store_arguments(list_p)
+    list_p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    list_p.set_defaults(func=cmd_raters_list)
+
+    fit_p = sub.add_parser(
+        "fit",
+        help="fit B-Pref's teacher parameters (beta, gamma, epsilon, skip/equal thresholds) to each rater's labels",
+        description="Maximum-likelihood fit of B-Pref's simulated-teacher parameters to each rater's labels, "
+        "from the true returns of the segments they compared, with bootstrap intervals. Replay a fit with "
+        "--teacher fitted:PATH,rater=NAME.",
+    )
+    _add_store_arguments(fit_p)
+    fit_p.add_argument("--rater", action="append", default=[], metavar="NAME", help="fit only this rater (repeatable)")
+    fit_p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals (0: none; default 200)")
+    fit_p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the fits as JSON here")
+    fit_p.set_defaults(func=cmd_raters_fit)
+    return parser
+
+
+def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--run-dir", type=Path, help="the run folder")
+    where.add_argument("--db-url", help="SQLAlchemy URL of the preference store (with --run-name)")
+    parser.add_argument("--run-name", default=None, help="run name in the store (default: the run folder's)")
+
+
+def _open_store(args: argparse.Namespace) -> PreferenceStore:
+    from prefloop.apps.cli_rate import resolve_store
+
+    db_url, run_name = resolve_store(args)
+    return PreferenceStore(db_url, run_name)
+
+
+def invite_link(base_url: str, name: str, secret: str, token: str | None = None) -> str:
+    """The rater's personal link: the app's address with ``rater``, ``key`` (and the shared
+    ``token`` when the app needs one) as query parameters."""
+    query = {"rater": name, "key": secret}
+    if token:
+        query["token"] = token
+    return base_url.rstrip("/") + "/?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+
+
+def cmd_raters_add(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        try:
+            name, secret = invite(store, args.name, replace=args.new_link)
+        except IdentityError as exc:
+            raise ConfigError(str(exc)) from None
+    link = invite_link(args.url, name, secret, os.environ.get(ENV_RATER_TOKEN))
+    print(f"rater {name!r} added to run {store.run_name!r}. Send them this personal link "
+          "(it is shown only now; `--new-link` makes a new one):", file=sys.stderr)
+    print(link)
+    return 0
+
+
+def rater_summary(store: PreferenceStore) -> list[dict[str, object]]:
+    """One row per rater of the run: name, registered, onboarded, live labels, flagged labels
+    by flag."""
+    registered = {r["name"]: r for r in store.raters()}
+    labels = store.labels()
+    flags = store.label_flags()
+    per_rater = Counter(label.rater_id for label in labels)
+    flagged: dict[str, Counter[str]] = {}
+    for label in labels:
+        for flag in flags.get(label.id or -1, {}):
+            flagged.setdefault(label.rater_id, Counter())[flag] += 1
+    rows = []
+    for name in store.rater_ids():
+        record = registered.get(name)
+        rows.append({
+            "name": name,
+            "registered": record is not None,
+            "onboarded": bool(record and record["onboarded_at"] is not None),
+            "labels": per_rater.get(name, 0),
+            "flags": dict(sorted(flagged.get(name, Counter()).items())),
+        })
+    return rows
+
+
+def cmd_raters_list(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        rows = rater_summary(store)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no raters yet: add one with `prefloop raters add NAME --run-dir DIR`")
+        return 0
+    print(f"{'rater':<24} {'link':<5} {'onboarded':<9} {'labels':>6}  flags")
+    for row in rows:
+        flags = ", ".join(f"{k} {v}" for k, v in row["flags"].items()) or "-"  # type: ignore[union-attr]
+        print(f"{row['name']!s:<24} {'yes' if row['registered'] else 'no':<5} "
+              f"{'yes' if row['onboarded'] else 'no':<9} {row['labels']:>6}  {flags}")
+    return 0
+
+
+def cmd_raters_fit(args: argparse.Namespace) -> int:
+    from prefloop.teacher_fit import INTERVAL, answers_from_store, fit_rater, fits_document
+
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    with _open_store(args) as store:
+        answers = answers_from_store(store, args.rater)
+        run_name = store.run_name
+    if not answers:
+        which = f" by {', '.join(args.rater)}" if args.rater else ""
+        raise ConfigError(f"run {run_name!r} has no live labels{which} to fit")
+    fits = [fit_rater(a, bootstrap=args.bootstrap) for a in answers]
+    interval = f" [{INTERVAL:.0%} bootstrap interval]" if args.bootstrap else ""
+    print(f"B-Pref teacher parameters fitted to the labels of run {run_name!r}{interval}:")
+    for fit in fits:
+        print(
+            f"  {fit.rater_id}: {fit.labels} labels ({fit.decided} left/right, {fit.equal} equal, {fit.skipped} can't tell)\n"
+            f"    beta {fit.beta.text()}  gamma {fit.gamma.text()}  epsilon {fit.epsilon.text()}\n"
+            f"    skip_threshold {fit.skip_threshold.text()}  equal_threshold {fit.equal_threshold.text()}"
+            f"  (fractions of a typical segment return {fit.return_scale:.3g})"
+        )
+    if args.json is not None:
+        args.json.write_text(json.dumps(fits_document(fits, f"run {run_name}"), indent=1))
+        print(f"written: {args.json}  (replay a rater with --teacher fitted:{args.json},rater=NAME)")
+    sys.stdout.flush()
+    return 0

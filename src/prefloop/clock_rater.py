@@ -1,0 +1,100 @@
+"""A simulated teacher at human pace: it answers through the store on a clock, as a person does.
+
+:class:`ClockRater` runs in a background thread with its own store connection and does what the
+rater app does for a person: claim the next pair (a lease), look at it for a while, answer it with
+its rater id and the time it took. The trainer cannot tell it from people: the run is paced by its
+answers exactly as by a person's (``when_behind``), so a human run's timing can be measured without
+people. Any :class:`~prefloop.teachers.Teacher` decides the answers, e.g. a B-Pref teacher that errs
+on 10 % of pairs.
+
+Response times: ``answer_seconds * exp(sigma * z)`` with ``z`` standard normal (log-normal, median
+``answer_seconds``; ``sigma=0`` is exactly ``answer_seconds`` every time), from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+
+import numpy as np
+
+from prefloop.store import LeaseError, PreferenceStore
+from prefloop.teachers import Teacher
+
+log = logging.getLogger("prefloop")
+
+
+class RaterStoppedError(RuntimeError):
+    """The simulated rater's thread died; the message says why."""
+
+
+class ClockRater:
+    """Answers a run's pairs through the store, one at a time, taking human-like time for each.
+
+    Args:
+        store_url, run_name: the run's store (opened anew in the thread, as an app process would).
+        teacher: decides each answer; its ``rater_id`` is stored with every label.
+        answer_seconds: median seconds per answer, ``> 0``.
+        sigma: log-normal spread of the times, ``>= 0``.
+        seed: seeds the response times.
+        poll_s: how often it looks for a new pair when none is waiting.
+        lease_seconds: the lease it takes on a pair, as the app does.
+    """
+
+    def __init__(self, store_url: str, run_name: str, teacher: Teacher, answer_seconds: float,
+                 sigma: float = 0.0, seed: int = 0, poll_s: float = 0.2, lease_seconds: float = 120.0):
+        if not (math.isfinite(answer_seconds) and answer_seconds > 0 and math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"answer_seconds must be > 0 and sigma >= 0, got {answer_seconds}, {sigma}")
+        self.store_url, self.run_name, self.teacher = store_url, run_name, teacher
+        self.answer_seconds, self.sigma, self.poll_s, self.lease_seconds = answer_seconds, sigma, poll_s, lease_seconds
+        self._rng = np.random.default_rng([seed, 11])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"clock-rater-{teacher.rater_id}", daemon=True)
+        self.answered = 0
+        self.error: BaseException | None = None
+
+    def response_time(self) -> float:
+        """The seconds the next answer takes."""
+        return float(self.answer_seconds * math.exp(self.sigma * self._rng.standard_normal())) if self.sigma else self.answer_seconds
+
+    def start(self) -> "ClockRater":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the current answer (a pair it holds unanswered is given back)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def check_alive(self) -> None:
+        """Raise :class:`RaterStoppedError` if the thread died (the trainer would wait forever)."""
+        if self.error is not None:
+            raise RaterStoppedError(f"the simulated rater {self.teacher.rater_id!r} stopped: {self.error!r}")
+
+    def _run(self) -> None:
+        try:
+            with PreferenceStore(self.store_url, run_name=self.run_name) as store:
+                while not self._stop.is_set():
+                    self._answer_one(store)
+        except BaseException as exc:  # kept for check_alive: the trainer must not wait on a dead rater
+            self.error = exc
+            log.error("simulated rater %s stopped: %r", self.teacher.rater_id, exc)
+
+    def _answer_one(self, store: PreferenceStore) -> None:
+        rater_id = self.teacher.rater_id
+        pair = store.claim_next(rater_id, self.lease_seconds)
+        if pair is None:
+            self._stop.wait(self.poll_s)
+            return
+        seconds = self.response_time()
+        if self._stop.wait(seconds):
+            store.release(int(pair.id), rater_id)  # type: ignore[arg-type]
+            return
+        choice = self.teacher.compare(pair.left, pair.right)
+        try:
+            store.answer(int(pair.id), rater_id, choice, seconds)  # type: ignore[arg-type]
+            self.answered += 1
+        except LeaseError as exc:  # withdrawn (the run stopped using labels) or the lease ran out
+            log.debug("simulated rater %s: answer not taken: %s", rater_id, exc)

@@ -1,0 +1,160 @@
+"""Raters you can trust, in the real browser (Debian's Chromium via Playwright against a served
+app): a second browser cannot act as another rater, a closed tab's pairs go back to the queue,
+and the stored response time is the server's. Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, select
+
+from prefloop.cli_raters import invite_link
+from prefloop.identity import invite
+from prefloop.store import PreferenceStore, pairs_table
+from prefloop.types import Label
+
+from conftest import RatedStore
+from test_app_browser import ARTIFACTS, CHROMIUM_ARGS, body_text, chromium, claimed_by, eventually, serve_app, shown_pair  # noqa: F401
+
+LEASE_S = 6.0
+
+
+@pytest.fixture
+def served(rated_store: RatedStore, tmp_path: Path) -> Iterator[tuple[str, RatedStore]]:
+    with serve_app(rated_store, tmp_path / "app.log", lease_seconds=LEASE_S) as url:
+        yield url, rated_store
+
+
+@contextmanager
+def chromium_browser(chromium: str) -> Iterator[object]:
+    """Debian's Chromium, launched by Playwright with the project's flags."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def labels_of(rated: RatedStore, rater: str, include_retracted: bool = False) -> list[Label]:
+    with PreferenceStore(rated.url, rated.run_name) as store:
+        return store.labels(rater_id=rater, include_retracted=include_retracted)
+
+
+def lease_ends(rated: RatedStore, pair_ids: set[int]) -> float:
+    """The latest lease end of these pairs (unix seconds)."""
+    engine = create_engine(rated.url)
+    try:
+        with engine.connect() as conn:
+            ends = conn.scalars(select(pairs_table.c.lease_expires_at).where(pairs_table.c.id.in_(pair_ids))).all()
+    finally:
+        engine.dispose()
+    return max(e or 0.0 for e in ends)
+
+
+def answer_by_key(page, key: str) -> int:
+    before = shown_pair(page)
+    time.sleep(0.4)  # a rater looks before answering (the player ignores answers within 0.25 s)
+    page.keyboard.press(key)
+    return eventually(lambda: (p := shown_pair(page)) != before and p, what="the next pair")
+
+
+def test_a_second_browser_cannot_answer_undo_or_read_as_another_rater(served, chromium: str) -> None:
+    url, rated = served
+    ARTIFACTS.mkdir(exist_ok=True)
+    with PreferenceStore(rated.url, rated.run_name) as store:
+        name, secret = invite(store, "alice")  # `prefloop raters add alice`
+    with chromium_browser(chromium) as browser:
+        alice = browser.new_context(viewport={"width": 1280, "height": 860}).new_page()
+        alice.goto(invite_link(url, name, secret))
+        answer_by_key(alice, "ArrowLeft")
+        answer_by_key(alice, "ArrowRight")
+        answered = eventually(lambda: len(found := labels_of(rated, "alice")) == 2 and found,
+                              what="alice's two answers")
+
+        # The attack as measured: another browser opens ?rater=alice and presses Undo six times.
+        intruder = browser.new_context(viewport={"width": 1280, "height": 860}).new_page()
+        for link in (url + "?rater=alice", url + "?rater=alice&key=guessed-key-123"):
+            intruder.goto(link)
+            intruder.get_by_text("already taken").wait_for(timeout=20_000)
+            for _ in range(6):
+                intruder.keyboard.press("u")
+            assert intruder.locator(".pl-root").count() == 0  # no clips, no buttons
+            assert "Your answers today" not in body_text(intruder)  # nothing of alice's to read
+        intruder.screenshot(path=str(ARTIFACTS / "identity-second-browser.png"))
+
+        # A look-alike name typed into the form is refused with one clear line.
+        intruder.get_by_label("Your name (or a nickname)").fill("\u0430lice")
+        intruder.get_by_role("button", name="Start comparing").click()
+        intruder.get_by_text("different alphabets").wait_for(timeout=20_000)
+        intruder.screenshot(path=str(ARTIFACTS / "identity-look-alike.png"))
+
+        time.sleep(1.0)
+        assert labels_of(rated, "alice") == answered  # untouched: none retracted, none rewritten
+        assert labels_of(rated, "alice", include_retracted=True) == answered
+
+        # alice's own page still works, and her Undo reaches her latest answer only.
+        alice.keyboard.press("u")
+        eventually(lambda: len(labels_of(rated, "alice")) == 1, what="alice's own undo")
+        assert labels_of(rated, "alice") == answered[:1]
+        alice.screenshot(path=str(ARTIFACTS / "identity-alice.png"))
+
+
+def test_a_closed_tabs_pairs_go_back_to_the_queue_within_the_lease(served, chromium: str) -> None:
+    url, rated = served
+    with chromium_browser(chromium) as browser:
+        context = browser.new_context(viewport={"width": 1280, "height": 860})
+        bob = context.new_page()
+        bob.goto(url + "?rater=bob")
+        shown = shown_pair(bob)
+        held = {pid for pid, who in claimed_by(rated).items() if who == "bob"}
+        assert shown in held and len(held) == 2  # the pair on screen and the one ready next
+
+        time.sleep(2 * LEASE_S)  # the open page's heartbeat keeps them past the lease
+        with PreferenceStore(rated.url, rated.run_name) as store:
+            other = store.claim_next("carol", 5.0)
+            assert other.id not in held
+            store.release(other.id, "carol")
+
+        context.close()  # the tab closes: the heartbeat stops
+        closed = time.monotonic()
+        eventually(lambda: lease_ends(rated, held) < time.time(), timeout=3 * LEASE_S,
+                   what="bob's leases to run out")
+        released_after = time.monotonic() - closed
+        assert released_after <= LEASE_S + 2.0
+        with PreferenceStore(rated.url, rated.run_name) as store:  # another rater gets them now
+            taken = {store.claim_next("carol", 5.0).id, store.claim_next("dave", 5.0).id}
+        assert taken == held
+
+
+def test_the_stored_response_time_is_the_servers_not_the_browsers_claim(served, chromium: str) -> None:
+    """A hand-made message claiming 30 s for a pair served a moment ago stores the moment, and
+    keeps the claim as a flag."""
+    url, rated = served
+    with chromium_browser(chromium) as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        opened = time.monotonic()
+        page.goto(url + "?rater=mallory")
+        pair_id = shown_pair(page)
+        page.locator(".pl-root").evaluate(
+            """(root, pairId) => {
+                const p = root.__player;
+                p.outbox.push({seq: ++p.seq, type: 'answer', pair_id: pairId, choice: 'left',
+                               response_time_s: 30});
+                p.send('actions', {items: p.outbox.slice(), sent: Date.now()});
+            }""",
+            pair_id,
+        )
+        (label,) = eventually(lambda: labels_of(rated, "mallory"), what="the forged answer stored")
+        elapsed = time.monotonic() - opened
+        assert label.pair_id == pair_id and label.response_time_s <= elapsed < 30
+        with PreferenceStore(rated.url, rated.run_name) as store:
+            flags = store.label_flags()[label.id]
+        assert flags["time_cut"] == 30.0

@@ -1,0 +1,227 @@
+"""``prefloop run`` and ``prefloop rate`` as processes: the app belongs to its run.
+
+A busy port is refused before anything is written; the URL is printed once, when the run's own app
+answers; a dead app is restarted; SIGTERM / SIGHUP / SIGINT stop the app and the clip worker with
+the run (no process left, the port free); ``rate --run-dir`` opens the run the folder holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from prefloop.apps.cli_rate import add_rate_parser, resolve_store
+from prefloop.apps.launch import AppStartError, launch_rater_app, wait_until_ready
+from prefloop.cli import main
+from prefloop.clipworker import ClipWorker
+from prefloop.store import PreferenceStore
+from prefloop.types import Choice
+
+from conftest import RatedStore
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@contextmanager
+def other_server(port: int) -> Iterator[None]:
+    """Someone else's web server on ``port`` that even answers Streamlit's health check."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"ok" if self.path.endswith("/_stcore/health") else b"not a rater app"
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("command", ["run", "rate"])
+def test_a_busy_port_is_one_line_naming_it_and_no_run_folder_is_written(
+    command: str, capsys: pytest.CaptureFixture, tmp_path: Path, rated_store: RatedStore
+) -> None:
+    port = free_port()
+    run_dir = tmp_path / "new-run"
+    args = (["run", "--run-dir", str(run_dir), "--steps", "2000", "--labels", "4"] if command == "run"
+            else ["rate", "--db-url", rated_store.url, "--run-name", rated_store.run_name])
+    with other_server(port):
+        code = main([*args, "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and f"port {port}" in err and "--port" in err and "Traceback" not in err
+    assert not run_dir.exists()
+
+
+def test_the_launcher_does_not_take_another_servers_answer_for_its_app(rated_store: RatedStore, tmp_path: Path) -> None:
+    port = free_port()
+    with other_server(port):
+        app = launch_rater_app(rated_store.url, rated_store.run_name, port=port, log_path=tmp_path / "app.log")
+        try:
+            with pytest.raises(AppStartError, match="another server"):
+                wait_until_ready(f"http://127.0.0.1:{port}/", timeout=60, process=app)
+        finally:
+            app.kill()
+            app.wait()
+
+
+def test_rate_run_dir_opens_the_run_an_import_made_and_serves_its_pairs(rated_store: RatedStore, tmp_path: Path) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import app_served_on_loopback
+
+    dataset, folder = tmp_path / "dataset", tmp_path / "imported"
+    assert main(["export", "--db-url", rated_store.url, "--run-name", rated_store.run_name, "--out", str(dataset)]) == 0
+    assert main(["import", "--in", str(dataset), "--run-dir", str(folder)]) == 0
+
+    parser = argparse.ArgumentParser()
+    add_rate_parser(parser.add_subparsers())
+    url, run_name = resolve_store(parser.parse_args(["rate", "--run-dir", str(folder)]))
+    with PreferenceStore(url, run_name) as store:
+        waiting = store.counts()["pending"]
+    assert waiting == len(rated_store.pair_ids)  # the imported run, not an empty one
+    with ClipWorker(url, run_name) as worker:  # what `prefloop rate` runs beside the app
+        while worker.render_pending(8):
+            pass
+
+    def app_script(argv: list[str]) -> None:
+        from prefloop.apps.rater_app import main as app_main
+
+        app_main(argv)
+
+    with app_served_on_loopback():
+        at = AppTest.from_function(app_script, args=(["--db-url", url, "--run-name", run_name],), default_timeout=30)
+        at.query_params["rater"] = "ada"
+        at.run()
+    shown = [e for e in at.get("bidi_component") if e.key == "rater_player"]
+    assert shown, "the rater page shows a pair of the imported run"
+    assert f"Pairs waiting: **{waiting}**" in "\n".join(str(c.value) for c in at.caption)
+
+
+def descendants(pid: int, depth: int = 99) -> set[int]:
+    """The processes below ``pid`` (children, grandchildren, ... down to ``depth``), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found: set[int] = set()
+    level = [pid]
+    for _ in range(depth):
+        level = [c for parent in level for c in children.get(parent, []) if c not in found]
+        found.update(level)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class RunProcess:
+    """``prefloop run`` in a process of its own, its output collected line by line."""
+
+    def __init__(self, run_dir: Path, port: int):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "prefloop.cli", "run", "--run-dir", str(run_dir), "--port", str(port),
+             "--steps", "4000", "--labels", "6", "--when-behind", "wait", "--no-progress", "--eval-episodes", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(text in line for line in self.lines) < count:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {count} x {text!r} in the output of prefloop run:\n{''.join(self.lines)}")
+            time.sleep(0.2)
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_signal", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_signal_to_prefloop_run_stops_the_app_and_worker_and_keeps_every_label(
+    stop_signal: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    run = RunProcess(tmp_path / "run", port)
+    try:
+        run.wait_for("rater app: ")
+        assert run.output().count(f"http://127.0.0.1:{port}/") == 1  # once, when this run's app answers
+        app_processes = descendants(run.process.pid)
+        assert len(app_processes) >= 2  # `prefloop rate` and its Streamlit server
+        with PreferenceStore(f"sqlite:///{tmp_path / 'run' / 'prefs.sqlite'}", "run") as store:
+            pair = store.claim_next("ada")
+            store.answer(pair.id, "ada", Choice.LEFT, 2.0)
+
+        if stop_signal == "SIGTERM":
+            # The app dies under the trainer: it says so at once and starts it again.
+            (rate_child,) = descendants(run.process.pid, depth=1)
+            os.kill(rate_child, signal.SIGKILL)
+            run.wait_for("the rater app stopped", timeout=30)
+            run.wait_for("rater app: ", count=2)
+            app_processes = descendants(run.process.pid)
+
+        run.process.send_signal(getattr(signal, stop_signal))
+        run.process.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (any(alive(p) for p in app_processes) or not port_is_free(port)):
+            time.sleep(0.2)
+        assert not [p for p in app_processes if alive(p)], run.output()
+        assert port_is_free(port)
+        assert "every label so far is stored" in run.output()
+        with PreferenceStore(f"sqlite:///{tmp_path / 'run' / 'prefs.sqlite'}", "run") as store:
+            assert [(l.pair_id, l.choice) for l in store.labels()] == [(pair.id, Choice.LEFT)]
+    finally:
+        if run.process.poll() is None:
+            os.killpg(run.process.pid, signal.SIGKILL)
+            run.process.wait()
