@@ -413,7 +413,7 @@ def render_rater_reliability(raw: str | None) -> None:
         st.info("No per-rater estimate yet: it appears once labels from two or more raters have been fitted.")
         return
     frame = pd.DataFrame({
-        "rater": [r.rater_id for r in rows],
+        "rater": [plain_text(r.rater_id, 40) for r in rows],
         "labels": [r.labels for r in rows],
         "error rate": [round(r.error_rate, 3) for r in rows],
         "90% interval": [f"{r.error_rate_low:.2f} – {r.error_rate_high:.2f}" for r in rows],
@@ -425,9 +425,9 @@ def render_rater_reliability(raw: str | None) -> None:
     if flagged:
         st.warning(
             f"{len(flagged)} rater(s) err at least {threshold:.0%} of the time by the estimate; their labels "
-            "get weight 0 in the reward model (kept, not deleted): "
-            + ", ".join(escape_markdown(r.rater_id) for r in flagged)
+            "get weight 0 in the reward model (kept, not deleted):"
         )
+        st.text(", ".join(plain_text(r.rater_id, 40) for r in flagged))  # names as text, never Markdown
 
 
 # -- the preferences download (admin only) -------------------------------------------------------

@@ -206,7 +206,8 @@ def test_the_dashboard_shows_each_raters_estimate_and_names_the_flagged_ones_as_
         assert list(table["rater"]) == [r.rater_id for r in rows]
         assert set(table.loc[table["flagged"] == "yes", "rater"]) == {"__bold__", "sim-random-1", "sim-adversarial-1"}
         (warning,) = at.warning
-        assert "\\_\\_bold\\_\\_" in warning.value  # escaped: shown as typed, never bold
+        assert "weight 0" in warning.value
+        assert "__bold__" in "\n".join(t.value for t in at.text)  # st.text: shown as typed, never bold
         empty = AppTest.from_function(_reliability_page, args=(None,), default_timeout=30).run()
         assert "No per-rater estimate yet" in empty.info[0].value
 
@@ -221,10 +222,10 @@ def test_answers_the_server_flagged_count_less_and_are_kept(tmp_path) -> None:
     for n, pair_id in enumerate(pair_ids):
         pair = store.claim_next("alice")
         choice = oracle.compare(pair.left, pair.right)
-        if n % 3 == 0:  # every third answer: the worse clip, in a second
+        if n % 5 < 2:  # two answers in five: the worse clip, in a second
             choice = Choice.LEFT if choice is Choice.RIGHT else Choice.RIGHT
         store.answer(pair.id, "alice", choice, 1.0)
-        if n % 3 == 0:
+        if n % 5 < 2:
             (label,) = [x for x in store.labels("alice") if x.pair_id == pair.id]
             store.flag_label(label.id, "too_fast", 1.0)
     test_segments = random_segments(300, np.random.default_rng(98))
@@ -239,4 +240,4 @@ def test_answers_the_server_flagged_count_less_and_are_kept(tmp_path) -> None:
         return float(np.corrcoef(trainer.model.predict_segment_returns(test_segments), truth)[0, 1])
 
     assert correlation(0.0) > correlation(1.0) + 0.05
-    assert store.counts()["labels"] == 120 and len(store.label_flags()) == 40
+    assert store.counts()["labels"] == 120 and len(store.label_flags()) == 48
