@@ -118,6 +118,7 @@ def markdown(doc: dict) -> str:
 
 def plot(doc: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -141,7 +142,9 @@ def plot(doc: dict, path: Path) -> None:
     ax_beta.plot(xs, xs, "k--", lw=0.8)
     ax_beta.fill_between(xs, xs / 1.5, xs * 1.5, color="grey", alpha=0.15, label="x1.5")
     ax_beta.set(xscale="log", yscale="log", xlabel="true beta x typical |return difference|",
-                ylabel="fitted (same units)", title="rationality")
+                ylabel="fitted (same units; inf drawn at 1000)", title="rationality")
+    ax_beta.set_xticks([0.3, 1, 3], labels=["0.3", "1", "3"])
+    ax_beta.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax_eps.legend(fontsize=6)
     ax_beta.legend(fontsize=6)
     fig.suptitle(f"prefloop raters fit: {doc['env_id']}, {doc['labels_per_rater']} labels per rater")
@@ -157,7 +160,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("bench-out/raters-fit"))
+    parser.add_argument("--replot", action="store_true", help="redraw results.md and the plot from --out/results.json")
     args = parser.parse_args()
+    if args.replot:
+        document = json.loads((args.out / "results.json").read_text())
+        (args.out / "results.md").write_text(markdown(document))
+        plot(document, args.out / "raters_fit.png")
+        return
     run(args.env, args.labels, args.seed, args.bootstrap, args.out)
 
 

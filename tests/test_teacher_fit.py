@@ -109,7 +109,7 @@ def test_raters_fit_on_a_crowd_run_and_a_fitted_teacher_runs_in_train(tmp_path: 
 def test_raters_fit_refuses_a_missing_run_in_one_line(tmp_path: Path, capsys) -> None:
     assert main(["raters", "fit", "--run-dir", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "does not exist" in err
+    assert err.count("\n") == 1 and "has no prefs.sqlite" in err
     with pytest.raises(SystemExit) as exit_info:  # refused by argparse, before anything runs
         main(["train", "--teacher", "fitted:" + str(tmp_path / "none.json"), "--run-dir", str(tmp_path / "r")])
     assert exit_info.value.code == 2
