@@ -45,6 +45,8 @@ class AppConfig:
         invite_only: only raters added with ``prefloop raters add`` (personal links) may rate;
             otherwise a new name is claimed on its first visit and bound to a key in its link.
         max_answers_per_minute: a rater's answers beyond this many within 60 s are refused.
+        break_minutes: remind a rater to take a break after this many minutes of rating
+            (0: never).
     """
 
     db_url: str
@@ -55,6 +57,7 @@ class AppConfig:
     idle_seconds: float = 120.0
     invite_only: bool = False
     max_answers_per_minute: int = 30
+    break_minutes: float = 20.0
 
 
 def parse_app_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> AppConfig:
@@ -74,6 +77,7 @@ def parse_app_args(argv: Sequence[str], environ: Mapping[str, str] | None = None
     parser.add_argument("--idle-seconds", default="120")
     parser.add_argument("--max-answers-per-minute", default="30")
     parser.add_argument("--invite-only", action="store_true")
+    parser.add_argument("--break-minutes", default="20")
     args, _unknown = parser.parse_known_args(list(argv))
     db_url = args.db_url or environ.get(ENV_DB_URL)
     if not db_url:
@@ -94,7 +98,11 @@ def parse_app_args(argv: Sequence[str], environ: Mapping[str, str] | None = None
         )
     token = check_token_value(args.token or environ.get(ENV_TOKEN), "--token")
     admin_token = check_token_value(args.admin_token or environ.get(ENV_ADMIN_TOKEN), "--admin-token")
+    breaks = _number(args.break_minutes)
+    if not (math.isfinite(breaks) and breaks >= 0):
+        raise AppConfigError(f"--break-minutes must be a number of minutes >= 0 (0: no reminder), got {args.break_minutes!r}")
     return AppConfig(
+        break_minutes=breaks,
         db_url=db_url, run_name=args.run_name, token=token, admin_token=admin_token, lease_seconds=lease,
         idle_seconds=idle, invite_only=bool(args.invite_only), max_answers_per_minute=int(rate),
     )

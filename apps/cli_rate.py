@@ -60,6 +60,8 @@ def add_rate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                         help="a rater with no answer for this long is paused and their pairs go to others (default 120)")
     parser.add_argument("--invite-only", action="store_true",
                         help="only raters with a personal link (`prefloop raters add NAME`) may rate")
+    parser.add_argument("--break-minutes", type=float, default=None,
+                        help="remind raters to take a break after this many minutes of rating (default 20; 0: never)")
     parser.add_argument("--no-clip-worker", action="store_true", help="do not render clips here (another worker does)")
     # `prefloop run` passes its process id: the app stops when that process is gone, even killed.
     parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
@@ -109,7 +111,7 @@ def cmd_rate(args: argparse.Namespace) -> int:
         app = launch_rater_app(
             db_url, run_name, host=args.host, port=args.port, token=args.token,
             admin_token=args.admin_token, lease_seconds=args.lease_seconds,
-            idle_seconds=args.idle_seconds, invite_only=args.invite_only,
+            idle_seconds=args.idle_seconds, invite_only=args.invite_only, break_minutes=args.break_minutes,
         )
         url = app_url(args.host, args.port)
         wait_until_ready(url, timeout=120, process=app)

@@ -8,7 +8,6 @@ that draws them is :func:`render_dashboard`.
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ log = logging.getLogger("prefloop.apps")
 TRAINER_STATUS_WORDS = {
     "training": "The trainer is training the agent; it will ask for more comparisons soon.",
     "waiting_for_labels": "The trainer is waiting for your comparisons.",
+    "evaluating": "Labelling is over; the trainer is evaluating the agent.",
     "finished": "Training has finished. Thank you for your help!",
 }
 
@@ -56,16 +56,22 @@ class Progress:
         return min(1.0, max(0.0, self.env_step / self.total_steps))
 
 
-def parse_progress(raw: str | None) -> Progress | None:
-    """Read the ``progress`` meta value; None when missing or not a JSON object. Fields of the
-    wrong type are dropped rather than failing the page."""
+def json_object(raw: str | None) -> dict[str, Any] | None:
+    """A meta value read as a JSON object; None when missing, not JSON, or not an object."""
     if not raw:
         return None
     try:
         data = json.loads(raw)
     except ValueError:
         return None
-    if not isinstance(data, dict):
+    return data if isinstance(data, dict) else None
+
+
+def parse_progress(raw: str | None) -> Progress | None:
+    """Read the ``progress`` meta value; None when missing or not a JSON object. Fields of the
+    wrong type are dropped rather than failing the page."""
+    data = json_object(raw)
+    if data is None:
         return None
 
     def number(key: str, kind: type) -> Any:
@@ -215,10 +221,10 @@ def agreement(labels: Iterable[Label]) -> Agreement:
             by_pair[label.pair_id].append(label.choice)
     multi = [choices for choices in by_pair.values() if len(choices) > 1]
     agree = total = 0
-    for choices in multi:
-        for a, b in itertools.combinations(choices, 2):
-            total += 1
-            agree += a is b
+    for choices in multi:  # counted, not enumerated: a pair with many labels stays linear
+        n = len(choices)
+        total += n * (n - 1) // 2
+        agree += sum(k * (k - 1) // 2 for k in Counter(choices).values())
     unanimous = sum(1 for choices in multi if len(set(choices)) == 1)
     return Agreement(
         pairs=len(multi),
@@ -364,6 +370,9 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
         else:
             st.info("No gold pair (a pair with a known answer) has been answered yet.")
 
+    from prefloop.apps.rater_quality import render_rater_quality
+
+    render_rater_quality(store, labels, gold, [c for c in (progress.curve if progress else []) if "env_step" in c])
     render_rater_reliability(store.get_meta("rater_reliability"))
 
 

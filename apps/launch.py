@@ -137,6 +137,7 @@ def launch_rater_app(
     lease_seconds: float | None = None,
     idle_seconds: float | None = None,
     invite_only: bool = False,
+    break_minutes: float | None = None,
     log_path: str | os.PathLike[str] | None = None,
 ) -> RaterAppProcess:
     """Start the rater app for one run; returns the ``streamlit run`` process (not waited for):
@@ -156,6 +157,7 @@ def launch_rater_app(
         idle_seconds: a rater's session pauses (and gives its pairs back) after this long
             without an answer (default 120).
         invite_only: only raters with a personal link (``prefloop raters add``) may rate.
+        break_minutes: remind raters to take a break after this many minutes (default 20; 0: never).
         log_path: file for the app's output (default: discarded).
 
     Raises:
@@ -191,6 +193,8 @@ def launch_rater_app(
         command += ["--idle-seconds", str(idle_seconds)]
     if invite_only:
         command += ["--invite-only"]
+    if break_minutes is not None:
+        command += ["--break-minutes", str(break_minutes)]
     env = {k: v for k, v in os.environ.items() if k not in (ENV_DB_URL, ENV_TOKEN, ENV_ADMIN_TOKEN)}
     env[ENV_DB_URL] = db_url
     if token:

@@ -170,6 +170,9 @@ class RaterSession:
     answered_until: float = 0.0
     # This session's own labels, newest last: the only ones its Undo may retract.
     own_label_ids: list[int] = field(default_factory=list)
+    # When the current stretch of rating began (first answer since the page opened or the last
+    # break), for the break reminder.
+    rating_since: float | None = None
 
     def __post_init__(self) -> None:
         self.last_activity = self.clock()
@@ -375,6 +378,8 @@ class RaterSession:
             return
         if label.choice is wanted and label.id is not None and label.id not in self.own_label_ids:
             self.own_label_ids = [*self.own_label_ids, label.id][-UNDO_DEPTH:]
+            if self.rating_since is None:
+                self.rating_since = started
             self.answered_until = started + seconds
             self._flag(label.id, seconds, claimed, shown)
         if label.choice is not wanted:
@@ -421,10 +426,19 @@ class RaterSession:
     keepalive = heartbeat
 
     def pause(self) -> None:
-        """Give the pairs back and hold none until :meth:`resume`."""
+        """Give the pairs back and hold none until :meth:`resume` (idle, or taking a break)."""
         self.release_all()
         self.paused = True
         self.served_at.clear()
+        self.rating_since = None
+
+    def break_due(self, every_s: float) -> bool:
+        """True once the rater has rated for ``every_s`` seconds without a break (0: never)."""
+        return every_s > 0 and self.rating_since is not None and self.clock() - self.rating_since >= every_s
+
+    def keep_going(self) -> None:
+        """The rater saw the break reminder and goes on: remind again after another stretch."""
+        self.rating_since = self.clock()
 
     def resume(self) -> None:
         """The rater is back: fetch pairs again."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from prefloop.envs.timing import default_segment_length
+
 
 @dataclass(frozen=True)
 class EnvPreset:
@@ -163,9 +165,10 @@ CLASSIC_CONTROL_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCar
 
 
 def default_preset(env_id: str) -> EnvPreset:
-    """The preset of ``env_id``, or generic defaults for an env without one."""
+    """The preset of ``env_id``, or generic defaults for an env without one (its segment length
+    from the env's time step: :func:`prefloop.envs.timing.default_segment_length`)."""
     preset = PRESETS.get(env_id)
-    return preset if preset is not None else EnvPreset(env_id=env_id)
+    return preset if preset is not None else EnvPreset(env_id=env_id, segment_length=default_segment_length(env_id))
 
 
 def with_overrides(preset: EnvPreset, **changes: Any) -> EnvPreset:

@@ -39,6 +39,12 @@ from .spaces import SpaceEncoder, make_encoder
 _CHUNK_ROWS = 32_768
 _LEAKY_SLOPE = 0.01
 MIN_REWARD_SCALE = 1e-6
+# Standardised inputs are clipped here, so a state far outside the labelled data (a policy
+# exploring somewhere new) cannot drive the reward to extremes by extrapolation.
+INPUT_CLIP = 10.0
+# Feature standard deviations are floored here: a feature that was (nearly) constant in the
+# labelled data must not be blown up when it later varies.
+MIN_INPUT_STD = 0.05
 
 
 class RewardEnsemble(nn.Module):
@@ -92,6 +98,10 @@ class RewardEnsemble(nn.Module):
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(b))
         self.register_buffer("reward_scale", torch.tensor(1.0, dtype=torch.float32))
+        # Input standardisation (features - mean) / std, set from labelled data by the trainer
+        # (set_input_normalization); identity until then.
+        self.register_buffer("input_mean", torch.zeros(self.input_dim, dtype=torch.float32))
+        self.register_buffer("input_inv_std", torch.ones(self.input_dim, dtype=torch.float32))
 
     @property
     def device(self) -> torch.device:
@@ -103,7 +113,36 @@ class RewardEnsemble(nn.Module):
         """``obs (B, *obs_shape)``, ``actions (B, *act_shape)`` or ``(B,)`` -> features ``(B, input_dim)``."""
         if obs.shape[0] != actions.shape[0]:
             raise ValueError(f"obs has {obs.shape[0]} rows but actions has {actions.shape[0]}")
-        return torch.cat((self.obs_encoder(obs), self.action_encoder(actions)), dim=1)
+        raw = torch.cat((self.obs_encoder(obs), self.action_encoder(actions)), dim=1)
+        return ((raw - self.input_mean) * self.input_inv_std).clamp_(-INPUT_CLIP, INPUT_CLIP)
+
+    def raw_features(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """``(B, input_dim)`` float32: the encoded inputs before standardisation (numpy in, out)."""
+        obs, actions = self._checked(obs, actions)
+        return np.concatenate((self.obs_encoder.encode_numpy(obs), self.action_encoder.encode_numpy(actions)), axis=1)
+
+    @torch.no_grad()
+    def set_input_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Standardise the network's inputs with ``mean`` and ``std`` (``(input_dim,)`` each), without
+        changing the function the members compute (for inputs inside the clip range).
+
+        The first layer's weights and biases are rescaled to absorb the change, so updating the
+        statistics as labels accumulate never moves the reward by itself: only training does.
+        ``std`` is floored at ``MIN_INPUT_STD``.
+        """
+        mean_t = torch.as_tensor(np.asarray(mean, dtype=np.float32), device=self.device).reshape(-1)
+        std_t = torch.as_tensor(np.asarray(std, dtype=np.float32), device=self.device).reshape(-1)
+        if mean_t.shape != (self.input_dim,) or std_t.shape != (self.input_dim,):
+            raise ValueError(f"mean and std must have shape ({self.input_dim},), got {tuple(mean_t.shape)}, {tuple(std_t.shape)}")
+        if not (torch.isfinite(mean_t).all() and torch.isfinite(std_t).all()):
+            raise ValueError("input normalisation statistics must be finite")
+        new_inv = 1.0 / std_t.clamp(min=MIN_INPUT_STD)
+        w, b = self.weights[0], self.biases[0]  # (M, in, out), (M, 1, out)
+        # old: w^T (x - m) * i + b;  new: w'^T (x - m') * i' + b' with the same value for every x.
+        b.add_(((mean_t - self.input_mean) * self.input_inv_std).reshape(1, 1, -1) @ w)
+        w.mul_((self.input_inv_std / new_inv).reshape(1, -1, 1))
+        self.input_mean.copy_(mean_t)
+        self.input_inv_std.copy_(new_inv)
 
     def rewards_from_features(self, features: torch.Tensor) -> torch.Tensor:
         """Raw per-step rewards ``(M, B)`` from features ``(B, in)`` (shared by all members) or
@@ -171,13 +210,14 @@ class RewardEnsemble(nn.Module):
             ``(B,)`` float32.
         """
         obs, actions = self._checked(obs, actions)
-        weights, biases, scale = self._numpy_snapshot()
+        weights, biases, scale, mean, inv_std = self._numpy_snapshot()
         out = np.empty(len(obs), dtype=np.float32)
         for start in range(0, len(obs), _CHUNK_ROWS):
             sl = slice(start, start + _CHUNK_ROWS)
             h = np.concatenate(
                 (self.obs_encoder.encode_numpy(obs[sl]), self.action_encoder.encode_numpy(actions[sl])), axis=1
-            )[None]
+            )
+            h = np.clip((h - mean) * inv_std, -INPUT_CLIP, INPUT_CLIP)[None]
             for i, (w, b) in enumerate(zip(weights, biases)):
                 h = h @ w + b
                 if i < len(weights) - 1:
@@ -185,12 +225,14 @@ class RewardEnsemble(nn.Module):
             out[sl] = h[..., 0].mean(axis=0) / scale
         return out
 
-    def _numpy_snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    def _numpy_snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray], float, np.ndarray, np.ndarray]:
         """Numpy copies of the weights, remade when any parameter or the scale changed in place."""
         params = self.__dict__.get("_snapshot_params")
         if params is None:
             # A plain list, not registered with nn.Module: attribute access on modules is slow.
-            params = self.__dict__["_snapshot_params"] = [*self.weights, *self.biases, self.reward_scale]
+            params = self.__dict__["_snapshot_params"] = [
+                *self.weights, *self.biases, self.reward_scale, self.input_mean, self.input_inv_std
+            ]
         version = [p._version for p in params]
         if self.__dict__.get("_snapshot_version") != version:
             with torch.no_grad():
@@ -198,6 +240,8 @@ class RewardEnsemble(nn.Module):
                     [w.detach().cpu().numpy().copy() for w in self.weights],
                     [b.detach().cpu().numpy().copy() for b in self.biases],
                     float(self.reward_scale),
+                    self.input_mean.detach().cpu().numpy().copy(),
+                    self.input_inv_std.detach().cpu().numpy().copy(),
                 )
             self.__dict__["_snapshot_version"] = version
         return self._snapshot

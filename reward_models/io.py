@@ -125,6 +125,9 @@ def load_reward_model(directory: str | Path, map_location: str | torch.device = 
     except (SafetensorError, OSError, ValueError) as exc:
         raise ValueError(f"{weights_path} is not a readable safetensors file: {exc}") from exc
     model.to(map_location)
+    # Models saved before input standardisation existed have none: identity, as they were trained.
+    for name in ("input_mean", "input_inv_std"):
+        tensors.setdefault(name, getattr(model, name).detach().clone())
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

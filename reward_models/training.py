@@ -45,7 +45,12 @@ class RewardModelConfig:
         lr: Adam learning rate.
         weight_decay: Adam L2 weight decay.
         batch_size: pairs per gradient step (per member).
-        epochs: at most this many passes over the training pairs per ``fit`` call ...
+        steps_per_label: gradient steps a ``fit`` call may take per label it has not fitted before
+            (at least ``min_steps_per_fit``): the cost of reward learning is bounded per label, so
+            a model that cannot reach ``stop_accuracy`` (noisy answers, a hard task) costs at most
+            ``steps_per_label`` steps per label over the whole run, not a full cap at every round ...
+        min_steps_per_fit: ... (a round with a few new labels still gets this many) ...
+        epochs: ... and at most this many passes over the training pairs per call ...
         max_steps_per_fit: ... and at most this many gradient steps per call, so fitting stays
             cheap when thousands of labels have accumulated (the model is warm-started anyway).
         stop_accuracy: stop a ``fit`` after the first epoch in which the members' training
@@ -66,6 +71,11 @@ class RewardModelConfig:
             the clips can be watched); the answer is kept and still scored for its rater.
         val_fraction: fraction of pairs held out for validation (0 disables validation).
         seed: seeds the initial weights, the validation split and the bootstrap resamples.
+        normalize_inputs: standardise the network's inputs with the mean and standard deviation
+            of the labelled segments' steps, updated at every fit (imitation's running norm does
+            the same): without it an env whose observations mix scales (Reacher: joint
+            velocities of ~9 next to a fingertip offset of ~0.15) hides the features the reward
+            depends on, and the model memorises instead of generalising.
     """
 
     n_members: int = 3
@@ -73,7 +83,9 @@ class RewardModelConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 64
-    epochs: int = 50
+    steps_per_label: int = 10
+    min_steps_per_fit: int = 100
+    epochs: int = 200
     max_steps_per_fit: int = 2000
     stop_accuracy: float = 0.97
     random_response: float = 0.1
@@ -83,13 +95,14 @@ class RewardModelConfig:
     flagged_answer_weight: float = 0.25
     val_fraction: float = 0.2
     seed: int = 0
+    normalize_inputs: bool = True
 
     def __post_init__(self) -> None:
         hidden = self.hidden_sizes
         if isinstance(hidden, int) or not all(_is_int(h) and h >= 1 for h in hidden):
             raise ValueError(f"hidden_sizes must be a tuple of positive ints, got {hidden!r}")
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in hidden))
-        for name in ("n_members", "batch_size", "epochs", "max_steps_per_fit"):
+        for name in ("n_members", "batch_size", "epochs", "max_steps_per_fit", "steps_per_label", "min_steps_per_fit"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -223,6 +236,22 @@ class _Rows:
     weight: torch.Tensor | None = None
     labels: RaterLabels | None = None
 
+    def with_pseudo_pairs(self, first_pair: int, targets: np.ndarray, random_response: float) -> "_Rows":
+        """These rows plus one per pseudo-labelled pair (encoded from ``first_pair`` on); in
+        reliability mode they have the prior error rate ``random_response / 2`` and weight 1."""
+        n = len(targets)
+        extra_pairs = np.arange(first_pair, first_pair + n)
+        rows = _Rows(
+            pair=np.concatenate([self.pair, extra_pairs]),
+            target=torch.cat([self.target, torch.as_tensor(targets, dtype=self.target.dtype, device=self.target.device)]),
+            key=np.concatenate([self.key, -1 - extra_pairs]),
+            labels=self.labels,
+        )
+        if self.error_rate is not None and self.weight is not None:
+            rows.error_rate = torch.cat([self.error_rate, torch.full((n,), random_response / 2, dtype=self.error_rate.dtype)])
+            rows.weight = torch.cat([self.weight, torch.ones(n, dtype=self.weight.dtype)])
+        return rows
+
 
 @dataclass
 class FitStats:
@@ -283,15 +312,21 @@ class RewardTrainer:
         self.config = config
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self._n_fits = 0
+        self.pairs_fitted = 0  # labelled pairs seen by earlier fits: the per-label budget counts the rest
         # Each rater's estimated reliability after the last fit (None: plain loss, or one rater).
         self.rater_estimates: list[RaterEstimate] | None = None
 
-    def fit(self, pairs: Sequence[LabeledPair]) -> FitStats:
+    def fit(self, pairs: Sequence[LabeledPair], pseudo_pairs: Sequence[LabeledPair] = ()) -> FitStats:
         """Train on ``pairs`` (all labelled pairs so far, not just the new ones).
 
         With ``rater_model="reliability"`` and pairs whose ``extra["votes"]`` name at least two
-        raters (or hold answers with flags, weighted ``flagged_answer_weight``), each label is a row and the raters' error rates are re-estimated halfway through
-        the step budget and at the end (:attr:`rater_estimates`).
+        raters (or hold answers with flags, weighted ``flagged_answer_weight``), each label is a
+        row and the raters' error rates are re-estimated halfway through the step budget and at the
+        end (:attr:`rater_estimates`).
+
+        ``pseudo_pairs`` (SURF's model-made labels, ``prefloop.semi_supervised``) join the training
+        side only: never validated on, not counted in the per-label step budget, not used for the
+        input statistics, nor for the raters' estimates (they enter with the prior error rate).
 
         Raises:
             ValueError: no pairs, a target outside [0, 1], or segments of mismatched shapes.
@@ -305,22 +340,35 @@ class RewardTrainer:
             i = int(bad[0])
             raise ValueError(f"pair {i} (pair_id={pairs[i].pair_id}) has target {pairs[i].target}; expected [0, 1]")
 
-        features, mask, _ = self._encode(pairs, targets)
-        rows = self._rows(pairs, targets, features.device)
+        rows = self._rows(pairs, targets, model.device)
         is_val = np.zeros(len(rows.pair), dtype=bool)
         if len(pairs) >= MIN_PAIRS_FOR_VALIDATION and cfg.val_fraction > 0:
             is_val = validation_mask(rows.key, cfg.seed, cfg.val_fraction)
             if is_val.all():
                 is_val[:] = False
+        if cfg.normalize_inputs:
+            self._update_input_normalization(pairs)
+        n_labelled = len(pairs)
+        if pseudo_pairs:
+            pseudo_targets = np.array([p.target for p in pseudo_pairs], dtype=np.float64)
+            rows = rows.with_pseudo_pairs(n_labelled, pseudo_targets, cfg.random_response)
+            pairs = [*pairs, *pseudo_pairs]
+            targets = np.concatenate([targets, pseudo_targets])
+            is_val = np.concatenate([is_val, np.zeros(len(pseudo_pairs), dtype=bool)])
         train_idx = np.flatnonzero(~is_val)
         val_idx = np.flatnonzero(is_val)
+
+        features, mask, _ = self._encode(pairs, targets)
 
         rng = np.random.default_rng([cfg.seed, self._n_fits])
         self._n_fits += 1
         n_train, members = len(train_idx), model.n_members
         boot = train_idx[rng.integers(0, n_train, size=(members, n_train))]
         steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-        total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps_per_fit)
+        new_pairs = max(0, n_labelled - self.pairs_fitted)
+        self.pairs_fitted = max(self.pairs_fitted, n_labelled)
+        budget = max(cfg.min_steps_per_fit, cfg.steps_per_label * new_pairs)
+        total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps_per_fit, budget)
         length, dim = features.shape[-2], features.shape[-1]
         pair_of_row = torch.as_tensor(rows.pair, device=features.device)
         estimated_midway = rows.labels is None
@@ -425,20 +473,30 @@ class RewardTrainer:
         return min(max(self.config.random_response / 2, 1e-3), 0.5)
 
     def _set_row_error_rates(self, rows: _Rows) -> None:
+        """Each label row's error rate and weight from the raters' estimates (rows past the
+        labels -- pseudo-labelled pairs -- keep theirs)."""
         assert rows.labels is not None
         error, weight = loss_error_rates(rows.labels, self.rater_estimates, self._prior_error_rate())
-        rows.error_rate = torch.as_tensor(error, dtype=torch.float32, device=rows.target.device)
-        rows.weight = torch.as_tensor(weight, dtype=torch.float32, device=rows.target.device)
+        n = len(error)
+        device = rows.target.device
+        if rows.error_rate is None or rows.weight is None:
+            rows.error_rate = torch.as_tensor(error, dtype=torch.float32, device=device)
+            rows.weight = torch.as_tensor(weight, dtype=torch.float32, device=device)
+        else:
+            rows.error_rate[:n] = torch.as_tensor(error, dtype=torch.float32, device=device)
+            rows.weight[:n] = torch.as_tensor(weight, dtype=torch.float32, device=device)
 
     @torch.no_grad()
     def _estimate_raters(self, features: torch.Tensor, mask: torch.Tensor, rows: _Rows, boot: np.ndarray) -> None:
         """E-step: each rater's error rate from the members' out-of-bag predictions of their labels."""
         assert rows.labels is not None
         cfg, model = self.config, self.model
-        p_right = self._pair_probabilities(features, mask)[:, rows.pair]  # (M, rows)
-        out_of_bag = np.ones(p_right.shape, dtype=bool)
+        n_labels = len(rows.labels.rater_index)  # label rows come first (then pseudo-labelled pairs)
+        p_right = self._pair_probabilities(features, mask)[:, rows.pair[:n_labels]]  # (M, labels)
+        out_of_bag = np.ones((model.n_members, len(rows.pair)), dtype=bool)
         for member in range(model.n_members):
             out_of_bag[member, boot[member]] = False
+        out_of_bag = out_of_bag[:, :n_labels]
         has_oob = out_of_bag.any(axis=0)
         oob_mean = (p_right * out_of_bag).sum(0) / np.maximum(out_of_bag.sum(0), 1)
         p_row = np.where(has_oob, oob_mean, p_right.mean(0))
@@ -466,6 +524,29 @@ class RewardTrainer:
             ).reshape(model.n_members, k, 2).double()
             out.append(torch.sigmoid(returns[..., 1] - returns[..., 0]).cpu().numpy())
         return np.concatenate(out, axis=1)
+
+    def counters(self) -> dict[str, int]:
+        """The trainer's progress besides the optimiser: fits so far (seeds each fit's shuffles) and
+        labelled pairs already fitted (the per-label budget counts the rest)."""
+        return {"n_fits": self._n_fits, "pairs_fitted": self.pairs_fitted}
+
+    def restore_counters(self, counters: dict[str, int]) -> None:
+        """Continue from :meth:`counters` of a checkpoint."""
+        self._n_fits = int(counters.get("n_fits", 0))
+        self.pairs_fitted = int(counters.get("pairs_fitted", 0))
+
+    def _update_input_normalization(self, pairs: Sequence[LabeledPair]) -> None:
+        """Standardise inputs with the statistics of the labelled segments' real steps (each distinct segment once)."""
+        seen: dict[int, object] = {}
+        for p in pairs:
+            seen.setdefault(id(p.left), p.left)
+            seen.setdefault(id(p.right), p.right)
+        obs, actions, mask = stack_segments(list(seen.values()))  # type: ignore[arg-type]
+        real = mask > 0
+        if real.sum() < 2:
+            return
+        features = self.model.raw_features(obs[real], actions[real]).astype(np.float64)
+        self.model.set_input_normalization(features.mean(0), features.std(0))
 
     def _encode(
         self, pairs: Sequence[LabeledPair], targets: np.ndarray

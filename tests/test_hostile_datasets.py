@@ -371,8 +371,20 @@ HOSTILE = [
     Hostile("source-run-name-1mb", edit_manifest(lambda m: m["source"].update({"run_name": MB})), "has the run_name 'xxx", echo=MB),
     Hostile("guideline-nul", edit_manifest(lambda m: m.update({"guideline": "Which?\x00"})), "field 'guideline' contains a NUL"),
     Hostile("guideline-surrogate", raw_manifest("guideline", '"Which\\udc00?"'), "field 'guideline' contains an unpaired surrogate", reseal=False),
+    Hostile("guideline-page-nul", edit_manifest(lambda m: m.update({"guideline_page": "# Guide\n\x00"})), "field 'guideline_page' contains a NUL"),
+    Hostile("guideline-page-1mb", edit_manifest(lambda m: m.update({"guideline_page": MB})), "field 'guideline_page' is 1,000,000 characters", echo=MB),
+    Hostile("guideline-page-a-list", edit_manifest(lambda m: m.update({"guideline_page": ["# Guide"]})), "field 'guideline_page' must be a JSON string"),
     Hostile("guideline-1mb", edit_manifest(lambda m: m.update({"guideline": MB})), "field 'guideline' is 1,000,000 characters", echo=MB),
     Hostile("env-spec-without-env-id", edit_manifest(lambda m: m.update({"env_spec": {"env_kwargs": {}}})), "field 'env_spec' must name its env"),
+    Hostile("env-kwargs-absolute-path", edit_manifest(lambda m: m.update({"env_spec": {"env_id": "Hopper-v5", "env_kwargs": {"xml_file": "/etc/passwd"}}})),
+            "env_kwargs.xml_file' = '/etc/passwd'; a dataset may not name files"),
+    Hostile("env-kwargs-nested-relative-path", edit_manifest(lambda m: m.update({"env_spec": {"env_id": "Hopper-v5", "env_kwargs": {"a": [{"b": "../../x.xml"}]}}})),
+            "env_kwargs.a[0].b' = '../../x.xml'"),
+    Hostile("env-kwargs-home-path", edit_manifest(lambda m: m.update({"env_spec": {"env_id": "Hopper-v5", "env_kwargs": {"xml_file": "~root.xml"}}})),
+            "may not name files"),
+    Hostile("env-id-with-a-command", edit_manifest(lambda m: m["env_spec"].update({"env_id": "CartPole-v1\n; rm -rf ~"})), "must name its env in 'env_id'"),
+    Hostile("env-id-up-the-tree", edit_manifest(lambda m: m["env_spec"].update({"env_id": "../../CartPole-v1"})), "must name its env in 'env_id'"),
+    Hostile("env-id-1mb", edit_manifest(lambda m: m["env_spec"].update({"env_id": MB})), "must name its env in 'env_id'", echo=MB),
     Hostile("counts-lie-with-1mb", edit_manifest(lambda m: m["counts"].update({"labels": MB})), "counts.labels says 'xxx", echo=MB),
 ]
 
@@ -446,7 +458,8 @@ def test_odd_but_legal_text_and_times_arrive_exactly_on_both_backends(
     labels[0]["created_at"] = 0.0  # 1970: legal, if odd; the dashboard must cope
     labels[1]["created_at"] = 1e10  # the year 2286
     write_jsonl(dataset, "labels.jsonl", labels)
-    edit_manifest(lambda m: m.update({"guideline": "![x](https://evil.example/a.png) Which is better?"}))(dataset)
+    page = "# How to rate\n\n![tracker](https://evil.example/a.png) [Session expired](https://evil.example/login)\n"
+    edit_manifest(lambda m: m.update({"guideline": "![x](https://evil.example/a.png) Which is better?", "guideline_page": page}))(dataset)
     reseal(dataset)
 
     run = f"odd-{uuid.uuid4().hex[:8]}"
@@ -456,8 +469,10 @@ def test_odd_but_legal_text_and_times_arrive_exactly_on_both_backends(
         stored = store.labels(include_retracted=True)
         assert [(lab.rater_id, lab.created_at) for lab in stored] == [(lab["rater_id"], lab["created_at"]) for lab in labels]
         assert store.get_meta("guideline") == "![x](https://evil.example/a.png) Which is better?"
+        assert store.get_meta("guideline_page") == page  # stored as written; the rater app renders it safely
     again = load_dataset(export_dataset(precious, run, tmp_path / "again").path)
     assert [lab.rater_id for lab in again.labels] == [lab["rater_id"] for lab in labels]
+    assert again.manifest["guideline_page"] == page
 
 
 def test_an_imported_run_is_a_run_doctor_export_and_replay_understand(

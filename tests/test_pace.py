@@ -44,9 +44,15 @@ def test_each_answered_label_unlocks_steps_up_to_one_round_ahead() -> None:
     assert pace.allowed_steps(0) == pace.allowed_steps(9) == 0  # the policy waits for its first labels
     allowed = [pace.allowed_steps(n) for n in range(10, 60)]
     assert allowed == sorted(allowed) and allowed[0] == 0 < allowed[-1]
-    # With round k's pairs all answered the policy may reach round k+1's step, never further.
+    # The policy reaches round k+1's step (where the next pairs are asked) while the rater still has at
+    # most 2 pairs of round k to answer, and goes no further until round k is answered.
     for k in range(len(rounds) - 1):
-        assert pace.allowed_steps(rounds[k].cumulative_labels) == rounds[k + 1].at_step
+        previous = rounds[k - 1].cumulative_labels if k else 10
+        room = min(2, rounds[k].cumulative_labels - previous - 1)
+        assert pace.allowed_steps(rounds[k].cumulative_labels - room) == rounds[k + 1].at_step
+        assert pace.allowed_steps(rounds[k].cumulative_labels - room - 1) < rounds[k + 1].at_step
+        if k + 2 < len(rounds):
+            assert pace.allowed_steps(rounds[k].cumulative_labels) <= rounds[k + 2].at_step
     # The last labels are needed half way through the final stretch: the policy trains on them.
     assert pace.allowed_steps(59) < (rounds[-1].at_step + 60_000) // 2
     assert pace.allowed_steps(60) >= 60_000

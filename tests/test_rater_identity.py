@@ -304,3 +304,212 @@ def test_flagging_checks_its_input(store: PreferenceStore, clock: Clock) -> None
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# -- agreement, consistency, fatigue and cost (dashboard) ----------------------------------------------
+
+
+def lab(pair: int, rater: str, choice: Choice, t: float, rt: float = 2.0, label_id: int | None = None):
+    from prefloop.types import Label
+
+    return Label(pair_id=pair, rater_id=rater, choice=choice, response_time_s=rt, created_at=t, id=label_id)
+
+
+def test_krippendorffs_alpha_matches_the_published_example() -> None:
+    from prefloop.apps.rater_quality import krippendorff_alpha, pair_alpha
+
+    # Krippendorff (2011), "Computing Krippendorff's alpha-reliability", nominal example: 0.743.
+    units = [[1, 1, 1], [2, 2, 3, 2], [3, 3, 3, 3], [3, 3, 3, 3], [2, 2, 2, 2], [1, 2, 3, 4], [4, 4, 4, 4],
+             [1, 1, 2, 1], [2, 2, 2, 2], [5, 5, 5], [1, 1], [3]]
+    assert krippendorff_alpha(units) == pytest.approx(0.743, abs=5e-4)
+    L, R = Choice.LEFT, Choice.RIGHT
+    agreeing = [lab(p, r, L if p % 2 else R, p) for p in range(1, 7) for r in ("a", "b")]
+    assert pair_alpha(agreeing) == pytest.approx(1.0)
+    contrary = [lab(p, "a", L if p % 2 else R, p) for p in range(1, 7)] + [lab(p, "b", R if p % 2 else L, p) for p in range(1, 7)]
+    assert pair_alpha(contrary) < 0 and pair_alpha([lab(1, "a", L, 0)]) is None
+
+
+def test_self_consistency_counts_repeats_in_either_orientation() -> None:
+    from prefloop.apps.rater_quality import self_consistency
+
+    segments = {1: (10, 11), 2: (11, 10), 3: (10, 11), 4: (12, 13)}
+    labels = [lab(1, "ann", Choice.LEFT, 0), lab(2, "ann", Choice.RIGHT, 1),  # the same preference, swapped
+              lab(1, "bo", Choice.LEFT, 0), lab(3, "bo", Choice.RIGHT, 1), lab(4, "bo", Choice.LEFT, 2)]
+    rows = {c.rater_id: c for c in self_consistency(labels, segments)}
+    assert (rows["ann"].repeats, rows["ann"].share) == (1, 1.0)
+    assert (rows["bo"].repeats, rows["bo"].share) == (1, 0.0)
+
+
+def test_fatigue_shows_drift_over_the_latest_session() -> None:
+    from prefloop.apps.rater_quality import fatigue
+
+    gold = {p: Choice.LEFT for p in range(100)}
+    steady = [lab(p, "steady", Choice.LEFT, 100.0 * p, rt=3.0) for p in range(12)]
+    tiring = [lab(p, "tiring", Choice.LEFT if p < 6 else Choice.RIGHT, 100.0 * p, rt=3.0 if p < 6 else 0.8)
+              for p in range(12)]
+    rows = {f.rater_id: f for f in fatigue(steady + tiring, gold)}
+    assert rows["steady"].time_ratio == 1.0 and rows["steady"].gold_change == 0.0 and not rows["steady"].tired
+    assert rows["tiring"].time_ratio < 0.5 and rows["tiring"].gold_change == -1.0 and rows["tiring"].tired
+
+
+def test_cost_per_label_and_return_per_hour_and_per_cost() -> None:
+    from prefloop.apps.rater_quality import CostSettings, cost_summary, parse_cost, rating_hours
+
+    # Two sessions of one rater: 10 labels a minute apart (from 60 s before the first), and one
+    # label a day later (its 30 s of response time).
+    labels = [lab(p, "ann", Choice.LEFT, 60.0 * (p + 1), rt=60.0) for p in range(10)] + [lab(99, "ann", Choice.LEFT, 90_000.0, rt=30.0)]
+    assert rating_hours(labels) == pytest.approx((600 + 30) / 3600)
+    curve = [{"env_step": 0, "true_return": 20.0}, {"env_step": 1000, "true_return": 120.0}]
+    hourly = cost_summary(labels, parse_cost('{"hourly_rate": 36, "currency": "EUR"}'), curve)
+    assert hourly.total == pytest.approx(36 * 630 / 3600) and hourly.currency == "EUR"
+    assert hourly.per_label == pytest.approx(hourly.total / 11)
+    assert hourly.return_gain == 100.0 and hourly.gain_per_hour == pytest.approx(100 / (630 / 3600))
+    assert hourly.gain_per_cost == pytest.approx(100 / hourly.total)
+    per_label = cost_summary(labels, CostSettings(cost_per_label=0.5), curve)
+    assert per_label.total == 5.5 and per_label.gain_per_cost == pytest.approx(100 / 5.5)
+    assert cost_summary(labels, None).total is None and parse_cost('{"hourly_rate": -3}') is None
+
+
+def test_the_dashboard_shows_alpha_flags_and_cost(rated_store: RatedStore, tmp_path: Path) -> None:
+    with PreferenceStore(rated_store.url, rated_store.run_name) as store:
+        clock = Clock(1_900_000_000.0)
+        quick = RaterSession(store, "quick", clock=clock)
+        quick.refresh()
+        clock.advance(0.2)
+        quick.apply([answer(1, quick.current.pair_id, seconds=4.0)])  # too fast, and a cut claim
+        store.set_meta("cost", '{"cost_per_label": 0.25}')
+        store.set_meta("progress", json.dumps({"status": "training", "curve": [
+            {"env_step": 0, "true_return": 10.0}, {"env_step": 100, "true_return": 30.0}]}))
+    with app_served_on_loopback():
+        at = AppTest.from_function(_app, args=(["--db-url", rated_store.url, "--run-name", rated_store.run_name],),
+                                   default_timeout=30)
+        at._page_hash = None
+        at.run()
+        at._page_hash = next(h for h, info in at._registered_pages.items() if info.get("url_pathname") == "dashboard")
+        at.run()
+        assert not at.exception
+        metrics = {m.label: m.value for m in at.metric}
+        assert metrics["Total cost"] == "0.25 USD" and metrics["Cost per label"] == "0.250 USD"
+        assert metrics["Krippendorff's alpha"] == "–"  # one rater: nothing to agree on yet
+        (table,) = [d for d in at.dataframe]
+        row = table.value.loc["quick"]
+        assert (row["labels"], row["too fast"], row["time cut"]) == (1, 1, 1)
+
+
+# -- guidelines and breaks ---------------------------------------------------------------------------
+
+HOSTILE_GUIDE = """# How to judge
+Prefer the cart whose **pole** stays up longest. <script>window.__pwned = 1</script>
+<img src="https://tracker.example/pixel.png" onerror="window.__pwned = 2">
+![tracking pixel](https://tracker.example/pixel.gif) and ![local](/etc/passwd)
+Read [our site](https://phish.example/login) or <https://phish.example/auto>.
+
+![Left is better: its pole never falls](pair:1)
+
+<iframe src="https://evil.example"></iframe>
+"""
+
+
+def test_the_guideline_page_strips_remote_images_html_and_links() -> None:
+    from prefloop.apps.guideline import ExampleBlock, HtmlBlock, render_guideline
+
+    blocks = render_guideline(HOSTILE_GUIDE)
+    html = "".join(b.html for b in blocks if isinstance(b, HtmlBlock))
+    assert "<strong>pole</strong>" in html and "<h1>How to judge</h1>" in html  # Markdown still works
+    for forbidden in ("<script", "<img", "<iframe", "<a "):  # as tags: what a browser would act on
+        assert forbidden not in html
+    assert "&lt;script&gt;" in html and "tracking pixel" in html and "our site" in html  # shown as text
+    assert [b for b in blocks if isinstance(b, ExampleBlock)] == [ExampleBlock(1, "Left is better: its pole never falls")]
+
+
+def test_raters_guideline_command_and_the_page_above_the_clips(rated_store: RatedStore, tmp_path: Path, capsys) -> None:
+    guide = tmp_path / "guide.md"
+    guide.write_text(HOSTILE_GUIDE, encoding="utf-8")
+    assert cli_main(["raters", "guideline", "--db-url", rated_store.url, "--run-name", rated_store.run_name,
+                     "--file", str(guide)]) == 0
+    assert "1 example pairs" in capsys.readouterr().out
+    with app_served_on_loopback():
+        at = AppTest.from_function(_app, args=(["--db-url", rated_store.url, "--run-name", rated_store.run_name],),
+                                   default_timeout=30)
+        at.query_params.update(rater="reader")
+        at.run()
+        assert not at.exception
+        assert at.markdown[0].value == f"### {RATED_GUIDELINE}"  # the one-line question stays on top
+        (fold,) = at.expander
+        assert fold.label == "How to judge (guidelines)"
+        html = "".join(e.proto.body for e in at.get("html"))
+        assert "<strong>pole</strong>" in html
+        assert not any(tag in html for tag in ("<script", "<img", "<iframe", "<a "))
+        assert len(at.get("video")) == 2  # the example pair's two clips, from the store
+
+
+def test_a_break_reminder_after_a_stretch_of_rating(store: PreferenceStore, clock: Clock) -> None:
+    alice = session(store, clock, "alice")
+    assert not alice.break_due(20 * 60)
+    for seq in range(1, 12):
+        clock.advance(3.0 if seq < 11 else 20 * 60)
+        alice.apply([answer(seq, alice.current.pair_id)])
+        if alice.paused:
+            alice.resume()
+    assert alice.break_due(20 * 60) and not alice.break_due(0)
+    alice.keep_going()
+    assert not alice.break_due(20 * 60)
+    clock.advance(20 * 60)
+    assert alice.break_due(20 * 60)
+    alice.pause()  # "Take a break": the pairs go back, the stretch starts again afterwards
+    assert store.counts()["claimed"] == 0 or all(p is None for p in (alice.current, alice.next))
+    alice.resume()
+    assert not alice.break_due(20 * 60) and alice.current is not None
+
+
+# -- onboarding ------------------------------------------------------------------------------------
+
+
+def test_a_new_rater_practises_on_gold_pairs_and_counts_once_passed(rated_store: RatedStore, capsys) -> None:
+    with PreferenceStore(rated_store.url, rated_store.run_name) as store:
+        segments = store.get_segments([1, 2, 3, 4])
+        gold = [store.add_pairs([SegmentPair(segments[a], segments[b])], gold_choice=choice)[0]
+                for a, b, choice in ((0, 1, Choice.LEFT), (1, 2, Choice.RIGHT), (2, 3, Choice.LEFT))]
+        store.set_meta("guideline_page", f"![The left pole never falls: that is what counts]({f'pair:{gold[0]}'})")
+    assert cli_main(["raters", "onboarding", "--db-url", rated_store.url, "--run-name", rated_store.run_name,
+                     "--pairs", "3", "--pass", "2"]) == 0
+    assert "practise on 3 gold pairs" in capsys.readouterr().out
+
+    def app(rater: str) -> AppTest:
+        at = AppTest.from_function(_app, args=(["--db-url", rated_store.url, "--run-name", rated_store.run_name],),
+                                   default_timeout=30)
+        at.query_params.update(rater=rater)
+        return at.run()
+
+    def press(at: AppTest, label: str) -> AppTest:
+        next(b for b in at.button if b.label == label).click()
+        return at.run()
+
+    with app_served_on_loopback():
+        at = app("newbie")
+        assert "Practice first" in "\n".join(c.value for c in at.caption)
+        assert not [e for e in at.get("bidi_component")]  # no rating player before passing
+        press(at, "Right is better")  # wrong: the left one was better, and the guideline says why
+        assert "Not quite: the left clip was better. The left pole never falls" in at.warning[0].value
+        press(at, "Next practice pair")
+        press(at, "Right is better")
+        assert at.success[0].value.startswith("Right: the right clip was better.")
+        press(at, "Next practice pair")
+        press(at, "Left is better")
+        assert any("You passed (2 of 3 right)" in s.value for s in at.success)
+        press(at, "Start rating")
+        assert [e for e in at.get("bidi_component")]  # now rating for real
+        with PreferenceStore(rated_store.url, rated_store.run_name) as store:
+            assert store.rater("newbie")["onboarded_at"] is not None
+            assert store.labels(rater_id="newbie") == []  # practice answers are never labels
+
+        failing = app("clicker")
+        for _ in range(3):
+            press(failing, "About the same")
+            if any(b.label == "Next practice pair" for b in failing.button):
+                press(failing, "Next practice pair")
+        assert "0 of 3 right; 2 are needed" in failing.info[-1].value
+        press(failing, "Try again")
+        assert "Practice pair 1 of 3" in "\n".join(c.value for c in failing.caption)
+        with PreferenceStore(rated_store.url, rated_store.run_name) as store:
+            assert store.rater("clicker")["onboarded_at"] is None

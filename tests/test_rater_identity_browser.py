@@ -158,3 +158,28 @@ def test_the_stored_response_time_is_the_servers_not_the_browsers_claim(served, 
         with PreferenceStore(rated.url, rated.run_name) as store:
             flags = store.label_flags()[label.id]
         assert flags["time_cut"] == 30.0
+
+
+def test_the_guideline_page_renders_safely_in_the_browser(served, chromium: str) -> None:
+    """A hostile guideline page: in Chromium nothing remote is loaded, no script runs, no link
+    leaves the app; the Markdown and the example pair's clips show."""
+    from test_rater_identity import HOSTILE_GUIDE
+
+    url, rated = served
+    with PreferenceStore(rated.url, rated.run_name) as store:
+        store.set_meta("guideline_page", HOSTILE_GUIDE)
+    requested: list[str] = []
+    with chromium_browser(chromium) as browser:
+        page = browser.new_context(viewport={"width": 1280, "height": 1300}).new_page()
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(url + "?rater=reader")
+        shown_pair(page)
+        page.get_by_text("How to judge (guidelines)").wait_for()
+        page.locator("strong", has_text="pole").wait_for()
+        eventually(lambda: page.locator("[data-testid='stExpander'] video").count() == 2, what="the example clips")
+        time.sleep(1.0)
+        page.screenshot(path=str(ARTIFACTS / "guideline.png"), full_page=True)
+        assert page.evaluate("window.__pwned === undefined")
+        assert page.locator("[data-testid='stExpander'] img, [data-testid='stExpander'] iframe").count() == 0
+        assert page.locator("[data-testid='stExpander'] a").count() == 0
+        assert not [u for u in requested if "example" in u.split("/")[2]]  # nothing fetched from elsewhere

@@ -87,8 +87,17 @@ class Job:
         return run_identity(self.kind, self.config.resolve().to_json())
 
 
+# Fields only a preference run reads: a true-reward baseline is the same computation whatever they
+# say, so a baseline stays reusable when the reward model's or the segments' defaults change.
+_PREFERENCE_ONLY = (
+    "teacher", "teacher_params", "labels", "segment_length", "query", "reward_model", "schedule",
+    "segment_buffer", "guideline", "when_behind", "min_initial_labels", "gold_fraction", "raters_per_pair",
+)
+
+
 def run_identity(kind: str, resolved_config: dict[str, Any]) -> str:
-    data = {k: v for k, v in resolved_config.items() if k not in _NOT_IDENTITY}
+    ignored = _NOT_IDENTITY + (_PREFERENCE_ONLY if kind == "true_reward" else ())
+    data = {k: v for k, v in resolved_config.items() if k not in ignored}
     return json.dumps({"kind": kind, "config": data}, sort_keys=True)
 
 
@@ -114,7 +123,7 @@ def plan_jobs(config: BenchConfig) -> list[Job]:
             jobs.append(Job("preferences", TrainConfig(
                 env_id=env_id, run_dir=runs_dir / f"{env_id}-{algo_name}-{folder_teacher}{loss}-{query}-{labels}-s{seed}",
                 algo=algo_name, steps=config.steps, seed=seed, labels=labels, teacher=name, teacher_params=params,
-                query=QueryConfig(method=query), progress_bar=False, eval_episodes=config.eval_episodes,
+                query=QueryConfig.from_spec(query), progress_bar=False, eval_episodes=config.eval_episodes,
                 reward_model=RewardModelConfig(rater_model=rater_model),
                 answer_seconds=config.answer_seconds, answer_seconds_sigma=config.answer_seconds_sigma,
             )))
@@ -136,7 +145,7 @@ def run_job(job: Job) -> dict[str, Any]:
         "steps": config.steps,
         "labels": config.labels if job.kind == "preferences" else 0,
         "teacher": teacher_spec(config.teacher, config.teacher_params) if job.kind == "preferences" else None,
-        "query": config.query.method if job.kind == "preferences" else None,
+        "query": config.query.spec if job.kind == "preferences" else None,
         "rater_model": config.reward_model.rater_model if job.kind == "preferences" else None,
         "rater_reliability": _rater_reliability(config) if job.kind == "preferences" else None,
         "eval_return_mean": result.eval_return_mean,

@@ -16,6 +16,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from prefloop.algos import is_off_policy, relabel_replay_buffer
 from prefloop.learner import PreferenceLearner
 from prefloop.pacing import LabelPace
+from prefloop.resume_state import save_resume_state
 from prefloop.reward_models import save_reward_model
 from prefloop.rundir import RunDir
 from prefloop.schedule import LabelRound
@@ -62,11 +63,12 @@ class PreferenceCallback(BaseCallback):
     ``when_behind="pace"`` the policy trains at most as far as the answers so far unlock
     (:class:`~prefloop.pacing.LabelPace`), with ``"wait"`` training pauses at each round until
     every waiting pair is answered, with ``"continue"`` it goes on with the current reward model.
-    The reward model retrains whenever new labels have arrived (looked for at most every
-    ``POLL_S`` seconds, and always after a wait).
+    The reward model retrains when new labels add ``REFIT_FRACTION`` to the fitted ones or every
+    asked pair is in (looked for at most every ``POLL_S`` seconds, and always after a wait).
     """
 
     POLL_S = 1.0
+    REFIT_FRACTION = 0.1
 
     def __init__(self, learner: PreferenceLearner, rounds: list[LabelRound], step_offset: int, run: "RunState"):
         super().__init__()
@@ -115,11 +117,22 @@ class PreferenceCallback(BaseCallback):
         if not (due or waited or time.monotonic() - self._last_poll >= self.POLL_S):
             return
         self._last_poll = time.monotonic()
-        if learner.labels_so_far() > learner.labels_at_last_fit:
+        if self._refit_due():
             started = time.perf_counter()
             stats = learner.fit(env_step)
             learner.time_s += time.perf_counter() - started
             self._after_fit(stats, env_step)
+
+    def _refit_due(self) -> bool:
+        """Retrain once new labels add ``REFIT_FRACTION`` to those fitted, or once every asked pair
+        is in (a round complete, the last labels): a refit per label would cost the trainer more
+        CPU than the policy, and a person would wait on it."""
+        counts = self.learner.store.counts()
+        fitted = max(0, self.learner.labels_at_last_fit)
+        new = counts["labels"] - fitted
+        if new <= 0:
+            return False
+        return new >= max(1, math.ceil(self.REFIT_FRACTION * fitted)) or counts["pending"] + counts["claimed"] == 0
 
     def _keep_pace(self, env_step: int) -> bool:
         """Block while the policy is as far as the resolved pairs allow; True if it waited."""
@@ -203,6 +216,7 @@ class RunState:
     def checkpoint(self, model: BaseAlgorithm, learner: PreferenceLearner | None, env_step: int) -> None:
         target = self.run_dir.new_checkpoint_dir(env_step)
         model.save(target / "policy.zip")
+        save_resume_state(target, model, learner.trainer if learner is not None else None)
         state: dict[str, Any] = {
             "env_step": env_step,
             "policy_timesteps": int(model.num_timesteps),

@@ -66,6 +66,13 @@ def _teacher_spec(text: str) -> str:
     return text
 
 
+def _query_spec(text: str) -> str:
+    try:
+        return QueryConfig.from_spec(text).spec
+    except QueryConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text.replace("_", ""))
@@ -101,7 +108,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=_positive_int, default=None, help="env steps (default: the env preset's)")
     parser.add_argument("--algo", default=None, choices=sorted(ALGORITHMS), help="SB3 algorithm (default: the env preset's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--query", default="disagreement", choices=QUERY_METHODS, help="query selection")
+    parser.add_argument("--query", default="disagreement", type=_query_spec, metavar="METHOD[+qpa][+surf]",
+                        help=f"query selection: {', '.join(QUERY_METHODS)}, optionally +qpa (policy-aligned) "
+                             "and/or +surf (semi-supervised) (default: disagreement)")
     parser.add_argument("--oversampling", type=_positive_int, default=10, help="candidate pairs scored per pair asked")
     parser.add_argument("--segment-length", type=_positive_int, default=None, help="steps per segment (default: the preset's)")
     parser.add_argument("--n-envs", type=_positive_int, default=None, help="parallel envs (default: the preset's)")
@@ -146,7 +155,7 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         n_envs=args.n_envs,
         segment_length=args.segment_length,
         reward_source=args.reward_source,
-        query=QueryConfig(method=args.query, oversampling=args.oversampling),
+        query=QueryConfig.from_spec(args.query, oversampling=args.oversampling),
         reward_model=_reward_model_config(args),
         eval_episodes=args.eval_episodes,
         progress_bar=not args.no_progress,
@@ -320,8 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"simulated teachers: B-Pref's presets ({', '.join(sorted(TEACHER_PRESETS))}), optionally "
                               "with parameters, e.g. mistake:epsilon=0.2; crowds, e.g. crowd:3xcareful@0.05,random,adversarial; "
                               "fitted:PATH,rater=NAME (default: oracle)")
-    bench_p.add_argument("--queries", nargs="+", default=["disagreement"], choices=QUERY_METHODS,
-                         help="query selection methods (default: disagreement)")
+    bench_p.add_argument("--queries", nargs="+", default=["disagreement"], type=_query_spec, metavar="METHOD[+qpa][+surf]",
+                         help=f"query selection methods: {', '.join(QUERY_METHODS)}, each optionally +qpa and/or +surf "
+                              "(default: disagreement)")
     bench_p.add_argument("--rater-models", nargs="+", default=["reliability"], choices=RATER_MODELS,
                          help="losses compared: per-rater reliability and/or the plain loss (default: reliability)")
     bench_p.add_argument("--algos", nargs="+", default=None, choices=sorted(ALGORITHMS),

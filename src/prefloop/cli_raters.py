@@ -7,12 +7,15 @@
 - ``prefloop raters fit --run-dir DIR [--json PATH]`` fits B-Pref's teacher parameters to each
   rater's labels, with bootstrap intervals (:mod:`prefloop.teacher_fit`); replay one with
   ``--teacher fitted:PATH,rater=NAME``.
+- ``prefloop raters cost --run-dir DIR --hourly-rate 20`` (or ``--cost-per-label``) sets what
+  labels cost, for the dashboard's cost per label and return per unit of cost.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import urllib.parse
@@ -57,7 +60,96 @@ def add_raters_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     fit_p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals (0: none; default 200)")
     fit_p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the fits as JSON here")
     fit_p.set_defaults(func=cmd_raters_fit)
+    cost_p = sub.add_parser("cost", help="what a label costs: an hourly rate or a price per label (dashboard and bench)")
+    _add_store_arguments(cost_p)
+    price = cost_p.add_mutually_exclusive_group(required=True)
+    price.add_argument("--hourly-rate", type=_non_negative, help="pay per rating hour")
+    price.add_argument("--cost-per-label", type=_non_negative, help="pay per label")
+    cost_p.add_argument("--currency", default="USD", help="currency shown beside costs (default: USD)")
+    cost_p.set_defaults(func=cmd_raters_cost)
+
+    guide_p = sub.add_parser("guideline", help="the Markdown page raters read above the clips (rendered safely)")
+    _add_store_arguments(guide_p)
+    guide_p.add_argument("--file", type=Path, required=True,
+                         help="a short Markdown file; ![caption](pair:N) shows pair N's clips as an example")
+    guide_p.set_defaults(func=cmd_raters_guideline)
+
+    onboard_p = sub.add_parser("onboarding", help="new raters practise on gold pairs first; their labels count once they pass")
+    _add_store_arguments(onboard_p)
+    onboard_p.add_argument("--pairs", type=int, required=True, help="gold pairs to practise on (0: no onboarding)")
+    onboard_p.add_argument("--pass", dest="to_pass", type=int, default=None,
+                           help="how many of them must be right (default: all but one)")
+    onboard_p.set_defaults(func=cmd_raters_onboarding)
     return parser
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def cmd_raters_cost(args: argparse.Namespace) -> int:
+    from prefloop.apps.rater_quality import COST_META
+
+    currency = args.currency.strip()
+    if not (0 < len(currency) <= 8 and currency.isprintable()):
+        raise ConfigError(f"--currency must be a short code such as USD or EUR, got {args.currency!r}")
+    settings = {"hourly_rate": args.hourly_rate, "cost_per_label": args.cost_per_label, "currency": currency}
+    with _open_store(args) as store:
+        store.set_meta(COST_META, json.dumps({k: v for k, v in settings.items() if v is not None}))
+        run = store.run_name
+    what = (f"{args.hourly_rate:g} {currency} per rating hour" if args.hourly_rate is not None
+            else f"{args.cost_per_label:g} {currency} per label")
+    print(f"run {run!r}: labels cost {what}; the dashboard shows cost per label, total cost and return per cost")
+    return 0
+
+
+def cmd_raters_guideline(args: argparse.Namespace) -> int:
+    from prefloop.apps.guideline import GUIDELINE_META, MAX_GUIDELINE_PAGE_CHARS, render_guideline
+
+    try:
+        text = args.file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the guideline file {args.file}: {exc}; pass a UTF-8 Markdown file") from None
+    if len(text) > MAX_GUIDELINE_PAGE_CHARS:
+        raise ConfigError(f"{args.file} has {len(text)} characters; a guideline page holds at most "
+                          f"{MAX_GUIDELINE_PAGE_CHARS} (keep it short: raters read it while rating)")
+    text = text.replace("\x00", "")
+    examples = [b.pair_id for b in render_guideline(text) if hasattr(b, "pair_id")]
+    with _open_store(args) as store:
+        store.set_meta(GUIDELINE_META, text)
+        run = store.run_name
+    print(f"run {run!r}: guideline page set ({len(text)} characters, {len(examples)} example pairs); "
+          "raters see it above the clips. HTML, images and links in it are shown as text.")
+    return 0
+
+
+def cmd_raters_onboarding(args: argparse.Namespace) -> int:
+    from prefloop.apps.onboarding import ONBOARDING_META
+
+    to_pass = args.to_pass if args.to_pass is not None else max(1, args.pairs - 1)
+    if args.pairs and not 0 < to_pass <= args.pairs <= 50:
+        raise ConfigError(f"--pass must be between 1 and --pairs, and --pairs at most 50; got --pairs "
+                          f"{args.pairs} --pass {to_pass}")
+    with _open_store(args) as store:
+        if args.pairs <= 0:
+            store.set_meta(ONBOARDING_META, "{}")
+            print(f"run {store.run_name!r}: no onboarding; every rater's answers count from the start")
+            return 0
+        store.set_meta(ONBOARDING_META, json.dumps({"pairs": args.pairs, "pass": to_pass}))
+        gold = len(store.gold_pairs())
+        run = store.run_name
+    print(f"run {run!r}: new raters practise on {args.pairs} gold pairs and need {to_pass} right before "
+          "their answers count.")
+    if gold < args.pairs:
+        print(f"note: the run has {gold} gold pairs with clips so far; onboarding uses what there is "
+              f"(and is skipped while there are fewer than {to_pass})", file=sys.stderr)
+    return 0
 
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:

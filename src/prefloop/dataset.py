@@ -30,10 +30,12 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -104,7 +106,8 @@ LABELS_JSONL = "labels.jsonl"
 DATA_FILES = (SEGMENTS_NPZ, SEGMENTS_JSONL, PAIRS_JSONL, LABELS_JSONL)
 
 # Run meta keys (written by prefloop.loop.publish_run_info) carried in the manifest.
-_META_KEYS = ("config", "env_spec", "render_fps", "guideline")
+# "guideline_page": the rater guideline's Markdown page (rendered safely by the rater app).
+_META_KEYS = ("config", "env_spec", "render_fps", "guideline", "guideline_page")
 _IMPORT_META_KEY = "import_source"
 
 _CHOICES = [c.value for c in Choice]
@@ -358,6 +361,7 @@ def export_dataset(
             "env_spec": env_spec,
             "render_fps": render_fps,
             "guideline": meta.get("guideline"),
+            "guideline_page": meta.get("guideline_page"),
             "config": _json_or_none(meta.get("config")),
             "segment_length": int(arrays["true_rewards"].shape[1]) if segments else None,
             "counts": counts,
@@ -700,6 +704,37 @@ def _storable_text(value: str) -> str | None:
     return None
 
 
+_ENV_ID = re.compile(r"[A-Za-z0-9_:./-]{1,200}")  # Gymnasium ids: [namespace/]name[-vN]
+
+
+def _env_spec_problem(env_spec: dict[str, Any]) -> str | None:
+    """Why a dataset's env spec cannot be used to rebuild its env here, or None. The spec is passed
+    to ``gymnasium.make`` by whoever renders clips or trains on the run, so it may not name files
+    on the importing machine (some envs read a model file named in their keyword arguments)."""
+    env_id = env_spec.get("env_id")
+    if not isinstance(env_id, str) or not _ENV_ID.fullmatch(env_id) or ".." in env_id:
+        return f"must name its env in 'env_id' (a Gymnasium id such as 'CartPole-v1'), got {excerpt(env_id)}"
+    kwargs = env_spec.get("env_kwargs", {})
+    if not isinstance(kwargs, dict):
+        return f"has 'env_kwargs' {excerpt(kwargs)}; it must be a JSON object"
+    stack: list[tuple[str, Any]] = [(f"env_kwargs.{k}", v) for k, v in kwargs.items()]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, str) and (
+            "/" in value or "\\" in value or value.startswith(("~", ".")) or _storable_text(value)
+            or any(unicodedata.category(ch) == "Cc" for ch in value)
+        ):
+            return (
+                f"has {excerpt(where, 60)} = {excerpt(value)}; a dataset may not name files or paths on "
+                "the machine that imports it (nor hold control characters)"
+            )
+    return None
+
+
 def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
     try:
         data = read_regular_file(root, MANIFEST, MAX_MANIFEST_BYTES)
@@ -732,19 +767,22 @@ def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
             f"{MANIFEST}: field 'version' is {excerpt(version)}; this prefloop reads version "
             f"{FORMAT_VERSION}. Use the prefloop version that wrote it"
         )
-    for key, kind in (("env_spec", dict), ("config", dict), ("guideline", str), ("counts", dict)):
+    for key, kind in (("env_spec", dict), ("config", dict), ("guideline", str), ("guideline_page", str), ("counts", dict)):
         value = manifest.get(key)
         if value is not None and not isinstance(value, kind):
             raise bad(key, f"must be a JSON {'object' if kind is dict else 'string'} or null, got {type(value).__name__}")
     env_spec = manifest.get("env_spec")
-    if env_spec is not None and not isinstance(env_spec.get("env_id"), str):
-        raise bad("env_spec", "must name its env in a string 'env_id'")
-    guideline = manifest.get("guideline")
-    if guideline is not None:
-        if len(guideline) > MAX_IMPORTED_GUIDELINE_CHARS:
-            raise bad("guideline", f"is {len(guideline):,} characters long; at most {MAX_IMPORTED_GUIDELINE_CHARS:,}")
-        if _storable_text(guideline):
-            raise bad("guideline", f"contains {_storable_text(guideline)}")
+    if env_spec is not None:
+        problem = _env_spec_problem(env_spec)
+        if problem:
+            raise bad("env_spec", problem)
+    for key in ("guideline", "guideline_page"):
+        text = manifest.get(key)
+        if text is not None:
+            if len(text) > MAX_IMPORTED_GUIDELINE_CHARS:
+                raise bad(key, f"is {len(text):,} characters long; at most {MAX_IMPORTED_GUIDELINE_CHARS:,}")
+            if _storable_text(text):
+                raise bad(key, f"contains {_storable_text(text)}")
     fps = manifest.get("render_fps")
     if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000):
         raise bad("render_fps", f"must be a number from 0 to 1000 (frames per second) or null, got {excerpt(fps)}")
@@ -1248,6 +1286,8 @@ def _meta_values(dataset: PreferenceDataset) -> dict[str, str]:
         values["render_fps"] = str(float(manifest["render_fps"]))
     if manifest.get("guideline") is not None:
         values["guideline"] = manifest["guideline"]
+    if manifest.get("guideline_page") is not None:
+        values["guideline_page"] = manifest["guideline_page"]
     if manifest.get("config") is not None:
         values["config"] = json.dumps(manifest["config"])
     return values

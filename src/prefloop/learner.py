@@ -20,8 +20,11 @@ from prefloop.config import TrainConfig
 from prefloop.envs import SegmentBuffer
 from prefloop.labeling import answer_pending
 from prefloop.metrics import correlations
-from prefloop.query import NotEnoughSegmentsError, select_pairs
+from prefloop.query import NotEnoughSegmentsError, QueryRule, select_pairs
 from prefloop.reward_models import RewardEnsemble, RewardTrainer
+from prefloop.reward_scale import normalize_on_reference
+from prefloop.schedule import label_rounds
+from prefloop.semi_supervised import pseudo_labels
 from prefloop.store import PreferenceStore
 from prefloop.teachers import HUMAN_TEACHER, Teacher
 from prefloop.types import Choice, Segment, SegmentPair
@@ -43,6 +46,7 @@ class PreferenceLearner:
         reward_model: RewardEnsemble,
         buffer: SegmentBuffer,
         teacher: Teacher | None,
+        query_rule: QueryRule | None = None,
     ):
         self.config = config
         self.store = store
@@ -50,6 +54,7 @@ class PreferenceLearner:
         self.trainer = RewardTrainer(reward_model, config.reward_model)
         self.buffer = buffer
         self.teacher = teacher
+        self.query_rule = query_rule
         self._rng = np.random.default_rng([config.seed, 7])
         self.fit_history: list[dict[str, float]] = []
         self._flagged_raters: list[str] = []
@@ -57,6 +62,8 @@ class PreferenceLearner:
         counts = store.counts()
         self._pairs_asked = counts["pairs"]  # kept here: the schedule checks it every rollout
         self.labels_at_last_fit = -1
+        # The first label round's pairs fix the reward's unit (prefloop.reward_scale).
+        self.reference_pairs = label_rounds(config.labels, config.steps or 1, config.schedule)[0].cumulative_labels
         # Gold pairs are for people; replaying a recorded human run asks them too, or its pairs would differ.
         recorded = getattr(teacher, "recorded_config", None) or {}
         # A simulated crowd stands in for people, so it is asked gold pairs as well.
@@ -94,11 +101,13 @@ class PreferenceLearner:
             return 0
         candidates = self.buffer.recent()
         n_gold = int(round(new_pairs * self.config.gold_fraction)) if self._asks_gold else 0
+        # Until the first fit the ensemble is untrained: its scores would only add noise to the choice.
+        probs = self.reward_model.preference_probs if self.fit_history else None
         try:
-            pairs = select_pairs(
-                candidates, new_pairs - n_gold, self.config.query, self._rng,
-                preference_probs=self.reward_model.preference_probs,
-            )
+            if self.query_rule is not None:
+                pairs = self.query_rule(candidates, new_pairs - n_gold, self._rng, probs)
+            else:
+                pairs = select_pairs(candidates, new_pairs - n_gold, self.config.query, self._rng, preference_probs=probs)
         except NotEnoughSegmentsError as exc:
             raise NotEnoughSegmentsError(
                 f"label round at env step {env_step} asks for {new_pairs} new pairs but only "
@@ -167,12 +176,16 @@ class PreferenceLearner:
         })))
 
     def fit(self, env_step: int) -> dict[str, float]:
-        """Train the reward model on every label so far and rescale its output."""
+        """Train the reward model on every label so far and rescale its output on the fixed reference set."""
         labeled = self.store.labeled_pairs()
         self.labels_at_last_fit = self.labels_so_far()
         train_loss = val_accuracy = math.nan
+        pseudo: list = []
+        if labeled and self.config.query.semi_supervised and self.fit_history:
+            # SURF: the ensemble labels recent pairs it is sure about, for this fit only (never stored).
+            pseudo = pseudo_labels(self.reward_model, self.buffer.recent(), len(labeled), self.config.query.confidence, self._rng)
         if labeled:
-            fit = self.trainer.fit(labeled)
+            fit = self.trainer.fit(labeled, pseudo)
             train_loss = fit.train_loss
             val_accuracy = fit.val_accuracy if fit.val_accuracy is not None else math.nan
             self.publish_rater_reliability(env_step)
@@ -183,10 +196,11 @@ class PreferenceLearner:
                 "step %d: no usable labels yet: all %d answers were \"can't tell\"; the reward model "
                 "is not retrained until a pair gets a left/right/equal answer", env_step, self.labels_at_last_fit,
             )
-        recent = self.buffer.recent(200)  # plenty for a scale and a correlation; this runs every round
+        if labeled:
+            normalize_on_reference(self.reward_model, labeled, self.reference_pairs)
+        recent = self.buffer.recent(200)  # plenty for a correlation; this runs every round
         corr = {"pearson": math.nan, "spearman": math.nan}
-        if recent:  # empty right after a resume: keep the checkpoint's scale until segments come in
-            self.reward_model.update_normalization_from_segments(recent)
+        if recent:  # empty right after a resume
             corr = correlations(self.reward_model.predict_segment_returns(recent), [s.true_return for s in recent])
         stats = {
             "env_step": float(env_step),
@@ -195,6 +209,7 @@ class PreferenceLearner:
             "val_accuracy": val_accuracy,
             "segment_return_pearson": corr["pearson"],
             "segment_return_spearman": corr["spearman"],
+            "pseudo_labels": float(len(pseudo)),
         }
         self.fit_history.append(stats)
         return stats

@@ -43,7 +43,9 @@ from prefloop.envs import EnvSpec, SegmentBuffer, VecLearnedReward, VecSegmentRe
 from prefloop.exploration import StateEntropyReward, SwitchableReward
 from prefloop.learner import PreferenceLearner
 from prefloop.plots import plot_learning_curve
+from prefloop.query import QueryRule
 from prefloop.reward_models import RewardEnsemble, load_reward_model
+from prefloop.resume_state import restore_resume_state
 from prefloop.rundir import RunDir
 from prefloop.schedule import LabelRound, label_rounds
 from prefloop.store import PreferenceStore, sqlite_url
@@ -132,10 +134,11 @@ def train(
     *,
     resume: bool = False,
     on_ready: Callable[[RunDir, str, str], None] | None = None,
+    query_rule: QueryRule | None = None,
 ) -> RunResult:
     """See :func:`_train`; a simulated rater started for the run is stopped however it ends."""
     with contextlib.ExitStack() as cleanup:
-        return _train(config, resume=resume, on_ready=on_ready, cleanup=cleanup)
+        return _train(config, resume=resume, on_ready=on_ready, cleanup=cleanup, query_rule=query_rule)
 
 
 def _train(
@@ -144,6 +147,7 @@ def _train(
     resume: bool,
     on_ready: Callable[[RunDir, str, str], None] | None,
     cleanup: contextlib.ExitStack,
+    query_rule: QueryRule | None = None,
 ) -> RunResult:
     """Run one whole preference-learning run (or true-reward baseline) and write its run folder.
 
@@ -152,6 +156,8 @@ def _train(
         resume: continue the run in ``config.run_dir`` from its newest checkpoint.
         on_ready: called with (run folder, store URL, run name) once the store exists and before
             the first labels are asked -- ``prefloop run`` starts the rater app there.
+        query_rule: your own pair selection (:class:`prefloop.query.QueryRule`) instead of
+            ``config.query``'s.
 
     Raises:
         prefloop.rundir.RunDirError: the folder exists without ``resume`` (or is missing with it).
@@ -197,7 +203,7 @@ def _train(
             clock_rater = ClockRater(store_url, config.run_name or "default", teacher, config.answer_seconds,
                                      config.answer_seconds_sigma, seed=config.seed)
             teacher = None
-        learner = PreferenceLearner(config, store, reward_model, buffer, teacher)
+        learner = PreferenceLearner(config, store, reward_model, buffer, teacher, query_rule)
         initial_steps = initial_random_steps(config)
         if on_ready is not None:
             on_ready(run_dir, store_url, config.run_name or "default")
@@ -212,6 +218,7 @@ def _train(
         curve.extend(saved.get("curve", []))
         state.initial_steps = initial_steps = int(saved.get("initial_steps", initial_steps))
         model = cls.load(checkpoint / "policy.zip", env=env, tensorboard_log=str(run_dir.tensorboard_dir))
+        restore_resume_state(checkpoint, model, learner.trainer if learner is not None else None)
         if learner is not None:
             learner.fit_history = list(saved.get("fit_history", []))
             learner.time_s = float(saved.get("reward_learning_time_s", 0.0))

@@ -9,9 +9,10 @@ the final stretch (between ``s_K`` and the end), so the policy trains on the las
 least half of it. A slow rater makes the run take longer, never end on a reward model that has not
 seen the answers.
 
-One round of lead keeps the rater busy: the next round's pairs are already waiting while the
-trainer waits for this one. A pair counts as resolved once it is answered, withdrawn, or can never
-be shown (its clip failed to render).
+The lead keeps the rater busy: the next round is reached (and its pairs asked and rendered) while
+the rater still has ``slack`` pairs of this round to answer, and the trainer then waits for this
+round. A pair counts as resolved once it is answered, withdrawn, or can never be shown (its clip
+failed to render).
 """
 
 from __future__ import annotations
@@ -33,16 +34,22 @@ class LabelPace:
         rounds: the run's label schedule (:func:`prefloop.schedule.label_rounds`), initial round first.
         total_steps: env steps of the whole run.
         start_labels: resolved pairs needed before the policy trains at all (at most ``rounds[0]``'s).
+        slack: pairs of a round that may still be waiting when the policy reaches the next round's
+            step (fewer in small rounds; none for the last round).
     """
 
-    def __init__(self, rounds: Sequence[LabelRound], total_steps: int, start_labels: int):
+    def __init__(self, rounds: Sequence[LabelRound], total_steps: int, start_labels: int, slack: int = 2):
         if not rounds:
             raise ValueError("a paced run needs a label schedule with at least one round")
         self.total_steps = int(total_steps)
         self.final_labels = rounds[-1].cumulative_labels
         gates = [r.at_step for r in rounds[1:]] + [(rounds[-1].at_step + self.total_steps) // 2]
         self.start_labels = max(0, min(int(start_labels), rounds[0].cumulative_labels))
-        xs = [float(r.cumulative_labels) for r in rounds]
+        xs, before = [], self.start_labels
+        for k, r in enumerate(rounds):
+            room = 0 if k == len(rounds) - 1 else max(0, min(int(slack), r.cumulative_labels - before - 1))
+            xs.append(float(r.cumulative_labels - room))
+            before = r.cumulative_labels
         ys = [float(g) for g in gates]
         if self.start_labels < xs[0]:
             xs.insert(0, float(self.start_labels))

@@ -7,8 +7,20 @@ the ``n_pairs`` highest (Christiano et al. 2017; Lee et al. 2021):
 
 - disagreement: standard deviation over ensemble members of ``P(right better)``.
 - entropy: binary entropy (nats) of the ensemble-mean ``P(right better)``; highest at 0.5.
+- kcenter: coverage (B-Pref's k-center greedy): pairs whose features -- the mean observation and
+  action of each segment, standardised over the candidates -- lie farthest from the pairs already
+  picked; needs no reward model.
 
-Without a reward model yet (``preference_probs=None``) every method falls back to uniform.
+Two modifiers combine with any method (written ``method+qpa+surf`` in the CLI and benchmarks):
+
+- ``policy_aligned`` (QPA, Hu et al. 2023): candidates come only from the newest segments, i.e.
+  what the current policy does, so the reward model is taught where the policy is;
+- ``semi_supervised`` (SURF, Park et al. 2022): pairs the ensemble already judges with confidence
+  ``>= confidence`` are not asked (the trainer labels such pairs itself, see
+  ``prefloop.semi_supervised``); only uncertain ones go to the teacher.
+
+Without a reward model yet (``preference_probs=None``: the first round, an untrained ensemble)
+every method falls back to uniform. Users plug in their own rule through :class:`QueryRule`.
 
 Pairs whose two clips a person could not tell apart (both episodes end in the first frames, or the
 same observations; see :mod:`prefloop.distinguishable`) are never candidates
@@ -20,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -32,13 +45,32 @@ __all__ = [
     "PreferenceProbs",
     "QueryConfig",
     "QueryConfigError",
+    "QueryRule",
     "select_pairs",
 ]
 
-QUERY_METHODS: tuple[str, ...] = ("uniform", "disagreement", "entropy")
+QUERY_METHODS: tuple[str, ...] = ("uniform", "disagreement", "entropy", "kcenter")
+QUERY_MODIFIERS: dict[str, str] = {"qpa": "policy_aligned", "surf": "semi_supervised"}
 
 PreferenceProbs = Callable[[Sequence[Segment], Sequence[Segment]], np.ndarray]
 """``(lefts, rights) -> (n_members, n_pairs)`` array: each member's P(right better) per pair."""
+
+
+class QueryRule(Protocol):
+    """A user's own query selection: pass one to ``prefloop.loop.train(config, query_rule=...)``.
+
+    Called at every label round with the candidate segments (oldest first), how many pairs to
+    return, the run's random generator and the ensemble's preference probabilities (None before
+    the first fit). Must return ``n_pairs`` distinct pairs of distinct candidate segments.
+    """
+
+    def __call__(
+        self,
+        candidates: Sequence[Segment],
+        n_pairs: int,
+        rng: np.random.Generator,
+        preference_probs: "PreferenceProbs | None",
+    ) -> list[SegmentPair]: ...
 
 
 class QueryConfigError(ValueError):
@@ -57,12 +89,37 @@ class QueryConfig:
         method: one of :data:`QUERY_METHODS`.
         oversampling: the active methods score ``oversampling * n_pairs`` candidate pairs (capped by
             how many distinct pairs exist); ``>= 1``. Ignored by ``uniform``.
+        policy_aligned: QPA: draw candidates only from the newest ``policy_window`` segments.
+        policy_window: segments that count as the current policy's (at least enough for the pairs asked).
+        semi_supervised: SURF: do not ask pairs the ensemble is sure about, label them itself.
+        confidence: SURF's threshold on the ensemble-mean P(one side better), in (0.5, 1).
         skip_indistinguishable: never ask a pair whose clips a person could not tell apart.
     """
 
     method: str = "disagreement"
     oversampling: int = 10
     skip_indistinguishable: bool = True
+    policy_aligned: bool = False
+    policy_window: int = 100
+    semi_supervised: bool = False
+    confidence: float = 0.99
+
+    @property
+    def spec(self) -> str:
+        """``method[+qpa][+surf]``, the name used by the CLI and in benchmark tables."""
+        return "+".join([self.method] + [m for m, field_name in QUERY_MODIFIERS.items() if getattr(self, field_name)])
+
+    @classmethod
+    def from_spec(cls, spec: str, **changes: object) -> "QueryConfig":
+        """Parse ``method[+qpa][+surf]`` (e.g. ``disagreement+qpa``)."""
+        method, *modifiers = str(spec).strip().split("+")
+        unknown = [m for m in modifiers if m not in QUERY_MODIFIERS]
+        if unknown:
+            raise QueryConfigError(
+                f"unknown query modifier {unknown[0]!r} in {spec!r}; write METHOD[+qpa][+surf] with METHOD one of "
+                f"{', '.join(QUERY_METHODS)}, e.g. disagreement+qpa"
+            )
+        return cls(method=method, **{QUERY_MODIFIERS[m]: True for m in modifiers}, **changes)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         if self.method not in QUERY_METHODS:
@@ -76,6 +133,10 @@ class QueryConfig:
             raise QueryConfigError(
                 f"QueryConfig.oversampling must be an integer >= 1, got {self.oversampling!r}"
             )
+        if isinstance(self.policy_window, bool) or not isinstance(self.policy_window, (int, np.integer)) or self.policy_window < 2:
+            raise QueryConfigError(f"QueryConfig.policy_window must be an integer >= 2, got {self.policy_window!r}")
+        if not (isinstance(self.confidence, (int, float)) and 0.5 < self.confidence < 1.0):
+            raise QueryConfigError(f"QueryConfig.confidence must be a number in (0.5, 1), got {self.confidence!r}")
 
 
 def _segments_needed(n_pairs: int) -> int:
@@ -201,8 +262,15 @@ def select_pairs(
             "before querying, or ask for fewer labels in this round."
         )
 
+    if config.policy_aligned:
+        # The newest segments are the current policy's; never fewer than the pairs need.
+        segments = segments[-max(config.policy_window, _segments_needed(n_pairs)):]
+        total = len(segments) * (len(segments) - 1) // 2
+
     skip = config.skip_indistinguishable
-    if config.method == "uniform" or preference_probs is None:
+    # Before the first fit the ensemble is untrained: its disagreement or confidence means nothing.
+    needs_no_model = config.method == "kcenter"
+    if (preference_probs is None and not needs_no_model) or (config.method == "uniform" and not config.semi_supervised):
         drawn = _draw_pairs(segments, n_pairs, rng, skip)
         _check_enough_askable(len(drawn), n_pairs, len(segments), total)
         return [SegmentPair(left=a, right=b) for a, b in drawn]
@@ -210,9 +278,17 @@ def select_pairs(
     n_candidates = min(config.oversampling * n_pairs, total)
     drawn = _draw_pairs(segments, n_candidates, rng, skip)
     _check_enough_askable(len(drawn), n_pairs, len(segments), total)
+    if config.semi_supervised and preference_probs is not None:
+        drawn = _uncertain(drawn, n_pairs, config.confidence, preference_probs)
     n_candidates = len(drawn)
     lefts = [a for a, _ in drawn]
     rights = [b for _, b in drawn]
+    if config.method == "uniform":
+        return [SegmentPair(left=a, right=b) for a, b in drawn[:n_pairs]]
+    if config.method == "kcenter":
+        picked = _k_center(drawn, n_pairs, rng)
+        return [SegmentPair(left=lefts[k], right=rights[k], score=score) for k, score in picked]
+    assert preference_probs is not None
     probs = _check_probs(preference_probs(lefts, rights), n_candidates)
     scores = _scores(config.method, probs)
     # Stable sort: ties keep the (random) draw order, so the result depends only on the rng.
@@ -220,6 +296,51 @@ def select_pairs(
     return [
         SegmentPair(left=lefts[k], right=rights[k], score=float(scores[k])) for k in best.tolist()
     ]
+
+
+def _uncertain(
+    drawn: list[tuple[Segment, Segment]], n_pairs: int, confidence: float, preference_probs: PreferenceProbs
+) -> list[tuple[Segment, Segment]]:
+    """The drawn pairs the ensemble is not sure about (mean P of either side below ``confidence``);
+    topped up with the least confident sure ones when fewer than ``n_pairs`` are left."""
+    probs = _check_probs(preference_probs([a for a, _ in drawn], [b for _, b in drawn]), len(drawn))
+    mean = probs.mean(axis=0)
+    sure = np.maximum(mean, 1.0 - mean)
+    order = np.argsort(sure, kind="stable")  # least sure first, ties in draw order
+    keep = [int(k) for k in order if sure[k] < confidence]
+    if len(keep) < n_pairs:
+        keep = [int(k) for k in order[:n_pairs]]
+    keep.sort()  # back to draw order: the method ranks them
+    return [drawn[k] for k in keep]
+
+
+def _pair_features(drawn: list[tuple[Segment, Segment]]) -> np.ndarray:
+    """``(P, 2F)``: each segment's mean (real-step) observation and action, standardised over the pairs."""
+
+    def mean_features(segment: Segment) -> np.ndarray:
+        n = max(1, int(segment.n_valid))
+        obs = np.asarray(segment.obs[:n], dtype=np.float64).reshape(n, -1)
+        actions = np.asarray(segment.actions[:n], dtype=np.float64).reshape(n, -1)
+        return np.concatenate([obs.mean(0), actions.mean(0)])
+
+    feats = np.stack([np.concatenate([mean_features(a), mean_features(b)]) for a, b in drawn])
+    return (feats - feats.mean(0)) / np.maximum(feats.std(0), 1e-8)
+
+
+def _k_center(drawn: list[tuple[Segment, Segment]], n_pairs: int, rng: np.random.Generator) -> list[tuple[int, float]]:
+    """Greedy k-center (B-Pref): start at a random pair, then repeatedly take the pair farthest from
+    every pair taken so far. Returns ``(index, distance when taken)``; the first has distance inf."""
+    feats = _pair_features(drawn)
+    first = int(rng.integers(len(drawn)))
+    picked = [(first, math.inf)]
+    nearest = np.linalg.norm(feats - feats[first], axis=1)
+    nearest[first] = -np.inf
+    while len(picked) < n_pairs:
+        k = int(np.argmax(nearest))
+        picked.append((k, float(nearest[k])))
+        nearest = np.minimum(nearest, np.linalg.norm(feats - feats[k], axis=1))
+        nearest[k] = -np.inf
+    return picked
 
 
 def _check_enough_askable(found: int, n_pairs: int, n_segments: int, total: int) -> None:

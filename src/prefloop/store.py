@@ -1065,6 +1065,23 @@ class PreferenceStore:
                 .values(onboarded_at=self._now())
             )
 
+    def gold_pairs(self) -> list[tuple[int, Choice]]:
+        """This run's gold pairs (known answer) whose two clips can be shown, oldest first, with
+        their answers; any status (onboarding shows them to each new rater as practice)."""
+        p, c = pairs_table, clips_table
+
+        def has_clip(column: Any) -> Any:
+            return exists().where(c.c.segment_id == column, c.c.error.is_(None))
+
+        with self._read() as conn:
+            rows = conn.execute(
+                select(p.c.id, p.c.gold_choice)
+                .where(p.c.run_id == self._run_id, p.c.gold_choice.is_not(None),
+                       has_clip(p.c.left_segment_id), has_clip(p.c.right_segment_id))
+                .order_by(p.c.id)
+            ).all()
+        return [(int(row.id), Choice(row.gold_choice)) for row in rows]
+
     def rater_ids(self) -> list[str]:
         """Every rater name of this run: registered ones and those with labels, sorted."""
         r, p, lab = raters_table, pairs_table, labels_table

@@ -1,0 +1,106 @@
+"""Defaults that work on an env without a preset: standardised inputs, a fit budget per label,
+segments as long as a short clip of the env's own clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from prefloop.envs.presets import default_preset
+from prefloop.envs.timing import segment_length_for
+from prefloop.reward_models import RewardModelConfig, RewardTrainer, build_reward_model, load_reward_model, save_reward_model
+from prefloop.types import LabeledPair, Segment
+
+OBS = gym.spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float32)
+ACT = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def mixed_scale_segments(n: int, rng: np.random.Generator, length: int = 10) -> list[Segment]:
+    """Reward = the second observation, which varies ~1000x less than the first (pure noise)."""
+    out = []
+    for _ in range(n):
+        obs = np.stack([rng.normal(0, 50, length), rng.normal(rng.normal(0, 0.02), 0.01, length),
+                        rng.normal(0, 1, length)], axis=1).astype(np.float32)
+        actions = rng.uniform(-1, 1, size=(length, 1)).astype(np.float32)
+        out.append(Segment(obs, actions, obs[:, 1].copy(), length, False, 0, 0, actions))
+    return out
+
+
+def pairs_of(segments: list[Segment]) -> list[LabeledPair]:
+    return [
+        LabeledPair(a, b, 1.0 if b.true_return > a.true_return else 0.0, pair_id=i)
+        for i, (a, b) in enumerate(zip(segments[::2], segments[1::2]))
+    ]
+
+
+def test_updating_input_statistics_does_not_change_the_reward(tmp_path: Path) -> None:
+    model = build_reward_model(OBS, ACT, RewardModelConfig(n_members=3, hidden_sizes=(16, 16)))
+    rng = np.random.default_rng(0)
+    obs = rng.normal(0, 3, size=(64, 3)).astype(np.float32)
+    actions = rng.uniform(-1, 1, size=(64, 1)).astype(np.float32)
+    before_raw = model(torch.as_tensor(obs), torch.as_tensor(actions)).detach()
+    before = model.predict(obs, actions)
+    model.set_input_normalization(np.array([1.0, -2.0, 0.5, 0.1]), np.array([3.0, 4.0, 2.0, 0.6]))
+    torch.testing.assert_close(model(torch.as_tensor(obs), torch.as_tensor(actions)).detach(), before_raw, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.predict(obs, actions), before, rtol=1e-4, atol=1e-4)
+    save_reward_model(model, tmp_path / "m")
+    np.testing.assert_allclose(load_reward_model(tmp_path / "m").predict(obs, actions), before, rtol=1e-4, atol=1e-4)
+
+
+def test_inputs_of_very_different_scales_are_learned_with_standardisation() -> None:
+    rng = np.random.default_rng(1)
+    train_pairs = pairs_of(mixed_scale_segments(400, rng))
+    test_pairs = pairs_of(mixed_scale_segments(400, rng))
+    accuracy = {}
+    for normalize in (True, False):
+        config = RewardModelConfig(n_members=3, hidden_sizes=(32, 32), normalize_inputs=normalize, seed=0)
+        model = build_reward_model(OBS, ACT, config)
+        RewardTrainer(model, config).fit(train_pairs)
+        p_right = model.preference_probs([p.left for p in test_pairs], [p.right for p in test_pairs]).mean(0)
+        accuracy[normalize] = float(np.mean((p_right > 0.5) == np.array([p.target > 0.5 for p in test_pairs])))
+    assert accuracy[True] >= 0.85, accuracy
+    assert accuracy[True] > accuracy[False] + 0.1, accuracy
+
+
+def test_fit_cost_is_bounded_per_new_label() -> None:
+    rng = np.random.default_rng(2)
+    # Labels no model can explain (coin flips): early stopping never triggers, the budget must.
+    segments = mixed_scale_segments(400, rng)
+    pairs = [LabeledPair(a, b, float(rng.integers(0, 2)), pair_id=i) for i, (a, b) in enumerate(zip(segments[::2], segments[1::2]))]
+    config = RewardModelConfig(n_members=2, hidden_sizes=(8,), steps_per_label=3, min_steps_per_fit=20, batch_size=16)
+    trainer = RewardTrainer(build_reward_model(OBS, ACT, config), config)
+    assert trainer.fit(pairs[:100]).steps == 300  # 100 new labels x 3
+    assert trainer.fit(pairs[:110]).steps == 30  # 10 new labels x 3
+    assert trainer.fit(pairs[:112]).steps == 20  # the floor
+    assert trainer.fit(pairs[:112]).steps == 20  # nothing new: the floor again, never a full cap
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_step", "max_episode_steps", "expected"),
+    [
+        (0.02, 50, 25),  # Reacher: 1.5 s would be 75 steps, but half an episode is 25
+        (0.04, 1000, 38),  # InvertedPendulum
+        (1 / 30, 200, 45),  # MountainCar (render_fps 30)
+        (0.25, 100, 6),  # toy text at 4 fps
+        (0.001, None, 50),  # a fine clock: capped at 50 steps
+        (10.0, None, 5),  # a coarse clock: at least 5 steps
+        (None, None, 50),  # no clock known
+    ],
+)
+def test_segment_length_is_a_short_clip_of_the_envs_clock(seconds_per_step, max_episode_steps, expected) -> None:
+    assert segment_length_for(seconds_per_step, max_episode_steps) == expected
+
+
+def test_an_env_without_a_preset_gets_its_segment_length_from_its_clock() -> None:
+    assert default_preset("MountainCar-v0").segment_length == 45
+    assert default_preset("CliffWalking-v1").segment_length == 6
+    assert default_preset("Pendulum-v1").segment_length == 25  # a preset keeps its own
