@@ -241,3 +241,20 @@ def test_answers_the_server_flagged_count_less_and_are_kept(tmp_path) -> None:
 
     assert correlation(0.0) > correlation(1.0) + 0.05
     assert store.counts()["labels"] == 120 and len(store.label_flags()) == 48
+
+
+@pytest.mark.slow
+def test_a_crowd_at_human_pace_answers_under_each_members_id(tmp_path) -> None:
+    import json
+
+    from prefloop.config import TrainConfig
+    from prefloop.loop import train
+
+    config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path / "run", teacher="crowd:2xcareful,adversarial",
+                         labels=12, steps=2_000, progress_bar=False, eval_episodes=1, answer_seconds=0.02)
+    result = train(config)
+    assert result.labels_used >= 12
+    run_name = json.loads((tmp_path / "run" / "config.json").read_text())["run_name"]
+    with PreferenceStore(sqlite_url(tmp_path / "run" / "prefs.sqlite"), run_name=run_name) as store:
+        raters = {label.rater_id for label in store.labels()}
+    assert raters <= {"sim-careful-1", "sim-careful-2", "sim-adversarial-1"} and len(raters) >= 2
