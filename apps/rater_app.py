@@ -371,7 +371,7 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
 def _break_reminder(session: RaterSession, config: AppConfig) -> None:
     with st.container(border=True):
         st.markdown(
-            f"**You have been rating for {config.break_minutes:.0f} minutes.** A few minutes away from "
+            f"**You have been rating for {_duration(config.break_minutes * 60)}.** A few minutes away from "
             "the screen keep your answers sharp; your answers so far are saved."
         )
         take, go_on, _ = st.columns([1, 1, 3])
@@ -402,10 +402,14 @@ def _keepalive(session: RaterSession, lease_seconds: float) -> None:
     keep_leases()
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} seconds" if seconds < 90 else f"{seconds / 60:.0f} minutes"
+
+
 def _paused_view(session: RaterSession, config: AppConfig) -> None:
     st.info(
         "Paused: no pairs are held for you, so others can rate them (this happens on a break, or "
-        f"after {config.idle_seconds / 60:.0f} minutes without an answer). Press the button when you are back.",
+        f"after {_duration(config.idle_seconds)} without an answer). Press the button when you are back.",
         icon=":material/pause_circle:",
     )
     if st.button("I'm back -- show me a pair", key="resume_rating", type="primary"):

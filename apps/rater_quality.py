@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefloop.apps.dashboard import json_object
+from prefloop.cost import CostSettings, cost_settings_from, per
 from prefloop.types import Choice, Label
 
 SESSION_GAP_S = 10 * 60.0  # labels further apart than this belong to different rating sessions
@@ -190,31 +191,9 @@ def _gold_change(first: Sequence[Label], second: Sequence[Label], gold: Mapping[
 # -- cost ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CostSettings:
-    """What a label costs: an ``hourly_rate`` (paid per rating hour) or a ``cost_per_label``."""
-
-    hourly_rate: float | None = None
-    cost_per_label: float | None = None
-    currency: str = "USD"
-
-
 def parse_cost(raw: str | None) -> CostSettings | None:
     """The run's ``cost`` meta (JSON), or None when unset or unreadable."""
-    data = json_object(raw)
-    if data is None:
-        return None
-
-    def positive(key: str) -> float | None:
-        value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            return None
-        return float(value)
-
-    currency = data.get("currency")
-    settings = CostSettings(positive("hourly_rate"), positive("cost_per_label"),
-                            currency if isinstance(currency, str) and 0 < len(currency) <= 8 else "USD")
-    return settings if settings.hourly_rate is not None or settings.cost_per_label is not None else None
+    return cost_settings_from(json_object(raw))
 
 
 def rating_hours(labels: Iterable[Label], gap_s: float = SESSION_GAP_S) -> float:
@@ -246,10 +225,7 @@ def cost_summary(labels: Sequence[Label], settings: CostSettings | None, curve: 
     """Cost of the run's labels and the true return they bought (``curve``: the trainer's
     ``{"env_step", "true_return"}`` points)."""
     hours = rating_hours(labels)
-    total = None
-    if settings is not None:
-        total = (settings.cost_per_label * len(labels) if settings.cost_per_label is not None
-                 else settings.hourly_rate * hours)  # type: ignore[operator]
+    total = None if settings is None else settings.total(len(labels), hours)
     returns = [float(c["true_return"]) for c in curve
                if isinstance(c.get("true_return"), (int, float)) and math.isfinite(c["true_return"])]
     gain = returns[-1] - returns[0] if len(returns) >= 2 else None
@@ -257,10 +233,10 @@ def cost_summary(labels: Sequence[Label], settings: CostSettings | None, curve: 
         labels=len(labels),
         hours=hours,
         total=total,
-        per_label=total / len(labels) if total is not None and labels else None,
+        per_label=per(total, len(labels)),
         return_gain=gain,
-        gain_per_hour=gain / hours if gain is not None and hours > 0 else None,
-        gain_per_cost=gain / total if gain is not None and total else None,
+        gain_per_hour=per(gain, hours),
+        gain_per_cost=per(gain, total),
         currency=settings.currency if settings else "USD",
     )
 

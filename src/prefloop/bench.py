@@ -34,7 +34,8 @@ import numpy as np
 
 from prefloop.config import ConfigError, TrainConfig
 from prefloop.envs.presets import default_preset
-from prefloop.bench_report import aggregate, markdown_table, time_split, write_plots
+from prefloop.bench_report import aggregate, cost_rows, cost_table, markdown_table, time_split, write_plots
+from prefloop.cost import CostSettings
 from prefloop.query import QueryConfig
 from prefloop.rundir import RunDirError, write_atomic
 from prefloop.teachers import parse_teacher_spec, teacher_spec
@@ -65,6 +66,10 @@ class BenchConfig:
     reuse_from: tuple[Path, ...] = ()
     answer_seconds: float = 0.0  # > 0: teachers answer at human pace through the store (prefloop.clock_rater)
     answer_seconds_sigma: float = 0.0
+    # What labels cost (prefloop.cost): the results add cost and return gained per hour and per cost.
+    hourly_rate: float | None = None
+    cost_per_label: float | None = None
+    currency: str = "USD"
 
 
 ROW_FILE = "bench_row.json"
@@ -275,9 +280,11 @@ def results_document(config: BenchConfig, runs: list[dict[str, Any]], random_row
     eval_returns, labels_used, wall_time_s, cpu_time_s, reward_learning_time_s, reward_model stats, curve
     [{env_step, true_return, learned_return?}], run_dir, and reused_from when the run was taken
     from an earlier sweep instead of run again); ``random`` (env_id, seed, return_mean,
-    returns); ``groups`` (see :func:`prefloop.bench_report.aggregate`: statistics are {median, q25, q75, per_seed}).
+    returns); ``groups`` (see :func:`prefloop.bench_report.aggregate`: statistics are {median, q25, q75, per_seed});
+    ``cost`` (see :func:`prefloop.bench_report.cost_rows`; empty without a price).
     """
     grid = dataclasses.asdict(config)
+    groups = aggregate(runs, random_rows)
     grid["out_dir"] = str(config.out_dir)
     grid["reuse_from"] = [str(p) for p in config.reuse_from]
     return {
@@ -287,9 +294,16 @@ def results_document(config: BenchConfig, runs: list[dict[str, Any]], random_row
         "wall_time_s": wall_time_s,
         "runs": sorted(runs, key=lambda r: (r["env_id"], r["kind"], r["labels"], r["seed"])),
         "random": random_rows,
-        "groups": aggregate(runs, random_rows),
+        "groups": groups,
         "time": time_split(runs),
+        "cost": cost_rows(groups, _cost_settings(config)),
     }
+
+
+def _cost_settings(config: BenchConfig) -> CostSettings | None:
+    if config.hourly_rate is None and config.cost_per_label is None:
+        return None
+    return CostSettings(config.hourly_rate, config.cost_per_label, config.currency)
 
 
 def check_grid(config: BenchConfig) -> None:
@@ -370,9 +384,12 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         f"({split['reward_learning_share']:.0%}), policy learning {split['policy_learning_s']:.0f} s"
         + (f"; {len(done)} runs reused from earlier sweeps" if done else "") + ".\n"
     )
-    (out_dir / "results.md").write_text(f"# prefloop bench\n\n{table}\n{timing}")
+    costs = cost_table(document["cost"], config.currency)
+    (out_dir / "results.md").write_text(f"# prefloop bench\n\n{table}\n{timing}" + (f"\n{costs}" if costs else ""))
     write_plots(document, out_dir)
     print(table)
+    if costs:
+        print(costs)
     print(timing, end="")
     print(f"results: {out_dir / 'results.json'}, {out_dir / 'results.md'}, plots: {out_dir}/*.png")
     return document

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefloop.algos import ALGORITHMS, AlgorithmError
+from prefloop.cli_raters import non_negative_number
 from prefloop.config import WHEN_BEHIND, ConfigError, TrainConfig
 from prefloop.dataset import DatasetError
 from prefloop.envs import EnvSetupError
@@ -267,6 +268,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         reuse_from=tuple(Path(p) for p in args.reuse),
         answer_seconds=args.answer_seconds,
         answer_seconds_sigma=args.answer_seconds_sigma,
+        hourly_rate=args.hourly_rate,
+        cost_per_label=args.cost_per_label,
+        currency=args.currency,
     )
     run_bench(config)
     return 0
@@ -323,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "paced by them; more --workers than cores is fine, they mostly wait)")
     bench_p.add_argument("--answer-seconds-sigma", type=_seconds, default=0.0, metavar="SIGMA",
                          help="log-normal spread of those times (default 0: always S)")
+    price = bench_p.add_mutually_exclusive_group()
+    price.add_argument("--hourly-rate", type=non_negative_number, default=None, metavar="RATE",
+                       help="what a rater is paid per hour: results add cost and true return gained per human hour "
+                            "and per unit of cost (with a plot); human hours come from --answer-seconds")
+    price.add_argument("--cost-per-label", type=non_negative_number, default=None, metavar="PRICE", help="or: what one label costs")
+    bench_p.add_argument("--currency", default="USD", help="currency shown beside costs (default: USD)")
     bench_p.add_argument("--out", default="bench-out/latest", help="output folder")
     bench_p.add_argument("--ray", action="store_true", help="run on a local Ray instance instead of a process pool")
     bench_p.add_argument("--ray-address", default=None, help="run on the Ray cluster at this address (e.g. ray://head:10001)")

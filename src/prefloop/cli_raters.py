@@ -48,8 +48,8 @@ def add_raters_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     cost_p = sub.add_parser("cost", help="what a label costs: an hourly rate or a price per label (dashboard and bench)")
     _add_store_arguments(cost_p)
     price = cost_p.add_mutually_exclusive_group(required=True)
-    price.add_argument("--hourly-rate", type=_non_negative, help="pay per rating hour")
-    price.add_argument("--cost-per-label", type=_non_negative, help="pay per label")
+    price.add_argument("--hourly-rate", type=non_negative_number, help="pay per rating hour")
+    price.add_argument("--cost-per-label", type=non_negative_number, help="pay per label")
     cost_p.add_argument("--currency", default="USD", help="currency shown beside costs (default: USD)")
     cost_p.set_defaults(func=cmd_raters_cost)
 
@@ -68,7 +68,7 @@ def add_raters_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     return parser
 
 
-def _non_negative(text: str) -> float:
+def non_negative_number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
