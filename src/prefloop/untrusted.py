@@ -234,6 +234,14 @@ def iter_jsonl(data: bytes, name: str, max_line_bytes: int) -> Iterator[tuple[in
 # -- npz ----------------------------------------------------------------------------------------
 
 
+# What a damaged or hostile zip makes zipfile and numpy raise (RuntimeError: an encrypted member).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError)
+
+
+def _zip_failure(name: str, verb: str, exc: BaseException) -> UntrustedInputError:
+    return UntrustedInputError(f"{name} cannot be {verb} ({type(exc).__name__}: {excerpt(str(exc), 60)})")
+
+
 def _check_zip_directory(handle: BinaryIO, name: str, kind: str) -> None:
     """Refuse a zip whose central directory (which ``zipfile`` reads whole on opening) is large or
     lists more than :data:`MAX_NPZ_MEMBERS` members, before opening it."""
@@ -295,10 +303,8 @@ def extract_zip(handle: BinaryIO, name: str, allowed: Sequence[str], dest: Path,
             return folder
     except UntrustedInputError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise UntrustedInputError(
-            f"{name} cannot be unpacked ({type(exc).__name__}: {excerpt(str(exc), 60)})"
-        ) from None
+    except _ZIP_ERRORS as exc:
+        raise _zip_failure(name, "unpacked", exc) from None
 
 
 def read_npz(handle: BinaryIO, name: str, arrays: Sequence[str], max_bytes: int) -> dict[str, np.ndarray]:
@@ -334,10 +340,8 @@ def read_npz(handle: BinaryIO, name: str, arrays: Sequence[str], max_bytes: int)
             return out
     except UntrustedInputError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise UntrustedInputError(
-            f"{name} cannot be read ({type(exc).__name__}: {excerpt(str(exc), 60)})"
-        ) from None
+    except _ZIP_ERRORS as exc:
+        raise _zip_failure(name, "read", exc) from None
 
 
 def _check_npy_header(member: BinaryIO, where: str, member_bytes: int) -> None:
