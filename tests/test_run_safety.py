@@ -591,8 +591,10 @@ def test_an_edited_config_is_found_by_doctor_and_refused_by_resume_before_any_wr
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--raters-per-pair", "3"], "raters_per_pair 3 needs human raters"),
-    (["--teacher", "stochastic", "--raters-per-pair", "2"], "needs human raters"),
+    (["--raters-per-pair", "3"], "raters_per_pair 3 needs that many raters per pair"),
+    (["--teacher", "stochastic", "--raters-per-pair", "2"], "the 'stochastic' teacher has 1"),
+    (["--teacher", "crowd:careful,random", "--raters-per-pair", "3"], "has 2, so pairs would wait for ever"),
+    (["--teacher", "recorded:/nowhere", "--raters-per-pair", "2"], "needs that many raters per pair"),
     (["--teacher", "human", "--teacher-param", "beta=1"], "apply to simulated teachers only"),
     (["--teacher", "recorded:/nowhere", "--teacher-param", "epsilon=0.1"], "apply to simulated teachers only"),
     (["--gold-fraction", "0.2"], "--gold-fraction applies to raters who answer in their own time"),
@@ -619,6 +621,9 @@ def test_the_flags_work_where_they_apply(tmp_path: Path) -> None:
     paced = build_train_config(build_parser().parse_args(
         ["train", "--run-dir", str(tmp_path), "--answer-seconds", "2", "--when-behind", "wait", "--gold-fraction", "0.1"]))
     assert (paced.when_behind, paced.gold_fraction) == ("wait", 0.1)  # a simulated rater on a clock reads them
+    crowd = build_train_config(build_parser().parse_args(
+        ["train", "--run-dir", str(tmp_path), "--teacher", "crowd:3xcareful", "--raters-per-pair", "3", "--gold-fraction", "0.1"]))
+    assert (crowd.raters_per_pair, crowd.gold_fraction) == (3, 0.1)  # a crowd of 3 gives 3 labels a pair, and is asked gold
 
 
 def test_resume_refuses_run_settings_instead_of_ignoring_them(tmp_path: Path, cli: Cli) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from prefloop.credentials import scrub_config
+from prefloop.crowd import CROWD_PREFIX, parse_crowd_spec
 from prefloop.envs.presets import default_preset
 from prefloop.query import QueryConfig
 from prefloop.reward_models import RewardModelConfig
@@ -147,11 +148,13 @@ class TrainConfig:
         """Refuse settings the run's teacher or query method would silently ignore."""
         human = self.teacher == HUMAN_TEACHER
         simulated = not human and not self.teacher.startswith(RECORDED_PREFIX)
-        if self.raters_per_pair > 1 and not human:
+        raters = _simulated_raters(self.teacher)
+        if self.raters_per_pair > 1 and not human and raters < self.raters_per_pair:
             raise ConfigError(
-                f"raters_per_pair {self.raters_per_pair} needs human raters (teacher 'human'): the "
-                f"{_short(self.teacher, 40)} teacher gives one label per pair, so every pair would wait "
-                "for ever; leave --raters-per-pair out"
+                f"raters_per_pair {self.raters_per_pair} needs that many raters per pair: human raters "
+                f"(teacher 'human') or a crowd of at least {self.raters_per_pair} (crowd:...); the "
+                f"{_short(self.teacher, 40)} teacher has {raters}, so pairs would wait for ever; leave "
+                "--raters-per-pair out"
             )
         if self.teacher_params and not simulated:
             raise ConfigError(
@@ -243,6 +246,17 @@ def config_differences(recorded: Any, current: dict[str, Any]) -> list[str]:
         for key in RUN_IDENTITY_KEYS
         if key in recorded and key in current and recorded[key] != current[key]
     ]
+
+
+def _simulated_raters(teacher: str) -> int:
+    """How many simulated raters a teacher spec stands for: a crowd's members, else 1 (0: none
+    simulated, e.g. a malformed crowd spec, which the teacher check reports itself)."""
+    if not teacher.startswith(CROWD_PREFIX):
+        return 1
+    try:
+        return sum(member.count for member in parse_crowd_spec(teacher))
+    except ValueError:
+        return 0
 
 
 def _read_json(path: Path, hint: str) -> Any:
