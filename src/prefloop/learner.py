@@ -166,13 +166,13 @@ class PreferenceLearner:
             self._flagged_raters = flagged
             log.warning("step %d: raters flagged as unreliable (estimated error rate >= %.2f; their labels get weight 0, "
                         "none is deleted): %s", env_step, cfg.flag_error_rate, ", ".join(flagged) or "none")
-        self.store.set_meta("rater_reliability", json.dumps(_finite_json({
+        self.store.set_meta("rater_reliability", strict_json({
             "env_step": int(env_step),
             "flag_error_rate": cfg.flag_error_rate,
             "prior_error_rate": cfg.random_response / 2,
             "updated_at": time.time(),
             "raters": [e.to_json() for e in estimates],
-        })))
+        }))
 
     def fit(self, env_step: int) -> dict[str, float]:
         """Train the reward model on every label so far and rescale its output on the fixed reference set."""
