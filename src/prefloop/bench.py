@@ -53,7 +53,7 @@ class BenchConfig:
     label_budgets: tuple[int, ...] = (200,)
     seeds: tuple[int, ...] = (0, 1, 2)
     teachers: tuple[str, ...] = ("oracle",)
-    queries: tuple[str, ...] = ("disagreement",)
+    queries: tuple[str, ...] = ("disagreement+qpa",)
     algos: tuple[str | None, ...] = (None,)
     steps: int | None = None
     out_dir: Path = Path("bench-out/latest")
