@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import unicodedata
+import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -74,6 +75,7 @@ from prefloop.untrusted import (
     UntrustedInputError,
     check_finite,
     excerpt,
+    extract_zip,
     iter_jsonl,
     open_regular_file,
     parse_json,
@@ -613,10 +615,17 @@ def load_dataset(
         DatasetError: one line naming the file, line or array, the field, and the fix.
     """
     root = Path(in_dir)
+    if root.is_file():
+        if zipfile.is_zipfile(root):  # a zipped export (the dashboard's download)
+            return _load_zipped(root, verify_checksums, max_bytes)
+        raise DatasetError(
+            f"{root} is a file but not a zip (or a truncated one); pass the folder `prefloop export "
+            "--out` wrote, or the zip of it, copied again"
+        )
     if not root.is_dir():
         raise DatasetError(
             f"dataset folder {root} does not exist (or is not a folder); pass the folder "
-            "`prefloop export --out` wrote"
+            "`prefloop export --out` wrote, or its zip"
         )
     try:
         return _load_checked(root, verify_checksums, max_bytes)
@@ -627,6 +636,20 @@ def load_dataset(
         ) from None
     except UntrustedInputError as exc:
         raise DatasetError(f"{exc}; {_REEXPORT}") from None
+
+
+def _load_zipped(path: Path, verify_checksums: bool, max_bytes: int) -> PreferenceDataset:
+    """Unpack a zipped dataset into a temporary folder (checked before anything is written, see
+    :func:`prefloop.untrusted.extract_zip`) and load it from there like any folder."""
+    with tempfile.TemporaryDirectory(prefix="prefloop-import-") as tmp:
+        try:
+            with open_regular_file(path.parent, path.name, max_bytes) as handle:
+                folder = extract_zip(handle, path.name, (MANIFEST, *DATA_FILES), Path(tmp), max_bytes)
+        except TooLargeError as exc:
+            raise DatasetError(f"{exc}; if the dataset is genuine, allow more with `prefloop import --max-gib N`") from None
+        except UntrustedInputError as exc:
+            raise DatasetError(f"{exc}; {_REEXPORT}") from None
+        return load_dataset(folder, verify_checksums=verify_checksums, max_bytes=max_bytes)
 
 
 def _load_checked(root: Path, verify_checksums: bool, max_bytes: int) -> PreferenceDataset:
@@ -1354,7 +1377,8 @@ def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="load an exported preference dataset into a new run of a store",
         description="Import a dataset folder written by `prefloop export` into a run without pairs.",
     )
-    parser.add_argument("--in", dest="in_dir", type=Path, required=True, help="the dataset folder")
+    parser.add_argument("--in", dest="in_dir", type=Path, required=True,
+                        help="the dataset folder, or its zip (the dashboard's download)")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="the run folder to import into (created if missing, store prefs.sqlite)")
     parser.add_argument("--db-url", default=None, help="the store's SQLAlchemy URL (default: the run folder's)")
