@@ -109,7 +109,7 @@ def _seconds(text: str) -> float:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
     parser.add_argument("--teacher", default="oracle", type=_teacher_name, metavar="TEACHER",
-                        help="'human' (raters in the browser app), a simulated teacher ("
+                        help="'human' (people in the rater app; only `prefloop run` starts it), a simulated teacher ("
                         + ", ".join(sorted(TEACHER_PRESETS)) + "), recorded:DIR (replay the labels of an exported dataset or an imported run folder), "
                         "a simulated crowd crowd:[COUNTx]KIND[@EPSILON],... (e.g. crowd:3xcareful@0.05,random,adversarial), "
                         "or fitted:PATH[,rater=NAME] (a rater's model from `prefloop raters fit --json PATH`)")
@@ -241,12 +241,44 @@ def _reward_model_config(args: argparse.Namespace) -> RewardModelConfig:
         raise ConfigError(str(exc)) from None
 
 
+def continue_hint(args: argparse.Namespace) -> str:
+    """How to continue this command's run, as a command to paste (after "every label so far is stored; ")."""
+    import shlex
+
+    run_dir = getattr(args, "run_dir", None)
+    if args.command not in ("train", "run"):
+        return "run the command again"
+    if run_dir is None or not (Path(run_dir) / "config.json").is_file():
+        return f"start it again with `prefloop {args.command} ...`"
+    return f"continue with `prefloop {args.command} --run-dir {shlex.quote(str(run_dir))} --resume`"
+
+
+def check_train_teacher(args: argparse.Namespace) -> None:
+    """``prefloop train`` starts no rater app: a run taught by people would wait for answers forever."""
+    from prefloop.rundir import RunDir
+
+    teacher = RunDir(args.run_dir).load_config().teacher if args.resume else args.teacher
+    if teacher != "human":
+        return
+    import shlex
+
+    if args.resume:
+        raise ConfigError(
+            f"{args.run_dir} is a run taught by people (teacher human) and `prefloop train` starts no rater app: "
+            f"continue it with `prefloop run --run-dir {shlex.quote(str(args.run_dir))} --resume` (the trainer plus the rater app)"
+        )
+    raise ConfigError("`prefloop train` starts no rater app, so --teacher human would wait for answers forever: "
+                      "use `prefloop run` (the trainer plus the rater app), or a simulated teacher")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from prefloop.loop import train
     from prefloop.report import print_run_summary
 
     check_resume_arguments(args)
+    check_train_teacher(args)
     config = build_train_config(args)
+    args.run_dir = config.run_dir  # for the "continue with" line if it stops
     result = train(config, resume=args.resume)
     print_run_summary(result)
     return 0
@@ -275,6 +307,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (AppConfigError, AppStartError) as exc:
         raise ConfigError(str(exc)) from None
     config = build_train_config(args)
+    args.run_dir = config.run_dir  # for the "continue with" line if it stops
     supervisors: list[RaterAppSupervisor] = []
 
     def start_app(run_dir, store_url: str, run_name: str) -> None:
@@ -311,7 +344,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         failure = supervisors[0].failure if supervisors else None
         if failure is None:
             raise
-        print(f"prefloop: error: {failure}; every label so far is stored, continue with --resume", file=sys.stderr)
+        print(f"prefloop: error: {failure}; every label so far is stored; {continue_hint(args)}", file=sys.stderr)
         return 1
     finally:
         for signum in previous:  # no second signal cuts the clean-up short
@@ -462,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prefloop: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("prefloop: interrupted; every label so far is stored, continue with --resume", file=sys.stderr)
+        print(f"prefloop: interrupted; every label so far is stored; {continue_hint(args)}", file=sys.stderr)
         return 130
     finally:
         if previous_password_file is None:
