@@ -1568,13 +1568,10 @@ def _check_sqlite_file(path: Path) -> None:
         raise NotAPreferenceStoreError(f"{path} is not a file; pass the path of a database file")
     if path.stat().st_size == 0:
         return
-    with open(path, "rb") as handle:
-        header = handle.read(len(_SQLITE_HEADER))
-    if header != _SQLITE_HEADER:
-        raise NotAPreferenceStoreError(
-            f"{path} is not a SQLite database (wrong file header), so it is not a prefloop "
-            "preference store; it was left untouched. Choose another file name or move it away."
-        )
+    # Only SQLite itself opens a database this process may already use: closing any other handle
+    # on the file (a plain open() to read the header) drops all of this process's POSIX locks on
+    # it, and another process's closing connection then deletes the WAL our writers still append
+    # to -- committed labels lost. So the header is read directly only once SQLite refused the file.
     try:
         with closing(
             sqlite3.connect(
@@ -1588,6 +1585,13 @@ def _check_sqlite_file(path: Path) -> None:
                 ).fetchall()
             }
     except sqlite3.DatabaseError as exc:
+        with open(path, "rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+        if header != _SQLITE_HEADER:
+            raise NotAPreferenceStoreError(
+                f"{path} is not a SQLite database (wrong file header), so it is not a prefloop "
+                "preference store; it was left untouched. Choose another file name or move it away."
+            ) from None
         raise NotAPreferenceStoreError(
             f"{path} is a corrupt SQLite file ({exc}); it was left untouched. Restore it from a "
             "backup or choose another file name."
