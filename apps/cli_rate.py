@@ -115,10 +115,11 @@ def cmd_rate(args: argparse.Namespace) -> int:
         )
         url = app_url(args.host, args.port)
         wait_until_ready(url, timeout=120, process=app)
-        link = url + (f"?token={args.token}" if args.token else "")
+        # Tokens are not printed: terminal output ends up in logs. Whoever set them adds them.
+        link = url + ("?token=<the rater token>" if args.token else "")
         print(f"rater app: {link}  (run {run_name!r}; open it in a browser and compare clips)", flush=True)
         if args.admin_token:
-            print(f"dashboard: {url}dashboard?admin_token={args.admin_token}" + (f"&token={args.token}" if args.token else ""), flush=True)
+            print(f"dashboard: {url}dashboard?admin_token=<the admin token>", flush=True)
         print("Ctrl-C stops the app" + ("" if args.no_clip_worker else " and the clip worker"), flush=True)
         restarts = 0
         while True:

@@ -3,7 +3,6 @@ composed with any algorithm (no subclassing), plus the checkpoint writer they sh
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -20,6 +19,7 @@ from prefloop.resume_state import save_resume_state
 from prefloop.reward_models import save_reward_model
 from prefloop.rundir import RunDir
 from prefloop.schedule import LabelRound
+from prefloop.serialization import strict_json
 
 log = logging.getLogger("prefloop")
 
@@ -205,13 +205,30 @@ class CheckpointCallback(BaseCallback):
             self.run.checkpoint(self.model, self.learner, env_step)
 
 
+class StepLimitCallback(BaseCallback):
+    """Stops training once the run has taken its ``total`` env steps, so ``--steps N`` runs N
+    steps (rounded up to a whole step of every parallel env) instead of finishing SB3's current
+    rollout or training block, which could overshoot by up to ``n_steps * n_envs``."""
+
+    def __init__(self, step_offset: int, total: int):
+        super().__init__()
+        self.step_offset = step_offset
+        self.total = total
+
+    def _on_step(self) -> bool:
+        return self.step_offset + self.num_timesteps < self.total
+
+
 class RunState:
     """The run folder's checkpoint: policy, reward model and loop progress, written atomically."""
 
-    def __init__(self, run_dir: RunDir, curve: list[dict[str, float]], initial_steps: int):
+    def __init__(
+        self, run_dir: RunDir, curve: list[dict[str, float]], initial_steps: int, config: dict[str, Any] | None = None
+    ):
         self.run_dir = run_dir
         self.curve = curve
         self.initial_steps = initial_steps
+        self.config = config  # the run's config (JSON), kept in each checkpoint: --resume compares it
 
     def checkpoint(self, model: BaseAlgorithm, learner: PreferenceLearner | None, env_step: int) -> None:
         target = self.run_dir.new_checkpoint_dir(env_step)
@@ -223,9 +240,11 @@ class RunState:
             "initial_steps": self.initial_steps,
             "curve": self.curve,
         }
+        if self.config is not None:
+            state["config"] = self.config
         if learner is not None:
             save_reward_model(learner.reward_model, target / "reward_model")
             state["fit_history"] = learner.fit_history
             state["reward_learning_time_s"] = learner.time_s
-        (target / "state.json").write_text(json.dumps(state))
+        (target / "state.json").write_text(strict_json(state))
         self.run_dir.publish_checkpoint(target)
