@@ -381,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     run_p.add_argument("--no-progress", action="store_true", help="no progress bar")
     run_p.add_argument("--host", default="127.0.0.1", help="address the rater app listens on (anything but loopback needs --token and --admin-token)")
-    run_p.add_argument("--port", type=_positive_int, default=8501)
+    from prefloop.apps.launch import port_number
+
+    run_p.add_argument("--port", type=port_number, default=8501, help="port of the rater app, 1-65535 (default: 8501)")
     run_p.add_argument("--token", default=os.environ.get(ENV_TOKEN),
                        help=f"access token raters must present (required off loopback; default: ${ENV_TOKEN})")
     run_p.add_argument("--admin-token", default=os.environ.get(ENV_ADMIN_TOKEN),
