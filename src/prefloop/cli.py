@@ -296,7 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from prefloop.apps.access import AppConfigError, check_exposure, check_token_value
     from prefloop.apps.launch import AppStartError, check_port_free
-    from prefloop.apps.supervise import RaterAppSupervisor
+    from prefloop.apps.supervise import RESULT_GRACE_S, RaterAppSupervisor
 
     check_resume_arguments(args)
     try:  # before training starts (and before the run folder exists), not when the app fails later
@@ -333,11 +333,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = train(config, resume=args.resume, on_ready=start_app)
         print_run_summary(result)
-        if supervisors and supervisors[0].running() and sys.stdin.isatty():
-            print("Training finished; the rater app says so to raters and stays up for its dashboard "
-                  "-- press Ctrl-C to stop it.", flush=True)
+        if supervisors and supervisors[0].running():
+            interactive = sys.stdin.isatty()
+            print("Training finished; the rater app shows raters the result and stays up "
+                  + ("for its dashboard -- press Ctrl-C to stop it." if interactive else
+                     f"{RESULT_GRACE_S:.0f} s more so that open pages show it."), flush=True)
             try:
-                supervisors[0].wait()
+                supervisors[0].wait(None if interactive else RESULT_GRACE_S)
             except KeyboardInterrupt:
                 pass  # the run is complete; Ctrl-C only stops the app
     except KeyboardInterrupt:
