@@ -478,10 +478,28 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     add_raters_parser(sub)
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """Log lines to whatever ``sys.stderr`` is when they are written, not when logging was set up:
+    while the progress bar is shown, rich redirects stderr so that each line prints on its own line
+    above the bar instead of glued onto it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201 - a text stream
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001 - StreamHandler sets it; the current stderr wins
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", handlers=[CurrentStderrHandler()])
     previous_password_file = os.environ.get(ENV_DB_PASSWORD_FILE)
     try:
         if getattr(args, "db_password_file", None) is not None:

@@ -133,10 +133,7 @@ class PreferenceLearner:
                 return
             if time.monotonic() - last_said > 10:
                 last_said = time.monotonic()
-                message = (
-                    f"waiting for raters ({what}): {counts['labels']} labels so far, "
-                    f"{counts['pending'] + counts['claimed']} pairs waiting in the rater app"
-                )
+                message = f"waiting for raters: {counts['answered']} of {self.pairs_asked()} pairs answered; {what}"
                 log.info("step %d: %s", env_step, message)
                 self.publish_progress("waiting_for_labels", env_step, curve, message)
             time.sleep(0.5)

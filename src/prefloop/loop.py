@@ -36,7 +36,8 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from prefloop.algos import algorithm_class, check_algorithm_fits, is_off_policy, make_algorithm, relabel_replay_buffer
-from prefloop.callbacks import CheckpointCallback, CurveCallback, PreferenceCallback, RunState, StepLimitCallback
+from prefloop.callbacks import (CheckpointCallback, CurveCallback, PreferenceCallback, RunState, StepLimitCallback,
+                                StepProgressBar)
 from prefloop.checkpoints import CheckpointChoice, newest_usable_checkpoint
 from prefloop.clock_rater import ClockRater
 from prefloop.config import ConfigError, TrainConfig, config_differences
@@ -274,11 +275,13 @@ def _train(
         callbacks.append(PreferenceCallback(learner, rounds, initial_steps, state))
     callbacks.append(CheckpointCallback(state, learner, initial_steps, config.checkpoint_every or max(1, config.steps // 10)))
     callbacks.append(StepLimitCallback(initial_steps, config.steps))
+    if config.progress_bar:  # paced by people (no simulated teacher): an ETA would be a guess
+        callbacks.append(StepProgressBar(initial_steps, config.steps, with_eta=learner is None or learner.teacher is not None))
     if remaining > 0:
         model.learn(
             total_timesteps=remaining,
             callback=CallbackList(callbacks),
-            progress_bar=config.progress_bar,
+            progress_bar=False,
             reset_num_timesteps=model.num_timesteps == 0,
             tb_log_name="policy",
         )
@@ -427,7 +430,7 @@ def first_labels(
         learner.ask(first_round.cumulative_labels, env_step)
     asked = learner.pairs_asked()
     needed = asked if config.when_behind == "wait" else min(asked, config.min_initial_labels)  # pace, continue
-    learner.wait_for_raters(lambda c: c["labels"] >= needed, f"{needed} labels before the policy starts", env_step, curve)
+    learner.wait_for_raters(lambda c: c["labels"] >= needed, f"the policy starts training once {needed} labels are in", env_step, curve)
     learner.fit(env_step)
     learner.publish_progress("training", env_step, curve)
 
