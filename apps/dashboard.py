@@ -110,11 +110,30 @@ def describe_age(seconds: float) -> str:
     return f"{seconds / 3600:.0f} h ago"
 
 
+# How long without news before the page says no trainer runs: a waiting trainer publishes every
+# 10 s; a training or evaluating one only after each reward-model fit or at the end (a long
+# evaluation of a slow env may take minutes), so those states get a longer grace.
+STALE_AFTER_S = {"waiting_for_labels": 60.0}
+STALE_AFTER_DEFAULT_S = 600.0
+
+
+def trainer_is_silent(progress: Progress, now: float) -> bool:
+    """True when the trainer stopped saying anything long ago and the run is not finished: no
+    trainer is running for it (stopped, crashed, or not yet resumed)."""
+    if progress.status == "finished" or progress.updated_at is None:
+        return False
+    return now - progress.updated_at > STALE_AFTER_S.get(progress.status or "", STALE_AFTER_DEFAULT_S)
+
+
 def trainer_status_line(progress: Progress | None, now: float | None = None) -> str:
     """One sentence on what the trainer is doing, for raters and the dashboard."""
     if progress is None:
         return "No news from the trainer yet."
     now = time.time() if now is None else now
+    if trainer_is_silent(progress, now):
+        done = f"; {progress.fraction_done:.0%} of training done" if progress.fraction_done is not None else ""
+        return (f"No trainer is running for this run (last heard {describe_age(now - (progress.updated_at or now))}"
+                f"{done}). Answers are kept; the run continues when its trainer is started again.")
     parts = [TRAINER_STATUS_WORDS.get(progress.status or "", f"Trainer status: {plain_text(progress.status or 'unknown', 40)}.")]
     if progress.fraction_done is not None and progress.status != "finished":
         parts.append(f"{progress.fraction_done:.0%} of training done.")
@@ -373,6 +392,70 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
     from prefloop.apps.rater_quality import render_rater_quality
 
     render_rater_quality(store, labels, gold, [c for c in (progress.curve if progress else []) if "env_step" in c])
+    render_rater_reliability(store.get_meta("rater_reliability"))
+
+
+# -- per-rater reliability (what the reward model's fit estimated) -------------------------------
+
+
+@dataclass(frozen=True)
+class ReliabilityRow:
+    """One rater's estimated reliability as the trainer stored it (run meta ``rater_reliability``)."""
+
+    rater_id: str
+    labels: int
+    error_rate: float
+    error_rate_low: float
+    error_rate_high: float
+    flagged: bool
+    weight: float
+
+
+def parse_rater_reliability(raw: str | None) -> tuple[list[ReliabilityRow], float | None]:
+    """The rows of the ``rater_reliability`` meta (worst rater first) and its flag threshold;
+    ``([], None)`` when there is none or it cannot be read (never an error on the page)."""
+    try:
+        data = json.loads(raw) if raw else None
+        rows = [
+            ReliabilityRow(
+                rater_id=str(r["rater_id"]), labels=int(r["labels"]), error_rate=float(r["error_rate"]),
+                error_rate_low=float(r["error_rate_low"]), error_rate_high=float(r["error_rate_high"]),
+                flagged=bool(r["flagged"]), weight=float(r["weight"]),
+            )
+            for r in (data or {}).get("raters", [])
+        ]
+        threshold = float(data["flag_error_rate"]) if data else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return [], None
+    return sorted(rows, key=lambda r: -r.error_rate), threshold
+
+
+def render_rater_reliability(raw: str | None) -> None:
+    """A table of each rater's estimated error rate, with the flagged raters named (plain text)."""
+    import pandas as pd
+    import streamlit as st
+
+    st.subheader("Rater reliability (estimated with the reward model)")
+    rows, threshold = parse_rater_reliability(raw)
+    if not rows:
+        st.info("No per-rater estimate yet: it appears once labels from two or more raters have been fitted.")
+        return
+    frame = pd.DataFrame({
+        "rater": [plain_text(r.rater_id, 40) for r in rows],
+        "labels": [r.labels for r in rows],
+        "error rate": [round(r.error_rate, 3) for r in rows],
+        "90% interval": [f"{r.error_rate_low:.2f} – {r.error_rate_high:.2f}" for r in rows],
+        "weight in the fit": [round(r.weight, 2) for r in rows],
+        "flagged": ["yes" if r.flagged else "" for r in rows],
+    })
+    st.dataframe(frame, hide_index=True)  # cells are plain text: a rater id never renders as Markdown
+    flagged = [r for r in rows if r.flagged]
+    if flagged:
+        st.warning(
+            f"{len(flagged)} rater(s) err at least {threshold:.0%} of the time by the estimate; their labels "
+            "get weight 0 in the reward model (kept, not deleted):"
+        )
+        st.text(", ".join(plain_text(r.rater_id, 40) for r in flagged))  # names as text, never Markdown
 
 
 # -- the preferences download (admin only) -------------------------------------------------------

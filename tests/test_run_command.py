@@ -88,6 +88,22 @@ def test_a_busy_port_is_one_line_naming_it_and_no_run_folder_is_written(
     assert not run_dir.exists()
 
 
+@pytest.mark.parametrize("command", ["run", "rate"])
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+def test_a_port_outside_1_to_65535_is_refused_before_anything_is_written(
+    command: str, port: str, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "new-run"
+    args = ["run", "--steps", "2000", "--labels", "4"] if command == "run" else ["rate"]
+    with pytest.raises(SystemExit) as stopped:
+        main([*args, "--run-dir", str(run_dir), f"--port={port}"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert f"prefloop {command}: error: argument --port" in err and "Traceback" not in err
+    assert ("65535" in err) == (port != "http")
+    assert not run_dir.exists()
+
+
 def test_the_launcher_does_not_take_another_servers_answer_for_its_app(rated_store: RatedStore, tmp_path: Path) -> None:
     port = free_port()
     with other_server(port):
@@ -115,6 +131,9 @@ def test_rate_run_dir_opens_the_run_an_import_made_and_serves_its_pairs(rated_st
     with PreferenceStore(url, run_name) as store:
         waiting = store.counts()["pending"]
     assert waiting == len(rated_store.pair_ids)  # the imported run, not an empty one
+    named = tmp_path / "named"  # an import that chose its own run name
+    assert main(["import", "--in", str(dataset), "--run-dir", str(named), "--run-name", "my-labels"]) == 0
+    assert resolve_store(parser.parse_args(["rate", "--run-dir", str(named)]))[1] == "my-labels"
     with ClipWorker(url, run_name) as worker:  # what `prefloop rate` runs beside the app
         while worker.render_pending(8):
             pass
@@ -269,3 +288,22 @@ def test_a_clip_worker_that_dies_is_restarted_then_the_app_stops_with_the_reason
     assert code == 1 and len(starts) == 1 + cli_rate.MAX_WORKER_RESTARTS
     assert err.count("the clip worker stopped (OperationalError: disk I/O error); restarting it") == cli_rate.MAX_WORKER_RESTARTS
     assert "error: the clip worker stopped 4 times" in err
+
+
+def test_the_supervisor_restarts_a_dying_app_a_bounded_number_of_times_then_gives_up() -> None:
+    from prefloop.apps.supervise import RaterAppSupervisor
+
+    lines: list[str] = []
+    gave_up = threading.Event()
+    reasons: list[str] = []
+    supervisor = RaterAppSupervisor([], dict(os.environ), on_give_up=lambda why: (reasons.append(why), gave_up.set()),
+                                    max_restarts=2, announce=lines.append)
+    supervisor.command = [sys.executable, "-c", "import sys; sys.exit(3)"]  # an app that dies at once
+    supervisor.start()
+    try:
+        assert gave_up.wait(30), lines
+        assert len(lines) == 2 and all("the rater app stopped (exit code 3); restarting it" in line for line in lines)
+        assert reasons == [supervisor.failure] and "stopped 3 times (last exit code 3)" in reasons[0]
+        assert not supervisor.running()
+    finally:
+        supervisor.stop()

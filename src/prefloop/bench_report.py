@@ -25,7 +25,7 @@ def aggregate(runs: list[dict[str, Any]], random_rows: list[dict[str, Any]]) -> 
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         if run["kind"] == "preferences":
-            groups[(run["env_id"], run["algo"], run["teacher"], run["query"], run["labels"])].append(run)
+            groups[(run["env_id"], run["algo"], _teacher_label(run), run["query"], run["labels"])].append(run)
     out = []
     for (env_id, algo, teacher, query, labels), members in sorted(groups.items()):
         members = sorted(members, key=lambda m: m["seed"])  # per_seed lists follow `seeds`, whatever finished first
@@ -50,10 +50,28 @@ def aggregate(runs: list[dict[str, Any]], random_rows: list[dict[str, Any]]) -> 
             "wall_time_ratio": _stats(ratios),
             "cpu_time_ratio": _stats(cpu_ratios),
             "reward_learning_share": _stats([m["reward_learning_time_s"] / m["wall_time_s"] for m in members]),
+            "rater_error_rates": _rater_error_rates(members),
             # rows written before human time was recorded count as 0 (a teacher that answered at once)
             "human_minutes": _stats([m.get("human_time_s", 0.0) / 60 for m in members]),
         })
     return out
+
+
+def _rater_error_rates(members: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each rater's estimated error rate over the group's seeds (runs with per-rater reliability),
+    and how many of the seeds flagged them."""
+    rates: dict[str, list[float]] = defaultdict(list)
+    flagged: dict[str, int] = defaultdict(int)
+    for m in members:
+        for est in m.get("rater_reliability") or []:
+            rates[est["rater_id"]].append(est["error_rate"])
+            flagged[est["rater_id"]] += bool(est["flagged"])
+    return {rater: {**_stats(values), "flagged_in": flagged[rater]} for rater, values in sorted(rates.items())}
+
+
+def _teacher_label(run: dict[str, Any]) -> str:
+    """The teacher as the table shows it: with "(plain loss)" when per-rater reliability was off."""
+    return run["teacher"] + (" (plain loss)" if run.get("rater_model") == "plain" else "")
 
 
 def cost_rows(groups: list[dict[str, Any]], settings: CostSettings | None) -> list[dict[str, Any]]:
@@ -172,7 +190,25 @@ def markdown_table(groups: list[dict[str, Any]]) -> str:
             f"| {g['wall_time_ratio']['median']:.2f} | {g['cpu_time_ratio']['median']:.2f} "
             f"| {g['reward_learning_share']['median']:.0%} | {g.get('human_minutes', _stats([]))['median']:.1f} |"
         )
-    return header + "\n".join(lines) + "\n"
+    return header + "\n".join(lines) + "\n" + _rater_table(groups)
+
+
+def _rater_table(groups: list[dict[str, Any]]) -> str:
+    """Estimated error rate of each rater per group (median [IQR] over seeds), when there are any."""
+    lines = []
+    for g in groups:
+        for rater, est in g.get("rater_error_rates", {}).items():
+            lines.append(
+                f"| {g['env_id']} | {g['teacher']} | {g['labels']} | {rater} | {est['median']:.3f} "
+                f"[{est['q25']:.3f}, {est['q75']:.3f}] | {est['flagged_in']}/{len(est['per_seed'])} |"
+            )
+    if not lines:
+        return ""
+    return (
+        "\nEstimated rater error rates (per-rater reliability in the loss):\n\n"
+        "| env | teacher | labels | rater | error rate, median [IQR] | flagged in seeds |\n"
+        "|---|---|---:|---|---|---:|\n" + "\n".join(lines) + "\n"
+    )
 
 
 def write_plots(document: dict[str, Any], out_dir: Path) -> None:

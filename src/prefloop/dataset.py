@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import unicodedata
+import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,12 +49,15 @@ from sqlalchemy import create_engine, delete, exists, func, insert, inspect, sel
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from prefloop.credentials import scrub_config
 from prefloop.serialization import array_from_bytes, array_to_bytes
 from prefloop.store import (
     ANSWERED,
     CLAIMED,
     PENDING,
     WITHDRAWN,
+    NoSuchRunError,
+    NoSuchStoreError,
     PreferenceStore,
     StoreError,
     _check_rater,
@@ -74,6 +78,7 @@ from prefloop.untrusted import (
     UntrustedInputError,
     check_finite,
     excerpt,
+    extract_zip,
     iter_jsonl,
     open_regular_file,
     parse_json,
@@ -290,8 +295,7 @@ def export_dataset(
     """
     out = Path(out_dir)
     _check_out_dir(out)
-    _check_run_exists(store_url, run_name)
-    with PreferenceStore(store_url, run_name=run_name) as store:
+    with _open_for_export(store_url, run_name) as store:
         with _transaction(store, write=False) as conn:
             segment_rows, pair_rows, label_rows, meta = _read_snapshot(conn, store.run_id, include_retracted)
 
@@ -362,7 +366,7 @@ def export_dataset(
             "render_fps": render_fps,
             "guideline": meta.get("guideline"),
             "guideline_page": meta.get("guideline_page"),
-            "config": _json_or_none(meta.get("config")),
+            "config": scrub_config(_json_or_none(meta.get("config"))),  # stores of older versions kept the password
             "segment_length": int(arrays["true_rewards"].shape[1]) if segments else None,
             "counts": counts,
             "checksums": {name: _sha256(tmp / name) for name in DATA_FILES},
@@ -398,48 +402,13 @@ def _publish(tmp: Path, out: Path) -> None:
     tmp.rename(out)
 
 
-def _check_run_exists(store_url: str, run_name: str) -> None:
-    """Refuse a missing store or run without creating either (opening a PreferenceStore would)."""
+def _open_for_export(store_url: str, run_name: str) -> PreferenceStore:
+    """The store opened read-only (works on an archived, read-only run folder; creates nothing);
+    a missing store or run is a DatasetError, a locked or unreadable one says so."""
     try:
-        url = make_url(store_url)
-    except (ArgumentError, ValueError, TypeError) as exc:  # the URL is not echoed: it may hold a password
-        raise DatasetError(f"cannot parse the database URL ({exc}); pass --run-dir, or a URL like sqlite:///path") from None
-    if url.get_backend_name() == "sqlite":
-        database = url.database or ""
-        if database in ("", ":memory:") or "\x00" in database or not Path(database).is_file():
-            raise DatasetError(
-                f"there is no preference store at {database or store_url!r}; pass the run folder "
-                "(--run-dir) or the URL of the store that holds the run"
-            )
-        _preflight_sqlite_file(database)  # a corrupt or foreign file: refused, left untouched
-    try:
-        engine = create_engine(url)
-    except (ArgumentError, ImportError) as exc:
-        raise DatasetError(
-            f"cannot use database URL {url.render_as_string(hide_password=True)} ({exc}); prefloop "
-            "stores work on SQLite and PostgreSQL"
-        ) from None
-    try:
-        with engine.connect() as conn:
-            if runs_table.name not in inspect(conn).get_table_names():
-                raise DatasetError(
-                    f"the database {url.render_as_string(hide_password=True)} is not a prefloop "
-                    "preference store (it has no runs table)"
-                )
-            names = list(conn.scalars(select(runs_table.c.name).order_by(runs_table.c.name)))
-    except DBAPIError as exc:  # a damaged file or an unreachable server: one clear line
-        reason = (str(exc.orig).strip().splitlines() or ["unknown error"])[0][:300]
-        raise DatasetError(
-            f"cannot read the preference store {url.render_as_string(hide_password=True)}: "
-            f"{reason}. `prefloop doctor` checks a damaged store; restore it from a backup"
-        ) from None
-    finally:
-        engine.dispose()
-    if run_name not in names:
-        shown = ", ".join(repr(n) for n in names[:20]) or "none"
-        raise DatasetError(
-            f"the store has no run named {run_name!r} (its runs: {shown}); pass --run-name"
-        )
+        return PreferenceStore(store_url, run_name=run_name, read_only=True)
+    except (NoSuchStoreError, NoSuchRunError) as exc:
+        raise DatasetError(f"{exc}; pass the run folder (--run-dir) or the URL of the store that holds the run") from None
 
 
 @contextmanager
@@ -613,10 +582,17 @@ def load_dataset(
         DatasetError: one line naming the file, line or array, the field, and the fix.
     """
     root = Path(in_dir)
+    if root.is_file():
+        if zipfile.is_zipfile(root):  # a zipped export (the dashboard's download)
+            return _load_zipped(root, verify_checksums, max_bytes)
+        raise DatasetError(
+            f"{root} is a file but not a zip (or a truncated one); pass the folder `prefloop export "
+            "--out` wrote, or the zip of it, copied again"
+        )
     if not root.is_dir():
         raise DatasetError(
             f"dataset folder {root} does not exist (or is not a folder); pass the folder "
-            "`prefloop export --out` wrote"
+            "`prefloop export --out` wrote, or its zip"
         )
     try:
         return _load_checked(root, verify_checksums, max_bytes)
@@ -627,6 +603,20 @@ def load_dataset(
         ) from None
     except UntrustedInputError as exc:
         raise DatasetError(f"{exc}; {_REEXPORT}") from None
+
+
+def _load_zipped(path: Path, verify_checksums: bool, max_bytes: int) -> PreferenceDataset:
+    """Unpack a zipped dataset into a temporary folder (checked before anything is written, see
+    :func:`prefloop.untrusted.extract_zip`) and load it from there like any folder."""
+    with tempfile.TemporaryDirectory(prefix="prefloop-import-") as tmp:
+        try:
+            with open_regular_file(path.parent, path.name, max_bytes) as handle:
+                folder = extract_zip(handle, path.name, (MANIFEST, *DATA_FILES), Path(tmp), max_bytes)
+        except TooLargeError as exc:
+            raise DatasetError(f"{exc}; if the dataset is genuine, allow more with `prefloop import --max-gib N`") from None
+        except UntrustedInputError as exc:
+            raise DatasetError(f"{exc}; {_REEXPORT}") from None
+        return load_dataset(folder, verify_checksums=verify_checksums, max_bytes=max_bytes)
 
 
 def _load_checked(root: Path, verify_checksums: bool, max_bytes: int) -> PreferenceDataset:
@@ -1354,7 +1344,8 @@ def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="load an exported preference dataset into a new run of a store",
         description="Import a dataset folder written by `prefloop export` into a run without pairs.",
     )
-    parser.add_argument("--in", dest="in_dir", type=Path, required=True, help="the dataset folder")
+    parser.add_argument("--in", dest="in_dir", type=Path, required=True,
+                        help="the dataset folder, or its zip (the dashboard's download)")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="the run folder to import into (created if missing, store prefs.sqlite)")
     parser.add_argument("--db-url", default=None, help="the store's SQLAlchemy URL (default: the run folder's)")
