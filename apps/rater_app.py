@@ -475,7 +475,8 @@ def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
             st.rerun(scope="app")  # the page for a complete run
         elif session.queue.preparing:
             st.info(
-                f"Preparing the clips of {session.queue.preparing} pairs -- they will appear here "
+                f"Preparing the clips of {session.queue.preparing} "
+                f"{'pair' if session.queue.preparing == 1 else 'pairs'} -- they will appear here "
                 "in a moment; this page refreshes by itself."
             )
         else:
