@@ -344,10 +344,11 @@ def _pair_features(drawn: list[tuple[Segment, Segment]]) -> np.ndarray:
 
 def _k_center(drawn: list[tuple[Segment, Segment]], n_pairs: int, rng: np.random.Generator) -> list[tuple[int, float]]:
     """Greedy k-center (B-Pref): start at a random pair, then repeatedly take the pair farthest from
-    every pair taken so far. Returns ``(index, distance when taken)``; the first has distance inf."""
+    every pair taken so far. Returns ``(index, distance when taken)``; the first (random) pick has
+    score 0.0, since the store keeps only finite scores."""
     feats = _pair_features(drawn)
     first = int(rng.integers(len(drawn)))
-    picked = [(first, math.inf)]
+    picked = [(first, 0.0)]
     nearest = np.linalg.norm(feats - feats[first], axis=1)
     nearest[first] = -np.inf
     while len(picked) < n_pairs:
