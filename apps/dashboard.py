@@ -8,7 +8,6 @@ that draws them is :func:`render_dashboard`.
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ log = logging.getLogger("prefloop.apps")
 TRAINER_STATUS_WORDS = {
     "training": "The trainer is training the agent; it will ask for more comparisons soon.",
     "waiting_for_labels": "The trainer is waiting for your comparisons.",
+    "evaluating": "Labelling is over; the trainer is evaluating the agent.",
     "finished": "Training has finished. Thank you for your help!",
 }
 
@@ -221,10 +221,10 @@ def agreement(labels: Iterable[Label]) -> Agreement:
             by_pair[label.pair_id].append(label.choice)
     multi = [choices for choices in by_pair.values() if len(choices) > 1]
     agree = total = 0
-    for choices in multi:
-        for a, b in itertools.combinations(choices, 2):
-            total += 1
-            agree += a is b
+    for choices in multi:  # counted, not enumerated: a pair with many labels stays linear
+        n = len(choices)
+        total += n * (n - 1) // 2
+        agree += sum(k * (k - 1) // 2 for k in Counter(choices).values())
     unanimous = sum(1 for choices in multi if len(set(choices)) == 1)
     return Agreement(
         pairs=len(multi),
@@ -373,6 +373,70 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
     from prefloop.apps.rater_quality import render_rater_quality
 
     render_rater_quality(store, labels, gold, [c for c in (progress.curve if progress else []) if "env_step" in c])
+    render_rater_reliability(store.get_meta("rater_reliability"))
+
+
+# -- per-rater reliability (what the reward model's fit estimated) -------------------------------
+
+
+@dataclass(frozen=True)
+class ReliabilityRow:
+    """One rater's estimated reliability as the trainer stored it (run meta ``rater_reliability``)."""
+
+    rater_id: str
+    labels: int
+    error_rate: float
+    error_rate_low: float
+    error_rate_high: float
+    flagged: bool
+    weight: float
+
+
+def parse_rater_reliability(raw: str | None) -> tuple[list[ReliabilityRow], float | None]:
+    """The rows of the ``rater_reliability`` meta (worst rater first) and its flag threshold;
+    ``([], None)`` when there is none or it cannot be read (never an error on the page)."""
+    try:
+        data = json.loads(raw) if raw else None
+        rows = [
+            ReliabilityRow(
+                rater_id=str(r["rater_id"]), labels=int(r["labels"]), error_rate=float(r["error_rate"]),
+                error_rate_low=float(r["error_rate_low"]), error_rate_high=float(r["error_rate_high"]),
+                flagged=bool(r["flagged"]), weight=float(r["weight"]),
+            )
+            for r in (data or {}).get("raters", [])
+        ]
+        threshold = float(data["flag_error_rate"]) if data else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return [], None
+    return sorted(rows, key=lambda r: -r.error_rate), threshold
+
+
+def render_rater_reliability(raw: str | None) -> None:
+    """A table of each rater's estimated error rate, with the flagged raters named (plain text)."""
+    import pandas as pd
+    import streamlit as st
+
+    st.subheader("Rater reliability (estimated with the reward model)")
+    rows, threshold = parse_rater_reliability(raw)
+    if not rows:
+        st.info("No per-rater estimate yet: it appears once labels from two or more raters have been fitted.")
+        return
+    frame = pd.DataFrame({
+        "rater": [plain_text(r.rater_id, 40) for r in rows],
+        "labels": [r.labels for r in rows],
+        "error rate": [round(r.error_rate, 3) for r in rows],
+        "90% interval": [f"{r.error_rate_low:.2f} – {r.error_rate_high:.2f}" for r in rows],
+        "weight in the fit": [round(r.weight, 2) for r in rows],
+        "flagged": ["yes" if r.flagged else "" for r in rows],
+    })
+    st.dataframe(frame, hide_index=True)  # cells are plain text: a rater id never renders as Markdown
+    flagged = [r for r in rows if r.flagged]
+    if flagged:
+        st.warning(
+            f"{len(flagged)} rater(s) err at least {threshold:.0%} of the time by the estimate; their labels "
+            "get weight 0 in the reward model (kept, not deleted):"
+        )
+        st.text(", ".join(plain_text(r.rater_id, 40) for r in flagged))  # names as text, never Markdown
 
 
 # -- the preferences download (admin only) -------------------------------------------------------

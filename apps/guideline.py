@@ -88,23 +88,32 @@ def render_guideline_page(store: Any, text: str) -> None:
 
     from prefloop.untrusted import plain_text
 
-    for block in render_guideline(text):
+    for number, block in enumerate(render_guideline(text), start=1):
         if isinstance(block, HtmlBlock):
             st.html(f"<div class='prefloop-guideline'>{block.html}</div>")
             continue
-        try:
-            pair = store.get_pair(block.pair_id)
-            clips = store.get_clips([pair.left.id, pair.right.id])
-        except Exception:  # noqa: BLE001 -- a wrong number in the page is the admin's typo
-            clips = {}
-            pair = None
-        if pair is None or pair.left.id not in clips or pair.right.id not in clips:
+        if not show_pair_clips(store, block.pair_id, f"Example {number}"):
             st.caption(f"(Example pair {block.pair_id} is not available.)")
-            continue
-        left, right = st.columns(2)
-        for column, segment_id, side in ((left, pair.left.id, "Left"), (right, pair.right.id, "Right")):
-            data, mime = clips[segment_id]
-            column.caption(side)
-            column.video(data, format=mime, loop=True, autoplay=True, muted=True)
-        if block.caption:
+        elif block.caption:
             st.text(plain_text(block.caption, 300))
+
+
+def show_pair_clips(store: Any, pair_id: int, what: str) -> bool:
+    """Draw a pair's two clips side by side, looping (plain videos: for examples and practice,
+    not the synchronised rating player). ``what`` names them for screen readers (and keeps two
+    showings of one clip apart). False when the pair or a clip is missing."""
+    import streamlit as st
+
+    try:
+        pair = store.get_pair(pair_id)
+        clips = store.get_clips([pair.left.id, pair.right.id])
+    except Exception:  # noqa: BLE001 -- a wrong number in the page is the admin's typo
+        return False
+    if pair.left.id not in clips or pair.right.id not in clips:
+        return False
+    left, right = st.columns(2)
+    for column, segment_id, side in ((left, pair.left.id, "Left"), (right, pair.right.id, "Right")):
+        data, mime = clips[segment_id]
+        column.caption(side)
+        column.video(data, format=mime, loop=True, autoplay=True, muted=True, alt=f"{what}: the {side.lower()} clip")
+    return True

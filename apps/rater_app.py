@@ -12,6 +12,7 @@ This file is the thin Streamlit glue; the logic lives in ``rating`` (the rater's
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import unicodedata
 from collections.abc import Sequence
@@ -27,7 +28,9 @@ from prefloop.apps.access import (
     parse_app_args,
     token_matches,
 )
-from prefloop.apps.guideline import GUIDELINE_META, render_guideline_page
+from prefloop.apps.guideline import GUIDELINE_META, render_guideline_page, show_pair_clips
+from prefloop.apps.onboarding import Onboarding, start_onboarding
+from prefloop.types import Choice
 from prefloop.apps.dashboard import (
     Progress,
     parse_progress,
@@ -47,6 +50,8 @@ log = logging.getLogger("prefloop.apps")
 DEFAULT_GUIDELINE = "Which clip shows the agent doing the task better?"
 WAITING_POLL_S = 2.0
 RUN_END_POLL_S = 3.0  # how soon a page showing a pair learns that the run is complete
+# Trainer statuses after which it uses no more labels (its unanswered pairs are withdrawn).
+LABELLING_OVER = ("evaluating", "finished")
 _SESSION = "prefloop_rater_session"
 # Material icons come with Streamlit's own font; emoji need an emoji font the machine may lack.
 _NOTICE_ICONS = {"info": ":material/info:", "success": ":material/check_circle:", "warning": ":material/warning:",
@@ -153,13 +158,25 @@ def _check_token(expected: str | None, param: str, label: str, prompt: str) -> b
 # -- the rating page ---------------------------------------------------------------------------
 
 
+# Markdown that could make the question a link or an image (or an HTML entity spelling one), and
+# what GitHub-flavoured Markdown turns into a link by itself: an address or an e-mail.
+_LINK_SYNTAX = re.compile(r"([\\\[\]()<>!&])")
+_AUTOLINK_TRIGGER = re.compile(r"(?i)(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)")
+
+
 def display_guideline(stored: str | None) -> str:
     """The question above the clips: the run's guideline on one line (whitespace and control
-    characters collapsed to spaces, at most 500 characters; Markdown emphasis is kept, HTML is
-    never rendered), or the default question when there is none."""
+    characters collapsed to spaces, at most 500 characters), or the default question when there
+    is none. It is shown as Markdown for emphasis only: link, image and HTML syntax is escaped and
+    a zero-width space breaks what would become a link by itself (``https://``, ``www.``, ``@``),
+    so a guideline from a store or an imported dataset never loads a remote image or shows a link
+    that leaves the app. The admin's guideline page (``render_guideline_page``) is the place for
+    richer text."""
     text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cs") else ch for ch in stored or "")
     text = " ".join(text.split())[:MAX_GUIDELINE_CHARS]
-    return text or DEFAULT_GUIDELINE
+    if not text:
+        return DEFAULT_GUIDELINE
+    return _AUTOLINK_TRIGGER.sub("\u200b", _LINK_SYNTAX.sub(r"\\\1", text))
 
 
 def identify(store: PreferenceStore, config: AppConfig) -> str | None:
@@ -215,6 +232,61 @@ def _sign_in(store: PreferenceStore, config: AppConfig, name: object, key: objec
     return None
 
 
+def onboarded(store: PreferenceStore, rater: str) -> bool:
+    """True once ``rater`` may give labels: onboarding is off, there are not enough gold pairs
+    for it, or they passed it. Otherwise draws the practice round and returns False."""
+    if st.session_state.get("prefloop_onboarded") == rater:
+        return True
+    record = store.rater(rater)
+    practice = st.session_state.get("prefloop_onboarding")
+    if record is not None and record["onboarded_at"] is None:
+        if not (isinstance(practice, tuple) and practice[0] == rater):
+            started = start_onboarding(store, display_guideline(store.get_meta("guideline")))
+            practice = (rater, started)
+            st.session_state["prefloop_onboarding"] = practice
+        if practice[1] is not None and practice[1].available:
+            _practice_view(store, rater, practice[1])
+            return False
+    st.session_state["prefloop_onboarded"] = rater
+    return True
+
+
+def _practice_view(store: PreferenceStore, rater: str, practice: Onboarding) -> None:
+    st.markdown(f"### {display_guideline(store.get_meta('guideline'))}")
+    st.caption(f"Practice first: {len(practice.pairs)} pairs whose answer is known. After each you see which "
+               f"clip was better and why; with {practice.plan.to_pass} right your answers start to count.")
+    _guideline_page(store, expanded=False)
+    feedback = st.session_state.get("prefloop_feedback")
+    if feedback is not None:
+        (st.success if feedback.correct else st.warning)(feedback.text)
+        if not practice.finished:
+            if st.button("Next practice pair", key="practice_next", type="primary"):
+                st.session_state.pop("prefloop_feedback", None)
+                st.rerun()
+        elif practice.passed:
+            st.success(f"You passed ({sum(practice.answers)} of {len(practice.pairs)} right). Your answers count from now on.")
+            if st.button("Start rating", key="practice_done", type="primary"):
+                store.set_onboarded(rater)
+                st.session_state.pop("prefloop_feedback", None)
+                st.rerun()
+        else:
+            st.info(f"{sum(practice.answers)} of {len(practice.pairs)} right; {practice.plan.to_pass} are needed. "
+                    "Read the guidelines above and try again.")
+            if st.button("Try again", key="practice_again", type="primary"):
+                practice.restart()
+                st.session_state.pop("prefloop_feedback", None)
+                st.rerun()
+        return
+    st.caption(f"Practice pair {len(practice.answers) + 1} of {len(practice.pairs)}")
+    show_pair_clips(store, practice.next_pair(), "Practice pair")
+    buttons = st.columns(3)
+    for column, (choice, words) in zip(buttons, ((Choice.LEFT, "Left is better"), (Choice.EQUAL, "About the same"),
+                                                  (Choice.RIGHT, "Right is better"))):
+        if column.button(words, key=f"practice_{choice.value}", width="stretch"):
+            st.session_state["prefloop_feedback"] = practice.answer(choice)
+            st.rerun()
+
+
 def get_session(store: PreferenceStore, rater: str, config: AppConfig) -> RaterSession:
     session = st.session_state.get(_SESSION)
     if not isinstance(session, RaterSession) or session.rater_id != rater or session.store is not store:
@@ -245,6 +317,8 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
     rater = identify(store, config)
     if rater is None:
         return
+    if not onboarded(store, rater):
+        return
     session = get_session(store, rater, config)
     guideline = display_guideline(store.get_meta("guideline"))
 
@@ -269,9 +343,9 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
         st.toast(notice.text, icon=_NOTICE_ICONS[notice.level], duration="long")
 
     progress = parse_progress(store.get_meta("progress"))
-    if progress is not None and progress.status == "finished":
+    if progress is not None and progress.status in LABELLING_OVER:
         session.release_all()  # nothing is served once the trainer uses no more labels
-        _finished_view(session, store, progress)
+        _finished_view(session, store)
         return
 
     if session.paused:
@@ -297,7 +371,7 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
 def _break_reminder(session: RaterSession, config: AppConfig) -> None:
     with st.container(border=True):
         st.markdown(
-            f"**You have been rating for {config.break_minutes:.0f} minutes.** A few minutes away from "
+            f"**You have been rating for {_duration(config.break_minutes * 60)}.** A few minutes away from "
             "the screen keep your answers sharp; your answers so far are saved."
         )
         take, go_on, _ = st.columns([1, 1, 3])
@@ -328,10 +402,14 @@ def _keepalive(session: RaterSession, lease_seconds: float) -> None:
     keep_leases()
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} seconds" if seconds < 90 else f"{seconds / 60:.0f} minutes"
+
+
 def _paused_view(session: RaterSession, config: AppConfig) -> None:
     st.info(
         "Paused: no pairs are held for you, so others can rate them (this happens on a break, or "
-        f"after {config.idle_seconds / 60:.0f} minutes without an answer). Press the button when you are back.",
+        f"after {_duration(config.idle_seconds)} without an answer). Press the button when you are back.",
         icon=":material/pause_circle:",
     )
     if st.button("I'm back -- show me a pair", key="resume_rating", type="primary"):
@@ -345,7 +423,7 @@ def _watch_for_run_end(store: PreferenceStore) -> None:
     @st.fragment(run_every=RUN_END_POLL_S)
     def watch() -> None:
         progress = parse_progress(store.get_meta("progress"))
-        if progress is not None and progress.status == "finished":
+        if progress is not None and progress.status in LABELLING_OVER:
             st.rerun(scope="app")
 
     watch()
@@ -361,15 +439,28 @@ def run_result_line(progress: Progress) -> str | None:
     return None
 
 
-def _finished_view(session: RaterSession, store: PreferenceStore, progress: Progress) -> None:
-    st.success("Training has finished -- this run is complete, so there is nothing left to compare. "
-               "Thank you for your help!")
-    result = run_result_line(progress)
-    if result:
-        st.markdown(result)
-    counts = store.counts()
-    st.caption(f"Your answers today: **{session.labels_today()}** · Answers from all raters in this run: "
-               f"**{counts['labels']}**")
+def _finished_view(session: RaterSession, store: PreferenceStore) -> None:
+    """The page once labelling is over: thanks, then the run's result (polled until it is in)."""
+
+    @st.fragment(run_every=WAITING_POLL_S)
+    def finished() -> None:
+        progress = parse_progress(store.get_meta("progress"))
+        if progress is None or progress.status not in LABELLING_OVER:
+            st.rerun(scope="app")  # a resumed run asks again
+        if progress.status == "finished":
+            st.success("Training has finished -- this run is complete, so there is nothing left to compare. "
+                       "Thank you for your help!")
+            result = run_result_line(progress)
+            if result:
+                st.markdown(result)
+        else:
+            st.info("Labelling is over -- thank you! The trainer is evaluating the agent your answers "
+                    "taught; its result appears here in a moment.")
+        counts = store.counts()
+        st.caption(f"Your answers today: **{session.labels_today()}** · Answers from all raters in this run: "
+                   f"**{counts['labels']}**")
+
+    finished()
 
 
 def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
@@ -380,7 +471,7 @@ def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
         if session.current is not None or session.paused:
             st.rerun(scope="app")
         progress = parse_progress(store.get_meta("progress"))
-        if progress is not None and progress.status == "finished":
+        if progress is not None and progress.status in LABELLING_OVER:
             st.rerun(scope="app")  # the page for a complete run
         elif session.queue.preparing:
             st.info(

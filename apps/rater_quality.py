@@ -13,7 +13,6 @@ dashboard section, :func:`render_rater_quality`:
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
 from collections import Counter, defaultdict
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefloop.apps.dashboard import json_object
+from prefloop.cost import CostSettings, cost_settings_from, per
 from prefloop.types import Choice, Label
 
 SESSION_GAP_S = 10 * 60.0  # labels further apart than this belong to different rating sessions
@@ -41,8 +41,14 @@ def krippendorff_alpha(units: Iterable[Sequence[object]]) -> float | None:
         m = len(values)
         if m < 2:
             continue
-        for a, b in itertools.permutations(values, 2):
-            coincidence[(a, b)] += 1.0 / (m - 1)
+        # Every ordered pair of the unit's values, counted from the value counts rather than
+        # enumerated: a pair with 10^5 labels (an imported dataset) stays linear.
+        counts = Counter(values)
+        for a, count_a in counts.items():
+            for b, count_b in counts.items():
+                pairs = count_a * (count_a - 1) if a == b else count_a * count_b
+                if pairs:
+                    coincidence[(a, b)] += pairs / (m - 1)
     n = sum(coincidence.values())
     if n <= 1:
         return None
@@ -94,10 +100,9 @@ def self_consistency(labels: Iterable[Label], pair_segments: Mapping[int, tuple[
         seen[(label.rater_id, frozenset(segments))].append(choice)
     repeats: Counter[str] = Counter()
     consistent: Counter[str] = Counter()
-    for (rater, _), choices in seen.items():
-        for a, b in itertools.combinations(choices, 2):
-            repeats[rater] += 1
-            consistent[rater] += a is b
+    for (rater, _), choices in seen.items():  # counted, not enumerated (linear in labels)
+        repeats[rater] += len(choices) * (len(choices) - 1) // 2
+        consistent[rater] += sum(k * (k - 1) // 2 for k in Counter(choices).values())
     return sorted((Consistency(r, repeats[r], consistent[r]) for r in repeats), key=lambda c: c.rater_id)
 
 
@@ -116,7 +121,8 @@ def flag_counts(labels: Iterable[Label], flags: Mapping[int, Mapping[str, object
 def sessions_of(labels: Sequence[Label], gap_s: float = SESSION_GAP_S) -> list[list[Label]]:
     """One rater's labels split into rating sessions (a pause longer than ``gap_s`` starts a new
     one), oldest first."""
-    ordered = sorted(labels, key=lambda l: l.created_at)
+    # A label whose time is NaN or infinite (a damaged or edited store) belongs to no session.
+    ordered = sorted((l for l in labels if math.isfinite(l.created_at)), key=lambda l: l.created_at)
     sessions: list[list[Label]] = []
     for label in ordered:
         if sessions and label.created_at - sessions[-1][-1].created_at <= gap_s:
@@ -152,7 +158,8 @@ def fatigue(labels: Iterable[Label], gold: Mapping[int, Choice], min_labels: int
         by_rater[label.rater_id].append(label)
     rows = []
     for rater, items in sorted(by_rater.items()):
-        session = sessions_of(items)[-1]
+        sessions = sessions_of(items)
+        session = sessions[-1] if sessions else []  # none: every label's time is not finite
         if len(session) < min_labels:
             continue
         third = len(session) // 3
@@ -184,31 +191,9 @@ def _gold_change(first: Sequence[Label], second: Sequence[Label], gold: Mapping[
 # -- cost ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CostSettings:
-    """What a label costs: an ``hourly_rate`` (paid per rating hour) or a ``cost_per_label``."""
-
-    hourly_rate: float | None = None
-    cost_per_label: float | None = None
-    currency: str = "USD"
-
-
 def parse_cost(raw: str | None) -> CostSettings | None:
     """The run's ``cost`` meta (JSON), or None when unset or unreadable."""
-    data = json_object(raw)
-    if data is None:
-        return None
-
-    def positive(key: str) -> float | None:
-        value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            return None
-        return float(value)
-
-    currency = data.get("currency")
-    settings = CostSettings(positive("hourly_rate"), positive("cost_per_label"),
-                            currency if isinstance(currency, str) and 0 < len(currency) <= 8 else "USD")
-    return settings if settings.hourly_rate is not None or settings.cost_per_label is not None else None
+    return cost_settings_from(json_object(raw))
 
 
 def rating_hours(labels: Iterable[Label], gap_s: float = SESSION_GAP_S) -> float:
@@ -240,10 +225,7 @@ def cost_summary(labels: Sequence[Label], settings: CostSettings | None, curve: 
     """Cost of the run's labels and the true return they bought (``curve``: the trainer's
     ``{"env_step", "true_return"}`` points)."""
     hours = rating_hours(labels)
-    total = None
-    if settings is not None:
-        total = (settings.cost_per_label * len(labels) if settings.cost_per_label is not None
-                 else settings.hourly_rate * hours)  # type: ignore[operator]
+    total = None if settings is None else settings.total(len(labels), hours)
     returns = [float(c["true_return"]) for c in curve
                if isinstance(c.get("true_return"), (int, float)) and math.isfinite(c["true_return"])]
     gain = returns[-1] - returns[0] if len(returns) >= 2 else None
@@ -251,10 +233,10 @@ def cost_summary(labels: Sequence[Label], settings: CostSettings | None, curve: 
         labels=len(labels),
         hours=hours,
         total=total,
-        per_label=total / len(labels) if total is not None and labels else None,
+        per_label=per(total, len(labels)),
         return_gain=gain,
-        gain_per_hour=gain / hours if gain is not None and hours > 0 else None,
-        gain_per_cost=gain / total if gain is not None and total else None,
+        gain_per_hour=per(gain, hours),
+        gain_per_cost=per(gain, total),
         currency=settings.currency if settings else "USD",
     )
 

@@ -41,6 +41,7 @@ MAX_SEQ = 2**53  # the largest integer a browser counts exactly
 MAX_NOTICES = 5
 UNDO_DEPTH = 20  # how many of the session's own latest answers Undo can reach
 TIME_TOLERANCE_S = 1.0  # network delay between the browser's clock and the server's
+WAITING_GRACE_S = 30.0  # see RaterSession.heartbeat
 _SHOWN_MEMORY = 64  # pair ids this session has shown, for the wording of a rejected answer
 # A session with a pair on screen but no answer for this long is paused: its pairs go back to the
 # queue until the rater says they are back, so idle tabs never starve other raters or the trainer.
@@ -412,16 +413,23 @@ class RaterSession:
     def heartbeat(self) -> bool:
         """The page's periodic call while the tab is open: renew the shown pairs' leases (or fetch
         a pair if none is shown). ``idle_release_s`` after the rater's last action (answer, undo,
-        sign-in, "I'm back") the session pauses and gives its pairs back -- also while it waits
-        for pairs, so an abandoned tab never picks up the pairs other idle tabs let go. A closed
-        tab stops calling, and its leases run out after ``lease_seconds``. Returns True if what
-        the page shows changed."""
+        sign-in, "I'm back") the session pauses and gives its pairs back. A session that waited
+        longer than that for pairs (the trainer was busy) still gets them when they come, but
+        must answer within :data:`WAITING_GRACE_S` or pause: so an abandoned tab holds pairs
+        others let go for that long at most. A closed tab stops calling, and its leases run out
+        after ``lease_seconds``. Returns True if what the page shows changed."""
         if self.paused:
             return False
-        if self.clock() - self.last_activity > self.idle_release_s:
-            self.pause()
-            return True
-        return self.refresh()
+        now = self.clock()
+        if now - self.last_activity <= self.idle_release_s:
+            return self.refresh()
+        if self.current is None and self.next is None:
+            changed = self.refresh()
+            if self.current is not None:
+                self.last_activity = now - self.idle_release_s + min(WAITING_GRACE_S, self.idle_release_s)
+            return changed
+        self.pause()
+        return True
 
     keepalive = heartbeat
 

@@ -28,7 +28,8 @@ KEYS = {"left": "ArrowLeft", "right": "ArrowRight", "equal": "ArrowUp", "cant_te
 
 
 def prefloop(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The bot answers faster than a person may (the app refuses more than 30 answers a minute).
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PREFLOOP_MAX_ANSWERS_PER_MINUTE": "100000"}
     return subprocess.Popen([sys.executable, "-m", "prefloop.cli", *args], env=env, **kwargs)
 
 

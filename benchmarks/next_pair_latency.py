@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import socket
 import statistics
 import sys
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rendering and encoding {args.segments} clips of 1.5 s ...", flush=True)
         url, run, encode_wall, encode_cpu = build_store(Path(tmp) / "prefs.sqlite", args.segments, n_pairs)
         port = free_port()
+        # The bot answers faster than a person may (the app refuses more than 30 answers a minute).
+        os.environ["PREFLOOP_MAX_ANSWERS_PER_MINUTE"] = "100000"
         app = launch_rater_app(url, run, port=port, log_path=Path(tmp) / "app.log")
         try:
             app_url = f"http://127.0.0.1:{port}/"

@@ -3,6 +3,7 @@
 - :class:`RewardEnsemble` (``ensemble.py``): ``M`` MLPs evaluated in one batched pass;
   ``predict`` is what the policy is trained on.
 - :class:`RewardTrainer`, :class:`RewardModelConfig`, :func:`bradley_terry_loss` (``training.py``).
+- Per-rater error rates estimated jointly with the reward, :class:`RaterEstimate` (``reliability.py``).
 - :func:`save_reward_model` / :func:`load_reward_model` (``io.py``): safetensors + JSON, no pickle.
 
 Absorbing steps are pinned at 0. Segments have a fixed length; when the episode terminated
@@ -16,6 +17,7 @@ shift would change the value of staying alive.
 
 from .ensemble import MIN_REWARD_SCALE, RewardEnsemble, stack_segments
 from .io import METADATA_FILE, WEIGHTS_FILE, load_reward_metadata, load_reward_model, save_reward_model
+from .reliability import RaterEstimate
 from .spaces import UnsupportedSpaceError, space_from_json, space_to_json
 from .training import (
     FitStats,
@@ -23,6 +25,7 @@ from .training import (
     RewardTrainer,
     bradley_terry_loss,
     build_reward_model,
+    rater_bradley_terry_loss,
     validation_mask,
 )
 
@@ -31,11 +34,13 @@ __all__ = [
     "MIN_REWARD_SCALE",
     "WEIGHTS_FILE",
     "FitStats",
+    "RaterEstimate",
     "RewardEnsemble",
     "RewardModelConfig",
     "RewardTrainer",
     "UnsupportedSpaceError",
     "bradley_terry_loss",
+    "rater_bradley_terry_loss",
     "build_reward_model",
     "load_reward_metadata",
     "load_reward_model",

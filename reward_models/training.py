@@ -1,7 +1,12 @@
 """Fitting a :class:`RewardEnsemble` to labelled pairs with the Bradley-Terry loss (Christiano et al. 2017).
 
-- The teacher is modelled as answering at random with probability ``random_response``:
-  ``P(right) = (1 - rr) * sigmoid(R_right - R_left) + rr / 2``.
+- ``rater_model="plain"``: the teacher is modelled as answering at random with probability
+  ``random_response``: ``P(right) = (1 - rr) * sigmoid(R_right - R_left) + rr / 2``, and a pair's
+  target is the mean of its labels.
+- ``rater_model="reliability"`` (default): when the labels come from several raters, each label is
+  its own row and each rater gets an estimated error rate, fitted jointly with the reward model
+  (:mod:`prefloop.reward_models.reliability`); flagged raters' labels get weight 0. With a single
+  rater (or pairs that do not say who answered) it is the plain loss.
 - Each member trains on its own bootstrap resample of the training pairs, which is what makes the
   members disagree where data is thin (query selection uses that disagreement).
 - A fixed fraction of pairs is held out for validation. The split hashes ``(seed, pair_id)``, so a
@@ -22,9 +27,11 @@ import torch
 from prefloop.types import LabeledPair
 
 from .ensemble import RewardEnsemble, stack_segments
+from .reliability import RaterEstimate, RaterLabels, estimate_error_rates, loss_error_rates
 
 # Fewer pairs than this and all of them are used for training.
 MIN_PAIRS_FOR_VALIDATION = 10
+RATER_MODELS = ("reliability", "plain")
 _EVAL_CHUNK_PAIRS = 512
 
 
@@ -50,7 +57,18 @@ class RewardModelConfig:
             accuracy (on non-tie pairs, measured on the epoch's own batches) reached this, as
             PEBBLE does; a warm-started model that already explains the new labels then costs
             one epoch, not ``epochs``. ``1.0`` (or more) disables early stopping.
-        random_response: probability that the teacher answers at random (Christiano's 0.1).
+        random_response: probability that the teacher answers at random (Christiano's 0.1); with
+            several raters and ``rater_model="reliability"``, ``random_response / 2`` is the prior
+            mean of each rater's error rate instead.
+        rater_model: ``"reliability"`` (per-rater error rates estimated jointly with the reward,
+            see :mod:`prefloop.reward_models.reliability`) or ``"plain"`` (one global
+            ``random_response`` for everyone, every label counted alike).
+        flag_error_rate: a rater whose estimated error rate reaches this is flagged and their
+            labels get weight 0 in the fit (kept in the store; unflagged when they improve).
+        prior_labels: weight, in labels, of the prior on each rater's error rate: a rater with far
+            fewer labels than this keeps about the prior.
+        flagged_answer_weight: weight in the fit of an answer the server flagged (e.g. faster than
+            the clips can be watched); the answer is kept and still scored for its rater.
         val_fraction: fraction of pairs held out for validation (0 disables validation).
         seed: seeds the initial weights, the validation split and the bootstrap resamples.
         normalize_inputs: standardise the network's inputs with the mean and standard deviation
@@ -71,6 +89,10 @@ class RewardModelConfig:
     max_steps_per_fit: int = 2000
     stop_accuracy: float = 0.97
     random_response: float = 0.1
+    rater_model: str = "reliability"
+    flag_error_rate: float = 0.3
+    prior_labels: float = 5.0
+    flagged_answer_weight: float = 0.25
     val_fraction: float = 0.2
     seed: int = 0
     normalize_inputs: bool = True
@@ -92,6 +114,14 @@ class RewardModelConfig:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not (_is_real(self.random_response) and 0 <= self.random_response < 1):
             raise ValueError(f"random_response must be in [0, 1), got {self.random_response!r}")
+        if self.rater_model not in RATER_MODELS:
+            raise ValueError(f"rater_model must be one of {', '.join(RATER_MODELS)}, got {self.rater_model!r}")
+        if not (_is_real(self.flag_error_rate) and 0 < self.flag_error_rate <= 1):
+            raise ValueError(f"flag_error_rate must be in (0, 1] (1 flags nobody short of always wrong), got {self.flag_error_rate!r}")
+        if not (_is_real(self.prior_labels) and 0 < self.prior_labels and math.isfinite(self.prior_labels)):
+            raise ValueError(f"prior_labels must be a finite number > 0, got {self.prior_labels!r}")
+        if not (_is_real(self.flagged_answer_weight) and 0 <= self.flagged_answer_weight <= 1):
+            raise ValueError(f"flagged_answer_weight must be in [0, 1], got {self.flagged_answer_weight!r}")
         if not (_is_real(self.stop_accuracy) and 0 < self.stop_accuracy):
             raise ValueError(f"stop_accuracy must be a number > 0 (1.0 disables early stopping), got {self.stop_accuracy!r}")
         if not (_is_real(self.val_fraction) and 0 <= self.val_fraction < 1):
@@ -157,6 +187,72 @@ def bradley_terry_loss(
     return loss.mean()
 
 
+def rater_bradley_terry_loss(
+    returns_left: torch.Tensor,
+    returns_right: torch.Tensor,
+    target: torch.Tensor,
+    error_rate: torch.Tensor,
+    weight: torch.Tensor,
+) -> torch.Tensor:
+    """Weighted cross entropy under per-label mistake rates (the reliability model's M-step).
+
+    ``p = (1 - e) * sigmoid(R_right - R_left) + e * (1 - sigmoid(R_right - R_left))`` is the
+    probability that the label's rater answers right when they err with probability ``e``; the loss
+    is ``sum(w * CE(t, p)) / sum(w)`` over labels, averaged over members, in log space. ``e = 0.5``
+    gives a label zero gradient; ``e = rr / 2`` and ``w = 1`` is :func:`bradley_terry_loss`.
+
+    Args:
+        returns_left, returns_right: ``(M, N)`` segment returns.
+        target, error_rate, weight: ``(N,)`` or ``(M, N)``; ``error_rate`` in [0, 0.5], ``weight >= 0``.
+
+    Returns:
+        A scalar tensor (0 when every weight is 0).
+    """
+    diff = returns_right - returns_left
+    target = target.to(diff.dtype)
+    error = error_rate.to(diff.dtype)
+    log_keep, log_mistake = torch.log1p(-error), torch.log(error)  # log(0) = -inf: logaddexp drops it
+    log_sig_right = torch.nn.functional.logsigmoid(diff)
+    log_sig_left = torch.nn.functional.logsigmoid(-diff)
+    log_p_right = torch.logaddexp(log_sig_right + log_keep, log_sig_left + log_mistake)
+    log_p_left = torch.logaddexp(log_sig_left + log_keep, log_sig_right + log_mistake)
+    loss = -(target * log_p_right + (1 - target) * log_p_left)
+    w = weight.to(diff.dtype).expand_as(loss)
+    return (loss * w).sum() / w.sum().clamp_min(1e-12)
+
+
+@dataclass
+class _Rows:
+    """What the trainer fits: one row per pair (plain) or per label (reliability).
+
+    ``pair`` indexes the encoded pairs; ``error_rate`` and ``weight`` are None for the plain loss
+    (one global ``random_response``); ``key`` is the pair id (validation split, so all labels of a
+    pair are on the same side); ``labels`` is set in reliability mode."""
+
+    pair: np.ndarray
+    target: torch.Tensor
+    key: np.ndarray
+    error_rate: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    labels: RaterLabels | None = None
+
+    def with_pseudo_pairs(self, first_pair: int, targets: np.ndarray, random_response: float) -> "_Rows":
+        """These rows plus one per pseudo-labelled pair (encoded from ``first_pair`` on); in
+        reliability mode they have the prior error rate ``random_response / 2`` and weight 1."""
+        n = len(targets)
+        extra_pairs = np.arange(first_pair, first_pair + n)
+        rows = _Rows(
+            pair=np.concatenate([self.pair, extra_pairs]),
+            target=torch.cat([self.target, torch.as_tensor(targets, dtype=self.target.dtype, device=self.target.device)]),
+            key=np.concatenate([self.key, -1 - extra_pairs]),
+            labels=self.labels,
+        )
+        if self.error_rate is not None and self.weight is not None:
+            rows.error_rate = torch.cat([self.error_rate, torch.full((n,), random_response / 2, dtype=self.error_rate.dtype)])
+            rows.weight = torch.cat([self.weight, torch.ones(n, dtype=self.weight.dtype)])
+        return rows
+
+
 @dataclass
 class FitStats:
     """What one :meth:`RewardTrainer.fit` call did.
@@ -217,13 +313,20 @@ class RewardTrainer:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self._n_fits = 0
         self.pairs_fitted = 0  # labelled pairs seen by earlier fits: the per-label budget counts the rest
+        # Each rater's estimated reliability after the last fit (None: plain loss, or one rater).
+        self.rater_estimates: list[RaterEstimate] | None = None
 
     def fit(self, pairs: Sequence[LabeledPair], pseudo_pairs: Sequence[LabeledPair] = ()) -> FitStats:
         """Train on ``pairs`` (all labelled pairs so far, not just the new ones).
 
+        With ``rater_model="reliability"`` and pairs whose ``extra["votes"]`` name at least two
+        raters (or hold answers with flags, weighted ``flagged_answer_weight``), each label is a
+        row and the raters' error rates are re-estimated halfway through the step budget and at the
+        end (:attr:`rater_estimates`).
+
         ``pseudo_pairs`` (SURF's model-made labels, ``prefloop.semi_supervised``) join the training
         side only: never validated on, not counted in the per-label step budget, not used for the
-        input statistics.
+        input statistics, nor for the raters' estimates (they enter with the prior error rate).
 
         Raises:
             ValueError: no pairs, a target outside [0, 1], or segments of mismatched shapes.
@@ -237,23 +340,25 @@ class RewardTrainer:
             i = int(bad[0])
             raise ValueError(f"pair {i} (pair_id={pairs[i].pair_id}) has target {pairs[i].target}; expected [0, 1]")
 
-        keys = np.array([i if p.pair_id is None else p.pair_id for i, p in enumerate(pairs)], dtype=np.int64)
-        is_val = np.zeros(len(pairs), dtype=bool)
+        rows = self._rows(pairs, targets, model.device)
+        is_val = np.zeros(len(rows.pair), dtype=bool)
         if len(pairs) >= MIN_PAIRS_FOR_VALIDATION and cfg.val_fraction > 0:
-            is_val = validation_mask(keys, cfg.seed, cfg.val_fraction)
+            is_val = validation_mask(rows.key, cfg.seed, cfg.val_fraction)
             if is_val.all():
                 is_val[:] = False
         if cfg.normalize_inputs:
             self._update_input_normalization(pairs)
         n_labelled = len(pairs)
         if pseudo_pairs:
+            pseudo_targets = np.array([p.target for p in pseudo_pairs], dtype=np.float64)
+            rows = rows.with_pseudo_pairs(n_labelled, pseudo_targets, cfg.random_response)
             pairs = [*pairs, *pseudo_pairs]
-            targets = np.concatenate([targets, [p.target for p in pseudo_pairs]])
+            targets = np.concatenate([targets, pseudo_targets])
             is_val = np.concatenate([is_val, np.zeros(len(pseudo_pairs), dtype=bool)])
         train_idx = np.flatnonzero(~is_val)
         val_idx = np.flatnonzero(is_val)
 
-        features, mask, target_t = self._encode(pairs, targets)
+        features, mask, _ = self._encode(pairs, targets)
 
         rng = np.random.default_rng([cfg.seed, self._n_fits])
         self._n_fits += 1
@@ -265,6 +370,8 @@ class RewardTrainer:
         budget = max(cfg.min_steps_per_fit, cfg.steps_per_label * new_pairs)
         total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps_per_fit, budget)
         length, dim = features.shape[-2], features.shape[-1]
+        pair_of_row = torch.as_tensor(rows.pair, device=features.device)
+        estimated_midway = rows.labels is None
 
         steps = 0
         while steps < total_steps:
@@ -275,29 +382,44 @@ class RewardTrainer:
                     break
                 idx = torch.as_tensor(order[:, start : start + cfg.batch_size], device=features.device)
                 batch = idx.shape[1]
+                pair_idx = pair_of_row[idx]
                 # Each member gets its own rows: (M, batch * 2 segments, L, in).
                 returns = model.returns_from_features(
-                    features[idx].reshape(members, batch * 2, length, dim),
-                    mask[idx].reshape(members, batch * 2, length),
+                    features[pair_idx].reshape(members, batch * 2, length, dim),
+                    mask[pair_idx].reshape(members, batch * 2, length),
                 ).reshape(members, batch, 2)
-                batch_targets = target_t[idx]
-                loss = bradley_terry_loss(returns[..., 0], returns[..., 1], batch_targets, cfg.random_response)
+                batch_targets = rows.target[idx]
+                if rows.error_rate is None:
+                    loss = bradley_terry_loss(returns[..., 0], returns[..., 1], batch_targets, cfg.random_response)
+                    counted = batch_targets != 0.5
+                else:
+                    assert rows.weight is not None
+                    batch_weights = rows.weight[idx]
+                    loss = rater_bradley_terry_loss(
+                        returns[..., 0], returns[..., 1], batch_targets, rows.error_rate[idx], batch_weights
+                    )
+                    counted = (batch_targets != 0.5) & (batch_weights > 0)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
                 steps += 1
                 with torch.no_grad():
-                    non_tie = batch_targets != 0.5
                     right_better = returns[..., 1] > returns[..., 0]
-                    correct += int((right_better == (batch_targets > 0.5))[non_tie].sum())
-                    decided += int(non_tie.sum())
+                    correct += int((right_better == (batch_targets > 0.5))[counted].sum())
+                    decided += int(counted.sum())
+            if not estimated_midway and steps * 2 >= total_steps:
+                # EM: re-estimate the raters once the model has learnt from this call's labels.
+                self._estimate_raters(features, mask, rows, boot)
+                estimated_midway = True
             if decided == 0 or correct / decided >= cfg.stop_accuracy:
                 break
+        if rows.labels is not None:
+            self._estimate_raters(features, mask, rows, boot)
 
-        train_loss, _ = self._evaluate(features, mask, target_t, train_idx)
+        train_loss, _ = self._evaluate(features, mask, rows, train_idx)
         val_loss, val_accuracy = (None, None)
         if len(val_idx):
-            val_loss, val_accuracy = self._evaluate(features, mask, target_t, val_idx)
+            val_loss, val_accuracy = self._evaluate(features, mask, rows, val_idx)
         return FitStats(
             train_loss=float(train_loss),
             val_loss=val_loss,
@@ -306,6 +428,102 @@ class RewardTrainer:
             n_val=int(len(val_idx)),
             steps=steps,
         )
+
+    def _rows(self, pairs: Sequence[LabeledPair], targets: np.ndarray, device: torch.device) -> _Rows:
+        """One row per pair (plain loss), or one per label when the reliability model applies."""
+        cfg = self.config
+        keys = np.array([i if p.pair_id is None else p.pair_id for i, p in enumerate(pairs)], dtype=np.int64)
+        votes = [p.extra.get("votes") for p in pairs]
+        raters = {v[0] for pair_votes in votes if pair_votes for v in pair_votes}
+        flagged_answers = any(len(v) > 2 and v[2] for pair_votes in votes if pair_votes for v in pair_votes)
+        if cfg.rater_model != "reliability" or not (len(raters) >= 2 or flagged_answers) or any(not v for v in votes):
+            self.rater_estimates = None
+            return _Rows(pair=np.arange(len(pairs)), target=torch.as_tensor(targets, dtype=torch.float32, device=device), key=keys)
+        rater_ids = tuple(sorted(raters))
+        index = {r: i for i, r in enumerate(rater_ids)}
+        pair_of, rater_of, target_of, weight_of, gold_of = [], [], [], [], []
+        for i, (pair, pair_votes) in enumerate(zip(pairs, votes)):
+            gold = pair.extra.get("gold_choice")
+            gold_target = getattr(gold, "target", None)
+            for vote in pair_votes:
+                rater, target = vote[0], vote[1]
+                pair_of.append(i)
+                rater_of.append(index[rater])
+                target_of.append(float(target))
+                weight_of.append(cfg.flagged_answer_weight if len(vote) > 2 and vote[2] else 1.0)
+                gold_of.append(np.nan if gold_target is None else float(gold_target))
+        labels = RaterLabels(
+            rater_index=np.array(rater_of, dtype=np.int64),
+            target=np.array(target_of, dtype=np.float64),
+            gold_target=np.array(gold_of, dtype=np.float64),
+            weight=np.array(weight_of, dtype=np.float64),
+            rater_ids=rater_ids,
+        )
+        rows = _Rows(
+            pair=np.array(pair_of, dtype=np.int64),
+            target=torch.as_tensor(labels.target, dtype=torch.float32, device=device),
+            key=keys[np.array(pair_of, dtype=np.int64)],
+            labels=labels,
+        )
+        self._set_row_error_rates(rows)
+        return rows
+
+    def _prior_error_rate(self) -> float:
+        # The plain loss's random-response rate rr is a mistake rate of rr / 2 (half of random answers are right).
+        return min(max(self.config.random_response / 2, 1e-3), 0.5)
+
+    def _set_row_error_rates(self, rows: _Rows) -> None:
+        """Each label row's error rate and weight from the raters' estimates (rows past the
+        labels -- pseudo-labelled pairs -- keep theirs)."""
+        assert rows.labels is not None
+        error, weight = loss_error_rates(rows.labels, self.rater_estimates, self._prior_error_rate())
+        n = len(error)
+        device = rows.target.device
+        if rows.error_rate is None or rows.weight is None:
+            rows.error_rate = torch.as_tensor(error, dtype=torch.float32, device=device)
+            rows.weight = torch.as_tensor(weight, dtype=torch.float32, device=device)
+        else:
+            rows.error_rate[:n] = torch.as_tensor(error, dtype=torch.float32, device=device)
+            rows.weight[:n] = torch.as_tensor(weight, dtype=torch.float32, device=device)
+
+    @torch.no_grad()
+    def _estimate_raters(self, features: torch.Tensor, mask: torch.Tensor, rows: _Rows, boot: np.ndarray) -> None:
+        """E-step: each rater's error rate from the members' out-of-bag predictions of their labels."""
+        assert rows.labels is not None
+        cfg, model = self.config, self.model
+        n_labels = len(rows.labels.rater_index)  # label rows come first (then pseudo-labelled pairs)
+        p_right = self._pair_probabilities(features, mask)[:, rows.pair[:n_labels]]  # (M, labels)
+        out_of_bag = np.ones((model.n_members, len(rows.pair)), dtype=bool)
+        for member in range(model.n_members):
+            out_of_bag[member, boot[member]] = False
+        out_of_bag = out_of_bag[:, :n_labels]
+        has_oob = out_of_bag.any(axis=0)
+        oob_mean = (p_right * out_of_bag).sum(0) / np.maximum(out_of_bag.sum(0), 1)
+        p_row = np.where(has_oob, oob_mean, p_right.mean(0))
+        start = None
+        if self.rater_estimates is not None:
+            previous = {e.rater_id: e.error_rate for e in self.rater_estimates}
+            start = np.array([previous.get(r, self._prior_error_rate()) for r in rows.labels.rater_ids])
+        self.rater_estimates = estimate_error_rates(
+            rows.labels, p_row, prior_error_rate=self._prior_error_rate(), prior_labels=cfg.prior_labels,
+            flag_error_rate=cfg.flag_error_rate, start=start,
+        )
+        self._set_row_error_rates(rows)
+
+    @torch.no_grad()
+    def _pair_probabilities(self, features: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        """``(M, P)`` float64: each member's P(right is better) for every encoded pair."""
+        model = self.model
+        length, dim = features.shape[-2], features.shape[-1]
+        out = []
+        for start in range(0, features.shape[0], _EVAL_CHUNK_PAIRS):
+            chunk = features[start : start + _EVAL_CHUNK_PAIRS]
+            k = chunk.shape[0]
+            returns = model.returns_from_features(
+                chunk.reshape(k * 2, length, dim), mask[start : start + _EVAL_CHUNK_PAIRS].reshape(k * 2, length)
+            ).reshape(model.n_members, k, 2).double()
+            out.append(torch.sigmoid(returns[..., 1] - returns[..., 0]).cpu().numpy())
+        return np.concatenate(out, axis=1)
 
     def counters(self) -> dict[str, int]:
         """The trainer's progress besides the optimiser: fits so far (seeds each fit's shuffles) and
@@ -354,23 +572,29 @@ class RewardTrainer:
         return feats, mask_t, torch.as_tensor(targets, dtype=torch.float32, device=device)
 
     @torch.no_grad()
-    def _evaluate(
-        self, features: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor, idx: np.ndarray
-    ) -> tuple[float, float | None]:
-        """Mean loss of all members on pairs ``idx`` and the ensemble-mean accuracy on non-ties."""
+    def _evaluate(self, features: torch.Tensor, mask: torch.Tensor, rows: _Rows, idx: np.ndarray) -> tuple[float, float | None]:
+        """Mean loss of all members on rows ``idx`` and the ensemble-mean accuracy on non-tie rows
+        (in reliability mode: on the labels of raters who are not flagged)."""
         model, rr = self.model, self.config.random_response
         loss_sum, correct, decided = 0.0, 0, 0
         length, dim = features.shape[-2], features.shape[-1]
         for start in range(0, len(idx), _EVAL_CHUNK_PAIRS):
-            sel = torch.as_tensor(idx[start : start + _EVAL_CHUNK_PAIRS], device=features.device)
+            sel_rows = torch.as_tensor(idx[start : start + _EVAL_CHUNK_PAIRS], device=features.device)
+            sel = torch.as_tensor(rows.pair, device=features.device)[sel_rows]
             k = sel.shape[0]
             returns = model.returns_from_features(
                 features[sel].reshape(k * 2, length, dim), mask[sel].reshape(k * 2, length)
             ).reshape(model.n_members, k, 2)
-            t = targets[sel]
-            loss_sum += float(bradley_terry_loss(returns[..., 0], returns[..., 1], t, rr)) * k
+            t = rows.target[sel_rows]
+            counted = t != 0.5
+            if rows.error_rate is None:
+                loss_sum += float(bradley_terry_loss(returns[..., 0], returns[..., 1], t, rr)) * k
+            else:
+                assert rows.weight is not None
+                w = rows.weight[sel_rows]
+                loss_sum += float(rater_bradley_terry_loss(returns[..., 0], returns[..., 1], t, rows.error_rate[sel_rows], w)) * k
+                counted = counted & (w > 0)
             p_right = torch.sigmoid(returns[..., 1] - returns[..., 0]).mean(0)
-            not_tie = t != 0.5
-            correct += int(((p_right > 0.5) == (t > 0.5))[not_tie].sum())
-            decided += int(not_tie.sum())
+            correct += int(((p_right > 0.5) == (t > 0.5))[counted].sum())
+            decided += int(counted.sum())
         return loss_sum / len(idx), (correct / decided if decided else None)

@@ -354,10 +354,14 @@ def test_a_finished_run_says_so_at_once_shows_its_result_and_serves_no_more_pair
     first = player(at)["pair"]["id"]
     send(at, answer(1, first, "left"))
     assert player(at)["today"] == 1
+    with PreferenceStore(rated_store.url, rated_store.run_name) as store:  # the trainer's last labels are in
+        store.set_meta("progress", json.dumps({"status": "evaluating"}))
+    at.run()  # what the page's run-end watch does within seconds, with a pair still on screen
+    assert player(at) is None and "Labelling is over" in texts(at.info)
     with PreferenceStore(rated_store.url, rated_store.run_name) as store:
         store.set_meta("progress", json.dumps({"status": "finished", "eval_return_mean": 487.25,
                                                "message": "run finished: eval return 487.2"}))
-    at.run()  # what the page's run-end watch does within seconds, with a pair still on screen
+    at.run()
     assert player(at) is None
     assert "this run is complete" in texts(at.success) and "**487.2**" in texts(at.markdown)
     assert "Your answers today: **1**" in texts(at.caption)

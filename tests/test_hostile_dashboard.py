@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 
 import pytest
@@ -17,6 +18,7 @@ from sqlalchemy import create_engine, update
 
 from prefloop.apps.dashboard import (
     MAX_CHART_HOURS,
+    agreement,
     labels_left_off_the_chart,
     labels_per_hour,
     trainer_status_line,
@@ -71,6 +73,50 @@ def test_labels_over_months_show_the_latest_weeks_and_say_what_is_older() -> Non
     assert labels_per_hour([label(math.nan)], NOW) == [] and labels_per_hour([], NOW) == []
 
 
+def test_agreement_on_a_pair_with_a_hundred_thousand_labels_is_counted_not_enumerated() -> None:
+    """An imported pair may ask for up to 2^31 - 1 labels; agreement must not build every pair of
+    them (5 * 10^9 here)."""
+    labels = [Label(7, f"r{i}", Choice.LEFT if i % 4 else Choice.RIGHT, 1.0, NOW) for i in range(100_000)]
+    agree = agreement(labels)
+    n, right = 100_000, 25_000
+    assert agree.comparisons == n * (n - 1) // 2
+    assert agree.pairwise == pytest.approx(((n - right) * (n - right - 1) + right * (right - 1)) / (n * (n - 1)))
+    assert (agree.pairs, agree.unanimous) == (1, 0.0)
+
+
+def test_rater_quality_on_huge_pairs_and_odd_times_is_linear_and_finite() -> None:
+    from prefloop.apps.rater_quality import fatigue, krippendorff_alpha, rating_hours, self_consistency
+
+    units = [["left"] * 150 + ["right"] * 50 + ["equal"] * 7, ["left", "left"], ["right", "equal", "right"]]
+    assert krippendorff_alpha(units) == pytest.approx(_alpha_by_enumeration(units), rel=1e-9)
+    big = [["left"] * 75_000 + ["right"] * 25_000, ["left", "left"]]  # 10^10 ordered pairs if enumerated
+    assert -1.0 <= krippendorff_alpha(big) <= 1.0
+    repeats = [Label(i, "ada", Choice.LEFT if i % 2 else Choice.RIGHT, 1.0, NOW) for i in range(60_000)]
+    (row,) = self_consistency(repeats, {i: (1, 2) for i in range(60_000)})
+    assert row.repeats == 60_000 * 59_999 // 2 and row.consistent == 2 * (30_000 * 29_999 // 2)
+    odd = [label(t) for t in (NOW, NOW + 60, math.nan, math.inf, -math.inf, 1e10, 0.0)]
+    assert math.isfinite(rating_hours(odd))
+    assert fatigue([label(math.inf)] * 8 + [label(math.nan, "bob")] * 8, {}) == []  # no session: no row
+
+
+def _alpha_by_enumeration(units: list[list[str]]) -> float:
+    """Krippendorff's alpha for nominal data, straight from the definition (small inputs only)."""
+    import itertools
+    from collections import Counter
+
+    coincidence: Counter = Counter()
+    for values in units:
+        for a, b in itertools.permutations(values, 2):
+            coincidence[(a, b)] += 1 / (len(values) - 1)
+    n = sum(coincidence.values())
+    totals: Counter = Counter()
+    for (a, _), c in coincidence.items():
+        totals[a] += c
+    observed = sum(c for (a, b), c in coincidence.items() if a != b) / n
+    expected = sum(totals[a] * totals[b] for a in totals for b in totals if a != b) / (n * (n - 1))
+    return 1 - observed / expected
+
+
 def test_store_text_becomes_one_plain_line() -> None:
     link = "[Session expired - click to log in](https://evil.example/login)"
     assert plain_text(link) == link  # kept as typed: st.text shows it, nothing renders it
@@ -109,3 +155,33 @@ def test_the_dashboard_stays_small_and_shows_store_text_as_text(rated_store: Rat
     plain = texts(at.text)
     assert EVIL_RATER[:39] in plain and "![tracker](https://evil.example/pixel.png)" in plain
     assert "Not in the chart: 2 with a time that is not a date" in texts(at.caption)
+
+
+GUIDELINE_ATTACKS = [
+    "![tracker](https://evil.example/pixel.png) Which cart is better?",
+    "[Session expired - click to log in](https://evil.example/login)",
+    "Which is better? <https://evil.example/login>",
+    "Session expired, log in at https://evil.example/login",
+    "Log in at www.evil.example",
+    "Write to help@evil.example",
+    "https&#58;//evil.example &#91;x&#93;&#40;https://evil.example&#41;",
+    "[x][1] [1]: https://evil.example",
+    "\\[x\\](https://evil.example) a backslash before the bracket",
+    "<img src=https://evil.example/a.png> <a href=https://evil.example>log in</a>",
+]
+
+
+@pytest.mark.parametrize("text", GUIDELINE_ATTACKS)
+def test_a_guideline_from_a_store_or_dataset_never_becomes_a_link_or_an_image(text: str) -> None:
+    """The one-line question above the clips is Markdown (for emphasis): whatever a store or an
+    imported dataset holds, it renders without a link, an image or HTML, and without the address
+    and e-mail patterns GitHub-flavoured Markdown links by itself."""
+    from markdown_it import MarkdownIt
+
+    from prefloop.apps.rater_app import display_guideline
+
+    shown = display_guideline(text)
+    html = MarkdownIt("commonmark").render(f"### {shown}")
+    assert "<a " not in html and "<img" not in html and "<b>" not in html
+    assert not re.search(r"(?i)https?://|www\.|[\w.+-]@[\w-]", shown)  # GFM's literal autolinks
+    assert display_guideline("Which cart is *better*?") == "Which cart is *better*?"  # emphasis kept

@@ -371,6 +371,9 @@ HOSTILE = [
     Hostile("source-run-name-1mb", edit_manifest(lambda m: m["source"].update({"run_name": MB})), "has the run_name 'xxx", echo=MB),
     Hostile("guideline-nul", edit_manifest(lambda m: m.update({"guideline": "Which?\x00"})), "field 'guideline' contains a NUL"),
     Hostile("guideline-surrogate", raw_manifest("guideline", '"Which\\udc00?"'), "field 'guideline' contains an unpaired surrogate", reseal=False),
+    Hostile("guideline-page-nul", edit_manifest(lambda m: m.update({"guideline_page": "# Guide\n\x00"})), "field 'guideline_page' contains a NUL"),
+    Hostile("guideline-page-1mb", edit_manifest(lambda m: m.update({"guideline_page": MB})), "field 'guideline_page' is 1,000,000 characters", echo=MB),
+    Hostile("guideline-page-a-list", edit_manifest(lambda m: m.update({"guideline_page": ["# Guide"]})), "field 'guideline_page' must be a JSON string"),
     Hostile("guideline-1mb", edit_manifest(lambda m: m.update({"guideline": MB})), "field 'guideline' is 1,000,000 characters", echo=MB),
     Hostile("env-spec-without-env-id", edit_manifest(lambda m: m.update({"env_spec": {"env_kwargs": {}}})), "field 'env_spec' must name its env"),
     Hostile("env-kwargs-absolute-path", edit_manifest(lambda m: m.update({"env_spec": {"env_id": "Hopper-v5", "env_kwargs": {"xml_file": "/etc/passwd"}}})),
@@ -455,7 +458,8 @@ def test_odd_but_legal_text_and_times_arrive_exactly_on_both_backends(
     labels[0]["created_at"] = 0.0  # 1970: legal, if odd; the dashboard must cope
     labels[1]["created_at"] = 1e10  # the year 2286
     write_jsonl(dataset, "labels.jsonl", labels)
-    edit_manifest(lambda m: m.update({"guideline": "![x](https://evil.example/a.png) Which is better?"}))(dataset)
+    page = "# How to rate\n\n![tracker](https://evil.example/a.png) [Session expired](https://evil.example/login)\n"
+    edit_manifest(lambda m: m.update({"guideline": "![x](https://evil.example/a.png) Which is better?", "guideline_page": page}))(dataset)
     reseal(dataset)
 
     run = f"odd-{uuid.uuid4().hex[:8]}"
@@ -465,8 +469,10 @@ def test_odd_but_legal_text_and_times_arrive_exactly_on_both_backends(
         stored = store.labels(include_retracted=True)
         assert [(lab.rater_id, lab.created_at) for lab in stored] == [(lab["rater_id"], lab["created_at"]) for lab in labels]
         assert store.get_meta("guideline") == "![x](https://evil.example/a.png) Which is better?"
+        assert store.get_meta("guideline_page") == page  # stored as written; the rater app renders it safely
     again = load_dataset(export_dataset(precious, run, tmp_path / "again").path)
     assert [lab.rater_id for lab in again.labels] == [lab["rater_id"] for lab in labels]
+    assert again.manifest["guideline_page"] == page
 
 
 def test_an_imported_run_is_a_run_doctor_export_and_replay_understand(
@@ -557,3 +563,79 @@ def test_export_of_a_store_holding_an_impossible_time_is_one_line(
     assert "created_at = " in err and "nothing was exported" in err
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == [run_dir]
     assert dump_store(url) == before
+
+
+# -- a zipped dataset (the dashboard's "Download preferences") ----------------------------------------
+
+
+def zipped(clean: Path, path: Path, members: dict[str, bytes] | None = None, folder: str = "run-preferences/",
+           extra: Callable[[zipfile.ZipFile], None] | None = None) -> Path:
+    """A zip of the clean dataset's files in ``folder`` (``members`` replaces or adds some)."""
+    files = {name: (clean / name).read_bytes() for name in ("manifest.json", "segments.npz", "segments.jsonl", "pairs.jsonl", "labels.jsonl")}
+    files.update(members or {})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(folder + name, data)
+        if extra:
+            extra(archive)
+    return path
+
+
+def test_a_zipped_dataset_imports_like_its_folder(clean_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from prefloop.apps.dashboard import export_zip
+
+    source = tmp_path / "source"
+    assert main(["import", "--in", str(clean_dataset), "--run-dir", str(source)]) == 0
+    (tmp_path / "download.zip").write_bytes(export_zip(sqlite_url(source / "prefs.sqlite"), "source"))
+    for path in (tmp_path / "download.zip", zipped(clean_dataset, tmp_path / "flat.zip", folder="")):
+        run_dir = tmp_path / f"from-{path.stem}"
+        assert main(["import", "--in", str(path), "--run-dir", str(run_dir)]) == 0
+        with PreferenceStore(sqlite_url(run_dir / "prefs.sqlite"), run_dir.name) as store:
+            assert [(lab.rater_id, lab.choice) for lab in store.labels(include_retracted=True)] == [
+                (lab.rater_id, lab.choice) for lab in load_dataset(clean_dataset).labels]
+    capsys.readouterr()
+
+
+def symlink_member(archive: zipfile.ZipFile) -> None:
+    info = zipfile.ZipInfo("run-preferences/notes.txt")
+    info.external_attr = (0o120777) << 16  # a symbolic link to /etc/passwd
+    archive.writestr(info, "/etc/passwd")
+
+
+def link_as_manifest(clean: Path, path: Path) -> Path:
+    files = {n: (clean / n).read_bytes() for n in ("segments.npz", "segments.jsonl", "pairs.jsonl", "labels.jsonl")}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(f"d/{name}", data)
+        info = zipfile.ZipInfo("d/manifest.json")
+        info.external_attr = (0o120777) << 16
+        archive.writestr(info, "/etc/passwd")
+    return path
+
+
+ZIP_CASES = [
+    ("path-up-the-tree", lambda c, p: zipped(c, p, folder="../../"), "a zipped dataset holds only"),
+    ("absolute-path", lambda c, p: zipped(c, p, folder="/etc/"), "a zipped dataset holds only"),
+    ("two-folders-deep", lambda c, p: zipped(c, p, folder="a/b/"), "a zipped dataset holds only"),
+    ("an-extra-script", lambda c, p: zipped(c, p, {"run.sh": b"rm -rf ~"}), "holds 'run-preferences/run.sh'"),
+    ("a-symlink-member", lambda c, p: zipped(c, p, extra=symlink_member), "a zipped dataset holds only"),
+    ("the-manifest-a-symlink", link_as_manifest, "is a symbolic link"),
+    ("200-members", lambda c, p: zipped(c, p, extra=lambda a: [a.writestr(f"x{i}", b"") for i in range(200)]), "lists 2"),
+    ("a-file-twice", lambda c, p: zipped(c, p, extra=lambda a: a.writestr("run-preferences/labels.jsonl", b"{}")), "holds a file twice"),
+    ("unpacks-beyond-the-limit", lambda c, p: zipped(c, p, {"labels.jsonl": b" " * (16 << 20)}), "unpacks to 16,"),
+    ("truncated", lambda c, p: (p.write_bytes(zipped(c, p).read_bytes()[:-30]), p)[1], "is a file but not a zip"),
+]
+
+
+@pytest.mark.parametrize(("make", "expect"), [c[1:] for c in ZIP_CASES], ids=[c[0] for c in ZIP_CASES])
+def test_a_hostile_zip_is_refused_before_anything_is_unpacked(
+    make: Callable[[Path, Path], Path], expect: str, clean_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it is asked to write
+        path = make(clean_dataset, tmp_path / "dataset.zip")
+    err = cli(capsys, "import", "--in", str(path), "--run-dir", str(tmp_path / "new-run"), "--max-gib", "0.01")
+    assert expect in err, err
+    assert "root:" not in err and not (tmp_path / "new-run").exists()

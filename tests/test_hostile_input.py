@@ -462,7 +462,7 @@ GUIDELINE_CASES = [
     Case("nul", "Which\x00 is better?", "guideline must be one line", "Which is better?"),
     Case("newline", "Which cart\nkeeps the pole up?", "guideline must be one line", "Which cart keeps the pole up?"),
     Case("rtl-override", "\u202eWhich cart is better?", None, "\u202eWhich cart is better?"),
-    Case("html", "Which <b>cart</b> <img src=x onerror=alert(1)>?", None, "Which <b>cart</b> <img src=x onerror=alert(1)>?"),
+    Case("html", "Which <b>cart</b> <img src=x onerror=alert(1)>?", None, r"Which \<b\>cart\</b\> \<img src=x onerror=alert\(1\)\>?"),
     Case("sql", "Which cart'; DROP TABLE labels;--", None, "Which cart'; DROP TABLE labels;--"),
     Case("japanese", "どちらが良いですか？", None, "どちらが良いですか？"),
     Case("blank", "   ", None, DEFAULT_GUIDELINE),

@@ -188,8 +188,9 @@ def test_attack_ten_idle_tabs_do_not_starve_a_rater_or_the_trainer(store: Prefer
     idle = [session(store, clock, f"idle{i}") for i in range(10)]
     real = session(store, clock, "real")
     assert real.current is not None or store.counts()["claimed"] == 12
-    # Two minutes of nothing but heartbeats: every idle session pauses and lets go.
-    for _ in range(17):
+    # Two and a half minutes of nothing but heartbeats: every idle session pauses and lets go (a
+    # tab that was still waiting for pairs gets some of those let go, and 30 s to answer them).
+    for _ in range(22):
         clock.advance(7.5)
         for tab in idle:
             tab.heartbeat()
@@ -460,3 +461,108 @@ def test_a_break_reminder_after_a_stretch_of_rating(store: PreferenceStore, cloc
     assert store.counts()["claimed"] == 0 or all(p is None for p in (alice.current, alice.next))
     alice.resume()
     assert not alice.break_due(20 * 60) and alice.current is not None
+
+
+# -- onboarding ------------------------------------------------------------------------------------
+
+
+def test_a_new_rater_practises_on_gold_pairs_and_counts_once_passed(rated_store: RatedStore, capsys) -> None:
+    with PreferenceStore(rated_store.url, rated_store.run_name) as store:
+        segments = store.get_segments([1, 2, 3, 4])
+        gold = [store.add_pairs([SegmentPair(segments[a], segments[b])], gold_choice=choice)[0]
+                for a, b, choice in ((0, 1, Choice.LEFT), (1, 2, Choice.RIGHT), (2, 3, Choice.LEFT))]
+        store.set_meta("guideline_page", f"![The left pole never falls: that is what counts]({f'pair:{gold[0]}'})")
+    assert cli_main(["raters", "onboarding", "--db-url", rated_store.url, "--run-name", rated_store.run_name,
+                     "--pairs", "3", "--pass", "2"]) == 0
+    assert "practise on 3 gold pairs" in capsys.readouterr().out
+
+    def app(rater: str) -> AppTest:
+        at = AppTest.from_function(_app, args=(["--db-url", rated_store.url, "--run-name", rated_store.run_name],),
+                                   default_timeout=30)
+        at.query_params.update(rater=rater)
+        return at.run()
+
+    def press(at: AppTest, label: str) -> AppTest:
+        next(b for b in at.button if b.label == label).click()
+        return at.run()
+
+    with app_served_on_loopback():
+        at = app("newbie")
+        assert "Practice first" in "\n".join(c.value for c in at.caption)
+        assert not [e for e in at.get("bidi_component")]  # no rating player before passing
+        press(at, "Right is better")  # wrong: the left one was better, and the guideline says why
+        assert "Not quite: the left clip was better. The left pole never falls" in at.warning[0].value
+        press(at, "Next practice pair")
+        press(at, "Right is better")
+        assert at.success[0].value.startswith("Right: the right clip was better.")
+        press(at, "Next practice pair")
+        press(at, "Left is better")
+        assert any("You passed (2 of 3 right)" in s.value for s in at.success)
+        press(at, "Start rating")
+        assert [e for e in at.get("bidi_component")]  # now rating for real
+        with PreferenceStore(rated_store.url, rated_store.run_name) as store:
+            assert store.rater("newbie")["onboarded_at"] is not None
+            assert store.labels(rater_id="newbie") == []  # practice answers are never labels
+
+        failing = app("clicker")
+        for _ in range(3):
+            press(failing, "About the same")
+            if any(b.label == "Next practice pair" for b in failing.button):
+                press(failing, "Next practice pair")
+        assert "0 of 3 right; 2 are needed" in failing.info[-1].value
+        press(failing, "Try again")
+        assert "Practice pair 1 of 3" in "\n".join(c.value for c in failing.caption)
+        with PreferenceStore(rated_store.url, rated_store.run_name) as store:
+            assert store.rater("clicker")["onboarded_at"] is None
+
+
+def test_bench_reports_cost_and_return_per_hour_and_per_cost(tmp_path: Path) -> None:
+    from prefloop.bench_report import aggregate, cost_rows, cost_table, plot_return_vs_cost
+    from prefloop.cost import CostSettings
+
+    def row(kind: str, seed: int, ret: float, labels: int = 0, human_s: float = 0.0) -> dict:
+        return {"kind": kind, "env_id": "E-v0", "algo": "ppo", "seed": seed, "labels": labels,
+                "teacher": "oracle" if kind == "preferences" else None, "query": "uniform" if kind == "preferences" else None,
+                "eval_return_mean": ret, "wall_time_s": 10.0, "cpu_time_s": 5.0, "reward_learning_time_s": 1.0,
+                "human_time_s": human_s}
+
+    runs = [row("true_reward", s, 100.0) for s in range(3)] + [
+        row("preferences", s, 60.0 + 10 * s, labels, human_s=1800.0 * (labels / 100)) for s in range(3) for labels in (100, 200)]
+    groups = aggregate(runs, [{"env_id": "E-v0", "seed": s, "return_mean": 10.0} for s in range(3)])
+    assert cost_rows(groups, None) == []
+    hourly = {r["labels"]: r for r in cost_rows(groups, CostSettings(hourly_rate=20.0, currency="EUR"))}
+    # 100 labels: half an hour of a person's time at 20/h = 10; return 70 (median) - 10 (random) = 60 gained
+    assert hourly[100]["human_hours"] == 0.5 and hourly[100]["cost"] == 10.0 and hourly[100]["cost_per_label"] == 0.1
+    assert hourly[100]["return_gain"] == 60.0 and hourly[100]["per_human_hour"] == 120.0 and hourly[100]["per_cost"] == 6.0
+    assert hourly[200]["cost"] == 20.0 and hourly[200]["per_cost"] == 3.0
+    per_label = cost_rows(groups, CostSettings(cost_per_label=0.5))
+    assert [r["cost"] for r in per_label] == [50.0, 100.0]
+    table = cost_table(list(hourly.values()), "EUR")
+    assert "| E-v0 | ppo | oracle | uniform | 100 | 0.50 | 10.00 | 0.100 | 60.0 | 120.0 | 6.00 |" in table
+    plot_return_vs_cost(list(hourly.values()), "EUR", tmp_path / "return_vs_cost.png")
+    assert (tmp_path / "return_vs_cost.png").stat().st_size > 10_000
+
+
+def test_a_rater_waiting_for_the_trainer_gets_the_new_pairs_but_must_answer_soon(store: PreferenceStore, clock: Clock) -> None:
+    busy = [session(store, clock, f"busy{i}") for i in range(6)]  # hold all 12 pairs
+    waiter = session(store, clock, "waiter")
+    assert waiter.current is None
+    for _ in range(40):  # five minutes of waiting (the trainer is training)
+        clock.advance(7.5)
+        for tab in busy:
+            tab.last_activity = clock()  # these raters are busy answering
+            tab.heartbeat()
+        waiter.heartbeat()
+    assert not waiter.paused
+    busy[0].release_all()  # two pairs come free
+    busy[0].paused = True
+    assert waiter.heartbeat() and waiter.current is not None and not waiter.paused
+    clock.advance(20)
+    waiter.apply([answer(1, waiter.current.pair_id)])  # the person was there: rating goes on
+    assert not waiter.paused and len(store.labels(rater_id="waiter")) == 1
+    clock.advance(119)
+    waiter.heartbeat()
+    assert not waiter.paused
+    clock.advance(2)  # then the person leaves: two minutes after the answer the page pauses
+    waiter.heartbeat()
+    assert waiter.paused and waiter.current is None

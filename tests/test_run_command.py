@@ -115,6 +115,9 @@ def test_rate_run_dir_opens_the_run_an_import_made_and_serves_its_pairs(rated_st
     with PreferenceStore(url, run_name) as store:
         waiting = store.counts()["pending"]
     assert waiting == len(rated_store.pair_ids)  # the imported run, not an empty one
+    named = tmp_path / "named"  # an import that chose its own run name
+    assert main(["import", "--in", str(dataset), "--run-dir", str(named), "--run-name", "my-labels"]) == 0
+    assert resolve_store(parser.parse_args(["rate", "--run-dir", str(named)]))[1] == "my-labels"
     with ClipWorker(url, run_name) as worker:  # what `prefloop rate` runs beside the app
         while worker.render_pending(8):
             pass
@@ -225,3 +228,66 @@ def test_a_signal_to_prefloop_run_stops_the_app_and_worker_and_keeps_every_label
         if run.process.poll() is None:
             os.killpg(run.process.pid, signal.SIGKILL)
             run.process.wait()
+
+
+def test_a_clip_worker_that_dies_is_restarted_then_the_app_stops_with_the_reason(
+    rated_store: RatedStore, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The worker is a thread beside the app: one that ends on an error is reported at once and
+    started again, a bounded number of times; then `prefloop rate` stops (and `prefloop run`'s
+    watch restarts or stops the whole app)."""
+    import prefloop.apps.cli_rate as cli_rate
+    import prefloop.clipworker as clipworker
+
+    starts: list[threading.Thread] = []
+
+    def failing_worker(*args: object, **kwargs: object) -> tuple[threading.Thread, threading.Event]:
+        thread = threading.Thread(target=lambda: None)
+        thread.failure = "OperationalError: disk I/O error"  # type: ignore[attr-defined]
+        thread.start()
+        thread.join()
+        starts.append(thread)
+        return thread, threading.Event()
+
+    class RunningApp:
+        returncode = None
+
+        def poll(self) -> None:
+            return None
+
+        def terminate(self) -> None:
+            self.returncode = -signal.SIGTERM
+
+        def wait(self, timeout: float | None = None) -> int:
+            return -signal.SIGTERM
+
+    monkeypatch.setattr(clipworker, "start_clip_worker_thread", failing_worker)
+    monkeypatch.setattr(cli_rate, "launch_rater_app", lambda *a, **k: RunningApp())
+    monkeypatch.setattr(cli_rate, "wait_until_ready", lambda *a, **k: None)
+    monkeypatch.setattr(cli_rate, "WATCH_S", 0.01)
+
+    code = main(["rate", "--db-url", rated_store.url, "--run-name", rated_store.run_name, "--port", str(free_port())])
+
+    err = capsys.readouterr().err
+    assert code == 1 and len(starts) == 1 + cli_rate.MAX_WORKER_RESTARTS
+    assert err.count("the clip worker stopped (OperationalError: disk I/O error); restarting it") == cli_rate.MAX_WORKER_RESTARTS
+    assert "error: the clip worker stopped 4 times" in err
+
+
+def test_the_supervisor_restarts_a_dying_app_a_bounded_number_of_times_then_gives_up() -> None:
+    from prefloop.apps.supervise import RaterAppSupervisor
+
+    lines: list[str] = []
+    gave_up = threading.Event()
+    reasons: list[str] = []
+    supervisor = RaterAppSupervisor([], dict(os.environ), on_give_up=lambda why: (reasons.append(why), gave_up.set()),
+                                    max_restarts=2, announce=lines.append)
+    supervisor.command = [sys.executable, "-c", "import sys; sys.exit(3)"]  # an app that dies at once
+    supervisor.start()
+    try:
+        assert gave_up.wait(30), lines
+        assert len(lines) == 2 and all("the rater app stopped (exit code 3); restarting it" in line for line in lines)
+        assert reasons == [supervisor.failure] and "stopped 3 times (last exit code 3)" in reasons[0]
+        assert not supervisor.running()
+    finally:
+        supervisor.stop()

@@ -34,10 +34,13 @@ import numpy as np
 
 from prefloop.config import ConfigError, TrainConfig
 from prefloop.envs.presets import default_preset
-from prefloop.bench_report import aggregate, markdown_table, time_split, write_plots
+from prefloop.bench_report import aggregate, cost_rows, cost_table, markdown_table, time_split, write_plots
+from prefloop.cost import CostSettings
 from prefloop.query import QueryConfig
 from prefloop.rundir import RunDirError, write_atomic
-from prefloop.teachers import parse_teacher_spec, teacher_spec
+from prefloop.reward_models import RewardModelConfig
+from prefloop.teacher_specs import folder_name, parse_teacher_spec
+from prefloop.teachers import teacher_spec
 
 log = logging.getLogger("prefloop.bench")
 SCHEMA = "prefloop.bench/1"
@@ -46,13 +49,16 @@ SCHEMA = "prefloop.bench/1"
 @dataclass(frozen=True)
 class BenchConfig:
     """A grid of runs. ``algos=(None,)`` means each env preset's default algorithm; a teacher is a
-    B-Pref preset name with optional overrides, e.g. ``"mistake:epsilon=0.2"``."""
+    B-Pref preset name with optional overrides, e.g. ``"mistake:epsilon=0.2"``, a simulated crowd
+    (``"crowd:3xcareful@0.05,random,adversarial"``) or a fitted rater (``"fitted:PATH,rater=NAME"``);
+    ``rater_models`` are the losses compared (``RewardModelConfig.rater_model``)."""
 
     envs: tuple[str, ...] = ("CartPole-v1",)
     label_budgets: tuple[int, ...] = (200,)
     seeds: tuple[int, ...] = (0, 1, 2)
     teachers: tuple[str, ...] = ("oracle",)
     queries: tuple[str, ...] = ("disagreement",)
+    rater_models: tuple[str, ...] = ("reliability",)
     algos: tuple[str | None, ...] = (None,)
     steps: int | None = None
     out_dir: Path = Path("bench-out/latest")
@@ -65,6 +71,10 @@ class BenchConfig:
     reuse_from: tuple[Path, ...] = ()
     answer_seconds: float = 0.0  # > 0: teachers answer at human pace through the store (prefloop.clock_rater)
     answer_seconds_sigma: float = 0.0
+    # What labels cost (prefloop.cost): the results add cost and return gained per hour and per cost.
+    hourly_rate: float | None = None
+    cost_per_label: float | None = None
+    currency: str = "USD"
 
 
 ROW_FILE = "bench_row.json"
@@ -109,13 +119,17 @@ def plan_jobs(config: BenchConfig) -> list[Job]:
             steps=config.steps, seed=seed, reward_source="true", progress_bar=False,
             eval_episodes=config.eval_episodes,
         )))
-        for labels, teacher, query in itertools.product(config.label_budgets, config.teachers, config.queries):
+        for labels, teacher, query, rater_model in itertools.product(
+            config.label_budgets, config.teachers, config.queries, config.rater_models
+        ):
             name, params = parse_teacher_spec(teacher)
-            folder_teacher = teacher_spec(name, params).replace(":", "-").replace(",", "-")
+            folder_teacher = folder_name(teacher_spec(name, params))
+            loss = "" if rater_model == "reliability" else f"-{rater_model}"
             jobs.append(Job("preferences", TrainConfig(
-                env_id=env_id, run_dir=runs_dir / f"{env_id}-{algo_name}-{folder_teacher}-{query}-{labels}-s{seed}",
+                env_id=env_id, run_dir=runs_dir / f"{env_id}-{algo_name}-{folder_teacher}{loss}-{query}-{labels}-s{seed}",
                 algo=algo_name, steps=config.steps, seed=seed, labels=labels, teacher=name, teacher_params=params,
                 query=QueryConfig.from_spec(query), progress_bar=False, eval_episodes=config.eval_episodes,
+                reward_model=RewardModelConfig(rater_model=rater_model),
                 answer_seconds=config.answer_seconds, answer_seconds_sigma=config.answer_seconds_sigma,
             )))
     return jobs
@@ -137,6 +151,8 @@ def run_job(job: Job) -> dict[str, Any]:
         "labels": config.labels if job.kind == "preferences" else 0,
         "teacher": teacher_spec(config.teacher, config.teacher_params) if job.kind == "preferences" else None,
         "query": config.query.spec if job.kind == "preferences" else None,
+        "rater_model": config.reward_model.rater_model if job.kind == "preferences" else None,
+        "rater_reliability": _rater_reliability(config) if job.kind == "preferences" else None,
         "eval_return_mean": result.eval_return_mean,
         "eval_returns": result.eval_returns,
         "labels_used": result.labels_used,
@@ -153,6 +169,17 @@ def run_job(job: Job) -> dict[str, Any]:
     }
     write_atomic(config.run_dir / ROW_FILE, json.dumps(row))
     return row
+
+
+def _rater_reliability(config: TrainConfig) -> list[dict[str, Any]] | None:
+    """The run's last per-rater reliability estimates (run meta), None when the plain loss was used."""
+    from prefloop.rundir import RunDir
+    from prefloop.store import PreferenceStore, sqlite_url
+
+    url = config.db_url or sqlite_url(RunDir(config.run_dir).store_path)
+    with PreferenceStore(url, run_name=config.run_name or "default") as store:
+        raw = store.get_meta("rater_reliability")
+    return None if raw is None else json.loads(raw)["raters"]
 
 
 def finished_rows(folder: Path) -> dict[str, dict[str, Any]]:
@@ -275,9 +302,11 @@ def results_document(config: BenchConfig, runs: list[dict[str, Any]], random_row
     eval_returns, labels_used, wall_time_s, cpu_time_s, reward_learning_time_s, reward_model stats, curve
     [{env_step, true_return, learned_return?}], run_dir, and reused_from when the run was taken
     from an earlier sweep instead of run again); ``random`` (env_id, seed, return_mean,
-    returns); ``groups`` (see :func:`prefloop.bench_report.aggregate`: statistics are {median, q25, q75, per_seed}).
+    returns); ``groups`` (see :func:`prefloop.bench_report.aggregate`: statistics are {median, q25, q75, per_seed});
+    ``cost`` (see :func:`prefloop.bench_report.cost_rows`; empty without a price).
     """
     grid = dataclasses.asdict(config)
+    groups = aggregate(runs, random_rows)
     grid["out_dir"] = str(config.out_dir)
     grid["reuse_from"] = [str(p) for p in config.reuse_from]
     return {
@@ -287,9 +316,16 @@ def results_document(config: BenchConfig, runs: list[dict[str, Any]], random_row
         "wall_time_s": wall_time_s,
         "runs": sorted(runs, key=lambda r: (r["env_id"], r["kind"], r["labels"], r["seed"])),
         "random": random_rows,
-        "groups": aggregate(runs, random_rows),
+        "groups": groups,
         "time": time_split(runs),
+        "cost": cost_rows(groups, _cost_settings(config)),
     }
+
+
+def _cost_settings(config: BenchConfig) -> CostSettings | None:
+    if config.hourly_rate is None and config.cost_per_label is None:
+        return None
+    return CostSettings(config.hourly_rate, config.cost_per_label, config.currency)
 
 
 def check_grid(config: BenchConfig) -> None:
@@ -370,9 +406,12 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         f"({split['reward_learning_share']:.0%}), policy learning {split['policy_learning_s']:.0f} s"
         + (f"; {len(done)} runs reused from earlier sweeps" if done else "") + ".\n"
     )
-    (out_dir / "results.md").write_text(f"# prefloop bench\n\n{table}\n{timing}")
+    costs = cost_table(document["cost"], config.currency)
+    (out_dir / "results.md").write_text(f"# prefloop bench\n\n{table}\n{timing}" + (f"\n{costs}" if costs else ""))
     write_plots(document, out_dir)
     print(table)
+    if costs:
+        print(costs)
     print(timing, end="")
     print(f"results: {out_dir / 'results.json'}, {out_dir / 'results.md'}, plots: {out_dir}/*.png")
     return document

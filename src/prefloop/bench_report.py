@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from prefloop.cost import CostSettings, per
 from prefloop.metrics import median_iqr, normalized_return
 
 
@@ -24,7 +25,7 @@ def aggregate(runs: list[dict[str, Any]], random_rows: list[dict[str, Any]]) -> 
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         if run["kind"] == "preferences":
-            groups[(run["env_id"], run["algo"], run["teacher"], run["query"], run["labels"])].append(run)
+            groups[(run["env_id"], run["algo"], _teacher_label(run), run["query"], run["labels"])].append(run)
     out = []
     for (env_id, algo, teacher, query, labels), members in sorted(groups.items()):
         members = sorted(members, key=lambda m: m["seed"])  # per_seed lists follow `seeds`, whatever finished first
@@ -49,10 +50,100 @@ def aggregate(runs: list[dict[str, Any]], random_rows: list[dict[str, Any]]) -> 
             "wall_time_ratio": _stats(ratios),
             "cpu_time_ratio": _stats(cpu_ratios),
             "reward_learning_share": _stats([m["reward_learning_time_s"] / m["wall_time_s"] for m in members]),
+            "rater_error_rates": _rater_error_rates(members),
             # rows written before human time was recorded count as 0 (a teacher that answered at once)
             "human_minutes": _stats([m.get("human_time_s", 0.0) / 60 for m in members]),
         })
     return out
+
+
+def _rater_error_rates(members: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each rater's estimated error rate over the group's seeds (runs with per-rater reliability),
+    and how many of the seeds flagged them."""
+    rates: dict[str, list[float]] = defaultdict(list)
+    flagged: dict[str, int] = defaultdict(int)
+    for m in members:
+        for est in m.get("rater_reliability") or []:
+            rates[est["rater_id"]].append(est["error_rate"])
+            flagged[est["rater_id"]] += bool(est["flagged"])
+    return {rater: {**_stats(values), "flagged_in": flagged[rater]} for rater, values in sorted(rates.items())}
+
+
+def _teacher_label(run: dict[str, Any]) -> str:
+    """The teacher as the table shows it: with "(plain loss)" when per-rater reliability was off."""
+    return run["teacher"] + (" (plain loss)" if run.get("rater_model") == "plain" else "")
+
+
+def cost_rows(groups: list[dict[str, Any]], settings: CostSettings | None) -> list[dict[str, Any]]:
+    """Per group (medians over seeds): ``human_hours``, ``cost``, ``cost_per_label``, the true
+    return gained over a random policy (``return_gain``), and that gain ``per_human_hour`` and
+    ``per_cost``. Empty when no price is set (``--hourly-rate`` or ``--cost-per-label``)."""
+    if settings is None:
+        return []
+    rows = []
+    for g in groups:
+        hours = [m / 60 for m in g["human_minutes"]["per_seed"]]
+        costs = [settings.total(g["labels"], h) for h in hours]
+        gains = [r - g["random_return"] for r in g["return"]["per_seed"]]
+        rows.append({
+            "env_id": g["env_id"], "algo": g["algo"], "teacher": g["teacher"], "query": g["query"], "labels": g["labels"],
+            "human_hours": _median(hours),
+            "cost": _median(costs),
+            "cost_per_label": _median([per(c, g["labels"]) for c in costs]),
+            "return_gain": _median(gains),
+            "per_human_hour": _median([per(gain, h) for gain, h in zip(gains, hours)]),
+            "per_cost": _median([per(gain, c) for gain, c in zip(gains, costs)]),
+        })
+    return rows
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.median(known)) if known else None
+
+
+def cost_table(rows: list[dict[str, Any]], currency: str) -> str:
+    """The cost rows as a Markdown table ("" without rows)."""
+    if not rows:
+        return ""
+
+    def fmt(value: float | None, pattern: str) -> str:
+        return "–" if value is None else format(value, pattern)
+
+    lines = [
+        f"| env | algo | teacher | query | labels | human hours | cost ({currency}) | cost per label "
+        "| true return gained over random | gained per human hour | gained per unit of cost |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['env_id']} | {r['algo']} | {r['teacher']} | {r['query']} | {r['labels']} | {fmt(r['human_hours'], '.2f')} "
+            f"| {fmt(r['cost'], '.2f')} | {fmt(r['cost_per_label'], '.3f')} | {fmt(r['return_gain'], '.1f')} "
+            f"| {fmt(r['per_human_hour'], '.1f')} | {fmt(r['per_cost'], '.2f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_return_vs_cost(rows: list[dict[str, Any]], currency: str, path: Path) -> None:
+    """True return gained over random against the labels' cost (medians per group), one series
+    per env, teacher and query, a point per label budget."""
+    import matplotlib.pyplot as plt
+
+    from prefloop.plots import finish_axes
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    series: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["cost"] is not None and r["return_gain"] is not None:
+            series[(r["env_id"], r["algo"], r["teacher"], r["query"])].append(r)
+    for (env_id, algo, teacher, query), members in sorted(series.items()):
+        members.sort(key=lambda r: r["cost"])
+        ax.plot([m["cost"] for m in members], [m["return_gain"] for m in members], marker="o",
+                label=f"{env_id} {algo} {teacher} {query}")
+        for m in members:
+            ax.annotate(str(m["labels"]), (m["cost"], m["return_gain"]), fontsize=7)
+    finish_axes(fig, ax, path, f"cost of the labels ({currency}; numbers: label budgets)",
+                "true return gained over random (median)")
 
 
 def time_split(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -99,7 +190,25 @@ def markdown_table(groups: list[dict[str, Any]]) -> str:
             f"| {g['wall_time_ratio']['median']:.2f} | {g['cpu_time_ratio']['median']:.2f} "
             f"| {g['reward_learning_share']['median']:.0%} | {g.get('human_minutes', _stats([]))['median']:.1f} |"
         )
-    return header + "\n".join(lines) + "\n"
+    return header + "\n".join(lines) + "\n" + _rater_table(groups)
+
+
+def _rater_table(groups: list[dict[str, Any]]) -> str:
+    """Estimated error rate of each rater per group (median [IQR] over seeds), when there are any."""
+    lines = []
+    for g in groups:
+        for rater, est in g.get("rater_error_rates", {}).items():
+            lines.append(
+                f"| {g['env_id']} | {g['teacher']} | {g['labels']} | {rater} | {est['median']:.3f} "
+                f"[{est['q25']:.3f}, {est['q75']:.3f}] | {est['flagged_in']}/{len(est['per_seed'])} |"
+            )
+    if not lines:
+        return ""
+    return (
+        "\nEstimated rater error rates (per-rater reliability in the loss):\n\n"
+        "| env | teacher | labels | rater | error rate, median [IQR] | flagged in seeds |\n"
+        "|---|---|---:|---|---|---:|\n" + "\n".join(lines) + "\n"
+    )
 
 
 def write_plots(document: dict[str, Any], out_dir: Path) -> None:
@@ -147,6 +256,8 @@ def write_plots(document: dict[str, Any], out_dir: Path) -> None:
     finish_axes(fig, ax, out_dir / "return_vs_labels.png", "labels", "normalized return (median, IQR)")
     plot_return_vs_human_minutes(document["runs"], out_dir / "return_vs_human_minutes.png")
     plot_groups(document["groups"], out_dir / "groups.png")
+    if document.get("cost"):
+        plot_return_vs_cost(document["cost"], document["config"].get("currency", "USD"), out_dir / "return_vs_cost.png")
 
 
 def plot_return_vs_human_minutes(runs: list[dict[str, Any]], path: Path) -> None:

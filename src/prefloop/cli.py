@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefloop.algos import ALGORITHMS, AlgorithmError
+from prefloop.cli_raters import non_negative_number
 from prefloop.config import WHEN_BEHIND, ConfigError, TrainConfig
 from prefloop.dataset import DatasetError
 from prefloop.envs import EnvSetupError
@@ -17,7 +18,9 @@ from prefloop.query import QUERY_METHODS, NotEnoughSegmentsError, QueryConfig, Q
 from prefloop.reward_models import RewardModelConfig, UnsupportedSpaceError
 from prefloop.rundir import RunDirError
 from prefloop.store import StoreError
-from prefloop.teachers import TEACHER_PRESETS, TeacherConfigError, parse_teacher_param, parse_teacher_spec
+from prefloop.reward_models.training import RATER_MODELS
+from prefloop.teacher_specs import parse_teacher_spec
+from prefloop.teachers import TEACHER_PRESETS, TeacherConfigError, parse_teacher_param
 
 # Errors that are the user's input, not a bug: shown as one clear line, exit code 2.
 USER_ERRORS = (
@@ -44,12 +47,15 @@ def _teacher_param(text: str) -> tuple[str, float]:
 def _teacher_name(text: str) -> str:
     if text == "human" or text in TEACHER_PRESETS or (text.startswith("recorded:") and len(text) > len("recorded:")):
         return text
+    if text.startswith(("crowd:", "fitted:")):
+        return _teacher_spec(text)
     import difflib
 
     close = difflib.get_close_matches(text, ["human", *TEACHER_PRESETS], n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise argparse.ArgumentTypeError(
-        f"unknown teacher {text!r}.{hint} Choose human, {', '.join(sorted(TEACHER_PRESETS))}, or recorded:DATASET_DIR"
+        f"unknown teacher {text!r}.{hint} Choose human, {', '.join(sorted(TEACHER_PRESETS))}, recorded:DATASET_DIR, "
+        "crowd:MEMBERS (e.g. crowd:3xcareful@0.05,random,adversarial) or fitted:PATH,rater=NAME"
     )
 
 
@@ -92,7 +98,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
     parser.add_argument("--teacher", default="oracle", type=_teacher_name, metavar="TEACHER",
                         help="'human' (raters in the browser app), a simulated teacher ("
-                        + ", ".join(sorted(TEACHER_PRESETS)) + "), or recorded:DIR (replay the labels of an exported dataset or an imported run folder)")
+                        + ", ".join(sorted(TEACHER_PRESETS)) + "), recorded:DIR (replay the labels of an exported dataset or an imported run folder), "
+                        "a simulated crowd crowd:[COUNTx]KIND[@EPSILON],... (e.g. crowd:3xcareful@0.05,random,adversarial), "
+                        "or fitted:PATH[,rater=NAME] (a rater's model from `prefloop raters fit --json PATH`)")
     parser.add_argument(
         "--teacher-param", action="append", default=[], type=_teacher_param, metavar="KEY=VALUE",
         help="override a teacher parameter: beta, gamma, epsilon, skip_threshold, equal_threshold (repeatable)",
@@ -108,6 +116,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment-length", type=_positive_int, default=None, help="steps per segment (default: the preset's)")
     parser.add_argument("--n-envs", type=_positive_int, default=None, help="parallel envs (default: the preset's)")
     parser.add_argument("--ensemble", type=_positive_int, default=3, help="reward-model ensemble members")
+    parser.add_argument("--rater-model", default="reliability", choices=RATER_MODELS,
+                        help="several raters: estimate each one's error rate jointly with the reward and down-weight "
+                             "unreliable ones (reliability, default), or count every label alike (plain)")
+    parser.add_argument("--flag-error-rate", type=float, default=0.3,
+                        help="reliability: raters estimated to err at least this often are flagged and their labels "
+                             "get weight 0 (kept in the store) (default 0.3)")
     parser.add_argument("--reward-source", default="preferences", choices=("preferences", "true"),
                         help="'true' trains on the env reward instead (the baseline)")
     parser.add_argument("--eval-episodes", type=_positive_int, default=10)
@@ -143,7 +157,7 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         segment_length=args.segment_length,
         reward_source=args.reward_source,
         query=QueryConfig.from_spec(args.query, oversampling=args.oversampling),
-        reward_model=RewardModelConfig(n_members=args.ensemble, seed=args.seed),
+        reward_model=_reward_model_config(args),
         eval_episodes=args.eval_episodes,
         progress_bar=not args.no_progress,
         db_url=args.db_url,
@@ -155,6 +169,14 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         guideline=args.guideline,
         unsupervised_steps=args.unsupervised_steps,
     )
+
+
+def _reward_model_config(args: argparse.Namespace) -> RewardModelConfig:
+    try:
+        return RewardModelConfig(n_members=args.ensemble, seed=args.seed, rater_model=args.rater_model,
+                                 flag_error_rate=args.flag_error_rate)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -256,6 +278,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         seeds=tuple(args.seeds),
         teachers=tuple(args.teachers),
         queries=tuple(args.queries),
+        rater_models=tuple(args.rater_models),
         algos=tuple(args.algos) if args.algos else (None,),
         steps=args.steps,
         out_dir=Path(args.out),
@@ -267,6 +290,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         reuse_from=tuple(Path(p) for p in args.reuse),
         answer_seconds=args.answer_seconds,
         answer_seconds_sigma=args.answer_seconds_sigma,
+        hourly_rate=args.hourly_rate,
+        cost_per_label=args.cost_per_label,
+        currency=args.currency,
     )
     run_bench(config)
     return 0
@@ -305,10 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
     bench_p.add_argument("--teachers", nargs="+", default=["oracle"], type=_teacher_spec, metavar="TEACHER[:KEY=VALUE,...]",
                          help=f"simulated teachers: B-Pref's presets ({', '.join(sorted(TEACHER_PRESETS))}), optionally "
-                              "with parameters, e.g. mistake:epsilon=0.2 (default: oracle)")
+                              "with parameters, e.g. mistake:epsilon=0.2; crowds, e.g. crowd:3xcareful@0.05,random,adversarial; "
+                              "fitted:PATH,rater=NAME (default: oracle)")
     bench_p.add_argument("--queries", nargs="+", default=["disagreement"], type=_query_spec, metavar="METHOD[+qpa][+surf]",
                          help=f"query selection methods: {', '.join(QUERY_METHODS)}, each optionally +qpa and/or +surf "
                               "(default: disagreement)")
+    bench_p.add_argument("--rater-models", nargs="+", default=["reliability"], choices=RATER_MODELS,
+                         help="losses compared: per-rater reliability and/or the plain loss (default: reliability)")
     bench_p.add_argument("--algos", nargs="+", default=None, choices=sorted(ALGORITHMS),
                          help="SB3 algorithms (default: each env preset's)")
     bench_p.add_argument("--steps", type=_positive_int, default=None, help="env steps per run (default: each preset's)")
@@ -323,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "paced by them; more --workers than cores is fine, they mostly wait)")
     bench_p.add_argument("--answer-seconds-sigma", type=_seconds, default=0.0, metavar="SIGMA",
                          help="log-normal spread of those times (default 0: always S)")
+    price = bench_p.add_mutually_exclusive_group()
+    price.add_argument("--hourly-rate", type=non_negative_number, default=None, metavar="RATE",
+                       help="what a rater is paid per hour: results add cost and true return gained per human hour "
+                            "and per unit of cost (with a plot); human hours come from --answer-seconds")
+    price.add_argument("--cost-per-label", type=non_negative_number, default=None, metavar="PRICE", help="or: what one label costs")
+    bench_p.add_argument("--currency", default="USD", help="currency shown beside costs (default: USD)")
     bench_p.add_argument("--out", default="bench-out/latest", help="output folder")
     bench_p.add_argument("--ray", action="store_true", help="run on a local Ray instance instead of a process pool")
     bench_p.add_argument("--ray-address", default=None, help="run on the Ray cluster at this address (e.g. ray://head:10001)")

@@ -4,6 +4,9 @@
   (``?rater=NAME&key=SECRET``). Only the hash of the secret is stored; the link is printed once,
   to the admin's terminal, and nowhere else. ``--new-link`` replaces a lost link.
 - ``prefloop raters list --run-dir DIR`` shows who rates: labels, flagged labels, onboarding.
+- ``prefloop raters fit --run-dir DIR [--json PATH]`` fits B-Pref's teacher parameters to each
+  rater's labels, with bootstrap intervals (:mod:`prefloop.teacher_fit`); replay one with
+  ``--teacher fitted:PATH,rater=NAME``.
 - ``prefloop raters cost --run-dir DIR --hourly-rate 20`` (or ``--cost-per-label``) sets what
   labels cost, for the dashboard's cost per label and return per unit of cost.
 """
@@ -27,8 +30,8 @@ ENV_RATER_TOKEN = "PREFLOOP_RATER_TOKEN"
 
 
 def add_raters_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``prefloop raters`` (``add``, ``list``) on the CLI's subparsers."""
-    parser = subparsers.add_parser("raters", help="the raters of a run: personal links, who rated what")
+    """Register ``prefloop raters`` (``add``, ``list``, ``fit``) on the CLI's subparsers."""
+    parser = subparsers.add_parser("raters", help="the raters of a run: personal links, who rated what, fitted teacher models")
     sub = parser.add_subparsers(dest="raters_command", required=True)
 
     add_p = sub.add_parser("add", help="register a rater and print their personal link (shown once)")
@@ -45,11 +48,23 @@ def add_raters_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     list_p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     list_p.set_defaults(func=cmd_raters_list)
 
+    fit_p = sub.add_parser(
+        "fit",
+        help="fit B-Pref's teacher parameters (beta, gamma, epsilon, skip/equal thresholds) to each rater's labels",
+        description="Maximum-likelihood fit of B-Pref's simulated-teacher parameters to each rater's labels, "
+        "from the true returns of the segments they compared, with bootstrap intervals. Replay a fit with "
+        "--teacher fitted:PATH,rater=NAME.",
+    )
+    _add_store_arguments(fit_p)
+    fit_p.add_argument("--rater", action="append", default=[], metavar="NAME", help="fit only this rater (repeatable)")
+    fit_p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals (0: none; default 200)")
+    fit_p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the fits as JSON here")
+    fit_p.set_defaults(func=cmd_raters_fit)
     cost_p = sub.add_parser("cost", help="what a label costs: an hourly rate or a price per label (dashboard and bench)")
     _add_store_arguments(cost_p)
     price = cost_p.add_mutually_exclusive_group(required=True)
-    price.add_argument("--hourly-rate", type=_non_negative, help="pay per rating hour")
-    price.add_argument("--cost-per-label", type=_non_negative, help="pay per label")
+    price.add_argument("--hourly-rate", type=non_negative_number, help="pay per rating hour")
+    price.add_argument("--cost-per-label", type=non_negative_number, help="pay per label")
     cost_p.add_argument("--currency", default="USD", help="currency shown beside costs (default: USD)")
     cost_p.set_defaults(func=cmd_raters_cost)
 
@@ -58,10 +73,17 @@ def add_raters_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     guide_p.add_argument("--file", type=Path, required=True,
                          help="a short Markdown file; ![caption](pair:N) shows pair N's clips as an example")
     guide_p.set_defaults(func=cmd_raters_guideline)
+
+    onboard_p = sub.add_parser("onboarding", help="new raters practise on gold pairs first; their labels count once they pass")
+    _add_store_arguments(onboard_p)
+    onboard_p.add_argument("--pairs", type=int, required=True, help="gold pairs to practise on (0: no onboarding)")
+    onboard_p.add_argument("--pass", dest="to_pass", type=int, default=None,
+                           help="how many of them must be right (default: all but one)")
+    onboard_p.set_defaults(func=cmd_raters_onboarding)
     return parser
 
 
-def _non_negative(text: str) -> float:
+def non_negative_number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -104,6 +126,29 @@ def cmd_raters_guideline(args: argparse.Namespace) -> int:
         run = store.run_name
     print(f"run {run!r}: guideline page set ({len(text)} characters, {len(examples)} example pairs); "
           "raters see it above the clips. HTML, images and links in it are shown as text.")
+    return 0
+
+
+def cmd_raters_onboarding(args: argparse.Namespace) -> int:
+    from prefloop.apps.onboarding import ONBOARDING_META
+
+    to_pass = args.to_pass if args.to_pass is not None else max(1, args.pairs - 1)
+    if args.pairs and not 0 < to_pass <= args.pairs <= 50:
+        raise ConfigError(f"--pass must be between 1 and --pairs, and --pairs at most 50; got --pairs "
+                          f"{args.pairs} --pass {to_pass}")
+    with _open_store(args) as store:
+        if args.pairs <= 0:
+            store.set_meta(ONBOARDING_META, "{}")
+            print(f"run {store.run_name!r}: no onboarding; every rater's answers count from the start")
+            return 0
+        store.set_meta(ONBOARDING_META, json.dumps({"pairs": args.pairs, "pass": to_pass}))
+        gold = len(store.gold_pairs())
+        run = store.run_name
+    print(f"run {run!r}: new raters practise on {args.pairs} gold pairs and need {to_pass} right before "
+          "their answers count.")
+    if gold < args.pairs:
+        print(f"note: the run has {gold} gold pairs with clips so far; onboarding uses what there is "
+              f"(and is skipped while there are fewer than {to_pass})", file=sys.stderr)
     return 0
 
 
@@ -181,4 +226,32 @@ def cmd_raters_list(args: argparse.Namespace) -> int:
         flags = ", ".join(f"{k} {v}" for k, v in row["flags"].items()) or "-"  # type: ignore[union-attr]
         print(f"{row['name']!s:<24} {'yes' if row['registered'] else 'no':<5} "
               f"{'yes' if row['onboarded'] else 'no':<9} {row['labels']:>6}  {flags}")
+    return 0
+
+
+def cmd_raters_fit(args: argparse.Namespace) -> int:
+    from prefloop.teacher_fit import INTERVAL, answers_from_store, fit_rater, fits_document
+
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    with _open_store(args) as store:
+        answers = answers_from_store(store, args.rater)
+        run_name = store.run_name
+    if not answers:
+        which = f" by {', '.join(args.rater)}" if args.rater else ""
+        raise ConfigError(f"run {run_name!r} has no live labels{which} to fit")
+    fits = [fit_rater(a, bootstrap=args.bootstrap) for a in answers]
+    interval = f" [{INTERVAL:.0%} bootstrap interval]" if args.bootstrap else ""
+    print(f"B-Pref teacher parameters fitted to the labels of run {run_name!r}{interval}:")
+    for fit in fits:
+        print(
+            f"  {fit.rater_id}: {fit.labels} labels ({fit.decided} left/right, {fit.equal} equal, {fit.skipped} can't tell)\n"
+            f"    beta {fit.beta.text()}  gamma {fit.gamma.text()}  epsilon {fit.epsilon.text()}\n"
+            f"    skip_threshold {fit.skip_threshold.text()}  equal_threshold {fit.equal_threshold.text()}"
+            f"  (fractions of a typical segment return {fit.return_scale:.3g})"
+        )
+    if args.json is not None:
+        args.json.write_text(json.dumps(fits_document(fits, f"run {run_name}"), indent=1))
+        print(f"written: {args.json}  (replay a rater with --teacher fitted:{args.json},rater=NAME)")
+    sys.stdout.flush()
     return 0

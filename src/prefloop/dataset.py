@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import unicodedata
+import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -74,6 +75,7 @@ from prefloop.untrusted import (
     UntrustedInputError,
     check_finite,
     excerpt,
+    extract_zip,
     iter_jsonl,
     open_regular_file,
     parse_json,
@@ -106,7 +108,8 @@ LABELS_JSONL = "labels.jsonl"
 DATA_FILES = (SEGMENTS_NPZ, SEGMENTS_JSONL, PAIRS_JSONL, LABELS_JSONL)
 
 # Run meta keys (written by prefloop.loop.publish_run_info) carried in the manifest.
-_META_KEYS = ("config", "env_spec", "render_fps", "guideline")
+# "guideline_page": the rater guideline's Markdown page (rendered safely by the rater app).
+_META_KEYS = ("config", "env_spec", "render_fps", "guideline", "guideline_page")
 _IMPORT_META_KEY = "import_source"
 
 _CHOICES = [c.value for c in Choice]
@@ -360,6 +363,7 @@ def export_dataset(
             "env_spec": env_spec,
             "render_fps": render_fps,
             "guideline": meta.get("guideline"),
+            "guideline_page": meta.get("guideline_page"),
             "config": _json_or_none(meta.get("config")),
             "segment_length": int(arrays["true_rewards"].shape[1]) if segments else None,
             "counts": counts,
@@ -611,10 +615,17 @@ def load_dataset(
         DatasetError: one line naming the file, line or array, the field, and the fix.
     """
     root = Path(in_dir)
+    if root.is_file():
+        if zipfile.is_zipfile(root):  # a zipped export (the dashboard's download)
+            return _load_zipped(root, verify_checksums, max_bytes)
+        raise DatasetError(
+            f"{root} is a file but not a zip (or a truncated one); pass the folder `prefloop export "
+            "--out` wrote, or the zip of it, copied again"
+        )
     if not root.is_dir():
         raise DatasetError(
             f"dataset folder {root} does not exist (or is not a folder); pass the folder "
-            "`prefloop export --out` wrote"
+            "`prefloop export --out` wrote, or its zip"
         )
     try:
         return _load_checked(root, verify_checksums, max_bytes)
@@ -625,6 +636,20 @@ def load_dataset(
         ) from None
     except UntrustedInputError as exc:
         raise DatasetError(f"{exc}; {_REEXPORT}") from None
+
+
+def _load_zipped(path: Path, verify_checksums: bool, max_bytes: int) -> PreferenceDataset:
+    """Unpack a zipped dataset into a temporary folder (checked before anything is written, see
+    :func:`prefloop.untrusted.extract_zip`) and load it from there like any folder."""
+    with tempfile.TemporaryDirectory(prefix="prefloop-import-") as tmp:
+        try:
+            with open_regular_file(path.parent, path.name, max_bytes) as handle:
+                folder = extract_zip(handle, path.name, (MANIFEST, *DATA_FILES), Path(tmp), max_bytes)
+        except TooLargeError as exc:
+            raise DatasetError(f"{exc}; if the dataset is genuine, allow more with `prefloop import --max-gib N`") from None
+        except UntrustedInputError as exc:
+            raise DatasetError(f"{exc}; {_REEXPORT}") from None
+        return load_dataset(folder, verify_checksums=verify_checksums, max_bytes=max_bytes)
 
 
 def _load_checked(root: Path, verify_checksums: bool, max_bytes: int) -> PreferenceDataset:
@@ -765,7 +790,7 @@ def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
             f"{MANIFEST}: field 'version' is {excerpt(version)}; this prefloop reads version "
             f"{FORMAT_VERSION}. Use the prefloop version that wrote it"
         )
-    for key, kind in (("env_spec", dict), ("config", dict), ("guideline", str), ("counts", dict)):
+    for key, kind in (("env_spec", dict), ("config", dict), ("guideline", str), ("guideline_page", str), ("counts", dict)):
         value = manifest.get(key)
         if value is not None and not isinstance(value, kind):
             raise bad(key, f"must be a JSON {'object' if kind is dict else 'string'} or null, got {type(value).__name__}")
@@ -774,12 +799,13 @@ def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
         problem = _env_spec_problem(env_spec)
         if problem:
             raise bad("env_spec", problem)
-    guideline = manifest.get("guideline")
-    if guideline is not None:
-        if len(guideline) > MAX_IMPORTED_GUIDELINE_CHARS:
-            raise bad("guideline", f"is {len(guideline):,} characters long; at most {MAX_IMPORTED_GUIDELINE_CHARS:,}")
-        if _storable_text(guideline):
-            raise bad("guideline", f"contains {_storable_text(guideline)}")
+    for key in ("guideline", "guideline_page"):
+        text = manifest.get(key)
+        if text is not None:
+            if len(text) > MAX_IMPORTED_GUIDELINE_CHARS:
+                raise bad(key, f"is {len(text):,} characters long; at most {MAX_IMPORTED_GUIDELINE_CHARS:,}")
+            if _storable_text(text):
+                raise bad(key, f"contains {_storable_text(text)}")
     fps = manifest.get("render_fps")
     if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000):
         raise bad("render_fps", f"must be a number from 0 to 1000 (frames per second) or null, got {excerpt(fps)}")
@@ -1283,6 +1309,8 @@ def _meta_values(dataset: PreferenceDataset) -> dict[str, str]:
         values["render_fps"] = str(float(manifest["render_fps"]))
     if manifest.get("guideline") is not None:
         values["guideline"] = manifest["guideline"]
+    if manifest.get("guideline_page") is not None:
+        values["guideline_page"] = manifest["guideline_page"]
     if manifest.get("config") is not None:
         values["config"] = json.dumps(manifest["config"])
     return values
@@ -1349,7 +1377,8 @@ def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="load an exported preference dataset into a new run of a store",
         description="Import a dataset folder written by `prefloop export` into a run without pairs.",
     )
-    parser.add_argument("--in", dest="in_dir", type=Path, required=True, help="the dataset folder")
+    parser.add_argument("--in", dest="in_dir", type=Path, required=True,
+                        help="the dataset folder, or its zip (the dashboard's download)")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="the run folder to import into (created if missing, store prefs.sqlite)")
     parser.add_argument("--db-url", default=None, help="the store's SQLAlchemy URL (default: the run folder's)")

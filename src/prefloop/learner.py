@@ -57,6 +57,7 @@ class PreferenceLearner:
         self.query_rule = query_rule
         self._rng = np.random.default_rng([config.seed, 7])
         self.fit_history: list[dict[str, float]] = []
+        self._flagged_raters: list[str] = []
         self.time_s = 0.0
         counts = store.counts()
         self._pairs_asked = counts["pairs"]  # kept here: the schedule checks it every rollout
@@ -65,7 +66,10 @@ class PreferenceLearner:
         self.reference_pairs = label_rounds(config.labels, config.steps or 1, config.schedule)[0].cumulative_labels
         # Gold pairs are for people; replaying a recorded human run asks them too, or its pairs would differ.
         recorded = getattr(teacher, "recorded_config", None) or {}
-        self._asks_gold = teacher is None or recorded.get("teacher") == HUMAN_TEACHER
+        # A simulated crowd stands in for people, so it is asked gold pairs as well.
+        self._asks_gold = (
+            teacher is None or recorded.get("teacher") == HUMAN_TEACHER or getattr(teacher, "simulates_people", False)
+        )
         # Raises if whoever answers in the background has died (a simulated clock rater), so a
         # wait for labels cannot hang forever; people in the app are not watched here.
         self.check_raters: Callable[[], None] = lambda: None
@@ -151,6 +155,26 @@ class PreferenceLearner:
             "message": message,
         })))
 
+    def publish_rater_reliability(self, env_step: int) -> None:
+        """Each rater's estimated reliability after the last fit (run meta ``rater_reliability``,
+        read by the dashboard); nothing when the plain loss was used (one rater, or ``rater_model="plain"``)."""
+        estimates = self.trainer.rater_estimates
+        if estimates is None:
+            return
+        cfg = self.config.reward_model
+        flagged = sorted(e.rater_id for e in estimates if e.flagged)
+        if flagged != self._flagged_raters:  # said when it changes, not every round
+            self._flagged_raters = flagged
+            log.warning("step %d: raters flagged as unreliable (estimated error rate >= %.2f; their labels get weight 0, "
+                        "none is deleted): %s", env_step, cfg.flag_error_rate, ", ".join(flagged) or "none")
+        self.store.set_meta("rater_reliability", json.dumps(_finite_json({
+            "env_step": int(env_step),
+            "flag_error_rate": cfg.flag_error_rate,
+            "prior_error_rate": cfg.random_response / 2,
+            "updated_at": time.time(),
+            "raters": [e.to_json() for e in estimates],
+        })))
+
     def fit(self, env_step: int) -> dict[str, float]:
         """Train the reward model on every label so far and rescale its output on the fixed reference set."""
         labeled = self.store.labeled_pairs()
@@ -164,6 +188,7 @@ class PreferenceLearner:
             fit = self.trainer.fit(labeled, pseudo)
             train_loss = fit.train_loss
             val_accuracy = fit.val_accuracy if fit.val_accuracy is not None else math.nan
+            self.publish_rater_reliability(env_step)
         else:
             # Every answer so far was "can't tell" (a skip teacher early on, or raters unsure):
             # nothing to learn from yet, so the reward model stays as it is.

@@ -49,7 +49,8 @@ from prefloop.resume_state import restore_resume_state
 from prefloop.rundir import RunDir
 from prefloop.schedule import LabelRound, label_rounds
 from prefloop.store import PreferenceStore, sqlite_url
-from prefloop.teachers import HUMAN_TEACHER, RECORDED_PREFIX, Teacher, make_teacher
+from prefloop.teacher_specs import build_simulated_teacher
+from prefloop.teachers import HUMAN_TEACHER, RECORDED_PREFIX, Teacher
 
 log = logging.getLogger("prefloop")
 
@@ -197,18 +198,25 @@ def _train(
         store_url = config.db_url or sqlite_url(run_dir.store_path)
         store = PreferenceStore(store_url, run_name=config.run_name or "default")
         publish_run_info(store, config, spec)
-        clock_rater = None
+        clock_raters: list[ClockRater] = []
         if config.answer_seconds > 0 and teacher is not None:  # answers through the store, at human pace
-            clock_rater = ClockRater(store_url, config.run_name or "default", teacher, config.answer_seconds,
-                                     config.answer_seconds_sigma, seed=config.seed)
+            # A crowd's members each answer on their own clock, under their own id, as people do.
+            members = getattr(teacher, "members", None) or [teacher]
+            clock_raters = [
+                ClockRater(store_url, config.run_name or "default", member, config.answer_seconds,
+                           config.answer_seconds_sigma, seed=config.seed + 7919 * i)
+                for i, member in enumerate(members)
+            ]
             teacher = None
         learner = PreferenceLearner(config, store, reward_model, buffer, teacher, query_rule)
         initial_steps = initial_random_steps(config)
         if on_ready is not None:
             on_ready(run_dir, store_url, config.run_name or "default")
-        if clock_rater is not None:
+        for clock_rater in clock_raters:
             cleanup.callback(clock_rater.stop)
-            learner.check_raters = clock_rater.start().check_alive
+            clock_rater.start()
+        if clock_raters:
+            learner.check_raters = lambda: [r.check_alive() for r in clock_raters] and None
     state = RunState(run_dir, curve, initial_steps)
 
     cls = algorithm_class(config.algo)
@@ -312,7 +320,7 @@ def check_run_inputs(config: TrainConfig, spec: EnvSpec, venv: VecEnv) -> Teache
         for difference in teacher.config_differences(config.to_json()):
             log.warning("replay differs from the recorded run (its pairs may not all be recorded): %s", difference)
         return teacher
-    return make_teacher(config.teacher, seed=config.seed, **config.teacher_params)
+    return build_simulated_teacher(config.teacher, config.teacher_params, config.seed)
 
 
 def first_labels(

@@ -174,12 +174,21 @@ def _draw_pairs(
     if not skip_indistinguishable:
         return pairs
     kept = [p for p in pairs if not indistinguishable(*p)]
-    if len(kept) < n and n < total:
-        # Top up from the pairs not drawn yet, in random order, until enough are askable.
-        rest = np.setdiff1d(np.arange(total), first)
-        rng.shuffle(rest)
+    # Top up from pairs not drawn yet, in random order, until enough are askable. Random draws
+    # rejected when seen before, not a shuffle of every pair: with 2,000 segments there are 2M
+    # pairs, and listing them cost seconds per label round.
+    seen = set(first.tolist())
+    while len(kept) < n and len(seen) < total:
+        if 2 * len(seen) >= total:  # most pairs drawn already: list the few left, in random order
+            rest = np.setdiff1d(np.arange(total), np.fromiter(seen, dtype=np.int64))
+            rng.shuffle(rest)
+        else:
+            draws = rng.integers(0, total, size=2 * (n - len(kept)) + 8)
+            rest = np.array([k for k in dict.fromkeys(draws.tolist()) if k not in seen], dtype=np.int64)
         for start in range(0, len(rest), 2 * n + 8):
-            kept += [p for p in _decode_pairs(segments, rest[start:start + 2 * n + 8], rng) if not indistinguishable(*p)]
+            chunk = rest[start:start + 2 * n + 8]
+            seen.update(chunk.tolist())
+            kept += [p for p in _decode_pairs(segments, chunk, rng) if not indistinguishable(*p)]
             if len(kept) >= n:
                 break
     return kept[:n]

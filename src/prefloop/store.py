@@ -1065,6 +1065,23 @@ class PreferenceStore:
                 .values(onboarded_at=self._now())
             )
 
+    def gold_pairs(self) -> list[tuple[int, Choice]]:
+        """This run's gold pairs (known answer) whose two clips can be shown, oldest first, with
+        their answers; any status (onboarding shows them to each new rater as practice)."""
+        p, c = pairs_table, clips_table
+
+        def has_clip(column: Any) -> Any:
+            return exists().where(c.c.segment_id == column, c.c.error.is_(None))
+
+        with self._read() as conn:
+            rows = conn.execute(
+                select(p.c.id, p.c.gold_choice)
+                .where(p.c.run_id == self._run_id, p.c.gold_choice.is_not(None),
+                       has_clip(p.c.left_segment_id), has_clip(p.c.right_segment_id))
+                .order_by(p.c.id)
+            ).all()
+        return [(int(row.id), Choice(row.gold_choice)) for row in rows]
+
     def rater_ids(self) -> list[str]:
         """Every rater name of this run: registered ones and those with labels, sorted."""
         r, p, lab = raters_table, pairs_table, labels_table
@@ -1143,13 +1160,14 @@ class PreferenceStore:
 
         Usable: not retracted and not ``cant_tell``. ``target`` is the mean of the labels'
         ``Choice.target`` (probability that RIGHT is better). ``extra`` holds ``n_labels``,
-        ``gold_choice`` (a Choice or None) and ``score``. A segment shared by several pairs is
+        ``votes`` (one ``(rater_id, target, flags)`` per label, in the order given; ``flags`` are
+        the names :meth:`flag_label` attached, e.g. ``("too_fast",)``), ``gold_choice`` (a Choice or None) and ``score``. A segment shared by several pairs is
         one shared object.
         """
         p, lab = pairs_table, labels_table
         with self._read() as conn:
             rows = conn.execute(
-                select(lab.c.pair_id, lab.c.choice)
+                select(lab.c.id, lab.c.pair_id, lab.c.choice, lab.c.rater_id)
                 .join(p, p.c.id == lab.c.pair_id)
                 .where(
                     p.c.run_id == self._run_id,
@@ -1158,11 +1176,21 @@ class PreferenceStore:
                 )
                 .order_by(lab.c.pair_id, lab.c.id)
             ).all()
+            flags: dict[int, list[str]] = {}
+            for chunk in _chunks([row.id for row in rows], _IN_CHUNK):
+                for flag_row in conn.execute(
+                    select(label_flags_table.c.label_id, label_flags_table.c.flag)
+                    .where(label_flags_table.c.label_id.in_(chunk))
+                    .order_by(label_flags_table.c.label_id, label_flags_table.c.flag)
+                ):
+                    flags.setdefault(int(flag_row.label_id), []).append(flag_row.flag)
             targets: dict[int, list[float]] = {}
+            votes: dict[int, list[tuple[str, float, tuple[str, ...]]]] = {}
             for row in rows:
                 target = Choice(row.choice).target
                 assert target is not None  # cant_tell is filtered out in SQL
                 targets.setdefault(row.pair_id, []).append(target)
+                votes.setdefault(row.pair_id, []).append((row.rater_id, target, tuple(flags.get(row.id, ()))))
             pair_rows = []
             for chunk in _chunks(sorted(targets), _IN_CHUNK):
                 pair_rows.extend(
@@ -1191,6 +1219,7 @@ class PreferenceStore:
                     pair_id=row.id,
                     extra={
                         "n_labels": len(values),
+                        "votes": votes[row.id],
                         "gold_choice": None if row.gold_choice is None else Choice(row.gold_choice),
                         "score": float(row.score),
                     },

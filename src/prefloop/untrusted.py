@@ -35,6 +35,7 @@ __all__ = [
     "UntrustedInputError",
     "check_finite",
     "excerpt",
+    "extract_zip",
     "iter_jsonl",
     "open_regular_file",
     "parse_json",
@@ -233,6 +234,79 @@ def iter_jsonl(data: bytes, name: str, max_line_bytes: int) -> Iterator[tuple[in
 # -- npz ----------------------------------------------------------------------------------------
 
 
+# What a damaged or hostile zip makes zipfile and numpy raise (RuntimeError: an encrypted member).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError)
+
+
+def _zip_failure(name: str, verb: str, exc: BaseException) -> UntrustedInputError:
+    return UntrustedInputError(f"{name} cannot be {verb} ({type(exc).__name__}: {excerpt(str(exc), 60)})")
+
+
+def _check_zip_directory(handle: BinaryIO, name: str, kind: str) -> None:
+    """Refuse a zip whose central directory (which ``zipfile`` reads whole on opening) is large or
+    lists more than :data:`MAX_NPZ_MEMBERS` members, before opening it."""
+    try:
+        endrec = zipfile._EndRecData(handle)  # type: ignore[attr-defined]  # stable since 2.x
+    except OSError:
+        endrec = None
+    if not endrec:
+        raise UntrustedInputError(f"{name} cannot be read: it is not a zip ({kind}) file, or it is truncated")
+    if endrec[zipfile._ECD_SIZE] > MAX_NPZ_DIRECTORY_BYTES or endrec[zipfile._ECD_ENTRIES_TOTAL] > MAX_NPZ_MEMBERS:  # type: ignore[attr-defined]
+        raise UntrustedInputError(
+            f"{name} lists {endrec[zipfile._ECD_ENTRIES_TOTAL]:,} members; a {kind} of a dataset has "  # type: ignore[attr-defined]
+            f"at most {MAX_NPZ_MEMBERS}"
+        )
+    handle.seek(0)
+
+
+def extract_zip(handle: BinaryIO, name: str, allowed: Sequence[str], dest: Path, max_bytes: int) -> Path:
+    """Unpack a zipped folder of plain files into ``dest``, checked before anything is written.
+
+    The archive may hold only the files named in ``allowed``, at its top or in one top folder
+    (as ``prefloop export`` output zipped, or the dashboard's download): no other names, no
+    ``..``, absolute paths, links or duplicates, and declared sizes summing to at most
+    ``max_bytes``. Each member is copied with its declared size as the bound. Returns the folder
+    holding the files.
+    """
+    _check_zip_directory(handle, name, "zip")
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            infos = [info for info in archive.infolist() if not info.is_dir()]
+            names = [info.filename for info in infos]
+            tops = {n.split("/", 1)[0] for n in names if "/" in n}
+            prefix = f"{next(iter(tops))}/" if len(tops) == 1 and all("/" in n for n in names) else ""
+            for info in infos:
+                inner = info.filename[len(prefix):] if info.filename.startswith(prefix) else info.filename
+                if inner not in allowed or info.filename.startswith("/") or "\\" in info.filename:
+                    raise UntrustedInputError(
+                        f"{name} holds {excerpt(info.filename)}; a zipped dataset holds only "
+                        f"{', '.join(allowed)} (in one folder at most)"
+                    )
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise UntrustedInputError(f"{name}: {excerpt(info.filename)} is a symbolic link; links are never unpacked")
+            if len(set(names)) != len(names):
+                raise UntrustedInputError(f"{name} holds a file twice")
+            total = sum(info.file_size for info in infos)
+            if total > max_bytes:
+                raise TooLargeError(f"{name} unpacks to {total:,} bytes, more than the limit of {max_bytes:,}")
+            folder = dest / "dataset"
+            folder.mkdir()
+            for info in infos:
+                target = folder / info.filename[len(prefix):]
+                with archive.open(info) as source, open(target, "xb") as out:
+                    left = info.file_size
+                    while block := source.read(min(1 << 20, left + 1)):
+                        left -= len(block)
+                        if left < 0:
+                            raise UntrustedInputError(f"{name}: {excerpt(info.filename)} is larger than it says")
+                        out.write(block)
+            return folder
+    except UntrustedInputError:
+        raise
+    except _ZIP_ERRORS as exc:
+        raise _zip_failure(name, "unpacked", exc) from None
+
+
 def read_npz(handle: BinaryIO, name: str, arrays: Sequence[str], max_bytes: int) -> dict[str, np.ndarray]:
     """The named arrays of an ``.npz`` archive, read only after its layout has been checked.
 
@@ -242,18 +316,7 @@ def read_npz(handle: BinaryIO, name: str, arrays: Sequence[str], max_bytes: int)
     whose size is exactly what the member holds (so a header claiming terabytes is refused without
     allocating). Members not in ``arrays`` are not read. Pickle is never allowed.
     """
-    try:
-        endrec = zipfile._EndRecData(handle)  # type: ignore[attr-defined]  # stable since 2.x
-    except OSError:
-        endrec = None
-    if not endrec:
-        raise UntrustedInputError(f"{name} cannot be read: it is not a zip (npz) file, or it is truncated")
-    if endrec[zipfile._ECD_SIZE] > MAX_NPZ_DIRECTORY_BYTES or endrec[zipfile._ECD_ENTRIES_TOTAL] > MAX_NPZ_MEMBERS:  # type: ignore[attr-defined]
-        raise UntrustedInputError(
-            f"{name} lists {endrec[zipfile._ECD_ENTRIES_TOTAL]:,} members; an npz of a dataset has "  # type: ignore[attr-defined]
-            f"at most {MAX_NPZ_MEMBERS}"
-        )
-    handle.seek(0)
+    _check_zip_directory(handle, name, "npz")
     try:
         with zipfile.ZipFile(handle) as archive:
             members = {info.filename: info for info in archive.infolist()}
@@ -277,10 +340,8 @@ def read_npz(handle: BinaryIO, name: str, arrays: Sequence[str], max_bytes: int)
             return out
     except UntrustedInputError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
-        raise UntrustedInputError(
-            f"{name} cannot be read ({type(exc).__name__}: {excerpt(str(exc), 60)})"
-        ) from None
+    except _ZIP_ERRORS as exc:
+        raise _zip_failure(name, "read", exc) from None
 
 
 def _check_npy_header(member: BinaryIO, where: str, member_bytes: int) -> None:
