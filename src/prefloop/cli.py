@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from prefloop.algos import ALGORITHMS, AlgorithmError
+from prefloop.apps.access import ENV_ADMIN_TOKEN, ENV_TOKEN
 from prefloop.cli_raters import non_negative_number
 from prefloop.config import WHEN_BEHIND, ConfigError, TrainConfig
+from prefloop.credentials import (
+    ENV_DB_PASSWORD,
+    ENV_DB_PASSWORD_FILE,
+    CredentialsError,
+    read_password_file,
+    url_password,
+    url_without_password,
+)
+from prefloop.crowd import CROWD_PREFIX
 from prefloop.dataset import DatasetError
 from prefloop.envs import EnvSetupError
 from prefloop.query import QUERY_METHODS, NotEnoughSegmentsError, QueryConfig, QueryConfigError
@@ -20,12 +31,13 @@ from prefloop.rundir import RunDirError
 from prefloop.store import StoreError
 from prefloop.reward_models.training import RATER_MODELS
 from prefloop.teacher_specs import parse_teacher_spec
-from prefloop.teachers import TEACHER_PRESETS, TeacherConfigError, parse_teacher_param
+from prefloop.teachers import HUMAN_TEACHER, RECORDED_PREFIX, TEACHER_PRESETS, TeacherConfigError, parse_teacher_param
 
 # Errors that are the user's input, not a bug: shown as one clear line, exit code 2.
 USER_ERRORS = (
     AlgorithmError,
     ConfigError,
+    CredentialsError,
     DatasetError,
     EnvSetupError,
     NotEnoughSegmentsError,
@@ -97,7 +109,7 @@ def _seconds(text: str) -> float:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
     parser.add_argument("--teacher", default="oracle", type=_teacher_name, metavar="TEACHER",
-                        help="'human' (raters in the browser app), a simulated teacher ("
+                        help="'human' (people in the rater app; only `prefloop run` starts it), a simulated teacher ("
                         + ", ".join(sorted(TEACHER_PRESETS)) + "), recorded:DIR (replay the labels of an exported dataset or an imported run folder), "
                         "a simulated crowd crowd:[COUNTx]KIND[@EPSILON],... (e.g. crowd:3xcareful@0.05,random,adversarial), "
                         "or fitted:PATH[,rater=NAME] (a rater's model from `prefloop raters fit --json PATH`)")
@@ -125,25 +137,55 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reward-source", default="preferences", choices=("preferences", "true"),
                         help="'true' trains on the env reward instead (the baseline)")
     parser.add_argument("--eval-episodes", type=_positive_int, default=10)
-    parser.add_argument("--db-url", default=None, help="SQLAlchemy URL of the store (default: SQLite in the run folder)")
-    parser.add_argument("--when-behind", default="pace", choices=WHEN_BEHIND,
+    parser.add_argument("--db-url", default=None,
+                        help="SQLAlchemy URL of the store (default: SQLite in the run folder); keep the password out "
+                        f"of it: ${ENV_DB_PASSWORD} or --db-password-file (it is never saved)")
+    add_password_file_argument(parser)
+    parser.add_argument("--when-behind", default=None, choices=WHEN_BEHIND,
                         help="raters behind the label schedule: 'pace' (default) trains the policy only as far as the "
                         "answers so far unlock, 'wait' pauses at every round until all pairs are answered, "
-                        "'continue' never waits (a slow rater then makes the run worse, not longer)")
+                        "'continue' never waits (a slow rater then makes the run worse, not longer); for raters who "
+                        "answer in their own time: people, or a simulated teacher with --answer-seconds")
     parser.add_argument("--answer-seconds", type=_seconds, default=0.0, metavar="S",
                         help="a simulated teacher answers through the store at human pace: S seconds per pair "
                         "(the median), in a background thread, like a person in the app (default 0: at once)")
     parser.add_argument("--answer-seconds-sigma", type=_seconds, default=0.0, metavar="SIGMA",
                         help="spread of those times (log-normal sigma; 0 = always S)")
-    parser.add_argument("--gold-fraction", type=float, default=0.05, help="human raters: share of quality-control pairs with a known answer")
+    parser.add_argument("--gold-fraction", type=float, default=None,
+                        help="share of quality-control pairs with a known answer (default 0.05), for raters who answer "
+                        "in their own time (people, --answer-seconds) and replays of a human run")
     parser.add_argument("--raters-per-pair", type=_positive_int, default=1, help="labels per pair (>1 measures rater agreement)")
     parser.add_argument("--unsupervised-steps", type=int, default=None,
                         help="PEBBLE: env steps of state-entropy exploration before the first query (default: the env preset's, 0 for most)")
     parser.add_argument("--guideline", default=None, help="the question shown to raters above the clips (default: the env preset's)")
 
 
+def add_password_file_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db-password-file", type=Path, default=None, metavar="FILE",
+                        help=f"file holding the database password (default: ${ENV_DB_PASSWORD}, "
+                        f"${ENV_DB_PASSWORD_FILE} or PostgreSQL's PGPASSWORD / ~/.pgpass)")
+
+
+# Settings for raters who answer in their own time (people in the app, a simulated teacher with
+# --answer-seconds): refused where nobody would read them.
+PACED_FLAGS = {"gold_fraction": "--gold-fraction", "when_behind": "--when-behind"}
+
+
 def build_train_config(args: argparse.Namespace) -> TrainConfig:
     run_dir = args.run_dir or Path("runs") / f"{args.env}-{args.teacher}-s{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    paced = {key: getattr(args, key) for key in PACED_FLAGS if getattr(args, key) is not None}
+    at_once = args.teacher != HUMAN_TEACHER and not args.answer_seconds
+    # Gold pairs are asked of a simulated crowd (it stands in for people) and by a replay of a
+    # human run too, so there the gold share is read.
+    asks_gold = args.teacher.startswith((RECORDED_PREFIX, CROWD_PREFIX))
+    ignored = [key for key in paced if at_once and not (key == "gold_fraction" and asks_gold)]
+    if ignored:
+        flags = " and ".join(PACED_FLAGS[key] for key in ignored)
+        raise ConfigError(
+            f"{flags} {'apply' if len(ignored) > 1 else 'applies'} to raters who answer in their own time (--teacher "
+            f"human, or a simulated teacher with --answer-seconds); the {args.teacher!r} teacher answers every pair "
+            f"as soon as it is asked: leave {flags} out"
+        )
     return TrainConfig(
         env_id=args.env,
         run_dir=Path(run_dir),
@@ -161,14 +203,34 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         eval_episodes=args.eval_episodes,
         progress_bar=not args.no_progress,
         db_url=args.db_url,
-        when_behind=args.when_behind,
         answer_seconds=args.answer_seconds,
         answer_seconds_sigma=args.answer_seconds_sigma,
-        gold_fraction=args.gold_fraction,
         raters_per_pair=args.raters_per_pair,
         guideline=args.guideline,
         unsupervised_steps=args.unsupervised_steps,
+        **paced,
     )
+
+
+# What --resume takes from its command line; every other run setting comes from the run folder.
+RESUME_OPTIONS = {"command", "func", "verbose", "run_dir", "resume", "no_progress", "db_url", "db_password_file",
+                  "host", "port", "token", "admin_token"}
+
+
+def check_resume_arguments(args: argparse.Namespace) -> None:
+    """Refuse run settings given with --resume (the run keeps its own), instead of ignoring them."""
+    if not args.resume:
+        return
+    if args.run_dir is None:
+        raise RunDirError("--resume needs --run-dir: the folder of the run to continue")
+    defaults = vars(build_parser().parse_args([args.command, "--run-dir", str(args.run_dir)]))
+    given = sorted(key for key, value in vars(args).items() if key not in RESUME_OPTIONS and value != defaults.get(key))
+    if given:
+        flags = ", ".join("--" + key.replace("_", "-") for key in given)
+        raise ConfigError(
+            f"--resume continues the run with its own settings (its config.json), so {flags} would be ignored: "
+            "leave them out, or start a new run (new --run-dir) with the new settings"
+        )
 
 
 def _reward_model_config(args: argparse.Namespace) -> RewardModelConfig:
@@ -179,13 +241,44 @@ def _reward_model_config(args: argparse.Namespace) -> RewardModelConfig:
         raise ConfigError(str(exc)) from None
 
 
+def continue_hint(args: argparse.Namespace) -> str:
+    """How to continue this command's run, as a command to paste (after "every label so far is stored; ")."""
+    import shlex
+
+    run_dir = getattr(args, "run_dir", None)
+    if args.command not in ("train", "run"):
+        return "run the command again"
+    if run_dir is None or not (Path(run_dir) / "config.json").is_file():
+        return f"start it again with `prefloop {args.command} ...`"
+    return f"continue with `prefloop {args.command} --run-dir {shlex.quote(str(run_dir))} --resume`"
+
+
+def check_train_teacher(args: argparse.Namespace) -> None:
+    """``prefloop train`` starts no rater app: a run taught by people would wait for answers forever."""
+    from prefloop.rundir import RunDir
+
+    teacher = RunDir(args.run_dir).load_config().teacher if args.resume else args.teacher
+    if teacher != "human":
+        return
+    import shlex
+
+    if args.resume:
+        raise ConfigError(
+            f"{args.run_dir} is a run taught by people (teacher human) and `prefloop train` starts no rater app: "
+            f"continue it with `prefloop run --run-dir {shlex.quote(str(args.run_dir))} --resume` (the trainer plus the rater app)"
+        )
+    raise ConfigError("`prefloop train` starts no rater app, so --teacher human would wait for answers forever: "
+                      "use `prefloop run` (the trainer plus the rater app), or a simulated teacher")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from prefloop.loop import train
     from prefloop.report import print_run_summary
 
-    if args.resume and args.run_dir is None:
-        raise RunDirError("--resume needs --run-dir: the folder of the run to continue")
+    check_resume_arguments(args)
+    check_train_teacher(args)
     config = build_train_config(args)
+    args.run_dir = config.run_dir  # for the "continue with" line if it stops
     result = train(config, resume=args.resume)
     print_run_summary(result)
     return 0
@@ -201,12 +294,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prefloop.loop import train
     from prefloop.report import print_run_summary
 
-    from prefloop.apps.access import ENV_ADMIN_TOKEN, ENV_TOKEN, AppConfigError, check_exposure, check_token_value
+    from prefloop.apps.access import AppConfigError, check_exposure, check_token_value
     from prefloop.apps.launch import AppStartError, check_port_free
-    from prefloop.apps.supervise import RaterAppSupervisor
+    from prefloop.apps.supervise import RESULT_GRACE_S, RaterAppSupervisor
 
-    if args.resume and args.run_dir is None:
-        raise RunDirError("--resume needs --run-dir: the folder of the run to continue")
+    check_resume_arguments(args)
     try:  # before training starts (and before the run folder exists), not when the app fails later
         check_token_value(args.token, "--token")
         check_token_value(args.admin_token, "--admin-token")
@@ -215,18 +307,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (AppConfigError, AppStartError) as exc:
         raise ConfigError(str(exc)) from None
     config = build_train_config(args)
+    args.run_dir = config.run_dir  # for the "continue with" line if it stops
     supervisors: list[RaterAppSupervisor] = []
 
     def start_app(run_dir, store_url: str, run_name: str) -> None:
         env = dict(os.environ)
-        # Tokens travel in the environment, not on the command line, where `ps` shows them.
+        # Secrets travel in the environment, not on the command line, where `ps` shows them.
+        if url_password(store_url):
+            env[ENV_DB_PASSWORD] = url_password(store_url) or ""
         if args.token:
             env[ENV_TOKEN] = args.token
         if args.admin_token:
             env[ENV_ADMIN_TOKEN] = args.admin_token
         # The app prints its URL itself, once, when it answers (and is this run's app).
         supervisor = RaterAppSupervisor(
-            ["--db-url", store_url, "--run-name", run_name, "--host", args.host, "--port", str(args.port)],
+            ["--db-url", url_without_password(store_url), "--run-name", run_name, "--host", args.host, "--port", str(args.port)],
             env, on_give_up=lambda why: _thread.interrupt_main(),
         )
         supervisors.append(supervisor)
@@ -238,18 +333,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = train(config, resume=args.resume, on_ready=start_app)
         print_run_summary(result)
-        if supervisors and supervisors[0].running() and sys.stdin.isatty():
-            print("Training finished; the rater app says so to raters and stays up for its dashboard "
-                  "-- press Ctrl-C to stop it.", flush=True)
+        if supervisors and supervisors[0].running():
+            interactive = sys.stdin.isatty()
+            print("Training finished; the rater app shows raters the result and stays up "
+                  + ("for its dashboard -- press Ctrl-C to stop it." if interactive else
+                     f"{RESULT_GRACE_S:.0f} s more so that open pages show it."), flush=True)
             try:
-                supervisors[0].wait()
+                supervisors[0].wait(None if interactive else RESULT_GRACE_S)
             except KeyboardInterrupt:
                 pass  # the run is complete; Ctrl-C only stops the app
     except KeyboardInterrupt:
         failure = supervisors[0].failure if supervisors else None
         if failure is None:
             raise
-        print(f"prefloop: error: {failure}; every label so far is stored, continue with --resume", file=sys.stderr)
+        print(f"prefloop: error: {failure}; every label so far is stored; {continue_hint(args)}", file=sys.stderr)
         return 1
     finally:
         for signum in previous:  # no second signal cuts the clean-up short
@@ -317,10 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     run_p.add_argument("--no-progress", action="store_true", help="no progress bar")
     run_p.add_argument("--host", default="127.0.0.1", help="address the rater app listens on (anything but loopback needs --token and --admin-token)")
-    run_p.add_argument("--port", type=_positive_int, default=8501)
-    run_p.add_argument("--token", default=None, help="access token raters must present (required off loopback)")
-    run_p.add_argument("--admin-token", default=None,
-                       help="token for the dashboard and the preferences download (required off loopback, must differ from --token)")
+    from prefloop.apps.launch import port_number
+
+    run_p.add_argument("--port", type=port_number, default=8501, help="port of the rater app, 1-65535 (default: 8501)")
+    run_p.add_argument("--token", default=os.environ.get(ENV_TOKEN),
+                       help=f"access token raters must present (required off loopback; default: ${ENV_TOKEN})")
+    run_p.add_argument("--admin-token", default=os.environ.get(ENV_ADMIN_TOKEN),
+                       help="token for the dashboard and the preferences download (required off loopback, must differ "
+                       f"from --token; default: ${ENV_ADMIN_TOKEN})")
     run_p.set_defaults(func=cmd_run)
 
     _add_optional_commands(sub)
@@ -372,25 +473,55 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     from prefloop.dataset import add_export_parser, add_import_parser
     from prefloop.doctor import add_doctor_parser
 
-    add_rate_parser(sub)
+    for parser in (add_rate_parser(sub), add_doctor_parser(sub), add_export_parser(sub), add_import_parser(sub)):
+        add_password_file_argument(parser)
     add_raters_parser(sub)
-    add_doctor_parser(sub)
-    add_export_parser(sub)
-    add_import_parser(sub)
+
+
+class CurrentStderrHandler(logging.StreamHandler):
+    """Log lines to whatever ``sys.stderr`` is when they are written, not when logging was set up:
+    while the progress bar is shown, rich redirects stderr so that each line prints on its own line
+    above the bar instead of glued onto it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201 - a text stream
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001 - StreamHandler sets it; the current stderr wins
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", handlers=[CurrentStderrHandler()])
+    previous_password_file = os.environ.get(ENV_DB_PASSWORD_FILE)
     try:
+        if getattr(args, "db_password_file", None) is not None:
+            read_password_file(args.db_password_file)  # unreadable or empty: one line, before anything runs
+            # The store reads it from there (this process and its children): the path travels, not the password.
+            os.environ[ENV_DB_PASSWORD_FILE] = str(Path(args.db_password_file).resolve())
+        if url_password(getattr(args, "db_url", None) or ""):
+            logging.getLogger("prefloop").warning(
+                "the password in --db-url is visible to other users of this machine (ps) while this runs; it is "
+                "never saved. Prefer $%s or --db-password-file", ENV_DB_PASSWORD)
         return args.func(args)
     except USER_ERRORS as exc:
         print(f"prefloop: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("prefloop: interrupted; every label so far is stored, continue with --resume", file=sys.stderr)
+        print(f"prefloop: interrupted; every label so far is stored; {continue_hint(args)}", file=sys.stderr)
         return 130
+    finally:
+        if previous_password_file is None:
+            os.environ.pop(ENV_DB_PASSWORD_FILE, None)
+        else:
+            os.environ[ENV_DB_PASSWORD_FILE] = previous_password_file
 
 
 if __name__ == "__main__":

@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefloop.credentials import scrub_config
+from prefloop.crowd import CROWD_PREFIX, parse_crowd_spec
 from prefloop.envs.presets import default_preset
 from prefloop.query import QueryConfig
 from prefloop.reward_models import RewardModelConfig
 from prefloop.schedule import ScheduleConfig
+from prefloop.serialization import strict_json
+from prefloop.teachers import HUMAN_TEACHER, RECORDED_PREFIX
 
 REWARD_SOURCES = ("preferences", "true")
 WHEN_BEHIND = ("pace", "wait", "continue")
@@ -138,6 +142,31 @@ class TrainConfig:
                self.guideline, f"one line of at most {MAX_GUIDELINE_CHARS} characters without control characters")
         if self.reward_source == "preferences":
             _check(self.labels >= 1, "labels", self.labels, "an integer >= 1 for a preference run")
+            self._check_fits_teacher()
+
+    def _check_fits_teacher(self) -> None:
+        """Refuse settings the run's teacher or query method would silently ignore."""
+        human = self.teacher == HUMAN_TEACHER
+        simulated = not human and not self.teacher.startswith(RECORDED_PREFIX)
+        raters = _simulated_raters(self.teacher)
+        if self.raters_per_pair > 1 and not human and raters < self.raters_per_pair:
+            raise ConfigError(
+                f"raters_per_pair {self.raters_per_pair} needs that many raters per pair: human raters "
+                f"(teacher 'human') or a crowd of at least {self.raters_per_pair} (crowd:...); the "
+                f"{_short(self.teacher, 40)} teacher has {raters}, so pairs would wait for ever; leave "
+                "--raters-per-pair out"
+            )
+        if self.teacher_params and not simulated:
+            raise ConfigError(
+                f"teacher parameters ({', '.join(sorted(map(str, self.teacher_params)))}) apply to simulated "
+                f"teachers only; the {_short(self.teacher, 40)} teacher has none: leave --teacher-param out"
+            )
+        if self.query.method == "disagreement" and self.reward_model.n_members < 2:
+            raise ConfigError(
+                "query 'disagreement' ranks pairs by how much the reward-model ensemble's members "
+                f"disagree, which needs at least 2 members, got {self.reward_model.n_members}; use "
+                "--ensemble 2 or more (default 3), or --query entropy / uniform"
+            )
 
     def resolve(self) -> "TrainConfig":
         """A copy with every ``None`` filled from the env preset, and the preset's hyper-parameters merged."""
@@ -161,9 +190,10 @@ class TrainConfig:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The config as JSON values, ``db_url`` without its password (this goes into files)."""
         data = dataclasses.asdict(self)
         data["run_dir"] = str(self.run_dir)
-        return data
+        return scrub_config(data)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -176,7 +206,7 @@ class TrainConfig:
         return _dataclass_from_json(cls, data, "")
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True))
+        path.write_text(strict_json(self.to_json(), indent=2, sort_keys=True))
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
@@ -192,6 +222,41 @@ class TrainConfig:
             return cls.from_json(data)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}; {hint}") from None
+
+
+# What makes a run the run it is: a config.json that differs from the run's own record in one of
+# these (an edited file, a file from another run) cannot continue it.
+RUN_IDENTITY_KEYS = (
+    "env_id", "env_kwargs", "run_name", "algo", "algo_kwargs", "seed", "n_envs", "segment_length",
+    "reward_source", "teacher", "teacher_params", "labels", "steps", "raters_per_pair",
+    "unsupervised_steps", "query", "reward_model", "schedule",
+)
+
+
+def config_differences(recorded: Any, current: dict[str, Any]) -> list[str]:
+    """The run-identity settings (:data:`RUN_IDENTITY_KEYS`) in which ``current`` (a config as
+    JSON) differs from ``recorded`` (the copy the run kept in its store or checkpoint), e.g.
+    ``["env_id: the run has 'CartPole-v1', config.json 'Acrobot-v1'"]``; keys one of them lacks
+    (an older version) are not compared. Values are cut short for the message."""
+    if not isinstance(recorded, dict):
+        return []
+    current = json.loads(json.dumps(current))  # tuples -> lists, as recorded
+    return [
+        f"{key}: the run has {_short(recorded[key], 40)}, config.json {_short(current[key], 40)}"
+        for key in RUN_IDENTITY_KEYS
+        if key in recorded and key in current and recorded[key] != current[key]
+    ]
+
+
+def _simulated_raters(teacher: str) -> int:
+    """How many simulated raters a teacher spec stands for: a crowd's members, else 1 (0: none
+    simulated, e.g. a malformed crowd spec, which the teacher check reports itself)."""
+    if not teacher.startswith(CROWD_PREFIX):
+        return 1
+    try:
+        return sum(member.count for member in parse_crowd_spec(teacher))
+    except ValueError:
+        return 0
 
 
 def _read_json(path: Path, hint: str) -> Any:

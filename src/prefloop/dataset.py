@@ -49,12 +49,15 @@ from sqlalchemy import create_engine, delete, exists, func, insert, inspect, sel
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from prefloop.credentials import scrub_config
 from prefloop.serialization import array_from_bytes, array_to_bytes
 from prefloop.store import (
     ANSWERED,
     CLAIMED,
     PENDING,
     WITHDRAWN,
+    NoSuchRunError,
+    NoSuchStoreError,
     PreferenceStore,
     StoreError,
     _check_rater,
@@ -292,8 +295,7 @@ def export_dataset(
     """
     out = Path(out_dir)
     _check_out_dir(out)
-    _check_run_exists(store_url, run_name)
-    with PreferenceStore(store_url, run_name=run_name) as store:
+    with _open_for_export(store_url, run_name) as store:
         with _transaction(store, write=False) as conn:
             segment_rows, pair_rows, label_rows, meta = _read_snapshot(conn, store.run_id, include_retracted)
 
@@ -364,7 +366,7 @@ def export_dataset(
             "render_fps": render_fps,
             "guideline": meta.get("guideline"),
             "guideline_page": meta.get("guideline_page"),
-            "config": _json_or_none(meta.get("config")),
+            "config": scrub_config(_json_or_none(meta.get("config"))),  # stores of older versions kept the password
             "segment_length": int(arrays["true_rewards"].shape[1]) if segments else None,
             "counts": counts,
             "checksums": {name: _sha256(tmp / name) for name in DATA_FILES},
@@ -400,48 +402,13 @@ def _publish(tmp: Path, out: Path) -> None:
     tmp.rename(out)
 
 
-def _check_run_exists(store_url: str, run_name: str) -> None:
-    """Refuse a missing store or run without creating either (opening a PreferenceStore would)."""
+def _open_for_export(store_url: str, run_name: str) -> PreferenceStore:
+    """The store opened read-only (works on an archived, read-only run folder; creates nothing);
+    a missing store or run is a DatasetError, a locked or unreadable one says so."""
     try:
-        url = make_url(store_url)
-    except (ArgumentError, ValueError, TypeError) as exc:  # the URL is not echoed: it may hold a password
-        raise DatasetError(f"cannot parse the database URL ({exc}); pass --run-dir, or a URL like sqlite:///path") from None
-    if url.get_backend_name() == "sqlite":
-        database = url.database or ""
-        if database in ("", ":memory:") or "\x00" in database or not Path(database).is_file():
-            raise DatasetError(
-                f"there is no preference store at {database or store_url!r}; pass the run folder "
-                "(--run-dir) or the URL of the store that holds the run"
-            )
-        _preflight_sqlite_file(database)  # a corrupt or foreign file: refused, left untouched
-    try:
-        engine = create_engine(url)
-    except (ArgumentError, ImportError) as exc:
-        raise DatasetError(
-            f"cannot use database URL {url.render_as_string(hide_password=True)} ({exc}); prefloop "
-            "stores work on SQLite and PostgreSQL"
-        ) from None
-    try:
-        with engine.connect() as conn:
-            if runs_table.name not in inspect(conn).get_table_names():
-                raise DatasetError(
-                    f"the database {url.render_as_string(hide_password=True)} is not a prefloop "
-                    "preference store (it has no runs table)"
-                )
-            names = list(conn.scalars(select(runs_table.c.name).order_by(runs_table.c.name)))
-    except DBAPIError as exc:  # a damaged file or an unreachable server: one clear line
-        reason = (str(exc.orig).strip().splitlines() or ["unknown error"])[0][:300]
-        raise DatasetError(
-            f"cannot read the preference store {url.render_as_string(hide_password=True)}: "
-            f"{reason}. `prefloop doctor` checks a damaged store; restore it from a backup"
-        ) from None
-    finally:
-        engine.dispose()
-    if run_name not in names:
-        shown = ", ".join(repr(n) for n in names[:20]) or "none"
-        raise DatasetError(
-            f"the store has no run named {run_name!r} (its runs: {shown}); pass --run-name"
-        )
+        return PreferenceStore(store_url, run_name=run_name, read_only=True)
+    except (NoSuchStoreError, NoSuchRunError) as exc:
+        raise DatasetError(f"{exc}; pass the run folder (--run-dir) or the URL of the store that holds the run") from None
 
 
 @contextmanager

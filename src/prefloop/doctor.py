@@ -30,7 +30,6 @@ import shutil
 import sqlite3
 import sys
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -40,7 +39,13 @@ from typing import Any
 from sqlalchemy import and_, create_engine, func, inspect, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
+from prefloop import store as store_module
+from prefloop.checkpoints import checkpoint_problems
+from prefloop.config import config_differences
+from prefloop.credentials import CredentialsError, connect_url
+from prefloop.rundir import lock_holder
 from prefloop.serialization import array_from_bytes
 from prefloop.untrusted import excerpt
 from prefloop.store import (
@@ -58,11 +63,16 @@ from prefloop.store import (
     runs_table,
     segments_table,
     sqlite_url,
+    StoreError,
+    StoreReadOnlyError,
+    open_sqlite_read_only,
+    store_problem_kind,
 )
 
 ERROR = "error"  # data is damaged or unusable
 WARNING = "warning"  # the run works, but something needs attention (or a repair)
-SEVERITIES = (ERROR, WARNING)
+INFO = "info"  # routine, not a problem (e.g. leases left by a stopped app: the next claim takes them over)
+SEVERITIES = (ERROR, WARNING, INFO)
 TMP_GRACE_S = 120.0  # a younger .tmp checkpoint folder may still be written by a running trainer
 _SEGMENT_CHUNK = 200
 _MAX_LISTED = 10
@@ -98,10 +108,12 @@ class DoctorReport:
     checks: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the run is, when that is not obvious
+    repair_command: str = "prefloop doctor --repair"  # with the --run-dir / --db-url it was given
 
     @property
     def remaining(self) -> list[Finding]:
-        return [f for f in self.findings if not f.repaired]
+        """The problems left: neither repaired nor merely informational."""
+        return [f for f in self.findings if not f.repaired and f.severity != INFO]
 
     @property
     def healthy(self) -> bool:
@@ -165,7 +177,8 @@ def check_run(
     """
     if run_dir is None and db_url is None:
         raise ValueError("check_run needs a run folder (run_dir) or a database URL (db_url)")
-    report = DoctorReport(target=str(run_dir) if run_dir is not None else _safe_url(db_url or ""))
+    report = DoctorReport(target=str(run_dir) if run_dir is not None else _safe_url(db_url or ""),
+                          repair_command=_repair_command(run_dir, db_url, run_name))
     expects_store = True
     config: dict[str, Any] | None = None
     imported = False
@@ -188,11 +201,12 @@ def check_run(
                 db_url = sqlite_url(store_file)
     live_labels: dict[str, int] | None = None
     if db_url is not None and (expects_store or run_dir is None):
-        live_labels = _check_store(db_url, run_name, repair, clock(), report, missing_ok=run_dir is not None)
+        live_labels = _check_store(db_url, run_name, repair, clock(), report, missing_ok=run_dir is not None,
+                                   config=config)
     if run_dir is not None and not (imported and not (Path(run_dir) / "checkpoints").exists()):
         labels_in_store = None if live_labels is None or run_name is None else live_labels.get(run_name)
         # file times are real time, whatever clock the leases are judged by
-        _check_checkpoints(Path(run_dir), repair, time.time(), report, expects_store, labels_in_store)
+        _check_checkpoints(Path(run_dir), repair, time.time(), report, expects_store, labels_in_store, config)
     return report
 
 
@@ -273,8 +287,10 @@ def _imported_run(run_dir: Path, run_name: str | None, report: DoctorReport) -> 
 
 
 def _check_checkpoints(
-    run_dir: Path, repair: bool, now: float, report: DoctorReport, expects_store: bool, labels_in_store: int | None
+    run_dir: Path, repair: bool, now: float, report: DoctorReport, expects_store: bool, labels_in_store: int | None,
+    config: dict[str, Any] | None,
 ) -> None:
+    algo = config.get("algo") if config is not None and isinstance(config.get("algo"), str) else None
     report.checks.append("checkpoints")
     folder = run_dir / "checkpoints"
     if not folder.is_dir():
@@ -282,9 +298,14 @@ def _check_checkpoints(
                    f"create it (mkdir {folder}); --resume then starts the policy from scratch, labels are kept")
         return
     complete: list[Path] = []
+    trainer = lock_holder(run_dir)
     for path in sorted(folder.glob("step-*")):
         if path.suffix == ".tmp":
-            _leftover_tmp(path, repair, now, report)
+            if trainer is None:  # a running trainer's .tmp folder is its checkpoint being written
+                _leftover_tmp(path, repair, now, report)
+        elif path.suffix == ".damaged":
+            report.add(WARNING, "checkpoints", f"{path.name} was set aside by --resume because it does not load",
+                       f"inspect or delete {path}; the run continues from the checkpoints next to it")
         elif path.is_dir() and _CHECKPOINT_NAME.fullmatch(path.name) and (path / "state.json").is_file():
             complete.append(path)
         elif path.is_dir():
@@ -293,15 +314,20 @@ def _check_checkpoints(
     if not complete:
         return
     latest = complete[-1]
-    problems = _checkpoint_problems(latest, expects_store)
+    problems = checkpoint_problems(latest, reward_model=expects_store, algo=algo)
     if problems:
-        older = f"--resume then continues from {complete[-2].name}" if len(complete) > 1 else (
-            "--resume then starts the policy from scratch; labels are kept")
-        report.add(ERROR, "checkpoint_loads", f"latest checkpoint {latest.name}: {'; '.join(problems)}",
-                   f"move {latest} out of {folder}; {older}")
+        usable = next((c for c in reversed(complete[:-1])
+                       if not checkpoint_problems(c, reward_model=expects_store, algo=algo)), None)
+        older = (f"--resume skips it and continues from {usable.name} (it sets {latest.name} aside as "
+                 f"{latest.name}.damaged)") if usable is not None else (
+            "no checkpoint loads: --resume then starts the policy from scratch; labels are kept")
+        report.add(ERROR, "checkpoint_loads", f"latest checkpoint {latest.name}: {'; '.join(problems)}", older)
         return
+    state = json.loads((latest / "state.json").read_text())
+    for difference in config_differences(state.get("config"), config or {}):
+        report.add(ERROR, "config_matches_run", f"config.json differs from checkpoint {latest.name}: {difference}",
+                   "put the run's value back into config.json (--resume refuses it as it is)")
     if labels_in_store is not None:
-        state = json.loads((latest / "state.json").read_text())
         history = state.get("fit_history") or []
         trained_on = history[-1].get("labels") if history and isinstance(history[-1], dict) else None
         if isinstance(trained_on, (int, float)) and math.isfinite(trained_on) and trained_on > labels_in_store:
@@ -322,40 +348,11 @@ def _leftover_tmp(path: Path, repair: bool, now: float, report: DoctorReport) ->
         return
     if repair and age < TMP_GRACE_S:
         report.add(WARNING, "checkpoint_tmp", what + f", written {age:.0f} s ago: maybe a running trainer's",
-                   "stop `prefloop train` and run doctor --repair again")
+                   f"stop `prefloop train` and run `{report.repair_command}` again")
         return
     if repair:
         shutil.rmtree(path, ignore_errors=True)
     report.add(WARNING, "checkpoint_tmp", what, fix, repaired=repair and not path.exists())
-
-
-def _checkpoint_problems(checkpoint: Path, expects_store: bool) -> list[str]:
-    problems = []
-    try:
-        state = json.loads((checkpoint / "state.json").read_text())
-        if not isinstance(state, dict) or not isinstance(state.get("env_step"), int):
-            problems.append("state.json has no integer env_step")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.append(f"state.json does not parse ({exc})")
-    policy = checkpoint / "policy.zip"
-    if not policy.is_file():
-        problems.append("policy.zip is missing")
-    else:
-        try:
-            with zipfile.ZipFile(policy) as archive:
-                bad = archive.testzip()
-                if bad is not None or "data" not in archive.namelist():
-                    problems.append(f"policy.zip is damaged ({bad or 'no SB3 data entry'})")
-        except (OSError, zipfile.BadZipFile) as exc:
-            problems.append(f"policy.zip is not a readable zip ({exc})")
-    if expects_store:
-        from prefloop.reward_models import load_reward_model  # torch: only when there is one to load
-
-        try:
-            load_reward_model(checkpoint / "reward_model")
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            problems.append(f"reward_model does not load ({exc})")
-    return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,7 +360,8 @@ def _checkpoint_problems(checkpoint: Path, expects_store: bool) -> list[str]:
 
 
 def _check_store(
-    url: str, run_name: str | None, repair: bool, now: float, report: DoctorReport, *, missing_ok: bool
+    url: str, run_name: str | None, repair: bool, now: float, report: DoctorReport, *, missing_ok: bool,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, int] | None:
     """Run the store checks; returns live usable labels per run name, or None if unreadable."""
     try:
@@ -382,12 +380,18 @@ def _check_store(
             return None
         if not _sqlite_integrity(path, report):
             return None
-    engine = _engine(url, parsed.get_backend_name() == "sqlite")
+    try:
+        engine = _engine(url, parsed.get_backend_name() == "sqlite", repair)
+    except CredentialsError as exc:
+        report.add(ERROR, "store", str(exc), "pass a readable --db-password-file")
+        return None
     try:
         with engine.connect() as conn:
             if not _check_schema(conn, report):
                 return None
-            runs = _runs(conn, run_name, report)
+            runs = _runs(conn, run_name, report, from_config=config is not None)
+            if config is not None and runs:
+                _config_matches_store(conn, runs[0][0], config, report)
         live: dict[str, int] = {}
         _labels_on_unknown_pairs(engine, report)
         for run_id, name in runs:
@@ -397,12 +401,40 @@ def _check_store(
             _expired_leases(engine, run_id, name, repair, now, report)
             live[name] = _usable_labels(engine, run_id)
         return live
-    except SQLAlchemyError as exc:
-        report.add(ERROR, "store", f"reading the store failed: {type(exc).__name__}: {exc}".splitlines()[0],
-                   "restore the database from a backup; for SQLite, `sqlite3 prefs.sqlite .recover` salvages rows")
+    except (SQLAlchemyError, StoreError) as exc:
+        _store_failure(exc, report)
         return None
     finally:
         engine.dispose()
+
+
+def _store_failure(exc: BaseException, report: DoctorReport) -> None:
+    """A store that could not be read (or repaired): locked and read-only are not damage."""
+    kind = "read_only" if isinstance(exc, StoreReadOnlyError) else store_problem_kind(getattr(exc, "orig", exc))
+    reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    if kind == "busy":
+        report.add(ERROR, "store_locked", f"the store is locked by another process ({reason}); it was not checked, "
+                   "and nothing suggests damage", "wait until that process is done (or stop it), then run doctor again")
+    elif kind == "read_only":
+        report.add(ERROR, "store_read_only", f"the store cannot be written ({reason}), so --repair cannot fix it here; "
+                   "it is not damaged", "run `prefloop doctor --repair` on a writable copy of the run folder")
+    else:
+        report.add(ERROR, "store", f"reading the store failed: {type(exc).__name__}: {reason}",
+                   "restore the database from a backup; for SQLite, `sqlite3 prefs.sqlite .recover` salvages rows")
+
+
+def _repair_command(run_dir: str | os.PathLike[str] | None, db_url: str | None, run_name: str | None) -> str:
+    """``prefloop doctor ... --repair`` for what this check was given, ready to paste (no password)."""
+    import shlex
+
+    words = ["prefloop", "doctor"]
+    if run_dir is not None:
+        words += ["--run-dir", str(run_dir)]
+    if db_url is not None:
+        words += ["--db-url", _safe_url(db_url)]
+    if run_name is not None:
+        words += ["--run-name", run_name]
+    return shlex.join([*words, "--repair"])
 
 
 def _safe_url(url: str) -> str:
@@ -412,9 +444,15 @@ def _safe_url(url: str) -> str:
         return "<unparsable URL>"
 
 
-def _engine(url: str, is_sqlite: bool) -> Engine:
-    # Each repair is one UPDATE, atomic on its own; SQLite waits for a busy writer instead of failing.
-    return create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+def _engine(url: str, is_sqlite: bool, repair: bool) -> Engine:
+    """Read-only unless repairing (a SQLite file then opens on a read-only mount, too). Each
+    repair is one UPDATE, atomic on its own; SQLite waits for a busy writer instead of failing."""
+    parsed = make_url(connect_url(url))
+    if is_sqlite and not repair:
+        path = Path(parsed.database or "")
+        return create_engine("sqlite://", creator=lambda: open_sqlite_read_only(path), poolclass=NullPool)
+    return create_engine(parsed, connect_args={"timeout": store_module.SQLITE_BUSY_TIMEOUT_S} if is_sqlite
+                         else store_module.wait_limit_args(parsed))
 
 
 @contextmanager
@@ -433,10 +471,13 @@ def _sqlite_integrity(path: Path, report: DoctorReport) -> bool:
         report.add(ERROR, "sqlite_integrity", f"{path} is not a SQLite database (wrong header)", salvage)
         return False
     try:
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as raw:
+        with closing(open_sqlite_read_only(path)) as raw:
             rows = [r[0] for r in raw.execute("PRAGMA integrity_check(20)").fetchall()]
-    except sqlite3.DatabaseError as exc:
-        report.add(ERROR, "sqlite_integrity", f"{path} is corrupt: {exc}", salvage)
+    except (sqlite3.DatabaseError, StoreError) as exc:
+        if isinstance(exc, StoreError) or store_problem_kind(exc, str(path)) != "other":
+            _store_failure(exc, report)
+        else:
+            report.add(ERROR, "sqlite_integrity", f"{path} is corrupt: {exc}", salvage)
         return False
     if rows != ["ok"]:
         report.add(ERROR, "sqlite_integrity", f"{path} fails integrity_check: {'; '.join(rows[:5])}", salvage)
@@ -467,16 +508,36 @@ def _check_schema(conn: Connection, report: DoctorReport) -> bool:
     return True
 
 
-def _runs(conn: Connection, run_name: str | None, report: DoctorReport) -> list[tuple[int, str]]:
+def _runs(conn: Connection, run_name: str | None, report: DoctorReport, from_config: bool = False) -> list[tuple[int, str]]:
     query = select(runs_table.c.id, runs_table.c.name).order_by(runs_table.c.id)
     if run_name is not None:
         query = query.where(runs_table.c.name == run_name)
     runs = [(int(i), str(n)) for i, n in conn.execute(query).all()]
     if run_name is not None and not runs:
         names = list(conn.scalars(select(runs_table.c.name).limit(_MAX_LISTED)))
-        report.add(WARNING, "store", f"the store has no run named {run_name!r} (runs: {names})",
-                   "pass --run-name, or the run has not stored anything yet")
+        if from_config and names:  # a trainer creates its run as it creates the store: the name changed
+            report.add(ERROR, "config_matches_run",
+                       f"config.json names run {run_name!r}, but the store holds only runs {names}: config.json was "
+                       "edited, or the store belongs to another run",
+                       "put the run's name back into config.json (--resume refuses it as it is); no label is lost")
+        else:
+            report.add(WARNING, "store", f"the store has no run named {run_name!r} (runs: {names})",
+                       "pass --run-name, or the run has not stored anything yet")
     return runs
+
+
+def _config_matches_store(conn: Connection, run_id: int, config: dict[str, Any], report: DoctorReport) -> None:
+    """config.json against the copy of the config the trainer kept in the store (run meta)."""
+    report.checks.append("config_matches_run")
+    m = run_meta_table
+    recorded = conn.scalar(select(m.c.value).where(m.c.run_id == run_id, m.c.key == "config"))
+    try:
+        recorded_config = json.loads(recorded) if recorded else None
+    except ValueError:
+        recorded_config = None
+    for difference in config_differences(recorded_config, config):
+        report.add(ERROR, "config_matches_run", f"config.json differs from the run's record in the store: {difference}",
+                   "put the run's value back into config.json (--resume refuses it as it is)")
 
 
 def _ids(ids: list[int]) -> str:
@@ -603,7 +664,7 @@ def _pair_status(engine: Engine, run_id: int, name: str, repair: bool, report: D
         detail = "; ".join(why for _, why in wrong[:3])
         report.add(ERROR, "pair_status",
                    f"run {name!r}: {len(wrong)} pairs have a status their labels disagree with ({detail})",
-                   "run `prefloop doctor --repair` to recompute the status from the labels",
+                   f"run `{report.repair_command}` to recompute the status from the labels",
                    repaired=repair and fixed == len(wrong))
 
 
@@ -633,9 +694,12 @@ def _expired_leases(engine: Engine, run_id: int, name: str, repair: bool, now: f
             released = conn.execute(
                 update(p).where(expired, p.c.id.in_(ids)).values(status=PENDING, claimed_by=None, lease_expires_at=None)
             ).rowcount
-    report.add(WARNING, "expired_leases",
-               f"run {name!r}: {len(ids)} pairs are still leased to raters whose lease expired (pair ids {_ids(ids)})",
-               "run `prefloop doctor --repair` to release them (a rater claiming next also takes them over)",
+    # Routine after a stopped app or a closed tab: the next claim takes expired leases over, so
+    # this is information, not a problem (doctor still exits 0 for it).
+    report.add(INFO, "expired_leases",
+               f"run {name!r}: {len(ids)} pairs are still leased to raters whose lease expired (pair ids {_ids(ids)}); "
+               "the next rater to ask for a pair takes them over",
+               f"nothing needed; `{report.repair_command}` releases them now",
                repaired=repair and released == len(ids))
 
 

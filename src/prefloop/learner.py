@@ -7,12 +7,10 @@ state into the store (``progress`` meta) for the rater app's status line and das
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -25,6 +23,7 @@ from prefloop.reward_models import RewardEnsemble, RewardTrainer
 from prefloop.reward_scale import normalize_on_reference
 from prefloop.schedule import label_rounds
 from prefloop.semi_supervised import pseudo_labels
+from prefloop.serialization import strict_json
 from prefloop.store import PreferenceStore
 from prefloop.teachers import HUMAN_TEACHER, Teacher
 from prefloop.types import Choice, Segment, SegmentPair
@@ -134,17 +133,14 @@ class PreferenceLearner:
                 return
             if time.monotonic() - last_said > 10:
                 last_said = time.monotonic()
-                message = (
-                    f"waiting for raters ({what}): {counts['labels']} labels so far, "
-                    f"{counts['pending'] + counts['claimed']} pairs waiting in the rater app"
-                )
+                message = f"waiting for raters: {counts['answered']} of {self.pairs_asked()} pairs answered; {what}"
                 log.info("step %d: %s", env_step, message)
                 self.publish_progress("waiting_for_labels", env_step, curve, message)
             time.sleep(0.5)
 
     def publish_progress(self, status: str, env_step: int, curve: list, message: str = "") -> None:
         """The trainer's state for the rater app's status line and dashboard (run meta ``progress``)."""
-        self.store.set_meta("progress", json.dumps(_finite_json({
+        self.store.set_meta("progress", strict_json({
             "status": status,
             "env_step": int(env_step),
             "total_steps": int(self.config.steps or 0),
@@ -153,7 +149,7 @@ class PreferenceLearner:
             "curve": curve,
             "updated_at": time.time(),
             "message": message,
-        })))
+        }))
 
     def publish_rater_reliability(self, env_step: int) -> None:
         """Each rater's estimated reliability after the last fit (run meta ``rater_reliability``,
@@ -167,13 +163,13 @@ class PreferenceLearner:
             self._flagged_raters = flagged
             log.warning("step %d: raters flagged as unreliable (estimated error rate >= %.2f; their labels get weight 0, "
                         "none is deleted): %s", env_step, cfg.flag_error_rate, ", ".join(flagged) or "none")
-        self.store.set_meta("rater_reliability", json.dumps(_finite_json({
+        self.store.set_meta("rater_reliability", strict_json({
             "env_step": int(env_step),
             "flag_error_rate": cfg.flag_error_rate,
             "prior_error_rate": cfg.random_response / 2,
             "updated_at": time.time(),
             "raters": [e.to_json() for e in estimates],
-        })))
+        }))
 
     def fit(self, env_step: int) -> dict[str, float]:
         """Train the reward model on every label so far and rescale its output on the fixed reference set."""
@@ -213,17 +209,6 @@ class PreferenceLearner:
         }
         self.fit_history.append(stats)
         return stats
-
-
-def _finite_json(value: Any) -> Any:
-    """``value`` with every nan/inf float replaced by None, so it is strict JSON for any reader."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_json(v) for v in value]
-    return value
 
 
 def gold_pairs(candidates: list[Segment], n: int, rng: np.random.Generator) -> list[tuple[Segment, Segment, Choice]]:

@@ -18,6 +18,7 @@ the same algorithm, hyper-parameters, steps and evaluation, so the two are direc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -35,9 +36,12 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from prefloop.algos import algorithm_class, check_algorithm_fits, is_off_policy, make_algorithm, relabel_replay_buffer
-from prefloop.callbacks import CheckpointCallback, CurveCallback, PreferenceCallback, RunState
+from prefloop.callbacks import (CheckpointCallback, CurveCallback, PreferenceCallback, RunState, StepLimitCallback,
+                                StepProgressBar)
+from prefloop.checkpoints import CheckpointChoice, newest_usable_checkpoint
 from prefloop.clock_rater import ClockRater
-from prefloop.config import TrainConfig
+from prefloop.config import ConfigError, TrainConfig, config_differences
+from prefloop.credentials import url_password, url_without_password
 from prefloop.human_time import human_time
 from prefloop.envs import EnvSpec, SegmentBuffer, VecLearnedReward, VecSegmentRecorder, check_can_render, make_env
 from prefloop.exploration import StateEntropyReward, SwitchableReward
@@ -46,9 +50,9 @@ from prefloop.plots import plot_learning_curve
 from prefloop.query import QueryRule
 from prefloop.reward_models import RewardEnsemble, load_reward_model
 from prefloop.resume_state import restore_resume_state
-from prefloop.rundir import RunDir
+from prefloop.rundir import RunDir, RunDirError
 from prefloop.schedule import LabelRound, label_rounds
-from prefloop.store import PreferenceStore, sqlite_url
+from prefloop.store import PreferenceStore, check_store_url, sqlite_url
 from prefloop.teacher_specs import build_simulated_teacher
 from prefloop.teachers import HUMAN_TEACHER, RECORDED_PREFIX, Teacher
 
@@ -115,8 +119,10 @@ def initial_random_steps(config: TrainConfig) -> int:
     if config.unsupervised_steps:
         return 0
     # enough for ~40 segments, and for every parallel env to get past its first cut (2 L steps)
-    wanted = max(int(0.02 * config.steps), 40 * config.segment_length, 3 * config.segment_length * (config.n_envs or 1))
-    return min(wanted, int(0.1 * config.steps))
+    n_envs = config.n_envs or 1
+    wanted = max(int(0.02 * config.steps), 40 * config.segment_length, 3 * config.segment_length * n_envs)
+    steps = min(wanted, int(0.1 * config.steps))
+    return max(n_envs, steps - steps % n_envs)  # what collect_random plays: whole steps of every env
 
 
 def collect_random(venv: VecEnv, steps: int, seed: int) -> None:
@@ -136,19 +142,6 @@ def train(
     on_ready: Callable[[RunDir, str, str], None] | None = None,
     query_rule: QueryRule | None = None,
 ) -> RunResult:
-    """See :func:`_train`; a simulated rater started for the run is stopped however it ends."""
-    with contextlib.ExitStack() as cleanup:
-        return _train(config, resume=resume, on_ready=on_ready, cleanup=cleanup, query_rule=query_rule)
-
-
-def _train(
-    config: TrainConfig,
-    *,
-    resume: bool,
-    on_ready: Callable[[RunDir, str, str], None] | None,
-    cleanup: contextlib.ExitStack,
-    query_rule: QueryRule | None = None,
-) -> RunResult:
     """Run one whole preference-learning run (or true-reward baseline) and write its run folder.
 
     Args:
@@ -159,22 +152,48 @@ def _train(
         query_rule: your own pair selection (:class:`prefloop.query.QueryRule`) instead of
             ``config.query``'s.
 
+    The run folder is locked for the whole call (:meth:`RunDir.owned`): a second trainer on
+    it is refused with this one's PID. A simulated rater started for the run is stopped however
+    it ends.
+
     Raises:
-        prefloop.rundir.RunDirError: the folder exists without ``resume`` (or is missing with it).
+        prefloop.rundir.RunDirError: the folder exists without ``resume`` (or is missing with it),
+            another trainer holds it, or (resume) the run is finished.
         prefloop.envs.EnvSetupError, prefloop.algos.AlgorithmError, ConfigError, ...: bad input,
-            raised before anything is written.
+            raised before anything is written; with ``resume`` that includes a config.json that
+            disagrees with the run's store or checkpoint.
     """
+    run_dir = RunDir(Path(config.run_dir))
+    with run_dir.owned(existing=resume), contextlib.ExitStack() as cleanup:
+        return _train(config, run_dir, resume=resume, on_ready=on_ready, cleanup=cleanup, query_rule=query_rule)
+
+
+def _train(
+    config: TrainConfig,
+    run_dir: RunDir,
+    *,
+    resume: bool,
+    on_ready: Callable[[RunDir, str, str], None] | None,
+    cleanup: contextlib.ExitStack,
+    query_rule: QueryRule | None = None,
+) -> RunResult:
     started = time.perf_counter()
     cpu_started = time.process_time()
-    run_dir = RunDir(Path(config.run_dir))
+    given = config
     config = (run_dir.load_config() if resume else config).resolve()
+    if resume:
+        config = with_given_password(config, given.db_url)
     assert config.steps is not None and config.n_envs is not None and config.algo is not None
     torch.set_num_threads(config.torch_threads)
     spec = EnvSpec(config.env_id, config.env_kwargs)
     venv = build_vec_env(spec, config.n_envs, config.seed)
     teacher = check_run_inputs(config, spec, venv)
-    checkpoint = run_dir.latest_checkpoint() if resume else None
-    if not resume:
+    checkpoint: Path | None = None
+    if resume:
+        choice = check_resume(run_dir, config)  # reads only; refuses before anything is written
+        checkpoint = choice.checkpoint
+        set_aside_damaged(choice)
+    else:
         run_dir.create(config)
     log.info("run folder: %s", run_dir.path)
 
@@ -217,11 +236,11 @@ def _train(
             clock_rater.start()
         if clock_raters:
             learner.check_raters = lambda: [r.check_alive() for r in clock_raters] and None
-    state = RunState(run_dir, curve, initial_steps)
+    state = RunState(run_dir, curve, initial_steps, config.to_json())
 
     cls = algorithm_class(config.algo)
     if checkpoint is not None:
-        saved = json.loads((checkpoint / "state.json").read_text())
+        saved = choice.state
         curve.extend(saved.get("curve", []))
         state.initial_steps = initial_steps = int(saved.get("initial_steps", initial_steps))
         model = cls.load(checkpoint / "policy.zip", env=env, tensorboard_log=str(run_dir.tensorboard_dir))
@@ -255,15 +274,21 @@ def _train(
     if learner is not None:
         callbacks.append(PreferenceCallback(learner, rounds, initial_steps, state))
     callbacks.append(CheckpointCallback(state, learner, initial_steps, config.checkpoint_every or max(1, config.steps // 10)))
+    callbacks.append(StepLimitCallback(initial_steps, config.steps))
+    if config.progress_bar:  # paced by people (no simulated teacher): an ETA would be a guess
+        callbacks.append(StepProgressBar(initial_steps, config.steps, with_eta=learner is None or learner.teacher is not None))
     if remaining > 0:
         model.learn(
             total_timesteps=remaining,
             callback=CallbackList(callbacks),
-            progress_bar=config.progress_bar,
+            progress_bar=False,
             reset_num_timesteps=model.num_timesteps == 0,
             tb_log_name="policy",
         )
     final_step = initial_steps + int(model.num_timesteps)
+    if final_step != config.steps:
+        log.info("ran %d env steps for steps=%d: the %d parallel envs step together, so the total is a whole "
+                 "number of their steps", final_step, config.steps, config.n_envs)
     state.checkpoint(model, learner, final_step)
     withdrawn = 0
     if learner is not None:
@@ -302,6 +327,59 @@ def _train(
     return result
 
 
+def with_given_password(config: TrainConfig, given_url: str | None) -> TrainConfig:
+    """The resumed ``config`` (its ``db_url`` saved without password) with the password of the
+    same URL given again on this command line, if it was; the environment's otherwise."""
+    if config.db_url and given_url and url_password(given_url) and url_without_password(given_url) == config.db_url:
+        return dataclasses.replace(config, db_url=given_url)
+    return config
+
+
+def check_resume(run_dir: RunDir, config: TrainConfig) -> CheckpointChoice:
+    """Everything ``--resume`` checks before it writes anything; returns the checkpoint to use.
+
+    Refuses (one line each) a finished run (its summary stays as it is), a config.json that
+    disagrees with the run's own record in its store or checkpoint (an edited env id or run name),
+    and a store that does not hold the run. Says which checkpoint it uses when newer ones do not
+    load (a truncated file), and falls back to the newest that does.
+    """
+    if run_dir.summary_path.exists():
+        raise RunDirError(
+            f"run {run_dir.path} is finished: summary.json holds its result and nothing was changed. "
+            "To train further start a new run (new --run-dir); to rate or see its dashboard use "
+            f"`prefloop rate --run-dir {run_dir.path}`"
+        )
+    current = config.to_json()
+    preferences = config.reward_source == "preferences"
+    choice = newest_usable_checkpoint(run_dir, reward_model=preferences, algo=config.algo)
+    for path, why in choice.skipped:
+        log.warning("checkpoint %s does not load (%s); it is skipped and kept as %s.damaged", path.name, why, path.name)
+    if choice.skipped:
+        to = choice.checkpoint.name if choice.checkpoint is not None else "the start (no checkpoint loads; labels are kept)"
+        log.warning("resuming from %s", to)
+    differences = config_differences(choice.state.get("config"), current)
+    if preferences:
+        url = config.db_url or sqlite_url(run_dir.store_path)
+        if config.db_url or run_dir.store_path.exists():
+            with PreferenceStore(url, run_name=config.run_name or "default", read_only=True) as store:
+                recorded = store.get_meta("config")
+            differences += config_differences(json.loads(recorded) if recorded else None, current)
+    if differences:
+        raise ConfigError(
+            f"{run_dir.config_path} does not match the run it belongs to ({'; '.join(dict.fromkeys(differences))}): "
+            "it was edited or copied from another run. Put the run's values back (nothing was changed), "
+            "or start a new run with the new settings"
+        )
+    return choice
+
+
+def set_aside_damaged(choice: CheckpointChoice) -> None:
+    """Rename checkpoints that do not load to ``<name>.damaged``: kept for inspection, never
+    resumed from, and not counted among the newest checkpoints the run keeps."""
+    for path, _why in choice.skipped:
+        path.rename(path.with_name(path.name + ".damaged"))
+
+
 def check_run_inputs(config: TrainConfig, spec: EnvSpec, venv: VecEnv) -> Teacher | None:
     """Refuse bad input before anything is written; returns the simulated teacher (None: humans)."""
     assert config.algo is not None
@@ -309,7 +387,7 @@ def check_run_inputs(config: TrainConfig, spec: EnvSpec, venv: VecEnv) -> Teache
     if config.reward_source != "preferences":
         return None
     if config.db_url:
-        PreferenceStore(config.db_url, run_name=config.run_name or "default").close()
+        check_store_url(config.db_url)
     if config.teacher == HUMAN_TEACHER:
         check_can_render(spec)
         return None
@@ -352,7 +430,7 @@ def first_labels(
         learner.ask(first_round.cumulative_labels, env_step)
     asked = learner.pairs_asked()
     needed = asked if config.when_behind == "wait" else min(asked, config.min_initial_labels)  # pace, continue
-    learner.wait_for_raters(lambda c: c["labels"] >= needed, f"{needed} labels before the policy starts", env_step, curve)
+    learner.wait_for_raters(lambda c: c["labels"] >= needed, f"the policy starts training once {needed} labels are in", env_step, curve)
     learner.fit(env_step)
     learner.publish_progress("training", env_step, curve)
 

@@ -20,7 +20,9 @@ Two modifiers combine with any method (written ``method+qpa+surf`` in the CLI an
   ``prefloop.semi_supervised``); only uncertain ones go to the teacher.
 
 Without a reward model yet (``preference_probs=None``: the first round, an untrained ensemble)
-every method falls back to uniform. Users plug in their own rule through :class:`QueryRule`.
+every method falls back to uniform (``select_pairs(..., preference_probs=None)``); from the second
+round on the trained ensemble scores the candidates. ``disagreement`` needs at least two members
+(``TrainConfig`` refuses one). Users plug in their own rule through :class:`QueryRule`.
 
 Pairs whose two clips a person could not tell apart (both episodes end in the first frames, or the
 same observations; see :mod:`prefloop.distinguishable`) are never candidates

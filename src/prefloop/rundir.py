@@ -7,6 +7,11 @@
       tb/                  TensorBoard logs
       summary.json         the result, written at the end
       learning_curve.png   true (and learned) episode return vs. env steps
+      .trainer.lock        held (``flock``) by the one trainer writing the folder; holds its PID
+
+One trainer at a time: ``train``/``run`` (new or ``--resume``) hold an OS lock on ``.trainer.lock``
+for as long as they run; the kernel drops it when the process ends, however it ends, so there is
+never a stale lock to remove. A second trainer is refused with the holder's PID.
 
 A checkpoint is written into a fresh ``step-<N>.tmp`` folder, flushed to disk, and renamed to
 ``step-<N>`` only when complete (an atomic rename), so a crash mid-write never hides or damages the
@@ -18,28 +23,96 @@ complete; ``*.tmp`` leftovers of crashes are removed at the next checkpoint.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from prefloop.serialization import strict_json
 
 if TYPE_CHECKING:
     from prefloop.config import TrainConfig
 
 KEEP_CHECKPOINTS = 2
 _COMPLETE_NAME = re.compile(r"step-\d+")
-_LEFTOVERS_OF_CREATE = {"config.json.tmp", "checkpoints"}
+LOCK_NAME = ".trainer.lock"
+_LEFTOVERS_OF_CREATE = {"config.json.tmp", "checkpoints", LOCK_NAME}
 
 
 class RunDirError(RuntimeError):
     """The run folder is not in the state the command needs; the message says what to do."""
 
 
+class RunDirBusyError(RunDirError):
+    """Another process is training in this run folder (it holds the folder's lock)."""
+
+
 class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._lock_fd: int | None = None
+        self._owning = False  # inside owned(): create() takes the lock
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_NAME
+
+    @contextmanager
+    def owned(self, *, existing: bool) -> Iterator["RunDir"]:
+        """Hold the folder's trainer lock for the ``with`` block.
+
+        ``existing=True`` (resume): taken at once, before anything in the folder is read.
+        ``existing=False`` (a new run): :meth:`create` takes it once the folder exists.
+
+        Raises:
+            RunDirBusyError: another trainer holds it (the message names its PID).
+            RunDirError: the folder is read-only (a resume has to write checkpoints there).
+        """
+        if existing and self.config_path.is_file():  # else load_config says what is wrong
+            self._acquire_lock()
+        self._owning = True
+        try:
+            yield self
+        finally:
+            self._owning = False
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # closing releases the flock
+                self._lock_fd = None
+
+    def _acquire_lock(self) -> None:
+        if self._lock_fd is not None:
+            return
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise RunDirError(
+                    f"run folder {self.path} is read-only ({exc.strerror}): training writes checkpoints "
+                    "there. Copy the folder somewhere writable to continue it; `prefloop export` and "
+                    "`prefloop doctor` work on it as it is"
+                ) from None
+            raise RunDirError(f"cannot open {self.lock_path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = lock_holder(self.path)
+            who = f"PID {holder}" if holder and holder > 0 else "another process"
+            raise RunDirBusyError(
+                f"run folder {self.path} is in use by another trainer ({who}); nothing was changed. "
+                "Wait for it to finish (or stop it), then continue with --resume; or choose a new --run-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
 
     @property
     def config_path(self) -> Path:
@@ -67,12 +140,21 @@ class RunDir:
         A folder holding only what an interrupted ``create`` leaves (no ``config.json`` yet) counts
         as empty, so a run killed while starting can simply be started again.
         """
+        if self.path.is_dir() and lock_holder(self.path) is not None:
+            self._acquire_lock()  # raises RunDirBusyError naming the trainer
         if self.path.exists() and (not self.path.is_dir() or not self._unstarted()):
             raise RunDirError(
                 f"run folder {self.path} already exists. Pass --resume to continue that run, "
                 "or choose a new --run-dir (nothing in it was changed)."
             )
         self.path.mkdir(parents=True, exist_ok=True)
+        if self._owning:
+            self._acquire_lock()
+        if not self._unstarted():  # another trainer created it between the check and the lock
+            raise RunDirError(
+                f"run folder {self.path} already exists. Pass --resume to continue that run, "
+                "or choose a new --run-dir (nothing in it was changed)."
+            )
         # config.json first and atomically: once it exists the folder is a resumable run.
         tmp = self.path / "config.json.tmp"
         config.save(tmp)
@@ -112,7 +194,7 @@ class RunDir:
             self._discard(final)
         tmp_dir.rename(final)
         _fsync_dir(self.checkpoints_dir)
-        for old in self._complete_checkpoints()[:-KEEP_CHECKPOINTS]:
+        for old in self.complete_checkpoints()[:-KEEP_CHECKPOINTS]:
             self._discard(old)
         for leftover in self.checkpoints_dir.glob("*.tmp"):
             shutil.rmtree(leftover, ignore_errors=True)
@@ -128,10 +210,10 @@ class RunDir:
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint, or None when the run has none yet."""
-        complete = self._complete_checkpoints()
+        complete = self.complete_checkpoints()
         return complete[-1] if complete else None
 
-    def _complete_checkpoints(self) -> list[Path]:
+    def complete_checkpoints(self) -> list[Path]:
         if not self.checkpoints_dir.is_dir():
             return []
         found = [
@@ -141,7 +223,26 @@ class RunDir:
         return sorted(found)
 
     def write_result(self, result: dict[str, Any]) -> None:
-        write_atomic(self.summary_path, json.dumps(result, indent=2))
+        write_atomic(self.summary_path, strict_json(result, indent=2))
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """PID of the trainer holding ``run_dir``'s lock, or None when no process holds it."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            text = os.read(fd, 32).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _fsync_tree(folder: Path) -> None:

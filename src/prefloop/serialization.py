@@ -3,11 +3,16 @@
 The format is NumPy's own ``.npy`` (``np.save``), which records dtype, byte order and shape, so an
 array comes back exactly as it went in. Pickle is never used in either direction: loading runs with
 ``allow_pickle=False``, so a tampered database cannot execute code.
+
+:func:`strict_json` is the one way the project writes JSON files: never a bare ``NaN``.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import math
+from typing import Any
 
 import numpy as np
 
@@ -46,3 +51,19 @@ def array_from_bytes(data: bytes | bytearray | memoryview) -> np.ndarray:
             f"stored array bytes are not a valid pickle-free .npy payload ({exc}); "
             "the database row is damaged or was not written by prefloop"
         ) from exc
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every nan/inf float replaced by None, so it is strict JSON for any reader."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of ``value`` as valid JSON: nan/inf become null (never a bare ``NaN``)."""
+    return json.dumps(finite_json(value), allow_nan=False, **kwargs)

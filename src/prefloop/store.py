@@ -72,6 +72,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from prefloop.credentials import ENV_DB_PASSWORD, CredentialsError, connect_url
 
 from prefloop.serialization import array_from_bytes, array_to_bytes
 from prefloop.types import Choice, Label, LabeledPair, Segment, SegmentPair
@@ -115,6 +118,23 @@ class StoreError(Exception):
 
 class NotAPreferenceStoreError(StoreError):
     """The database is not a prefloop store (corrupt file, not SQLite, or another app's tables)."""
+
+
+class NoSuchStoreError(StoreError):
+    """A store opened read-only does not exist (nothing is created)."""
+
+
+class NoSuchRunError(StoreError):
+    """A store opened read-only has no run of the name asked for (nothing is created)."""
+
+
+class StoreBusyError(StoreError):
+    """Another process holds the store's lock longer than the busy timeout; nothing is damaged."""
+
+
+class StoreReadOnlyError(StoreError):
+    """The store cannot be written (read-only mount, file permissions, read-only database or
+    user); nothing is damaged, and reading it (export, doctor) works."""
 
 
 class LeaseError(StoreError):
@@ -287,6 +307,12 @@ class PreferenceStore:
         run_name: the run whose rows this store reads and writes; created if new.
         clock: returns the time in unix seconds; every timestamp and lease uses it (inject a
             fake clock to test lease expiry).
+        read_only: only read (export, doctor): nothing is created, not even the run (a missing
+            one raises :class:`NoSuchRunError`); a SQLite file on a read-only mount is opened
+            ``immutable``. Write methods then fail.
+
+    A URL without a password takes it from ``$PREFLOOP_DB_PASSWORD`` or the file named by
+    ``$PREFLOOP_DB_PASSWORD_FILE`` (see :mod:`prefloop.credentials`); :attr:`url` never shows it.
 
     Thread-safe: every call takes its own pooled connection. Do not share across ``fork``.
     Segments it returns may be shared between calls (decoded ones are cached): treat them as
@@ -295,11 +321,18 @@ class PreferenceStore:
     Raises:
         NotAPreferenceStoreError: the file is not SQLite, is corrupt, or the database holds
             another application's tables; nothing is written to it.
+        StoreBusyError: another process holds the database locked for longer than the busy timeout.
+        StoreReadOnlyError: opened for writing where nothing may be written.
         StoreError: bad URL, missing folder, or a schema from another prefloop version.
     """
 
     def __init__(
-        self, url: str, run_name: str = "default", *, clock: Callable[[], float] = time.time
+        self,
+        url: str,
+        run_name: str = "default",
+        *,
+        clock: Callable[[], float] = time.time,
+        read_only: bool = False,
     ) -> None:
         if (
             not isinstance(run_name, str)
@@ -311,30 +344,32 @@ class PreferenceStore:
                 "run_name must be a non-empty string of at most 200 printable characters, got "
                 f"{_short(run_name)}"
             )
-        try:
-            parsed = make_url(url)
-        except (ArgumentError, ValueError, TypeError) as exc:
-            # The URL is not echoed: it may hold a password.
-            raise StoreError(
-                f"cannot parse the database URL ({exc}); use sqlite_url(path) for a file "
-                "or 'postgresql+psycopg://user:password@host/dbname'"
-            ) from None
+        parsed = _parse_url(url)
         self._clock = clock
         self._run_name = run_name
         self._url = parsed
+        self._read_only = read_only
         self._is_sqlite = parsed.get_backend_name() == "sqlite"
         if self._is_sqlite:
-            _preflight_sqlite_file(parsed.database)
+            _preflight_sqlite_file(parsed.database, must_exist=read_only)
+            if not read_only:
+                self._check_writable()
 
         try:
-            self._engine: Engine = create_engine(parsed)
+            if self._is_sqlite and read_only and parsed.database not in (None, "", ":memory:"):
+                path = Path(str(parsed.database))
+                self._engine: Engine = create_engine(
+                    "sqlite://", creator=lambda: open_sqlite_read_only(path), poolclass=NullPool
+                )
+            else:
+                self._engine = create_engine(parsed, connect_args=wait_limit_args(parsed))
         except (ArgumentError, ImportError) as exc:
             raise StoreError(
                 f"cannot use database URL {self.url} ({exc}); prefloop stores work on SQLite "
                 "(sqlite:///path) and PostgreSQL (postgresql+psycopg://...)"
             ) from None
         if self._is_sqlite:
-            event.listen(self._engine, "connect", _on_sqlite_connect)
+            event.listen(self._engine, "connect", _on_sqlite_connect_read_only if read_only else _on_sqlite_connect)
             event.listen(self._engine, "begin", _on_sqlite_begin)
         # Same pool and events; the option only tells SQLite to take the write lock up front.
         self._write_engine = self._engine.execution_options(**{_WRITE_OPTION: True})
@@ -342,20 +377,18 @@ class PreferenceStore:
         self._segment_cache: OrderedDict[int, Segment] = OrderedDict()
         self._cache_lock = threading.Lock()
         try:
-            self._ensure_schema()
-            self._run_id = self._get_or_create_run(run_name)
+            if read_only:
+                with self._read() as conn:
+                    self._check_or_create_schema(conn, create=False)
+                self._run_id = self._find_run(run_name)
+            else:
+                self._ensure_schema()
+                self._run_id = self._get_or_create_run(run_name)
+                if not self._is_sqlite:
+                    self._check_writable()
         except DBAPIError as exc:
             self._engine.dispose()
-            reason = (str(exc.orig).strip().splitlines() or ["unknown error"])[0][:300]
-            if self._is_sqlite:
-                raise StoreError(
-                    f"cannot open the preference store {parsed.database}: {reason}. The file is "
-                    "damaged: `prefloop doctor` shows what is wrong; restore it from a backup"
-                ) from exc
-            raise StoreError(
-                f"cannot open the preference store {self.url}: {reason}. Check that the server "
-                "runs and the URL (host, port, user, database) is right"
-            ) from exc
+            raise store_open_error(exc, self.url, parsed.database if self._is_sqlite else None) from exc
         except BaseException:
             self._engine.dispose()
             raise
@@ -402,6 +435,25 @@ class PreferenceStore:
         with self._write_engine.begin() as conn:
             yield conn
 
+    def _check_writable(self) -> None:
+        """Refuse a store that cannot be written now, not when the first label is written: a
+        SQLite file or folder that may not be written (a read-only mount; SQLite would open it
+        read-only without a word), a read-only PostgreSQL database or a user who may not insert."""
+        if self._is_sqlite:
+            database = str(self._url.database or "")
+            if database not in ("", ":memory:") and not database.startswith("file:") and _sqlite_not_writable(Path(database)):
+                raise read_only_error(database, "the file or its folder may not be written")
+            return
+        if self._url.get_backend_name() != "postgresql":
+            return
+        with self._read() as conn:
+            read_only, may_insert = conn.exec_driver_sql(
+                "SELECT current_setting('transaction_read_only'), has_table_privilege('labels', 'INSERT')"
+            ).one()
+        if read_only == "on" or not may_insert:
+            why = "the database is read-only" if read_only == "on" else "the database user may not insert labels"
+            raise read_only_error(self.url, why)
+
     def read_transaction(self) -> "contextlib.AbstractContextManager[Connection]":
         """One consistent read transaction on this store's database (for bulk readers like export)."""
         return self._read()
@@ -427,8 +479,10 @@ class PreferenceStore:
                 if attempt == 1:
                     raise
 
-    def _check_or_create_schema(self, conn: Connection) -> None:
+    def _check_or_create_schema(self, conn: Connection, create: bool = True) -> None:
         tables = set(inspect(conn).get_table_names())
+        if not tables and not create:
+            raise StoreError(f"database {self.url} is empty: it holds no prefloop store yet; nothing was changed")
         if not tables:
             metadata.create_all(conn)
             conn.execute(
@@ -457,17 +511,32 @@ class PreferenceStore:
                 f"{meta.get('schema_version')!r}, this prefloop reads version {SCHEMA_VERSION}; "
                 "open it with the prefloop version that wrote it, or start a new store."
             )
-        _allow_withdrawn_status(conn)
-        added = [t for t in _ADDED_TABLES if t.name not in tables]
+        if create:  # a reader never changes the schema
+            _allow_withdrawn_status(conn)
+        added = [t for t in _ADDED_TABLES if t.name not in tables] if create else []
         for table in added:
             table.create(conn)
         tables |= {t.name for t in added}
-        missing = sorted(t.name for t in metadata.sorted_tables if t.name not in tables)
+        missing = sorted(
+            t.name for t in metadata.sorted_tables if t.name not in tables and (create or t not in _ADDED_TABLES)
+        )
         if missing:
             raise StoreError(
                 f"database {self.url} is a damaged prefloop store: tables {missing} are missing; "
                 "restore it from a backup or start a new store"
             )
+
+    def _find_run(self, name: str) -> int:
+        with self._read() as conn:
+            run_id = conn.scalar(select(runs_table.c.id).where(runs_table.c.name == name))
+            if run_id is None:
+                names = list(conn.scalars(select(runs_table.c.name).order_by(runs_table.c.id).limit(10)))
+        if run_id is None:
+            raise NoSuchRunError(
+                f"the store {self.url} has no run named {_short(name)} (its runs: {', '.join(map(_short, names)) or 'none'}); "
+                "pass the run's --run-name, or check that config.json names the run the store holds"
+            )
+        return int(run_id)
 
     def _get_or_create_run(self, name: str) -> int:
         for attempt in range(2):
@@ -1549,16 +1618,190 @@ def _on_sqlite_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
-def _preflight_sqlite_file(database: str | None) -> None:
+
+def _parse_url(url: str) -> URL:
+    """The URL to connect with (password from the environment added, see :func:`connect_url`)."""
+    try:
+        return make_url(connect_url(url))
+    except CredentialsError as exc:
+        raise StoreError(str(exc)) from None
+    except (ArgumentError, ValueError, TypeError):
+        # Neither the URL nor the parser's message (which quotes it) is echoed: it may hold a password.
+        raise StoreError(
+            "cannot parse the database URL; use sqlite_url(path) for a file "
+            "or 'postgresql+psycopg://user@host/dbname' (password in $PREFLOOP_DB_PASSWORD)"
+        ) from None
+
+
+def wait_limit_args(url: URL) -> dict[str, Any]:
+    """Connection arguments that bound how long a statement waits for another process's lock on
+    PostgreSQL (``lock_timeout``, as SQLite's ``busy_timeout``), so a table locked elsewhere is
+    reported as locked instead of hanging; a URL that sets its own ``options`` keeps them."""
+    if url.get_backend_name() != "postgresql" or "options" in url.query:
+        return {}
+    return {"options": f"-c lock_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}"}
+
+
+def check_store_url(url: str) -> None:
+    """Check that ``url`` can hold a prefloop store -- reachable, and empty or a prefloop store --
+    without writing anything (before a run has validated all its input).
+
+    Raises:
+        StoreError (or a subclass): the problem in one line, as :class:`PreferenceStore` says it.
+    """
+    parsed = _parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        _preflight_sqlite_file(parsed.database)
+        return
+    try:
+        engine = create_engine(parsed, poolclass=NullPool, connect_args=wait_limit_args(parsed))
+    except (ArgumentError, ImportError) as exc:
+        raise StoreError(
+            f"cannot use database URL {parsed.render_as_string(hide_password=True)} ({exc}); prefloop "
+            "stores work on SQLite (sqlite:///path) and PostgreSQL (postgresql+psycopg://...)"
+        ) from None
+    try:
+        with engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+    except DBAPIError as exc:
+        raise store_open_error(exc, parsed.render_as_string(hide_password=True), None) from exc
+    finally:
+        engine.dispose()
+    if tables and META_TABLE not in tables:
+        raise NotAPreferenceStoreError(
+            f"database {parsed.render_as_string(hide_password=True)} already holds tables "
+            f"({', '.join(sorted(tables)[:5])}) but no '{META_TABLE}' table, so it belongs to another "
+            "application; nothing was changed. Point prefloop at a new file or an empty database."
+        )
+
+
+# SQLite result codes (the low byte of an extended code) and PostgreSQL SQLSTATEs of the problems
+# that are not damage: another process holding a lock, and a store that may not be written.
+_SQLITE_BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
+_SQLITE_READONLY = 8
+_SQLITE_CANTOPEN = 14
+_PG_BUSY_STATES = {"55P03", "57014"}  # lock_not_available, query_canceled (lock/statement timeout)
+_PG_READONLY_STATES = {"25006", "42501"}  # read_only_sql_transaction, insufficient_privilege
+
+
+def store_problem_kind(error: BaseException | None, sqlite_path: str | None = None) -> str:
+    """``"busy"`` (locked by another process), ``"read_only"`` (may not be written), or
+    ``"other"`` (damage, a wrong URL, a server down) for a database driver's exception."""
+    code = getattr(error, "sqlite_errorcode", None)
+    text = str(error).lower()
+    if isinstance(code, int):
+        base = code & 0xFF
+        if base in _SQLITE_BUSY_CODES:
+            return "busy"
+        if base == _SQLITE_READONLY:
+            return "read_only"
+        if base == _SQLITE_CANTOPEN and sqlite_path and _sqlite_not_writable(Path(sqlite_path)):
+            return "read_only"
+        return "other"
+    state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    if state in _PG_BUSY_STATES or "database is locked" in text:
+        return "busy"
+    if state in _PG_READONLY_STATES or "readonly database" in text or "read-only" in text:
+        return "read_only"
+    return "other"
+
+
+def _sqlite_not_writable(path: Path) -> bool:
+    folder = path.parent
+    return path.is_file() and (not os.access(folder, os.W_OK) or not os.access(path, os.W_OK))
+
+
+def store_open_error(exc: DBAPIError, shown_url: str, sqlite_path: str | None) -> StoreError:
+    """The one-line error for a store that failed to open (or to be read): locked, read-only,
+    damaged or unreachable, each with its own advice."""
+    reason = (str(exc.orig).strip().splitlines() or ["unknown error"])[0][:300]
+    where = sqlite_path or shown_url
+    kind = store_problem_kind(exc.orig, sqlite_path)
+    if kind == "busy":
+        return _busy_error(where, reason)
+    if kind == "read_only":
+        return read_only_error(where, reason)
+    if sqlite_path:
+        return StoreError(
+            f"cannot open the preference store {sqlite_path}: {reason}. The file is damaged: "
+            "`prefloop doctor` shows what is wrong; restore it from a backup"
+        )
+    return StoreError(
+        f"cannot open the preference store {shown_url}: {reason}. Check that the server runs and the "
+        f"URL (host, port, user, database) is right; a password goes in ${ENV_DB_PASSWORD} or "
+        "--db-password-file, never into files"
+    )
+
+
+def read_only_error(where: str, reason: str) -> StoreReadOnlyError:
+    """The one line for a store that may not be written (a read-only mount, file permissions,
+    a read-only database or user): not damage, and reading it works."""
+    return StoreReadOnlyError(
+        f"the preference store {where} cannot be written ({reason}): a read-only file system, or the "
+        "file, its folder or the database user may not write. It is not damaged: `prefloop export` and "
+        "`prefloop doctor` read it as it is; to train or rate, copy the run folder somewhere writable "
+        "(or grant write access)"
+    )
+
+
+def _busy_error(where: str, reason: str) -> StoreBusyError:
+    return StoreBusyError(
+        f"the preference store {where} is locked by another process ({reason}, still after "
+        f"{SQLITE_BUSY_TIMEOUT_S:.0f} s); it is not damaged. Wait until that process (a trainer, an "
+        "import, a sqlite3 shell in a transaction) is done, or stop it, then run this again"
+    )
+
+
+def open_sqlite_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the SQLite file at ``path`` that works on a read-only mount.
+
+    ``mode=ro`` first: it sees a live writer's committed rows. A WAL database whose folder cannot
+    be written has no ``-shm`` file SQLite could create, so there it is opened ``immutable`` --
+    safe because nothing can write that file either; a non-empty ``-wal`` file left there would be
+    ignored by ``immutable``, so that case is refused instead of exporting stale data.
+
+    Raises:
+        sqlite3.Error: as SQLite reports it (classify with :func:`store_problem_kind`);
+        StoreReadOnlyError: the read-only folder holds uncheckpointed changes (``-wal``).
+    """
+    uri = path.resolve().as_uri()
+    timeout = SQLITE_BUSY_TIMEOUT_S
+    raw = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout, check_same_thread=False)
+    try:
+        raw.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return raw
+    except sqlite3.OperationalError as exc:
+        raw.close()
+        if store_problem_kind(exc, str(path)) != "read_only":
+            raise
+    wal = path.with_name(path.name + "-wal")
+    if wal.is_file() and wal.stat().st_size > 0:
+        raise StoreReadOnlyError(
+            f"{path} has changes not yet written into it ({wal.name}) and its folder is read-only, so "
+            "they cannot be read safely; copy the run folder somewhere writable and run this again there"
+        )
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=timeout, check_same_thread=False)
+
+
+def _on_sqlite_connect_read_only(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # BEGIN comes from _on_sqlite_begin, as for writers
+    with closing(dbapi_connection.cursor()) as cursor:
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA query_only = 1")
+
+def _preflight_sqlite_file(database: str | None, must_exist: bool = False) -> None:
     """Refuse a file that is not a prefloop SQLite store before any pragma can modify it.
 
     Opening an existing file read-only and only looking keeps a foreign or corrupt file
     byte-for-byte unchanged (the WAL pragma alone would rewrite a foreign database's header).
+    ``must_exist``: a missing file is an error too (readers never create one).
     """
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     if "\x00" in database:
         raise StoreError("the database file name contains a NUL character; pass a real file path")
+    if must_exist and not Path(database).is_file():
+        raise NoSuchStoreError(f"there is no preference store at {database}; check the path (nothing was created)")
     try:
         _check_sqlite_file(Path(database))
     except OSError as exc:  # unreadable file or folder: say which, without a traceback
@@ -1580,19 +1823,12 @@ def _check_sqlite_file(path: Path) -> None:
         raise NotAPreferenceStoreError(f"{path} is not a file; pass the path of a database file")
     if path.stat().st_size == 0:
         return
-    with open(path, "rb") as handle:
-        header = handle.read(len(_SQLITE_HEADER))
-    if header != _SQLITE_HEADER:
-        raise NotAPreferenceStoreError(
-            f"{path} is not a SQLite database (wrong file header), so it is not a prefloop "
-            "preference store; it was left untouched. Choose another file name or move it away."
-        )
+    # Only SQLite itself opens a database this process may already use: closing any other handle
+    # on the file (a plain open() to read the header) drops all of this process's POSIX locks on
+    # it, and another process's closing connection then deletes the WAL our writers still append
+    # to -- committed labels lost. So the header is read directly only once SQLite refused the file.
     try:
-        with closing(
-            sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S
-            )
-        ) as raw:
+        with closing(open_sqlite_read_only(path)) as raw:
             tables = {
                 name
                 for (name,) in raw.execute(
@@ -1600,6 +1836,16 @@ def _check_sqlite_file(path: Path) -> None:
                 ).fetchall()
             }
     except sqlite3.DatabaseError as exc:
+        kind = store_problem_kind(exc, str(path))
+        if kind == "busy":
+            raise _busy_error(str(path), str(exc)) from exc
+        with open(path, "rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+        if header != _SQLITE_HEADER:
+            raise NotAPreferenceStoreError(
+                f"{path} is not a SQLite database (wrong file header), so it is not a prefloop "
+                "preference store; it was left untouched. Choose another file name or move it away."
+            ) from None
         raise NotAPreferenceStoreError(
             f"{path} is a corrupt SQLite file ({exc}); it was left untouched. Restore it from a "
             "backup or choose another file name."

@@ -5,7 +5,9 @@ rater app implements the same interface. :class:`SimulatedTeacher` answers from 
 true rewards, with the irrationalities of B-Pref (Lee et al. 2021, "B-Pref: Benchmarking
 Preference-Based Reinforcement Learning"), applied in B-Pref's order:
 
-1. skip: ``max(R_left, R_right) < skip_threshold * return_scale`` -> ``CANT_TELL``.
+1. skip: ``max(R_left, R_right) < skip_threshold * return_scale`` -> ``CANT_TELL`` (B-Pref's
+   code applies it only when ``skip_threshold * return_scale > 0``; here any non-zero threshold
+   counts, see :class:`TeacherConfig`).
 2. myopic: returns weight step ``t`` of an ``L``-step segment by ``gamma ** (L - 1 - t)``.
 3. rationality: ``P(RIGHT) = sigmoid(beta * (R'_right - R'_left))`` on the myopic returns ``R'``,
    sampled; ``beta = inf`` answers deterministically.
@@ -84,9 +86,11 @@ class TeacherConfig:
         gamma: myopia discount in ``(0, 1]``; step ``t`` of ``L`` is weighted ``gamma**(L-1-t)``.
         epsilon: probability in ``[0, 1]`` of swapping LEFT and RIGHT (a mistake).
         skip_threshold: skip the query (CANT_TELL) when both returns are below
-            ``skip_threshold * return_scale``; ``>= 0``, 0 disables it. As in B-Pref's code the
-            scale keeps its sign: with negative rewards (Pendulum) a pair is skipped when both
-            returns are below that fraction of a typical (negative) return, i.e. both are poor.
+            ``skip_threshold * return_scale``; ``>= 0``, 0 disables it. The scale keeps its
+            sign: with negative rewards (Pendulum) a pair is skipped when both returns are below
+            that fraction of a typical (negative) return, i.e. both are poor. This differs from
+            B-Pref's code, whose ``get_label`` skips only when its threshold is positive, so it
+            never skips on a negative-reward task.
         equal_threshold: answer EQUAL when the returns differ by less than
             ``equal_threshold * |return_scale|``; ``>= 0``, 0 disables it. (B-Pref's code takes
             the signed scale here too, which switches EQUAL off on negative-reward tasks.)
