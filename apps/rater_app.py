@@ -65,7 +65,9 @@ def open_store(db_url: str, run_name: str) -> PreferenceStore:
 
 
 def main(argv: Sequence[str]) -> None:
-    st.set_page_config(page_title="Compare clips · prefloop", page_icon=":material/compare:", layout="wide")
+    # An emoji, not a :material/...: icon: Streamlit loads a material favicon from fonts.gstatic.com,
+    # and the rater page must work offline (an emoji favicon is an inline data: URL).
+    st.set_page_config(page_title="Compare clips · prefloop", page_icon="⚖️", layout="wide")
     try:
         config = parse_app_args(argv)
     except AppConfigError as exc:
@@ -109,8 +111,8 @@ def main(argv: Sequence[str]) -> None:
     st.html("<style>[data-testid='stMainBlockContainer'] { padding-top: 2.5rem; }</style>")
     page = st.navigation(
         [
-            st.Page(rate, title="Rate clips", icon=":material/compare:", url_path="rate", default=True),
-            st.Page(dashboard, title="Dashboard", icon=":material/monitoring:", url_path="dashboard"),
+            st.Page(rate, title="Rate clips", icon="⚖️", url_path="rate", default=True),
+            st.Page(dashboard, title="Dashboard", icon="📊", url_path="dashboard"),
         ],
         position="top",
     )
@@ -475,7 +477,8 @@ def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
             st.rerun(scope="app")  # the page for a complete run
         elif session.queue.preparing:
             st.info(
-                f"Preparing the clips of {session.queue.preparing} pairs -- they will appear here "
+                f"Preparing the clips of {session.queue.preparing} "
+                f"{'pair' if session.queue.preparing == 1 else 'pairs'} -- they will appear here "
                 "in a moment; this page refreshes by itself."
             )
         else:

@@ -380,7 +380,7 @@ def test_pairs_whose_clips_are_not_ready_are_not_shown(rated_store: RatedStore) 
         fresh = cartpole_segments(2, seed=9)
         (pending,) = store.add_pairs([SegmentPair(*fresh)])
     at = make_app(rated_store, rater="ada")
-    assert player(at) is None and "Preparing the clips of 1 pairs" in texts(at.info)
+    assert player(at) is None and "Preparing the clips of 1 pair --" in texts(at.info)
     with PreferenceStore(rated_store.url, rated_store.run_name) as store:
         assert store.counts()["claimed"] == 0  # the pair is not held back from other raters
         for seg in fresh:

@@ -176,3 +176,12 @@ def test_a_stopped_run_says_the_whole_command_that_continues_it(tmp_path: Path, 
     run.mkdir()
     (run / "config.json").write_text("{}")
     assert continue_hint(args) == f"continue with `prefloop {command} --run-dir {run} --resume`"
+
+
+def test_a_mistyped_flag_shows_the_commands_usage_and_the_flag_it_resembles(capsys, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", "--lables", "5", "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert "usage: prefloop run" in err and "did you mean --labels?" in err
+    assert not (tmp_path / "r").exists()

@@ -46,7 +46,7 @@ from prefloop.store import PreferenceStore, StoreError, labels_table, sqlite_url
 from prefloop.types import Choice
 from prefloop.untrusted import markdown_literal
 
-from conftest import RATED_GUIDELINE, RATED_RUN, app_served_on_loopback, backend_database
+from conftest import RATED_GUIDELINE, RATED_RUN, app_served_on_loopback, backend_database, free_port
 from test_store import make_pairs
 
 
@@ -235,7 +235,7 @@ def test_rate_and_export_refuse_a_broken_config_json_instead_of_guessing(
     (run_dir / "config.json").write_bytes(case.value(valid_config(run_dir)) if callable(case.value) else case.value)
     labels_before = label_rows(sqlite_url(run_dir / "prefs.sqlite"))
 
-    assert case.expect in cli(capsys, "rate", "--run-dir", str(run_dir), "--no-clip-worker")
+    assert case.expect in cli(capsys, "rate", "--run-dir", str(run_dir), "--no-clip-worker", "--port", str(free_port()))
     assert case.expect in cli(capsys, "export", "--run-dir", str(run_dir), "--out", str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
     assert label_rows(sqlite_url(run_dir / "prefs.sqlite")) == labels_before
@@ -292,7 +292,7 @@ def test_a_damaged_store_file_is_refused_everywhere_and_left_untouched(
 
     for argv in (
         ["train", "--resume", "--run-dir", str(run_dir), "--no-progress"],
-        ["rate", "--run-dir", str(run_dir), "--no-clip-worker"],
+        ["rate", "--run-dir", str(run_dir), "--no-clip-worker", "--port", str(free_port())],
         ["export", "--run-dir", str(run_dir), "--out", str(tmp_path / "out")],
     ):
         err = cli(capsys, *argv)

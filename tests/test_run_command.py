@@ -30,12 +30,7 @@ from prefloop.store import PreferenceStore
 from prefloop.types import Choice
 
 from conftest import RatedStore
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from conftest import free_port
 
 
 def port_is_free(port: int) -> bool:

@@ -120,14 +120,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=_positive_int, default=200, help="label budget of the run (default 200)")
     parser.add_argument("--steps", type=_positive_int, default=None, help="env steps (default: the env preset's)")
     parser.add_argument("--algo", default=None, choices=sorted(ALGORITHMS), help="SB3 algorithm (default: the env preset's)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--query", default="disagreement", type=_query_spec, metavar="METHOD[+qpa][+surf]",
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the env, the policy and the reward model (default: 0)")
+    parser.add_argument("--query", default="disagreement+qpa", type=_query_spec, metavar="METHOD[+qpa][+surf]",
                         help=f"query selection: {', '.join(QUERY_METHODS)}, optionally +qpa (policy-aligned) "
-                             "and/or +surf (semi-supervised) (default: disagreement)")
-    parser.add_argument("--oversampling", type=_positive_int, default=10, help="candidate pairs scored per pair asked")
+                             "and/or +surf (semi-supervised) (default: disagreement+qpa)")
+    parser.add_argument("--oversampling", type=_positive_int, default=10, help="candidate pairs scored per pair asked (default: 10)")
     parser.add_argument("--segment-length", type=_positive_int, default=None, help="steps per segment (default: the preset's)")
     parser.add_argument("--n-envs", type=_positive_int, default=None, help="parallel envs (default: the preset's)")
-    parser.add_argument("--ensemble", type=_positive_int, default=3, help="reward-model ensemble members")
+    parser.add_argument("--ensemble", type=_positive_int, default=3, help="reward-model ensemble members (default: 3)")
     parser.add_argument("--rater-model", default="reliability", choices=RATER_MODELS,
                         help="several raters: estimate each one's error rate jointly with the reward and down-weight "
                              "unreliable ones (reliability, default), or count every label alike (plain)")
@@ -136,7 +136,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              "get weight 0 (kept in the store) (default 0.3)")
     parser.add_argument("--reward-source", default="preferences", choices=("preferences", "true"),
                         help="'true' trains on the env reward instead (the baseline)")
-    parser.add_argument("--eval-episodes", type=_positive_int, default=10)
+    parser.add_argument("--eval-episodes", type=_positive_int, default=10,
+                        help="episodes of the final evaluation on the true reward (default: 10)")
     parser.add_argument("--db-url", default=None,
                         help="SQLAlchemy URL of the store (default: SQLite in the run folder); keep the password out "
                         f"of it: ${ENV_DB_PASSWORD} or --db-password-file (it is never saved)")
@@ -434,9 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"simulated teachers: B-Pref's presets ({', '.join(sorted(TEACHER_PRESETS))}), optionally "
                               "with parameters, e.g. mistake:epsilon=0.2; crowds, e.g. crowd:3xcareful@0.05,random,adversarial; "
                               "fitted:PATH,rater=NAME (default: oracle)")
-    bench_p.add_argument("--queries", nargs="+", default=["disagreement"], type=_query_spec, metavar="METHOD[+qpa][+surf]",
+    bench_p.add_argument("--queries", nargs="+", default=["disagreement+qpa"], type=_query_spec, metavar="METHOD[+qpa][+surf]",
                          help=f"query selection methods: {', '.join(QUERY_METHODS)}, each optionally +qpa and/or +surf "
-                              "(default: disagreement)")
+                              "(default: disagreement+qpa)")
     bench_p.add_argument("--rater-models", nargs="+", default=["reliability"], choices=RATER_MODELS,
                          help="losses compared: per-rater reliability and/or the plain loss (default: reliability)")
     bench_p.add_argument("--algos", nargs="+", default=None, choices=sorted(ALGORITHMS),
@@ -478,6 +479,23 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     add_raters_parser(sub)
 
 
+def refuse_unknown_arguments(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
+    """Exit (code 2) with the command's own usage, not the top-level one, and the flag a typo
+    was probably meant to be (``--lables`` -> ``--labels``)."""
+    import difflib
+
+    sub = parser._subparsers._group_actions[0].choices.get(command, parser)  # type: ignore[union-attr]
+    flags = [option for action in sub._actions for option in action.option_strings]
+    hint = ""
+    for word in unknown:
+        if word.startswith("-"):
+            close = difflib.get_close_matches(word.split("=", 1)[0], flags, n=1)
+            if close:
+                hint = f"; did you mean {close[0]}?"
+                break
+    sub.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+
 class CurrentStderrHandler(logging.StreamHandler):
     """Log lines to whatever ``sys.stderr`` is when they are written, not when logging was set up:
     while the progress bar is shown, rich redirects stderr so that each line prints on its own line
@@ -497,7 +515,9 @@ class CurrentStderrHandler(logging.StreamHandler):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        refuse_unknown_arguments(parser, args.command, unknown)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S", handlers=[CurrentStderrHandler()])
     previous_password_file = os.environ.get(ENV_DB_PASSWORD_FILE)
