@@ -10,6 +10,9 @@ PY := $(VENV)/bin/python
 # What each command needs, installed once (again when pyproject.toml or constraints.txt change):
 # the runtime for run/demo/bench, the test extras (Playwright, PostgreSQL driver, Ray, MuJoCo) on top
 # for test. Every install goes through constraints.txt (see the README).
+# `make run PORT=8502 ARGS="--labels 100"`: another port for the rater app, more `prefloop run` options.
+PORT ?= 8501
+ARGS ?=
 RUN_STAMP := $(VENV)/.prefloop-runtime
 TEST_STAMP := $(VENV)/.prefloop-test
 
@@ -29,9 +32,9 @@ $(TEST_STAMP): $(RUN_STAMP)
 
 install: $(RUN_STAMP)
 
-# The human loop: the trainer plus the rater app on http://127.0.0.1:8501 (you are the teacher).
+# The human loop: the trainer plus the rater app on http://127.0.0.1:$(PORT) (you are the teacher).
 run: $(RUN_STAMP)
-	$(VENV)/bin/prefloop run --env CartPole-v1 --labels 60 --steps 60000 --seed 0
+	$(VENV)/bin/prefloop run --env CartPole-v1 --labels 60 --steps 60000 --seed 0 --port $(PORT) $(ARGS)
 
 # The unattended demo: the same loop with a simulated (oracle) teacher.
 demo: $(RUN_STAMP)

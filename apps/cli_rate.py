@@ -18,7 +18,7 @@ from prefloop.apps.access import (
     check_exposure,
     check_token_value,
 )
-from prefloop.apps.launch import AppStartError, app_url, check_port_free, launch_rater_app, wait_until_ready
+from prefloop.apps.launch import AppStartError, app_url, check_port_free, launch_rater_app, port_number, wait_until_ready
 from prefloop.config import ConfigError
 from prefloop.rundir import store_of_run_folder
 from prefloop.store import PreferenceStore, sqlite_url
@@ -48,7 +48,7 @@ def add_rate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--run-name", default=None,
                         help="run name in the store (default: the run the folder holds; with --db-url: 'default')")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback needs --token and --admin-token")
-    parser.add_argument("--port", type=int, default=8501)
+    parser.add_argument("--port", type=port_number, default=8501, help="port to listen on, 1-65535 (default: 8501)")
     parser.add_argument("--token", default=os.environ.get(ENV_TOKEN),
                         help=f"access token raters must present (?token=... in the link; default: ${ENV_TOKEN})")
     parser.add_argument("--admin-token", default=os.environ.get(ENV_ADMIN_TOKEN),

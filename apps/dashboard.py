@@ -48,6 +48,8 @@ class Progress:
     updated_at: float | None = None
     message: str | None = None
     eval_return: float | None = None  # a finished run's evaluation return (``eval_return_mean``)
+    random_return: float | None = None  # a random policy's return on the same env, for context
+    reward_threshold: float | None = None  # the env's "solved" return (its Gymnasium spec), if it has one
 
     @property
     def fraction_done(self) -> float | None:
@@ -96,6 +98,8 @@ def parse_progress(raw: str | None) -> Progress | None:
         updated_at=number("updated_at", float),
         message=message if isinstance(message, str) else None,
         eval_return=number("eval_return_mean", float),
+        random_return=number("random_return_mean", float),
+        reward_threshold=number("reward_threshold", float),
     )
 
 
@@ -110,11 +114,30 @@ def describe_age(seconds: float) -> str:
     return f"{seconds / 3600:.0f} h ago"
 
 
+# How long without news before the page says no trainer runs: a waiting trainer publishes every
+# 10 s; a training or evaluating one only after each reward-model fit or at the end (a long
+# evaluation of a slow env may take minutes), so those states get a longer grace.
+STALE_AFTER_S = {"waiting_for_labels": 60.0}
+STALE_AFTER_DEFAULT_S = 600.0
+
+
+def trainer_is_silent(progress: Progress, now: float) -> bool:
+    """True when the trainer stopped saying anything long ago and the run is not finished: no
+    trainer is running for it (stopped, crashed, or not yet resumed)."""
+    if progress.status == "finished" or progress.updated_at is None:
+        return False
+    return now - progress.updated_at > STALE_AFTER_S.get(progress.status or "", STALE_AFTER_DEFAULT_S)
+
+
 def trainer_status_line(progress: Progress | None, now: float | None = None) -> str:
     """One sentence on what the trainer is doing, for raters and the dashboard."""
     if progress is None:
         return "No news from the trainer yet."
     now = time.time() if now is None else now
+    if trainer_is_silent(progress, now):
+        done = f"; {progress.fraction_done:.0%} of training done" if progress.fraction_done is not None else ""
+        return (f"No trainer is running for this run (last heard {describe_age(now - (progress.updated_at or now))}"
+                f"{done}). Answers are kept; the run continues when its trainer is started again.")
     parts = [TRAINER_STATUS_WORDS.get(progress.status or "", f"Trainer status: {plain_text(progress.status or 'unknown', 40)}.")]
     if progress.fraction_done is not None and progress.status != "finished":
         parts.append(f"{progress.fraction_done:.0%} of training done.")

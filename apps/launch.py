@@ -86,6 +86,29 @@ def served_folder(db_url: str, run_name: str, host: str, port: int) -> Path:
     return folder
 
 
+def port_number(text: str) -> int:
+    """``--port``'s type for ``prefloop run`` and ``prefloop rate``: an integer 1..65535, checked
+    before anything is started or written.
+
+    Raises:
+        argparse.ArgumentTypeError: one line naming the allowed range.
+    """
+    import argparse
+
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port between 1 and 65535, got {value} (e.g. --port 8501)")
+    return value
+
+
+def _make_hint(port: int) -> str:
+    """How to pass another port when the user started us through ``make run``."""
+    return f" (with make: make run PORT={port})" if os.environ.get("MAKELEVEL") else ""
+
+
 def check_port_free(host: str, port: int) -> None:
     """Refuse a port another process listens on, before anything is started or written.
 
@@ -104,9 +127,10 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
+                free = suggest_free_port(host, int(port))
                 raise PortInUseError(
                     f"port {int(port)} on {host} is already in use by another program (another rater "
-                    f"app?); stop it, or pass --port with a free port, e.g. --port {suggest_free_port(host, int(port))}"
+                    f"app?); stop it, or pass --port with a free port, e.g. --port {free}{_make_hint(free)}"
                 ) from None
             if exc.errno == errno.EACCES:
                 raise PortInUseError(

@@ -65,7 +65,9 @@ def open_store(db_url: str, run_name: str) -> PreferenceStore:
 
 
 def main(argv: Sequence[str]) -> None:
-    st.set_page_config(page_title="Compare clips · prefloop", page_icon=":material/compare:", layout="wide")
+    # An emoji, not a :material/...: icon: Streamlit loads a material favicon from fonts.gstatic.com,
+    # and the rater page must work offline (an emoji favicon is an inline data: URL).
+    st.set_page_config(page_title="Compare clips · prefloop", page_icon="⚖️", layout="wide")
     try:
         config = parse_app_args(argv)
     except AppConfigError as exc:
@@ -109,8 +111,8 @@ def main(argv: Sequence[str]) -> None:
     st.html("<style>[data-testid='stMainBlockContainer'] { padding-top: 2.5rem; }</style>")
     page = st.navigation(
         [
-            st.Page(rate, title="Rate clips", icon=":material/compare:", url_path="rate", default=True),
-            st.Page(dashboard, title="Dashboard", icon=":material/monitoring:", url_path="dashboard"),
+            st.Page(rate, title="Rate clips", icon="⚖️", url_path="rate", default=True),
+            st.Page(dashboard, title="Dashboard", icon="📊", url_path="dashboard"),
         ],
         position="top",
     )
@@ -433,7 +435,13 @@ def run_result_line(progress: Progress) -> str | None:
     """The finished run's result for raters: its evaluation return (from the trainer's
     ``eval_return_mean`` or its closing message), None when the trainer did not say."""
     if progress.eval_return is not None:
-        return f"The trained agent's return, on the task's own score: **{progress.eval_return:.1f}**."
+        context = []
+        if progress.random_return is not None:
+            context.append(f"an agent acting at random scores {progress.random_return:.1f}")
+        if progress.reward_threshold is not None:
+            context.append(f"the task counts {progress.reward_threshold:g} as solved")
+        more = f" (for comparison: {'; '.join(context)})" if context else ""
+        return f"The trained agent's return, on the task's own score: **{progress.eval_return:.1f}**{more}."
     if progress.message:
         return f"Trainer: {progress.message}"
     return None
@@ -475,7 +483,8 @@ def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
             st.rerun(scope="app")  # the page for a complete run
         elif session.queue.preparing:
             st.info(
-                f"Preparing the clips of {session.queue.preparing} pairs -- they will appear here "
+                f"Preparing the clips of {session.queue.preparing} "
+                f"{'pair' if session.queue.preparing == 1 else 'pairs'} -- they will appear here "
                 "in a moment; this page refreshes by itself."
             )
         else:

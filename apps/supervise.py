@@ -20,6 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 MAX_APP_RESTARTS = 3
 WATCH_S = 0.5
 STOP_TIMEOUT_S = 15.0
+# After training, without a terminal to keep the app up: long enough for open rater pages (which
+# look every few seconds) to show that the run is complete and its result.
+RESULT_GRACE_S = 10.0
 
 
 class RaterAppSupervisor:
@@ -93,10 +96,13 @@ class RaterAppSupervisor:
         """True while the app's process is alive."""
         return self.process is not None and self.process.poll() is None
 
-    def wait(self) -> None:
-        """Block until the supervisor stops (``stop``, or it gave up)."""
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the supervisor stops (``stop``, or it gave up), at most ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not self._stopping.is_set() and self.failure is None:
-            time.sleep(WATCH_S)
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(min(WATCH_S, timeout or WATCH_S))
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Stop the app, its worker and its Streamlit server (the whole process group) and wait

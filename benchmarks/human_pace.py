@@ -112,6 +112,24 @@ def one_run(out: Path, seed: int, port: int, think_s: float, mistakes: float, ex
     }
 
 
+def plot(result_dirs: list[Path], path: Path) -> None:
+    """True return against the person's minutes (open -> last answer), one series per result folder."""
+    import matplotlib.pyplot as plt
+
+    from prefloop.plots import finish_axes
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for folder in result_dirs:
+        result = json.loads((folder / "result.json").read_text())
+        runs = result["runs"]
+        name = f"{result['think_s']:g} s per pair" + (f", {result['mistakes']:.0%} wrong" if result["mistakes"] else "")
+        ax.plot([r["person_to_last_answer_s"] / 60 for r in runs], [r["eval_return_mean"] for r in runs], "o",
+                label=f"{name} (seeds {', '.join(str(r['seed']) for r in runs)})")
+    ax.axhline(450, color="grey", linestyle="--", linewidth=1)
+    ax.set_ylim(0, 520)
+    finish_axes(fig, ax, path, "person's minutes (app opened -> last answer)", "CartPole-v1 true return (10 episodes)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -119,8 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mistakes", type=float, default=0.0, help="share of pairs answered wrongly (B-Pref mistake epsilon)")
     parser.add_argument("--port", type=int, default=8612)
     parser.add_argument("--out", type=Path, default=Path("bench-out/human-pace"))
+    parser.add_argument("--plot", type=Path, nargs="+", default=None, metavar="DIR",
+                        help="only plot the result.json of these output folders into --out (a PNG file)")
     parser.add_argument("extra", nargs="*", help="more `prefloop run` arguments, after --")
     args = parser.parse_args(argv)
+    if args.plot:
+        plot(args.plot, args.out)
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in args.seeds:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import socket
 import sys
 import uuid
 from collections.abc import Iterator
@@ -152,3 +153,10 @@ def app_served_on_loopback() -> Iterator[None]:
             yield
     finally:
         sys.modules["__main__"] = main_module
+
+
+def free_port() -> int:
+    """A loopback port free right now: tests never take 8501, which another program may hold."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -24,6 +24,7 @@ from prefloop.store import PreferenceStore, pairs_table
 from prefloop.types import Choice, Label
 
 from conftest import RATED_GUIDELINE, RatedStore
+from conftest import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -41,12 +42,6 @@ def chromium() -> str:
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -290,9 +285,15 @@ def test_the_counter_counts_each_answer_at_once_a_reflex_press_is_told_and_a_fin
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 860})
+            outside: list[str] = []  # the rater page works offline: nothing from another host
+            page.on("request", lambda request: outside.append(request.url)
+                    if urlsplit(request.url).scheme in ("http", "https") and urlsplit(request.url).hostname != "127.0.0.1"
+                    else None)
             page.goto(url + "?rater=ada")
             first = shown_pair(page)
             assert today_count(page) == "0"
+            eventually(lambda: page.evaluate("document.querySelector(\"link[rel='shortcut icon']\")?.href || ''")
+                       .startswith("data:"), timeout=15, what="the page's own (inline) icon")
 
             time.sleep(1.0)  # a person looks, then answers -- and presses again as the next pair appears
             # (both key presses in one go: on a busy machine two separate presses may be 0.25 s apart)
@@ -325,7 +326,9 @@ def test_the_counter_counts_each_answer_at_once_a_reflex_press_is_told_and_a_fin
                                                        "message": "run finished: eval return 500.0"}))
             eventually(lambda: "this run is complete" in (text := body_text(page)) and "500.0" in text,
                        timeout=15, what="the run-complete page with the run's result")
-            assert page.locator(".pl-root").count() == 0  # no pair is shown any more
+            # no pair is shown any more (the page may take a rerun more to drop it under load)
+            eventually(lambda: page.locator(".pl-root").count() == 0, timeout=15, what="the last pair to leave the page")
+            assert outside == []
             page.screenshot(path=str(ARTIFACTS / "rater-run-complete.png"))
         finally:
             browser.close()

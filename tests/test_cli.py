@@ -144,3 +144,44 @@ def test_bench_into_a_used_folder_asks_for_resume_and_changes_nothing(capsys, tm
     code, err = run_cli(capsys, "bench", "--seeds", "0", "--out", str(tmp_path / "out"))
     assert code == 2 and "--resume" in err and "already exists" in err
     assert (run / "prefs.sqlite").read_bytes() == b"precious labels"
+
+
+def test_train_does_not_wait_forever_for_people_it_starts_no_app_for(capsys, tmp_path: Path) -> None:
+    """A run made by `prefloop run` (teacher human) continues with `prefloop run`, which starts the
+    rater app; `prefloop train` says so instead of waiting for raters who have no page."""
+    run = tmp_path / "human run"
+    run.mkdir()
+    TrainConfig(env_id="CartPole-v1", run_dir=run, teacher="human", steps=2000, labels=10,
+                progress_bar=False).resolve().save(run / "config.json")
+    before = sorted(p.name for p in run.iterdir())
+    code, err = run_cli(capsys, "train", "--resume", "--run-dir", str(run))
+    assert code == 2 and err.count("\n") == 1
+    assert f"prefloop run --run-dir '{run}' --resume" in err
+    assert sorted(p.name for p in run.iterdir()) == before
+    code, err = run_cli(capsys, "train", "--teacher", "human", "--run-dir", str(tmp_path / "new"))
+    assert code == 2 and "prefloop run" in err and not (tmp_path / "new").exists()
+    # ... and `prefloop run` takes exactly that command line
+    from prefloop.cli import build_parser, check_resume_arguments
+
+    check_resume_arguments(build_parser().parse_args(["run", "--run-dir", str(run), "--resume"]))
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_a_stopped_run_says_the_whole_command_that_continues_it(tmp_path: Path, command: str) -> None:
+    from prefloop.cli import build_parser, continue_hint
+
+    run = tmp_path / "r"
+    args = build_parser().parse_args([command, "--run-dir", str(run)])
+    assert "start it again" in continue_hint(args)  # nothing to continue yet
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    assert continue_hint(args) == f"continue with `prefloop {command} --run-dir {run} --resume`"
+
+
+def test_a_mistyped_flag_shows_the_commands_usage_and_the_flag_it_resembles(capsys, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", "--lables", "5", "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert "usage: prefloop run" in err and "did you mean --labels?" in err
+    assert not (tmp_path / "r").exists()

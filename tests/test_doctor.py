@@ -17,7 +17,7 @@ import pytest
 import torch
 from sqlalchemy import create_engine, text
 
-from prefloop.doctor import ERROR, WARNING, add_doctor_parser, check_run
+from prefloop.doctor import ERROR, INFO, WARNING, add_doctor_parser, check_run
 from prefloop.reward_models import RewardEnsemble, save_reward_model
 from prefloop.rundir import RunDir
 from prefloop.store import PreferenceStore, sqlite_url
@@ -132,9 +132,12 @@ def test_wrong_statuses_and_an_expired_lease_are_found_and_repaired_without_touc
 
     assert not found.healthy
     status = next(f for f in found.findings if f.check == "pair_status")
-    assert status.severity == ERROR and "2 pairs" in status.what and "repair" in status.fix
+    # the fix is a command to paste: it names the store it was given
+    assert status.severity == ERROR and "2 pairs" in status.what
+    assert "`prefloop doctor --db-url " in status.fix and " --run-name run --repair`" in status.fix
     lease = next(f for f in found.findings if f.check == "expired_leases")
-    assert lease.severity == WARNING and "1 pairs" in lease.what
+    # routine after a stopped app (the next claim takes it over): told, not counted as a problem
+    assert lease.severity == INFO and "1 pairs" in lease.what and lease not in found.remaining
 
     repaired = check_run(db_url=store_url, run_name="run", repair=True, clock=lambda: later)
 

@@ -36,6 +36,7 @@ from sqlalchemy import create_engine, select
 from streamlit.components.v2.bidi_component.main import _make_trigger_id
 from streamlit.testing.v1 import AppTest
 
+from prefloop.apps.access import parse_app_args
 from prefloop.apps.player import PLAYER_KEY
 from prefloop.apps.rater_app import DEFAULT_GUIDELINE, display_guideline
 from prefloop.apps.rating import MAX_ACTIONS_PER_MESSAGE, MAX_NOTICES, MAX_RESPONSE_TIME_S
@@ -43,8 +44,9 @@ from prefloop.cli import build_parser, build_train_config, main
 from prefloop.config import ConfigError, TrainConfig
 from prefloop.store import PreferenceStore, StoreError, labels_table, sqlite_url
 from prefloop.types import Choice
+from prefloop.untrusted import markdown_literal
 
-from conftest import RATED_GUIDELINE, RATED_RUN, app_served_on_loopback, backend_database
+from conftest import RATED_GUIDELINE, RATED_RUN, app_served_on_loopback, backend_database, free_port
 from test_store import make_pairs
 
 
@@ -233,7 +235,7 @@ def test_rate_and_export_refuse_a_broken_config_json_instead_of_guessing(
     (run_dir / "config.json").write_bytes(case.value(valid_config(run_dir)) if callable(case.value) else case.value)
     labels_before = label_rows(sqlite_url(run_dir / "prefs.sqlite"))
 
-    assert case.expect in cli(capsys, "rate", "--run-dir", str(run_dir), "--no-clip-worker")
+    assert case.expect in cli(capsys, "rate", "--run-dir", str(run_dir), "--no-clip-worker", "--port", str(free_port()))
     assert case.expect in cli(capsys, "export", "--run-dir", str(run_dir), "--out", str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
     assert label_rows(sqlite_url(run_dir / "prefs.sqlite")) == labels_before
@@ -290,7 +292,7 @@ def test_a_damaged_store_file_is_refused_everywhere_and_left_untouched(
 
     for argv in (
         ["train", "--resume", "--run-dir", str(run_dir), "--no-progress"],
-        ["rate", "--run-dir", str(run_dir), "--no-clip-worker"],
+        ["rate", "--run-dir", str(run_dir), "--no-clip-worker", "--port", str(free_port())],
         ["export", "--run-dir", str(run_dir), "--out", str(tmp_path / "out")],
     ):
         err = cli(capsys, *argv)
@@ -404,17 +406,19 @@ def test_rater_names_from_the_link_and_the_form(case: Case, rated: tuple[str, li
         typed.text_input(key="rater_name_input").input(case.value)
         typed.button[0].click().run()
         pages.append(typed)
-    for at in pages:
+    shown = f"Not {markdown_literal(case.outcome or '')}?"  # the name as plain text, never Markdown
+    for index, at in enumerate(pages):
         assert not at.exception
         if case.expect is not None:
             assert case.expect in texts(at.warning) and player(at) is None
             assert at.text_input(key="rater_name_input") is not None
-        else:  # the cleaned name is the rater id: the page greets it, the store leases to it
-            assert player(at) is not None and f"Not {case.outcome}?" in [b.label for b in at.button]
+        elif index == 0:  # the cleaned name is the rater id: the page greets it, the store leases to it
+            assert player(at) is not None and shown in [b.label for b in at.button]
             assert sorted(claimed_by(url, case.outcome)) == sorted([player(at)["pair"]["id"], player(at)["next"]["id"]])
+        else:  # typed in another browser, it cleans to the same name, which is now taken
+            assert "already taken" in texts(at.warning) and player(at) is None
     if case.expect is None:
-        for at in pages:
-            next(b for b in at.button if b.label == f"Not {case.outcome}?").click().run()  # pairs go back
+        next(b for b in pages[0].button if b.label == shown).click().run()  # pairs go back
         assert claimed_by(url, case.outcome) == []
     assert label_rows(url) == before
 
@@ -618,8 +622,9 @@ def test_hostile_trigger_values_from_the_browser(case: Case, rater_page: tuple[A
         _, seconds = case.outcome
         (label,) = after[len(before):]
         stored = dict(zip(labels_table.c.keys(), label))
-        assert (stored["pair_id"], stored["rater_id"], stored["choice"]) == (pair, "ada", "left")
-        assert stored["response_time_s"] == seconds and stored["retracted_at"] is None
+        assert (stored["pair_id"], stored["rater_id"], stored["choice"]) == (pair, "zelda", "left")
+        # The browser's claim, made safe, and bounded by the server's clock (time since serving).
+        assert 0.0 <= stored["response_time_s"] <= seconds and stored["retracted_at"] is None
         assert now["pair"]["id"] != pair
         send_raw(at, items({"seq": now["ack"] + 1, "type": "undo"}))  # put the pair back for the next case
         assert player(at)["pair"]["id"] == pair and len(label_rows(url)) == len(after)
@@ -752,8 +757,20 @@ def app_script(argv: list[str]) -> None:
 
 
 def app(argv: list[str], **query: str) -> AppTest:
+    """The app as the browser of ``query["rater"]`` (with that rater's key when the name is
+    already taken in the run: each case here is the rater's own browser, not an impostor's)."""
     at = AppTest.from_function(app_script, args=(argv,), default_timeout=30)
     at.query_params.update(query)
+    if "rater" in query and "key" not in query:
+        from prefloop.identity import IdentityError, invite, normalize_rater_name
+
+        try:
+            config = parse_app_args(argv)
+            with PreferenceStore(config.db_url, config.run_name) as store:
+                if store.rater(normalize_rater_name(query["rater"])) is not None:
+                    at.query_params["key"] = invite(store, query["rater"], replace=True)[1]
+        except (IdentityError, StoreError, ValueError):
+            pass  # a name, a store or settings the app refuses: the case is about that
     return at.run()
 
 
@@ -817,12 +834,12 @@ def rated(rated_store_template: tuple[Path, list[int]], tmp_path_factory: pytest
 
 @pytest.fixture(scope="module")
 def rater_page(rated: tuple[str, list[int]]) -> tuple[AppTest, str, int]:
-    """ada's page (kept for the module: each trigger case continues from what is shown) and the
+    """zelda's page (kept for the module: each trigger case continues from what is shown) and the
     pair bob holds."""
     url, _ = rated
     with PreferenceStore(url, RATED_RUN) as store:
         bobs = store.claim_next("bob", 3600.0).id
-    at = app(["--db-url", url, "--run-name", RATED_RUN, "--lease-seconds", "3600"], rater="ada")
+    at = app(["--db-url", url, "--run-name", RATED_RUN, "--lease-seconds", "3600"], rater="zelda")  # (a name no hostile case looks like)
     assert player(at) is not None
     return at, url, bobs
 

@@ -106,12 +106,15 @@ def test_k_center_covers_the_outliers_uniform_misses() -> None:
     with_outlier = [p for p in pairs if {p.left.env_step, p.right.env_step} & {100, 101}]
     assert len(with_outlier) >= 2
     assert len({frozenset((p.left.env_step, p.right.env_step)) for p in pairs}) == 3
+    assert all(np.isfinite(p.score) for p in pairs), "the store refuses a non-finite score"
 
 
 def test_query_specs_parse_and_bad_ones_are_refused() -> None:
     config = QueryConfig.from_spec("disagreement+qpa+surf")
     assert config.method == "disagreement" and config.policy_aligned and config.semi_supervised
     assert config.spec == "disagreement+qpa+surf"
+    assert QueryConfig().spec == "disagreement"
+    assert not QueryConfig.from_spec("disagreement").policy_aligned
     with pytest.raises(QueryConfigError, match="unknown query modifier 'foo'"):
         QueryConfig.from_spec("uniform+foo")
     with pytest.raises(QueryConfigError, match="confidence"):

@@ -239,16 +239,14 @@ def test_attack_a_burst_of_answers_is_limited_and_flagged(store: PreferenceStore
     """Attack 3: one tab stored 300 labels in 58 s, each claiming 3 s. Now the server's clock
     bounds each time, answers faster than the clips are flagged, and the rate limit refuses the
     burst -- refused answers are not stored and their pairs stay on screen."""
+    segments = store.get_segments(list(range(1, 14)))
+    store.add_pairs([SegmentPair(a, b) for a, b in zip(segments, segments[2:] + segments[:2])] * 3)  # 51 pairs in all
     tab = session(store, clock, "burst", max_answers_per_minute=30)
-    sent = 0
-    for step in range(300):
+    for sent in range(1, 301):
         clock.advance(58.0 / 300)
-        if tab.current is None:
-            break
-        sent += 1
         tab.apply([answer(sent, tab.current.pair_id, seconds=3.0)])
     labels = store.labels(rater_id="burst")
-    assert 0 < len(labels) <= 12  # (12 pairs exist; the limit would stop it at 30 per minute)
+    assert len(labels) == 30  # the rate limit: 30 in the minute, the other 270 refused (not stored)
     assert sum(l.response_time_s for l in labels) <= 58.0
     flags = store.label_flags()
     assert all(flags[l.id].get("too_fast") is not None for l in labels)  # all flagged, all kept

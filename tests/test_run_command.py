@@ -30,12 +30,7 @@ from prefloop.store import PreferenceStore
 from prefloop.types import Choice
 
 from conftest import RatedStore
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from conftest import free_port
 
 
 def port_is_free(port: int) -> bool:
@@ -85,6 +80,22 @@ def test_a_busy_port_is_one_line_naming_it_and_no_run_folder_is_written(
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and f"port {port}" in err and "--port" in err and "Traceback" not in err
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("command", ["run", "rate"])
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+def test_a_port_outside_1_to_65535_is_refused_before_anything_is_written(
+    command: str, port: str, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "new-run"
+    args = ["run", "--steps", "2000", "--labels", "4"] if command == "run" else ["rate"]
+    with pytest.raises(SystemExit) as stopped:
+        main([*args, "--run-dir", str(run_dir), f"--port={port}"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert f"prefloop {command}: error: argument --port" in err and "Traceback" not in err
+    assert ("65535" in err) == (port != "http")
     assert not run_dir.exists()
 
 

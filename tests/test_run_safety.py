@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from conftest import postgres_database
+from conftest import free_port
 from prefloop.credentials import ENV_DB_PASSWORD, url_password, url_without_password
 from prefloop.local_postgres import SUPERUSER
 from prefloop.rundir import LOCK_NAME
@@ -119,12 +119,6 @@ class Cli:
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> Cli:
     return Cli(capsys, caplog)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def command_lines() -> dict[int, str]:

@@ -592,3 +592,29 @@ def test_arrays_needing_pickle_are_refused() -> None:
     np.save(pickled, np.array([None], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="pickle-free"):
         array_from_bytes(pickled.getvalue())
+
+
+def test_a_second_store_on_the_same_file_in_one_process_loses_no_committed_write(tmp_path) -> None:
+    """The trainer and its simulated rater (or the app's sessions) open one SQLite file twice in
+    a process while another process opens and closes it: every committed write stays visible.
+    (Reading the file's header with a plain open() dropped the process's SQLite locks; the other
+    process's close then deleted the WAL still being written to.)"""
+    import subprocess
+    import sys
+
+    from prefloop.store import PreferenceStore, sqlite_url
+
+    url = sqlite_url(tmp_path / "prefs.sqlite")
+    first = PreferenceStore(url, "run")
+    first.set_meta("n", "1")
+    second = PreferenceStore(url, "run")  # the same file, again, in this process
+    subprocess.run([sys.executable, "-c", f"from prefloop.store import PreferenceStore; PreferenceStore({url!r}, 'run').close()"],
+                   check=True)
+    first.set_meta("n", "2")
+    fresh = subprocess.run(
+        [sys.executable, "-c", f"from prefloop.store import PreferenceStore; print(PreferenceStore({url!r}, 'run').get_meta('n'))"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    second.close()
+    first.close()
+    assert fresh == "2"

@@ -24,6 +24,11 @@ from prefloop.serialization import strict_json
 log = logging.getLogger("prefloop")
 
 
+def _number(value: float) -> str:
+    """A metric for a log line: "not yet" while it cannot be computed (too few labels), not "nan"."""
+    return f"{value:.2f}" if math.isfinite(value) else "not yet"
+
+
 class CurveCallback(BaseCallback):
     """Records the learning curve (true and learned episode return vs. env steps) and logs it."""
 
@@ -152,8 +157,8 @@ class PreferenceCallback(BaseCallback):
         needed = self.pace.labels_needed(env_step)
         self.learner.wait_for_raters(
             lambda c: self.pace.allowed_steps(resolved(c, True)) > env_step,  # type: ignore[union-attr]
-            f"{needed} of {self.learner.pairs_asked()} pairs answered let the policy train past "
-            f"step {env_step} of {self.pace.total_steps}",
+            f"the policy may train up to step {env_step} of {self.pace.total_steps} until more answers come "
+            f"({needed} answered let it go on)",
             env_step, self.run.curve,
         )
         self._allowed = self.pace.allowed_steps(resolved(store.counts(), True))
@@ -168,8 +173,8 @@ class PreferenceCallback(BaseCallback):
             if key != "env_step" and math.isfinite(value):
                 self.logger.record(f"pref/{key}", value)
         log.info(
-            "step %d: %d labels, reward-model val acc %.2f, segment-return corr %.2f",
-            env_step, stats["labels"], stats["val_accuracy"], stats["segment_return_pearson"],
+            "step %d: %d labels, reward-model val acc %s, segment-return corr %s",
+            env_step, stats["labels"], _number(stats["val_accuracy"]), _number(stats["segment_return_pearson"]),
         )
         self.learner.publish_progress("training", env_step, self.run.curve)
         self.run.checkpoint(self.model, self.learner, env_step)
@@ -203,6 +208,42 @@ class CheckpointCallback(BaseCallback):
         if env_step >= self._next:
             self._next = env_step + self.every
             self.run.checkpoint(self.model, self.learner, env_step)
+
+
+class StepProgressBar(BaseCallback):
+    """The terminal's progress bar, in the run's env steps (the numbers the log prints: the steps
+    before ``model.learn`` count too). ``with_eta=False`` for runs paced by people, where an ETA
+    would only guess how fast they answer. Log lines go above the bar: rich redirects the
+    terminal's stdout/stderr while the bar is shown (see ``prefloop.cli``'s log handler)."""
+
+    def __init__(self, step_offset: int, total: int, with_eta: bool = True):
+        super().__init__()
+        self.step_offset = step_offset
+        self.total = total
+        self.with_eta = with_eta
+        self._progress: Any = None
+        self._task: Any = None
+
+    def _on_training_start(self) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        columns = [TextColumn("env steps"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        if self.with_eta:
+            columns += [TextColumn("left"), TimeRemainingColumn()]
+        self._progress = Progress(*columns)
+        self._progress.start()
+        self._task = self._progress.add_task("", total=self.total, completed=self.step_offset + self.num_timesteps)
+
+    def _on_step(self) -> bool:
+        self._progress.update(self._task, completed=min(self.total, self.step_offset + self.num_timesteps))
+        return True
+
+    def _on_training_end(self) -> None:
+        if self._progress is not None:
+            self._progress.refresh()
+            self._progress.stop()
+            self._progress = None
 
 
 class RunState:

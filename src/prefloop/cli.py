@@ -109,7 +109,7 @@ def _seconds(text: str) -> float:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
     parser.add_argument("--teacher", default="oracle", type=_teacher_name, metavar="TEACHER",
-                        help="'human' (raters in the browser app), a simulated teacher ("
+                        help="'human' (people in the rater app; only `prefloop run` starts it), a simulated teacher ("
                         + ", ".join(sorted(TEACHER_PRESETS)) + "), recorded:DIR (replay the labels of an exported dataset or an imported run folder), "
                         "a simulated crowd crowd:[COUNTx]KIND[@EPSILON],... (e.g. crowd:3xcareful@0.05,random,adversarial), "
                         "or fitted:PATH[,rater=NAME] (a rater's model from `prefloop raters fit --json PATH`)")
@@ -120,14 +120,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=_positive_int, default=200, help="label budget of the run (default 200)")
     parser.add_argument("--steps", type=_positive_int, default=None, help="env steps (default: the env preset's)")
     parser.add_argument("--algo", default=None, choices=sorted(ALGORITHMS), help="SB3 algorithm (default: the env preset's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the env, the policy and the reward model (default: 0)")
     parser.add_argument("--query", default="disagreement", type=_query_spec, metavar="METHOD[+qpa][+surf]",
                         help=f"query selection: {', '.join(QUERY_METHODS)}, optionally +qpa (policy-aligned) "
                              "and/or +surf (semi-supervised) (default: disagreement)")
-    parser.add_argument("--oversampling", type=_positive_int, default=10, help="candidate pairs scored per pair asked")
+    parser.add_argument("--oversampling", type=_positive_int, default=10, help="candidate pairs scored per pair asked (default: 10)")
     parser.add_argument("--segment-length", type=_positive_int, default=None, help="steps per segment (default: the preset's)")
     parser.add_argument("--n-envs", type=_positive_int, default=None, help="parallel envs (default: the preset's)")
-    parser.add_argument("--ensemble", type=_positive_int, default=3, help="reward-model ensemble members")
+    parser.add_argument("--ensemble", type=_positive_int, default=3, help="reward-model ensemble members (default: 3)")
     parser.add_argument("--rater-model", default="reliability", choices=RATER_MODELS,
                         help="several raters: estimate each one's error rate jointly with the reward and down-weight "
                              "unreliable ones (reliability, default), or count every label alike (plain)")
@@ -136,7 +136,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              "get weight 0 (kept in the store) (default 0.3)")
     parser.add_argument("--reward-source", default="preferences", choices=("preferences", "true"),
                         help="'true' trains on the env reward instead (the baseline)")
-    parser.add_argument("--eval-episodes", type=_positive_int, default=10)
+    parser.add_argument("--eval-episodes", type=_positive_int, default=10,
+                        help="episodes of the final evaluation on the true reward (default: 10)")
     parser.add_argument("--db-url", default=None,
                         help="SQLAlchemy URL of the store (default: SQLite in the run folder); keep the password out "
                         f"of it: ${ENV_DB_PASSWORD} or --db-password-file (it is never saved)")
@@ -241,12 +242,44 @@ def _reward_model_config(args: argparse.Namespace) -> RewardModelConfig:
         raise ConfigError(str(exc)) from None
 
 
+def continue_hint(args: argparse.Namespace) -> str:
+    """How to continue this command's run, as a command to paste (after "every label so far is stored; ")."""
+    import shlex
+
+    run_dir = getattr(args, "run_dir", None)
+    if args.command not in ("train", "run"):
+        return "run the command again"
+    if run_dir is None or not (Path(run_dir) / "config.json").is_file():
+        return f"start it again with `prefloop {args.command} ...`"
+    return f"continue with `prefloop {args.command} --run-dir {shlex.quote(str(run_dir))} --resume`"
+
+
+def check_train_teacher(args: argparse.Namespace) -> None:
+    """``prefloop train`` starts no rater app: a run taught by people would wait for answers forever."""
+    from prefloop.rundir import RunDir
+
+    teacher = RunDir(args.run_dir).load_config().teacher if args.resume else args.teacher
+    if teacher != "human":
+        return
+    import shlex
+
+    if args.resume:
+        raise ConfigError(
+            f"{args.run_dir} is a run taught by people (teacher human) and `prefloop train` starts no rater app: "
+            f"continue it with `prefloop run --run-dir {shlex.quote(str(args.run_dir))} --resume` (the trainer plus the rater app)"
+        )
+    raise ConfigError("`prefloop train` starts no rater app, so --teacher human would wait for answers forever: "
+                      "use `prefloop run` (the trainer plus the rater app), or a simulated teacher")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from prefloop.loop import train
     from prefloop.report import print_run_summary
 
     check_resume_arguments(args)
+    check_train_teacher(args)
     config = build_train_config(args)
+    args.run_dir = config.run_dir  # for the "continue with" line if it stops
     result = train(config, resume=args.resume)
     print_run_summary(result)
     return 0
@@ -264,7 +297,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from prefloop.apps.access import AppConfigError, check_exposure, check_token_value
     from prefloop.apps.launch import AppStartError, check_port_free
-    from prefloop.apps.supervise import RaterAppSupervisor
+    from prefloop.apps.supervise import RESULT_GRACE_S, RaterAppSupervisor
 
     check_resume_arguments(args)
     try:  # before training starts (and before the run folder exists), not when the app fails later
@@ -275,6 +308,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (AppConfigError, AppStartError) as exc:
         raise ConfigError(str(exc)) from None
     config = build_train_config(args)
+    args.run_dir = config.run_dir  # for the "continue with" line if it stops
     supervisors: list[RaterAppSupervisor] = []
 
     def start_app(run_dir, store_url: str, run_name: str) -> None:
@@ -300,18 +334,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = train(config, resume=args.resume, on_ready=start_app)
         print_run_summary(result)
-        if supervisors and supervisors[0].running() and sys.stdin.isatty():
-            print("Training finished; the rater app says so to raters and stays up for its dashboard "
-                  "-- press Ctrl-C to stop it.", flush=True)
+        if supervisors and supervisors[0].running():
+            interactive = sys.stdin.isatty()
+            print("Training finished; the rater app shows raters the result and stays up "
+                  + ("for its dashboard -- press Ctrl-C to stop it." if interactive else
+                     f"{RESULT_GRACE_S:.0f} s more so that open pages show it."), flush=True)
             try:
-                supervisors[0].wait()
+                supervisors[0].wait(None if interactive else RESULT_GRACE_S)
             except KeyboardInterrupt:
                 pass  # the run is complete; Ctrl-C only stops the app
     except KeyboardInterrupt:
         failure = supervisors[0].failure if supervisors else None
         if failure is None:
             raise
-        print(f"prefloop: error: {failure}; every label so far is stored, continue with --resume", file=sys.stderr)
+        print(f"prefloop: error: {failure}; every label so far is stored; {continue_hint(args)}", file=sys.stderr)
         return 1
     finally:
         for signum in previous:  # no second signal cuts the clean-up short
@@ -379,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     run_p.add_argument("--no-progress", action="store_true", help="no progress bar")
     run_p.add_argument("--host", default="127.0.0.1", help="address the rater app listens on (anything but loopback needs --token and --admin-token)")
-    run_p.add_argument("--port", type=_positive_int, default=8501)
+    from prefloop.apps.launch import port_number
+
+    run_p.add_argument("--port", type=port_number, default=8501, help="port of the rater app, 1-65535 (default: 8501)")
     run_p.add_argument("--token", default=os.environ.get(ENV_TOKEN),
                        help=f"access token raters must present (required off loopback; default: ${ENV_TOKEN})")
     run_p.add_argument("--admin-token", default=os.environ.get(ENV_ADMIN_TOKEN),
@@ -441,10 +479,47 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     add_raters_parser(sub)
 
 
+def refuse_unknown_arguments(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
+    """Exit (code 2) with the command's own usage, not the top-level one, and the flag a typo
+    was probably meant to be (``--lables`` -> ``--labels``)."""
+    import difflib
+
+    sub = parser._subparsers._group_actions[0].choices.get(command, parser)  # type: ignore[union-attr]
+    flags = [option for action in sub._actions for option in action.option_strings]
+    hint = ""
+    for word in unknown:
+        if word.startswith("-"):
+            close = difflib.get_close_matches(word.split("=", 1)[0], flags, n=1)
+            if close:
+                hint = f"; did you mean {close[0]}?"
+                break
+    sub.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+
+class CurrentStderrHandler(logging.StreamHandler):
+    """Log lines to whatever ``sys.stderr`` is when they are written, not when logging was set up:
+    while the progress bar is shown, rich redirects stderr so that each line prints on its own line
+    above the bar instead of glued onto it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201 - a text stream
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001 - StreamHandler sets it; the current stderr wins
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        refuse_unknown_arguments(parser, args.command, unknown)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", handlers=[CurrentStderrHandler()])
     previous_password_file = os.environ.get(ENV_DB_PASSWORD_FILE)
     try:
         if getattr(args, "db_password_file", None) is not None:
@@ -460,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prefloop: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("prefloop: interrupted; every label so far is stored, continue with --resume", file=sys.stderr)
+        print(f"prefloop: interrupted; every label so far is stored; {continue_hint(args)}", file=sys.stderr)
         return 130
     finally:
         if previous_password_file is None:

@@ -71,7 +71,8 @@ from prefloop.store import (
 
 ERROR = "error"  # data is damaged or unusable
 WARNING = "warning"  # the run works, but something needs attention (or a repair)
-SEVERITIES = (ERROR, WARNING)
+INFO = "info"  # routine, not a problem (e.g. leases left by a stopped app: the next claim takes them over)
+SEVERITIES = (ERROR, WARNING, INFO)
 TMP_GRACE_S = 120.0  # a younger .tmp checkpoint folder may still be written by a running trainer
 _SEGMENT_CHUNK = 200
 _MAX_LISTED = 10
@@ -107,10 +108,12 @@ class DoctorReport:
     checks: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the run is, when that is not obvious
+    repair_command: str = "prefloop doctor --repair"  # with the --run-dir / --db-url it was given
 
     @property
     def remaining(self) -> list[Finding]:
-        return [f for f in self.findings if not f.repaired]
+        """The problems left: neither repaired nor merely informational."""
+        return [f for f in self.findings if not f.repaired and f.severity != INFO]
 
     @property
     def healthy(self) -> bool:
@@ -174,7 +177,8 @@ def check_run(
     """
     if run_dir is None and db_url is None:
         raise ValueError("check_run needs a run folder (run_dir) or a database URL (db_url)")
-    report = DoctorReport(target=str(run_dir) if run_dir is not None else _safe_url(db_url or ""))
+    report = DoctorReport(target=str(run_dir) if run_dir is not None else _safe_url(db_url or ""),
+                          repair_command=_repair_command(run_dir, db_url, run_name))
     expects_store = True
     config: dict[str, Any] | None = None
     imported = False
@@ -344,7 +348,7 @@ def _leftover_tmp(path: Path, repair: bool, now: float, report: DoctorReport) ->
         return
     if repair and age < TMP_GRACE_S:
         report.add(WARNING, "checkpoint_tmp", what + f", written {age:.0f} s ago: maybe a running trainer's",
-                   "stop `prefloop train` and run doctor --repair again")
+                   f"stop `prefloop train` and run `{report.repair_command}` again")
         return
     if repair:
         shutil.rmtree(path, ignore_errors=True)
@@ -417,7 +421,7 @@ def _store_failure(exc: BaseException, report: DoctorReport) -> None:
                    f"${ENV_DB_PASSWORD} or --db-password-file, never from files")
     elif kind == "read_only":
         report.add(ERROR, "store_read_only", f"the store cannot be written ({reason}), so --repair cannot fix it here; "
-                   "it is not damaged", "run doctor --repair on a writable copy of the run folder")
+                   "it is not damaged", "run `prefloop doctor --repair` on a writable copy of the run folder")
     else:
         report.add(ERROR, "store", f"reading the store failed: {type(exc).__name__}: {reason}",
                    "restore the database from a backup; for SQLite, `sqlite3 prefs.sqlite .recover` salvages rows")
@@ -428,6 +432,20 @@ def _is_connection_failure(exc: BaseException) -> bool:
     orig = getattr(exc, "orig", None)
     return orig is not None and not hasattr(orig, "sqlite_errorcode") and type(orig).__name__ == "OperationalError" and (
         "connection" in str(orig).lower())
+
+
+def _repair_command(run_dir: str | os.PathLike[str] | None, db_url: str | None, run_name: str | None) -> str:
+    """``prefloop doctor ... --repair`` for what this check was given, ready to paste (no password)."""
+    import shlex
+
+    words = ["prefloop", "doctor"]
+    if run_dir is not None:
+        words += ["--run-dir", str(run_dir)]
+    if db_url is not None:
+        words += ["--db-url", _safe_url(db_url)]
+    if run_name is not None:
+        words += ["--run-name", run_name]
+    return shlex.join([*words, "--repair"])
 
 
 def _safe_url(url: str) -> str:
@@ -657,7 +675,7 @@ def _pair_status(engine: Engine, run_id: int, name: str, repair: bool, report: D
         detail = "; ".join(why for _, why in wrong[:3])
         report.add(ERROR, "pair_status",
                    f"run {name!r}: {len(wrong)} pairs have a status their labels disagree with ({detail})",
-                   "run `prefloop doctor --repair` to recompute the status from the labels",
+                   f"run `{report.repair_command}` to recompute the status from the labels",
                    repaired=repair and fixed == len(wrong))
 
 
@@ -687,9 +705,12 @@ def _expired_leases(engine: Engine, run_id: int, name: str, repair: bool, now: f
             released = conn.execute(
                 update(p).where(expired, p.c.id.in_(ids)).values(status=PENDING, claimed_by=None, lease_expires_at=None)
             ).rowcount
-    report.add(WARNING, "expired_leases",
-               f"run {name!r}: {len(ids)} pairs are still leased to raters whose lease expired (pair ids {_ids(ids)})",
-               "run `prefloop doctor --repair` to release them (a rater claiming next also takes them over)",
+    # Routine after a stopped app or a closed tab: the next claim takes expired leases over, so
+    # this is information, not a problem (doctor still exits 0 for it).
+    report.add(INFO, "expired_leases",
+               f"run {name!r}: {len(ids)} pairs are still leased to raters whose lease expired (pair ids {_ids(ids)}); "
+               "the next rater to ask for a pair takes them over",
+               f"nothing needed; `{report.repair_command}` releases them now",
                repaired=repair and released == len(ids))
 
 

@@ -133,17 +133,17 @@ class PreferenceLearner:
                 return
             if time.monotonic() - last_said > 10:
                 last_said = time.monotonic()
-                message = (
-                    f"waiting for raters ({what}): {counts['labels']} labels so far, "
-                    f"{counts['pending'] + counts['claimed']} pairs waiting in the rater app"
-                )
+                message = f"waiting for raters: {counts['answered']} of {self.pairs_asked()} pairs answered; {what}"
                 log.info("step %d: %s", env_step, message)
                 self.publish_progress("waiting_for_labels", env_step, curve, message)
             time.sleep(0.5)
 
-    def publish_progress(self, status: str, env_step: int, curve: list, message: str = "") -> None:
-        """The trainer's state for the rater app's status line and dashboard (run meta ``progress``)."""
+    def publish_progress(self, status: str, env_step: int, curve: list, message: str = "",
+                         result: dict[str, float] | None = None) -> None:
+        """The trainer's state for the rater app's status line and dashboard (run meta ``progress``);
+        ``result``: a finished run's numbers (``eval_return_mean`` and what gives it context)."""
         self.store.set_meta("progress", strict_json({
+            **(result or {}),
             "status": status,
             "env_step": int(env_step),
             "total_steps": int(self.config.steps or 0),

@@ -36,7 +36,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from prefloop.algos import algorithm_class, check_algorithm_fits, is_off_policy, make_algorithm, relabel_replay_buffer
-from prefloop.callbacks import CheckpointCallback, CurveCallback, PreferenceCallback, RunState
+from prefloop.callbacks import CheckpointCallback, CurveCallback, PreferenceCallback, RunState, StepProgressBar
 from prefloop.checkpoints import CheckpointChoice, newest_usable_checkpoint
 from prefloop.clock_rater import ClockRater
 from prefloop.config import ConfigError, TrainConfig, config_differences
@@ -273,11 +273,13 @@ def _train(
     if learner is not None:
         callbacks.append(PreferenceCallback(learner, rounds, initial_steps, state))
     callbacks.append(CheckpointCallback(state, learner, initial_steps, config.checkpoint_every or max(1, config.steps // 10)))
+    if config.progress_bar:  # paced by people (no simulated teacher): an ETA would be a guess
+        callbacks.append(StepProgressBar(initial_steps, config.steps, with_eta=learner is None or learner.teacher is not None))
     if remaining > 0:
         model.learn(
             total_timesteps=remaining,
             callback=CallbackList(callbacks),
-            progress_bar=config.progress_bar,
+            progress_bar=False,
             reset_num_timesteps=model.num_timesteps == 0,
             tb_log_name="policy",
         )
@@ -319,7 +321,8 @@ def _train(
         plot_learning_curve(curve, run_dir.path / "learning_curve.png", title)
     env.close()
     if learner is not None:
-        learner.publish_progress("finished", final_step, curve, f"run finished: eval return {result.eval_return_mean:.1f}")
+        learner.publish_progress("finished", final_step, curve, f"run finished: eval return {result.eval_return_mean:.1f}",
+                                 result=result_context(result.eval_return_mean, spec, config) if learner.teacher is None else None)
         learner.store.close()
     return result
 
@@ -427,7 +430,7 @@ def first_labels(
         learner.ask(first_round.cumulative_labels, env_step)
     asked = learner.pairs_asked()
     needed = asked if config.when_behind == "wait" else min(asked, config.min_initial_labels)  # pace, continue
-    learner.wait_for_raters(lambda c: c["labels"] >= needed, f"{needed} labels before the policy starts", env_step, curve)
+    learner.wait_for_raters(lambda c: c["labels"] >= needed, f"the policy starts training once {needed} labels are in", env_step, curve)
     learner.fit(env_step)
     learner.publish_progress("training", env_step, curve)
 
@@ -440,6 +443,23 @@ def evaluate(model: BaseAlgorithm, spec: EnvSpec, episodes: int, seed: int) -> l
     finally:
         eval_env.close()
     return [float(r) for r in returns]
+
+
+def result_context(eval_return: float, spec: EnvSpec, config: TrainConfig) -> dict[str, float]:
+    """A finished run's return for people (the rater app's last page), with what makes it
+    readable: a random policy's return on the same episodes' seeds and, when the env's Gymnasium
+    spec has one, its reward threshold ("solved")."""
+    import gymnasium as gym
+
+    context = {"eval_return_mean": eval_return,
+               "random_return_mean": float(np.mean(random_policy_returns(spec, config.eval_episodes, config.seed + 10_000)))}
+    try:
+        threshold = gym.spec(spec.env_id).reward_threshold
+    except gym.error.Error:
+        threshold = None
+    if threshold is not None:
+        context["reward_threshold"] = float(threshold)
+    return context
 
 
 def random_policy_returns(spec: EnvSpec, episodes: int, seed: int) -> list[float]:

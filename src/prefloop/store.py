@@ -1823,13 +1823,10 @@ def _check_sqlite_file(path: Path) -> None:
         raise NotAPreferenceStoreError(f"{path} is not a file; pass the path of a database file")
     if path.stat().st_size == 0:
         return
-    with open(path, "rb") as handle:
-        header = handle.read(len(_SQLITE_HEADER))
-    if header != _SQLITE_HEADER:
-        raise NotAPreferenceStoreError(
-            f"{path} is not a SQLite database (wrong file header), so it is not a prefloop "
-            "preference store; it was left untouched. Choose another file name or move it away."
-        )
+    # Only SQLite itself opens a database this process may already use: closing any other handle
+    # on the file (a plain open() to read the header) drops all of this process's POSIX locks on
+    # it, and another process's closing connection then deletes the WAL our writers still append
+    # to -- committed labels lost. So the header is read directly only once SQLite refused the file.
     try:
         with closing(open_sqlite_read_only(path)) as raw:
             tables = {
@@ -1842,6 +1839,13 @@ def _check_sqlite_file(path: Path) -> None:
         kind = store_problem_kind(exc, str(path))
         if kind == "busy":
             raise _busy_error(str(path), str(exc)) from exc
+        with open(path, "rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+        if header != _SQLITE_HEADER:
+            raise NotAPreferenceStoreError(
+                f"{path} is not a SQLite database (wrong file header), so it is not a prefloop "
+                "preference store; it was left untouched. Choose another file name or move it away."
+            ) from None
         raise NotAPreferenceStoreError(
             f"{path} is a corrupt SQLite file ({exc}); it was left untouched. Restore it from a "
             "backup or choose another file name."

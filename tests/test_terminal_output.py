@@ -1,0 +1,54 @@
+"""What `prefloop run`/`train` print in the terminal: log lines on their own lines above the
+progress bar, a bar counting the same env steps as the log, no "nan" in log lines."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import sys
+
+import gymnasium as gym
+import pytest
+from stable_baselines3 import PPO
+
+from prefloop.callbacks import StepProgressBar, _number
+from prefloop.cli import CurrentStderrHandler
+
+
+def test_log_lines_go_to_the_stderr_of_the_moment_so_the_progress_bar_can_put_them_above_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    logger = logging.getLogger("prefloop.test-terminal")
+    handler = CurrentStderrHandler()
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        redirected = io.StringIO()  # what rich's live display puts in place of stderr
+        monkeypatch.setattr(sys, "stderr", redirected)
+        logger.warning("step 2256: waiting for raters")
+        assert redirected.getvalue() == "step 2256: waiting for raters\n"
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_a_metric_not_computed_yet_reads_not_yet_instead_of_nan() -> None:
+    assert _number(math.nan) == "not yet" and _number(0.8333) == "0.83"
+
+
+def test_the_progress_bar_counts_the_runs_env_steps_like_the_log() -> None:
+    env = gym.make("CartPole-v1")
+    model = PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    bar = StepProgressBar(step_offset=2000, total=2128, with_eta=False)
+    seen: list[float] = []
+    original = bar._on_step
+
+    def on_step() -> bool:
+        seen.append(bar._progress.tasks[0].completed)
+        return original()
+
+    bar._on_step = on_step  # type: ignore[method-assign]
+    model.learn(128, callback=bar)
+    assert seen[0] == 2000  # the steps before learn() (random segments) count, as in the log
+    assert bar._progress is None  # stopped with training
+    assert max(seen) <= 2128
