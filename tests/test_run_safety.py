@@ -600,7 +600,8 @@ def test_an_edited_config_is_found_by_doctor_and_refused_by_resume_before_any_wr
     (["--ensemble", "1", "--query", "disagreement", "--teacher", "human"], "needs at least 2 members"),
 ])
 def test_a_flag_the_teacher_would_ignore_is_refused(args: list[str], expected: str, tmp_path: Path, cli: Cli) -> None:
-    cli.error("train", "--run-dir", str(tmp_path / "run"), *args, expected=(expected,))
+    command = ["run", "--port", str(free_port())] if "human" in args else ["train"]  # people rate through `run`
+    cli.error(*command, "--run-dir", str(tmp_path / "run"), *args, expected=(expected,))
     assert not (tmp_path / "run").exists()
 
 
