@@ -48,6 +48,8 @@ class Progress:
     updated_at: float | None = None
     message: str | None = None
     eval_return: float | None = None  # a finished run's evaluation return (``eval_return_mean``)
+    random_return: float | None = None  # a random policy's return on the same env, for context
+    reward_threshold: float | None = None  # the env's "solved" return (its Gymnasium spec), if it has one
 
     @property
     def fraction_done(self) -> float | None:
@@ -96,6 +98,8 @@ def parse_progress(raw: str | None) -> Progress | None:
         updated_at=number("updated_at", float),
         message=message if isinstance(message, str) else None,
         eval_return=number("eval_return_mean", float),
+        random_return=number("random_return_mean", float),
+        reward_threshold=number("reward_threshold", float),
     )
 
 

@@ -435,7 +435,13 @@ def run_result_line(progress: Progress) -> str | None:
     """The finished run's result for raters: its evaluation return (from the trainer's
     ``eval_return_mean`` or its closing message), None when the trainer did not say."""
     if progress.eval_return is not None:
-        return f"The trained agent's return, on the task's own score: **{progress.eval_return:.1f}**."
+        context = []
+        if progress.random_return is not None:
+            context.append(f"an agent acting at random scores {progress.random_return:.1f}")
+        if progress.reward_threshold is not None:
+            context.append(f"the task counts {progress.reward_threshold:g} as solved")
+        more = f" (for comparison: {'; '.join(context)})" if context else ""
+        return f"The trained agent's return, on the task's own score: **{progress.eval_return:.1f}**{more}."
     if progress.message:
         return f"Trainer: {progress.message}"
     return None

@@ -360,10 +360,13 @@ def test_a_finished_run_says_so_at_once_shows_its_result_and_serves_no_more_pair
     assert player(at) is None and "Labelling is over" in texts(at.info)
     with PreferenceStore(rated_store.url, rated_store.run_name) as store:
         store.set_meta("progress", json.dumps({"status": "finished", "eval_return_mean": 487.25,
+                                               "random_return_mean": 22.4, "reward_threshold": 475.0,
                                                "message": "run finished: eval return 487.2"}))
     at.run()
     assert player(at) is None
     assert "this run is complete" in texts(at.success) and "**487.2**" in texts(at.markdown)
+    # the number comes with what makes it readable: random play, and what the task calls solved
+    assert "at random scores 22.4" in texts(at.markdown) and "475 as solved" in texts(at.markdown)
     assert "Your answers today: **1**" in texts(at.caption)
     with PreferenceStore(rated_store.url, rated_store.run_name) as store:
         assert store.counts()["claimed"] == 0  # the pairs this page held went back (nothing is served)

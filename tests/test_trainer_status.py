@@ -23,3 +23,14 @@ def test_a_trainer_heard_recently_or_a_finished_run_keeps_its_status() -> None:
     evaluating = Progress(status="evaluating", updated_at=NOW - 120)
     assert "evaluating" in trainer_status_line(evaluating, NOW)
     assert "No trainer is running" in trainer_status_line(Progress(status="evaluating", updated_at=NOW - 3600), NOW)
+
+
+def test_a_finished_runs_return_comes_with_random_play_and_the_envs_solved_threshold() -> None:
+    from prefloop.config import TrainConfig
+    from prefloop.envs import EnvSpec
+    from prefloop.loop import result_context
+
+    config = TrainConfig(env_id="CartPole-v1", run_dir="unused", eval_episodes=3, seed=0)
+    context = result_context(480.0, EnvSpec("CartPole-v1"), config)
+    assert context["eval_return_mean"] == 480.0 and context["reward_threshold"] == 475.0
+    assert 5.0 < context["random_return_mean"] < 100.0  # random CartPole falls within a few dozen steps

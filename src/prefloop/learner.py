@@ -138,9 +138,12 @@ class PreferenceLearner:
                 self.publish_progress("waiting_for_labels", env_step, curve, message)
             time.sleep(0.5)
 
-    def publish_progress(self, status: str, env_step: int, curve: list, message: str = "") -> None:
-        """The trainer's state for the rater app's status line and dashboard (run meta ``progress``)."""
+    def publish_progress(self, status: str, env_step: int, curve: list, message: str = "",
+                         result: dict[str, float] | None = None) -> None:
+        """The trainer's state for the rater app's status line and dashboard (run meta ``progress``);
+        ``result``: a finished run's numbers (``eval_return_mean`` and what gives it context)."""
         self.store.set_meta("progress", strict_json({
+            **(result or {}),
             "status": status,
             "env_step": int(env_step),
             "total_steps": int(self.config.steps or 0),

@@ -322,7 +322,8 @@ def _train(
         plot_learning_curve(curve, run_dir.path / "learning_curve.png", title)
     env.close()
     if learner is not None:
-        learner.publish_progress("finished", final_step, curve, f"run finished: eval return {result.eval_return_mean:.1f}")
+        learner.publish_progress("finished", final_step, curve, f"run finished: eval return {result.eval_return_mean:.1f}",
+                                 result=result_context(result.eval_return_mean, spec, config) if learner.teacher is None else None)
         learner.store.close()
     return result
 
@@ -443,6 +444,23 @@ def evaluate(model: BaseAlgorithm, spec: EnvSpec, episodes: int, seed: int) -> l
     finally:
         eval_env.close()
     return [float(r) for r in returns]
+
+
+def result_context(eval_return: float, spec: EnvSpec, config: TrainConfig) -> dict[str, float]:
+    """A finished run's return for people (the rater app's last page), with what makes it
+    readable: a random policy's return on the same episodes' seeds and, when the env's Gymnasium
+    spec has one, its reward threshold ("solved")."""
+    import gymnasium as gym
+
+    context = {"eval_return_mean": eval_return,
+               "random_return_mean": float(np.mean(random_policy_returns(spec, config.eval_episodes, config.seed + 10_000)))}
+    try:
+        threshold = gym.spec(spec.env_id).reward_threshold
+    except gym.error.Error:
+        threshold = None
+    if threshold is not None:
+        context["reward_threshold"] = float(threshold)
+    return context
 
 
 def random_policy_returns(spec: EnvSpec, episodes: int, seed: int) -> list[float]:
