@@ -55,7 +55,7 @@ def test_policy_aligned_queries_come_from_the_newest_segments() -> None:
     assert len(pairs) == 20
     assert min(min(p.left.env_step, p.right.env_step) for p in pairs) >= 270
     # without QPA the same draw spreads over the whole buffer
-    spread = select_pairs(pool, 20, QueryConfig(method="uniform", policy_aligned=False), np.random.default_rng(0))
+    spread = select_pairs(pool, 20, QueryConfig(method="uniform"), np.random.default_rng(0))
     assert min(min(p.left.env_step, p.right.env_step) for p in spread) < 270
 
 
@@ -113,8 +113,8 @@ def test_query_specs_parse_and_bad_ones_are_refused() -> None:
     config = QueryConfig.from_spec("disagreement+qpa+surf")
     assert config.method == "disagreement" and config.policy_aligned and config.semi_supervised
     assert config.spec == "disagreement+qpa+surf"
-    assert QueryConfig().spec == "disagreement+qpa", "policy-aligned disagreement is the default"
-    assert not QueryConfig.from_spec("disagreement").policy_aligned, "and can be switched off"
+    assert QueryConfig().spec == "disagreement"
+    assert not QueryConfig.from_spec("disagreement").policy_aligned
     with pytest.raises(QueryConfigError, match="unknown query modifier 'foo'"):
         QueryConfig.from_spec("uniform+foo")
     with pytest.raises(QueryConfigError, match="confidence"):

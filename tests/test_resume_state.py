@@ -71,6 +71,8 @@ def test_off_policy_resume_restores_the_replay_buffer(tmp_path: Path, caplog: py
     train(config)
     checkpoint = RunDir(run).latest_checkpoint()
     assert checkpoint is not None and (checkpoint / REPLAY_BUFFER_FILE).is_file()
+    # As if killed after its last checkpoint, before the summary: a finished run is not resumed.
+    (run / "summary.json").unlink()
     with caplog.at_level(logging.INFO, logger="prefloop"):
         train(TrainConfig(env_id="Pendulum-v1", run_dir=run), resume=True)
     restored = [r.getMessage() for r in caplog.records if "replay buffer restored" in r.getMessage()]

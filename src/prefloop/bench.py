@@ -57,7 +57,7 @@ class BenchConfig:
     label_budgets: tuple[int, ...] = (200,)
     seeds: tuple[int, ...] = (0, 1, 2)
     teachers: tuple[str, ...] = ("oracle",)
-    queries: tuple[str, ...] = ("disagreement+qpa",)
+    queries: tuple[str, ...] = ("disagreement",)
     rater_models: tuple[str, ...] = ("reliability",)
     algos: tuple[str | None, ...] = (None,)
     steps: int | None = None

@@ -210,20 +210,6 @@ class CheckpointCallback(BaseCallback):
             self.run.checkpoint(self.model, self.learner, env_step)
 
 
-class StepLimitCallback(BaseCallback):
-    """Stops training once the run has taken its ``total`` env steps, so ``--steps N`` runs N
-    steps (rounded up to a whole step of every parallel env) instead of finishing SB3's current
-    rollout or training block, which could overshoot by up to ``n_steps * n_envs``."""
-
-    def __init__(self, step_offset: int, total: int):
-        super().__init__()
-        self.step_offset = step_offset
-        self.total = total
-
-    def _on_step(self) -> bool:
-        return self.step_offset + self.num_timesteps < self.total
-
-
 class StepProgressBar(BaseCallback):
     """The terminal's progress bar, in the run's env steps (the numbers the log prints: the steps
     before ``model.learn`` count too). ``with_eta=False`` for runs paced by people, where an ETA

@@ -44,7 +44,7 @@ from sqlalchemy.pool import NullPool
 from prefloop import store as store_module
 from prefloop.checkpoints import checkpoint_problems
 from prefloop.config import config_differences
-from prefloop.credentials import CredentialsError, connect_url
+from prefloop.credentials import ENV_DB_PASSWORD, CredentialsError, connect_url
 from prefloop.rundir import lock_holder
 from prefloop.serialization import array_from_bytes
 from prefloop.untrusted import excerpt
@@ -415,12 +415,23 @@ def _store_failure(exc: BaseException, report: DoctorReport) -> None:
     if kind == "busy":
         report.add(ERROR, "store_locked", f"the store is locked by another process ({reason}); it was not checked, "
                    "and nothing suggests damage", "wait until that process is done (or stop it), then run doctor again")
+    elif _is_connection_failure(exc):
+        report.add(ERROR, "store_unreachable", f"cannot connect to the store ({reason}); it was not checked",
+                   f"check that the server runs and the URL (host, port, user, database); the password comes from "
+                   f"${ENV_DB_PASSWORD} or --db-password-file, never from files")
     elif kind == "read_only":
         report.add(ERROR, "store_read_only", f"the store cannot be written ({reason}), so --repair cannot fix it here; "
                    "it is not damaged", "run `prefloop doctor --repair` on a writable copy of the run folder")
     else:
         report.add(ERROR, "store", f"reading the store failed: {type(exc).__name__}: {reason}",
                    "restore the database from a backup; for SQLite, `sqlite3 prefs.sqlite .recover` salvages rows")
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    """A server that refused or could not be reached (PostgreSQL): not a damaged store."""
+    orig = getattr(exc, "orig", None)
+    return orig is not None and not hasattr(orig, "sqlite_errorcode") and type(orig).__name__ == "OperationalError" and (
+        "connection" in str(orig).lower())
 
 
 def _repair_command(run_dir: str | os.PathLike[str] | None, db_url: str | None, run_name: str | None) -> str:

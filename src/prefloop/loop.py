@@ -36,8 +36,8 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from prefloop.algos import algorithm_class, check_algorithm_fits, is_off_policy, make_algorithm, relabel_replay_buffer
-from prefloop.callbacks import (CheckpointCallback, CurveCallback, PreferenceCallback, RunState, StepLimitCallback,
-                                StepProgressBar, metric_text)
+from prefloop.callbacks import (CheckpointCallback, CurveCallback, PreferenceCallback, RunState, StepProgressBar,
+                                metric_text)
 from prefloop.checkpoints import CheckpointChoice, newest_usable_checkpoint
 from prefloop.clock_rater import ClockRater
 from prefloop.config import ConfigError, TrainConfig, config_differences
@@ -274,7 +274,6 @@ def _train(
     if learner is not None:
         callbacks.append(PreferenceCallback(learner, rounds, initial_steps, state))
     callbacks.append(CheckpointCallback(state, learner, initial_steps, config.checkpoint_every or max(1, config.steps // 10)))
-    callbacks.append(StepLimitCallback(initial_steps, config.steps))
     if config.progress_bar:  # paced by people (no simulated teacher): an ETA would be a guess
         callbacks.append(StepProgressBar(initial_steps, config.steps, with_eta=learner is None or learner.teacher is not None))
     if remaining > 0:
@@ -287,8 +286,9 @@ def _train(
         )
     final_step = initial_steps + int(model.num_timesteps)
     if final_step != config.steps:
-        log.info("ran %d env steps for steps=%d: the %d parallel envs step together, so the total is a whole "
-                 "number of their steps", final_step, config.steps, config.n_envs)
+        log.warning("ran %d env steps for steps=%d: %s learns in whole rollouts (or training blocks) of its %d "
+                    "parallel envs and finishes the one it is in; label rounds are asked at their ends",
+                    final_step, config.steps, str(config.algo).upper(), config.n_envs)
     state.checkpoint(model, learner, final_step)
     withdrawn = 0
     if learner is not None:
