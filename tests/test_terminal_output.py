@@ -12,7 +12,7 @@ import gymnasium as gym
 import pytest
 from stable_baselines3 import PPO
 
-from prefloop.callbacks import StepProgressBar, _number
+from prefloop.callbacks import StepProgressBar, metric_text
 from prefloop.cli import CurrentStderrHandler
 
 
@@ -33,7 +33,7 @@ def test_log_lines_go_to_the_stderr_of_the_moment_so_the_progress_bar_can_put_th
 
 
 def test_a_metric_not_computed_yet_reads_not_yet_instead_of_nan() -> None:
-    assert _number(math.nan) == "not yet" and _number(0.8333) == "0.83"
+    assert metric_text(math.nan) == "not yet" and metric_text(0.8333) == "0.83"
 
 
 def test_the_progress_bar_counts_the_runs_env_steps_like_the_log() -> None:

@@ -24,7 +24,7 @@ from prefloop.serialization import strict_json
 log = logging.getLogger("prefloop")
 
 
-def _number(value: float) -> str:
+def metric_text(value: float) -> str:
     """A metric for a log line: "not yet" while it cannot be computed (too few labels), not "nan"."""
     return f"{value:.2f}" if math.isfinite(value) else "not yet"
 
@@ -174,7 +174,7 @@ class PreferenceCallback(BaseCallback):
                 self.logger.record(f"pref/{key}", value)
         log.info(
             "step %d: %d labels, reward-model val acc %s, segment-return corr %s",
-            env_step, stats["labels"], _number(stats["val_accuracy"]), _number(stats["segment_return_pearson"]),
+            env_step, stats["labels"], metric_text(stats["val_accuracy"]), metric_text(stats["segment_return_pearson"]),
         )
         self.learner.publish_progress("training", env_step, self.run.curve)
         self.run.checkpoint(self.model, self.learner, env_step)

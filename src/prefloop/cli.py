@@ -277,8 +277,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prefloop.report import print_run_summary
 
     check_resume_arguments(args)
+    config = build_train_config(args)  # bad settings are named first, whatever the teacher
     check_train_teacher(args)
-    config = build_train_config(args)
     args.run_dir = config.run_dir  # for the "continue with" line if it stops
     result = train(config, resume=args.resume)
     print_run_summary(result)

@@ -36,7 +36,8 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from prefloop.algos import algorithm_class, check_algorithm_fits, is_off_policy, make_algorithm, relabel_replay_buffer
-from prefloop.callbacks import CheckpointCallback, CurveCallback, PreferenceCallback, RunState, StepProgressBar
+from prefloop.callbacks import (CheckpointCallback, CurveCallback, PreferenceCallback, RunState, StepProgressBar,
+                                metric_text)
 from prefloop.checkpoints import CheckpointChoice, newest_usable_checkpoint
 from prefloop.clock_rater import ClockRater
 from prefloop.config import ConfigError, TrainConfig, config_differences
@@ -424,7 +425,7 @@ def first_labels(
         # was written are in the store but not in the checkpoint's reward model.
         target = first_round.cumulative_labels if not resumed else learner.pairs_asked()
         stats = learner.run_round(target, env_step, None)
-        log.info("initial round: %d labels, segment-return corr %.2f", stats["labels"], stats["segment_return_pearson"])
+        log.info("initial round: %d labels, segment-return corr %s", stats["labels"], metric_text(stats["segment_return_pearson"]))
         return
     if not resumed:
         learner.ask(first_round.cumulative_labels, env_step)
