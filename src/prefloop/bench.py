@@ -38,6 +38,7 @@ from prefloop.bench_report import aggregate, cost_rows, cost_table, markdown_tab
 from prefloop.cost import CostSettings
 from prefloop.query import QueryConfig
 from prefloop.rundir import RunDirError, write_atomic
+from prefloop.serialization import strict_json
 from prefloop.reward_models import RewardModelConfig
 from prefloop.teacher_specs import folder_name, parse_teacher_spec
 from prefloop.teachers import teacher_spec
@@ -167,7 +168,7 @@ def run_job(job: Job) -> dict[str, Any]:
         "curve": result.curve,
         "run_dir": str(config.run_dir),
     }
-    write_atomic(config.run_dir / ROW_FILE, json.dumps(row))
+    write_atomic(config.run_dir / ROW_FILE, strict_json(row))
     return row
 
 
@@ -397,7 +398,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     random_rows = random_baselines(config)
     runs = done + execute(todo, workers, config.executor, config.ray_address)
     document = results_document(config, runs, random_rows, time.perf_counter() - started)
-    (out_dir / "results.json").write_text(json.dumps(document, indent=1))
+    (out_dir / "results.json").write_text(strict_json(document, indent=1))
     table = markdown_table(document["groups"])
     split = document["time"]
     timing = (

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from prefloop.config import ConfigError
 from prefloop.identity import IdentityError, invite
+from prefloop.serialization import strict_json
 from prefloop.store import PreferenceStore
 
 ENV_RATER_TOKEN = "PREFLOOP_RATER_TOKEN"
@@ -251,7 +252,7 @@ def cmd_raters_fit(args: argparse.Namespace) -> int:
             f"  (fractions of a typical segment return {fit.return_scale:.3g})"
         )
     if args.json is not None:
-        args.json.write_text(json.dumps(fits_document(fits, f"run {run_name}"), indent=1))
+        args.json.write_text(strict_json(fits_document(fits, f"run {run_name}"), indent=1))
         print(f"written: {args.json}  (replay a rater with --teacher fitted:{args.json},rater=NAME)")
     sys.stdout.flush()
     return 0

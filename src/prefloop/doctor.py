@@ -47,6 +47,7 @@ from prefloop.config import config_differences
 from prefloop.credentials import ENV_DB_PASSWORD, CredentialsError, connect_url
 from prefloop.rundir import lock_holder
 from prefloop.serialization import array_from_bytes
+from prefloop.serialization import strict_json
 from prefloop.untrusted import excerpt
 from prefloop.store import (
     ANSWERED,
@@ -751,6 +752,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
         raise RunDirError("prefloop doctor needs --run-dir (a run folder) or --db-url (a preference store)")
     report = check_run(args.run_dir, db_url=args.db_url, run_name=args.run_name, repair=args.repair)
-    print(json.dumps(report.to_json(), indent=2) if args.json else report.to_text())
+    print(strict_json(report.to_json(), indent=2) if args.json else report.to_text())
     sys.stdout.flush()
     return 0 if report.healthy else 1

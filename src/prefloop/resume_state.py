@@ -21,6 +21,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from prefloop.algos import is_off_policy
+from prefloop.serialization import strict_json
 
 if TYPE_CHECKING:
     from prefloop.reward_models import RewardTrainer
@@ -38,7 +39,7 @@ def save_resume_state(folder: Path, model: BaseAlgorithm, trainer: "RewardTraine
         model.save_replay_buffer(folder / REPLAY_BUFFER_FILE)  # type: ignore[attr-defined]
     if trainer is not None:
         torch.save(trainer.optimizer.state_dict(), folder / OPTIMIZER_FILE)
-        (folder / TRAINER_FILE).write_text(json.dumps(trainer.counters()))
+        (folder / TRAINER_FILE).write_text(strict_json(trainer.counters()))
 
 
 def restore_resume_state(folder: Path, model: BaseAlgorithm, trainer: "RewardTrainer | None") -> None:
