@@ -76,7 +76,7 @@ def checkpoint_problems(checkpoint: Path, *, reward_model: bool, algo: str | Non
 
             try:
                 torch.load(optimizer, weights_only=True)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 -- a truncated optimiser file fails in many ways, like the model
                 problems.append(f"{OPTIMIZER_FILE} does not load ({_first_line(exc)})")
         if counters.is_file():
             try:
