@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from prefloop.identity import MAX_RATER_NAME_CHARS, normalize_rater_name  # noqa: F401 (re-exported)
+from prefloop.store.identity import MAX_RATER_NAME_CHARS, normalize_rater_name  # noqa: F401 (re-exported)
 
 ENV_DB_URL = "PREFLOOP_DB_URL"
 ENV_TOKEN = "PREFLOOP_RATER_TOKEN"
@@ -193,7 +193,7 @@ def is_loopback_host(host: str) -> bool:
 
 
 def clean_rater_name(name: object) -> str:
-    """The rater id for a typed or ``?rater=`` name (see :func:`prefloop.identity.normalize_rater_name`).
+    """The rater id for a typed or ``?rater=`` name (see :func:`prefloop.store.identity.normalize_rater_name`).
 
     Raises:
         ValueError: the message is shown to the rater as is.

@@ -18,10 +18,18 @@ from prefloop.apps.access import (
     check_exposure,
     check_token_value,
 )
-from prefloop.apps.launch import AppStartError, app_url, check_port_free, launch_rater_app, port_number, wait_until_ready
-from prefloop.config import ConfigError
-from prefloop.rundir import store_of_run_folder
+from prefloop.apps.launch import (
+    AppStartError,
+    app_url,
+    check_port_free,
+    launch_rater_app,
+    port_number,
+    wait_until_ready,
+)
+
 from prefloop.store import PreferenceStore, sqlite_url
+from prefloop.training.config import ConfigError
+from prefloop.training.rundir import store_of_run_folder
 
 # A clip worker that dies is restarted this many times before the app stops with its reason.
 MAX_WORKER_RESTARTS = 3
@@ -87,7 +95,7 @@ def resolve_store(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def cmd_rate(args: argparse.Namespace) -> int:
-    from prefloop.clipworker import start_clip_worker_thread
+    from prefloop.apps.clipworker import start_clip_worker_thread
 
     db_url, run_name = resolve_store(args)
     try:

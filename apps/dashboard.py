@@ -480,12 +480,12 @@ def export_zip(db_url: str, run_name: str) -> bytes:
     Returns:
         The zip file's bytes: ``<run>-preferences/manifest.json``, ``segments.npz``,
         ``segments.jsonl``, ``pairs.jsonl`` and ``labels.jsonl`` (retracted labels included,
-        marked), readable by :func:`prefloop.dataset.load_dataset` once unpacked.
+        marked), readable by :func:`prefloop.datasets.load_dataset` once unpacked.
 
     Raises:
-        prefloop.dataset.DatasetError, prefloop.store.StoreError: the run cannot be exported.
+        prefloop.datasets.DatasetError, prefloop.store.StoreError: the run cannot be exported.
     """
-    from prefloop.dataset import export_dataset
+    from prefloop.datasets import export_dataset
 
     folder = export_file_name(run_name).removesuffix(".zip")
     with tempfile.TemporaryDirectory(prefix="prefloop-export-") as tmp:

@@ -31,7 +31,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from prefloop.rundir import write_atomic
 from prefloop.apps.access import (
     ENV_ADMIN_TOKEN,
     ENV_DB_URL,
@@ -39,6 +38,8 @@ from prefloop.apps.access import (
     check_exposure,
     check_token_value,
 )
+
+from prefloop.training.rundir import write_atomic
 
 RATER_APP = Path(__file__).with_name("rater_app.py")
 APP_ID_FILE = "prefloop-app-id"  # served as /app/static/prefloop-app-id

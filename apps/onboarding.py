@@ -17,6 +17,7 @@ from typing import Any
 
 from prefloop.apps.dashboard import json_object
 from prefloop.apps.guideline import ExampleBlock, render_guideline
+
 from prefloop.types import Choice
 
 ONBOARDING_META = "onboarding"

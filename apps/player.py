@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import Any
 
 import streamlit as st
-
 from prefloop.apps.rating import RaterSession
 
 COMPONENT_NAME = "prefloop_rater_player"

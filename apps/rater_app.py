@@ -18,9 +18,6 @@ import unicodedata
 from collections.abc import Sequence
 
 import streamlit as st
-from streamlit import config as st_config
-from sqlalchemy.exc import SQLAlchemyError
-
 from prefloop.apps.access import (
     AppConfig,
     AppConfigError,
@@ -28,9 +25,6 @@ from prefloop.apps.access import (
     parse_app_args,
     token_matches,
 )
-from prefloop.apps.guideline import GUIDELINE_META, render_guideline_page, show_pair_clips
-from prefloop.apps.onboarding import Onboarding, start_onboarding
-from prefloop.types import Choice
 from prefloop.apps.dashboard import (
     Progress,
     parse_progress,
@@ -38,12 +32,22 @@ from prefloop.apps.dashboard import (
     render_export_download,
     trainer_status_line,
 )
+from prefloop.apps.guideline import (
+    GUIDELINE_META,
+    render_guideline_page,
+    show_pair_clips,
+)
+from prefloop.apps.onboarding import Onboarding, start_onboarding
 from prefloop.apps.player import PLAYER_KEY, render_player
 from prefloop.apps.rating import DB_TROUBLE, Notice, RaterSession
-from prefloop.config import MAX_GUIDELINE_CHARS
-from prefloop.identity import IdentityError, sign_in
-from prefloop.untrusted import markdown_literal
+from sqlalchemy.exc import SQLAlchemyError
+from streamlit import config as st_config
+
 from prefloop.store import PreferenceStore, StoreError
+from prefloop.store.identity import IdentityError, sign_in
+from prefloop.training.config import MAX_GUIDELINE_CHARS
+from prefloop.types import Choice
+from prefloop.untrusted import markdown_literal
 
 log = logging.getLogger("prefloop.apps")
 

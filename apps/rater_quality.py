@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefloop.apps.dashboard import json_object
+
 from prefloop.cost import CostSettings, cost_settings_from, per
 from prefloop.types import Choice, Label
 

@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from prefloop.reward_models import load_reward_model
-from prefloop.rundir import RunDir
+
 from prefloop.store import PreferenceStore, sqlite_url
+from prefloop.training.rundir import RunDir
 
 
 def reward_terms(run_dir: Path) -> dict[str, object]:

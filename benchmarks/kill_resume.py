@@ -177,9 +177,9 @@ def snapshot_labels(run_dir: Path) -> list[tuple]:
 
 def check_invariants(run_dir: Path, before: list[tuple], final: bool) -> tuple[list[str], list[tuple]]:
     """Every check listed in the module docstring; returns (problems, the labels now)."""
-    from prefloop.algos import algorithm_class
-    from prefloop.config import TrainConfig
-    from prefloop.doctor import ERROR, check_run
+    from prefloop.ops.doctor import ERROR, check_run
+    from prefloop.training.algos import algorithm_class
+    from prefloop.training.config import TrainConfig
 
     problems: list[str] = []
     now = snapshot_labels(run_dir)
@@ -217,7 +217,7 @@ def check_invariants(run_dir: Path, before: list[tuple], final: bool) -> tuple[l
         report = check_run(run_dir)  # integrity, statuses, segment arrays, checkpoint loads
         problems += [f"doctor: {f.check}: {f.what}" for f in report.remaining if f.severity == ERROR]
         config = TrainConfig.load(run_dir / "config.json")
-        from prefloop.rundir import RunDir
+        from prefloop.training.rundir import RunDir
 
         latest = RunDir(run_dir).latest_checkpoint()
         if latest is not None:

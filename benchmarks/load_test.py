@@ -356,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if backend == "sqlite":
                 results.append(run_backend(sqlite_url(Path(tmp) / "prefs.sqlite"), backend, config))
             else:
-                from prefloop.local_postgres import start_local_postgres
+                from prefloop.ops.local_postgres import start_local_postgres
 
                 with start_local_postgres() as server:
                     results.append(run_backend(server.create_database("load"), backend, config))

@@ -74,8 +74,9 @@ def build_store(path: Path, n_segments: int, n_pairs: int) -> tuple[str, str, li
     from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
     from prefloop.envs.clips import CLIP_MIME, encode_clip
     from prefloop.envs.render import SegmentRenderer
-    from prefloop.loop import build_vec_env, collect_random
+
     from prefloop.store import PreferenceStore, sqlite_url
+    from prefloop.training.loop import build_vec_env, collect_random
     from prefloop.types import SegmentPair
 
     spec = EnvSpec("CartPole-v1")

@@ -19,14 +19,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from prefloop.cli import main as prefloop
 from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
 from prefloop.envs.presets import default_preset
-from prefloop.labeling import answer_pending
-from prefloop.loop import build_vec_env, collect_random
+
+from prefloop.cli import main as prefloop
 from prefloop.store import PreferenceStore, sqlite_url
 from prefloop.teachers import SimulatedTeacher, TeacherConfig
+from prefloop.teachers.labeling import answer_pending
+from prefloop.training.loop import build_vec_env, collect_random
 from prefloop.types import SegmentPair
 
 # (name, beta as a multiple of 1 / typical |return difference|, gamma, epsilon, skip, equal)

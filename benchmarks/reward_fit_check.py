@@ -17,12 +17,12 @@ import time
 
 import numpy as np
 import torch
-
-from prefloop.config import TrainConfig
 from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
-from prefloop.loop import build_vec_env, collect_random
 from prefloop.reward_models import RewardModelConfig, RewardTrainer, build_reward_model
+
 from prefloop.teachers import make_teacher
+from prefloop.training.config import TrainConfig
+from prefloop.training.loop import build_vec_env, collect_random
 from prefloop.types import LabeledPair
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from prefloop.envs import EnvSpec, make_env
+from prefloop.envs.presets import default_preset
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from prefloop.algos import make_algorithm
-from prefloop.envs import EnvSpec, make_env
-from prefloop.envs.presets import default_preset
-from prefloop.loop import evaluate
+from prefloop.training.algos import make_algorithm
+from prefloop.training.loop import evaluate
 
 
 def main() -> None:

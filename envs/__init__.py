@@ -11,8 +11,19 @@ from prefloop.envs.mujoco_render import prefer_egl, prefer_windowless_sdl
 prefer_egl()
 prefer_windowless_sdl()  # likewise before pygame's first frame; a user's SDL_VIDEODRIVER wins
 
-from prefloop.envs.factory import EnvSetupError, EnvSpec, check_can_render, check_env_id, check_spaces, make_env
-from prefloop.envs.learned_reward import LearnedRewardWrapper, RewardFunction, VecLearnedReward
+from prefloop.envs.factory import (
+    EnvSetupError,
+    EnvSpec,
+    check_can_render,
+    check_env_id,
+    check_spaces,
+    make_env,
+)
+from prefloop.envs.learned_reward import (
+    LearnedRewardWrapper,
+    RewardFunction,
+    VecLearnedReward,
+)
 from prefloop.envs.recorder import SegmentRecorder, VecSegmentRecorder
 from prefloop.envs.render import ReplayMismatchError, SegmentRenderer, render_segment
 from prefloop.envs.seeding import EpisodeSeeder

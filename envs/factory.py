@@ -13,7 +13,6 @@ from typing import Any
 
 import gymnasium as gym
 from gymnasium import spaces
-
 from prefloop.envs.mujoco_render import configure_fast_rendering
 from prefloop.envs.seeding import EpisodeSeeder
 

@@ -11,10 +11,9 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from prefloop.envs.segments import EpisodeSegmenter, SegmentBuffer, cut_segments
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
-
-from prefloop.envs.segments import EpisodeSegmenter, SegmentBuffer, cut_segments
 
 
 class SegmentRecorder(gym.Wrapper, gym.utils.RecordConstructorArgs):

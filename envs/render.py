@@ -12,10 +12,9 @@ import gc
 import gymnasium as gym
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-
 from prefloop.envs.factory import EnvSpec, make_env
-from prefloop.types import Segment
 
+from prefloop.types import Segment
 
 END_TEXT = "EPISODE ENDED"
 END_BAND_RGB = (200, 30, 30)

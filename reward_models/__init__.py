@@ -16,7 +16,13 @@ shift would change the value of staying alive.
 """
 
 from .ensemble import MIN_REWARD_SCALE, RewardEnsemble, stack_segments
-from .io import METADATA_FILE, WEIGHTS_FILE, load_reward_metadata, load_reward_model, save_reward_model
+from .io import (
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    load_reward_metadata,
+    load_reward_model,
+    save_reward_model,
+)
 from .reliability import RaterEstimate
 from .spaces import UnsupportedSpaceError, space_from_json, space_to_json
 from .training import (

@@ -27,7 +27,12 @@ import torch
 from prefloop.types import LabeledPair
 
 from .ensemble import RewardEnsemble, stack_segments
-from .reliability import RaterEstimate, RaterLabels, estimate_error_rates, loss_error_rates
+from .reliability import (
+    RaterEstimate,
+    RaterLabels,
+    estimate_error_rates,
+    loss_error_rates,
+)
 
 # Fewer pairs than this and all of them are used for training.
 MIN_PAIRS_FOR_VALIDATION = 10
@@ -324,7 +329,7 @@ class RewardTrainer:
         row and the raters' error rates are re-estimated halfway through the step budget and at the
         end (:attr:`rater_estimates`).
 
-        ``pseudo_pairs`` (SURF's model-made labels, ``prefloop.semi_supervised``) join the training
+        ``pseudo_pairs`` (SURF's model-made labels, ``prefloop.training.semi_supervised``) join the training
         side only: never validated on, not counted in the per-label step budget, not used for the
         input statistics, nor for the raters' estimates (they enter with the prior error rate).
 

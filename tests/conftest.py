@@ -21,15 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
 from streamlit.testing.v1.util import patch_config_options
 
-from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
 from prefloop.types import Segment, SegmentPair
+
 
 @pytest.fixture(scope="session")
 def local_postgres() -> Iterator[object]:
-    """A throwaway PostgreSQL server for the whole session (see ``prefloop.local_postgres``)."""
-    from prefloop.local_postgres import PostgresUnavailableError, start_local_postgres
+    """A throwaway PostgreSQL server for the whole session (see ``prefloop.ops.local_postgres``)."""
+    from prefloop.ops.local_postgres import (
+        PostgresUnavailableError,
+        start_local_postgres,
+    )
 
     try:
         server = start_local_postgres()
@@ -87,7 +91,7 @@ RATED_SEGMENT_LENGTH = 25
 
 def cartpole_segments(n: int, segment_length: int = RATED_SEGMENT_LENGTH, seed: int = 0) -> list[Segment]:
     """``n`` real segments of random CartPole play (replayable, so their clips can be rendered)."""
-    from prefloop.loop import build_vec_env, collect_random
+    from prefloop.training.loop import build_vec_env, collect_random
 
     buffer = SegmentBuffer(10_000)
     recorder = VecSegmentRecorder(build_vec_env(EnvSpec("CartPole-v1"), 2, seed=seed), buffer, segment_length, seed=seed)
@@ -110,7 +114,8 @@ class RatedStore:
 
 @pytest.fixture(scope="session")
 def rated_store_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]]:
-    from prefloop.clipworker import ClipWorker
+    from prefloop.apps.clipworker import ClipWorker
+
     from prefloop.store import PreferenceStore, sqlite_url
 
     path = tmp_path_factory.mktemp("rated") / "prefs.sqlite"

@@ -5,12 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from prefloop.envs import EnvSpec, VecLearnedReward
+from prefloop.reward_models import RewardEnsemble
 from stable_baselines3 import DQN, SAC
 
-from prefloop.algos import AlgorithmError, algorithm_class, check_algorithm_fits, relabel_replay_buffer, resolve_schedules
-from prefloop.envs import EnvSpec, VecLearnedReward
-from prefloop.loop import build_vec_env
-from prefloop.reward_models import RewardEnsemble
+from prefloop.training.algos import (
+    AlgorithmError,
+    algorithm_class,
+    check_algorithm_fits,
+    relabel_replay_buffer,
+    resolve_schedules,
+)
+from prefloop.training.loop import build_vec_env
 
 
 @pytest.fixture(autouse=True)

@@ -15,22 +15,37 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import (
+    RATED_GUIDELINE,
+    RatedStore,
+    app_served_on_loopback,
+    cartpole_segments,
+)
+from prefloop.apps.access import (
+    AppConfigError,
+    clean_rater_name,
+    is_loopback_host,
+    parse_app_args,
+)
+from prefloop.apps.cli_rate import RateCommandError, add_rate_parser, resolve_store
+from prefloop.apps.dashboard import (
+    agreement,
+    gold_accuracy,
+    labels_per_hour,
+    parse_progress,
+    rater_table,
+)
+from prefloop.apps.launch import launch_rater_app
+from prefloop.apps.player import PLAYER_KEY
+from prefloop.apps.rating import RaterSession, clamp_response_time
+from prefloop.envs.clips import CLIP_MIME
 from sqlalchemy.exc import OperationalError
 from streamlit.components.v2.bidi_component.main import _make_trigger_id
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.util import patch_config_options
 
-from prefloop.apps.access import AppConfigError, clean_rater_name, is_loopback_host, parse_app_args
-from prefloop.apps.cli_rate import RateCommandError, add_rate_parser, resolve_store
-from prefloop.apps.dashboard import agreement, gold_accuracy, labels_per_hour, parse_progress, rater_table
-from prefloop.apps.launch import launch_rater_app
-from prefloop.apps.player import PLAYER_KEY
-from prefloop.apps.rating import RaterSession, clamp_response_time
-from prefloop.envs.clips import CLIP_MIME
 from prefloop.store import PreferenceStore, sqlite_url
 from prefloop.types import Choice, Label, SegmentPair
-
-from conftest import RATED_GUIDELINE, RatedStore, app_served_on_loopback, cartpole_segments
 
 
 def app_script(argv: list[str]) -> None:
@@ -486,7 +501,7 @@ def test_the_admin_downloads_the_runs_preferences_from_the_dashboard(
 
     from streamlit.runtime.media_file_manager import MediaFileManager
 
-    from prefloop.dataset import load_dataset
+    from prefloop.datasets import load_dataset
 
     with PreferenceStore(rated_store.url, rated_store.run_name) as store:
         for pair_id, choice in zip(rated_store.pair_ids[:2], ("left", "right")):

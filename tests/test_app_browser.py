@@ -16,15 +16,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
+from conftest import RATED_GUIDELINE, RatedStore, free_port
 from prefloop.apps.launch import launch_rater_app, wait_until_ready
 from sqlalchemy import create_engine, select
 
 from prefloop.store import PreferenceStore, pairs_table
 from prefloop.types import Choice, Label
-
-from conftest import RATED_GUIDELINE, RatedStore
-from conftest import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from prefloop.bench import SCHEMA, BenchConfig, run_bench
-from prefloop.bench_report import aggregate, markdown_table, time_split
+from prefloop.bench.report import aggregate, markdown_table, time_split
 from prefloop.metrics import median_iqr, normalized_return
 
 
@@ -98,7 +98,7 @@ def test_tiny_sweep_gives_the_same_numbers_on_both_executors(tmp_path: Path) -> 
 
 def test_interrupted_sweep_resumes_and_a_new_sweep_reuses_identical_baselines(tmp_path: Path, monkeypatch, caplog) -> None:
     import prefloop.bench
-    from prefloop.rundir import RunDirError
+    from prefloop.training.rundir import RunDirError
 
     monkeypatch.setattr(prefloop.bench, "HEARTBEAT_S", 0.5)
     caplog.set_level(logging.INFO, logger="prefloop.bench")

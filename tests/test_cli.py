@@ -10,7 +10,7 @@ import gymnasium as gym
 import pytest
 
 from prefloop.cli import main
-from prefloop.config import TrainConfig
+from prefloop.training.config import TrainConfig
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

@@ -10,15 +10,18 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
-
-from prefloop.clipworker import ClipWorker, ClipWorkerError, start_clip_worker_thread
+from conftest import RatedStore, cartpole_segments
+from prefloop.apps.clipworker import (
+    ClipWorker,
+    ClipWorkerError,
+    start_clip_worker_thread,
+)
 from prefloop.envs import EnvSpec
 from prefloop.envs.clips import CLIP_MIME, ClipEncodingError, clip_size, encode_clip
+from sqlalchemy import create_engine, text
+
 from prefloop.store import PreferenceStore, StoreError, sqlite_url
 from prefloop.types import SegmentPair
-
-from conftest import RatedStore, cartpole_segments
 
 
 def decode(data: bytes) -> tuple[list[np.ndarray], float, str]:

@@ -21,30 +21,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
+from prefloop.reward_models import RewardModelConfig
 from sqlalchemy import create_engine, select
 
-from prefloop.config import TrainConfig
-from prefloop.dataset import (
+from prefloop.cli.datasets import add_export_parser, add_import_parser
+from prefloop.datasets import (
     FORMAT_NAME,
     DatasetError,
-    add_export_parser,
-    add_import_parser,
     export_dataset,
     import_dataset,
     load_dataset,
 )
-from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
-from prefloop.loop import build_vec_env, collect_random, train
-from prefloop.recorded import (
+from prefloop.store import PreferenceStore, pairs_table, sqlite_url
+from prefloop.teachers import make_teacher
+from prefloop.teachers.recorded import (
     RecordedTeacher,
     UnrecordedPairError,
     make_recorded_teacher,
     replay_caveats,
     segment_fingerprint,
 )
-from prefloop.reward_models import RewardModelConfig
-from prefloop.store import PreferenceStore, pairs_table, sqlite_url
-from prefloop.teachers import make_teacher
+from prefloop.training.config import TrainConfig
+from prefloop.training.loop import build_vec_env, collect_random, train
 from prefloop.types import Choice, Label, Segment, SegmentPair
 
 SEGMENT_LENGTH = 25

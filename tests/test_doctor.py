@@ -15,12 +15,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from prefloop.reward_models import RewardEnsemble, save_reward_model
 from sqlalchemy import create_engine, text
 
-from prefloop.doctor import ERROR, INFO, WARNING, add_doctor_parser, check_run
-from prefloop.reward_models import RewardEnsemble, save_reward_model
-from prefloop.rundir import RunDir
+from prefloop.ops.doctor import ERROR, INFO, WARNING, add_doctor_parser, check_run
 from prefloop.store import PreferenceStore, sqlite_url
+from prefloop.training.rundir import RunDir
 from prefloop.types import Choice, Segment, SegmentPair
 
 L = 5
@@ -258,8 +258,8 @@ def test_cli_exit_code_is_0_when_healthy_and_1_while_problems_remain(run_dir: Pa
 def test_a_config_that_resume_would_refuse_is_reported(tmp_path) -> None:
     import json as _json
 
-    from prefloop.config import TrainConfig
-    from prefloop.doctor import check_run
+    from prefloop.ops.doctor import check_run
+    from prefloop.training.config import TrainConfig
 
     run = tmp_path / "run"
     run.mkdir()

@@ -6,8 +6,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-from stable_baselines3.common.vec_env import DummyVecEnv
-
 from prefloop.envs import (
     EnvSetupError,
     EnvSpec,
@@ -23,6 +21,7 @@ from prefloop.envs import (
     make_env,
     render_segment,
 )
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 
 class SumReward:

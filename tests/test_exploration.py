@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from prefloop.config import TrainConfig
-from prefloop.exploration import StateEntropyReward
-from prefloop.loop import train
 from prefloop.reward_models import RewardModelConfig
+
+from prefloop.training.config import TrainConfig
+from prefloop.training.exploration import StateEntropyReward
+from prefloop.training.loop import train
 
 
 def test_state_entropy_reward_pays_more_for_unvisited_states() -> None:

@@ -14,22 +14,21 @@ import re
 import time
 
 import pytest
-from sqlalchemy import create_engine, update
-
+from conftest import RatedStore
 from prefloop.apps.dashboard import (
     MAX_CHART_HOURS,
     agreement,
     labels_left_off_the_chart,
     labels_per_hour,
-    trainer_status_line,
     parse_progress,
+    trainer_status_line,
 )
+from sqlalchemy import create_engine, update
+from test_app import app_test_isolation, make_app, open_page, texts  # noqa: F401 -- the fixture
+
 from prefloop.store import PreferenceStore, labels_table
 from prefloop.types import Choice, Label
 from prefloop.untrusted import plain_text
-
-from conftest import RatedStore
-from test_app import app_test_isolation, make_app, open_page, texts  # noqa: F401 -- the fixture
 
 NOW = 1_796_000_000.0  # December 2026
 HOUR = 3600.0
@@ -85,7 +84,12 @@ def test_agreement_on_a_pair_with_a_hundred_thousand_labels_is_counted_not_enume
 
 
 def test_rater_quality_on_huge_pairs_and_odd_times_is_linear_and_finite() -> None:
-    from prefloop.apps.rater_quality import fatigue, krippendorff_alpha, rating_hours, self_consistency
+    from prefloop.apps.rater_quality import (
+        fatigue,
+        krippendorff_alpha,
+        rating_hours,
+        self_consistency,
+    )
 
     units = [["left"] * 150 + ["right"] * 50 + ["equal"] * 7, ["left", "left"], ["right", "equal", "right"]]
     assert krippendorff_alpha(units) == pytest.approx(_alpha_by_enumeration(units), rel=1e-9)
@@ -177,7 +181,6 @@ def test_a_guideline_from_a_store_or_dataset_never_becomes_a_link_or_an_image(te
     imported dataset holds, it renders without a link, an image or HTML, and without the address
     and e-mail patterns GitHub-flavoured Markdown links by itself."""
     from markdown_it import MarkdownIt
-
     from prefloop.apps.rater_app import display_guideline
 
     shown = display_guideline(text)

@@ -32,20 +32,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, select, update
-
-from prefloop.apps.cli_rate import resolve_store
-from prefloop.cli import main
-from prefloop.dataset import export_dataset, import_dataset, load_dataset
-from prefloop.doctor import check_run
-from prefloop.recorded import make_recorded_teacher
-from prefloop.store import PreferenceStore, labels_table, metadata, sqlite_url
-from prefloop.types import Choice
-
 from conftest import backend_database
+from prefloop.apps.cli_rate import resolve_store
+from sqlalchemy import create_engine, select, update
 from test_dataset import META, reseal
 from test_hostile_input import cli
 from test_store import make_pairs
+
+from prefloop.cli import main
+from prefloop.datasets import export_dataset, import_dataset, load_dataset
+from prefloop.ops.doctor import check_run
+from prefloop.store import PreferenceStore, labels_table, metadata, sqlite_url
+from prefloop.teachers.recorded import make_recorded_teacher
+from prefloop.types import Choice
 
 SECRET = "TOP-SECRET-MARKER-7f3a"  # content of files outside the dataset that links point at
 
@@ -522,8 +521,9 @@ def test_a_write_that_fails_midway_leaves_no_run_and_no_row(
     """All or nothing: the store refusing a row after some were written (as PostgreSQL does with
     an out-of-range value) rolls the whole import back, removes the run it created and the run
     folder it made, and says so in one line."""
-    import prefloop.dataset as dataset_module
     from sqlalchemy.exc import DataError
+
+    import prefloop.datasets as dataset_module
 
     write = dataset_module._write_dataset
 

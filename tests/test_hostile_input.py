@@ -32,22 +32,31 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, select
-from streamlit.components.v2.bidi_component.main import _make_trigger_id
-from streamlit.testing.v1 import AppTest
-
+from conftest import (
+    RATED_GUIDELINE,
+    RATED_RUN,
+    app_served_on_loopback,
+    backend_database,
+    free_port,
+)
 from prefloop.apps.access import parse_app_args
 from prefloop.apps.player import PLAYER_KEY
 from prefloop.apps.rater_app import DEFAULT_GUIDELINE, display_guideline
-from prefloop.apps.rating import MAX_ACTIONS_PER_MESSAGE, MAX_NOTICES, MAX_RESPONSE_TIME_S
+from prefloop.apps.rating import (
+    MAX_ACTIONS_PER_MESSAGE,
+    MAX_NOTICES,
+    MAX_RESPONSE_TIME_S,
+)
+from sqlalchemy import create_engine, select
+from streamlit.components.v2.bidi_component.main import _make_trigger_id
+from streamlit.testing.v1 import AppTest
+from test_store import make_pairs
+
 from prefloop.cli import build_parser, build_train_config, main
-from prefloop.config import ConfigError, TrainConfig
 from prefloop.store import PreferenceStore, StoreError, labels_table, sqlite_url
+from prefloop.training.config import ConfigError, TrainConfig
 from prefloop.types import Choice
 from prefloop.untrusted import markdown_literal
-
-from conftest import RATED_GUIDELINE, RATED_RUN, app_served_on_loopback, backend_database, free_port
-from test_store import make_pairs
 
 
 @dataclass(frozen=True)
@@ -762,7 +771,7 @@ def app(argv: list[str], **query: str) -> AppTest:
     at = AppTest.from_function(app_script, args=(argv,), default_timeout=30)
     at.query_params.update(query)
     if "rater" in query and "key" not in query:
-        from prefloop.identity import IdentityError, invite, normalize_rater_name
+        from prefloop.store.identity import IdentityError, invite, normalize_rater_name
 
         try:
             config = parse_app_args(argv)

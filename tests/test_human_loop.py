@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from prefloop.config import TrainConfig
-from prefloop.loop import train
 from prefloop.reward_models import RewardModelConfig
+
 from prefloop.store import PreferenceStore, sqlite_url
 from prefloop.teachers import make_teacher
+from prefloop.training.config import TrainConfig
+from prefloop.training.loop import train
 
 
 class ThreadRater:

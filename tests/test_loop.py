@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
+from prefloop.reward_models import RewardModelConfig, load_reward_model
 from scipy import stats
 
-from prefloop.config import TrainConfig
-from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
-from prefloop.loop import build_vec_env, collect_random, train
-from prefloop.reward_models import RewardModelConfig, load_reward_model
-from prefloop.rundir import RunDir
-from prefloop.schedule import ScheduleConfig, label_rounds
 from prefloop.store import PreferenceStore, sqlite_url
+from prefloop.training.config import TrainConfig
+from prefloop.training.loop import build_vec_env, collect_random, train
+from prefloop.training.rundir import RunDir
+from prefloop.training.schedule import ScheduleConfig, label_rounds
 
 
 @pytest.fixture(autouse=True)

@@ -7,11 +7,17 @@ import os
 
 import numpy as np
 import pytest
-from stable_baselines3.common.vec_env import DummyVecEnv
 
 # prefloop.envs first: importing mujoco before it would fix MuJoCo's GL platform too early
-from prefloop.envs import EnvSpec, SegmentBuffer, SegmentRenderer, VecSegmentRecorder, make_env
+from prefloop.envs import (
+    EnvSpec,
+    SegmentBuffer,
+    SegmentRenderer,
+    VecSegmentRecorder,
+    make_env,
+)
 from prefloop.envs.presets import MUJOCO_ENVS, default_preset
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 if importlib.util.find_spec("mujoco") is None:
     _MISSING = "MuJoCo envs need the extra: pip install 'prefloop[mujoco]' (make test installs it)"

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefloop.clock_rater import ClockRater, RaterStoppedError
-from prefloop.config import ConfigError, TrainConfig
-from prefloop.dataset import export_dataset, import_dataset
-from prefloop.distinguishable import indistinguishable
-from prefloop.doctor import check_run
-from prefloop.pacing import LabelPace
-from prefloop.query import NotEnoughSegmentsError, QueryConfig, select_pairs
-from prefloop.schedule import ScheduleConfig, label_rounds
+from prefloop.datasets import export_dataset, import_dataset
+from prefloop.ops.doctor import check_run
 from prefloop.store import LeaseError, PreferenceStore, sqlite_url
 from prefloop.teachers import make_teacher
+from prefloop.teachers.clock import ClockRater, RaterStoppedError
+from prefloop.training.config import ConfigError, TrainConfig
+from prefloop.training.distinguishable import indistinguishable
+from prefloop.training.pacing import LabelPace
+from prefloop.training.query import NotEnoughSegmentsError, QueryConfig, select_pairs
+from prefloop.training.schedule import ScheduleConfig, label_rounds
 from prefloop.types import Choice, Segment, SegmentPair
 
 L = 20
@@ -236,7 +236,7 @@ def test_a_dead_clock_rater_is_reported(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_slow_rater_makes_the_run_longer_not_worse(tmp_path: Path) -> None:
-    from prefloop.loop import train
+    from prefloop.training.loop import train
 
     def run(name: str, answer_seconds: float):
         config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path / name, labels=24, steps=12_000, seed=1,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from prefloop.query import (
+from prefloop.training.query import (
     QUERY_METHODS,
     NotEnoughSegmentsError,
     QueryConfig,

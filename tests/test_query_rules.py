@@ -10,14 +10,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
-from prefloop.config import TrainConfig
 from prefloop.envs import SegmentBuffer
-from prefloop.learner import PreferenceLearner
-from prefloop.query import QueryConfig, QueryConfigError, select_pairs
 from prefloop.reward_models import RewardModelConfig, RewardTrainer, build_reward_model
-from prefloop.semi_supervised import pseudo_labels
+
 from prefloop.store import PreferenceStore, sqlite_url
+from prefloop.training.config import TrainConfig
+from prefloop.training.learner import PreferenceLearner
+from prefloop.training.query import QueryConfig, QueryConfigError, select_pairs
+from prefloop.training.semi_supervised import pseudo_labels
 from prefloop.types import LabeledPair, Segment, SegmentPair
 
 OBS = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)

@@ -13,17 +13,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import (
+    RATED_GUIDELINE,
+    RatedStore,
+    app_served_on_loopback,
+    cartpole_segments,
+)
+from prefloop.apps.rating import RaterSession
+from prefloop.envs.clips import CLIP_MIME
 from streamlit.testing.v1 import AppTest
 
-from prefloop.apps.rating import RaterSession
 from prefloop.cli import main as cli_main
-from prefloop.envs.clips import CLIP_MIME
-from prefloop.identity import IdentityError, hash_secret, invite, name_skeleton, normalize_rater_name, sign_in
-from prefloop.rundir import store_of_run_folder
 from prefloop.store import PreferenceStore, sqlite_url
+from prefloop.store.identity import (
+    IdentityError,
+    hash_secret,
+    name_skeleton,
+    normalize_rater_name,
+    sign_in,
+)
+from prefloop.training.rundir import store_of_run_folder
 from prefloop.types import Choice, SegmentPair
-
-from conftest import RATED_GUIDELINE, RatedStore, app_served_on_loopback, cartpole_segments
 
 SEGMENT_LENGTH = 20
 FPS = 10.0  # every clip plays 2 s at 1x
@@ -269,7 +279,7 @@ def test_attack_a_rater_answering_left_to_everything_is_contained(store: Prefere
     """Attack 4: a rater answering "left" to everything is noticed only in the gold percentage.
     Their answers stay (flags are data), each too fast to have watched the clips is flagged, and
     the flags and per-rater counts are in the store for the dashboard, `raters list` and the loss."""
-    from prefloop.cli_raters import rater_summary
+    from prefloop.cli.raters import rater_summary
 
     clicker = session(store, clock, "clicker")
     careful = session(store, clock, "careful")
@@ -352,7 +362,12 @@ def test_fatigue_shows_drift_over_the_latest_session() -> None:
 
 
 def test_cost_per_label_and_return_per_hour_and_per_cost() -> None:
-    from prefloop.apps.rater_quality import CostSettings, cost_summary, parse_cost, rating_hours
+    from prefloop.apps.rater_quality import (
+        CostSettings,
+        cost_summary,
+        parse_cost,
+        rating_hours,
+    )
 
     # Two sessions of one rater: 10 labels a minute apart (from 60 s before the first), and one
     # label a day later (its 30 s of response time).
@@ -515,7 +530,12 @@ def test_a_new_rater_practises_on_gold_pairs_and_counts_once_passed(rated_store:
 
 
 def test_bench_reports_cost_and_return_per_hour_and_per_cost(tmp_path: Path) -> None:
-    from prefloop.bench_report import aggregate, cost_rows, cost_table, plot_return_vs_cost
+    from prefloop.bench.report import (
+        aggregate,
+        cost_rows,
+        cost_table,
+        plot_return_vs_cost,
+    )
     from prefloop.cost import CostSettings
 
     def row(kind: str, seed: int, ret: float, labels: int = 0, human_s: float = 0.0) -> dict:

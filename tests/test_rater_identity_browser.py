@@ -11,15 +11,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select
-
-from prefloop.cli_raters import invite_link
-from prefloop.identity import invite
-from prefloop.store import PreferenceStore, pairs_table
-from prefloop.types import Label
-
 from conftest import RatedStore
-from test_app_browser import ARTIFACTS, CHROMIUM_ARGS, body_text, chromium, claimed_by, eventually, serve_app, shown_pair  # noqa: F401
+from sqlalchemy import create_engine, select
+from test_app_browser import (  # noqa: F401
+    ARTIFACTS,
+    CHROMIUM_ARGS,
+    body_text,
+    chromium,
+    claimed_by,
+    eventually,
+    serve_app,
+    shown_pair,
+)
+
+from prefloop.cli.raters import invite_link
+from prefloop.store import PreferenceStore, pairs_table
+from prefloop.store.identity import invite
+from prefloop.types import Label
 
 LEASE_S = 6.0
 

@@ -9,9 +9,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
-from prefloop.crowd import CrowdTeacher, make_crowd_teacher, parse_crowd_spec
-from prefloop.labeling import answer_pending
 from prefloop.reward_models import (
     RewardModelConfig,
     RewardTrainer,
@@ -19,8 +16,11 @@ from prefloop.reward_models import (
     build_reward_model,
     rater_bradley_terry_loss,
 )
+
 from prefloop.store import PreferenceStore, sqlite_url
 from prefloop.teachers import SimulatedTeacher, TeacherConfig, TeacherConfigError
+from prefloop.teachers.crowd import CrowdTeacher, make_crowd_teacher, parse_crowd_spec
+from prefloop.teachers.labeling import answer_pending
 from prefloop.types import Choice, Segment, SegmentPair
 
 torch.set_num_threads(1)
@@ -186,10 +186,9 @@ def _reliability_page(raw: str | None) -> None:
 def test_the_dashboard_shows_each_raters_estimate_and_names_the_flagged_ones_as_plain_text(tmp_path) -> None:
     import json
 
-    from streamlit.testing.v1 import AppTest
-
     from conftest import app_served_on_loopback
     from prefloop.apps.dashboard import parse_rater_reliability
+    from streamlit.testing.v1 import AppTest
 
     store = crowd_store(tmp_path, 150, gold_pairs=10)
     trainer = fit(store)
@@ -247,8 +246,8 @@ def test_answers_the_server_flagged_count_less_and_are_kept(tmp_path) -> None:
 def test_a_crowd_at_human_pace_answers_under_each_members_id(tmp_path) -> None:
     import json
 
-    from prefloop.config import TrainConfig
-    from prefloop.loop import train
+    from prefloop.training.config import TrainConfig
+    from prefloop.training.loop import train
 
     config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path / "run", teacher="crowd:2xcareful,adversarial",
                          labels=12, steps=2_000, progress_bar=False, eval_episodes=1, answer_seconds=0.02)

@@ -8,13 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from prefloop.reward_models import (
+    RewardModelConfig,
+    RewardTrainer,
+    load_reward_model,
+    save_reward_model,
+)
 from stable_baselines3 import SAC
 
-from prefloop.config import TrainConfig
-from prefloop.loop import train
-from prefloop.resume_state import REPLAY_BUFFER_FILE, restore_resume_state, save_resume_state
-from prefloop.reward_models import RewardModelConfig, RewardTrainer, load_reward_model, save_reward_model
-from prefloop.rundir import RunDir
+from prefloop.training.config import TrainConfig
+from prefloop.training.loop import train
+from prefloop.training.resume_state import (
+    REPLAY_BUFFER_FILE,
+    restore_resume_state,
+    save_resume_state,
+)
+from prefloop.training.rundir import RunDir
 
 
 @pytest.fixture(autouse=True)
@@ -28,6 +37,7 @@ def test_checkpointed_replay_buffer_and_reward_optimiser_come_back(tmp_path: Pat
     model = SAC("MlpPolicy", gym.make("Pendulum-v1"), learning_starts=50, buffer_size=1_000, seed=0, verbose=0)
     model.learn(300)
     from prefloop.reward_models import build_reward_model
+
     from prefloop.types import LabeledPair, Segment
 
     config = RewardModelConfig(n_members=2, hidden_sizes=(8,), min_steps_per_fit=5)

@@ -9,10 +9,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
 from prefloop.envs.presets import default_preset
 from prefloop.envs.timing import segment_length_for
-from prefloop.reward_models import RewardModelConfig, RewardTrainer, build_reward_model, load_reward_model, save_reward_model
+from prefloop.reward_models import (
+    RewardModelConfig,
+    RewardTrainer,
+    build_reward_model,
+    load_reward_model,
+    save_reward_model,
+)
+
 from prefloop.types import LabeledPair, Segment
 
 OBS = gym.spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float32)
@@ -110,10 +116,11 @@ def test_an_env_without_a_preset_gets_its_segment_length_from_its_clock() -> Non
 def test_an_env_without_a_preset_learns_with_the_defaults(tmp_path: Path) -> None:
     """InvertedDoublePendulum has no preset: every choice below is a general default."""
     pytest.importorskip("mujoco")
-    from prefloop.config import TrainConfig
     from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
-    from prefloop.loop import build_vec_env, collect_random, train
-    from prefloop.rundir import RunDir
+
+    from prefloop.training.config import TrainConfig
+    from prefloop.training.loop import build_vec_env, collect_random, train
+    from prefloop.training.rundir import RunDir
 
     env_id = "InvertedDoublePendulum-v5"
     result = train(TrainConfig(env_id=env_id, run_dir=tmp_path / "run", labels=40, steps=6_000, seed=0,

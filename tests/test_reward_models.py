@@ -9,8 +9,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from scipy.stats import spearmanr
-
 from prefloop.reward_models import (
     FitStats,
     RewardEnsemble,
@@ -23,6 +21,8 @@ from prefloop.reward_models import (
     save_reward_model,
     validation_mask,
 )
+from scipy.stats import spearmanr
+
 from prefloop.types import LabeledPair, Segment
 
 torch.set_num_threads(1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import torch
-
 from prefloop.reward_models import RewardModelConfig, RewardTrainer, build_reward_model
-from prefloop.reward_scale import normalize_on_reference, reference_segments
+
+from prefloop.training.reward_scale import normalize_on_reference, reference_segments
 from prefloop.types import LabeledPair, Segment
 
 OBS = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)

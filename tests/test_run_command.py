@@ -21,16 +21,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
+from conftest import RatedStore, free_port
 from prefloop.apps.cli_rate import add_rate_parser, resolve_store
+from prefloop.apps.clipworker import ClipWorker
 from prefloop.apps.launch import AppStartError, launch_rater_app, wait_until_ready
+
 from prefloop.cli import main
-from prefloop.clipworker import ClipWorker
 from prefloop.store import PreferenceStore
 from prefloop.types import Choice
-
-from conftest import RatedStore
-from conftest import free_port
 
 
 def port_is_free(port: int) -> bool:
@@ -112,9 +110,8 @@ def test_the_launcher_does_not_take_another_servers_answer_for_its_app(rated_sto
 
 
 def test_rate_run_dir_opens_the_run_an_import_made_and_serves_its_pairs(rated_store: RatedStore, tmp_path: Path) -> None:
-    from streamlit.testing.v1 import AppTest
-
     from conftest import app_served_on_loopback
+    from streamlit.testing.v1 import AppTest
 
     dataset, folder = tmp_path / "dataset", tmp_path / "imported"
     assert main(["export", "--db-url", rated_store.url, "--run-name", rated_store.run_name, "--out", str(dataset)]) == 0
@@ -248,7 +245,7 @@ def test_a_clip_worker_that_dies_is_restarted_then_the_app_stops_with_the_reason
     started again, a bounded number of times; then `prefloop rate` stops (and `prefloop run`'s
     watch restarts or stops the whole app)."""
     import prefloop.apps.cli_rate as cli_rate
-    import prefloop.clipworker as clipworker
+    import prefloop.apps.clipworker as clipworker
 
     starts: list[threading.Thread] = []
 

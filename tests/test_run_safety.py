@@ -25,13 +25,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import free_port, postgres_database
 
-from conftest import postgres_database
-from conftest import free_port
 from prefloop.credentials import ENV_DB_PASSWORD, url_password, url_without_password
-from prefloop.local_postgres import SUPERUSER
-from prefloop.rundir import LOCK_NAME
+from prefloop.ops.local_postgres import SUPERUSER
 from prefloop.store import PreferenceStore, sqlite_url
+from prefloop.training.rundir import LOCK_NAME
 
 STEPS = 2000
 LABELS = 10
@@ -297,7 +296,7 @@ def test_prefloop_run_puts_no_secret_on_any_command_line_or_output(local_postgre
 
 
 def test_a_password_in_the_url_stays_in_memory(tmp_path: Path) -> None:
-    from prefloop.config import TrainConfig
+    from prefloop.training.config import TrainConfig
 
     config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, db_url="postgresql+psycopg://u:s3cr%40t@h:5432/db?sslmode=require")
     assert config.to_json()["db_url"] == "postgresql+psycopg://u@h:5432/db?sslmode=require"
@@ -352,11 +351,11 @@ def test_a_second_trainer_is_refused_with_the_holders_pid_and_the_first_run_is_u
 
 
 def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
-    from prefloop.rundir import RunDir, lock_holder
+    from prefloop.training.rundir import RunDir, lock_holder
 
     (tmp_path / "config.json").write_text("{}")
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom prefloop.rundir import RunDir\n"
+        "import sys, time\nfrom prefloop.training.rundir import RunDir\n"
         "with RunDir(sys.argv[1]).owned(existing=True):\n    print('held', flush=True); time.sleep(120)\n"
     ), str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -548,7 +547,7 @@ def test_resuming_a_finished_run_changes_nothing(finished_run: tuple[Path, dict[
 
 
 def test_json_the_project_writes_is_strict_even_with_nan(tmp_path: Path) -> None:
-    from prefloop.rundir import RunDir
+    from prefloop.training.rundir import RunDir
 
     RunDir(tmp_path).write_result({"eval_return_mean": float("nan"), "curve": [{"x": float("inf")}]})
     assert json.loads((tmp_path / "summary.json").read_text()) == {"eval_return_mean": None, "curve": [{"x": None}]}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from prefloop.config import TrainConfig
-from prefloop.rundir import KEEP_CHECKPOINTS, RunDir, RunDirError
+from prefloop.training.config import TrainConfig
+from prefloop.training.rundir import KEEP_CHECKPOINTS, RunDir, RunDirError
 
 
 def config(path: Path) -> TrainConfig:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy.exc import OperationalError
+from test_store import make_pairs
 
 from prefloop import store as store_module
 from prefloop.store import CLAIM_ATTEMPTS, PreferenceStore, is_retryable_conflict
-
-from test_store import make_pairs
 
 
 class PgError(Exception):

@@ -12,8 +12,14 @@ import pytest
 
 from prefloop.cli import main
 from prefloop.store import PreferenceStore, sqlite_url
-from prefloop.teacher_fit import RaterAnswers, fit_rater, fits_document, load_fit, make_fitted_teacher
 from prefloop.teachers import SimulatedTeacher, TeacherConfig, TeacherConfigError
+from prefloop.teachers.fitted import (
+    RaterAnswers,
+    fit_rater,
+    fits_document,
+    load_fit,
+    make_fitted_teacher,
+)
 from prefloop.types import Segment
 
 L = 10

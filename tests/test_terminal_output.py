@@ -12,8 +12,8 @@ import gymnasium as gym
 import pytest
 from stable_baselines3 import PPO
 
-from prefloop.callbacks import StepProgressBar, metric_text
 from prefloop.cli import CurrentStderrHandler
+from prefloop.training.callbacks import StepProgressBar, metric_text
 
 
 def test_log_lines_go_to_the_stderr_of_the_moment_so_the_progress_bar_can_put_them_above_itself(

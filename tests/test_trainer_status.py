@@ -26,9 +26,10 @@ def test_a_trainer_heard_recently_or_a_finished_run_keeps_its_status() -> None:
 
 
 def test_a_finished_runs_return_comes_with_random_play_and_the_envs_solved_threshold() -> None:
-    from prefloop.config import TrainConfig
     from prefloop.envs import EnvSpec
-    from prefloop.loop import result_context
+
+    from prefloop.training.config import TrainConfig
+    from prefloop.training.loop import result_context
 
     config = TrainConfig(env_id="CartPole-v1", run_dir="unused", eval_episodes=3, seed=0)
     context = result_context(480.0, EnvSpec("CartPole-v1"), config)

@@ -26,7 +26,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from prefloop.teachers import TEACHER_PRESETS, SimulatedTeacher, TeacherConfig, TeacherConfigError
+from prefloop.teachers.simulated import (
+    TEACHER_PRESETS,
+    SimulatedTeacher,
+    TeacherConfig,
+    TeacherConfigError,
+)
 from prefloop.types import Choice, Segment
 
 CROWD_PREFIX = "crowd:"
@@ -97,7 +102,7 @@ class CrowdTeacher:
         members: the raters; their ``rater_id`` must differ.
         seed: seeds who takes which pair.
 
-    ``rater_id`` is ``"crowd"``; :func:`prefloop.labeling.answer_pending` lets each member answer
+    ``rater_id`` is ``"crowd"``; :func:`prefloop.teachers.labeling.answer_pending` lets each member answer
     under their own id.
     """
 

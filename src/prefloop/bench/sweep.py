@@ -7,7 +7,7 @@ normalised as ``(R - R_random) / (R_true - R_random)`` with the baselines' means
 Outputs in ``out_dir``: ``results.json`` (schema ``prefloop.bench/1``, documented in
 docs/bench-results-schema.md), ``results.md`` (a table: median and interquartile range over seeds),
 ``learning_curves.png``, ``return_vs_labels.png``, ``return_vs_human_minutes.png`` and ``groups.png`` (every group's seeds side by
-side); each run's folder is under ``runs/``. The summaries and plots are in :mod:`prefloop.bench_report`.
+side); each run's folder is under ``runs/``. The summaries and plots are in :mod:`prefloop.bench.report`.
 
 A finished run leaves ``bench_row.json`` in its folder. ``resume`` takes those of ``out_dir``
 instead of running them again (an interrupted run's folder is moved to ``runs/interrupted/``,
@@ -32,16 +32,23 @@ from typing import Any
 
 import numpy as np
 
-from prefloop.config import ConfigError, TrainConfig
-from prefloop.envs.presets import default_preset
-from prefloop.bench_report import aggregate, cost_rows, cost_table, markdown_table, time_split, write_plots
+from prefloop.bench.report import (
+    aggregate,
+    cost_rows,
+    cost_table,
+    markdown_table,
+    time_split,
+    write_plots,
+)
 from prefloop.cost import CostSettings
-from prefloop.query import QueryConfig
-from prefloop.rundir import RunDirError, write_atomic
-from prefloop.serialization import strict_json
+from prefloop.envs.presets import default_preset
 from prefloop.reward_models import RewardModelConfig
-from prefloop.teacher_specs import folder_name, parse_teacher_spec
-from prefloop.teachers import teacher_spec
+from prefloop.serialization import strict_json
+from prefloop.teachers.simulated import teacher_spec
+from prefloop.teachers.specs import folder_name, parse_teacher_spec
+from prefloop.training.config import ConfigError, TrainConfig
+from prefloop.training.query import QueryConfig
+from prefloop.training.rundir import RunDirError, write_atomic
 
 log = logging.getLogger("prefloop.bench")
 SCHEMA = "prefloop.bench/1"
@@ -70,7 +77,7 @@ class BenchConfig:
     ray_address: str | None = None
     resume: bool = False
     reuse_from: tuple[Path, ...] = ()
-    answer_seconds: float = 0.0  # > 0: teachers answer at human pace through the store (prefloop.clock_rater)
+    answer_seconds: float = 0.0  # > 0: teachers answer at human pace through the store (prefloop.teachers.clock)
     answer_seconds_sigma: float = 0.0
     # What labels cost (prefloop.cost): the results add cost and return gained per hour and per cost.
     hourly_rate: float | None = None
@@ -138,7 +145,7 @@ def plan_jobs(config: BenchConfig) -> list[Job]:
 
 def run_job(job: Job) -> dict[str, Any]:
     """Run one job (in a worker process) and return its row of ``results.json``."""
-    from prefloop.loop import train
+    from prefloop.training.loop import train
 
     logging.basicConfig(level=logging.WARNING)
     result = train(job.config)
@@ -174,8 +181,8 @@ def run_job(job: Job) -> dict[str, Any]:
 
 def _rater_reliability(config: TrainConfig) -> list[dict[str, Any]] | None:
     """The run's last per-rater reliability estimates (run meta), None when the plain loss was used."""
-    from prefloop.rundir import RunDir
     from prefloop.store import PreferenceStore, sqlite_url
+    from prefloop.training.rundir import RunDir
 
     url = config.db_url or sqlite_url(RunDir(config.run_dir).store_path)
     with PreferenceStore(url, run_name=config.run_name or "default") as store:
@@ -213,7 +220,7 @@ def finished_rows(folder: Path) -> dict[str, dict[str, Any]]:
 
 def random_baselines(config: BenchConfig) -> list[dict[str, Any]]:
     from prefloop.envs import EnvSpec
-    from prefloop.loop import random_policy_returns
+    from prefloop.training.loop import random_policy_returns
 
     rows = []
     for env_id, seed in itertools.product(config.envs, config.seeds):
@@ -303,8 +310,8 @@ def results_document(config: BenchConfig, runs: list[dict[str, Any]], random_row
     eval_returns, labels_used, wall_time_s, cpu_time_s, reward_learning_time_s, reward_model stats, curve
     [{env_step, true_return, learned_return?}], run_dir, and reused_from when the run was taken
     from an earlier sweep instead of run again); ``random`` (env_id, seed, return_mean,
-    returns); ``groups`` (see :func:`prefloop.bench_report.aggregate`: statistics are {median, q25, q75, per_seed});
-    ``cost`` (see :func:`prefloop.bench_report.cost_rows`; empty without a price).
+    returns); ``groups`` (see :func:`prefloop.bench.report.aggregate`: statistics are {median, q25, q75, per_seed});
+    ``cost`` (see :func:`prefloop.bench.report.cost_rows`; empty without a price).
     """
     grid = dataclasses.asdict(config)
     groups = aggregate(runs, random_rows)
@@ -336,8 +343,8 @@ def check_grid(config: BenchConfig) -> None:
     Raises:
         EnvSetupError, AlgorithmError: one line naming the env/algorithm and the fix.
     """
-    from prefloop.algos import check_algorithm_fits
     from prefloop.envs import EnvSpec, make_env
+    from prefloop.training.algos import check_algorithm_fits
 
     for env_id in config.envs:
         preset = default_preset(env_id)

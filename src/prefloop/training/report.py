@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from prefloop.loop import RunResult
+    from prefloop.training.loop import RunResult
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

@@ -10,10 +10,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from prefloop.algos import ALGORITHMS, AlgorithmError
 from prefloop.apps.access import ENV_ADMIN_TOKEN, ENV_TOKEN
-from prefloop.cli_raters import non_negative_number
-from prefloop.config import WHEN_BEHIND, ConfigError, TrainConfig
+from prefloop.cli.raters import non_negative_number
 from prefloop.credentials import (
     ENV_DB_PASSWORD,
     ENV_DB_PASSWORD_FILE,
@@ -22,16 +20,29 @@ from prefloop.credentials import (
     url_password,
     url_without_password,
 )
-from prefloop.crowd import CROWD_PREFIX
-from prefloop.dataset import DatasetError
+from prefloop.datasets import DatasetError
 from prefloop.envs import EnvSetupError
-from prefloop.query import QUERY_METHODS, NotEnoughSegmentsError, QueryConfig, QueryConfigError
 from prefloop.reward_models import RewardModelConfig, UnsupportedSpaceError
-from prefloop.rundir import RunDirError
-from prefloop.store import StoreError
 from prefloop.reward_models.training import RATER_MODELS
-from prefloop.teacher_specs import parse_teacher_spec
-from prefloop.teachers import HUMAN_TEACHER, RECORDED_PREFIX, TEACHER_PRESETS, TeacherConfigError, parse_teacher_param
+from prefloop.store import StoreError
+from prefloop.teachers.crowd import CROWD_PREFIX
+from prefloop.teachers.simulated import (
+    HUMAN_TEACHER,
+    RECORDED_PREFIX,
+    TEACHER_PRESETS,
+    TeacherConfigError,
+    parse_teacher_param,
+)
+from prefloop.teachers.specs import parse_teacher_spec
+from prefloop.training.algos import ALGORITHMS, AlgorithmError
+from prefloop.training.config import WHEN_BEHIND, ConfigError, TrainConfig
+from prefloop.training.query import (
+    QUERY_METHODS,
+    NotEnoughSegmentsError,
+    QueryConfig,
+    QueryConfigError,
+)
+from prefloop.training.rundir import RunDirError
 
 # Errors that are the user's input, not a bug: shown as one clear line, exit code 2.
 USER_ERRORS = (
@@ -256,7 +267,7 @@ def continue_hint(args: argparse.Namespace) -> str:
 
 def check_train_teacher(args: argparse.Namespace) -> None:
     """``prefloop train`` starts no rater app: a run taught by people would wait for answers forever."""
-    from prefloop.rundir import RunDir
+    from prefloop.training.rundir import RunDir
 
     teacher = RunDir(args.run_dir).load_config().teacher if args.resume else args.teacher
     if teacher != "human":
@@ -273,8 +284,8 @@ def check_train_teacher(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from prefloop.loop import train
-    from prefloop.report import print_run_summary
+    from prefloop.training.loop import train
+    from prefloop.training.report import print_run_summary
 
     check_resume_arguments(args)
     config = build_train_config(args)  # bad settings are named first, whatever the teacher
@@ -292,12 +303,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    from prefloop.loop import train
-    from prefloop.report import print_run_summary
-
     from prefloop.apps.access import AppConfigError, check_exposure, check_token_value
     from prefloop.apps.launch import AppStartError, check_port_free
     from prefloop.apps.supervise import RESULT_GRACE_S, RaterAppSupervisor
+    from prefloop.training.loop import train
+    from prefloop.training.report import print_run_summary
 
     check_resume_arguments(args)
     try:  # before training starts (and before the run folder exists), not when the app fails later
@@ -368,7 +378,7 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from prefloop.bench import BenchConfig, run_bench
+    from prefloop.bench.sweep import BenchConfig, run_bench
 
     config = BenchConfig(
         envs=tuple(args.envs),
@@ -470,9 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     """Commands whose modules live with their part of the product (the app, the doctor)."""
     from prefloop.apps.cli_rate import add_rate_parser
-    from prefloop.cli_raters import add_raters_parser
-    from prefloop.dataset import add_export_parser, add_import_parser
-    from prefloop.doctor import add_doctor_parser
+    from prefloop.cli.datasets import add_export_parser, add_import_parser
+    from prefloop.cli.raters import add_raters_parser
+    from prefloop.ops.doctor import add_doctor_parser
 
     for parser in (add_rate_parser(sub), add_doctor_parser(sub), add_export_parser(sub), add_import_parser(sub)):
         add_password_file_argument(parser)

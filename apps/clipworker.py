@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from prefloop.envs.clips import CLIP_MIME, encode_clip
 from prefloop.envs.factory import EnvSetupError, EnvSpec, make_env
 from prefloop.envs.render import ReplayMismatchError, SegmentRenderer
+
 from prefloop.store import PreferenceStore
 
 log = logging.getLogger("prefloop.clips")
@@ -178,7 +179,7 @@ def start_clip_worker_thread(
             while worker is None and not stop.is_set():
                 try:
                     worker = ClipWorker(store_url, run_name, spec, fps)
-                except ClipWorkerError as exc:
+                except ClipWorkerError:
                     if time.monotonic() > deadline:
                         raise
                     stop.wait(1.0)

@@ -42,13 +42,8 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from prefloop import store as store_module
-from prefloop.checkpoints import checkpoint_problems
-from prefloop.config import config_differences
 from prefloop.credentials import ENV_DB_PASSWORD, CredentialsError, connect_url
-from prefloop.rundir import lock_holder
-from prefloop.serialization import array_from_bytes
-from prefloop.serialization import strict_json
-from prefloop.untrusted import excerpt
+from prefloop.serialization import array_from_bytes, strict_json
 from prefloop.store import (
     ANSWERED,
     APP_MARKER,
@@ -57,18 +52,22 @@ from prefloop.store import (
     PENDING,
     SCHEMA_VERSION,
     WITHDRAWN,
+    StoreError,
+    StoreReadOnlyError,
     labels_table,
     meta_table,
+    open_sqlite_read_only,
     pairs_table,
     run_meta_table,
     runs_table,
     segments_table,
     sqlite_url,
-    StoreError,
-    StoreReadOnlyError,
-    open_sqlite_read_only,
     store_problem_kind,
 )
+from prefloop.training.checkpoints import checkpoint_problems
+from prefloop.training.config import config_differences
+from prefloop.training.rundir import lock_holder
+from prefloop.untrusted import excerpt
 
 ERROR = "error"  # data is damaged or unusable
 WARNING = "warning"  # the run works, but something needs attention (or a repair)
@@ -236,7 +235,7 @@ def _check_config(run_dir: Path, report: DoctorReport) -> dict[str, Any] | None:
     if not isinstance(config, dict):
         report.add(ERROR, "config", f"{path} does not hold a JSON object", "restore config.json from a backup")
         return None
-    from prefloop.config import ConfigError, TrainConfig
+    from prefloop.training.config import ConfigError, TrainConfig
 
     try:  # the same checks --resume makes, so doctor says "healthy" only when resume can start
         TrainConfig.load(path)
@@ -748,7 +747,7 @@ def add_doctor_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     if args.run_dir is None and args.db_url is None:
-        from prefloop.rundir import RunDirError
+        from prefloop.training.rundir import RunDirError
 
         raise RunDirError("prefloop doctor needs --run-dir (a run folder) or --db-url (a preference store)")
     report = check_run(args.run_dir, db_url=args.db_url, run_name=args.run_name, repair=args.repair)

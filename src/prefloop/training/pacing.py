@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from prefloop.schedule import LabelRound
+from prefloop.training.schedule import LabelRound
 
 UNBOUNDED = sys.maxsize
 
@@ -31,7 +31,7 @@ class LabelPace:
     """The bound on the policy's env steps given how many pairs are resolved.
 
     Args:
-        rounds: the run's label schedule (:func:`prefloop.schedule.label_rounds`), initial round first.
+        rounds: the run's label schedule (:func:`prefloop.training.schedule.label_rounds`), initial round first.
         total_steps: env steps of the whole run.
         start_labels: resolved pairs needed before the policy trains at all (at most ``rounds[0]``'s).
         slack: pairs of a round that may still be waiting when the policy reaches the next round's

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefloop.rundir import RunDir
+from prefloop.training.rundir import RunDir
 
 
 @dataclass
@@ -56,15 +56,17 @@ def checkpoint_problems(checkpoint: Path, *, reward_model: bool, algo: str | Non
             problems.append(f"policy.zip is not a readable zip ({_first_line(exc)})")
         else:
             if algo is not None and not problems:
-                from prefloop.algos import algorithm_class  # SB3 and torch: only when needed
+                from prefloop.training.algos import (
+                    algorithm_class,  # SB3 and torch: only when needed
+                )
 
                 try:
                     algorithm_class(algo).load(policy, device="cpu")
                 except Exception as exc:  # noqa: BLE001 -- any failure to load is the finding itself
                     problems.append(f"policy.zip does not load ({type(exc).__name__}: {_first_line(exc)})")
     if reward_model:
-        from prefloop.resume_state import OPTIMIZER_FILE, TRAINER_FILE
         from prefloop.reward_models import load_reward_model
+        from prefloop.training.resume_state import OPTIMIZER_FILE, TRAINER_FILE
 
         try:
             load_reward_model(checkpoint / "reward_model")

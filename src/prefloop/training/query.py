@@ -17,7 +17,7 @@ Two modifiers combine with any method (written ``method+qpa+surf`` in the CLI an
   what the current policy does, so the reward model is taught where the policy is;
 - ``semi_supervised`` (SURF, Park et al. 2022): pairs the ensemble already judges with confidence
   ``>= confidence`` are not asked (the trainer labels such pairs itself, see
-  ``prefloop.semi_supervised``); only uncertain ones go to the teacher.
+  ``prefloop.training.semi_supervised``); only uncertain ones go to the teacher.
 
 Without a reward model yet (``preference_probs=None``: the first round, an untrained ensemble)
 every method falls back to uniform (``select_pairs(..., preference_probs=None)``); from the second
@@ -25,7 +25,7 @@ round on the trained ensemble scores the candidates. ``disagreement`` needs at l
 (``TrainConfig`` refuses one). Users plug in their own rule through :class:`QueryRule`.
 
 Pairs whose two clips a person could not tell apart (both episodes end in the first frames, or the
-same observations; see :mod:`prefloop.distinguishable`) are never candidates
+same observations; see :mod:`prefloop.training.distinguishable`) are never candidates
 (``QueryConfig.skip_indistinguishable``).
 """
 
@@ -38,7 +38,7 @@ from typing import Protocol
 
 import numpy as np
 
-from prefloop.distinguishable import indistinguishable
+from prefloop.training.distinguishable import indistinguishable
 from prefloop.types import Segment, SegmentPair
 
 __all__ = [
@@ -59,7 +59,7 @@ PreferenceProbs = Callable[[Sequence[Segment], Sequence[Segment]], np.ndarray]
 
 
 class QueryRule(Protocol):
-    """A user's own query selection: pass one to ``prefloop.loop.train(config, query_rule=...)``.
+    """A user's own query selection: pass one to ``prefloop.training.loop.train(config, query_rule=...)``.
 
     Called at every label round with the candidate segments (oldest first), how many pairs to
     return, the run's random generator and the ensemble's preference probabilities (None before

@@ -1,6 +1,6 @@
 """The preference loop: env -> segments -> pairs -> labels -> reward model -> policy, on SB3.
 
-:func:`train` runs one whole run from a :class:`~prefloop.config.TrainConfig`:
+:func:`train` runs one whole run from a :class:`~prefloop.training.config.TrainConfig`:
 
 1. a random policy plays for a few episodes; their segments give the first pairs, which the teacher
    labels, and the reward model is trained on them;
@@ -22,9 +22,9 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,26 +35,45 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from prefloop.algos import algorithm_class, check_algorithm_fits, is_off_policy, make_algorithm, relabel_replay_buffer
-from prefloop.callbacks import (CheckpointCallback, CurveCallback, PreferenceCallback, RunState, StepProgressBar,
-                                metric_text)
-from prefloop.checkpoints import CheckpointChoice, newest_usable_checkpoint
-from prefloop.clock_rater import ClockRater
-from prefloop.config import ConfigError, TrainConfig, config_differences
 from prefloop.credentials import url_password, url_without_password
-from prefloop.human_time import human_time
-from prefloop.envs import EnvSpec, SegmentBuffer, VecLearnedReward, VecSegmentRecorder, check_can_render, make_env
-from prefloop.exploration import StateEntropyReward, SwitchableReward
-from prefloop.learner import PreferenceLearner
+from prefloop.envs import (
+    EnvSpec,
+    SegmentBuffer,
+    VecLearnedReward,
+    VecSegmentRecorder,
+    check_can_render,
+    make_env,
+)
 from prefloop.plots import plot_learning_curve
-from prefloop.query import QueryRule
 from prefloop.reward_models import RewardEnsemble, load_reward_model
-from prefloop.resume_state import restore_resume_state
-from prefloop.rundir import RunDir, RunDirError
-from prefloop.schedule import LabelRound, label_rounds
 from prefloop.store import PreferenceStore, check_store_url, sqlite_url
-from prefloop.teacher_specs import build_simulated_teacher
-from prefloop.teachers import HUMAN_TEACHER, RECORDED_PREFIX, Teacher
+from prefloop.teachers.clock import ClockRater
+from prefloop.teachers.simulated import HUMAN_TEACHER, RECORDED_PREFIX, Teacher
+from prefloop.teachers.specs import build_simulated_teacher
+from prefloop.training.algos import (
+    algorithm_class,
+    check_algorithm_fits,
+    is_off_policy,
+    make_algorithm,
+    relabel_replay_buffer,
+)
+from prefloop.training.callbacks import (
+    CheckpointCallback,
+    CurveCallback,
+    PreferenceCallback,
+    RunState,
+    StepProgressBar,
+    metric_text,
+)
+from prefloop.training.checkpoints import CheckpointChoice, newest_usable_checkpoint
+from prefloop.training.config import ConfigError, TrainConfig, config_differences
+from prefloop.training.exploration import StateEntropyReward, SwitchableReward
+from prefloop.training.human_time import human_time
+from prefloop.training.learner import PreferenceLearner
+from prefloop.training.query import QueryRule
+from prefloop.training.resume_state import restore_resume_state
+from prefloop.training.rundir import RunDir, RunDirError
+from prefloop.training.schedule import LabelRound, label_rounds
 
 log = logging.getLogger("prefloop")
 
@@ -75,7 +94,7 @@ class RunResult:
     reward_model: dict[str, float] = field(default_factory=dict)
     labels_fitted: int = 0  # labels the last reward-model fit saw (the rest came too late to be used)
     pairs_withdrawn: int = 0  # asked, still unanswered when the trainer stopped using labels
-    human_time: dict[str, float] = field(default_factory=dict)  # prefloop.human_time: answer_s, span_s
+    human_time: dict[str, float] = field(default_factory=dict)  # prefloop.training.human_time: answer_s, span_s
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -149,7 +168,7 @@ def train(
         resume: continue the run in ``config.run_dir`` from its newest checkpoint.
         on_ready: called with (run folder, store URL, run name) once the store exists and before
             the first labels are asked -- ``prefloop run`` starts the rater app there.
-        query_rule: your own pair selection (:class:`prefloop.query.QueryRule`) instead of
+        query_rule: your own pair selection (:class:`prefloop.training.query.QueryRule`) instead of
             ``config.query``'s.
 
     The run folder is locked for the whole call (:meth:`RunDir.owned`): a second trainer on
@@ -157,9 +176,9 @@ def train(
     it ends.
 
     Raises:
-        prefloop.rundir.RunDirError: the folder exists without ``resume`` (or is missing with it),
+        prefloop.training.rundir.RunDirError: the folder exists without ``resume`` (or is missing with it),
             another trainer holds it, or (resume) the run is finished.
-        prefloop.envs.EnvSetupError, prefloop.algos.AlgorithmError, ConfigError, ...: bad input,
+        prefloop.envs.EnvSetupError, prefloop.training.algos.AlgorithmError, ConfigError, ...: bad input,
             raised before anything is written; with ``resume`` that includes a config.json that
             disagrees with the run's store or checkpoint.
     """
@@ -393,7 +412,7 @@ def check_run_inputs(config: TrainConfig, spec: EnvSpec, venv: VecEnv) -> Teache
         check_can_render(spec)
         return None
     if config.teacher.startswith(RECORDED_PREFIX):
-        from prefloop.recorded import make_recorded_teacher
+        from prefloop.teachers.recorded import make_recorded_teacher
 
         teacher = make_recorded_teacher(config.teacher[len(RECORDED_PREFIX):])
         for difference in teacher.config_differences(config.to_json()):

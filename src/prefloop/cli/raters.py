@@ -5,7 +5,7 @@
   to the admin's terminal, and nowhere else. ``--new-link`` replaces a lost link.
 - ``prefloop raters list --run-dir DIR`` shows who rates: labels, flagged labels, onboarding.
 - ``prefloop raters fit --run-dir DIR [--json PATH]`` fits B-Pref's teacher parameters to each
-  rater's labels, with bootstrap intervals (:mod:`prefloop.teacher_fit`); replay one with
+  rater's labels, with bootstrap intervals (:mod:`prefloop.teachers.fitted`); replay one with
   ``--teacher fitted:PATH,rater=NAME``.
 - ``prefloop raters cost --run-dir DIR --hourly-rate 20`` (or ``--cost-per-label``) sets what
   labels cost, for the dashboard's cost per label and return per unit of cost.
@@ -22,10 +22,10 @@ import urllib.parse
 from collections import Counter
 from pathlib import Path
 
-from prefloop.config import ConfigError
-from prefloop.identity import IdentityError, invite
 from prefloop.serialization import strict_json
 from prefloop.store import PreferenceStore
+from prefloop.store.identity import IdentityError, invite
+from prefloop.training.config import ConfigError
 
 ENV_RATER_TOKEN = "PREFLOOP_RATER_TOKEN"
 
@@ -111,7 +111,11 @@ def cmd_raters_cost(args: argparse.Namespace) -> int:
 
 
 def cmd_raters_guideline(args: argparse.Namespace) -> int:
-    from prefloop.apps.guideline import GUIDELINE_META, MAX_GUIDELINE_PAGE_CHARS, render_guideline
+    from prefloop.apps.guideline import (
+        GUIDELINE_META,
+        MAX_GUIDELINE_PAGE_CHARS,
+        render_guideline,
+    )
 
     try:
         text = args.file.read_text(encoding="utf-8")
@@ -231,7 +235,12 @@ def cmd_raters_list(args: argparse.Namespace) -> int:
 
 
 def cmd_raters_fit(args: argparse.Namespace) -> int:
-    from prefloop.teacher_fit import INTERVAL, answers_from_store, fit_rater, fits_document
+    from prefloop.teachers.fitted import (
+        INTERVAL,
+        answers_from_store,
+        fit_rater,
+        fits_document,
+    )
 
     if args.bootstrap < 0:
         raise ConfigError(f"--bootstrap must be >= 0, got {args.bootstrap}")

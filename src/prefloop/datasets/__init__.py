@@ -1,7 +1,7 @@
 """A run's preferences as a portable dataset folder: export, validate, load, import.
 
 Researchers take a run's segments, pairs and labels elsewhere (another machine, another store,
-another tool) and can re-run a human experiment from them (see :mod:`prefloop.recorded`). The
+another tool) and can re-run a human experiment from them (see :mod:`prefloop.teachers.recorded`). The
 format is open and never uses pickle: JSON, JSON Lines and one NumPy ``.npz`` of plain numeric
 arrays, which any language with a zip and ``.npy`` reader can open.
 
@@ -24,7 +24,6 @@ Everything a file holds is validated on loading, before a store is touched; a pr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -32,7 +31,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 import unicodedata
@@ -45,12 +43,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import create_engine, delete, exists, func, insert, inspect, select, update
+from sqlalchemy import (
+    create_engine,
+    delete,
+    exists,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from prefloop.config_files import ConfigError
 from prefloop.credentials import scrub_config
-from prefloop.serialization import array_from_bytes, array_to_bytes
+from prefloop.serialization import array_to_bytes
 from prefloop.store import (
     ANSWERED,
     CLAIMED,
@@ -61,7 +69,6 @@ from prefloop.store import (
     PreferenceStore,
     StoreError,
     _check_rater,
-    _preflight_sqlite_file,
     _segment_from_row,
     _validate_segment,
     labels_table,
@@ -69,8 +76,8 @@ from prefloop.store import (
     run_meta_table,
     runs_table,
     segments_table,
-    sqlite_url,
 )
+from prefloop.store.run_folder import store_of_run_folder
 from prefloop.types import Choice, Label, Segment
 from prefloop.untrusted import (
     BIDI_CONTROLS,
@@ -93,8 +100,6 @@ __all__ = [
     "DatasetPair",
     "DatasetSummary",
     "PreferenceDataset",
-    "add_export_parser",
-    "add_import_parser",
     "export_dataset",
     "import_dataset",
     "load_dataset",
@@ -110,7 +115,7 @@ PAIRS_JSONL = "pairs.jsonl"
 LABELS_JSONL = "labels.jsonl"
 DATA_FILES = (SEGMENTS_NPZ, SEGMENTS_JSONL, PAIRS_JSONL, LABELS_JSONL)
 
-# Run meta keys (written by prefloop.loop.publish_run_info) carried in the manifest.
+# Run meta keys (written by prefloop.training.loop.publish_run_info) carried in the manifest.
 # "guideline_page": the rater guideline's Markdown page (rendered safely by the rater app).
 _META_KEYS = ("config", "env_spec", "render_fps", "guideline", "guideline_page")
 _IMPORT_META_KEY = "import_source"
@@ -1109,10 +1114,10 @@ def import_dataset(in_dir: str | os.PathLike[str], store_url: str, run_name: str
             mixed or overwritten) or meta from another env.
         prefloop.store.StoreError: the store cannot be opened.
     """
-    return _import_loaded(load_dataset(in_dir), Path(in_dir), store_url, run_name)
+    return import_loaded_dataset(load_dataset(in_dir), Path(in_dir), store_url, run_name)
 
 
-def _import_loaded(dataset: PreferenceDataset, in_dir: Path, store_url: str, run_name: str) -> DatasetSummary:
+def import_loaded_dataset(dataset: PreferenceDataset, in_dir: Path, store_url: str, run_name: str) -> DatasetSummary:
     new_run = not _run_exists(store_url, run_name)
     with PreferenceStore(store_url, run_name=run_name) as store:
         try:
@@ -1283,94 +1288,9 @@ def _meta_values(dataset: PreferenceDataset) -> dict[str, str]:
     return values
 
 
-# --------------------------------------------------------------------------------------------
-# Command line (wired into prefloop.cli by the lead)
-
-
 def store_of_run_dir(run_dir: Path, db_url: str | None, run_name: str | None) -> tuple[str, str]:
-    """(store URL, run name) of a run folder (see :func:`prefloop.rundir.store_of_run_folder`)."""
-    from prefloop.config import ConfigError
-    from prefloop.rundir import store_of_run_folder
-
+    """(store URL, run name) of a run folder (see :func:`prefloop.store.run_folder.store_of_run_folder`)."""
     try:
         return store_of_run_folder(run_dir, db_url, run_name)
     except ConfigError as exc:
         raise DatasetError(str(exc)) from None
-
-
-def _target(args: argparse.Namespace, *, create: bool) -> tuple[str, str]:
-    if args.run_dir is None:
-        if args.db_url is None or args.run_name is None:
-            raise DatasetError(
-                f"prefloop {args.command} needs --run-dir DIR, or --db-url URL with --run-name NAME"
-            )
-        return args.db_url, args.run_name
-    run_dir = Path(args.run_dir)
-    if create:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    elif not run_dir.is_dir():
-        raise DatasetError(f"run folder {run_dir} does not exist; pass the folder of a prefloop run")
-    return store_of_run_dir(run_dir, args.db_url, args.run_name)
-
-
-def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``prefloop export`` to the CLI's subparsers; its ``func`` returns the exit code."""
-    parser = subparsers.add_parser(
-        "export",
-        help="write a run's segments, pairs and labels as a portable dataset folder (JSON + npz)",
-        description="Export a run's preferences as an open, pickle-free dataset folder.",
-    )
-    parser.add_argument("--run-dir", type=Path, default=None, help="the run folder to export")
-    parser.add_argument("--db-url", default=None, help="the store's SQLAlchemy URL (default: the run folder's)")
-    parser.add_argument("--run-name", default=None, help="the run in the store (default: the run folder's)")
-    parser.add_argument("--out", type=Path, required=True, help="the dataset folder to write (new or empty)")
-    parser.add_argument("--no-retracted", action="store_true", help="leave out retracted labels")
-    parser.set_defaults(func=cmd_export)
-    return parser
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    url, run_name = _target(args, create=False)
-    summary = export_dataset(url, run_name, args.out, include_retracted=not args.no_retracted)
-    print(f"exported run {run_name!r} to {summary.path}: {summary.to_text()}")
-    sys.stdout.flush()
-    return 0
-
-
-def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``prefloop import`` to the CLI's subparsers; its ``func`` returns the exit code."""
-    parser = subparsers.add_parser(
-        "import",
-        help="load an exported preference dataset into a new run of a store",
-        description="Import a dataset folder written by `prefloop export` into a run without pairs.",
-    )
-    parser.add_argument("--in", dest="in_dir", type=Path, required=True,
-                        help="the dataset folder, or its zip (the dashboard's download)")
-    parser.add_argument("--run-dir", type=Path, default=None,
-                        help="the run folder to import into (created if missing, store prefs.sqlite)")
-    parser.add_argument("--db-url", default=None, help="the store's SQLAlchemy URL (default: the run folder's)")
-    parser.add_argument("--run-name", default=None, help="the run in the store (default: the run folder's)")
-    parser.add_argument("--max-gib", type=float, default=DEFAULT_MAX_DATASET_BYTES / 2**30,
-                        help="refuse a dataset whose files and uncompressed arrays hold more than this many GiB "
-                        "(checked before reading; default %(default)g)")
-    parser.set_defaults(func=cmd_import)
-    return parser
-
-
-def cmd_import(args: argparse.Namespace) -> int:
-    if not (math.isfinite(args.max_gib) and args.max_gib > 0):
-        raise DatasetError(f"--max-gib must be a positive number of GiB, got {args.max_gib}")
-    # A bad dataset fails before any folder or store is made.
-    dataset = load_dataset(args.in_dir, max_bytes=int(args.max_gib * 2**30))
-    new_folder = args.run_dir is not None and not Path(args.run_dir).exists()
-    try:
-        url, run_name = _target(args, create=True)
-        summary = _import_loaded(dataset, Path(args.in_dir), url, run_name)
-    except BaseException:
-        if new_folder:  # made by this import, holding only what it wrote: all or nothing
-            shutil.rmtree(args.run_dir, ignore_errors=True)
-        raise
-    print(f"imported {summary.path} into run {run_name!r}: {summary.to_text()}")
-    sys.stdout.flush()
-    return 0
-

@@ -75,7 +75,6 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, Operationa
 from sqlalchemy.pool import NullPool
 
 from prefloop.credentials import ENV_DB_PASSWORD, CredentialsError, connect_url
-
 from prefloop.serialization import array_from_bytes, array_to_bytes
 from prefloop.types import Choice, Label, LabeledPair, Segment, SegmentPair
 
@@ -259,7 +258,7 @@ clips_table = Table(
 
 # The run's raters: a name is claimed once per run, bound to the SHA-256 hash of that rater's
 # secret (an invite link or a browser key; the secret itself is never stored). ``skeleton`` is
-# the name reduced to how it looks (see prefloop.identity), so look-alike names can be refused.
+# the name reduced to how it looks (see prefloop.store.identity), so look-alike names can be refused.
 raters_table = Table(
     "raters",
     metadata,
@@ -1083,7 +1082,7 @@ class PreferenceStore:
         name = _check_rater(name)
         skeleton = _check_rater(skeleton)
         if not isinstance(secret_hash, str) or not 16 <= len(secret_hash) <= 128:
-            raise StoreError("secret_hash must be a hex digest (prefloop.identity.hash_secret)")
+            raise StoreError("secret_hash must be a hex digest (prefloop.store.identity.hash_secret)")
         r = raters_table
         try:
             with self._write() as conn:

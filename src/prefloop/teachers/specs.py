@@ -2,8 +2,8 @@
 
 - a B-Pref preset with optional overrides: ``mistake``, ``stochastic:beta=0.5``
   (:func:`prefloop.teachers.parse_teacher_spec`);
-- a simulated crowd: ``crowd:3xcareful@0.05,random,adversarial`` (:mod:`prefloop.crowd`);
-- a rater's fitted model: ``fitted:PATH[,rater=NAME]`` (:mod:`prefloop.teacher_fit`);
+- a simulated crowd: ``crowd:3xcareful@0.05,random,adversarial`` (:mod:`prefloop.teachers.crowd`);
+- a rater's fitted model: ``fitted:PATH[,rater=NAME]`` (:mod:`prefloop.teachers.fitted`);
 - ``human`` and ``recorded:DATASET_DIR`` are handled by the loop (no simulated teacher to build).
 """
 
@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import re
 
-from prefloop.crowd import CROWD_PREFIX, make_crowd_teacher, parse_crowd_spec
-from prefloop.teacher_fit import FITTED_PREFIX, make_fitted_teacher
-from prefloop.teachers import Teacher, TeacherConfigError, make_teacher
-from prefloop.teachers import parse_teacher_spec as parse_preset_spec
+from prefloop.teachers.crowd import CROWD_PREFIX, make_crowd_teacher, parse_crowd_spec
+from prefloop.teachers.fitted import FITTED_PREFIX, make_fitted_teacher
+from prefloop.teachers.simulated import Teacher, TeacherConfigError, make_teacher
+from prefloop.teachers.simulated import parse_teacher_spec as parse_preset_spec
 
 __all__ = ["build_simulated_teacher", "folder_name", "parse_teacher_spec"]
 
 
 def parse_teacher_spec(spec: str) -> tuple[str, dict[str, float]]:
-    """``(teacher, params)`` for a :class:`~prefloop.config.TrainConfig`: a preset's name and its
+    """``(teacher, params)`` for a :class:`~prefloop.training.config.TrainConfig`: a preset's name and its
     overrides, or a whole ``crowd:``/``fitted:`` spec with no params. The spec is checked (a fitted
     spec's file is read).
 

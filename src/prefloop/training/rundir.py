@@ -22,10 +22,8 @@ complete; ``*.tmp`` leftovers of crashes are removed at the next checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -35,9 +33,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prefloop.serialization import strict_json
+from prefloop.store.run_folder import store_of_run_folder  # noqa: F401 -- its old home; callers import it from here
 
 if TYPE_CHECKING:
-    from prefloop.config import TrainConfig
+    from prefloop.training.config import TrainConfig
 
 KEEP_CHECKPOINTS = 2
 _COMPLETE_NAME = re.compile(r"step-\d+")
@@ -167,7 +166,7 @@ class RunDir:
         return not (self.checkpoints_dir.is_dir() and any(self.checkpoints_dir.iterdir()))
 
     def load_config(self) -> "TrainConfig":
-        from prefloop.config import TrainConfig
+        from prefloop.training.config import TrainConfig
 
         if not self.config_path.is_file():
             raise RunDirError(
@@ -270,47 +269,3 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def store_of_run_folder(run_dir: Path, db_url: str | None = None, run_name: str | None = None) -> tuple[str, str]:
-    """``(store URL, run name)`` of the run a folder holds, as ``train``, ``run`` and ``import``
-    name it: explicit arguments win, then ``config.json``'s ``db_url``/``run_name``, then
-    ``prefs.sqlite`` in the folder and the folder's name -- or, when that store holds no run of
-    that name but exactly one other (an import with its own ``--run-name``), that one.
-
-    Raises:
-        prefloop.config.ConfigError: a damaged ``config.json`` (a guessed name could open another
-            run), or a folder store with several runs, none named after the folder.
-    """
-    from prefloop.config import ConfigError, read_store_settings
-    from prefloop.store import sqlite_url
-
-    if db_url and run_name:
-        return db_url, run_name
-    saved_url, saved_name = read_store_settings(Path(run_dir) / "config.json")
-    url = db_url or saved_url or sqlite_url(Path(run_dir) / "prefs.sqlite")
-    if run_name or saved_name:
-        return url, run_name or saved_name  # type: ignore[return-value]
-    name = Path(run_dir).resolve().name
-    if url != sqlite_url(Path(run_dir) / "prefs.sqlite"):
-        return url, name
-    runs = _run_names(Path(run_dir) / "prefs.sqlite")
-    if runs is None or name in runs or not runs:
-        return url, name
-    if len(runs) == 1:
-        return url, runs[0]
-    shown = ", ".join(repr(r) for r in runs[:20])
-    raise ConfigError(f"{run_dir} holds several runs ({shown}) and none is named after the folder; pass --run-name")
-
-
-def _run_names(store_path: Path) -> list[str] | None:
-    """The run names in a SQLite store, read-only; None when there is no readable store."""
-    import sqlite3
-
-    if not store_path.is_file():
-        return None
-    try:
-        with contextlib.closing(sqlite3.connect(f"{store_path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            return sorted(row[0] for row in conn.execute("SELECT name FROM runs"))
-    except sqlite3.Error:
-        return None  # not a store (yet): opening it says what is wrong

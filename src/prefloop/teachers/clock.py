@@ -20,7 +20,7 @@ import threading
 import numpy as np
 
 from prefloop.store import LeaseError, PreferenceStore
-from prefloop.teachers import Teacher
+from prefloop.teachers.simulated import Teacher
 
 log = logging.getLogger("prefloop")
 

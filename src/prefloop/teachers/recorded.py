@@ -1,7 +1,7 @@
 """Replaying a recorded experiment: a teacher that answers with the labels of an exported run.
 
 :class:`RecordedTeacher` implements the :class:`~prefloop.teachers.Teacher` protocol from a dataset
-folder written by ``prefloop export`` (:mod:`prefloop.dataset`). It recognises a pair by the
+folder written by ``prefloop export`` (:mod:`prefloop.datasets`). It recognises a pair by the
 *content* of its two segments -- a SHA-256 of their observations, actions, ``n_valid``,
 ``episode_seed`` and ``start_step`` (:func:`segment_fingerprint`) -- never by store ids, which
 differ between stores. A pair asked with its sides swapped gets the swapped answer (LEFT <-> RIGHT).
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prefloop.dataset import (
+from prefloop.datasets import (
     MANIFEST,
     DatasetError,
     PreferenceDataset,
@@ -115,7 +115,7 @@ class RecordedTeacher:
     """Answers pairs with the labels recorded in a dataset (see the module docstring).
 
     Args:
-        dataset: a loaded dataset (:func:`prefloop.dataset.load_dataset`).
+        dataset: a loaded dataset (:func:`prefloop.datasets.load_dataset`).
         rule: ``"majority"`` or ``"first"``, how several labels on one pair become one answer.
         on_missing: ``"raise"`` (default) raises :class:`UnrecordedPairError` for a pair the
             recording does not have; ``"cant_tell"`` answers CANT_TELL (the loop then trains
@@ -295,7 +295,7 @@ def make_recorded_teacher(
     would be written (and validated the same way).
 
     Raises:
-        prefloop.dataset.DatasetError: the folder is not a valid dataset or run.
+        prefloop.datasets.DatasetError: the folder is not a valid dataset or run.
     """
     teacher = RecordedTeacher(_load_recording(Path(dataset_dir)), rule=rule, on_missing=on_missing, rater_id=rater_id)
     for caveat in teacher.caveats:

@@ -11,27 +11,26 @@ import json
 import math
 import types
 import typing
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefloop.config_files import ConfigError
+from prefloop.config_files import is_one_line as _is_one_line
+from prefloop.config_files import read_json as _read_json
+from prefloop.config_files import short as _short
 from prefloop.credentials import scrub_config
-from prefloop.crowd import CROWD_PREFIX, parse_crowd_spec
 from prefloop.envs.presets import default_preset
-from prefloop.query import QueryConfig
 from prefloop.reward_models import RewardModelConfig
-from prefloop.schedule import ScheduleConfig
 from prefloop.serialization import strict_json
-from prefloop.teachers import HUMAN_TEACHER, RECORDED_PREFIX
+from prefloop.teachers.crowd import CROWD_PREFIX, parse_crowd_spec
+from prefloop.teachers.simulated import HUMAN_TEACHER, RECORDED_PREFIX
+from prefloop.training.query import QueryConfig
+from prefloop.training.schedule import ScheduleConfig
 
 REWARD_SOURCES = ("preferences", "true")
 WHEN_BEHIND = ("pace", "wait", "continue")
 MAX_GUIDELINE_CHARS = 500
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names it and the valid range."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ class TrainConfig:
         db_url: SQLAlchemy URL of the preference store (None: SQLite file in the run folder).
         when_behind: raters answering in their own time (people, or a simulated teacher with
             ``answer_seconds``): ``"pace"`` (default) lets the policy train only as far as the
-            answers so far unlock (:mod:`prefloop.pacing`); ``"wait"`` pauses at every label round
+            answers so far unlock (:mod:`prefloop.training.pacing`); ``"wait"`` pauses at every label round
             until every asked pair is answered; ``"continue"`` never waits, training on the
             current reward model (a slow rater then makes the run worse, not longer).
         min_initial_labels: human raters, ``continue``: labels needed before the policy starts.
@@ -68,7 +67,7 @@ class TrainConfig:
         raters_per_pair: labels wanted per pair (> 1 measures agreement between raters).
         answer_seconds: a simulated teacher answers through the store on a clock, like a person
             in the app: it claims a pair, takes this many seconds (the median), answers; 0 (the
-            default) answers at once. See :mod:`prefloop.clock_rater`.
+            default) answers at once. See :mod:`prefloop.teachers.clock`.
         answer_seconds_sigma: spread of those times: each is ``answer_seconds * exp(sigma * z)``,
             ``z`` standard normal (a log-normal, the usual shape of human response times); 0 = fixed.
         unsupervised_steps: env steps of PEBBLE's unsupervised pre-training (state-entropy
@@ -259,59 +258,9 @@ def _simulated_raters(teacher: str) -> int:
         return 0
 
 
-def _read_json(path: Path, hint: str) -> Any:
-    """The JSON in ``path``; a one-line ConfigError naming the file (and ``hint``) otherwise."""
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{path} is not valid JSON ({reason}); {hint}") from None
-
-
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{name} must be {allowed}, got {_short(value)}")
-
-
-def read_store_settings(config_path: Path) -> tuple[str | None, str | None]:
-    """``(db_url, run_name)`` of a run folder's ``config.json``, for commands that only need to
-    find the run's store (``prefloop rate``, ``prefloop export``); ``(None, None)`` when the file
-    does not exist, None for a key it does not set.
-
-    Raises:
-        ConfigError: one line naming the file: unreadable, not JSON, not an object, or
-            ``db_url``/``run_name`` not strings (a wrong run name would rate or export another run).
-    """
-    if not config_path.exists():
-        return None, None
-    data = _read_json(config_path, "fix it, or pass --db-url and --run-name")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{config_path} must be a JSON object, got {type(data).__name__}; fix it, or pass --db-url and --run-name")
-    found: list[str | None] = []
-    for key in ("db_url", "run_name"):
-        value = data.get(key)
-        if value is not None and not (_is_one_line(value, 2000) and value.strip()):
-            raise ConfigError(f"{config_path}: {key} must be a non-empty string, got {_short(value)}; fix it, or pass --db-url and --run-name")
-        found.append(value or None)
-    return found[0], found[1]
-
-
-def _is_one_line(text: object, max_chars: int) -> bool:
-    return (
-        isinstance(text, str)
-        and len(text) <= max_chars
-        and not any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text)
-    )
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """A value from a config file for an error message: its repr, cut to ``limit`` characters."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        return f"an integer of {value.bit_length()} bits"
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _dataclass_from_json(cls: type, data: Any, where: str) -> Any:

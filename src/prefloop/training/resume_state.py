@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from prefloop.algos import is_off_policy
 from prefloop.serialization import strict_json
+from prefloop.training.algos import is_off_policy
 
 if TYPE_CHECKING:
     from prefloop.reward_models import RewardTrainer

@@ -4,7 +4,7 @@ The trainer puts selected pairs into the store as pending; a simulated teacher t
 pair, compares its segments and answers it, exactly as a human rater does through the app. So the
 store holds one history of labels whoever gave them, and a crashed run loses none.
 
-A crowd (a teacher with ``members`` and an ``rng``, :class:`prefloop.crowd.CrowdTeacher`) answers
+A crowd (a teacher with ``members`` and an ``rng``, :class:`prefloop.teachers.crowd.CrowdTeacher`) answers
 with each member under their own rater id: for each pair, members are tried in a random order and
 the first who may still label it claims it.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from prefloop.store import PreferenceStore
-from prefloop.teachers import Teacher
+from prefloop.teachers.simulated import Teacher
 
 
 def answer_pending(store: PreferenceStore, teacher: Teacher, limit: int | None = None) -> int:

@@ -41,7 +41,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import optimize
 
-from prefloop.teachers import SimulatedTeacher, TeacherConfig, TeacherConfigError
+from prefloop.teachers.simulated import (
+    SimulatedTeacher,
+    TeacherConfig,
+    TeacherConfigError,
+)
 from prefloop.types import Choice, Segment
 
 if TYPE_CHECKING:

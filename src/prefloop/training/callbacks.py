@@ -12,14 +12,14 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-from prefloop.algos import is_off_policy, relabel_replay_buffer
-from prefloop.learner import PreferenceLearner
-from prefloop.pacing import LabelPace
-from prefloop.resume_state import save_resume_state
 from prefloop.reward_models import save_reward_model
-from prefloop.rundir import RunDir
-from prefloop.schedule import LabelRound
 from prefloop.serialization import strict_json
+from prefloop.training.algos import is_off_policy, relabel_replay_buffer
+from prefloop.training.learner import PreferenceLearner
+from prefloop.training.pacing import LabelPace
+from prefloop.training.resume_state import save_resume_state
+from prefloop.training.rundir import RunDir
+from prefloop.training.schedule import LabelRound
 
 log = logging.getLogger("prefloop")
 
@@ -66,7 +66,7 @@ class PreferenceCallback(BaseCallback):
     Simulated teacher: each due round is asked, answered and trained on at once. Human raters
     (and simulated ones answering on a clock): a due round only puts pairs in the store; with
     ``when_behind="pace"`` the policy trains at most as far as the answers so far unlock
-    (:class:`~prefloop.pacing.LabelPace`), with ``"wait"`` training pauses at each round until
+    (:class:`~prefloop.training.pacing.LabelPace`), with ``"wait"`` training pauses at each round until
     every waiting pair is answered, with ``"continue"`` it goes on with the current reward model.
     The reward model retrains when new labels add ``REFIT_FRACTION`` to the fitted ones or every
     asked pair is in (looked for at most every ``POLL_S`` seconds, and always after a wait).
@@ -225,8 +225,15 @@ class StepProgressBar(BaseCallback):
         self._task: Any = None
 
     def _on_training_start(self) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         columns = [TextColumn("env steps"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         if self.with_eta:

@@ -14,18 +14,18 @@ from collections.abc import Callable
 
 import numpy as np
 
-from prefloop.config import TrainConfig
 from prefloop.envs import SegmentBuffer
-from prefloop.labeling import answer_pending
 from prefloop.metrics import correlations
-from prefloop.query import NotEnoughSegmentsError, QueryRule, select_pairs
 from prefloop.reward_models import RewardEnsemble, RewardTrainer
-from prefloop.reward_scale import normalize_on_reference
-from prefloop.schedule import label_rounds
-from prefloop.semi_supervised import pseudo_labels
 from prefloop.serialization import strict_json
 from prefloop.store import PreferenceStore
-from prefloop.teachers import HUMAN_TEACHER, Teacher
+from prefloop.teachers.labeling import answer_pending
+from prefloop.teachers.simulated import HUMAN_TEACHER, Teacher
+from prefloop.training.config import TrainConfig
+from prefloop.training.query import NotEnoughSegmentsError, QueryRule, select_pairs
+from prefloop.training.reward_scale import normalize_on_reference
+from prefloop.training.schedule import label_rounds
+from prefloop.training.semi_supervised import pseudo_labels
 from prefloop.types import Choice, Segment, SegmentPair
 
 log = logging.getLogger("prefloop")
@@ -61,7 +61,7 @@ class PreferenceLearner:
         counts = store.counts()
         self._pairs_asked = counts["pairs"]  # kept here: the schedule checks it every rollout
         self.labels_at_last_fit = -1
-        # The first label round's pairs fix the reward's unit (prefloop.reward_scale).
+        # The first label round's pairs fix the reward's unit (prefloop.training.reward_scale).
         self.reference_pairs = label_rounds(config.labels, config.steps or 1, config.schedule)[0].cumulative_labels
         # Gold pairs are for people; replaying a recorded human run asks them too, or its pairs would differ.
         recorded = getattr(teacher, "recorded_config", None) or {}

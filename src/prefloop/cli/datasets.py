@@ -1,0 +1,97 @@
+"""``prefloop export`` and ``prefloop import``: a run's preferences to and from a dataset folder."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefloop.datasets import (
+    DEFAULT_MAX_DATASET_BYTES,
+    DatasetError,
+    export_dataset,
+    import_loaded_dataset,
+    load_dataset,
+    store_of_run_dir,
+)
+
+
+def _target(args: argparse.Namespace, *, create: bool) -> tuple[str, str]:
+    if args.run_dir is None:
+        if args.db_url is None or args.run_name is None:
+            raise DatasetError(
+                f"prefloop {args.command} needs --run-dir DIR, or --db-url URL with --run-name NAME"
+            )
+        return args.db_url, args.run_name
+    run_dir = Path(args.run_dir)
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif not run_dir.is_dir():
+        raise DatasetError(f"run folder {run_dir} does not exist; pass the folder of a prefloop run")
+    return store_of_run_dir(run_dir, args.db_url, args.run_name)
+
+
+def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``prefloop export`` to the CLI's subparsers; its ``func`` returns the exit code."""
+    parser = subparsers.add_parser(
+        "export",
+        help="write a run's segments, pairs and labels as a portable dataset folder (JSON + npz)",
+        description="Export a run's preferences as an open, pickle-free dataset folder.",
+    )
+    parser.add_argument("--run-dir", type=Path, default=None, help="the run folder to export")
+    parser.add_argument("--db-url", default=None, help="the store's SQLAlchemy URL (default: the run folder's)")
+    parser.add_argument("--run-name", default=None, help="the run in the store (default: the run folder's)")
+    parser.add_argument("--out", type=Path, required=True, help="the dataset folder to write (new or empty)")
+    parser.add_argument("--no-retracted", action="store_true", help="leave out retracted labels")
+    parser.set_defaults(func=cmd_export)
+    return parser
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    url, run_name = _target(args, create=False)
+    summary = export_dataset(url, run_name, args.out, include_retracted=not args.no_retracted)
+    print(f"exported run {run_name!r} to {summary.path}: {summary.to_text()}")
+    sys.stdout.flush()
+    return 0
+
+
+def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``prefloop import`` to the CLI's subparsers; its ``func`` returns the exit code."""
+    parser = subparsers.add_parser(
+        "import",
+        help="load an exported preference dataset into a new run of a store",
+        description="Import a dataset folder written by `prefloop export` into a run without pairs.",
+    )
+    parser.add_argument("--in", dest="in_dir", type=Path, required=True,
+                        help="the dataset folder, or its zip (the dashboard's download)")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="the run folder to import into (created if missing, store prefs.sqlite)")
+    parser.add_argument("--db-url", default=None, help="the store's SQLAlchemy URL (default: the run folder's)")
+    parser.add_argument("--run-name", default=None, help="the run in the store (default: the run folder's)")
+    parser.add_argument("--max-gib", type=float, default=DEFAULT_MAX_DATASET_BYTES / 2**30,
+                        help="refuse a dataset whose files and uncompressed arrays hold more than this many GiB "
+                        "(checked before reading; default %(default)g)")
+    parser.set_defaults(func=cmd_import)
+    return parser
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    if not (math.isfinite(args.max_gib) and args.max_gib > 0):
+        raise DatasetError(f"--max-gib must be a positive number of GiB, got {args.max_gib}")
+    # A bad dataset fails before any folder or store is made.
+    dataset = load_dataset(args.in_dir, max_bytes=int(args.max_gib * 2**30))
+    new_folder = args.run_dir is not None and not Path(args.run_dir).exists()
+    try:
+        url, run_name = _target(args, create=True)
+        summary = import_loaded_dataset(dataset, Path(args.in_dir), url, run_name)
+    except BaseException:
+        if new_folder:  # made by this import, holding only what it wrote: all or nothing
+            shutil.rmtree(args.run_dir, ignore_errors=True)
+        raise
+    print(f"imported {summary.path} into run {run_name!r}: {summary.to_text()}")
+    sys.stdout.flush()
+    return 0
+
