@@ -22,7 +22,7 @@ import numpy as np
 from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
 from prefloop.envs.presets import default_preset
 
-from prefloop.cli import main as prefloop
+from prefloop.cli.main import main as prefloop
 from prefloop.store import PreferenceStore, sqlite_url
 from prefloop.teachers import SimulatedTeacher, TeacherConfig
 from prefloop.teachers.labeling import answer_pending

@@ -188,7 +188,7 @@ def test_off_loopback_the_app_needs_a_rater_and_a_different_admin_token(
 def test_run_and_rate_refuse_a_public_address_without_both_tokens_before_starting(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from prefloop.cli import main
+    from prefloop.cli.main import main
 
     run_dir = tmp_path / "run"
     for argv, expected in (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from prefloop.bench import SCHEMA, BenchConfig, run_bench
+from prefloop.bench.sweep import SCHEMA, BenchConfig, run_bench
 from prefloop.bench.report import aggregate, markdown_table, time_split
 from prefloop.metrics import median_iqr, normalized_return
 
@@ -97,10 +97,10 @@ def test_tiny_sweep_gives_the_same_numbers_on_both_executors(tmp_path: Path) -> 
 
 
 def test_interrupted_sweep_resumes_and_a_new_sweep_reuses_identical_baselines(tmp_path: Path, monkeypatch, caplog) -> None:
-    import prefloop.bench
+    import prefloop.bench.sweep
     from prefloop.training.rundir import RunDirError
 
-    monkeypatch.setattr(prefloop.bench, "HEARTBEAT_S", 0.5)
+    monkeypatch.setattr(prefloop.bench.sweep, "HEARTBEAT_S", 0.5)
     caplog.set_level(logging.INFO, logger="prefloop.bench")
 
     tiny = dict(envs=("CartPole-v1",), label_budgets=(8,), seeds=(0,), queries=("uniform",), steps=1_500,
@@ -136,7 +136,7 @@ def test_interrupted_sweep_resumes_and_a_new_sweep_reuses_identical_baselines(tm
 
 
 def test_a_teacher_with_overrides_reaches_the_run_config_and_names_its_group(tmp_path: Path) -> None:
-    from prefloop.bench import plan_jobs
+    from prefloop.bench.sweep import plan_jobs
 
     jobs = plan_jobs(BenchConfig(teachers=("oracle", "mistake:epsilon=0.3"), seeds=(0,), out_dir=tmp_path))
     preference = [j.config for j in jobs if j.kind == "preferences"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 
-from prefloop.cli import main
+from prefloop.cli.main import main
 from prefloop.training.config import TrainConfig
 
 
@@ -161,14 +161,14 @@ def test_train_does_not_wait_forever_for_people_it_starts_no_app_for(capsys, tmp
     code, err = run_cli(capsys, "train", "--teacher", "human", "--run-dir", str(tmp_path / "new"))
     assert code == 2 and "prefloop run" in err and not (tmp_path / "new").exists()
     # ... and `prefloop run` takes exactly that command line
-    from prefloop.cli import build_parser, check_resume_arguments
+    from prefloop.cli.main import build_parser, check_resume_arguments
 
     check_resume_arguments(build_parser().parse_args(["run", "--run-dir", str(run), "--resume"]))
 
 
 @pytest.mark.parametrize("command", ["train", "run"])
 def test_a_stopped_run_says_the_whole_command_that_continues_it(tmp_path: Path, command: str) -> None:
-    from prefloop.cli import build_parser, continue_hint
+    from prefloop.cli.main import build_parser, continue_hint
 
     run = tmp_path / "r"
     args = build_parser().parse_args([command, "--run-dir", str(run)])

@@ -39,7 +39,7 @@ from test_dataset import META, reseal
 from test_hostile_input import cli
 from test_store import make_pairs
 
-from prefloop.cli import main
+from prefloop.cli.main import main
 from prefloop.datasets import export_dataset, import_dataset, load_dataset
 from prefloop.ops.doctor import check_run
 from prefloop.store import PreferenceStore, labels_table, metadata, sqlite_url

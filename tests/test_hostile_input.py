@@ -52,7 +52,7 @@ from streamlit.components.v2.bidi_component.main import _make_trigger_id
 from streamlit.testing.v1 import AppTest
 from test_store import make_pairs
 
-from prefloop.cli import build_parser, build_train_config, main
+from prefloop.cli.main import build_parser, build_train_config, main
 from prefloop.store import PreferenceStore, StoreError, labels_table, sqlite_url
 from prefloop.training.config import ConfigError, TrainConfig
 from prefloop.types import Choice

@@ -23,7 +23,7 @@ from prefloop.apps.rating import RaterSession
 from prefloop.envs.clips import CLIP_MIME
 from streamlit.testing.v1 import AppTest
 
-from prefloop.cli import main as cli_main
+from prefloop.cli.main import main as cli_main
 from prefloop.store import PreferenceStore, sqlite_url
 from prefloop.store.identity import (
     IdentityError,

@@ -26,7 +26,7 @@ from prefloop.apps.cli_rate import add_rate_parser, resolve_store
 from prefloop.apps.clipworker import ClipWorker
 from prefloop.apps.launch import AppStartError, launch_rater_app, wait_until_ready
 
-from prefloop.cli import main
+from prefloop.cli.main import main
 from prefloop.store import PreferenceStore
 from prefloop.types import Choice
 

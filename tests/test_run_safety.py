@@ -97,7 +97,7 @@ class Cli:
         self.capsys, self.caplog = capsys, caplog
 
     def __call__(self, *args: str) -> tuple[int, str, str]:
-        from prefloop.cli import main
+        from prefloop.cli.main import main
 
         self.caplog.clear()
         with self.caplog.at_level("INFO", logger="prefloop"):
@@ -307,7 +307,7 @@ def test_a_password_in_the_url_stays_in_memory(tmp_path: Path) -> None:
 
 
 def test_every_token_flag_has_an_environment_form(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from prefloop.cli import build_parser
+    from prefloop.cli.main import build_parser
 
     monkeypatch.setenv("PREFLOOP_RATER_TOKEN", "rater-token-1")
     monkeypatch.setenv("PREFLOOP_ADMIN_TOKEN", "admin-token-1")
@@ -605,7 +605,7 @@ def test_a_flag_the_teacher_would_ignore_is_refused(args: list[str], expected: s
 
 
 def test_the_flags_work_where_they_apply(tmp_path: Path) -> None:
-    from prefloop.cli import build_parser, build_train_config
+    from prefloop.cli.main import build_parser, build_train_config
 
     human = build_train_config(build_parser().parse_args(
         ["run", "--run-dir", str(tmp_path), "--gold-fraction", "0.2", "--when-behind", "wait", "--raters-per-pair", "3"]))

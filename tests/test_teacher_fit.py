@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefloop.cli import main
+from prefloop.cli.main import main
 from prefloop.store import PreferenceStore, sqlite_url
 from prefloop.teachers import SimulatedTeacher, TeacherConfig, TeacherConfigError
 from prefloop.teachers.fitted import (

@@ -12,7 +12,7 @@ import gymnasium as gym
 import pytest
 from stable_baselines3 import PPO
 
-from prefloop.cli import CurrentStderrHandler
+from prefloop.cli.main import CurrentStderrHandler
 from prefloop.training.callbacks import StepProgressBar, metric_text
 
 
