@@ -19,6 +19,20 @@ Shapes
 ------
 ``M`` members, ``B`` steps, ``N`` segments of length ``L``. The network input is the encoded
 observation concatenated with the encoded action (see ``prefloop.reward_models.spaces``).
+
+Dict and Tuple observations
+---------------------------
+For a Dict or Tuple observation space ``*obs_shape`` is ``(D,)``: the observation is the flat
+vector ``gymnasium.spaces.flatten(space, obs)`` as float32, ``D = gymnasium.spaces.flatdim(space)``
+(what segments store; ``prefloop.structured_obs``). Its layout: the leaves depth-first in the
+space's order (a Dict's keys as ``space.spaces`` orders them -- sorted, for a Dict built from a
+plain dict -- a Tuple's by position); a Box leaf's values row-major; a ``Discrete(n, start)`` leaf
+a one-hot of length ``n`` with 1 at ``x - start``; a MultiDiscrete leaf its entries' one-hots
+concatenated; a MultiBinary leaf its 0/1 values. E.g. ``Dict(achieved_goal=Box(2),
+desired_goal=Box(2), observation=Box(4))`` gives ``[achieved_goal(2) | desired_goal(2) |
+observation(4)]``, D = 8. Columns of bounded Box leaves are then scaled onto ``[-1, 1]``.
+``predict`` and the other numpy methods also take the space's own batch structure (a dict or
+tuple of ``(B, ...)`` arrays, as SB3 VecEnvs give it) and flatten it the same way.
 """
 
 from __future__ import annotations
@@ -58,7 +72,9 @@ class RewardEnsemble(nn.Module):
     """``n_members`` MLPs ``r(obs, action) -> float`` with weights stacked as ``(M, in, out)``.
 
     Args:
-        observation_space: Box (any shape), Discrete or MultiBinary (MultiDiscrete also works).
+        observation_space: Box (any shape), Discrete or MultiBinary (MultiDiscrete also works), or
+            a Dict or Tuple (nested too) of those without image leaves: see "Dict and Tuple
+            observations" above for the flat vector the network reads.
         action_space: Box, Discrete or MultiDiscrete (MultiBinary also works).
         n_members: ensemble size ``M`` (>= 1).
         hidden_sizes: widths of the hidden layers; ``()`` gives a linear model.
@@ -70,7 +86,7 @@ class RewardEnsemble(nn.Module):
             same. Slower than the stacked MLPs (one forward pass per member).
 
     Raises:
-        UnsupportedSpaceError: for Dict, Tuple, Text, Graph, Sequence and other spaces.
+        UnsupportedSpaceError: for Text, Graph, Sequence and other spaces, and image leaves of Dicts.
         ValueError: a member built by ``member_factory`` does not return one reward per row.
     """
 
@@ -249,7 +265,7 @@ class RewardEnsemble(nn.Module):
 
     def _checked(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Numpy inputs validated against the spaces (shapes, row counts, ranges)."""
-        obs = np.asarray(obs)
+        obs = self.obs_encoder.as_batch(obs)
         actions = np.asarray(actions)
         if obs.shape[:1] != actions.shape[:1]:
             raise ValueError(f"obs has shape {obs.shape} but actions has shape {actions.shape}: row counts differ")
@@ -269,7 +285,8 @@ class RewardEnsemble(nn.Module):
         torch for a few rows).
 
         Args:
-            obs: ``(B, *obs_shape)``.
+            obs: ``(B, *obs_shape)``; for Dict and Tuple spaces the flat vectors ``(B, D)`` or the
+                batch in the space's structure.
             actions: ``(B, *act_shape)``, or ``(B,)`` ints for Discrete.
 
         Returns:
