@@ -26,6 +26,7 @@ import torch
 
 from prefloop.types import LabeledPair
 
+from .cnn import CNN_TORSOS, CnnRewardEnsemble, is_image_observation_space
 from .ensemble import RewardEnsemble, stack_segments
 from .reliability import (
     RaterEstimate,
@@ -80,7 +81,12 @@ class RewardModelConfig:
             of the labelled segments' steps, updated at every fit (imitation's running norm does
             the same): without it an env whose observations mix scales (Reacher: joint
             velocities of ~9 next to a fingertip offset of ~0.15) hides the features the reward
-            depends on, and the model memorises instead of generalising.
+            depends on, and the model memorises instead of generalising. Image observations are
+            never standardised per pixel: the CNN scales them by 1/255 (see ``cnn.py``).
+        cnn: the convolutional torso for image observations (uint8 frames or frame stacks, which
+            get a :class:`~prefloop.reward_models.cnn.CnnRewardEnsemble` automatically):
+            ``"nature"`` (Nature-DQN, 512 units) or ``"christiano"`` (Christiano et al.'s smaller
+            Atari net, 64 units; about a quarter of the arithmetic, for CPU-only runs).
     """
 
     n_members: int = 3
@@ -101,6 +107,7 @@ class RewardModelConfig:
     val_fraction: float = 0.2
     seed: int = 0
     normalize_inputs: bool = True
+    cnn: str = "nature"
 
     def __post_init__(self) -> None:
         hidden = self.hidden_sizes
@@ -129,6 +136,8 @@ class RewardModelConfig:
             raise ValueError(f"flagged_answer_weight must be in [0, 1], got {self.flagged_answer_weight!r}")
         if not (_is_real(self.stop_accuracy) and 0 < self.stop_accuracy):
             raise ValueError(f"stop_accuracy must be a number > 0 (1.0 disables early stopping), got {self.stop_accuracy!r}")
+        if self.cnn not in CNN_TORSOS:
+            raise ValueError(f"cnn must be one of {', '.join(CNN_TORSOS)}, got {self.cnn!r}")
         if not (_is_real(self.val_fraction) and 0 <= self.val_fraction < 1):
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
 
@@ -142,15 +151,24 @@ def _is_real(value: object) -> bool:
 
 
 def build_reward_model(
-    observation_space: gym.Space, action_space: gym.Space, config: RewardModelConfig
+    observation_space: gym.Space, action_space: gym.Space, config: RewardModelConfig, seed: int | None = None
 ) -> RewardEnsemble:
-    """A fresh :class:`RewardEnsemble` with ``config``'s members, hidden sizes and seed."""
+    """A fresh ensemble with ``config``'s members, hidden sizes and seed (``seed`` overrides it):
+    a :class:`CnnRewardEnsemble` with ``config.cnn``'s torso for image observations (uint8 Box
+    0..255 of 2 or 3 dimensions), else the MLP :class:`RewardEnsemble`."""
+    seed = config.seed if seed is None else seed
+    if is_image_observation_space(observation_space):
+        conv, features = CNN_TORSOS[config.cnn]
+        return CnnRewardEnsemble(
+            observation_space, action_space, n_members=config.n_members, hidden_sizes=config.hidden_sizes,
+            seed=seed, conv=conv, torso_features=features,
+        )
     return RewardEnsemble(
         observation_space,
         action_space,
         n_members=config.n_members,
         hidden_sizes=config.hidden_sizes,
-        seed=config.seed,
+        seed=seed,
     )
 
 
@@ -550,8 +568,7 @@ class RewardTrainer:
         real = mask > 0
         if real.sum() < 2:
             return
-        features = self.model.raw_features(obs[real], actions[real]).astype(np.float64)
-        self.model.set_input_normalization(features.mean(0), features.std(0))
+        self.model.fit_input_normalization(obs[real], actions[real])
 
     def _encode(
         self, pairs: Sequence[LabeledPair], targets: np.ndarray

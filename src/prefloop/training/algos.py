@@ -16,6 +16,7 @@ from gymnasium import spaces
 from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -77,7 +78,7 @@ def make_algorithm(
     seed: int,
     tensorboard_dir: Path | None,
 ) -> BaseAlgorithm:
-    """Build SB3 algorithm ``name`` with an MLP policy on ``env``.
+    """Build SB3 algorithm ``name`` on ``env`` with :func:`default_policy`'s policy.
 
     Raises:
         AlgorithmError: unknown algorithm, wrong action space, or hyper-parameters it rejects.
@@ -85,7 +86,7 @@ def make_algorithm(
     cls = algorithm_class(name)
     try:
         return cls(
-            "MlpPolicy",
+            default_policy(env.observation_space),
             env,
             seed=seed,
             verbose=0,
@@ -94,6 +95,12 @@ def make_algorithm(
         )
     except TypeError as exc:
         raise AlgorithmError(f"{name.upper()} rejected its hyper-parameters {sorted(hyperparameters)}: {exc}") from exc
+
+
+def default_policy(observation_space: spaces.Space) -> str:
+    """``"CnnPolicy"`` (SB3's Nature-DQN torso, pixels scaled by 1/255) for image observations --
+    uint8 ``(C, H, W)`` or ``(H, W, C)`` with bounds 0..255, as SB3 detects them -- else ``"MlpPolicy"``."""
+    return "CnnPolicy" if is_image_space(observation_space, check_channels=False) else "MlpPolicy"
 
 
 def is_off_policy(model: BaseAlgorithm) -> bool:
