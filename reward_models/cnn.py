@@ -145,6 +145,7 @@ class CnnRewardEnsemble(RewardEnsemble):
         if any(h < 1 for h in self.hidden_sizes):
             raise ValueError(f"hidden_sizes must all be >= 1, got {tuple(hidden_sizes)}")
         self.seed = int(seed)
+        self.member_factory = None  # the members are this class's CNNs
         self.obs_encoder = _ImageChecker(observation_space)
         self.action_encoder: SpaceEncoder = make_encoder(action_space, "action")
         self.channels, self.height, self.width, self.channels_last = image_layout(observation_space)
@@ -231,6 +232,9 @@ class _ImageChecker:
     def __init__(self, space: gym.spaces.Box) -> None:
         self.space = space
         self.shape = tuple(int(s) for s in space.shape)
+
+    def as_batch(self, x: object) -> np.ndarray:
+        return np.asarray(x)
 
     def check(self, x: np.ndarray) -> None:
         if x.ndim < 1 or tuple(x.shape[1:]) != self.shape:

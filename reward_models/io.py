@@ -24,8 +24,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from prefloop.import_paths import ImportPathError
+from prefloop.import_paths import load as load_import_path
+
 from .cnn import CnnRewardEnsemble
-from .ensemble import RewardEnsemble
+from .ensemble import MemberFactory, RewardEnsemble
 from .spaces import space_from_json, space_to_json
 
 WEIGHTS_FILE = "reward_model.safetensors"
@@ -52,6 +55,7 @@ def save_reward_model(model: RewardEnsemble, directory: str | Path, extra_metada
         "hidden_sizes": list(model.hidden_sizes),
         "seed": model.seed,
         "reward_scale": float(model.reward_scale),
+        "member_factory": model.member_factory_name,
         "architecture": model.architecture,
         **(
             {"conv": [list(layer) for layer in model.conv], "torso_features": model.torso_features}
@@ -103,8 +107,14 @@ def load_reward_metadata(directory: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def load_reward_model(directory: str | Path, map_location: str | torch.device = "cpu") -> RewardEnsemble:
+def load_reward_model(
+    directory: str | Path, map_location: str | torch.device = "cpu", member_factory: MemberFactory | None = None
+) -> RewardEnsemble:
     """Rebuild a model saved by :func:`save_reward_model` (spaces come from the JSON file).
+
+    A model built by a user's ``member_factory`` saved its members' weights and the factory's
+    import path: loading imports the factory again from that path, or takes ``member_factory``
+    (needed when the factory was defined in a script or inside a function).
 
     Raises:
         FileNotFoundError: a file is missing (the message names it).
@@ -113,6 +123,12 @@ def load_reward_model(directory: str | Path, map_location: str | torch.device = 
     directory = Path(directory)
     metadata = load_reward_metadata(directory)
     meta_path = directory / METADATA_FILE
+    factory_name = metadata.get("member_factory")
+    if factory_name is not None and member_factory is None:
+        try:
+            member_factory = load_import_path(str(factory_name), "reward model member_factory")
+        except ImportPathError as exc:
+            raise ValueError(f"{meta_path}: {exc} (load_reward_model(..., member_factory=...))") from None
     try:
         common = dict(
             n_members=int(metadata["n_members"]),
@@ -124,11 +140,11 @@ def load_reward_model(directory: str | Path, map_location: str | torch.device = 
         architecture = metadata.get("architecture", "mlp")  # files before CNNs existed are MLPs
         if architecture == "cnn":
             conv = tuple(tuple(int(v) for v in layer) for layer in metadata["conv"])
-            model: RewardEnsemble = CnnRewardEnsemble(
+            model: RewardEnsemble = CnnRewardEnsemble(  # its members are built in, never a factory's
                 observation_space, action_space, conv=conv, torso_features=int(metadata["torso_features"]), **common
             )
         elif architecture == "mlp":
-            model = RewardEnsemble(observation_space, action_space, **common)
+            model = RewardEnsemble(observation_space, action_space, member_factory=member_factory, **common)
         else:
             raise ValueError(f"unknown architecture {architecture!r} (expected 'mlp' or 'cnn')")
     except (KeyError, TypeError, ValueError) as exc:

@@ -523,7 +523,7 @@ def test_a_write_that_fails_midway_leaves_no_run_and_no_row(
     folder it made, and says so in one line."""
     from sqlalchemy.exc import DataError
 
-    import prefloop.datasets as dataset_module
+    import prefloop.datasets.importing as dataset_module
 
     write = dataset_module._write_dataset
 
