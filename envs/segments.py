@@ -9,6 +9,10 @@ steps for it; ``VecSegmentRecorder`` keeps a history of whole vector steps inste
   nothing is known of what would have come after the cut.
 
 Segments share their episode's action array (views, no copies), so keeping thousands is cheap.
+
+Observations are stored as float32, except uint8 observations (images), which stay uint8 end to
+end -- buffer, store, datasets, reward-model batches -- and become floats only inside the reward
+network: an 84x84x4 frame stack is 28 KB per step instead of 113 KB.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def cut_segments(
     last_start = length - 1 if terminated else length - segment_length
     if length == 0 or last_start < from_step:
         return []
-    obs = np.asarray(obs, dtype=np.float32)
+    obs = as_stored_observations(obs)
     actions = np.asarray(actions)
     actions = actions.astype(np.int64 if np.issubdtype(actions.dtype, np.integer) else np.float32, copy=False)
     rewards = np.asarray(rewards, dtype=np.float32)
@@ -85,6 +89,13 @@ def cut_segments(
             )
         )
     return segments
+
+
+def as_stored_observations(obs: np.ndarray) -> np.ndarray:
+    """Observations in the dtype segments keep them in: uint8 stays uint8 (images), anything
+    else becomes float32. No copy when the dtype is already right."""
+    obs = np.asarray(obs)
+    return obs if obs.dtype == np.uint8 else obs.astype(np.float32, copy=False)
 
 
 class EpisodeSegmenter:

@@ -41,9 +41,9 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from prefloop import store as store_module
 from prefloop.credentials import ENV_DB_PASSWORD, CredentialsError, connect_url
 from prefloop.serialization import array_from_bytes, strict_json
+from prefloop.store import engine as store_engine  # read at call time: tests shorten the busy timeout
 from prefloop.store import (
     ANSWERED,
     APP_MARKER,
@@ -462,8 +462,8 @@ def _engine(url: str, is_sqlite: bool, repair: bool) -> Engine:
     if is_sqlite and not repair:
         path = Path(parsed.database or "")
         return create_engine("sqlite://", creator=lambda: open_sqlite_read_only(path), poolclass=NullPool)
-    return create_engine(parsed, connect_args={"timeout": store_module.SQLITE_BUSY_TIMEOUT_S} if is_sqlite
-                         else store_module.wait_limit_args(parsed))
+    return create_engine(parsed, connect_args={"timeout": store_engine.SQLITE_BUSY_TIMEOUT_S} if is_sqlite
+                         else store_engine.wait_limit_args(parsed))
 
 
 @contextmanager
