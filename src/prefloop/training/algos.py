@@ -20,6 +20,7 @@ from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
 from prefloop.envs.learned_reward import RewardFunction
+from prefloop.structured_obs import batch_as_array
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
     "ppo": PPO,
@@ -58,6 +59,12 @@ def check_algorithm_fits(name: str, action_space: spaces.Space, env_id: str) -> 
         raise AlgorithmError(f"{name.upper()} needs a Box action space; {env_id} has {action_space}. Try --algo ppo.")
 
 
+def default_policy(observation_space: spaces.Space) -> str:
+    """SB3's policy for these observations: ``MultiInputPolicy`` for a Dict (Tuple and nested
+    Dict observations reach SB3 as a flat Dict, see ``prefloop.envs.structured``), else ``MlpPolicy``."""
+    return "MultiInputPolicy" if isinstance(observation_space, spaces.Dict) else "MlpPolicy"
+
+
 def resolve_schedules(hyperparameters: dict[str, Any]) -> dict[str, Any]:
     """Turn the zoo's ``"lin_X"`` strings into SB3 linear schedules from X down to 0."""
     resolved = {}
@@ -77,7 +84,7 @@ def make_algorithm(
     seed: int,
     tensorboard_dir: Path | None,
 ) -> BaseAlgorithm:
-    """Build SB3 algorithm ``name`` with an MLP policy on ``env``.
+    """Build SB3 algorithm ``name`` on ``env`` with :func:`default_policy`'s policy.
 
     Raises:
         AlgorithmError: unknown algorithm, wrong action space, or hyper-parameters it rejects.
@@ -85,7 +92,7 @@ def make_algorithm(
     cls = algorithm_class(name)
     try:
         return cls(
-            "MlpPolicy",
+            default_policy(env.observation_space),
             env,
             seed=seed,
             verbose=0,
@@ -113,7 +120,12 @@ def relabel_replay_buffer(model: BaseAlgorithm, reward_fn: RewardFunction, chunk
     if filled == 0:
         return 0
     n_envs = buffer.n_envs
-    obs = buffer.observations[:filled].reshape(filled * n_envs, *buffer.obs_shape)
+    if isinstance(buffer.observations, dict):  # DictReplayBuffer: flat vectors, as the reward model reads
+        obs = batch_as_array(model.observation_space)(
+            {key: value[:filled].reshape(filled * n_envs, *buffer.obs_shape[key]) for key, value in buffer.observations.items()}
+        )
+    else:
+        obs = buffer.observations[:filled].reshape(filled * n_envs, *buffer.obs_shape)
     actions = buffer.actions[:filled].reshape(filled * n_envs, buffer.action_dim)
     if isinstance(model.action_space, spaces.Box):
         # SB3 stores Box actions squashed to [-1, 1]; the reward model saw env actions.
