@@ -23,7 +23,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .ensemble import RewardEnsemble
+from prefloop.import_paths import ImportPathError
+from prefloop.import_paths import load as load_import_path
+
+from .ensemble import MemberFactory, RewardEnsemble
 from .spaces import space_from_json, space_to_json
 
 WEIGHTS_FILE = "reward_model.safetensors"
@@ -50,6 +53,7 @@ def save_reward_model(model: RewardEnsemble, directory: str | Path, extra_metada
         "hidden_sizes": list(model.hidden_sizes),
         "seed": model.seed,
         "reward_scale": float(model.reward_scale),
+        "member_factory": model.member_factory_name,
         "extra": extra_metadata if extra_metadata is not None else {},
     }
     try:
@@ -96,8 +100,14 @@ def load_reward_metadata(directory: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def load_reward_model(directory: str | Path, map_location: str | torch.device = "cpu") -> RewardEnsemble:
+def load_reward_model(
+    directory: str | Path, map_location: str | torch.device = "cpu", member_factory: MemberFactory | None = None
+) -> RewardEnsemble:
     """Rebuild a model saved by :func:`save_reward_model` (spaces come from the JSON file).
+
+    A model built by a user's ``member_factory`` saved its members' weights and the factory's
+    import path: loading imports the factory again from that path, or takes ``member_factory``
+    (needed when the factory was defined in a script or inside a function).
 
     Raises:
         FileNotFoundError: a file is missing (the message names it).
@@ -106,6 +116,12 @@ def load_reward_model(directory: str | Path, map_location: str | torch.device = 
     directory = Path(directory)
     metadata = load_reward_metadata(directory)
     meta_path = directory / METADATA_FILE
+    factory_name = metadata.get("member_factory")
+    if factory_name is not None and member_factory is None:
+        try:
+            member_factory = load_import_path(str(factory_name), "reward model member_factory")
+        except ImportPathError as exc:
+            raise ValueError(f"{meta_path}: {exc} (load_reward_model(..., member_factory=...))") from None
     try:
         model = RewardEnsemble(
             space_from_json(metadata["observation_space"]),
@@ -113,6 +129,7 @@ def load_reward_model(directory: str | Path, map_location: str | torch.device = 
             n_members=int(metadata["n_members"]),
             hidden_sizes=tuple(int(h) for h in metadata["hidden_sizes"]),
             seed=int(metadata.get("seed", 0)),
+            member_factory=member_factory,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{meta_path} is malformed: {type(exc).__name__}: {exc}") from exc

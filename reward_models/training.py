@@ -24,9 +24,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from prefloop.import_paths import is_import_path
+from prefloop.import_paths import load as load_import_path
 from prefloop.types import LabeledPair
 
-from .ensemble import RewardEnsemble, stack_segments
+from .ensemble import MemberFactory, RewardEnsemble, stack_segments
 from .reliability import (
     RaterEstimate,
     RaterLabels,
@@ -81,6 +83,10 @@ class RewardModelConfig:
             the same): without it an env whose observations mix scales (Reacher: joint
             velocities of ~9 next to a fingertip offset of ~0.15) hides the features the reward
             depends on, and the model memorises instead of generalising.
+        member_factory: your own member network (see
+            :data:`prefloop.reward_models.ensemble.MemberFactory`), or its import path
+            ``"package.module:make_net"``; None: the stacked MLPs of ``hidden_sizes``. Saved
+            models record its import path; loading one needs the same factory.
     """
 
     n_members: int = 3
@@ -101,8 +107,15 @@ class RewardModelConfig:
     val_fraction: float = 0.2
     seed: int = 0
     normalize_inputs: bool = True
+    member_factory: MemberFactory | str | None = None
 
     def __post_init__(self) -> None:
+        factory = self.member_factory
+        if not (factory is None or callable(factory) or (isinstance(factory, str) and is_import_path(factory))):
+            raise ValueError(
+                f"member_factory must be a function (observation_space, action_space) -> torch.nn.Module or its "
+                f"import path package.module:name, got {str(factory)[:80]!r}"
+            )
         hidden = self.hidden_sizes
         if isinstance(hidden, int) or not all(_is_int(h) and h >= 1 for h in hidden):
             raise ValueError(f"hidden_sizes must be a tuple of positive ints, got {hidden!r}")
@@ -151,7 +164,20 @@ def build_reward_model(
         n_members=config.n_members,
         hidden_sizes=config.hidden_sizes,
         seed=config.seed,
+        member_factory=member_factory_of(config),
     )
+
+
+def member_factory_of(config: RewardModelConfig) -> MemberFactory | None:
+    """``config.member_factory`` as a callable (an import path is imported).
+
+    Raises:
+        ValueError: the path does not import (one line: which, and what to do).
+    """
+    factory = config.member_factory
+    if isinstance(factory, str):
+        return load_import_path(factory, "reward model member_factory")
+    return factory
 
 
 def bradley_terry_loss(
@@ -307,7 +333,8 @@ class RewardTrainer:
     """
 
     def __init__(self, model: RewardEnsemble, config: RewardModelConfig) -> None:
-        if config.n_members != model.n_members or config.hidden_sizes != model.hidden_sizes:
+        same_members = model.member_factory is not None or config.hidden_sizes == model.hidden_sizes
+        if config.n_members != model.n_members or not same_members:
             raise ValueError(
                 f"config says n_members={config.n_members}, hidden_sizes={config.hidden_sizes} but the "
                 f"model has n_members={model.n_members}, hidden_sizes={model.hidden_sizes}; build the "

@@ -34,7 +34,7 @@ from prefloop.teachers.simulated import (
     parse_teacher_param,
 )
 from prefloop.teachers.specs import parse_teacher_spec
-from prefloop.training.algos import ALGORITHMS, AlgorithmError
+from prefloop.training.algos import ALGORITHMS, AlgorithmError, algorithm_class
 from prefloop.training.config import WHEN_BEHIND, ConfigError, TrainConfig
 from prefloop.training.query import (
     QUERY_METHODS,
@@ -97,6 +97,17 @@ def _query_spec(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _algo(text: str) -> str:
+    """An SB3 algorithm name (any case) or an algorithm class's import path (sb3_contrib:TRPO)."""
+    if text.lower() in ALGORITHMS:
+        return text.lower()
+    try:
+        algorithm_class(text)
+    except AlgorithmError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text.replace("_", ""))
@@ -130,7 +141,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--labels", type=_positive_int, default=200, help="label budget of the run (default 200)")
     parser.add_argument("--steps", type=_positive_int, default=None, help="env steps (default: the env preset's)")
-    parser.add_argument("--algo", default=None, choices=sorted(ALGORITHMS), help="SB3 algorithm (default: the env preset's)")
+    parser.add_argument("--algo", default=None, type=_algo, metavar="ALGO",
+                        help=f"SB3 algorithm: {', '.join(sorted(ALGORITHMS))}, or any SB3-compatible algorithm class by "
+                        "its import path, e.g. sb3_contrib:TRPO (pip install 'prefloop[contrib]') (default: the env preset's)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the env, the policy and the reward model (default: 0)")
     parser.add_argument("--query", default="disagreement", type=_query_spec, metavar="METHOD[+qpa][+surf]",
                         help=f"query selection: {', '.join(QUERY_METHODS)}, optionally +qpa (policy-aligned) "
