@@ -122,9 +122,15 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space, env_id: 
     """
     if is_structured(observation_space):
         try:
-            leaves(observation_space)
+            found = leaves(observation_space)
         except StructuredSpaceError as exc:
             raise EnvSetupError(f"{env_id}: {exc}") from None
+        dotted = [leaf.name for leaf in found if any("." in str(part) for part in leaf.path)]
+        if dotted:  # SB3 makes a torch module per Dict key, and torch refuses dots in module names
+            raise EnvSetupError(
+                f"{env_id}: observation keys with a dot ({', '.join(map(repr, dotted))}) cannot reach "
+                "SB3's MultiInputPolicy; rename them (e.g. with a gymnasium.ObservationWrapper)"
+            )
     elif not isinstance(observation_space, SUPPORTED_OBSERVATION_SPACES):
         raise EnvSetupError(
             f"{env_id}: observation space {observation_space} is not supported "

@@ -3,8 +3,8 @@
 SB3's ``MultiInputPolicy`` takes a Dict observation whose entries are Box, Discrete, MultiBinary or
 MultiDiscrete spaces; it has no Tuple support and no nested Dicts. So an env whose observation
 space is a Tuple, or a Dict holding a Dict or Tuple, is wrapped in :class:`LeafDictObservation`:
-the policy sees one Dict with an entry per leaf, keyed by the leaf's dotted path (``"0"``,
-``"arm.joints"``, ``"sensors.1"``). A plain Dict of vector leaves is left as it is.
+the policy sees one Dict with an entry per leaf, keyed by the leaf's path joined with slashes
+(``"0"``, ``"arm/joints"``, ``"sensors/1"``; not dots, which torch refuses in SB3's module names). A plain Dict of vector leaves is left as it is.
 
 The leaves keep their order, so ``gymnasium.spaces.flatten`` gives the same vector for the wrapped
 observation as for the original one: segments and the reward model (which read that flat vector,
@@ -33,7 +33,7 @@ class LeafDictObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArg
 
     Raises:
         StructuredSpaceError: unsupported leaves (see ``prefloop.structured_obs.leaves``), or two
-            leaves whose dotted paths coincide (a key containing a dot).
+            leaves whose paths coincide (a key containing a slash).
     """
 
     def __init__(self, env: gym.Env) -> None:
@@ -44,7 +44,7 @@ class LeafDictObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArg
         if len(set(names)) != len(names):
             clash = sorted({n for n in names if names.count(n) > 1})
             raise StructuredSpaceError(
-                f"observation leaves {clash} have the same dotted path; rename the Dict keys that contain dots"
+                f"observation leaves {clash} have the same path; rename the Dict keys that contain '/'"
             )
         self.observation_space = spaces.Dict([(leaf.name, leaf.space) for leaf in self._leaves])
 

@@ -36,7 +36,7 @@ def setup() -> None:
 
 def goal_config(run_dir: Path, **changes) -> TrainConfig:
     base = dict(
-        env_id=goal_env.ENV_ID, run_dir=run_dir, labels=100, steps=6_000, seed=0, progress_bar=False,
+        env_id=goal_env.ENV_ID, run_dir=run_dir, labels=200, steps=10_000, seed=0, progress_bar=False,
         eval_episodes=10, segment_length=SEGMENT_LENGTH, algo="ppo", n_envs=4,
         algo_kwargs={"n_steps": 128, "batch_size": 64}, reward_model=RewardModelConfig(epochs=30),
     )
@@ -61,7 +61,7 @@ def exported_segments(run: RunDir, out: Path) -> list:
 def test_dict_goal_env_learns_a_reward_and_a_multi_input_policy(tmp_path: Path) -> None:
     result = train(goal_config(tmp_path / "run"))
     run = RunDir(tmp_path / "run")
-    assert result.labels_used == 100
+    assert result.labels_used == 200
     checkpoint = run.latest_checkpoint()
     assert isinstance(PPO.load(checkpoint / "policy.zip").policy, MultiInputActorCriticPolicy)
 
@@ -71,8 +71,10 @@ def test_dict_goal_env_learns_a_reward_and_a_multi_input_policy(tmp_path: Path) 
     segments = held_out_segments(goal_env.ENV_ID, seed=4242)
     true_returns = [s.true_return for s in segments]
     rho = stats.spearmanr(model.predict_segment_returns(segments), true_returns).statistic
-    assert rho > 0.75, f"learned reward ranks held-out segments badly: Spearman {rho:.2f} (chance: 0)"
-    # the policy moves towards the goal: random play scores about -23, PPO on the true reward about -8
+    # measured 0.96 (seed 0; 0.95 and 0.97 with seeds 1 and 2); 0.68-0.89 with 100 labels, 6k steps
+    assert rho > 0.85, f"learned reward ranks held-out segments badly: Spearman {rho:.2f} (chance: 0)"
+    # the policy moves towards the goal: random play scores -23.2, PPO on the true reward -7.8,
+    # this run -9.9 (seed 1 gives -28.5 with a good reward: docs/observations.md)
     assert result.eval_return_mean > -16, result.eval_return_mean
 
     # stored segments hold the flat vector; they export, re-render and import unchanged
@@ -86,16 +88,16 @@ def test_dict_goal_env_learns_a_reward_and_a_multi_input_policy(tmp_path: Path) 
         copies = store.get_segments([summary.segment_ids[s.id] for s in stored])
     for original, copy in zip(stored, copies):
         np.testing.assert_array_equal(copy.obs, original.obs)
-    assert summary.labels == 100
+    assert summary.labels == 200
 
 
 @pytest.mark.slow
 def test_tuple_observations_train_through_a_leaf_dict(tmp_path: Path) -> None:
-    train(goal_config(tmp_path / "run", env_id=goal_env.TUPLE_ENV_ID, labels=60, steps=3_000))
+    train(goal_config(tmp_path / "run", env_id=goal_env.TUPLE_ENV_ID, labels=100, steps=6_000))
     run = RunDir(tmp_path / "run")
     model = load_reward_model(run.latest_checkpoint() / "reward_model")
     # SB3 reads no Tuple: the policy (and so the reward model) sees one Dict entry per leaf
-    assert list(model.observation_space.spaces) == ["0", "1.0", "1.1", "2"]
+    assert list(model.observation_space.spaces) == ["0", "1/0", "1/1", "2"]
     assert isinstance(PPO.load(run.latest_checkpoint() / "policy.zip").policy, MultiInputActorCriticPolicy)
 
     # the stored vector is gymnasium.spaces.flatten of the env's own Tuple observation
@@ -111,7 +113,8 @@ def test_tuple_observations_train_through_a_leaf_dict(tmp_path: Path) -> None:
 
     segments = held_out_segments(goal_env.TUPLE_ENV_ID, seed=77)
     rho = stats.spearmanr(model.predict_segment_returns(segments), [s.true_return for s in segments]).statistic
-    assert rho > 0.5, f"Spearman {rho:.2f}"
+    # measured 0.69 (seed 0; 0.82 with seed 1); 0.36 with 60 labels and 3k steps
+    assert rho > 0.5, f"learned reward ranks held-out segments badly: Spearman {rho:.2f} (chance: 0)"
 
 
 @pytest.mark.slow
@@ -126,3 +129,21 @@ def test_cli_trains_a_registered_dict_env(tmp_path: Path) -> None:
     assert load_reward_model(run.latest_checkpoint() / "reward_model").obs_encoder.dim == DICT_DIM
     with PreferenceStore(sqlite_url(run.store_path), run_name="cli") as store:
         assert store.counts()["labels"] == 20
+
+
+def test_dict_replay_buffer_is_relabelled_with_flat_vectors() -> None:
+    from stable_baselines3 import DQN
+
+    from prefloop.reward_models import RewardEnsemble
+    from prefloop.training.algos import make_algorithm, relabel_replay_buffer
+
+    venv = build_vec_env(EnvSpec(goal_env.ENV_ID), 2, seed=0)
+    model = make_algorithm("dqn", venv, {"learning_starts": 0, "buffer_size": 1_000}, seed=0, tensorboard_dir=None)
+    assert isinstance(model, DQN) and type(model.policy).__name__ == "MultiInputPolicy"
+    model.learn(100)
+    reward_model = RewardEnsemble(venv.observation_space, venv.action_space, n_members=2, hidden_sizes=(8,))
+    assert relabel_replay_buffer(model, reward_model) == model.replay_buffer.pos * 2
+    buffer, rows = model.replay_buffer, model.replay_buffer.pos
+    obs = {key: value[:rows].reshape(rows * 2, *buffer.obs_shape[key]) for key, value in buffer.observations.items()}
+    expected = reward_model.predict(obs, buffer.actions[:rows].reshape(-1).astype(np.int64))
+    np.testing.assert_allclose(buffer.rewards[:rows].reshape(-1), expected, rtol=1e-6)

@@ -167,6 +167,7 @@ def test_unknown_env_id_suggests_a_close_one() -> None:
     [
         (gym.spaces.Dict({"camera": gym.spaces.Box(0, 255, (8, 8, 3), np.uint8), "a": gym.spaces.Box(0, 1, (2,))}), "'camera' is an image"),
         (gym.spaces.Text(4), "supported: Box, Discrete, MultiBinary, and Dict or Tuple"),
+        (gym.spaces.Dict({"arm": gym.spaces.Dict({"x.y": gym.spaces.Box(0, 1, (2,))})}), "keys with a dot \\('arm/x.y'\\)"),
     ],
 )
 def test_unsupported_spaces_are_refused_with_a_fix(observation_space: gym.Space, named: str) -> None:

@@ -56,8 +56,11 @@ class Leaf:
 
     @property
     def name(self) -> str:
-        """The path joined with dots (``"observation"``, ``"arm.0"``); ``"<root>"`` for the root."""
-        return ".".join(str(p) for p in self.path) or "<root>"
+        """The path joined with slashes (``"observation"``, ``"arm/0"``); ``"<root>"`` for the root.
+
+        Slashes, not dots: SB3's ``MultiInputPolicy`` makes a torch submodule per key of the Dict
+        it reads, and torch refuses module names with dots."""
+        return _name(self.path)
 
 
 def is_structured(space: gym.Space) -> bool:
@@ -110,7 +113,7 @@ def _collect(space: gym.Space, path: tuple[str | int, ...], out: list[Leaf]) -> 
 
 
 def _name(path: tuple[str | int, ...]) -> str:
-    return ".".join(str(p) for p in path) or "<root>"
+    return "/".join(str(p) for p in path) or "<root>"
 
 
 def flat_dim(space: gym.Space) -> int:
