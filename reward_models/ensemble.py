@@ -91,6 +91,11 @@ class RewardEnsemble(nn.Module):
         ValueError: a member built by ``member_factory`` does not return one reward per row.
     """
 
+    # Rows per forward pass when scoring many steps without a gradient (subclasses with larger
+    # inputs, e.g. the CNN ensemble, use fewer).
+    chunk_rows = _CHUNK_ROWS
+    architecture = "mlp"
+
     def __init__(
         self,
         observation_space: gym.Space,
@@ -159,8 +164,17 @@ class RewardEnsemble(nn.Module):
         for member in self.members:
             if not isinstance(member, nn.Module):
                 raise ValueError(f"member_factory {where} returned {type(member).__name__}; it must return a torch.nn.Module")
-        with torch.no_grad():
-            rewards = self.rewards_from_features(torch.zeros(2, self.input_dim))
+        try:
+            with torch.no_grad():
+                rewards = self.rewards_from_features(torch.zeros(2, self.input_dim))
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- the user's module, any failure: say what it is given
+            raise ValueError(
+                f"member_factory {where}: its module failed on obs of shape (2, {', '.join(map(str, self.member_obs_shape))}) "
+                f"and action (2, {self.action_encoder.dim}): {type(exc).__name__}: {str(exc)[:200]}; it must "
+                "compute forward(obs, action) -> (B,) rewards"
+            ) from None
         if rewards.shape != (self.n_members, 2):
             raise ValueError(f"member_factory {where}: its module must return one reward per row, (B,) or (B, 1)")
 
@@ -195,6 +209,11 @@ class RewardEnsemble(nn.Module):
         """``(B, input_dim)`` float32: the encoded inputs before standardisation (numpy in, out)."""
         obs, actions = self._checked(obs, actions)
         return np.concatenate((self.obs_encoder.encode_numpy(obs), self.action_encoder.encode_numpy(actions)), axis=1)
+
+    def fit_input_normalization(self, obs: np.ndarray, actions: np.ndarray) -> None:
+        """Standardise inputs with the mean and std of these steps' features (real steps only)."""
+        features = self.raw_features(obs, actions).astype(np.float64)
+        self.set_input_normalization(features.mean(0), features.std(0))
 
     @torch.no_grad()
     def set_input_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
@@ -348,7 +367,7 @@ class RewardEnsemble(nn.Module):
         obs, actions, mask = stack_segments(segments)
         self._tensors(obs[mask > 0], actions[mask > 0])  # range / shape check on real steps only
         length = mask.shape[1]
-        per_chunk = max(1, _CHUNK_ROWS // length)
+        per_chunk = max(1, self.chunk_rows // length)
         out = []
         for start in range(0, len(segments), per_chunk):
             sl = slice(start, start + per_chunk)
@@ -411,8 +430,8 @@ class RewardEnsemble(nn.Module):
             raise ValueError(f"update_normalization needs at least 2 steps, got {o.shape[0]}")
         means = torch.cat(
             [
-                self.forward(o[s : s + _CHUNK_ROWS], a[s : s + _CHUNK_ROWS]).mean(0)
-                for s in range(0, o.shape[0], _CHUNK_ROWS)
+                self.forward(o[s : s + self.chunk_rows], a[s : s + self.chunk_rows]).mean(0)
+                for s in range(0, o.shape[0], self.chunk_rows)
             ]
         )
         rms = float(means.double().square().mean().sqrt())

@@ -73,11 +73,12 @@ def load(path: str, what: str) -> Any:
     if not is_import_path(path):
         raise ImportPathError(f"{what} {path!r} is not an import path; write it as package.module:Name")
     module_name, qualname = path.split(":", 1)
-    if module_name == "__main__" or "<" in qualname:
-        raise ImportPathError(
-            f"the {what} {path} was defined in a script or inside a function, so it cannot be imported "
-            "here; move it to the top level of an importable module, or pass it again from Python"
-        )
+    elsewhere = ImportPathError(
+        f"the {what} {path} was defined in a script or inside a function, so it cannot be imported "
+        "here; move it to the top level of an importable module, or pass it again from Python"
+    )
+    if "<" in qualname:
+        raise elsewhere
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -86,5 +87,7 @@ def load(path: str, what: str) -> Any:
         try:
             obj = getattr(obj, part)
         except AttributeError:
+            if module_name == "__main__":  # the script that defined it is not the one running now
+                raise elsewhere from None
             raise ImportPathError(f"the {what} {path}: module {module_name} has no {qualname}; fix the path") from None
     return obj

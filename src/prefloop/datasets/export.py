@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,12 @@ from prefloop.datasets.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     LABELS_JSONL,
+    LAYOUT_PARQUET,
     MANIFEST,
     META_KEYS,
     PAIRS_JSONL,
+    PARQUET_FILE_DESCRIPTIONS,
+    PARQUET_FILES,
     SEGMENTS_JSONL,
     SEGMENTS_NPZ,
     DatasetError,
@@ -51,12 +55,82 @@ from prefloop.store import (
 from prefloop.types import Segment
 
 
+@dataclass
+class RunSnapshot:
+    """One run of a store as an export writes it, read in one transaction.
+
+    ``segment_lines``, ``pair_lines`` and ``label_lines`` are the records of segments.jsonl,
+    pairs.jsonl and labels.jsonl (plain JSON values, by id); ``arrays`` the arrays of
+    segments.npz (see :data:`prefloop.datasets.format.FILE_DESCRIPTIONS`).
+    """
+
+    run_name: str
+    backend: str
+    include_retracted: bool
+    meta: dict[str, str]
+    segments: list[Segment]
+    arrays: dict[str, np.ndarray]
+    segment_lines: list[dict[str, Any]]
+    pair_lines: list[dict[str, Any]]
+    label_lines: list[dict[str, Any]]
+
+    @property
+    def env_spec(self) -> Any:
+        return json_or_none(self.meta.get("env_spec"))
+
+    @property
+    def config(self) -> Any:
+        """The run's config, with any password scrubbed (stores of older versions kept it)."""
+        return scrub_config(json_or_none(self.meta.get("config")))
+
+    def counts(self) -> dict[str, int]:
+        return _counts(len(self.segment_lines), self.pair_lines, self.label_lines)
+
+    def manifest(self, checksums: dict[str, str], files: dict[str, Any], layout: str | None = None) -> dict[str, Any]:
+        """The manifest of an export of this snapshot whose data files have ``checksums``."""
+        try:
+            render_fps: float | None = float(self.meta["render_fps"])
+        except (KeyError, ValueError):
+            render_fps = None
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            **({"layout": layout} if layout is not None else {}),
+            "created_at": time.time(),
+            "created_by": _prefloop_version(),
+            "source": {"run_name": self.run_name, "backend": self.backend},
+            "include_retracted": bool(self.include_retracted),
+            "env_spec": self.env_spec,
+            "render_fps": render_fps,
+            "guideline": self.meta.get("guideline"),
+            "guideline_page": self.meta.get("guideline_page"),
+            "config": self.config,
+            "segment_length": int(self.arrays["true_rewards"].shape[1]) if self.segments else None,
+            "counts": self.counts(),
+            "checksums": checksums,
+            "files": files,
+        }
+
+    def summary(self, path: Path) -> DatasetSummary:
+        counts = self.counts()
+        return DatasetSummary(
+            path=path,
+            run_name=self.run_name,
+            segments=counts["segments"],
+            pairs=counts["pairs"],
+            labels=counts["labels"],
+            retracted_labels=counts["retracted_labels"],
+            raters=sorted({line["rater_id"] for line in self.label_lines}),
+        )
+
+
 def export_dataset(
     store_url: str,
     run_name: str,
     out_dir: str | os.PathLike[str],
     *,
     include_retracted: bool = True,
+    layout: str = "jsonl",
 ) -> DatasetSummary:
     """Write run ``run_name`` of the store at ``store_url`` as a dataset folder ``out_dir``.
 
@@ -64,20 +138,61 @@ def export_dataset(
     cleanly. The folder is written under a temporary name and renamed when complete. Nothing in the
     store is changed.
 
+    Args:
+        layout: ``"jsonl"`` (JSON Lines + npz, the default) or ``"parquet"`` (three Parquet tables,
+            see :mod:`prefloop.datasets.parquet`; needs ``pip install 'prefloop[data]'``).
+
     Raises:
-        DatasetError: ``out_dir`` is not empty, the store or run does not exist, or the run's
-            segments do not share one shape.
+        DatasetError: ``out_dir`` is not empty, the store or run does not exist, the run's
+            segments do not share one shape, or the layout's library is not installed.
         prefloop.store.StoreError: the store cannot be opened.
     """
+    if layout not in ("jsonl", LAYOUT_PARQUET):
+        raise DatasetError(f"unknown dataset layout {layout!r}; use 'jsonl' or 'parquet'")
     out = Path(out_dir)
     _check_out_dir(out)
+    if layout == LAYOUT_PARQUET:
+        from prefloop.datasets.parquet import (
+            write_parquet_files,  # needs pyarrow: checked first
+        )
+    snapshot = read_run(store_url, run_name, include_retracted)
+    for kind, lines in (("segments", snapshot.segment_lines), ("pairs", snapshot.pair_lines), ("labels", snapshot.label_lines)):
+        check_finite_fields(kind, lines)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        if layout == LAYOUT_PARQUET:
+            write_parquet_files(tmp, snapshot)
+            manifest = snapshot.manifest(
+                {name: sha256_file(tmp / name) for name in PARQUET_FILES}, PARQUET_FILE_DESCRIPTIONS, layout
+            )
+        else:
+            np.savez_compressed(tmp / SEGMENTS_NPZ, allow_pickle=False, **snapshot.arrays)
+            _write_jsonl(tmp / SEGMENTS_JSONL, snapshot.segment_lines)
+            _write_jsonl(tmp / PAIRS_JSONL, snapshot.pair_lines)
+            _write_jsonl(tmp / LABELS_JSONL, snapshot.label_lines)
+            manifest = snapshot.manifest({name: sha256_file(tmp / name) for name in DATA_FILES}, FILE_DESCRIPTIONS)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return snapshot.summary(out)
+
+
+def read_run(store_url: str, run_name: str, include_retracted: bool = True) -> RunSnapshot:
+    """Run ``run_name`` of the store at ``store_url``, read in one transaction (store unchanged).
+
+    Raises:
+        DatasetError: the store or run does not exist, or the run's segments do not share one shape.
+    """
     with _open_for_export(store_url, run_name) as store:
         with store_transaction(store, write=False) as conn:
             segment_rows, pair_rows, label_rows, meta = _read_snapshot(conn, store.run_id, include_retracted)
 
     env_spec = json_or_none(meta.get("env_spec"))
     segments = [_segment_from_row(row) for row in segment_rows]
-    arrays = _segment_arrays(segments, run_name)
     env_id = env_spec.get("env_id") if isinstance(env_spec, dict) else None
     segment_lines = [
         {
@@ -118,49 +233,16 @@ def export_dataset(
         }
         for row in label_rows
     ]
-    counts = _counts(len(segment_lines), pair_lines, label_lines)
-    try:
-        render_fps: float | None = float(meta["render_fps"])
-    except (KeyError, ValueError):
-        render_fps = None
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        np.savez_compressed(tmp / SEGMENTS_NPZ, allow_pickle=False, **arrays)
-        _write_jsonl(tmp / SEGMENTS_JSONL, segment_lines)
-        _write_jsonl(tmp / PAIRS_JSONL, pair_lines)
-        _write_jsonl(tmp / LABELS_JSONL, label_lines)
-        manifest = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "created_at": time.time(),
-            "created_by": _prefloop_version(),
-            "source": {"run_name": run_name, "backend": make_url(store_url).get_backend_name()},
-            "include_retracted": bool(include_retracted),
-            "env_spec": env_spec,
-            "render_fps": render_fps,
-            "guideline": meta.get("guideline"),
-            "guideline_page": meta.get("guideline_page"),
-            "config": scrub_config(json_or_none(meta.get("config"))),  # stores of older versions kept the password
-            "segment_length": int(arrays["true_rewards"].shape[1]) if segments else None,
-            "counts": counts,
-            "checksums": {name: sha256_file(tmp / name) for name in DATA_FILES},
-            "files": FILE_DESCRIPTIONS,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return DatasetSummary(
-        path=out,
+    return RunSnapshot(
         run_name=run_name,
-        segments=counts["segments"],
-        pairs=counts["pairs"],
-        labels=counts["labels"],
-        retracted_labels=counts["retracted_labels"],
-        raters=sorted({line["rater_id"] for line in label_lines}),
+        backend=make_url(store_url).get_backend_name(),
+        include_retracted=include_retracted,
+        meta=meta,
+        segments=segments,
+        arrays=_segment_arrays(segments, run_name),
+        segment_lines=segment_lines,
+        pair_lines=pair_lines,
+        label_lines=label_lines,
     )
 
 
@@ -270,19 +352,22 @@ def _counts(n_segments: int, pairs: list[dict], labels: list[dict]) -> dict[str,
     }
 
 
+def check_finite_fields(kind: str, lines: list[dict[str, Any]]) -> None:
+    """Refuse to export a NaN or infinite number (JSON has none; a dataset holds real numbers)."""
+    for line in lines:
+        key = next((k for k, v in line.items() if isinstance(v, float) and not math.isfinite(v)), None)
+        if key is not None:  # a store edited or damaged outside prefloop
+            raise DatasetError(
+                f"{kind} {line.get('id')} has {key} = {line[key]}, which is not a number a "
+                "dataset can hold; the store was edited or damaged outside prefloop. Set that "
+                "value in the store to a real one; nothing was exported"
+            )
+
+
 def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for line in lines:
-            try:
-                text = json.dumps(line, allow_nan=False, ensure_ascii=False)
-            except ValueError:  # NaN or infinity: a store edited or damaged outside prefloop
-                key = next(k for k, v in line.items() if isinstance(v, float) and not math.isfinite(v))
-                raise DatasetError(
-                    f"{path.stem} {line.get('id')} has {key} = {line[key]}, which is not a number a "
-                    "dataset can hold; the store was edited or damaged outside prefloop. Set that "
-                    "value in the store to a real one; nothing was exported"
-                ) from None
-            handle.write(text + "\n")
+            handle.write(json.dumps(line, allow_nan=False, ensure_ascii=False) + "\n")
 
 
 def _prefloop_version() -> str:

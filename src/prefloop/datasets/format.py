@@ -26,6 +26,16 @@ PAIRS_JSONL = "pairs.jsonl"
 LABELS_JSONL = "labels.jsonl"
 DATA_FILES = (SEGMENTS_NPZ, SEGMENTS_JSONL, PAIRS_JSONL, LABELS_JSONL)
 
+# The Parquet layout (manifest "layout": "parquet"): the same records as three tables that
+# pandas, Hugging Face `datasets`, DuckDB or Spark read directly.
+LAYOUT_PARQUET = "parquet"
+SEGMENTS_PARQUET = "segments.parquet"
+PAIRS_PARQUET = "pairs.parquet"
+LABELS_PARQUET = "labels.parquet"
+PARQUET_FILES = (SEGMENTS_PARQUET, PAIRS_PARQUET, LABELS_PARQUET)
+# segments.parquet's schema metadata key: per array column, the shape of one row and the dtype.
+ARRAYS_METADATA_KEY = "prefloop.arrays"
+
 # Run meta keys (written by prefloop.training.loop.publish_run_info) carried in the manifest.
 # "guideline_page": the rater guideline's Markdown page (rendered safely by the rater app).
 META_KEYS = ("config", "env_spec", "render_fps", "guideline", "guideline_page")
@@ -45,8 +55,8 @@ FILE_DESCRIPTIONS: dict[str, Any] = {
         ),
         "arrays": {
             "segment_id": "(N,) int64, the segment's id in the source store",
-            "obs": "(N, L, *obs_shape), the observation each action was taken in (float32 as recorded); "
-            "for a Dict or Tuple observation space (N, L, D), gymnasium.spaces.flatten's vector "
+            "obs": "(N, L, *obs_shape), the observation each action was taken in (float32, or uint8 for images, as recorded); "
+            "for a Dict or Tuple observation space (N, L, D), gymnasium.spaces.flatten's float32 vector "
             "(docs/observations.md)",
             "actions": "(N, L, *act_shape), the actions (int64 for Discrete, float32 for Box)",
             "true_rewards": "(N, L) float32, the environment's reward (0 on absorbing steps)",
@@ -212,3 +222,69 @@ NPZ_ARRAYS = (
     "segment_id", "obs", "actions", "true_rewards", "n_valid", "terminated", "episode_seed",
     "start_step", "env_step", "episode_actions", "episode_actions_offsets",
 )
+
+
+def data_files(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The data files a manifest's layout has (JSONL + npz unless it says ``"layout": "parquet"``)."""
+    return PARQUET_FILES if manifest.get("layout") == LAYOUT_PARQUET else DATA_FILES
+
+
+def _as_parquet(fields: dict[str, str]) -> dict[str, str]:
+    """The JSON Lines field descriptions, naming the Parquet tables they refer to."""
+    return {key: text.replace(".jsonl", ".parquet") for key, text in fields.items()}
+
+
+PARQUET_FILE_DESCRIPTIONS: dict[str, Any] = {
+    MANIFEST: FILE_DESCRIPTIONS[MANIFEST],
+    SEGMENTS_PARQUET: {
+        "description": (
+            "Parquet, one row per segment. Array columns are lists flattened in C order; the "
+            f"schema metadata key {ARRAYS_METADATA_KEY!r} gives, per array column, the shape of one "
+            "row and the dtype (np.asarray(row).reshape(shape))"
+        ),
+        "columns": {
+            "segment_id": "int, the segment's id in the source store (labels' left/right_segment_id)",
+            **{k: v for k, v in FILE_DESCRIPTIONS[SEGMENTS_JSONL]["fields"].items() if k != "id"},
+            "obs": "list, shape (L, *obs_shape), the observation each action was taken in (dtype as recorded)",
+            "actions": "list, shape (L, *act_shape), the actions (int64 for Discrete, float32 for Box)",
+            "true_rewards": "list, shape (L,) float32, the environment's reward (0 on absorbing steps)",
+            "episode_actions": "list, shape (start_step + n_valid, *act_shape): every action from the "
+            "episode's reset to the segment's last real step; with episode_seed it replays the episode",
+        },
+    },
+    PAIRS_PARQUET: {
+        "description": "Parquet, one row per pair shown to raters, by id",
+        "columns": {
+            **_as_parquet(FILE_DESCRIPTIONS[PAIRS_JSONL]["fields"]),
+            "query_method": "str or null: 'gold' for a quality-control pair, else the run's "
+            "configured query method (null when the run's config does not say)",
+        },
+    },
+    LABELS_PARQUET: {
+        "description": "Parquet, one row per label in the order given, with its pair and both "
+        "segments' spans beside it (so the table reads alone)",
+        "columns": {
+            **_as_parquet(FILE_DESCRIPTIONS[LABELS_JSONL]["fields"]),
+            "retracted": "bool, retracted_at is not null",
+            "left_segment_id": "int, the pair's left segment", "right_segment_id": "int, its right segment",
+            **{
+                f"{side}_{name}": f"int, the {side} segment's {meaning}"
+                for side in ("left", "right")
+                for name, meaning in (
+                    ("episode_seed", "episode seed (the seed its episode was reset with)"),
+                    ("start_step", "first step within its episode"),
+                    ("n_valid", "length in real steps (the rest is the absorbing state after termination)"),
+                )
+            },
+            "query_method": "str or null, as in pairs.parquet",
+        },
+    },
+}
+
+
+def missing_extra_error(what: str, package: str) -> DatasetError:
+    """The one-line error for an optional dependency that is not installed."""
+    return DatasetError(
+        f"{what} needs the Python package {package!r}, which is not installed; install the "
+        "extra with: pip install 'prefloop[data]'"
+    )

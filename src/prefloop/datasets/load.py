@@ -16,24 +16,34 @@ import re
 import tempfile
 import unicodedata
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from prefloop.datasets.format import (
     DATA_FILES,
     FORMAT_NAME,
     FORMAT_VERSION,
     LABELS_JSONL,
+    LAYOUT_PARQUET,
     MANIFEST,
     NPZ_ARRAYS,
     PAIRS_JSONL,
+    PARQUET_FILES,
     SEGMENTS_JSONL,
     SEGMENTS_NPZ,
     DatasetError,
+    DatasetPair,
     PreferenceDataset,
+    data_files,
 )
 from prefloop.datasets.records import (
+    BYTES_PER_SEGMENT,
     REEXPORT,
+    check_record_budget,
     check_segment_lines,
     jsonl_objects,
     labels_from_records,
@@ -41,6 +51,7 @@ from prefloop.datasets.records import (
     segments_from_arrays,
     storable_text,
 )
+from prefloop.types import Label, Segment
 from prefloop.untrusted import (
     TooLargeError,
     UntrustedInputError,
@@ -56,10 +67,6 @@ DEFAULT_MAX_DATASET_BYTES = 1 << 30  # files plus uncompressed arrays; `prefloop
 MAX_MANIFEST_BYTES = 8 << 20
 MAX_IMPORTED_GUIDELINE_CHARS = 20_000
 MAX_SOURCE_RUN_NAME_CHARS = 200
-# What one record costs once parsed (dicts, dataclasses, small arrays), so that the number of
-# records is bounded by --max-gib as well as the bytes: a file of a million "{}" lines is small.
-_BYTES_PER_RECORD = 1 << 10
-_BYTES_PER_SEGMENT = 4 << 10
 
 
 def load_dataset(
@@ -113,7 +120,7 @@ def _load_zipped(path: Path, verify_checksums: bool, max_bytes: int) -> Preferen
     with tempfile.TemporaryDirectory(prefix="prefloop-import-") as tmp:
         try:
             with open_regular_file(path.parent, path.name, max_bytes) as handle:
-                folder = extract_zip(handle, path.name, (MANIFEST, *DATA_FILES), Path(tmp), max_bytes)
+                folder = extract_zip(handle, path.name, (MANIFEST, *DATA_FILES, *PARQUET_FILES), Path(tmp), max_bytes)
         except TooLargeError as exc:
             raise DatasetError(f"{exc}; if the dataset is genuine, allow more with `prefloop import --max-gib N`") from None
         except UntrustedInputError as exc:
@@ -121,42 +128,87 @@ def _load_zipped(path: Path, verify_checksums: bool, max_bytes: int) -> Preferen
         return load_dataset(folder, verify_checksums=verify_checksums, max_bytes=max_bytes)
 
 
+@dataclass
+class DatasetFiles:
+    """What a layout's files hold, read and bounded but not yet checked record by record.
+
+    Attributes:
+        arrays: the per-segment arrays of :data:`NPZ_ARRAYS`, as read.
+        segment_records, pair_records, label_records: ``(line or row number, object)`` of each
+            file, plain JSON-like values.
+        names: the file each kind of record came from, by ``"arrays"``, ``"segments"``,
+            ``"pairs"``, ``"labels"`` (what errors name).
+        unit: ``"line"`` (JSON Lines) or ``"row"`` (Parquet).
+        array_kind: ``"array"`` (npz) or ``"column"`` (Parquet).
+        check_context: a layout's own check of the loaded records (Parquet: the label table's
+            pair and span columns agree with the pairs and segments), or None.
+    """
+
+    arrays: dict[str, np.ndarray]
+    segment_records: list[tuple[int, dict[str, Any]]]
+    pair_records: list[tuple[int, dict[str, Any]]]
+    label_records: list[tuple[int, dict[str, Any]]]
+    names: dict[str, str]
+    unit: str = "line"
+    array_kind: str = "array"
+    check_context: Callable[[list[Segment], list[DatasetPair], list[Label]], None] | None = None
+
+
 def _load_checked(root: Path, verify_checksums: bool, max_bytes: int) -> PreferenceDataset:
     manifest = _load_manifest(root, verify_checksums)
+    if manifest.get("layout") == LAYOUT_PARQUET:
+        from prefloop.datasets.parquet import read_parquet_files  # needs pyarrow
+
+        files = read_parquet_files(root, manifest, verify_checksums, max_bytes)
+    else:
+        files = _read_jsonl_files(root, manifest, verify_checksums, max_bytes)
+    return _checked_dataset(manifest, files, max_bytes)
+
+
+def _read_jsonl_files(root: Path, manifest: dict[str, Any], verify_checksums: bool, max_bytes: int) -> DatasetFiles:
     texts: dict[str, bytes] = {}
     for name in (SEGMENTS_JSONL, PAIRS_JSONL, LABELS_JSONL):
         texts[name] = read_regular_file(root, name, max_bytes - sum(map(len, texts.values())))
     for name, data in texts.items():
-        records = data.count(b"\n") + 1
-        if records * _BYTES_PER_RECORD > max_bytes:
-            raise TooLargeError(
-                f"{name} has {records:,} lines, which would take about {records * _BYTES_PER_RECORD:,} "
-                f"bytes once read, more than the limit of {max_bytes:,}"
-            )
+        check_record_budget(name, data.count(b"\n") + 1, "lines", max_bytes)
     with open_regular_file(root, SEGMENTS_NPZ, max_bytes) as npz:
         if verify_checksums:
             checksums = manifest["checksums"]
             for name, data in texts.items():
-                _verify_checksum(name, hashlib.sha256(data).hexdigest(), checksums[name])
-            _verify_checksum(SEGMENTS_NPZ, _sha256_handle(npz), checksums[SEGMENTS_NPZ])
+                verify_checksum(name, hashlib.sha256(data).hexdigest(), checksums[name])
+            verify_checksum(SEGMENTS_NPZ, sha256_handle(npz), checksums[SEGMENTS_NPZ])
         arrays = read_npz(npz, SEGMENTS_NPZ, NPZ_ARRAYS, max_bytes - sum(map(len, texts.values())))
-    n_segments = arrays["segment_id"].shape[0] if arrays["segment_id"].ndim else 0
-    if n_segments * _BYTES_PER_SEGMENT > max_bytes:
+    return DatasetFiles(
+        arrays=arrays,
+        segment_records=jsonl_objects(texts[SEGMENTS_JSONL], SEGMENTS_JSONL),
+        pair_records=jsonl_objects(texts[PAIRS_JSONL], PAIRS_JSONL),
+        label_records=jsonl_objects(texts[LABELS_JSONL], LABELS_JSONL),
+        names={"arrays": SEGMENTS_NPZ, "segments": SEGMENTS_JSONL, "pairs": PAIRS_JSONL, "labels": LABELS_JSONL},
+    )
+
+
+def _checked_dataset(manifest: dict[str, Any], files: DatasetFiles, max_bytes: int) -> PreferenceDataset:
+    """Every record of ``files`` through the checks of :mod:`prefloop.datasets.records`."""
+    names, unit = files.names, files.unit
+    n_segments = files.arrays["segment_id"].shape[0] if files.arrays["segment_id"].ndim else 0
+    if n_segments * BYTES_PER_SEGMENT > max_bytes:
         raise TooLargeError(
-            f"{SEGMENTS_NPZ} holds {n_segments:,} segments, which would take about "
-            f"{n_segments * _BYTES_PER_SEGMENT:,} bytes once read, more than the limit of {max_bytes:,}"
+            f"{names['arrays']} holds {n_segments:,} segments, which would take about "
+            f"{n_segments * BYTES_PER_SEGMENT:,} bytes once read, more than the limit of {max_bytes:,}"
         )
-    segments = segments_from_arrays(arrays)
-    created_at = check_segment_lines(jsonl_objects(texts[SEGMENTS_JSONL], SEGMENTS_JSONL), segments)
+    segments = segments_from_arrays(files.arrays, names["arrays"], files.array_kind)
+    created_at = check_segment_lines(files.segment_records, segments, names["segments"], names["arrays"], unit)
     segment_ids = {int(s.id) for s in segments}  # type: ignore[arg-type]
-    pairs = pairs_from_records(jsonl_objects(texts[PAIRS_JSONL], PAIRS_JSONL), segment_ids)
-    labels = labels_from_records(jsonl_objects(texts[LABELS_JSONL], LABELS_JSONL), pairs)
+    pairs = pairs_from_records(files.pair_records, segment_ids, names["pairs"], names["segments"], unit)
+    labels = labels_from_records(files.label_records, pairs, names["labels"], names["pairs"], unit)
+    if files.check_context is not None:
+        files.check_context(segments, pairs, labels)
 
     counts = manifest.get("counts")
     actual = {
-        "segments": (len(segments), SEGMENTS_NPZ),
-        "pairs": (len(pairs), PAIRS_JSONL),
-        "labels": (len(labels), LABELS_JSONL),
+        "segments": (len(segments), names["arrays"]),
+        "pairs": (len(pairs), names["pairs"]),
+        "labels": (len(labels), names["labels"]),
     }
     if isinstance(counts, dict):
         for key, (value, file) in actual.items():
@@ -170,7 +222,7 @@ def _load_checked(root: Path, verify_checksums: bool, max_bytes: int) -> Prefere
     )
 
 
-def _verify_checksum(name: str, actual: str, expected: str) -> None:
+def verify_checksum(name: str, actual: str, expected: str) -> None:
     if actual != expected:
         raise DatasetError(
             f"{name}: its sha256 differs from {MANIFEST} checksums.{name}: the file changed since "
@@ -178,7 +230,7 @@ def _verify_checksum(name: str, actual: str, expected: str) -> None:
         )
 
 
-def _sha256_handle(handle: Any) -> str:
+def sha256_handle(handle: Any) -> str:
     digest = hashlib.sha256()
     handle.seek(0)
     for block in iter(lambda: handle.read(1 << 20), b""):
@@ -250,6 +302,9 @@ def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
             f"{MANIFEST}: field 'version' is {excerpt(version)}; this prefloop reads version "
             f"{FORMAT_VERSION}. Use the prefloop version that wrote it"
         )
+    layout = manifest.get("layout")
+    if layout is not None and layout != LAYOUT_PARQUET:
+        raise bad("layout", f"is {excerpt(layout)}; this prefloop reads {LAYOUT_PARQUET!r}, or no layout (JSON Lines + npz)")
     for key, kind in (("env_spec", dict), ("config", dict), ("guideline", str), ("guideline_page", str), ("counts", dict)):
         value = manifest.get(key)
         if value is not None and not isinstance(value, kind):
@@ -275,7 +330,7 @@ def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
         raise bad("source", "must be an object with a string 'run_name'")
     if len(name) > MAX_SOURCE_RUN_NAME_CHARS or storable_text(name) or not name.strip():
         raise bad("source", f"has the run_name {excerpt(name)}; a run name is 1 to 200 characters of text")
-    for file in DATA_FILES:
+    for file in data_files(manifest):
         if not os.path.lexists(root / file):
             raise DatasetError(f"{file} is missing from {root}; the dataset is incomplete -- {REEXPORT}")
     if require_checksums:
@@ -285,7 +340,7 @@ def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
                 f"{MANIFEST} has no 'checksums' object, so the files cannot be verified and the "
                 f"dataset is refused; {REEXPORT} (it writes the sha256 of every file)"
             )
-        for file in DATA_FILES:
+        for file in data_files(manifest):
             value = checksums.get(file)
             if not (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
                 raise DatasetError(

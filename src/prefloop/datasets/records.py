@@ -36,7 +36,13 @@ from prefloop.store import (
     _validate_segment,
 )
 from prefloop.types import Choice, Label, Segment
-from prefloop.untrusted import BIDI_CONTROLS, check_finite, excerpt, iter_jsonl
+from prefloop.untrusted import (
+    BIDI_CONTROLS,
+    TooLargeError,
+    check_finite,
+    excerpt,
+    iter_jsonl,
+)
 
 MAX_JSONL_LINE_BYTES = 64 << 10  # a label line is ~200 bytes, a segment line ~250
 # Unix seconds a dataset may hold: from 1970 to the end of year 9999 (what datetime can show).
@@ -44,6 +50,21 @@ TIME_RANGE = (0.0, 253_402_300_799.0)
 INT32 = (-(2**31), 2**31 - 1)  # INTEGER columns on PostgreSQL
 INT64 = (-(2**63), 2**63 - 1)  # BIGINT columns, and ids
 REEXPORT = "export it again with `prefloop export` (a dataset is only accepted as written)"
+
+
+# What one record costs once parsed (dicts, dataclasses, small arrays), so that the number of
+# records is bounded by --max-gib as well as the bytes: a file of a million "{}" lines is small.
+BYTES_PER_RECORD = 1 << 10
+BYTES_PER_SEGMENT = 4 << 10
+
+
+def check_record_budget(name: str, records: int, noun: str, max_bytes: int) -> None:
+    """Refuse a file of more records (``noun``: "lines", "rows") than ``max_bytes`` allows once parsed."""
+    if records * BYTES_PER_RECORD > max_bytes:
+        raise TooLargeError(
+            f"{name} has {records:,} {noun}, which would take about {records * BYTES_PER_RECORD:,} "
+            f"bytes once read, more than the limit of {max_bytes:,}"
+        )
 
 
 def storable_text(value: str) -> str | None:
@@ -237,24 +258,30 @@ class Fields:
 
 
 def check_segment_lines(
-    lines: list[tuple[int, dict[str, Any]]], segments: list[Segment]
+    lines: list[tuple[int, dict[str, Any]]],
+    segments: list[Segment],
+    file: str = SEGMENTS_JSONL,
+    arrays_file: str = SEGMENTS_NPZ,
+    unit: str = "line",
 ) -> dict[int, float]:
-    """Check segments.jsonl against the npz; returns each segment's ``created_at`` (if given)."""
+    """Check the segment records of ``file`` against the arrays of ``arrays_file``; returns each
+    segment's ``created_at`` (if given)."""
     if len(lines) != len(segments):
         raise DatasetError(
-            f"{SEGMENTS_JSONL} has {len(lines)} lines but {SEGMENTS_NPZ} holds {len(segments)} "
+            f"{file} has {len(lines)} {unit}s but {arrays_file} holds {len(segments)} "
             f"segments; one of them is incomplete -- {REEXPORT}"
         )
     created_at: dict[int, float] = {}
     for (number, obj), seg in zip(lines, segments):
-        f = Fields(SEGMENTS_JSONL, number, obj)
+        f = Fields(file, number, obj, unit)
+        row = number - 1 if unit == "line" else number  # lines count from 1, rows from 0
         if f.int("id") != seg.id:
-            raise f.error("id", f"is {obj['id']} but row {number - 1} of {SEGMENTS_NPZ} is segment {seg.id}; keep both files in the same order")
+            raise f.error("id", f"is {obj['id']} but row {row} of {arrays_file} is segment {seg.id}; keep both files in the same order")
         for name in ("episode_seed", "start_step", "n_valid", "env_step"):
             if f.int(name) != getattr(seg, name):
-                raise f.error(name, f"is {obj[name]} but {SEGMENTS_NPZ} says {getattr(seg, name)}")
+                raise f.error(name, f"is {obj[name]} but {arrays_file} says {getattr(seg, name)}")
         if f.bool("terminated") != seg.terminated:
-            raise f.error("terminated", f"is {obj['terminated']} but {SEGMENTS_NPZ} says {seg.terminated}")
+            raise f.error("terminated", f"is {obj['terminated']} but {arrays_file} says {seg.terminated}")
         if obj.get("created_at") is not None:
             created_at[int(seg.id)] = f.time("created_at")  # type: ignore[arg-type, assignment]
     return created_at

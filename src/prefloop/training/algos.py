@@ -16,6 +16,7 @@ from gymnasium import spaces
 from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -82,11 +83,11 @@ def is_off_policy_class(cls: type[BaseAlgorithm]) -> bool:
     return issubclass(cls, OffPolicyAlgorithm)
 
 
-def policy_for(policy: str | type | None) -> str | type:
+def policy_for(policy: str | type | None, observation_space: spaces.Space | None = None) -> str | type:
     """The policy argument of an SB3 algorithm: a name (``"MlpPolicy"``), a class, or a class by
-    its import path; None is ``"MlpPolicy"``."""
+    its import path; None is :func:`default_policy` (``"MlpPolicy"`` without a space)."""
     if policy is None:
-        return "MlpPolicy"
+        return "MlpPolicy" if observation_space is None else default_policy(observation_space)
     if isinstance(policy, str) and is_import_path(policy):
         try:
             return load_import_path(policy, "policy")
@@ -110,12 +111,6 @@ def check_algorithm_fits(name: str | type, action_space: spaces.Space, env_id: s
         raise AlgorithmError(f"{name.upper()} needs a Box action space; {env_id} has {action_space}. Try --algo ppo.")
 
 
-def default_policy(observation_space: spaces.Space) -> str:
-    """SB3's policy for these observations: ``MultiInputPolicy`` for a Dict (Tuple and nested
-    Dict observations reach SB3 as a flat Dict, see ``prefloop.envs.structured``), else ``MlpPolicy``."""
-    return "MultiInputPolicy" if isinstance(observation_space, spaces.Dict) else "MlpPolicy"
-
-
 def resolve_schedules(hyperparameters: dict[str, Any]) -> dict[str, Any]:
     """Turn the zoo's ``"lin_X"`` strings into SB3 linear schedules from X down to 0."""
     resolved = {}
@@ -137,7 +132,7 @@ def make_algorithm(
     policy: str | type | None = None,
 ) -> BaseAlgorithm:
     """Build SB3 algorithm ``name`` (a name, class or import path, see :func:`algorithm_class`)
-    on ``env`` with ``policy`` (None: :func:`default_policy`, MultiInputPolicy for Dict observations).
+    on ``env`` with ``policy`` (None: :func:`default_policy` of the env's observations).
 
     Raises:
         AlgorithmError: unknown algorithm, wrong action space, or hyper-parameters it rejects.
@@ -146,7 +141,7 @@ def make_algorithm(
     label = algorithm_name(name)
     try:
         return cls(
-            policy_for(policy) if policy is not None else default_policy(env.observation_space),
+            policy_for(policy, env.observation_space),
             env,
             seed=seed,
             verbose=0,
@@ -156,7 +151,17 @@ def make_algorithm(
     except TypeError as exc:
         raise AlgorithmError(f"{label} rejected its hyper-parameters {sorted(hyperparameters)}: {exc}") from exc
     except (AssertionError, ValueError, KeyError) as exc:  # SB3's checks of spaces and policy names
-        raise AlgorithmError(f"{label} cannot be built on this env with policy {describe(policy) if policy is not None and not isinstance(policy, str) else policy or 'MlpPolicy'}: {exc}") from exc
+        raise AlgorithmError(f"{label} cannot be built on this env with policy {describe(policy) if policy is not None and not isinstance(policy, str) else policy or default_policy(env.observation_space)}: {exc}") from exc
+
+
+def default_policy(observation_space: spaces.Space) -> str:
+    """``"MultiInputPolicy"`` for a Dict (Tuple and nested Dict observations reach SB3 as a flat
+    Dict, see ``prefloop.envs.structured``); ``"CnnPolicy"`` (SB3's Nature-DQN torso, pixels
+    scaled by 1/255) for image observations -- uint8 ``(C, H, W)`` or ``(H, W, C)`` with bounds
+    0..255, as SB3 detects them; else ``"MlpPolicy"``."""
+    if isinstance(observation_space, spaces.Dict):
+        return "MultiInputPolicy"
+    return "CnnPolicy" if is_image_space(observation_space, check_channels=False) else "MlpPolicy"
 
 
 def is_off_policy(model: BaseAlgorithm) -> bool:

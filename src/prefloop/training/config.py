@@ -257,15 +257,16 @@ class TrainConfig:
             value = _get(self, path)
             if not isinstance(value, str) or not (value.startswith(OBJECT_PREFIX) or is_import_path(value)):
                 continue
+            name = ".".join(path)
+            how = (f"resume it from Python with the same object: train(dataclasses.replace(TrainConfig.load(path), "
+                   f"{path[0]}=...), resume=True)")
+            if value.startswith(OBJECT_PREFIX):
+                raise ConfigError(f"the run's {name} was a Python object ({value[len(OBJECT_PREFIX):]}) that prefloop "
+                                  f"cannot rebuild from config.json; {how}")
             try:
-                load_import_path(value, ".".join(path))
+                load_import_path(value, name)
             except ImportPathError as exc:
-                raise ConfigError(
-                    f"{exc}: resume this run from Python with the same object, e.g. "
-                    f"train(dataclasses.replace(TrainConfig.load(path), {path[-1]}=...), resume=True)"
-                    if path == ("teacher",) else
-                    f"{exc}: resume this run from Python, train(config, resume=True) with the same object in the config"
-                ) from None
+                raise ConfigError(f"{exc}; or {how}") from None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TrainConfig":

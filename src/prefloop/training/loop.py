@@ -45,7 +45,7 @@ from prefloop.envs import (
     make_env,
 )
 from prefloop.plots import plot_learning_curve
-from prefloop.reward_models import RewardEnsemble, load_reward_model
+from prefloop.reward_models import build_reward_model, load_reward_model
 from prefloop.reward_models.training import member_factory_of
 from prefloop.store import PreferenceStore, check_store_url, sqlite_url
 from prefloop.teachers.clock import ClockRater
@@ -235,11 +235,7 @@ def _train(
         if checkpoint is not None:
             reward_model = load_reward_model(checkpoint / "reward_model", member_factory=member_factory_of(config.reward_model))
         else:
-            reward_model = RewardEnsemble(
-                venv.observation_space, venv.action_space,
-                n_members=config.reward_model.n_members, hidden_sizes=config.reward_model.hidden_sizes,
-                seed=config.seed, member_factory=member_factory_of(config.reward_model),
-            )
+            reward_model = build_reward_model(venv.observation_space, venv.action_space, config.reward_model, seed=config.seed)
         policy_reward = SwitchableReward(reward_model)
         env = VecLearnedReward(recorder, policy_reward)
         store_url = config.db_url or sqlite_url(run_dir.store_path)
