@@ -52,7 +52,8 @@ from .spaces import SpaceEncoder, make_encoder
 
 MemberFactory = Callable[[gym.Space, gym.Space], nn.Module]
 """``(observation_space, action_space) -> module`` with ``module(obs, action) -> reward``: ``obs``
-``(B, *observation_space.shape)`` float32 for a Box space (``(B, flatdim)`` one-hot otherwise),
+``(B, *observation_space.shape)`` float32 for a Box space (``(B, flatdim)`` otherwise: one-hot for
+Discrete, the flat vector of ``prefloop.structured_obs`` for Dict and Tuple),
 standardised; ``action`` ``(B, gymnasium.spaces.flatdim(action_space))`` float32 (one-hot for
 Discrete), standardised; ``reward`` ``(B,)`` or ``(B, 1)``."""
 
@@ -163,8 +164,17 @@ class RewardEnsemble(nn.Module):
         for member in self.members:
             if not isinstance(member, nn.Module):
                 raise ValueError(f"member_factory {where} returned {type(member).__name__}; it must return a torch.nn.Module")
-        with torch.no_grad():
-            rewards = self.rewards_from_features(torch.zeros(2, self.input_dim))
+        try:
+            with torch.no_grad():
+                rewards = self.rewards_from_features(torch.zeros(2, self.input_dim))
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- the user's module, any failure: say what it is given
+            raise ValueError(
+                f"member_factory {where}: its module failed on obs of shape (2, {', '.join(map(str, self.member_obs_shape))}) "
+                f"and action (2, {self.action_encoder.dim}): {type(exc).__name__}: {str(exc)[:200]}; it must "
+                "compute forward(obs, action) -> (B,) rewards"
+            ) from None
         if rewards.shape != (self.n_members, 2):
             raise ValueError(f"member_factory {where}: its module must return one reward per row, (B,) or (B, 1)")
 

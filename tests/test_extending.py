@@ -15,17 +15,23 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from prefloop.config_files import ConfigError
+import torch
 from prefloop.envs import EnvSetupError, EnvSpec, check_can_render
 from prefloop.envs.render import SegmentRenderer
+
+from prefloop.config_files import ConfigError
 from prefloop.store import PreferenceStore, sqlite_url
 from prefloop.teachers.base import Teacher
 from prefloop.teachers.clock import ClockRater
 from prefloop.teachers.crowd import make_crowd_teacher
 from prefloop.teachers.simulated import make_teacher
 from prefloop.training.config import TrainConfig
-from prefloop.training.query import MethodRule, QueryConfig, QueryConfigError, query_rule
+from prefloop.training.query import (
+    MethodRule,
+    QueryConfig,
+    QueryConfigError,
+    query_rule,
+)
 from prefloop.types import Choice
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +40,7 @@ EXAMPLES = ROOT / "docs" / "examples"
 
 
 def python_blocks(markdown: str) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```$", markdown, flags=re.S | re.M)
+    return re.findall(r"^```python\n(.*?)^```$", markdown, flags=re.DOTALL | re.MULTILINE)
 
 
 def test_the_page_shows_exactly_the_tested_examples() -> None:
@@ -65,7 +71,12 @@ def prefloop_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_custom_teacher_answers_every_pair_and_a_resume_needs_the_object(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from prefloop.teachers.fitted import answers_from_store, fit_rater, fits_document, make_fitted_teacher
+    from prefloop.teachers.fitted import (
+        answers_from_store,
+        fit_rater,
+        fits_document,
+        make_fitted_teacher,
+    )
     from prefloop.teachers.recorded import make_recorded_teacher
     from prefloop.training.loop import train
 
@@ -103,7 +114,7 @@ def test_custom_teacher_answers_every_pair_and_a_resume_needs_the_object(
 
 @pytest.mark.slow
 def test_custom_query_rule_picks_every_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    import prefloop.training.query as query
+    from prefloop.training import query
 
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("a named method was used instead of the user's rule")
@@ -210,7 +221,7 @@ def test_teacher_objects_are_checked_and_named_in_config_json(tmp_path: Path) ->
     assert isinstance(reread.with_objects_of(other).teacher, str), "an object of another class is not put back"
 
 
-def far_apart_everywhere(candidates, n_pairs, rng, preference_probs):  # noqa: ANN001, ANN201 -- a module-level rule
+def far_apart_everywhere(candidates, n_pairs, rng, preference_probs):
     return MethodRule(QueryConfig(method="uniform"))(candidates, n_pairs, rng, preference_probs)
 
 
@@ -226,3 +237,52 @@ def test_named_methods_and_user_rules_take_one_path(tmp_path: Path) -> None:
     assert query_rule(reread.query) is far_apart_everywhere
     with pytest.raises(QueryConfigError, match="must be one of uniform, disagreement, entropy, kcenter or your own query rule"):
         QueryConfig(method="best")
+
+
+def cartpole_in_my_wrapper(render_mode: str | None = None, **kwargs: Any) -> Any:
+    """A module-level env factory: a registered env in a user's wrapper."""
+    import gymnasium as gym
+
+    return gym.wrappers.ClipReward(gym.make("CartPole-v1", render_mode=render_mode, **kwargs), 0.0, 0.5)
+
+
+def test_an_importable_env_factory_travels_by_its_path_to_where_clips_are_rendered() -> None:
+    from prefloop.envs import make_env
+
+    spec = EnvSpec("WrappedCartPole", {"sutton_barto_reward": True}, factory=cartpole_in_my_wrapper)
+    data = json.loads(json.dumps(spec.to_json()))  # what the store's env_spec meta holds
+    assert data["factory"] == f"{__name__}:cartpole_in_my_wrapper"
+    again = EnvSpec.from_json(data)
+    check_can_render(again)  # a human-taught run may use it: the clip worker can import it
+    env = make_env(again, seed=0, render_mode="rgb_array")
+    env.reset()
+    assert env.step(0)[1] == 0.0, "the user's wrapper and env_kwargs are applied"
+    assert env.render().ndim == 3
+    env.close()
+
+
+class TwoRewards(torch.nn.Module):
+    def forward(self, obs: Any, action: Any) -> Any:
+        return obs[:, :2]
+
+
+def test_bad_objects_are_refused_in_one_line(tmp_path: Path) -> None:
+    import gymnasium as gym
+    import torch
+    from prefloop.envs import make_env
+    from prefloop.reward_models import RewardEnsemble, RewardModelConfig
+
+    for field, value in (("env_factory", "no path"), ("algo", 42), ("policy", 3.5)):
+        with pytest.raises(ConfigError, match=f"^{field} must be"):
+            TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, **{field: value})
+    with pytest.raises(ValueError, match="member_factory must be a function"):
+        RewardModelConfig(member_factory=3)  # type: ignore[arg-type]
+    space = gym.make("CartPole-v1")
+    with pytest.raises(ValueError, match=r"its module failed on obs of shape \(2, 4\) and action \(2, 2\): TypeError"):
+        RewardEnsemble(space.observation_space, space.action_space, member_factory=lambda o, a: torch.nn.Linear(6, 2))
+    with pytest.raises(ValueError, match="must return one reward per row"):
+        RewardEnsemble(space.observation_space, space.action_space, member_factory=lambda o, a: TwoRewards())
+    with pytest.raises(EnvSetupError, match="returned int, not a gymnasium.Env"):
+        make_env(EnvSpec("Broken", factory=lambda **kwargs: 7))
+    with pytest.raises(EnvSetupError, match="env factory of Gone .* does not import"):
+        make_env(EnvSpec("Gone", factory="no_such_module_xyz:make"))

@@ -168,3 +168,25 @@ def test_tiny_pixel_run_trains_a_cnn_reward_and_a_cnn_policy(tmp_path: Path) -> 
     pairs = store.labeled_pairs()
     assert len(pairs) == 10 and all(p.left.obs.dtype == np.uint8 for p in pairs)
     store.close()
+
+
+def test_frame_stacks_share_their_frames_in_memory_and_keep_their_values() -> None:
+    from prefloop.envs.segments import share_stacked_frames
+
+    pytest.importorskip("ale_py")
+    segments = pixel_segments(ATARI_ID, steps=400, length=10)
+    shared = [s for s in segments if not s.obs.flags.writeable]
+    assert shared, "segments of a frame-stacked env should be views of shared frames"
+    for seg in shared:
+        # the view shows the stack the env gave: newest frame last, shifted by one each step
+        np.testing.assert_array_equal(seg.obs[1:, :-1], seg.obs[:-1, 1:])
+    def root(array: np.ndarray) -> np.ndarray:
+        while getattr(array, "base", None) is not None:  # through as_strided's holder to the frames
+            array = array.base
+        return array
+
+    bases = {id(root(s.obs)): root(s.obs) for s in shared}
+    assert sum(b.nbytes for b in bases.values()) < 0.5 * sum(s.obs.nbytes for s in shared)
+    # anything that is not a shifted stack is returned as it is
+    rgb = np.random.default_rng(0).integers(0, 255, size=(5, 3, 8, 8)).astype(np.uint8)
+    assert share_stacked_frames(rgb) is rgb

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-
 from prefloop.envs import EnvSpec, make_env
+
 from prefloop.training.config import TrainConfig
 from prefloop.training.loop import train
 

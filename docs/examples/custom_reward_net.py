@@ -6,9 +6,9 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from prefloop.reward_models import RewardModelConfig, load_reward_model
 from torch import nn
 
-from prefloop.reward_models import RewardModelConfig, load_reward_model
 from prefloop.training.config import TrainConfig
 from prefloop.training.loop import train
 
