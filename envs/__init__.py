@@ -26,10 +26,14 @@ from prefloop.envs.learned_reward import (
 )
 from prefloop.envs.recorder import SegmentRecorder, VecSegmentRecorder
 from prefloop.envs.render import ReplayMismatchError, SegmentRenderer, render_segment
+from prefloop.envs.pixels import ATARI_ID, PIXEL_CARTPOLE_ID, PIXELS_ID, register_pixel_envs
 from prefloop.envs.seeding import EpisodeSeeder
 from prefloop.envs.segments import EpisodeSegmenter, SegmentBuffer, cut_segments
 
 __all__ = [
+    "ATARI_ID",
+    "PIXELS_ID",
+    "PIXEL_CARTPOLE_ID",
     "EnvSetupError",
     "EnvSpec",
     "EpisodeSeeder",
@@ -47,5 +51,8 @@ __all__ = [
     "check_env_id",
     "check_spaces",
     "make_env",
+    "register_pixel_envs",
     "render_segment",
 ]
+
+register_pixel_envs()

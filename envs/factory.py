@@ -8,6 +8,7 @@ of wrappers it was recorded in.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,16 @@ import gymnasium as gym
 from gymnasium import spaces
 from prefloop.envs.mujoco_render import configure_fast_rendering
 from prefloop.envs.seeding import EpisodeSeeder
+from prefloop.envs.structured import LeafDictObservation, needs_leaf_dict
+from prefloop.import_paths import ImportPathError, describe, rebuildable
+from prefloop.import_paths import load as load_import_path
+
+from prefloop.structured_obs import StructuredSpaceError, is_structured, leaves
+
+EnvFactory = Callable[..., gym.Env]
+"""A user's env: called with the run's ``env_kwargs`` (and ``render_mode="rgb_array"`` when clips
+are rendered for people), returns a ``gymnasium.Env`` -- an unregistered env, or a registered one
+inside the user's wrappers."""
 
 SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiBinary)
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete)
@@ -29,19 +40,61 @@ class EnvSpec:
     """What is needed to rebuild a run's environment anywhere (trainer, renderer, rater app).
 
     Attributes:
-        env_id: a Gymnasium registry id, e.g. ``"CartPole-v1"``.
-        env_kwargs: keyword arguments for ``gymnasium.make`` (JSON-serialisable).
+        env_id: a Gymnasium registry id, e.g. ``"CartPole-v1"``; with ``factory``, the env's name.
+        env_kwargs: keyword arguments for ``gymnasium.make`` or the factory (JSON-serialisable).
+        factory: the user's :data:`EnvFactory` or its import path ``"package.module:make_env"``
+            (None: ``gymnasium.make(env_id)``). JSON holds the path, so another process (the clip
+            worker) can build the env when the factory is a top-level function of an importable module.
     """
 
     env_id: str
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    factory: EnvFactory | str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"env_id": self.env_id, "env_kwargs": dict(self.env_kwargs)}
+        data: dict[str, Any] = {"env_id": self.env_id, "env_kwargs": dict(self.env_kwargs)}
+        if self.factory is not None:
+            data["factory"] = self.factory if isinstance(self.factory, str) else describe(self.factory)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "EnvSpec":
-        return cls(env_id=str(data["env_id"]), env_kwargs=dict(data.get("env_kwargs", {})))
+        factory = data.get("factory")
+        return cls(env_id=str(data["env_id"]), env_kwargs=dict(data.get("env_kwargs", {})),
+                   factory=str(factory) if factory is not None else None)
+
+    def factory_rebuildable(self) -> bool:
+        """Whether another process can build this env from :meth:`to_json` (no factory, or an importable one)."""
+        return self.factory is None or rebuildable(self.to_json()["factory"])
+
+    def build(self, render_mode: str | None = None) -> gym.Env:
+        """The bare env (no seeding wrapper): ``gymnasium.make`` or the factory.
+
+        Raises:
+            EnvSetupError: unknown id, a factory that does not import or fails, rejected kwargs.
+        """
+        kwargs = dict(self.env_kwargs)
+        if render_mode is not None:
+            kwargs["render_mode"] = render_mode
+        if self.factory is None:
+            check_env_id(self.env_id)
+            make: Callable[..., Any] = lambda **kw: gym.make(self.env_id, **kw)  # noqa: E731
+        elif isinstance(self.factory, str):
+            try:
+                make = load_import_path(self.factory, f"env factory of {self.env_id}")
+            except ImportPathError as exc:
+                raise EnvSetupError(str(exc)) from None
+        else:
+            make = self.factory
+        try:
+            env = make(**kwargs)
+        except gym.error.DependencyNotInstalled as exc:
+            raise EnvSetupError(f"{self.env_id} needs a package that is not installed: {exc}") from exc
+        except TypeError as exc:
+            raise EnvSetupError(f"{self.env_id} rejected its keyword arguments {kwargs}: {exc}") from exc
+        if not isinstance(env, gym.Env):
+            raise EnvSetupError(f"env_factory of {self.env_id} returned {type(env).__name__}, not a gymnasium.Env")
+        return env
 
 
 def check_env_id(env_id: str) -> None:
@@ -62,12 +115,26 @@ def check_env_id(env_id: str) -> None:
 
 
 def check_spaces(observation_space: gym.Space, action_space: gym.Space, env_id: str) -> None:
-    """Raise :class:`EnvSetupError` when the reward model cannot read these spaces."""
-    if not isinstance(observation_space, SUPPORTED_OBSERVATION_SPACES):
+    """Raise :class:`EnvSetupError` when the reward model cannot read these spaces.
+
+    Dict and Tuple observation spaces (nested too) are read when every leaf is a vector space
+    (Box, Discrete, MultiBinary, MultiDiscrete; no images): see ``prefloop.structured_obs``.
+    """
+    if is_structured(observation_space):
+        try:
+            found = leaves(observation_space)
+        except StructuredSpaceError as exc:
+            raise EnvSetupError(f"{env_id}: {exc}") from None
+        dotted = [leaf.name for leaf in found if any("." in str(part) for part in leaf.path)]
+        if dotted:  # SB3 makes a torch module per Dict key, and torch refuses dots in module names
+            raise EnvSetupError(
+                f"{env_id}: observation keys with a dot ({', '.join(map(repr, dotted))}) cannot reach "
+                "SB3's MultiInputPolicy; rename them (e.g. with a gymnasium.ObservationWrapper)"
+            )
+    elif not isinstance(observation_space, SUPPORTED_OBSERVATION_SPACES):
         raise EnvSetupError(
             f"{env_id}: observation space {observation_space} is not supported "
-            f"(supported: Box, Discrete, MultiBinary). For Dict or Tuple observations wrap the env "
-            "in gymnasium.wrappers.FlattenObservation (pass it through a registered env id)."
+            "(supported: Box, Discrete, MultiBinary, and Dict or Tuple spaces of those and MultiDiscrete)."
         )
     if not isinstance(action_space, SUPPORTED_ACTION_SPACES):
         raise EnvSetupError(
@@ -82,36 +149,38 @@ def make_env(
     seed: int | None = None,
     render_mode: str | None = None,
 ) -> gym.Env:
-    """Build one env of a run: ``gym.make`` + :class:`EpisodeSeeder`.
+    """Build one env of a run: ``gym.make`` (or the spec's factory) (+ :class:`LeafDictObservation`
+    for a Tuple or nested Dict observation, which SB3 cannot read) + :class:`EpisodeSeeder`.
 
     Args:
-        spec: env id and kwargs.
+        spec: env id and kwargs (and factory).
         seed: the seed of this env's sequence of episode seeds (None: drawn from the OS).
         render_mode: ``"rgb_array"`` for the clip renderer; None for training (no rendering cost).
 
     Raises:
         EnvSetupError: unknown id, unsupported spaces, or an env that cannot render as asked.
     """
-    check_env_id(spec.env_id)
-    kwargs = dict(spec.env_kwargs)
-    if render_mode is not None:
-        kwargs["render_mode"] = render_mode
-    try:
-        env = gym.make(spec.env_id, **kwargs)
-    except gym.error.DependencyNotInstalled as exc:
-        raise EnvSetupError(f"{spec.env_id} needs a package that is not installed: {exc}") from exc
-    except TypeError as exc:
-        raise EnvSetupError(f"{spec.env_id} rejected its keyword arguments {kwargs}: {exc}") from exc
+    env = spec.build(render_mode)
     check_spaces(env.observation_space, env.action_space, spec.env_id)
     if render_mode == "rgb_array":
         configure_fast_rendering(env)
+    if needs_leaf_dict(env.observation_space):
+        try:
+            env = LeafDictObservation(env)
+        except StructuredSpaceError as exc:
+            raise EnvSetupError(f"{spec.env_id}: {exc}") from None
     return EpisodeSeeder(env, seed=seed)
 
 
 def check_can_render(spec: EnvSpec) -> None:
     """Raise :class:`EnvSetupError` when the env cannot produce ``rgb_array`` frames for clips."""
-    check_env_id(spec.env_id)
-    env = gym.make(spec.env_id, **spec.env_kwargs)
+    if not spec.factory_rebuildable():
+        raise EnvSetupError(
+            f"the rater app's clip worker runs in its own process and must import the env factory "
+            f"{spec.to_json()['factory']}: define it at the top level of an importable module (not in a "
+            "script or inside a function), or use a simulated teacher"
+        )
+    env = spec.build()
     try:
         modes = list(env.metadata.get("render_modes", []))
     finally:

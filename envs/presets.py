@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from prefloop.envs.pixels import ATARI_ID, DEFAULT_ATARI_GAME, PIXEL_CARTPOLE_ID
 from prefloop.envs.timing import default_segment_length
 
 
@@ -48,6 +49,12 @@ class EnvPreset:
     def envs_for(self, algo: str) -> int:
         return self.n_envs.get(algo, 1 if algo in OFF_POLICY_ALGOS else 4)
 
+
+# rl-baselines3-zoo's PPO for Atari (CnnPolicy).
+_ATARI_PPO: dict[str, Any] = dict(
+    n_steps=128, n_epochs=4, batch_size=256, learning_rate="lin_2.5e-4", clip_range="lin_0.1",
+    vf_coef=0.5, ent_coef=0.01,
+)
 
 OFF_POLICY_ALGOS = frozenset({"sac", "td3", "ddpg", "dqn"})
 
@@ -130,6 +137,30 @@ PRESETS: dict[str, EnvPreset] = {
             # exploring first, 200 oracle labels taught the car to stand still (return 0 vs. 95).
             unsupervised_steps=10_000,
         ),
+        EnvPreset(
+            env_id=PIXEL_CARTPOLE_ID,
+            # CartPole seen only through 64x96 greyscale renders, 4 frames stacked: the reward model
+            # gets a CNN and the policy SB3's CnnPolicy. 50 steps = 1 s, as for CartPole-v1.
+            segment_length=50,
+            total_steps=200_000,
+            algo="ppo",
+            algo_kwargs={"ppo": _ATARI_PPO},
+            n_envs={"ppo": 8},
+            label_budgets=(50, 100, 200),
+            guideline="Which cart keeps the pole upright and closer to the centre?",
+        ),
+        EnvPreset(
+            env_id=ATARI_ID,
+            # 25 agent steps = 100 frames = 1.7 s of game time (Christiano et al. used 25-step clips).
+            segment_length=25,
+            total_steps=1_000_000,
+            algo="ppo",
+            algo_kwargs={"ppo": _ATARI_PPO},
+            n_envs={"ppo": 8},
+            label_budgets=(200, 500),
+            guideline="Which player breaks more bricks and keeps the ball in play?",
+            env_kwargs={"game": DEFAULT_ATARI_GAME},
+        ),
         *[
             EnvPreset(
                 env_id=env_id,
@@ -162,6 +193,7 @@ PRESETS: dict[str, EnvPreset] = {
 
 MUJOCO_ENVS = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Swimmer-v5")
 CLASSIC_CONTROL_ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCarContinuous-v0")
+PIXEL_ENVS = (PIXEL_CARTPOLE_ID, ATARI_ID)
 
 
 def default_preset(env_id: str) -> EnvPreset:

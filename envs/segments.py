@@ -9,6 +9,16 @@ steps for it; ``VecSegmentRecorder`` keeps a history of whole vector steps inste
   nothing is known of what would have come after the cut.
 
 Segments share their episode's action array (views, no copies), so keeping thousands is cheap.
+
+Observations are stored as float32, except uint8 observations (images), which stay uint8 end to
+end -- buffer, store, datasets, reward-model batches -- and become floats only inside the reward
+network: an 84x84x4 frame stack is 28 KB per step instead of 113 KB.
+
+Frame stacks share their frames in memory: when every step's observation is the previous one's
+stack shifted by one frame (``gymnasium.wrappers.FrameStackObservation``: ``(k, H, W)``), the
+segments cut from one piece of an episode are read-only views of one array of its distinct
+frames (:func:`share_stacked_frames`), so the buffer holds each frame about once, not ``k`` times.
+What leaves memory -- the store's blobs, datasets, reward-model batches -- is the stacked array.
 """
 
 from __future__ import annotations
@@ -60,7 +70,8 @@ def cut_segments(
     last_start = length - 1 if terminated else length - segment_length
     if length == 0 or last_start < from_step:
         return []
-    obs = np.asarray(obs, dtype=np.float32)
+    obs = share_stacked_frames(as_stored_observations(obs))
+    shared = obs.base is not None and not obs.flags.writeable
     actions = np.asarray(actions)
     actions = actions.astype(np.int64 if np.issubdtype(actions.dtype, np.integer) else np.float32, copy=False)
     rewards = np.asarray(rewards, dtype=np.float32)
@@ -71,9 +82,11 @@ def cut_segments(
     segments = []
     for start in (int(s) for s in starts):
         end = min(start + segment_length, length)
+        seg_obs = obs[start - from_step : end - from_step]
         segments.append(
             Segment(
-                obs=_pad(obs[start - from_step : end - from_step], segment_length),
+                # a view of the shared frames, or a copy (so the segment does not pin the episode)
+                obs=seg_obs if shared and len(seg_obs) == segment_length else _pad(seg_obs, segment_length),
                 actions=_pad(actions[start:end], segment_length),
                 true_rewards=_pad(rewards[start - from_step : end - from_step], segment_length),
                 n_valid=end - start,
@@ -85,6 +98,26 @@ def cut_segments(
             )
         )
     return segments
+
+
+def as_stored_observations(obs: np.ndarray) -> np.ndarray:
+    """Observations in the dtype segments keep them in: uint8 stays uint8 (images), anything
+    else becomes float32. No copy when the dtype is already right."""
+    obs = np.asarray(obs)
+    return obs if obs.dtype == np.uint8 else obs.astype(np.float32, copy=False)
+
+
+def share_stacked_frames(obs: np.ndarray) -> np.ndarray:
+    """``obs (T, k, *frame)`` uint8, consecutive steps of one episode: when each step's stack is the
+    previous one's shifted by one frame (the newest last), a read-only view of the same values
+    over one array of the ``T + k - 1`` distinct frames; otherwise ``obs`` itself."""
+    if obs.dtype != np.uint8 or obs.ndim < 3 or obs.shape[1] < 2 or len(obs) < 2:
+        return obs
+    if not np.array_equal(obs[1:, :-1], obs[:-1, 1:]):
+        return obs
+    frames = np.concatenate([obs[0], obs[1:, -1]])  # (k + T - 1, *frame)
+    step = frames.strides[0]
+    return np.lib.stride_tricks.as_strided(frames, shape=obs.shape, strides=(step, *frames.strides), writeable=False)
 
 
 class EpisodeSegmenter:

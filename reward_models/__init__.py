@@ -2,6 +2,8 @@
 
 - :class:`RewardEnsemble` (``ensemble.py``): ``M`` MLPs evaluated in one batched pass;
   ``predict`` is what the policy is trained on.
+- :class:`CnnRewardEnsemble` (``cnn.py``): ``M`` CNNs for uint8 image observations, chosen by
+  :func:`build_reward_model` for them; same ensemble, fit and normalisation.
 - :class:`RewardTrainer`, :class:`RewardModelConfig`, :func:`bradley_terry_loss` (``training.py``).
 - Per-rater error rates estimated jointly with the reward, :class:`RaterEstimate` (``reliability.py``).
 - :func:`save_reward_model` / :func:`load_reward_model` (``io.py``): safetensors + JSON, no pickle.
@@ -15,6 +17,7 @@ dying early. Consequently the output normalisation only *scales* rewards and nev
 shift would change the value of staying alive.
 """
 
+from .cnn import CnnRewardEnsemble, is_image_observation_space
 from .ensemble import MIN_REWARD_SCALE, RewardEnsemble, stack_segments
 from .io import (
     METADATA_FILE,
@@ -39,6 +42,7 @@ __all__ = [
     "METADATA_FILE",
     "MIN_REWARD_SCALE",
     "WEIGHTS_FILE",
+    "CnnRewardEnsemble",
     "FitStats",
     "RaterEstimate",
     "RewardEnsemble",
@@ -46,6 +50,7 @@ __all__ = [
     "RewardTrainer",
     "UnsupportedSpaceError",
     "bradley_terry_loss",
+    "is_image_observation_space",
     "rater_bradley_terry_loss",
     "build_reward_model",
     "load_reward_metadata",

@@ -19,21 +19,43 @@ Shapes
 ------
 ``M`` members, ``B`` steps, ``N`` segments of length ``L``. The network input is the encoded
 observation concatenated with the encoded action (see ``prefloop.reward_models.spaces``).
+
+Dict and Tuple observations
+---------------------------
+For a Dict or Tuple observation space ``*obs_shape`` is ``(D,)``: the observation is the flat
+vector ``gymnasium.spaces.flatten(space, obs)`` as float32, ``D = gymnasium.spaces.flatdim(space)``
+(what segments store; ``prefloop.structured_obs``). Its layout: the leaves depth-first in the
+space's order (a Dict's keys as ``space.spaces`` orders them -- sorted, for a Dict built from a
+plain dict -- a Tuple's by position); a Box leaf's values row-major; a ``Discrete(n, start)`` leaf
+a one-hot of length ``n`` with 1 at ``x - start``; a MultiDiscrete leaf its entries' one-hots
+concatenated; a MultiBinary leaf its 0/1 values. E.g. ``Dict(achieved_goal=Box(2),
+desired_goal=Box(2), observation=Box(4))`` gives ``[achieved_goal(2) | desired_goal(2) |
+observation(4)]``, D = 8. Columns of bounded Box leaves are then scaled onto ``[-1, 1]``.
+``predict`` and the other numpy methods also take the space's own batch structure (a dict or
+tuple of ``(B, ...)`` arrays, as SB3 VecEnvs give it) and flatten it the same way.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
+from prefloop.import_paths import describe
 from prefloop.types import Segment
 
 from .spaces import SpaceEncoder, make_encoder
+
+MemberFactory = Callable[[gym.Space, gym.Space], nn.Module]
+"""``(observation_space, action_space) -> module`` with ``module(obs, action) -> reward``: ``obs``
+``(B, *observation_space.shape)`` float32 for a Box space (``(B, flatdim)`` otherwise: one-hot for
+Discrete, the flat vector of ``prefloop.structured_obs`` for Dict and Tuple),
+standardised; ``action`` ``(B, gymnasium.spaces.flatdim(action_space))`` float32 (one-hot for
+Discrete), standardised; ``reward`` ``(B,)`` or ``(B, 1)``."""
 
 # Rows per forward pass when scoring many segments, to bound memory (rows * hidden * members).
 _CHUNK_ROWS = 32_768
@@ -51,15 +73,28 @@ class RewardEnsemble(nn.Module):
     """``n_members`` MLPs ``r(obs, action) -> float`` with weights stacked as ``(M, in, out)``.
 
     Args:
-        observation_space: Box (any shape), Discrete or MultiBinary (MultiDiscrete also works).
+        observation_space: Box (any shape), Discrete or MultiBinary (MultiDiscrete also works), or
+            a Dict or Tuple (nested too) of those without image leaves: see "Dict and Tuple
+            observations" above for the flat vector the network reads.
         action_space: Box, Discrete or MultiDiscrete (MultiBinary also works).
         n_members: ensemble size ``M`` (>= 1).
         hidden_sizes: widths of the hidden layers; ``()`` gives a linear model.
         seed: seeds the initial weights; members get different initialisations.
+        member_factory: your own member network instead of the stacked MLPs (``hidden_sizes`` is
+            then unused): called once per member, under ``torch.manual_seed`` of the seed and the
+            member's index, see :data:`MemberFactory`. The ensemble around it -- input
+            standardisation, the Bradley-Terry fit, absorbing steps, reward scaling -- stays the
+            same. Slower than the stacked MLPs (one forward pass per member).
 
     Raises:
-        UnsupportedSpaceError: for Dict, Tuple, Text, Graph, Sequence and other spaces.
+        UnsupportedSpaceError: for Text, Graph, Sequence and other spaces, and image leaves of Dicts.
+        ValueError: a member built by ``member_factory`` does not return one reward per row.
     """
+
+    # Rows per forward pass when scoring many steps without a gradient (subclasses with larger
+    # inputs, e.g. the CNN ensemble, use fewer).
+    chunk_rows = _CHUNK_ROWS
+    architecture = "mlp"
 
     def __init__(
         self,
@@ -68,6 +103,7 @@ class RewardEnsemble(nn.Module):
         n_members: int = 3,
         hidden_sizes: Sequence[int] = (64, 64),
         seed: int = 0,
+        member_factory: MemberFactory | None = None,
     ) -> None:
         super().__init__()
         if int(n_members) < 1:
@@ -86,11 +122,22 @@ class RewardEnsemble(nn.Module):
         self.action_encoder: SpaceEncoder = make_encoder(action_space, "action")
         self.input_dim = self.obs_encoder.dim + self.action_encoder.dim
 
-        generator = torch.Generator().manual_seed(self.seed)
-        sizes = (self.input_dim, *hidden, 1)
+        self.member_factory = member_factory
+        self.members = nn.ModuleList()  # the user's member networks (member_factory), else empty
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        if member_factory is not None:
+            self.member_obs_shape = (
+                tuple(observation_space.shape) if isinstance(observation_space, gym.spaces.Box) else (self.obs_encoder.dim,)
+            )
+            for member in range(self.n_members):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.seed * 1_000_003 + member)
+                    self.members.append(member_factory(observation_space, action_space))
+            self._check_members()
+        generator = torch.Generator().manual_seed(self.seed)
+        sizes = (self.input_dim, *hidden, 1)
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]) if member_factory is None else ():
             # Same init as nn.Linear, drawn independently for each member.
             bound = 1.0 / math.sqrt(fan_in)
             w = (torch.rand(self.n_members, fan_in, fan_out, generator=generator) * 2 - 1) * bound
@@ -107,6 +154,48 @@ class RewardEnsemble(nn.Module):
     def device(self) -> torch.device:
         return self.reward_scale.device
 
+    @property
+    def member_factory_name(self) -> str | None:
+        """The member factory's import path (what a saved model records), None for the built-in MLPs."""
+        return describe(self.member_factory) if self.member_factory is not None else None
+
+    def _check_members(self) -> None:
+        where = self.member_factory_name
+        for member in self.members:
+            if not isinstance(member, nn.Module):
+                raise ValueError(f"member_factory {where} returned {type(member).__name__}; it must return a torch.nn.Module")
+        try:
+            with torch.no_grad():
+                rewards = self.rewards_from_features(torch.zeros(2, self.input_dim))
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- the user's module, any failure: say what it is given
+            raise ValueError(
+                f"member_factory {where}: its module failed on obs of shape (2, {', '.join(map(str, self.member_obs_shape))}) "
+                f"and action (2, {self.action_encoder.dim}): {type(exc).__name__}: {str(exc)[:200]}; it must "
+                "compute forward(obs, action) -> (B,) rewards"
+            ) from None
+        if rewards.shape != (self.n_members, 2):
+            raise ValueError(f"member_factory {where}: its module must return one reward per row, (B,) or (B, 1)")
+
+    def _member_rewards(self, features: torch.Tensor) -> torch.Tensor:
+        """:meth:`rewards_from_features` for user members: each gets the standardised features
+        split into observation ``(B, *obs_shape)`` and action ``(B, act_dim)``."""
+        split = self.obs_encoder.dim
+        out = []
+        for index, member in enumerate(self.members):
+            rows = features if features.dim() == 2 else features[index]
+            reward = member(rows[:, :split].reshape(-1, *self.member_obs_shape), rows[:, split:])
+            if reward.dim() == 2 and reward.shape[1] == 1:
+                reward = reward[:, 0]
+            if reward.shape != rows.shape[:1]:
+                raise ValueError(
+                    f"member_factory {self.member_factory_name}: a member returned shape {tuple(reward.shape)} "
+                    f"for {rows.shape[0]} rows; it must return one reward per row, (B,) or (B, 1)"
+                )
+            out.append(reward)
+        return torch.stack(out)
+
     # ----------------------------------------------------------------- tensor API (differentiable)
 
     def encode(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -120,6 +209,11 @@ class RewardEnsemble(nn.Module):
         """``(B, input_dim)`` float32: the encoded inputs before standardisation (numpy in, out)."""
         obs, actions = self._checked(obs, actions)
         return np.concatenate((self.obs_encoder.encode_numpy(obs), self.action_encoder.encode_numpy(actions)), axis=1)
+
+    def fit_input_normalization(self, obs: np.ndarray, actions: np.ndarray) -> None:
+        """Standardise inputs with the mean and std of these steps' features (real steps only)."""
+        features = self.raw_features(obs, actions).astype(np.float64)
+        self.set_input_normalization(features.mean(0), features.std(0))
 
     @torch.no_grad()
     def set_input_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
@@ -137,6 +231,12 @@ class RewardEnsemble(nn.Module):
         if not (torch.isfinite(mean_t).all() and torch.isfinite(std_t).all()):
             raise ValueError("input normalisation statistics must be finite")
         new_inv = 1.0 / std_t.clamp(min=MIN_INPUT_STD)
+        if self.member_factory is not None:
+            # A user's network cannot be rescaled to absorb the change: its function moves with
+            # the statistics, and the next fit (right after, in the trainer) follows.
+            self.input_mean.copy_(mean_t)
+            self.input_inv_std.copy_(new_inv)
+            return
         w, b = self.weights[0], self.biases[0]  # (M, in, out), (M, 1, out)
         # old: w^T (x - m) * i + b;  new: w'^T (x - m') * i' + b' with the same value for every x.
         b.add_(((mean_t - self.input_mean) * self.input_inv_std).reshape(1, 1, -1) @ w)
@@ -147,6 +247,8 @@ class RewardEnsemble(nn.Module):
     def rewards_from_features(self, features: torch.Tensor) -> torch.Tensor:
         """Raw per-step rewards ``(M, B)`` from features ``(B, in)`` (shared by all members) or
         ``(M, B, in)`` (one batch per member, as bootstrap training uses)."""
+        if self.member_factory is not None:
+            return self._member_rewards(features)
         if features.dim() == 2:
             # A stride-0 view: every member reads the same rows without copying them.
             h = features.unsqueeze(0).expand(self.n_members, -1, -1)
@@ -183,7 +285,7 @@ class RewardEnsemble(nn.Module):
 
     def _checked(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Numpy inputs validated against the spaces (shapes, row counts, ranges)."""
-        obs = np.asarray(obs)
+        obs = self.obs_encoder.as_batch(obs)
         actions = np.asarray(actions)
         if obs.shape[:1] != actions.shape[:1]:
             raise ValueError(f"obs has shape {obs.shape} but actions has shape {actions.shape}: row counts differ")
@@ -203,12 +305,15 @@ class RewardEnsemble(nn.Module):
         torch for a few rows).
 
         Args:
-            obs: ``(B, *obs_shape)``.
+            obs: ``(B, *obs_shape)``; for Dict and Tuple spaces the flat vectors ``(B, D)`` or the
+                batch in the space's structure.
             actions: ``(B, *act_shape)``, or ``(B,)`` ints for Discrete.
 
         Returns:
             ``(B,)`` float32.
         """
+        if self.member_factory is not None:
+            return self._predict_torch(obs, actions)
         obs, actions = self._checked(obs, actions)
         weights, biases, scale, mean, inv_std = self._numpy_snapshot()
         out = np.empty(len(obs), dtype=np.float32)
@@ -224,6 +329,16 @@ class RewardEnsemble(nn.Module):
                     h = np.maximum(h, _LEAKY_SLOPE * h)  # leaky ReLU (slope < 1)
             out[sl] = h[..., 0].mean(axis=0) / scale
         return out
+
+    @torch.inference_mode()
+    def _predict_torch(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """:meth:`predict` through torch (user members have no numpy copy)."""
+        o, a = self._tensors(obs, actions)
+        out = [
+            self.forward(o[s : s + _CHUNK_ROWS], a[s : s + _CHUNK_ROWS]).mean(0) / self.reward_scale
+            for s in range(0, o.shape[0], _CHUNK_ROWS)
+        ]
+        return torch.cat(out).float().cpu().numpy() if out else np.zeros(0, dtype=np.float32)
 
     def _numpy_snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray], float, np.ndarray, np.ndarray]:
         """Numpy copies of the weights, remade when any parameter or the scale changed in place."""
@@ -252,7 +367,7 @@ class RewardEnsemble(nn.Module):
         obs, actions, mask = stack_segments(segments)
         self._tensors(obs[mask > 0], actions[mask > 0])  # range / shape check on real steps only
         length = mask.shape[1]
-        per_chunk = max(1, _CHUNK_ROWS // length)
+        per_chunk = max(1, self.chunk_rows // length)
         out = []
         for start in range(0, len(segments), per_chunk):
             sl = slice(start, start + per_chunk)
@@ -315,8 +430,8 @@ class RewardEnsemble(nn.Module):
             raise ValueError(f"update_normalization needs at least 2 steps, got {o.shape[0]}")
         means = torch.cat(
             [
-                self.forward(o[s : s + _CHUNK_ROWS], a[s : s + _CHUNK_ROWS]).mean(0)
-                for s in range(0, o.shape[0], _CHUNK_ROWS)
+                self.forward(o[s : s + self.chunk_rows], a[s : s + self.chunk_rows]).mean(0)
+                for s in range(0, o.shape[0], self.chunk_rows)
             ]
         )
         rms = float(means.double().square().mean().sqrt())
@@ -335,7 +450,8 @@ class RewardEnsemble(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"observation_space={self.observation_space}, action_space={self.action_space}, "
-            f"n_members={self.n_members}, hidden_sizes={self.hidden_sizes}"
+            f"n_members={self.n_members}, "
+            + (f"member_factory={self.member_factory_name}" if self.member_factory is not None else f"hidden_sizes={self.hidden_sizes}")
         )
 
 

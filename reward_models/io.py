@@ -5,7 +5,8 @@ A model directory holds two files:
 - ``reward_model.safetensors``: the stacked member weights and ``reward_scale``.
 - ``reward_model.json``: everything needed to rebuild the module: the observation and action
   spaces (type, shape, dtype, bounds or sizes), hidden sizes, member count, seed, reward scale,
-  format version, plus any caller metadata under ``"extra"``.
+  ``architecture`` (``"mlp"``, or ``"cnn"`` with its conv layers and torso width), format
+  version, plus any caller metadata under ``"extra"``.
 
 Both are written to a temporary name and renamed into place, so a reader polling the directory
 never sees a half-written file.
@@ -23,7 +24,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .ensemble import RewardEnsemble
+from prefloop.import_paths import ImportPathError
+from prefloop.import_paths import load as load_import_path
+
+from .cnn import CnnRewardEnsemble
+from .ensemble import MemberFactory, RewardEnsemble
 from .spaces import space_from_json, space_to_json
 
 WEIGHTS_FILE = "reward_model.safetensors"
@@ -50,6 +55,12 @@ def save_reward_model(model: RewardEnsemble, directory: str | Path, extra_metada
         "hidden_sizes": list(model.hidden_sizes),
         "seed": model.seed,
         "reward_scale": float(model.reward_scale),
+        "member_factory": model.member_factory_name,
+        "architecture": model.architecture,
+        **(
+            {"conv": [list(layer) for layer in model.conv], "torso_features": model.torso_features}
+            if isinstance(model, CnnRewardEnsemble) else {}
+        ),
         "extra": extra_metadata if extra_metadata is not None else {},
     }
     try:
@@ -96,8 +107,14 @@ def load_reward_metadata(directory: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def load_reward_model(directory: str | Path, map_location: str | torch.device = "cpu") -> RewardEnsemble:
+def load_reward_model(
+    directory: str | Path, map_location: str | torch.device = "cpu", member_factory: MemberFactory | None = None
+) -> RewardEnsemble:
     """Rebuild a model saved by :func:`save_reward_model` (spaces come from the JSON file).
+
+    A model built by a user's ``member_factory`` saved its members' weights and the factory's
+    import path: loading imports the factory again from that path, or takes ``member_factory``
+    (needed when the factory was defined in a script or inside a function).
 
     Raises:
         FileNotFoundError: a file is missing (the message names it).
@@ -106,14 +123,30 @@ def load_reward_model(directory: str | Path, map_location: str | torch.device = 
     directory = Path(directory)
     metadata = load_reward_metadata(directory)
     meta_path = directory / METADATA_FILE
+    factory_name = metadata.get("member_factory")
+    if factory_name is not None and member_factory is None:
+        try:
+            member_factory = load_import_path(str(factory_name), "reward model member_factory")
+        except ImportPathError as exc:
+            raise ValueError(f"{meta_path}: {exc} (load_reward_model(..., member_factory=...))") from None
     try:
-        model = RewardEnsemble(
-            space_from_json(metadata["observation_space"]),
-            space_from_json(metadata["action_space"]),
+        common = dict(
             n_members=int(metadata["n_members"]),
             hidden_sizes=tuple(int(h) for h in metadata["hidden_sizes"]),
             seed=int(metadata.get("seed", 0)),
         )
+        observation_space = space_from_json(metadata["observation_space"])
+        action_space = space_from_json(metadata["action_space"])
+        architecture = metadata.get("architecture", "mlp")  # files before CNNs existed are MLPs
+        if architecture == "cnn":
+            conv = tuple(tuple(int(v) for v in layer) for layer in metadata["conv"])
+            model: RewardEnsemble = CnnRewardEnsemble(  # its members are built in, never a factory's
+                observation_space, action_space, conv=conv, torso_features=int(metadata["torso_features"]), **common
+            )
+        elif architecture == "mlp":
+            model = RewardEnsemble(observation_space, action_space, member_factory=member_factory, **common)
+        else:
+            raise ValueError(f"unknown architecture {architecture!r} (expected 'mlp' or 'cnn')")
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{meta_path} is malformed: {type(exc).__name__}: {exc}") from exc
 
@@ -127,7 +160,8 @@ def load_reward_model(directory: str | Path, map_location: str | torch.device = 
     model.to(map_location)
     # Models saved before input standardisation existed have none: identity, as they were trained.
     for name in ("input_mean", "input_inv_std"):
-        tensors.setdefault(name, getattr(model, name).detach().clone())
+        if hasattr(model, name):
+            tensors.setdefault(name, getattr(model, name).detach().clone())
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

@@ -10,8 +10,16 @@ Each supported space gets a small encoder module mapping a batch ``(B, *space.sh
 - ``Discrete``: one-hot over ``n`` (values may be integers or integral floats, offset by ``start``).
 - ``MultiDiscrete``: the one-hots of all components, concatenated.
 - ``MultiBinary``: flattened 0/1 as floats.
+- ``Dict`` and ``Tuple`` (nested too) of the four above: the network reads the *flat vector* of
+  ``prefloop.structured_obs`` -- exactly ``gymnasium.spaces.flatten(space, obs)`` as float32:
+  leaves depth-first in the space's order, Box leaves row-major, Discrete and MultiDiscrete
+  leaves one-hot, MultiBinary leaves 0/1 (docs/observations.md gives the layout). The encoder
+  then scales the columns of bounded Box leaves onto ``[-1, 1]`` as for a Box and passes every
+  other column through. It takes that flat vector ``(B, flatdim)`` (what segments store), and
+  :meth:`SpaceEncoder.as_batch` also turns a batch in the space's own structure (a dict or tuple
+  of ``(B, ...)`` arrays, as SB3 gives it) into it.
 
-Anything else (Dict, Tuple, Text, Graph, Sequence, ...) raises :class:`UnsupportedSpaceError`.
+Anything else (Text, Graph, Sequence, image leaves in a Dict, ...) raises :class:`UnsupportedSpaceError`.
 
 Spaces are also described as plain JSON (:func:`space_to_json` / :func:`space_from_json`) so a saved
 reward model never needs pickle.
@@ -20,12 +28,15 @@ reward model never needs pickle.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
+
+from prefloop.structured_obs import ObservationFlattener, StructuredSpaceError, is_structured
 
 # Box dimensions wider than this are treated as unbounded (e.g. bounds at +-float32 max).
 _MAX_SCALED_RANGE = 1e4
@@ -38,9 +49,9 @@ class UnsupportedSpaceError(ValueError):
 def _unsupported(space: gym.Space, role: str) -> UnsupportedSpaceError:
     return UnsupportedSpaceError(
         f"the reward model cannot encode the {role} space {space!r} "
-        f"({type(space).__name__}); supported are Box, Discrete, MultiDiscrete and MultiBinary. "
-        "Flatten structured spaces first, e.g. wrap the env in "
-        "gymnasium.wrappers.FlattenObservation (observations) or convert the space to a Box."
+        f"({type(space).__name__}); supported are Box, Discrete, MultiDiscrete and MultiBinary, "
+        "and (observations) Dict and Tuple spaces of those. Convert the space to one of them, "
+        "e.g. with a gymnasium.ObservationWrapper."
     )
 
 
@@ -62,6 +73,10 @@ class SpaceEncoder(nn.Module):
         rest = tuple(x.shape[1:])
         if x.ndim < 1 or not (rest == self.shape or (self.shape == () and rest == (1,))):
             raise ValueError(f"{self.role} batch has shape {x.shape}, expected {self._expected()} for {self.space!r}")
+
+    def as_batch(self, x: Any) -> np.ndarray:
+        """A batch as the numpy array this encoder reads (structured encoders flatten dicts/tuples)."""
+        return np.asarray(x)
 
     def encode_numpy(self, x: np.ndarray) -> np.ndarray:
         """The same encoding as ``forward``, in numpy: ``(B, *shape) -> (B, dim)`` float32.
@@ -85,11 +100,16 @@ class SpaceEncoder(nn.Module):
 
 
 class BoxEncoder(SpaceEncoder):
-    def __init__(self, space: gym.spaces.Box, role: str) -> None:
+    """Flattened, bounded dimensions scaled onto ``[-1, 1]``; ``low``/``high`` (flat) default to the
+    space's bounds (:class:`StructuredEncoder` passes the bounds of its flat vector)."""
+
+    def __init__(
+        self, space: gym.Space, role: str, low: np.ndarray | None = None, high: np.ndarray | None = None
+    ) -> None:
         super().__init__(space, role)
         self.dim = self._flat
-        low = np.asarray(space.low, dtype=np.float64).reshape(-1)
-        high = np.asarray(space.high, dtype=np.float64).reshape(-1)
+        low = np.asarray(space.low if low is None else low, dtype=np.float64).reshape(-1)
+        high = np.asarray(space.high if high is None else high, dtype=np.float64).reshape(-1)
         with np.errstate(invalid="ignore", over="ignore"):
             width = high - low
             bounded = np.isfinite(low) & np.isfinite(high) & (width > 0) & (width <= _MAX_SCALED_RANGE)
@@ -113,6 +133,37 @@ class BoxEncoder(SpaceEncoder):
         if self._affine:
             return torch.addcmul(self.offset, flat, self.inv_half)
         return flat
+
+
+class StructuredEncoder(BoxEncoder):
+    """Dict and Tuple spaces: reads the flat vector ``(B, flatdim)`` (see the module docstring).
+
+    Columns of bounded Box leaves are scaled onto ``[-1, 1]`` like a Box's; one-hot and binary
+    columns pass through unchanged (their bounds are set to ``[-1, 1]``, the identity map).
+    """
+
+    def __init__(self, space: gym.Space, role: str) -> None:
+        try:
+            flattener = ObservationFlattener(space)
+        except StructuredSpaceError as exc:
+            raise UnsupportedSpaceError(f"the reward model cannot encode the {role} space: {exc}") from None
+        low = -np.ones(flattener.dim)
+        high = np.ones(flattener.dim)
+        for leaf in flattener.leaves:
+            if isinstance(leaf.space, gym.spaces.Box):
+                low[leaf.start : leaf.stop] = np.asarray(leaf.space.low, dtype=np.float64).reshape(-1)
+                high[leaf.start : leaf.stop] = np.asarray(leaf.space.high, dtype=np.float64).reshape(-1)
+        super().__init__(gym.spaces.Box(-np.inf, np.inf, (flattener.dim,), np.float32), role, low, high)
+        self.flattener = flattener
+        self.space = space
+
+    def as_batch(self, x: Any) -> np.ndarray:
+        if isinstance(x, (Mapping, tuple)):  # the space's own structure, as SB3 batches it
+            return self.flattener.batch(x)
+        return np.asarray(x)
+
+    def _expected(self) -> str:
+        return f"(B, {self.flattener.dim}) (the flat vector; gymnasium.spaces.flatdim of the space)"
 
 
 class DiscreteEncoder(SpaceEncoder):
@@ -201,8 +252,11 @@ def make_encoder(space: gym.Space, role: str) -> SpaceEncoder:
     """The encoder for ``space``; ``role`` ("observation" or "action") only words error messages.
 
     Raises:
-        UnsupportedSpaceError: for any space other than Box, Discrete, MultiDiscrete, MultiBinary.
+        UnsupportedSpaceError: for any space other than Box, Discrete, MultiDiscrete, MultiBinary
+            and Dict or Tuple spaces of them (image leaves refused).
     """
+    if is_structured(space) and role == "observation":  # SB3 has no Dict or Tuple actions
+        return StructuredEncoder(space, role)
     if isinstance(space, gym.spaces.Box):
         if space.shape is None or any(int(s) == 0 for s in space.shape):
             raise UnsupportedSpaceError(f"the {role} space {space!r} is empty (a zero-size Box)")
@@ -256,6 +310,11 @@ def space_to_json(space: gym.Space) -> dict[str, Any]:
         }
     if isinstance(space, gym.spaces.MultiBinary):
         return {"type": "MultiBinary", "shape": list(space.shape)}
+    if isinstance(space, gym.spaces.Dict):
+        # a list, not an object: the key order is the flat vector's layout and must survive
+        return {"type": "Dict", "spaces": [[str(k), space_to_json(s)] for k, s in space.spaces.items()]}
+    if isinstance(space, gym.spaces.Tuple):
+        return {"type": "Tuple", "spaces": [space_to_json(s) for s in space.spaces]}
     raise _unsupported(space, "given")
 
 
@@ -278,4 +337,10 @@ def space_from_json(desc: dict[str, Any]) -> gym.Space:
     if kind == "MultiBinary":
         shape = [int(s) for s in desc["shape"]]
         return gym.spaces.MultiBinary(shape[0] if len(shape) == 1 else shape)
-    raise ValueError(f"unknown space type {kind!r}; expected Box, Discrete, MultiDiscrete or MultiBinary")
+    if kind == "Dict":  # a list of pairs keeps the saved key order (a plain dict would be sorted)
+        return gym.spaces.Dict([(str(key), space_from_json(sub)) for key, sub in desc["spaces"]])
+    if kind == "Tuple":
+        return gym.spaces.Tuple([space_from_json(sub) for sub in desc["spaces"]])
+    raise ValueError(
+        f"unknown space type {kind!r}; expected Box, Discrete, MultiDiscrete, MultiBinary, Dict or Tuple"
+    )

@@ -24,9 +24,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from prefloop.import_paths import is_import_path
+from prefloop.import_paths import load as load_import_path
 from prefloop.types import LabeledPair
 
-from .ensemble import RewardEnsemble, stack_segments
+from .cnn import CNN_TORSOS, CnnRewardEnsemble, is_image_observation_space
+from .ensemble import MemberFactory, RewardEnsemble, stack_segments
 from .reliability import (
     RaterEstimate,
     RaterLabels,
@@ -87,7 +90,18 @@ class RewardModelConfig:
             of the labelled segments' steps, updated at every fit (imitation's running norm does
             the same): without it an env whose observations mix scales (Reacher: joint
             velocities of ~9 next to a fingertip offset of ~0.15) hides the features the reward
-            depends on, and the model memorises instead of generalising.
+            depends on, and the model memorises instead of generalising. Image observations are
+            never standardised per pixel: the CNN scales them by 1/255 (see ``cnn.py``).
+        member_factory: your own member network (see
+            :data:`prefloop.reward_models.ensemble.MemberFactory`), or its import path
+            ``"package.module:make_net"``; None: the stacked MLPs of ``hidden_sizes`` (the CNN
+            of ``cnn`` for image observations). Saved models record its import path; loading
+            one needs the same factory.
+        cnn: the convolutional torso for image observations (uint8 frames or frame stacks, which
+            get a :class:`~prefloop.reward_models.cnn.CnnRewardEnsemble` automatically unless a
+            ``member_factory`` is given): ``"nature"`` (Nature-DQN, 512 units) or
+            ``"christiano"`` (Christiano et al.'s smaller Atari net, 64 units; about a quarter of
+            the arithmetic, for CPU-only runs).
     """
 
     n_members: int = 3
@@ -110,8 +124,16 @@ class RewardModelConfig:
     val_fraction: float = 0.2
     seed: int = 0
     normalize_inputs: bool = True
+    member_factory: MemberFactory | str | None = None
+    cnn: str = "nature"
 
     def __post_init__(self) -> None:
+        factory = self.member_factory
+        if not (factory is None or callable(factory) or (isinstance(factory, str) and is_import_path(factory))):
+            raise ValueError(
+                f"member_factory must be a function (observation_space, action_space) -> torch.nn.Module or its "
+                f"import path package.module:name, got {str(factory)[:80]!r}"
+            )
         hidden = self.hidden_sizes
         if isinstance(hidden, int) or not all(_is_int(h) and h >= 1 for h in hidden):
             raise ValueError(f"hidden_sizes must be a tuple of positive ints, got {hidden!r}")
@@ -141,6 +163,8 @@ class RewardModelConfig:
             raise ValueError(f"flagged_answer_weight must be in [0, 1], got {self.flagged_answer_weight!r}")
         if not (_is_real(self.stop_accuracy) and 0 < self.stop_accuracy):
             raise ValueError(f"stop_accuracy must be a number > 0 (1.0 disables early stopping), got {self.stop_accuracy!r}")
+        if self.cnn not in CNN_TORSOS:
+            raise ValueError(f"cnn must be one of {', '.join(CNN_TORSOS)}, got {self.cnn!r}")
         if not (_is_real(self.val_fraction) and 0 <= self.val_fraction < 1):
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
 
@@ -154,16 +178,40 @@ def _is_real(value: object) -> bool:
 
 
 def build_reward_model(
-    observation_space: gym.Space, action_space: gym.Space, config: RewardModelConfig
+    observation_space: gym.Space, action_space: gym.Space, config: RewardModelConfig, seed: int | None = None
 ) -> RewardEnsemble:
-    """A fresh :class:`RewardEnsemble` with ``config``'s members, hidden sizes and seed."""
+    """A fresh ensemble with ``config``'s members, hidden sizes and seed (``seed`` overrides it):
+    a :class:`CnnRewardEnsemble` with ``config.cnn``'s torso for image observations (uint8 Box
+    0..255 of 2 or 3 dimensions) unless ``config.member_factory`` is given, else
+    :class:`RewardEnsemble` (the stacked MLPs, or the factory's members)."""
+    seed = config.seed if seed is None else seed
+    factory = member_factory_of(config)
+    if factory is None and is_image_observation_space(observation_space):
+        conv, features = CNN_TORSOS[config.cnn]
+        return CnnRewardEnsemble(
+            observation_space, action_space, n_members=config.n_members, hidden_sizes=config.hidden_sizes,
+            seed=seed, conv=conv, torso_features=features,
+        )
     return RewardEnsemble(
         observation_space,
         action_space,
         n_members=config.n_members,
         hidden_sizes=config.hidden_sizes,
-        seed=config.seed,
+        seed=seed,
+        member_factory=factory,
     )
+
+
+def member_factory_of(config: RewardModelConfig) -> MemberFactory | None:
+    """``config.member_factory`` as a callable (an import path is imported).
+
+    Raises:
+        ValueError: the path does not import (one line: which, and what to do).
+    """
+    factory = config.member_factory
+    if isinstance(factory, str):
+        return load_import_path(factory, "reward model member_factory")
+    return factory
 
 
 def bradley_terry_loss(
@@ -328,7 +376,8 @@ class RewardTrainer:
     """
 
     def __init__(self, model: RewardEnsemble, config: RewardModelConfig) -> None:
-        if config.n_members != model.n_members or config.hidden_sizes != model.hidden_sizes:
+        same_members = model.member_factory is not None or config.hidden_sizes == model.hidden_sizes
+        if config.n_members != model.n_members or not same_members:
             raise ValueError(
                 f"config says n_members={config.n_members}, hidden_sizes={config.hidden_sizes} but the "
                 f"model has n_members={model.n_members}, hidden_sizes={model.hidden_sizes}; build the "
@@ -586,8 +635,7 @@ class RewardTrainer:
         real = mask > 0
         if real.sum() < 2:
             return
-        features = self.model.raw_features(obs[real], actions[real]).astype(np.float64)
-        self.model.set_input_normalization(features.mean(0), features.std(0))
+        self.model.fit_input_normalization(obs[real], actions[real])
 
     def _encode(
         self, pairs: Sequence[LabeledPair], targets: np.ndarray

@@ -228,7 +228,7 @@ def test_a_database_password_reaches_no_file_export_page_or_log(
 
         values = [v for (v,) in conn.execute(select(run_meta_table.c.value))]
     assert values and not any(password in v for v in values), "password in the store's run meta"
-    from prefloop.apps.dashboard import export_zip
+    from prefloop.apps.export_download import export_zip
 
     with zipfile.ZipFile(io.BytesIO(export_zip(url, RUN))) as archive:
         assert not any(secret in archive.read(name) for name in archive.namelist()), "password in the download"
@@ -448,10 +448,10 @@ def test_a_locked_store_is_reported_as_locked_not_damaged(
     unfinished_run: tuple[Path, dict[str, str]], backend: str, pg_database: str, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, cli: Cli,
 ) -> None:
-    from prefloop import store as store_module
+    from prefloop.store import engine as store_engine  # where the timeout is read
 
     run, _env = unfinished_run
-    monkeypatch.setattr(store_module, "SQLITE_BUSY_TIMEOUT_S", 0.5)  # SQLite busy_timeout, PostgreSQL lock_timeout
+    monkeypatch.setattr(store_engine, "SQLITE_BUSY_TIMEOUT_S", 0.5)  # SQLite busy_timeout, PostgreSQL lock_timeout
     target = str(run / "prefs.sqlite") if backend == "sqlite" else pg_database
     holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDERS[backend], target], stdout=subprocess.PIPE, text=True)
     try:

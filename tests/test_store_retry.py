@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 from test_store import make_pairs
 
-from prefloop import store as store_module
+from prefloop.store import queue as store_queue  # claim_next's module: its retry pause
 from prefloop.store import CLAIM_ATTEMPTS, PreferenceStore, is_retryable_conflict
 
 
@@ -27,7 +27,7 @@ def pg_failure(**code: str) -> OperationalError:
 @pytest.fixture
 def no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     slept: list[float] = []
-    monkeypatch.setattr(store_module.time, "sleep", slept.append)
+    monkeypatch.setattr(store_queue.time, "sleep", slept.append)
     return slept
 
 

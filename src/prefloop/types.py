@@ -47,7 +47,8 @@ class Segment:
     padded: a segment lies wholly inside the steps that really happened.
 
     Attributes:
-        obs: ``(L, *obs_shape)`` float32, the observation each action was taken in.
+        obs: ``(L, *obs_shape)`` float32, the observation each action was taken in; uint8 for
+            image observations (kept as the env gives them, 4x smaller).
         actions: ``(L, *act_shape)``; float32 for Box action spaces, int64 ``(L,)`` for Discrete.
         true_rewards: ``(L,)`` float32, the environment's reward (metrics and simulated teachers only).
         n_valid: number of real steps; ``n_valid < L`` only when ``terminated``.

@@ -18,6 +18,8 @@ from prefloop.datasets import (
     store_of_run_dir,
 )
 
+EXPORT_FORMATS = ("jsonl", "parquet", "minari")
+
 
 def _target(args: argparse.Namespace, *, create: bool) -> tuple[str, str]:
     if args.run_dir is None:
@@ -38,21 +40,45 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``prefloop export`` to the CLI's subparsers; its ``func`` returns the exit code."""
     parser = subparsers.add_parser(
         "export",
-        help="write a run's segments, pairs and labels as a portable dataset folder (JSON + npz)",
+        help="write a run's segments, pairs and labels as a portable dataset folder (JSON + npz, or Parquet), "
+        "or its episodes as a Minari dataset",
         description="Export a run's preferences as an open, pickle-free dataset folder.",
     )
     parser.add_argument("--run-dir", type=Path, default=None, help="the run folder to export")
     parser.add_argument("--db-url", default=None, help="the store's SQLAlchemy URL (default: the run folder's)")
     parser.add_argument("--run-name", default=None, help="the run in the store (default: the run folder's)")
-    parser.add_argument("--out", type=Path, required=True, help="the dataset folder to write (new or empty)")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl",
+                        help="jsonl: JSON Lines + npz (default); parquet: Parquet tables for pandas and Hugging "
+                        "Face datasets; minari: the episodes as a Minari dataset (parquet and minari need "
+                        "pip install 'prefloop[data]')")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the dataset folder to write (new or empty); jsonl and parquet only")
+    parser.add_argument("--dataset-id", default=None,
+                        help="minari only: the Minari dataset id (default prefloop/<run name>-v0), written "
+                        "where Minari keeps datasets (MINARI_DATASETS_PATH, else ~/.minari/datasets)")
     parser.add_argument("--no-retracted", action="store_true", help="leave out retracted labels")
     parser.set_defaults(func=cmd_export)
     return parser
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "minari":
+        if args.out is not None:
+            raise DatasetError("--out is for --format jsonl or parquet; a Minari dataset is named by --dataset-id")
+        url, run_name = _target(args, create=False)
+        from prefloop.datasets.episodes import export_minari  # needs minari
+
+        minari_summary = export_minari(url, run_name, args.dataset_id)
+        print(f"exported run {run_name!r} as Minari dataset {minari_summary.dataset_id!r} "
+              f"({minari_summary.path}): {minari_summary.to_text()}")
+        sys.stdout.flush()
+        return 0
+    if args.out is None:
+        raise DatasetError(f"prefloop export --format {args.format} needs --out FOLDER, the dataset folder to write")
+    if args.dataset_id is not None:
+        raise DatasetError("--dataset-id is for --format minari")
     url, run_name = _target(args, create=False)
-    summary = export_dataset(url, run_name, args.out, include_retracted=not args.no_retracted)
+    summary = export_dataset(url, run_name, args.out, include_retracted=not args.no_retracted, layout=args.format)
     print(f"exported run {run_name!r} to {summary.path}: {summary.to_text()}")
     sys.stdout.flush()
     return 0
@@ -63,7 +89,7 @@ def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "import",
         help="load an exported preference dataset into a new run of a store",
-        description="Import a dataset folder written by `prefloop export` into a run without pairs.",
+        description="Import a dataset folder written by `prefloop export` (JSON Lines or Parquet) into a run without pairs.",
     )
     parser.add_argument("--in", dest="in_dir", type=Path, required=True,
                         help="the dataset folder, or its zip (the dashboard's download)")

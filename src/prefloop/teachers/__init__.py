@@ -1,6 +1,7 @@
 """Teachers: who answers a pair of segments.
 
-- :mod:`~prefloop.teachers.simulated`: the :class:`Teacher` protocol and B-Pref's simulated teachers.
+- :mod:`~prefloop.teachers.base`: the :class:`Teacher` protocol every teacher satisfies.
+- :mod:`~prefloop.teachers.simulated`: B-Pref's simulated teachers.
 - :mod:`~prefloop.teachers.crowd`: a crowd of simulated raters with different reliabilities.
 - :mod:`~prefloop.teachers.fitted`: teacher parameters fitted to a real rater's labels.
 - :mod:`~prefloop.teachers.recorded`: the replay of an exported run's labels.
@@ -12,12 +13,12 @@ Modules in this package import each other by their own names (``prefloop.teacher
 never through this package, so that importing one teacher does not import them all.
 """
 
+from prefloop.teachers.base import Teacher
 from prefloop.teachers.simulated import (
     HUMAN_TEACHER,
     RECORDED_PREFIX,
     TEACHER_PRESETS,
     SimulatedTeacher,
-    Teacher,
     TeacherConfig,
     TeacherConfigError,
     make_teacher,

@@ -20,7 +20,8 @@ import threading
 import numpy as np
 
 from prefloop.store import LeaseError, PreferenceStore
-from prefloop.teachers.simulated import Teacher
+from prefloop.teachers.base import Teacher
+from prefloop.types import Choice, Segment
 
 log = logging.getLogger("prefloop")
 
@@ -53,6 +54,15 @@ class ClockRater:
         self._thread = threading.Thread(target=self._run, name=f"clock-rater-{teacher.rater_id}", daemon=True)
         self.answered = 0
         self.error: BaseException | None = None
+
+    @property
+    def rater_id(self) -> str:
+        """The answering teacher's id: a clock rater is a :class:`~prefloop.teachers.base.Teacher` too."""
+        return self.teacher.rater_id
+
+    def compare(self, left: Segment, right: Segment) -> Choice:
+        """The teacher's answer at once, without the clock (the store path is :meth:`start`)."""
+        return self.teacher.compare(left, right)
 
     def response_time(self) -> float:
         """The seconds the next answer takes."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from prefloop.store import PreferenceStore
-from prefloop.teachers.simulated import Teacher
+from prefloop.teachers.base import Teacher
 
 
 def answer_pending(store: PreferenceStore, teacher: Teacher, limit: int | None = None) -> int:

@@ -1,8 +1,8 @@
-"""Who answers "which segment is better?": the Teacher interface and B-Pref's simulated teachers.
+"""B-Pref's simulated teachers (the :class:`~prefloop.teachers.base.Teacher` protocol is in
+:mod:`prefloop.teachers.base`, re-exported here).
 
-A teacher is anything with a ``rater_id`` and a ``compare(left, right) -> Choice`` method; the human
-rater app implements the same interface. :class:`SimulatedTeacher` answers from the environment's
-true rewards, with the irrationalities of B-Pref (Lee et al. 2021, "B-Pref: Benchmarking
+A teacher is anything with a ``rater_id`` and a ``compare(left, right) -> Choice`` method.
+:class:`SimulatedTeacher` answers from the environment's true rewards, with the irrationalities of B-Pref (Lee et al. 2021, "B-Pref: Benchmarking
 Preference-Based Reinforcement Learning"), applied in B-Pref's order:
 
 1. skip: ``max(R_left, R_right) < skip_threshold * return_scale`` -> ``CANT_TELL`` (B-Pref's
@@ -24,10 +24,10 @@ import difflib
 import math
 import numbers
 from dataclasses import dataclass, fields, replace
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from prefloop.teachers.base import Teacher
 from prefloop.types import Choice, Segment
 
 # Not simulated: people answering in the rater app; and the replay of an exported run's labels.
@@ -47,17 +47,6 @@ __all__ = [
     "parse_teacher_spec",
     "teacher_spec",
 ]
-
-
-@runtime_checkable
-class Teacher(Protocol):
-    """Anything that labels pairs: simulated teachers here, the human rater app elsewhere."""
-
-    rater_id: str
-
-    def compare(self, left: Segment, right: Segment) -> Choice:
-        """Return which of two segments is better (or EQUAL / CANT_TELL)."""
-        ...
 
 
 class TeacherConfigError(ValueError):

@@ -13,7 +13,8 @@ import re
 
 from prefloop.teachers.crowd import CROWD_PREFIX, make_crowd_teacher, parse_crowd_spec
 from prefloop.teachers.fitted import FITTED_PREFIX, make_fitted_teacher
-from prefloop.teachers.simulated import Teacher, TeacherConfigError, make_teacher
+from prefloop.teachers.base import Teacher
+from prefloop.teachers.simulated import TeacherConfigError, make_teacher
 from prefloop.teachers.simulated import parse_teacher_spec as parse_preset_spec
 
 __all__ = ["build_simulated_teacher", "folder_name", "parse_teacher_spec"]

@@ -16,10 +16,14 @@ from gymnasium import spaces
 from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
 from prefloop.envs.learned_reward import RewardFunction
+from prefloop.import_paths import ImportPathError, describe, is_import_path
+from prefloop.import_paths import load as load_import_path
+from prefloop.structured_obs import batch_as_array
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
     "ppo": PPO,
@@ -38,19 +42,68 @@ class AlgorithmError(ValueError):
     """The algorithm name or its hyper-parameters cannot be used; the message says how to fix it."""
 
 
-def algorithm_class(name: str) -> type[BaseAlgorithm]:
+def algorithm_class(name: str | type) -> type[BaseAlgorithm]:
+    """The algorithm class of a name (``"ppo"``), an import path (``"sb3_contrib:TRPO"``) or a class
+    (any :class:`~stable_baselines3.common.base_class.BaseAlgorithm` subclass, e.g. sb3-contrib's).
+
+    Raises:
+        AlgorithmError: unknown name, a path that does not import, or not an SB3 algorithm class.
+    """
+    if isinstance(name, str) and is_import_path(name):
+        try:
+            cls = load_import_path(name, "algorithm")
+        except ImportPathError as exc:
+            hint = " (pip install 'prefloop[contrib]')" if name.startswith("sb3_contrib") else ""
+            raise AlgorithmError(f"{exc}{hint}") from None
+        name = cls
+    if not isinstance(name, str):
+        if not (isinstance(name, type) and issubclass(name, BaseAlgorithm)):
+            raise AlgorithmError(
+                f"algo {name!r} is not a stable-baselines3 algorithm class (a subclass of BaseAlgorithm, "
+                "e.g. sb3_contrib.TRPO)"
+            )
+        return name
     try:
         return ALGORITHMS[name.lower()]
     except KeyError:
         close = difflib.get_close_matches(name.lower(), ALGORITHMS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise AlgorithmError(
-            f"Unknown algorithm {name!r}.{hint} Choose one of: {', '.join(ALGORITHMS)}."
+            f"Unknown algorithm {name!r}.{hint} Choose one of: {', '.join(ALGORITHMS)}, or an "
+            "algorithm class by its import path such as sb3_contrib:TRPO."
         ) from None
 
 
-def check_algorithm_fits(name: str, action_space: spaces.Space, env_id: str) -> None:
+def algorithm_name(algo: str | type) -> str:
+    """How logs and plot titles name an algorithm: ``PPO``, ``TRPO``."""
+    return algo.upper() if isinstance(algo, str) and not is_import_path(algo) else algorithm_class(algo).__name__
+
+
+def is_off_policy_class(cls: type[BaseAlgorithm]) -> bool:
+    return issubclass(cls, OffPolicyAlgorithm)
+
+
+def policy_for(policy: str | type | None, observation_space: spaces.Space | None = None) -> str | type:
+    """The policy argument of an SB3 algorithm: a name (``"MlpPolicy"``), a class, or a class by
+    its import path; None is :func:`default_policy` (``"MlpPolicy"`` without a space)."""
+    if policy is None:
+        return "MlpPolicy" if observation_space is None else default_policy(observation_space)
+    if isinstance(policy, str) and is_import_path(policy):
+        try:
+            return load_import_path(policy, "policy")
+        except ImportPathError as exc:
+            raise AlgorithmError(str(exc)) from None
+    return policy
+
+
+def check_algorithm_fits(name: str | type, action_space: spaces.Space, env_id: str) -> None:
     """Raise :class:`AlgorithmError` when the algorithm cannot act in this action space."""
+    if not isinstance(name, str) or is_import_path(name):
+        cls = algorithm_class(name)
+        supported = getattr(cls, "supported_action_spaces", None)  # set by some classes; SB3 checks in __init__
+        if supported and not isinstance(action_space, tuple(supported)):
+            raise AlgorithmError(f"{cls.__name__} cannot act in {env_id}'s action space {action_space}. Try --algo ppo.")
+        return
     name = name.lower()
     if name in _DISCRETE_ONLY and not isinstance(action_space, spaces.Discrete):
         raise AlgorithmError(f"{name.upper()} needs a Discrete action space; {env_id} has {action_space}. Try --algo ppo.")
@@ -70,22 +123,25 @@ def resolve_schedules(hyperparameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_algorithm(
-    name: str,
+    name: str | type,
     env: VecEnv,
     hyperparameters: dict[str, Any],
     *,
     seed: int,
     tensorboard_dir: Path | None,
+    policy: str | type | None = None,
 ) -> BaseAlgorithm:
-    """Build SB3 algorithm ``name`` with an MLP policy on ``env``.
+    """Build SB3 algorithm ``name`` (a name, class or import path, see :func:`algorithm_class`)
+    on ``env`` with ``policy`` (None: :func:`default_policy` of the env's observations).
 
     Raises:
         AlgorithmError: unknown algorithm, wrong action space, or hyper-parameters it rejects.
     """
     cls = algorithm_class(name)
+    label = algorithm_name(name)
     try:
         return cls(
-            "MlpPolicy",
+            policy_for(policy, env.observation_space),
             env,
             seed=seed,
             verbose=0,
@@ -93,7 +149,19 @@ def make_algorithm(
             **resolve_schedules(hyperparameters),
         )
     except TypeError as exc:
-        raise AlgorithmError(f"{name.upper()} rejected its hyper-parameters {sorted(hyperparameters)}: {exc}") from exc
+        raise AlgorithmError(f"{label} rejected its hyper-parameters {sorted(hyperparameters)}: {exc}") from exc
+    except (AssertionError, ValueError, KeyError) as exc:  # SB3's checks of spaces and policy names
+        raise AlgorithmError(f"{label} cannot be built on this env with policy {describe(policy) if policy is not None and not isinstance(policy, str) else policy or default_policy(env.observation_space)}: {exc}") from exc
+
+
+def default_policy(observation_space: spaces.Space) -> str:
+    """``"MultiInputPolicy"`` for a Dict (Tuple and nested Dict observations reach SB3 as a flat
+    Dict, see ``prefloop.envs.structured``); ``"CnnPolicy"`` (SB3's Nature-DQN torso, pixels
+    scaled by 1/255) for image observations -- uint8 ``(C, H, W)`` or ``(H, W, C)`` with bounds
+    0..255, as SB3 detects them; else ``"MlpPolicy"``."""
+    if isinstance(observation_space, spaces.Dict):
+        return "MultiInputPolicy"
+    return "CnnPolicy" if is_image_space(observation_space, check_channels=False) else "MlpPolicy"
 
 
 def is_off_policy(model: BaseAlgorithm) -> bool:
@@ -113,7 +181,12 @@ def relabel_replay_buffer(model: BaseAlgorithm, reward_fn: RewardFunction, chunk
     if filled == 0:
         return 0
     n_envs = buffer.n_envs
-    obs = buffer.observations[:filled].reshape(filled * n_envs, *buffer.obs_shape)
+    if isinstance(buffer.observations, dict):  # DictReplayBuffer: flat vectors, as the reward model reads
+        obs = batch_as_array(model.observation_space)(
+            {key: value[:filled].reshape(filled * n_envs, *buffer.obs_shape[key]) for key, value in buffer.observations.items()}
+        )
+    else:
+        obs = buffer.observations[:filled].reshape(filled * n_envs, *buffer.obs_shape)
     actions = buffer.actions[:filled].reshape(filled * n_envs, buffer.action_dim)
     if isinstance(model.action_space, spaces.Box):
         # SB3 stores Box actions squashed to [-1, 1]; the reward model saw env actions.

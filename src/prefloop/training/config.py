@@ -11,6 +11,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,11 @@ from prefloop.config_files import read_json as _read_json
 from prefloop.config_files import short as _short
 from prefloop.credentials import scrub_config
 from prefloop.envs.presets import default_preset
+from prefloop.import_paths import OBJECT_PREFIX, ImportPathError, describe, is_import_path
+from prefloop.import_paths import load as load_import_path
 from prefloop.reward_models import RewardModelConfig
 from prefloop.serialization import strict_json
+from prefloop.teachers.base import Teacher
 from prefloop.teachers.crowd import CROWD_PREFIX, parse_crowd_spec
 from prefloop.teachers.simulated import HUMAN_TEACHER, RECORDED_PREFIX
 from prefloop.training.query import QueryConfig
@@ -38,14 +42,26 @@ class TrainConfig:
     """One preference-learning run (or, with ``reward_source="true"``, its true-reward baseline).
 
     Attributes:
-        env_id: Gymnasium id.
+        env_id: Gymnasium id; with ``env_factory``, the env's name (any one line, e.g. ``"Maze"``).
+        env_factory: your own env instead of ``gymnasium.make(env_id)``: a callable taking
+            ``render_mode=None`` (``"rgb_array"`` for clips) and ``env_kwargs`` and returning a
+            ``gymnasium.Env`` -- an unregistered env, or a registered one in your wrappers. Also
+            its import path ``"package.module:make_env"``; config.json records it that way (the
+            clip worker and ``--resume`` import it again when it is a top-level function of an
+            importable module). See docs/extending.md.
         run_dir: the run folder (store, checkpoints, TensorBoard logs, summary, plots).
-        teacher: ``human`` (raters in the app) or a simulated teacher preset (``oracle``,
-            ``stochastic``, ``myopic``, ``mistake``, ``skip``, ``equal``).
+        teacher: ``human`` (raters in the app), a simulated teacher preset (``oracle``,
+            ``stochastic``, ``myopic``, ``mistake``, ``skip``, ``equal``), a ``crowd:``,
+            ``fitted:`` or ``recorded:`` spec, or your own object satisfying
+            :class:`prefloop.teachers.base.Teacher` (config.json records it as
+            ``"object:module:Class"``; a resumed run must be given the object again).
         teacher_params: overrides of the preset, e.g. ``{"beta": 0.5}``.
         labels: label budget of the whole run.
         steps: env steps of the whole run (None: the preset's).
-        algo: SB3 algorithm name (None: the preset's).
+        algo: SB3 algorithm name (None: the preset's), or any SB3-compatible algorithm class
+            (``sb3_contrib.TRPO``) or its import path (``"sb3_contrib:TRPO"``).
+        policy: the algorithm's policy: a name (``"MlpPolicy"``), a policy class or its import
+            path (None: ``"MlpPolicy"``); its options go in ``algo_kwargs["policy_kwargs"]``.
         algo_kwargs: hyper-parameters on top of the preset's for this algorithm.
         n_envs: parallel envs (None: the preset's).
         segment_length: steps per segment (None: the preset's).
@@ -80,11 +96,12 @@ class TrainConfig:
 
     env_id: str
     run_dir: Path
-    teacher: str = "oracle"
+    teacher: str | Teacher = "oracle"
     teacher_params: dict[str, float] = field(default_factory=dict)
     labels: int = 200
     steps: int | None = None
-    algo: str | None = None
+    algo: str | type | None = None
+    policy: str | type | None = None
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
     n_envs: int | None = None
     segment_length: int | None = None
@@ -109,8 +126,15 @@ class TrainConfig:
     answer_seconds: float = 0.0
     answer_seconds_sigma: float = 0.0
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    env_factory: Callable[..., Any] | str | None = None
 
     def __post_init__(self) -> None:
+        _check(isinstance(self.teacher, str) or isinstance(self.teacher, Teacher), "teacher", self.teacher,
+               "a teacher name such as 'oracle' or an object with rater_id and compare(left, right) -> Choice "
+               "(prefloop.teachers.base.Teacher)")
+        _check_user_object(self.env_factory, "env_factory", "a function returning a gymnasium.Env, or its import path module:function")
+        _check_user_object(self.algo, "algo", "an algorithm name such as 'ppo', an SB3 algorithm class, or its import path sb3_contrib:TRPO", names=True)
+        _check_user_object(self.policy, "policy", "a policy name such as 'MlpPolicy', a policy class, or its import path", names=True)
         _check(_is_one_line(self.env_id, 200) and bool(self.env_id.strip()), "env_id", self.env_id,
                "a Gymnasium id such as 'CartPole-v1' (at most 200 characters)")
         _check(self.labels >= 0, "labels", self.labels, "an integer >= 0")
@@ -127,7 +151,7 @@ class TrainConfig:
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 3600, name, value,
                    "a number of seconds in [0, 3600]")
-        _check(self.answer_seconds == 0 or (self.teacher != "human" and not self.teacher.startswith("recorded:")),
+        _check(self.answer_seconds == 0 or (self.teacher != HUMAN_TEACHER and not str(self.teacher).startswith(RECORDED_PREFIX)),
                "answer_seconds", self.answer_seconds, "0 unless the teacher is simulated (people take their own time)")
         _check(self.min_initial_labels >= 1, "min_initial_labels", self.min_initial_labels, "an integer >= 1")
         _check(0.0 <= self.gold_fraction < 1.0, "gold_fraction", self.gold_fraction, "a number in [0, 1)")
@@ -146,19 +170,19 @@ class TrainConfig:
     def _check_fits_teacher(self) -> None:
         """Refuse settings the run's teacher or query method would silently ignore."""
         human = self.teacher == HUMAN_TEACHER
-        simulated = not human and not self.teacher.startswith(RECORDED_PREFIX)
+        simulated = isinstance(self.teacher, str) and not human and not self.teacher.startswith((RECORDED_PREFIX, OBJECT_PREFIX))
         raters = _simulated_raters(self.teacher)
         if self.raters_per_pair > 1 and not human and raters < self.raters_per_pair:
             raise ConfigError(
                 f"raters_per_pair {self.raters_per_pair} needs that many raters per pair: human raters "
                 f"(teacher 'human') or a crowd of at least {self.raters_per_pair} (crowd:...); the "
-                f"{_short(self.teacher, 40)} teacher has {raters}, so pairs would wait for ever; leave "
+                f"{_short(self.teacher_name, 40)} teacher has {raters}, so pairs would wait for ever; leave "
                 "--raters-per-pair out"
             )
         if self.teacher_params and not simulated:
             raise ConfigError(
                 f"teacher parameters ({', '.join(sorted(map(str, self.teacher_params)))}) apply to simulated "
-                f"teachers only; the {_short(self.teacher, 40)} teacher has none: leave --teacher-param out"
+                f"teachers only; the {_short(self.teacher_name, 40)} teacher has none: leave --teacher-param out"
             )
         if self.query.method == "disagreement" and self.reward_model.n_members < 2:
             raise ConfigError(
@@ -167,10 +191,18 @@ class TrainConfig:
                 "--ensemble 2 or more (default 3), or --query entropy / uniform"
             )
 
+    @property
+    def teacher_name(self) -> str:
+        """The teacher as config.json names it: its spec, or ``"object:module:Class"`` for an object."""
+        return self.teacher if isinstance(self.teacher, str) else describe(self.teacher)
+
     def resolve(self) -> "TrainConfig":
         """A copy with every ``None`` filled from the env preset, and the preset's hyper-parameters merged."""
         preset = default_preset(self.env_id)
-        algo = (self.algo or preset.algo).lower()
+        algo = self.algo or preset.algo
+        named = isinstance(algo, str) and not is_import_path(algo)
+        if named:
+            algo = algo.lower()  # type: ignore[union-attr]
         return dataclasses.replace(
             self,
             run_dir=Path(self.run_dir),
@@ -182,17 +214,59 @@ class TrainConfig:
             ),
             algo=algo,
             steps=self.steps if self.steps is not None else preset.total_steps,
-            n_envs=self.n_envs if self.n_envs is not None else preset.envs_for(algo),
+            n_envs=self.n_envs if self.n_envs is not None else (preset.envs_for(algo) if named else _envs_for_class(algo)),
             segment_length=self.segment_length if self.segment_length is not None else preset.segment_length,
-            algo_kwargs={**preset.hyperparameters(algo), **self.algo_kwargs},
+            algo_kwargs={**(preset.hyperparameters(algo) if named else {}), **self.algo_kwargs},
             env_kwargs={**preset.env_kwargs, **self.env_kwargs},
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The config as JSON values, ``db_url`` without its password (this goes into files)."""
-        data = dataclasses.asdict(self)
+        """The config as JSON values, ``db_url`` without its password (this goes into files).
+
+        Python objects (a teacher, a query rule, factories, an algorithm class) are written as
+        their names (:func:`prefloop.import_paths.describe`)."""
+        data = dataclasses.asdict(self.described())
         data["run_dir"] = str(self.run_dir)
         return scrub_config(data)
+
+    def described(self) -> "TrainConfig":
+        """A copy with every Python object replaced by its name (what config.json holds)."""
+        values: dict[str, Any] = {}
+        for path in USER_OBJECT_FIELDS:
+            value = _get(self, path)
+            if value is not None and not isinstance(value, str):
+                values[".".join(path)] = describe(value)
+        return _with_values(self, values) if values else self
+
+    def with_objects_of(self, given: "TrainConfig") -> "TrainConfig":
+        """This config (read from a run's config.json) with the Python objects of ``given`` put back
+        where config.json holds their names: how a resumed run gets its teacher, query rule,
+        factories and classes again. Names that do not match are left as they are."""
+        values: dict[str, Any] = {}
+        for path in USER_OBJECT_FIELDS:
+            recorded, object_ = _get(self, path), _get(given, path)
+            if isinstance(recorded, str) and object_ is not None and not isinstance(object_, str) and describe(object_) == recorded:
+                values[".".join(path)] = object_
+        return _with_values(self, values) if values else self
+
+    def check_objects(self) -> None:
+        """Raise :class:`ConfigError` (one line) when config.json names a Python object that cannot
+        be rebuilt from its name (an instance, or a function defined in a script): ``--resume``
+        cannot continue such a run; Python can, given the object again."""
+        for path in USER_OBJECT_FIELDS:
+            value = _get(self, path)
+            if not isinstance(value, str) or not (value.startswith(OBJECT_PREFIX) or is_import_path(value)):
+                continue
+            name = ".".join(path)
+            how = (f"resume it from Python with the same object: train(dataclasses.replace(TrainConfig.load(path), "
+                   f"{path[0]}=...), resume=True)")
+            if value.startswith(OBJECT_PREFIX):
+                raise ConfigError(f"the run's {name} was a Python object ({value[len(OBJECT_PREFIX):]}) that prefloop "
+                                  f"cannot rebuild from config.json; {how}")
+            try:
+                load_import_path(value, name)
+            except ImportPathError as exc:
+                raise ConfigError(f"{exc}; or {how}") from None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -223,11 +297,53 @@ class TrainConfig:
             raise ConfigError(f"{path}: {exc}; {hint}") from None
 
 
+# Where a TrainConfig may hold a user's Python object (written to config.json as its name).
+USER_OBJECT_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("teacher",), ("env_factory",), ("algo",), ("policy",), ("query", "method"), ("reward_model", "member_factory"),
+)
+
+
+def _get(config: Any, path: tuple[str, ...]) -> Any:
+    for name in path:
+        config = getattr(config, name)
+    return config
+
+
+def _with_values(config: Any, values: dict[str, Any]) -> Any:
+    """``config`` with dotted keys (``"query.method"``) replaced, nested dataclasses copied."""
+    direct = {k: v for k, v in values.items() if "." not in k}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        if "." in key:
+            head, rest = key.split(".", 1)
+            nested.setdefault(head, {})[rest] = value
+    for head, inner in nested.items():
+        direct[head] = _with_values(getattr(config, head), inner)
+    return dataclasses.replace(config, **direct)
+
+
+def _check_user_object(value: Any, name: str, allowed: str, *, names: bool = False) -> None:
+    """A field that takes a Python object: None, the object (callable), or a string (an import
+    path; with ``names``, any name)."""
+    if value is None or callable(value):
+        return
+    _check(isinstance(value, str) and (names or is_import_path(value)) and _is_one_line(value, 300) and bool(value.strip()),
+           name, value, allowed)
+
+
+def _envs_for_class(algo: Any) -> int:
+    """Parallel envs for an algorithm given as a class or import path: 1 off-policy, 4 on-policy
+    (as the presets do for SB3's own)."""
+    from prefloop.training.algos import algorithm_class, is_off_policy_class
+
+    return 1 if is_off_policy_class(algorithm_class(algo)) else 4
+
+
 # What makes a run the run it is: a config.json that differs from the run's own record in one of
 # these (an edited file, a file from another run) cannot continue it.
 RUN_IDENTITY_KEYS = (
     "env_id", "env_kwargs", "run_name", "algo", "algo_kwargs", "seed", "n_envs", "segment_length",
-    "reward_source", "teacher", "teacher_params", "labels", "steps", "raters_per_pair",
+    "reward_source", "teacher", "teacher_params", "env_factory", "policy", "labels", "steps", "raters_per_pair",
     "unsupervised_steps", "query", "reward_model", "schedule",
 )
 
@@ -247,9 +363,12 @@ def config_differences(recorded: Any, current: dict[str, Any]) -> list[str]:
     ]
 
 
-def _simulated_raters(teacher: str) -> int:
+def _simulated_raters(teacher: str | Teacher) -> int:
     """How many simulated raters a teacher spec stands for: a crowd's members, else 1 (0: none
-    simulated, e.g. a malformed crowd spec, which the teacher check reports itself)."""
+    simulated, e.g. a malformed crowd spec, which the teacher check reports itself); a teacher
+    object's ``members`` if it has them, else 1."""
+    if not isinstance(teacher, str):
+        return len(getattr(teacher, "members", None) or [teacher])
     if not teacher.startswith(CROWD_PREFIX):
         return 1
     try:
@@ -302,6 +421,8 @@ def _json_value(value: Any, annotation: Any, key: str) -> Any:
         options = [a for a in args if a is not type(None)]
         if len(options) == 1:
             return _json_value(value, options[0], key)
+        if str in options and isinstance(value, str):  # a name, or a Python object's (import_paths)
+            return value
     elif annotation is bool:
         if isinstance(value, bool):
             return value

@@ -20,9 +20,11 @@ from prefloop.reward_models import RewardEnsemble, RewardTrainer
 from prefloop.serialization import strict_json
 from prefloop.store import PreferenceStore
 from prefloop.teachers.labeling import answer_pending
-from prefloop.teachers.simulated import HUMAN_TEACHER, Teacher
+from prefloop.teachers.base import Teacher
+from prefloop.teachers.simulated import HUMAN_TEACHER
 from prefloop.training.config import TrainConfig
-from prefloop.training.query import NotEnoughSegmentsError, QueryRule, select_pairs
+from prefloop.training.query import NotEnoughSegmentsError, QueryRule
+from prefloop.training.query import query_rule as make_query_rule
 from prefloop.training.reward_scale import normalize_on_reference
 from prefloop.training.schedule import label_rounds
 from prefloop.training.semi_supervised import pseudo_labels
@@ -53,7 +55,8 @@ class PreferenceLearner:
         self.trainer = RewardTrainer(reward_model, config.reward_model)
         self.buffer = buffer
         self.teacher = teacher
-        self.query_rule = query_rule
+        # One path for every rule: a named method is a MethodRule, a user's rule is called as it is.
+        self.query_rule: QueryRule = query_rule if query_rule is not None else make_query_rule(config.query)
         self._rng = np.random.default_rng([config.seed, 7])
         self.fit_history: list[dict[str, float]] = []
         self._flagged_raters: list[str] = []
@@ -87,7 +90,8 @@ class PreferenceLearner:
         self.ask(target_pairs, env_step)
         if recent_returns is not None and recent_returns[1] > 0:
             mean_return, mean_length = recent_returns
-            self.teacher.set_return_scale(mean_return * self.config.segment_length / mean_length)
+            if hasattr(self.teacher, "set_return_scale"):  # optional in the Teacher protocol
+                self.teacher.set_return_scale(mean_return * self.config.segment_length / mean_length)
         answer_pending(self.store, self.teacher)
         stats = self.fit(env_step)
         self.time_s += time.perf_counter() - started
@@ -103,10 +107,7 @@ class PreferenceLearner:
         # Until the first fit the ensemble is untrained: its scores would only add noise to the choice.
         probs = self.reward_model.preference_probs if self.fit_history else None
         try:
-            if self.query_rule is not None:
-                pairs = self.query_rule(candidates, new_pairs - n_gold, self._rng, probs)
-            else:
-                pairs = select_pairs(candidates, new_pairs - n_gold, self.config.query, self._rng, preference_probs=probs)
+            pairs = self.query_rule(candidates, new_pairs - n_gold, self._rng, probs)
         except NotEnoughSegmentsError as exc:
             raise NotEnoughSegmentsError(
                 f"label round at env step {env_step} asks for {new_pairs} new pairs but only "

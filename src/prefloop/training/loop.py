@@ -29,9 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
@@ -45,13 +43,16 @@ from prefloop.envs import (
     make_env,
 )
 from prefloop.plots import plot_learning_curve
-from prefloop.reward_models import RewardEnsemble, load_reward_model
+from prefloop.reward_models import build_reward_model, load_reward_model
+from prefloop.reward_models.training import member_factory_of
 from prefloop.store import PreferenceStore, check_store_url, sqlite_url
 from prefloop.teachers.clock import ClockRater
-from prefloop.teachers.simulated import HUMAN_TEACHER, RECORDED_PREFIX, Teacher
+from prefloop.teachers.base import Teacher
+from prefloop.teachers.simulated import HUMAN_TEACHER, RECORDED_PREFIX
 from prefloop.teachers.specs import build_simulated_teacher
 from prefloop.training.algos import (
     algorithm_class,
+    algorithm_name,
     check_algorithm_fits,
     is_off_policy,
     make_algorithm,
@@ -67,6 +68,7 @@ from prefloop.training.callbacks import (
 )
 from prefloop.training.checkpoints import CheckpointChoice, newest_usable_checkpoint
 from prefloop.training.config import ConfigError, TrainConfig, config_differences
+from prefloop.training.evaluation import evaluate, result_context
 from prefloop.training.exploration import StateEntropyReward, SwitchableReward
 from prefloop.training.human_time import human_time
 from prefloop.training.learner import PreferenceLearner
@@ -168,8 +170,8 @@ def train(
         resume: continue the run in ``config.run_dir`` from its newest checkpoint.
         on_ready: called with (run folder, store URL, run name) once the store exists and before
             the first labels are asked -- ``prefloop run`` starts the rater app there.
-        query_rule: your own pair selection (:class:`prefloop.training.query.QueryRule`) instead of
-            ``config.query``'s.
+        query_rule: your own pair selection (:class:`prefloop.training.query.QueryRule`): the same
+            as ``config.query.method=query_rule`` (the cleaner spelling, kept in the config).
 
     The run folder is locked for the whole call (:meth:`RunDir.owned`): a second trainer on
     it is refused with this one's PID. A simulated rater started for the run is stopped however
@@ -198,13 +200,19 @@ def _train(
 ) -> RunResult:
     started = time.perf_counter()
     cpu_started = time.process_time()
+    if query_rule is not None:
+        config = dataclasses.replace(config, query=dataclasses.replace(config.query, method=query_rule))
     given = config
-    config = (run_dir.load_config() if resume else config).resolve()
+    if resume:
+        # config.json names the run's Python objects; the caller's config gives them back.
+        config = run_dir.load_config().with_objects_of(given)
+        config.check_objects()
+    config = config.resolve()
     if resume:
         config = with_given_password(config, given.db_url)
     assert config.steps is not None and config.n_envs is not None and config.algo is not None
     torch.set_num_threads(config.torch_threads)
-    spec = EnvSpec(config.env_id, config.env_kwargs)
+    spec = EnvSpec(config.env_id, config.env_kwargs, factory=config.env_factory)
     venv = build_vec_env(spec, config.n_envs, config.seed)
     teacher = check_run_inputs(config, spec, venv)
     checkpoint: Path | None = None
@@ -224,13 +232,9 @@ def _train(
         buffer = SegmentBuffer(config.segment_buffer)
         recorder = VecSegmentRecorder(venv, buffer, config.segment_length, seed=config.seed)
         if checkpoint is not None:
-            reward_model = load_reward_model(checkpoint / "reward_model")
+            reward_model = load_reward_model(checkpoint / "reward_model", member_factory=member_factory_of(config.reward_model))
         else:
-            reward_model = RewardEnsemble(
-                venv.observation_space, venv.action_space,
-                n_members=config.reward_model.n_members, hidden_sizes=config.reward_model.hidden_sizes,
-                seed=config.seed,
-            )
+            reward_model = build_reward_model(venv.observation_space, venv.action_space, config.reward_model, seed=config.seed)
         policy_reward = SwitchableReward(reward_model)
         env = VecLearnedReward(recorder, policy_reward)
         store_url = config.db_url or sqlite_url(run_dir.store_path)
@@ -246,7 +250,7 @@ def _train(
                 for i, member in enumerate(members)
             ]
             teacher = None
-        learner = PreferenceLearner(config, store, reward_model, buffer, teacher, query_rule)
+        learner = PreferenceLearner(config, store, reward_model, buffer, teacher)
         initial_steps = initial_random_steps(config)
         if on_ready is not None:
             on_ready(run_dir, store_url, config.run_name or "default")
@@ -269,7 +273,8 @@ def _train(
             learner.time_s = float(saved.get("reward_learning_time_s", 0.0))
         log.info("resuming %s at env step %d", run_dir.path, saved["env_step"])
     else:
-        model = make_algorithm(config.algo, env, config.algo_kwargs, seed=config.seed, tensorboard_dir=run_dir.tensorboard_dir)
+        model = make_algorithm(config.algo, env, config.algo_kwargs, seed=config.seed,
+                               tensorboard_dir=run_dir.tensorboard_dir, policy=config.policy)
 
     rounds: list[LabelRound] = []
     if learner is not None:
@@ -307,7 +312,7 @@ def _train(
     if final_step != config.steps:
         log.warning("ran %d env steps for steps=%d: %s learns in whole rollouts (or training blocks) of its %d "
                     "parallel envs and finishes the one it is in; label rounds are asked at their ends",
-                    final_step, config.steps, str(config.algo).upper(), config.n_envs)
+                    final_step, config.steps, algorithm_name(config.algo), config.n_envs)
     state.checkpoint(model, learner, final_step)
     withdrawn = 0
     if learner is not None:
@@ -335,8 +340,8 @@ def _train(
     )
     run_dir.write_result(result.to_json())
     if curve:
-        title = f"{config.env_id} {str(config.algo).upper()} - " + (
-            f"{result.labels_used} {config.teacher} labels" if learner is not None else "true reward"
+        title = f"{config.env_id} {algorithm_name(config.algo)} - " + (
+            f"{result.labels_used} {config.teacher_name} labels" if learner is not None else "true reward"
         )
         plot_learning_curve(curve, run_dir.path / "learning_curve.png", title)
     env.close()
@@ -401,13 +406,16 @@ def set_aside_damaged(choice: CheckpointChoice) -> None:
 
 
 def check_run_inputs(config: TrainConfig, spec: EnvSpec, venv: VecEnv) -> Teacher | None:
-    """Refuse bad input before anything is written; returns the simulated teacher (None: humans)."""
+    """Refuse bad input before anything is written; returns the teacher that answers in this
+    process: simulated, recorded or the user's object (None: people in the rater app)."""
     assert config.algo is not None
     check_algorithm_fits(config.algo, venv.action_space, config.env_id)
     if config.reward_source != "preferences":
         return None
     if config.db_url:
         check_store_url(config.db_url)
+    if not isinstance(config.teacher, str):  # the user's own Teacher object
+        return config.teacher
     if config.teacher == HUMAN_TEACHER:
         check_can_render(spec)
         return None
@@ -453,49 +461,3 @@ def first_labels(
     learner.wait_for_raters(lambda c: c["labels"] >= needed, f"the policy starts training once {needed} labels are in", env_step, curve)
     learner.fit(env_step)
     learner.publish_progress("training", env_step, curve)
-
-
-def evaluate(model: BaseAlgorithm, spec: EnvSpec, episodes: int, seed: int) -> list[float]:
-    """Deterministic-policy returns on the true reward, one fresh env, ``episodes`` episodes."""
-    eval_env = DummyVecEnv([lambda: Monitor(make_env(spec, seed=seed))])
-    try:
-        returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
-    finally:
-        eval_env.close()
-    return [float(r) for r in returns]
-
-
-def result_context(eval_return: float, spec: EnvSpec, config: TrainConfig) -> dict[str, float]:
-    """A finished run's return for people (the rater app's last page), with what makes it
-    readable: a random policy's return on the same episodes' seeds and, when the env's Gymnasium
-    spec has one, its reward threshold ("solved")."""
-    import gymnasium as gym
-
-    context = {"eval_return_mean": eval_return,
-               "random_return_mean": float(np.mean(random_policy_returns(spec, config.eval_episodes, config.seed + 10_000)))}
-    try:
-        threshold = gym.spec(spec.env_id).reward_threshold
-    except gym.error.Error:
-        threshold = None
-    if threshold is not None:
-        context["reward_threshold"] = float(threshold)
-    return context
-
-
-def random_policy_returns(spec: EnvSpec, episodes: int, seed: int) -> list[float]:
-    """Returns of uniformly random actions: the 0 of the normalised return."""
-    env = make_env(spec, seed=seed)
-    env.action_space.seed(seed)
-    returns = []
-    try:
-        for _ in range(episodes):
-            env.reset()
-            total, done = 0.0, False
-            while not done:
-                _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-                total += float(reward)
-                done = terminated or truncated
-            returns.append(total)
-    finally:
-        env.close()
-    return returns

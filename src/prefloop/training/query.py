@@ -22,7 +22,12 @@ Two modifiers combine with any method (written ``method+qpa+surf`` in the CLI an
 Without a reward model yet (``preference_probs=None``: the first round, an untrained ensemble)
 every method falls back to uniform (``select_pairs(..., preference_probs=None)``); from the second
 round on the trained ensemble scores the candidates. ``disagreement`` needs at least two members
-(``TrainConfig`` refuses one). Users plug in their own rule through :class:`QueryRule`.
+(``TrainConfig`` refuses one).
+
+Users plug in their own rule: any :class:`QueryRule` (a function or an object with ``__call__``) as
+``QueryConfig(method=my_rule)``. The named methods are rules too (:class:`MethodRule`); the
+learner calls whichever :func:`query_rule` returns, so a user's rule and ``"kcenter"`` go through
+the same path.
 
 Pairs whose two clips a person could not tell apart (both episodes end in the first frames, or the
 same observations; see :mod:`prefloop.training.distinguishable`) are never candidates
@@ -34,20 +39,24 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from prefloop.import_paths import ImportPathError, is_import_path
+from prefloop.import_paths import load as load_import_path
 from prefloop.training.distinguishable import indistinguishable
 from prefloop.types import Segment, SegmentPair
 
 __all__ = [
     "QUERY_METHODS",
+    "MethodRule",
     "NotEnoughSegmentsError",
     "PreferenceProbs",
     "QueryConfig",
     "QueryConfigError",
     "QueryRule",
+    "query_rule",
     "select_pairs",
 ]
 
@@ -58,12 +67,15 @@ PreferenceProbs = Callable[[Sequence[Segment], Sequence[Segment]], np.ndarray]
 """``(lefts, rights) -> (n_members, n_pairs)`` array: each member's P(right better) per pair."""
 
 
+@runtime_checkable
 class QueryRule(Protocol):
-    """A user's own query selection: pass one to ``prefloop.training.loop.train(config, query_rule=...)``.
+    """Which pairs to ask: ``QueryConfig(method=rule)`` with a function or callable object.
 
     Called at every label round with the candidate segments (oldest first), how many pairs to
-    return, the run's random generator and the ensemble's preference probabilities (None before
-    the first fit). Must return ``n_pairs`` distinct pairs of distinct candidate segments.
+    return, the run's random generator (its only source of randomness, for reproducible runs) and
+    the ensemble's preference probabilities (``(lefts, rights) -> (n_members, n_pairs)`` array of
+    P(right better); None before the first fit). Must return ``n_pairs`` pairs
+    (:class:`prefloop.types.SegmentPair`) of distinct candidate segments, no pair twice.
     """
 
     def __call__(
@@ -88,7 +100,10 @@ class QueryConfig:
     """How pairs are chosen.
 
     Attributes:
-        method: one of :data:`QUERY_METHODS`.
+        method: one of :data:`QUERY_METHODS`, or your own :class:`QueryRule` (a function or
+            callable object; config.json records its import path, or ``"object:module:Class"``
+            for an instance, which a resumed run must be given again). The modifiers and
+            ``oversampling`` apply to the named methods only.
         oversampling: the active methods score ``oversampling * n_pairs`` candidate pairs (capped by
             how many distinct pairs exist); ``>= 1``. Ignored by ``uniform``.
         policy_aligned: QPA: draw candidates only from the newest ``policy_window`` segments.
@@ -98,7 +113,7 @@ class QueryConfig:
         skip_indistinguishable: never ask a pair whose clips a person could not tell apart.
     """
 
-    method: str = "disagreement"
+    method: str | QueryRule = "disagreement"
     oversampling: int = 10
     skip_indistinguishable: bool = True
     # Off by default: at 50 labels on Pendulum (docs/benchmarks.md) disagreement+qpa won seed 0
@@ -111,6 +126,10 @@ class QueryConfig:
     @property
     def spec(self) -> str:
         """``method[+qpa][+surf]``, the name used by the CLI and in benchmark tables."""
+        if not isinstance(self.method, str):
+            from prefloop.import_paths import describe
+
+            return describe(self.method)
         return "+".join([self.method] + [m for m, field_name in QUERY_MODIFIERS.items() if getattr(self, field_name)])
 
     @classmethod
@@ -128,9 +147,12 @@ class QueryConfig:
         return cls(method=method, **flags, **changes)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
-        if self.method not in QUERY_METHODS:
+        # A rule's name in config.json: an import path, or "object:module:Class" (an instance).
+        recorded_rule = isinstance(self.method, str) and (self.method.startswith("object:") or is_import_path(self.method))
+        if not (self.method in QUERY_METHODS or recorded_rule or (not isinstance(self.method, str) and callable(self.method))):
             raise QueryConfigError(
-                f"QueryConfig.method must be one of {', '.join(QUERY_METHODS)}, got {self.method!r}"
+                f"QueryConfig.method must be one of {', '.join(QUERY_METHODS)} or your own query rule "
+                f"(a callable, see prefloop.training.query.QueryRule), got {str(self.method)[:80]!r}"
             )
         ok_type = isinstance(self.oversampling, (int, np.integer)) and not isinstance(
             self.oversampling, bool
@@ -143,6 +165,39 @@ class QueryConfig:
             raise QueryConfigError(f"QueryConfig.policy_window must be an integer >= 2, got {self.policy_window!r}")
         if not (isinstance(self.confidence, (int, float)) and 0.5 < self.confidence < 1.0):
             raise QueryConfigError(f"QueryConfig.confidence must be a number in (0.5, 1), got {self.confidence!r}")
+
+
+class MethodRule:
+    """A named method of :class:`QueryConfig` as a :class:`QueryRule` (see :func:`select_pairs`)."""
+
+    def __init__(self, config: QueryConfig) -> None:
+        self.config = config
+
+    def __call__(
+        self, candidates: Sequence[Segment], n_pairs: int, rng: np.random.Generator, preference_probs: PreferenceProbs | None
+    ) -> list[SegmentPair]:
+        return select_pairs(candidates, n_pairs, self.config, rng, preference_probs=preference_probs)
+
+    def __repr__(self) -> str:
+        return f"MethodRule({self.config.spec!r})"
+
+
+def query_rule(config: QueryConfig) -> QueryRule:
+    """The rule that picks a run's pairs: the user's own, or the named method's.
+
+    Raises:
+        QueryConfigError: ``config.method`` names a rule (config.json) that cannot be imported
+            again (an instance, or a function in a script); the message says what to do.
+    """
+    method: Any = config.method
+    if not isinstance(method, str):
+        return method
+    if method in QUERY_METHODS:
+        return MethodRule(config)
+    try:
+        return load_import_path(method, "query rule")
+    except ImportPathError as exc:
+        raise QueryConfigError(str(exc)) from None
 
 
 def _segments_needed(n_pairs: int) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from prefloop.training.algos import algorithm_name
+
 if TYPE_CHECKING:
     from prefloop.training.loop import RunResult
 
@@ -19,7 +21,7 @@ def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
     config = result.config
     rows = [
         ("env", config.env_id),
-        ("algorithm", str(config.algo).upper()),
+        ("algorithm", algorithm_name(config.algo) if config.algo is not None else "-"),
         ("reward", "learned from preferences" if config.reward_source == "preferences" else "true env reward"),
         ("env steps", f"{config.steps:,}"),
         ("eval return (true reward)", f"{_fmt(result.eval_return_mean, 1)} ± {_fmt(result.eval_return_std, 1)} over {len(result.eval_returns)} episodes"),
@@ -28,7 +30,7 @@ def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
     if config.reward_source == "preferences":
         rm = result.reward_model
         rows += [
-            ("teacher", config.teacher),
+            ("teacher", config.teacher_name),
             ("labels used", str(result.labels_used)
              + (f" ({result.labels_fitted} in the last reward-model fit)" if result.labels_fitted != result.labels_used else "")),
             ("reward-model val accuracy", _fmt(rm.get("val_accuracy"))),

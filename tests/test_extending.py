@@ -1,0 +1,288 @@
+"""The seams of docs/extending.md: every example on the page is the file in docs/examples/ and runs
+end to end; the protocols hold for prefloop's own teachers; user objects are named in config.json
+and a run that holds one is resumed only with the object given again."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from prefloop.envs import EnvSetupError, EnvSpec, check_can_render
+from prefloop.envs.render import SegmentRenderer
+
+from prefloop.config_files import ConfigError
+from prefloop.store import PreferenceStore, sqlite_url
+from prefloop.teachers.base import Teacher
+from prefloop.teachers.clock import ClockRater
+from prefloop.teachers.crowd import make_crowd_teacher
+from prefloop.teachers.simulated import make_teacher
+from prefloop.training.config import TrainConfig
+from prefloop.training.query import (
+    MethodRule,
+    QueryConfig,
+    QueryConfigError,
+    query_rule,
+)
+from prefloop.types import Choice
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "extending.md"
+EXAMPLES = ROOT / "docs" / "examples"
+
+
+def python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```$", markdown, flags=re.DOTALL | re.MULTILINE)
+
+
+def test_the_page_shows_exactly_the_tested_examples() -> None:
+    blocks = python_blocks(DOC.read_text())
+    files = {path.name: path.read_text() for path in sorted(EXAMPLES.glob("*.py"))}
+    assert len(files) == 5
+    assert sorted(blocks) == sorted(files.values()), "docs/extending.md and docs/examples/ differ: copy the files in"
+    for name in files:
+        assert f"(examples/{name})" in DOC.read_text(), f"{name} is not linked from the page"
+
+
+def run_example(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[dict[str, Any], str]:
+    """Run docs/examples/<name> as a script in ``tmp_path``; its globals and what it printed."""
+    monkeypatch.chdir(tmp_path)
+    namespace = runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+    return namespace, capsys.readouterr().out
+
+
+def stored(run_dir: Path, run_name: str) -> PreferenceStore:
+    return PreferenceStore(sqlite_url(run_dir / "prefs.sqlite"), run_name=run_name)
+
+
+def prefloop_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "prefloop.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_custom_teacher_answers_every_pair_and_a_resume_needs_the_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from prefloop.teachers.fitted import (
+        answers_from_store,
+        fit_rater,
+        fits_document,
+        make_fitted_teacher,
+    )
+    from prefloop.teachers.recorded import make_recorded_teacher
+    from prefloop.training.loop import train
+
+    ns, out = run_example("custom_teacher.py", tmp_path, monkeypatch, capsys)
+    config, teacher = ns["config"], ns["teacher"]
+    assert "config.json teacher: object:__main__:UprightTeacher" in out
+    with stored(config.run_dir, config.run_dir.name) as store:
+        labels = store.labels()
+        assert len(labels) == 30 and {label.rater_id for label in labels} == {"upright"}
+        for label in labels:  # every stored answer is the teacher's own
+            pair = store.get_pair(label.pair_id)
+            assert teacher.compare(pair.left, pair.right) == label.choice
+        answers = answers_from_store(store)
+
+    # Every teacher prefloop ships satisfies the same protocol as the user's.
+    fit_path = tmp_path / "fit.json"
+    fit_path.write_text(json.dumps(fits_document([fit_rater(answers[0], bootstrap=0)], "test")))
+    shipped = [
+        make_teacher("oracle"), make_crowd_teacher("crowd:2xcareful,random"), make_fitted_teacher(f"fitted:{fit_path}"),
+        make_recorded_teacher(config.run_dir), ClockRater("sqlite://", "run", make_teacher("mistake"), 1.0),
+    ]
+    assert all(isinstance(t, Teacher) for t in shipped)
+
+    # Pretend the run was interrupted before its summary: the CLI cannot rebuild the object ...
+    (config.run_dir / "summary.json").unlink()
+    refused = prefloop_cli("train", "--resume", "--run-dir", str(config.run_dir), "--no-progress")
+    assert refused.returncode != 0
+    assert "teacher was a Python object (__main__:UprightTeacher)" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (config.run_dir / "summary.json").exists()
+    # ... Python, given the object again, resumes it.
+    result = train(dataclasses.replace(TrainConfig.load(config.run_dir / "config.json"), teacher=teacher), resume=True)
+    assert result.labels_used == 30 and (config.run_dir / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_custom_query_rule_picks_every_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from prefloop.training import query
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a named method was used instead of the user's rule")
+
+    monkeypatch.setattr(query, "select_pairs", never)
+    ns, out = run_example("custom_query_rule.py", tmp_path, monkeypatch, capsys)
+    assert "config.json query method: __main__:far_apart" in out
+    assert ns["result"].labels_used == 30
+
+
+@pytest.mark.slow
+def test_custom_reward_net_trains_saves_and_loads_with_its_factory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from prefloop.reward_models import load_reward_metadata, load_reward_model
+
+    ns, out = run_example("custom_reward_net.py", tmp_path, monkeypatch, capsys)
+    assert "members: GatedReward" in out
+    model, checkpoint = ns["model"], ns["checkpoint"]
+    assert len(model.members) == 3 and len(list(model.weights)) == 0
+    assert load_reward_metadata(checkpoint / "reward_model")["member_factory"] == "__main__:GatedReward"
+    # trained: the members are no longer their seeded initialisation, and they differ from each other
+    rewards = model(*model._tensors(np.zeros((4, 4), dtype=np.float32), np.array([0, 1, 0, 1])))
+    assert rewards.shape == (3, 4) and not np.allclose(rewards[0].detach(), rewards[1].detach())
+    with pytest.raises(ValueError, match=r"member_factory __main__:GatedReward was defined in a script") as caught:
+        load_reward_model(checkpoint / "reward_model")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_unregistered_env_from_a_factory_trains_and_renders_its_clips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    ns, out = run_example("custom_env.py", tmp_path, monkeypatch, capsys)
+    assert "noisy cartpole obs: (4,)" in out
+    config = ns["config"]
+    assert json.loads((config.run_dir / "config.json").read_text())["env_factory"] == "__main__:make_corridor"
+    assert ns["result"].labels_used == 30
+    with stored(config.run_dir, config.run_dir.name) as store:
+        segment = store.get_pair(store.labels()[0].pair_id).left
+        assert json.loads(store.get_meta("env_spec"))["factory"] == "__main__:make_corridor"
+    # Clips replay the recorded segment in the same factory's env (verify: same observations).
+    with SegmentRenderer(EnvSpec("Corridor", factory=ns["make_corridor"])) as renderer:
+        frames = renderer.render(segment, verify=True)
+    assert frames.shape[1:] == (64, 64, 3) and len(frames) >= segment.length and frames.dtype == np.uint8
+    # People's clips are rendered in another process, which cannot import a script's factory.
+    with pytest.raises(EnvSetupError, match="must import the env factory __main__:make_corridor"):
+        check_can_render(EnvSpec("Corridor", factory="__main__:make_corridor"))
+
+
+@pytest.mark.slow
+def test_sb3_contrib_algorithm_trains_and_its_checkpoint_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from sb3_contrib import TRPO
+
+    ns, out = run_example("contrib_algorithm.py", tmp_path, monkeypatch, capsys)
+    assert "config.json algo: sb3_contrib.trpo.trpo:TRPO" in out
+    config = ns["config"]
+    policy = sorted((config.run_dir / "checkpoints").glob("step-*"))[-1] / "policy.zip"
+    assert TRPO.load(policy, device="cpu").policy.net_arch == [32, 32]
+    assert "TRPO" in (config.run_dir / "summary.json").read_text() or ns["result"].labels_used == 30
+
+
+@pytest.mark.slow
+def test_cli_trains_an_sb3_contrib_algorithm_by_its_import_path(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = prefloop_cli("train", "--env", "CartPole-v1", "--algo", "sb3_contrib:QRDQN", "--steps", "2000", "--labels", "10",
+                        "--run-dir", str(run), "--no-progress", "--eval-episodes", "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run / "config.json").read_text())["algo"] == "sb3_contrib:QRDQN"
+    assert json.loads((run / "summary.json").read_text())["labels_used"] == 10
+
+
+def test_cli_refuses_an_algorithm_path_that_does_not_import() -> None:
+    done = prefloop_cli("train", "--algo", "sb3_contrib:NoSuchAlgo", "--steps", "100")
+    assert done.returncode == 2 and "module sb3_contrib has no NoSuchAlgo" in done.stderr
+    done = prefloop_cli("train", "--algo", "math:pi", "--steps", "100")
+    assert done.returncode == 2 and "is not a stable-baselines3 algorithm class" in done.stderr
+
+
+class _Answers:
+    rater_id = "me"
+
+    def compare(self, left: object, right: object) -> Choice:
+        return Choice.LEFT
+
+
+def test_teacher_objects_are_checked_and_named_in_config_json(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="teacher must be a teacher name such as 'oracle' or an object with rater_id and compare"):
+        TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, teacher=object())  # type: ignore[arg-type]
+    config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, teacher=_Answers())
+    data = config.to_json()
+    assert data["teacher"] == f"object:{__name__}:_Answers"
+    json.dumps(data)  # JSON all the way down
+    with pytest.raises(ConfigError, match="leave --teacher-param out"):
+        TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, teacher=_Answers(), teacher_params={"beta": 1.0})
+    reread = TrainConfig.from_json(data)
+    with pytest.raises(ConfigError, match=r"teacher was a Python object .*_Answers\) that prefloop cannot rebuild"):
+        reread.check_objects()
+    assert reread.with_objects_of(config).teacher is config.teacher
+    reread.with_objects_of(config).check_objects()
+    other = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, teacher=make_teacher("oracle"))
+    assert isinstance(reread.with_objects_of(other).teacher, str), "an object of another class is not put back"
+
+
+def far_apart_everywhere(candidates, n_pairs, rng, preference_probs):
+    return MethodRule(QueryConfig(method="uniform"))(candidates, n_pairs, rng, preference_probs)
+
+
+def test_named_methods_and_user_rules_take_one_path(tmp_path: Path) -> None:
+    assert isinstance(query_rule(QueryConfig(method="kcenter")), MethodRule)
+    assert query_rule(QueryConfig(method=far_apart_everywhere)) is far_apart_everywhere
+    # A module-level function is written by its import path and imported again on resume.
+    config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, query=QueryConfig(method=far_apart_everywhere))
+    path = config.to_json()["query"]["method"]
+    assert path == f"{__name__}:far_apart_everywhere"
+    reread = TrainConfig.from_json(config.to_json())
+    reread.check_objects()
+    assert query_rule(reread.query) is far_apart_everywhere
+    with pytest.raises(QueryConfigError, match="must be one of uniform, disagreement, entropy, kcenter or your own query rule"):
+        QueryConfig(method="best")
+
+
+def cartpole_in_my_wrapper(render_mode: str | None = None, **kwargs: Any) -> Any:
+    """A module-level env factory: a registered env in a user's wrapper."""
+    import gymnasium as gym
+
+    return gym.wrappers.ClipReward(gym.make("CartPole-v1", render_mode=render_mode, **kwargs), 0.0, 0.5)
+
+
+def test_an_importable_env_factory_travels_by_its_path_to_where_clips_are_rendered() -> None:
+    from prefloop.envs import make_env
+
+    spec = EnvSpec("WrappedCartPole", {"sutton_barto_reward": True}, factory=cartpole_in_my_wrapper)
+    data = json.loads(json.dumps(spec.to_json()))  # what the store's env_spec meta holds
+    assert data["factory"] == f"{__name__}:cartpole_in_my_wrapper"
+    again = EnvSpec.from_json(data)
+    check_can_render(again)  # a human-taught run may use it: the clip worker can import it
+    env = make_env(again, seed=0, render_mode="rgb_array")
+    env.reset()
+    assert env.step(0)[1] == 0.0, "the user's wrapper and env_kwargs are applied"
+    assert env.render().ndim == 3
+    env.close()
+
+
+class TwoRewards(torch.nn.Module):
+    def forward(self, obs: Any, action: Any) -> Any:
+        return obs[:, :2]
+
+
+def test_bad_objects_are_refused_in_one_line(tmp_path: Path) -> None:
+    import gymnasium as gym
+    import torch
+    from prefloop.envs import make_env
+    from prefloop.reward_models import RewardEnsemble, RewardModelConfig
+
+    for field, value in (("env_factory", "no path"), ("algo", 42), ("policy", 3.5)):
+        with pytest.raises(ConfigError, match=f"^{field} must be"):
+            TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, **{field: value})
+    with pytest.raises(ValueError, match="member_factory must be a function"):
+        RewardModelConfig(member_factory=3)  # type: ignore[arg-type]
+    space = gym.make("CartPole-v1")
+    with pytest.raises(ValueError, match=r"its module failed on obs of shape \(2, 4\) and action \(2, 2\): TypeError"):
+        RewardEnsemble(space.observation_space, space.action_space, member_factory=lambda o, a: torch.nn.Linear(6, 2))
+    with pytest.raises(ValueError, match="must return one reward per row"):
+        RewardEnsemble(space.observation_space, space.action_space, member_factory=lambda o, a: TwoRewards())
+    with pytest.raises(EnvSetupError, match="returned int, not a gymnasium.Env"):
+        make_env(EnvSpec("Broken", factory=lambda **kwargs: 7))
+    with pytest.raises(EnvSetupError, match="env factory of Gone .* does not import"):
+        make_env(EnvSpec("Gone", factory="no_such_module_xyz:make"))

@@ -1,0 +1,192 @@
+"""Image observations: uint8 end to end, a CNN reward model, CnnPolicy, clips a person can watch."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from prefloop.envs import ATARI_ID, PIXEL_CARTPOLE_ID, EnvSpec, SegmentBuffer, VecSegmentRecorder, render_segment
+from prefloop.reward_models import (
+    CnnRewardEnsemble,
+    RewardEnsemble,
+    RewardModelConfig,
+    RewardTrainer,
+    build_reward_model,
+    load_reward_model,
+    save_reward_model,
+)
+from prefloop.types import LabeledPair, SegmentPair
+
+from prefloop.datasets import export_dataset, load_dataset
+from prefloop.store import PreferenceStore, sqlite_url
+from prefloop.training.algos import default_policy
+from prefloop.training.loop import build_vec_env, collect_random
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def pixel_segments(env_id: str = PIXEL_CARTPOLE_ID, steps: int = 240, length: int = 20, **kwargs) -> list:
+    buffer = SegmentBuffer(200)
+    recorder = VecSegmentRecorder(build_vec_env(EnvSpec(env_id, kwargs), 2, seed=3), buffer, length, seed=3)
+    collect_random(recorder, steps, seed=3)
+    return buffer.recent()
+
+
+def test_pixel_segments_are_uint8_frames_that_change() -> None:
+    segments = pixel_segments()
+    assert len(segments) >= 4
+    seg = segments[0]
+    assert seg.obs.dtype == np.uint8 and seg.obs.shape == (20, 4, 64, 96)
+    frames = np.stack([s.obs for s in segments])
+    assert frames.max() > 0 and frames.min() < 255, "frames are blank"
+    # the newest frame differs from the oldest one of the stack once the cart has moved
+    assert any(np.any(s.obs[-1, -1] != s.obs[-1, 0]) for s in segments)
+    # state-based CartPole still stores float32
+    assert pixel_segments("CartPole-v1", steps=120)[0].obs.dtype == np.float32
+
+
+def test_store_keeps_pixel_segments_as_uint8_bytes_and_datasets_keep_the_dtype(tmp_path: Path) -> None:
+    segments = pixel_segments()[:4]
+    db = tmp_path / "store.db"
+    store = PreferenceStore(sqlite_url(db), run_name="pixels")
+    store.add_pairs([SegmentPair(segments[0], segments[1]), SegmentPair(segments[2], segments[3])])
+    stored = store.get_segments([s.id for s in segments])
+    for before, after in zip(segments, stored):
+        assert after.obs.dtype == np.uint8
+        np.testing.assert_array_equal(after.obs, before.obs)
+    store.close()
+    with sqlite3.connect(db) as conn:
+        sizes = [row[0] for row in conn.execute("SELECT length(obs) FROM segments")]
+    pixels = segments[0].obs.size  # 20 * 4 * 64 * 96 bytes as uint8
+    assert len(sizes) == 4 and all(pixels <= size < pixels + 256 for size in sizes), (sizes, pixels)
+
+    dataset = load_dataset(export_dataset(sqlite_url(db), "pixels", tmp_path / "export").path)
+    assert all(s.obs.dtype == np.uint8 for s in dataset.segments)
+    exported = {s.id: s for s in dataset.segments}
+    np.testing.assert_array_equal(exported[segments[0].id].obs, segments[0].obs)
+
+
+def test_pixel_clips_show_the_normal_rendering_of_the_same_episode() -> None:
+    segment = pixel_segments()[0]
+    frames = render_segment(EnvSpec(PIXEL_CARTPOLE_ID), segment)  # replays and checks every stack
+    assert frames.shape == (21, 400, 600, 3) and frames.dtype == np.uint8
+    # CartPole-v1 replaying the same seed and actions shows exactly the same colour frames
+    same = render_segment(EnvSpec("CartPole-v1"), segment, verify=False)
+    np.testing.assert_array_equal(frames, same)
+
+
+def test_image_observations_get_a_cnn_reward_model_that_learns_and_round_trips(tmp_path: Path) -> None:
+    space = gym.spaces.Box(0, 255, (2, 48, 48), np.uint8)
+    config = RewardModelConfig(n_members=2, cnn="christiano", batch_size=8, min_steps_per_fit=30, epochs=30)
+    model = build_reward_model(space, gym.spaces.Discrete(3), config)
+    assert isinstance(model, CnnRewardEnsemble)
+    assert isinstance(build_reward_model(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(3), config), RewardEnsemble)
+    assert not isinstance(build_reward_model(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(3), config), CnnRewardEnsemble)
+
+    rng = np.random.default_rng(0)
+    length = 6
+
+    def segment(bright: bool):
+        from prefloop.types import Segment
+
+        obs = rng.integers(0, 60, size=(length, 2, 48, 48)).astype(np.uint8)
+        if bright:  # the reward: a white square somewhere in the frame
+            row, col = rng.integers(0, 38, size=2)
+            obs[:, :, row : row + 10, col : col + 10] = 255
+        actions = rng.integers(0, 3, size=length)
+        return Segment(obs=obs, actions=actions, true_rewards=np.full(length, float(bright), np.float32), n_valid=length,
+                       terminated=False, episode_seed=0, start_step=0, episode_actions=actions)
+
+    pairs = []
+    for _ in range(40):
+        right_better = bool(rng.random() < 0.5)
+        pairs.append(LabeledPair(left=segment(not right_better), right=segment(right_better), target=float(right_better)))
+    # the step cache the trainer fits from holds the pixels as bytes, not floats
+    encoded = model.encode(torch.as_tensor(pairs[0].left.obs), torch.as_tensor(pairs[0].left.actions))
+    assert encoded.dtype == torch.uint8
+    RewardTrainer(model, config).fit(pairs)
+    held_out = [segment(True) for _ in range(5)] + [segment(False) for _ in range(5)]
+    returns = model.predict_segment_returns(held_out)
+    assert returns[:5].min() > returns[5:].max(), returns
+    model.update_normalization_from_segments(held_out)
+
+    save_reward_model(model, tmp_path / "rm")
+    again = load_reward_model(tmp_path / "rm")
+    assert isinstance(again, CnnRewardEnsemble) and again.conv == model.conv
+    obs = np.stack([s.obs[0] for s in held_out])
+    actions = np.array([s.actions[0] for s in held_out])
+    np.testing.assert_allclose(again.predict(obs, actions), model.predict(obs, actions), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="0..255"):
+        model.predict(obs.astype(np.float32) * 2, actions)
+
+
+def test_image_observations_get_cnn_policy() -> None:
+    assert default_policy(gym.spaces.Box(0, 255, (4, 64, 96), np.uint8)) == "CnnPolicy"
+    assert default_policy(gym.spaces.Box(0, 255, (84, 84, 4), np.uint8)) == "CnnPolicy"
+    assert default_policy(gym.spaces.Box(-1.0, 1.0, (4,), np.float32)) == "MlpPolicy"
+
+
+def test_atari_preset_gives_stacked_uint8_frames_and_replays_for_clips() -> None:
+    pytest.importorskip("ale_py")
+    segments = pixel_segments(ATARI_ID, steps=200, length=10)
+    assert segments and segments[0].obs.shape == (10, 4, 84, 84) and segments[0].obs.dtype == np.uint8
+    assert segments[0].obs.max() > 0
+    frames = render_segment(EnvSpec(ATARI_ID), segments[0])  # verify=True: the replay matches the recording
+    assert frames.shape == (11, 210, 160, 3) and frames.max() > 0
+
+
+@pytest.mark.slow
+def test_tiny_pixel_run_trains_a_cnn_reward_and_a_cnn_policy(tmp_path: Path) -> None:
+    from prefloop.training.config import TrainConfig
+    from prefloop.training.loop import train
+    from prefloop.training.rundir import RunDir
+
+    config = TrainConfig(
+        env_id=PIXEL_CARTPOLE_ID, run_dir=tmp_path / "run", labels=10, steps=1024, n_envs=2, seed=0,
+        progress_bar=False, eval_episodes=1, segment_length=10,
+        algo_kwargs=dict(n_steps=64, batch_size=64, n_epochs=1),
+        reward_model=RewardModelConfig(cnn="christiano", n_members=2, batch_size=4, min_steps_per_fit=5, epochs=2),
+    )
+    result = train(config)
+    assert result.labels_used == 10
+    run = RunDir(tmp_path / "run")
+    model = load_reward_model(run.latest_checkpoint() / "reward_model")
+    assert isinstance(model, CnnRewardEnsemble)
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.policies import ActorCriticCnnPolicy
+
+    policy = PPO.load(run.latest_checkpoint() / "policy.zip", device="cpu").policy
+    assert isinstance(policy, ActorCriticCnnPolicy)
+    store = PreferenceStore(sqlite_url(run.store_path), run_name=config.run_name or run.path.name)
+    pairs = store.labeled_pairs()
+    assert len(pairs) == 10 and all(p.left.obs.dtype == np.uint8 for p in pairs)
+    store.close()
+
+
+def test_frame_stacks_share_their_frames_in_memory_and_keep_their_values() -> None:
+    from prefloop.envs.segments import share_stacked_frames
+
+    pytest.importorskip("ale_py")
+    segments = pixel_segments(ATARI_ID, steps=400, length=10)
+    shared = [s for s in segments if not s.obs.flags.writeable]
+    assert shared, "segments of a frame-stacked env should be views of shared frames"
+    for seg in shared:
+        # the view shows the stack the env gave: newest frame last, shifted by one each step
+        np.testing.assert_array_equal(seg.obs[1:, :-1], seg.obs[:-1, 1:])
+    def root(array: np.ndarray) -> np.ndarray:
+        while getattr(array, "base", None) is not None:  # through as_strided's holder to the frames
+            array = array.base
+        return array
+
+    bases = {id(root(s.obs)): root(s.obs) for s in shared}
+    assert sum(b.nbytes for b in bases.values()) < 0.5 * sum(s.obs.nbytes for s in shared)
+    # anything that is not a shifted stack is returned as it is
+    rgb = np.random.default_rng(0).integers(0, 255, size=(5, 3, 8, 8)).astype(np.uint8)
+    assert share_stacked_frames(rgb) is rgb
