@@ -428,3 +428,15 @@ def test_pixel_episodes_go_to_minari_and_parquet_as_uint8(tmp_path: Path, monkey
         assert np.array_equal(by_seed[segment.episode_seed].observations[steps], segment.obs[: segment.n_valid])
     loaded = load_dataset(export_dataset(url, "pixels", tmp_path / "pq", layout="parquet").path)
     assert all(s.obs.dtype == np.uint8 for s in loaded.segments)
+
+
+def test_a_zipped_parquet_export_imports(parquet_dataset: Path, tmp_path: Path) -> None:
+    """The dashboard-style zip of a folder works for the Parquet layout as for JSON Lines."""
+    import zipfile
+
+    archive = tmp_path / "dataset.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(parquet_dataset.iterdir()):
+            zipped.write(path, f"my-run/{path.name}")
+    summary = import_dataset(archive, sqlite_url(tmp_path / "target.sqlite"), "from-zip")
+    assert (summary.segments, summary.pairs, summary.labels) == (9, 5, 7)
