@@ -346,6 +346,13 @@ def test_a_missing_optional_dependency_names_the_extra(
 # -- Minari ------------------------------------------------------------------------------------------
 
 
+def episodes_by_seed(dataset: Any) -> dict[int, Any]:
+    """A Minari dataset's episodes by the seed each was reset with (stored in its metadata)."""
+    ids = list(range(dataset.total_episodes))
+    seeds = [int(meta["seed"]) for meta in dataset.storage.get_episode_metadata(ids)]
+    return dict(zip(seeds, dataset.iterate_episodes(ids)))
+
+
 def test_minari_round_trip_holds_every_recorded_step(
     source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -361,7 +368,8 @@ def test_minari_round_trip_holds_every_recorded_step(
     for segment in source.segments:
         spans[segment.episode_seed] = max(spans.get(segment.episode_seed, 0), len(segment.episode_actions))
     assert dataset.total_episodes == len(spans) and dataset.total_steps == sum(spans.values())
-    by_seed = {s: e for s, e in zip(sorted(spans), (episodes[i] for i in sorted(episodes)))}
+    by_seed = episodes_by_seed(dataset)
+    assert sorted(by_seed) == sorted(spans)
     for segment in source.segments:
         episode = by_seed[segment.episode_seed]
         steps = slice(segment.start_step, segment.start_step + segment.n_valid)
@@ -393,3 +401,30 @@ def test_minari_export_refuses_an_env_that_does_not_replay(source: Source, tmp_p
     with pytest.raises(DatasetError, match="not deterministic given its seed and actions"):
         export_minari(url, "edited")
     assert not (tmp_path / "minari" / "prefloop" / "edited-v0").exists()
+
+
+def test_pixel_episodes_go_to_minari_and_parquet_as_uint8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stacked uint8 frames of pixel CartPole: kept as uint8, losslessly, in both exports."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    import minari
+    from prefloop.envs import PIXEL_CARTPOLE_ID
+    from test_pixels import pixel_segments
+
+    from prefloop.datasets.episodes import export_minari
+
+    segments = pixel_segments(steps=120, length=10)[:4]
+    url = sqlite_url(tmp_path / "pixels.sqlite")
+    with PreferenceStore(url, "pixels") as store:
+        store.set_meta("env_spec", json.dumps({"env_id": PIXEL_CARTPOLE_ID, "env_kwargs": {}}))
+        store.add_pairs([SegmentPair(segments[0], segments[1]), SegmentPair(segments[2], segments[3])])
+    summary = export_minari(url, "pixels", "prefloop/pixels-v0")
+    dataset = minari.load_dataset("prefloop/pixels-v0")
+    assert summary.episodes == dataset.total_episodes >= 1
+    for episode in dataset.iterate_episodes():
+        assert episode.observations.dtype == np.uint8 and episode.observations.shape[1:] == segments[0].obs.shape[1:]
+    by_seed = episodes_by_seed(dataset)
+    for segment in segments:
+        steps = slice(segment.start_step, segment.start_step + segment.n_valid)
+        assert np.array_equal(by_seed[segment.episode_seed].observations[steps], segment.obs[: segment.n_valid])
+    loaded = load_dataset(export_dataset(url, "pixels", tmp_path / "pq", layout="parquet").path)
+    assert all(s.obs.dtype == np.uint8 for s in loaded.segments)

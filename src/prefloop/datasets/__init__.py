@@ -28,6 +28,10 @@ The modules, in the order a dataset goes through them:
 - :mod:`~prefloop.datasets.records`: the checks every segment, pair and label gets on loading.
 - :mod:`~prefloop.datasets.load`: reading a folder or zip as hostile input, through those checks.
 - :mod:`~prefloop.datasets.importing`: a loaded dataset into a run of a store.
+- :mod:`~prefloop.datasets.parquet`: the same records as Parquet tables (``prefloop export
+  --format parquet``), read back through the same checks; needs ``prefloop[data]``.
+- :mod:`~prefloop.datasets.episodes`: a run's episodes as a Minari dataset (``--format minari``);
+  needs ``prefloop[data]``.
 """
 
 from __future__ import annotations

@@ -111,19 +111,22 @@ def export_minari(store_url: str, run_name: str, dataset_id: str | None = None) 
     try:
         episodes = group_episodes(run.segments)
         buffers = [_replay(env, episode, i, spec.env_id) for i, episode in enumerate(episodes)]
-        with warnings.catch_warnings():  # Minari asks for an author and a code link; a run has neither
+        with warnings.catch_warnings():  # Minari asks for an author and a code link (a run has neither)
             warnings.filterwarnings("ignore", message=r"`(author|author_email|code_permalink)` is set to None")
+            # and for an env spec, which an env registered with a callable cannot give (see below)
+            warnings.filterwarnings("ignore", message=r"(`eval_env` is set to None|env_spec is None)")
             dataset = minari.create_dataset_from_buffers(
                 dataset_id,
                 buffers,
-                env=env.spec,
-                eval_env=env.spec,
+                env=_serialisable_spec(env),
+                eval_env=_serialisable_spec(env),
                 observation_space=env.observation_space,
                 action_space=env.action_space,
                 algorithm_name="prefloop (RL from human preferences)",
                 description=(
-                    f"Episodes of prefloop run {run_name!r}, replayed from its recorded segments' seeds "
-                    "and actions. Preferences are in the prefloop JSON Lines or Parquet export."
+                    f"Episodes of prefloop run {run_name!r} in {spec.to_json()}, replayed from its "
+                    "recorded segments' seeds and actions. Preferences are in the prefloop JSON Lines "
+                    "or Parquet export."
                 ),
                 data_format="arrow",
                 jpeg_encoding=False,  # lossless: pixel observations stay as recorded
@@ -137,6 +140,16 @@ def export_minari(store_url: str, run_name: str, dataset_id: str | None = None) 
         steps=dataset.total_steps,
         segments=len(run.segments),
     )
+
+
+def _serialisable_spec(env: gym.Env) -> gym.envs.registration.EnvSpec | None:
+    """The env's Gymnasium spec if Minari can store it, else None (an env registered with a
+    callable entry point cannot be serialised; its id and kwargs are in the description)."""
+    try:
+        env.spec.to_json()  # type: ignore[union-attr]
+    except (AttributeError, ValueError, TypeError):
+        return None
+    return env.spec
 
 
 def group_episodes(segments: list[Segment]) -> list[Episode]:

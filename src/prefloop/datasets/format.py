@@ -55,7 +55,9 @@ FILE_DESCRIPTIONS: dict[str, Any] = {
         ),
         "arrays": {
             "segment_id": "(N,) int64, the segment's id in the source store",
-            "obs": "(N, L, *obs_shape), the observation each action was taken in (float32, or uint8 for images, as recorded)",
+            "obs": "(N, L, *obs_shape), the observation each action was taken in (float32, or uint8 for images, as recorded); "
+            "for a Dict or Tuple observation space (N, L, D), gymnasium.spaces.flatten's float32 vector "
+            "(docs/observations.md)",
             "actions": "(N, L, *act_shape), the actions (int64 for Discrete, float32 for Box)",
             "true_rewards": "(N, L) float32, the environment's reward (0 on absorbing steps)",
             "n_valid": "(N,) int64, real steps; steps from n_valid on are the absorbing state "
@@ -227,8 +229,10 @@ def data_files(manifest: dict[str, Any]) -> tuple[str, ...]:
     return PARQUET_FILES if manifest.get("layout") == LAYOUT_PARQUET else DATA_FILES
 
 
-_SPAN = "the segment's span: {} (episode_seed: the seed its episode was reset with, start_step: its " \
-    "first step in the episode, n_valid: its real steps)"
+def _as_parquet(fields: dict[str, str]) -> dict[str, str]:
+    """The JSON Lines field descriptions, naming the Parquet tables they refer to."""
+    return {key: text.replace(".jsonl", ".parquet") for key, text in fields.items()}
+
 
 PARQUET_FILE_DESCRIPTIONS: dict[str, Any] = {
     MANIFEST: FILE_DESCRIPTIONS[MANIFEST],
@@ -239,7 +243,8 @@ PARQUET_FILE_DESCRIPTIONS: dict[str, Any] = {
             "row and the dtype (np.asarray(row).reshape(shape))"
         ),
         "columns": {
-            **{k: v for k, v in FILE_DESCRIPTIONS[SEGMENTS_JSONL]["fields"].items()},
+            "segment_id": "int, the segment's id in the source store (labels' left/right_segment_id)",
+            **{k: v for k, v in FILE_DESCRIPTIONS[SEGMENTS_JSONL]["fields"].items() if k != "id"},
             "obs": "list, shape (L, *obs_shape), the observation each action was taken in (dtype as recorded)",
             "actions": "list, shape (L, *act_shape), the actions (int64 for Discrete, float32 for Box)",
             "true_rewards": "list, shape (L,) float32, the environment's reward (0 on absorbing steps)",
@@ -250,7 +255,7 @@ PARQUET_FILE_DESCRIPTIONS: dict[str, Any] = {
     PAIRS_PARQUET: {
         "description": "Parquet, one row per pair shown to raters, by id",
         "columns": {
-            **FILE_DESCRIPTIONS[PAIRS_JSONL]["fields"],
+            **_as_parquet(FILE_DESCRIPTIONS[PAIRS_JSONL]["fields"]),
             "query_method": "str or null: 'gold' for a quality-control pair, else the run's "
             "configured query method (null when the run's config does not say)",
         },
@@ -259,13 +264,17 @@ PARQUET_FILE_DESCRIPTIONS: dict[str, Any] = {
         "description": "Parquet, one row per label in the order given, with its pair and both "
         "segments' spans beside it (so the table reads alone)",
         "columns": {
-            **FILE_DESCRIPTIONS[LABELS_JSONL]["fields"],
+            **_as_parquet(FILE_DESCRIPTIONS[LABELS_JSONL]["fields"]),
             "retracted": "bool, retracted_at is not null",
             "left_segment_id": "int, the pair's left segment", "right_segment_id": "int, its right segment",
             **{
-                f"{side}_{name}": "int, " + _SPAN.format(f"{side} {name}")
+                f"{side}_{name}": f"int, the {side} segment's {meaning}"
                 for side in ("left", "right")
-                for name in ("episode_seed", "start_step", "n_valid")
+                for name, meaning in (
+                    ("episode_seed", "episode seed (the seed its episode was reset with)"),
+                    ("start_step", "first step within its episode"),
+                    ("n_valid", "length in real steps (the rest is the absorbing state after termination)"),
+                )
             },
             "query_method": "str or null, as in pairs.parquet",
         },
