@@ -7,19 +7,14 @@ that draws them is :func:`render_dashboard`.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
-import re
 import statistics
-import tempfile
 import time
-import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from prefloop.types import Choice, Label
@@ -413,6 +408,9 @@ class ReliabilityRow:
     error_rate_high: float
     flagged: bool
     weight: float
+    temperature: float = 1.0
+    temperature_low: float = 1.0
+    temperature_high: float = 1.0
 
 
 def parse_rater_reliability(raw: str | None) -> tuple[list[ReliabilityRow], float | None]:
@@ -425,6 +423,9 @@ def parse_rater_reliability(raw: str | None) -> tuple[list[ReliabilityRow], floa
                 rater_id=str(r["rater_id"]), labels=int(r["labels"]), error_rate=float(r["error_rate"]),
                 error_rate_low=float(r["error_rate_low"]), error_rate_high=float(r["error_rate_high"]),
                 flagged=bool(r["flagged"]), weight=float(r["weight"]),
+                # Runs from before per-rater temperatures have none: the loss used 1.
+                temperature=float(r.get("temperature", 1.0)), temperature_low=float(r.get("temperature_low", 1.0)),
+                temperature_high=float(r.get("temperature_high", 1.0)),
             )
             for r in (data or {}).get("raters", [])
         ]
@@ -449,10 +450,15 @@ def render_rater_reliability(raw: str | None) -> None:
         "labels": [r.labels for r in rows],
         "error rate": [round(r.error_rate, 3) for r in rows],
         "90% interval": [f"{r.error_rate_low:.2f} – {r.error_rate_high:.2f}" for r in rows],
+        "temperature β": [round(r.temperature, 2) for r in rows],
+        "β 90% interval": [f"{r.temperature_low:.2f} – {r.temperature_high:.2f}" for r in rows],
         "weight in the fit": [round(r.weight, 2) for r in rows],
         "flagged": ["yes" if r.flagged else "" for r in rows],
     })
     st.dataframe(frame, hide_index=True)  # cells are plain text: a rater id never renders as Markdown
+    st.caption("Temperature β: how sharply a rater tells close clips apart, relative to the reward model's "
+               "scale (above 1 sharper, below 1 closer to a coin on close calls); it stays near 1 until a "
+               "rater's labels say otherwise.")
     flagged = [r for r in rows if r.flagged]
     if flagged:
         st.warning(
@@ -460,66 +466,3 @@ def render_rater_reliability(raw: str | None) -> None:
             "get weight 0 in the reward model (kept, not deleted):"
         )
         st.text(", ".join(plain_text(r.rater_id, 40) for r in flagged))  # names as text, never Markdown
-
-
-# -- the preferences download (admin only) -------------------------------------------------------
-
-def export_file_name(run_name: str) -> str:
-    """The download's file name: the run name reduced to ``[A-Za-z0-9._-]`` (at most 80)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_name).strip("._")[:80]
-    return f"{safe or 'run'}-preferences.zip"
-
-
-def export_zip(db_url: str, run_name: str) -> bytes:
-    """The run's preferences as a zip of the dataset folder ``prefloop export`` writes.
-
-    Args:
-        db_url: the store's URL, from the app's own configuration (never from a request).
-        run_name: the run, likewise.
-
-    Returns:
-        The zip file's bytes: ``<run>-preferences/manifest.json``, ``segments.npz``,
-        ``segments.jsonl``, ``pairs.jsonl`` and ``labels.jsonl`` (retracted labels included,
-        marked), readable by :func:`prefloop.datasets.load_dataset` once unpacked.
-
-    Raises:
-        prefloop.datasets.DatasetError, prefloop.store.StoreError: the run cannot be exported.
-    """
-    from prefloop.datasets import export_dataset
-
-    folder = export_file_name(run_name).removesuffix(".zip")
-    with tempfile.TemporaryDirectory(prefix="prefloop-export-") as tmp:
-        out = Path(tmp) / folder
-        export_dataset(db_url, run_name, out)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(out.iterdir()):
-                archive.write(path, arcname=f"{folder}/{path.name}")
-        return buffer.getvalue()
-
-
-def render_export_download(db_url: str, run_name: str) -> None:
-    """The dashboard's "Download preferences" button. The export runs only when it is clicked
-    (Streamlit calls :func:`export_zip` then); the page shows it only to whoever passed the
-    dashboard's admin-token check."""
-    import streamlit as st
-
-    def build() -> bytes:
-        try:
-            return export_zip(db_url, run_name)
-        except Exception:
-            log.exception("exporting run %r for the dashboard download failed", run_name)
-            raise
-
-    st.subheader("Preferences")
-    st.download_button(
-        "Download preferences",
-        data=build,
-        file_name=export_file_name(run_name),
-        mime="application/zip",
-        on_click="ignore",
-        icon=":material/download:",
-        key="download_preferences",
-        help="The run's segments, pairs and labels (retracted ones marked) as a zipped dataset "
-        "folder, the format of `prefloop export`.",
-    )

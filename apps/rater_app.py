@@ -25,13 +25,8 @@ from prefloop.apps.access import (
     parse_app_args,
     token_matches,
 )
-from prefloop.apps.dashboard import (
-    Progress,
-    parse_progress,
-    render_dashboard,
-    render_export_download,
-    trainer_status_line,
-)
+from prefloop.apps.dashboard import parse_progress, render_dashboard
+from prefloop.apps.export_download import render_export_download
 from prefloop.apps.guideline import (
     GUIDELINE_META,
     render_guideline_page,
@@ -40,6 +35,7 @@ from prefloop.apps.guideline import (
 from prefloop.apps.onboarding import Onboarding, start_onboarding
 from prefloop.apps.player import PLAYER_KEY, render_player
 from prefloop.apps.rating import DB_TROUBLE, Notice, RaterSession
+from prefloop.apps.run_end import LABELLING_OVER, finished_view, waiting_view, watch_for_run_end
 from sqlalchemy.exc import SQLAlchemyError
 from streamlit import config as st_config
 
@@ -52,10 +48,6 @@ from prefloop.untrusted import markdown_literal
 log = logging.getLogger("prefloop.apps")
 
 DEFAULT_GUIDELINE = "Which clip shows the agent doing the task better?"
-WAITING_POLL_S = 2.0
-RUN_END_POLL_S = 3.0  # how soon a page showing a pair learns that the run is complete
-# Trainer statuses after which it uses no more labels (its unanswered pairs are withdrawn).
-LABELLING_OVER = ("evaluating", "finished")
 _SESSION = "prefloop_rater_session"
 # Material icons come with Streamlit's own font; emoji need an emoji font the machine may lack.
 _NOTICE_ICONS = {"info": ":material/info:", "success": ":material/check_circle:", "warning": ":material/warning:",
@@ -351,14 +343,14 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
     progress = parse_progress(store.get_meta("progress"))
     if progress is not None and progress.status in LABELLING_OVER:
         session.release_all()  # nothing is served once the trainer uses no more labels
-        _finished_view(session, store)
+        finished_view(session, store)
         return
 
     if session.paused:
         _paused_view(session, config)
         return
     if session.current is None:
-        _waiting_view(session, store)
+        waiting_view(session, store)
         return
 
     if session.break_due(config.break_minutes * 60):
@@ -371,7 +363,7 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
     )
     render_player(session, _on_actions)  # it shows the rater's answers today, counted at once
     _keepalive(session, config.lease_seconds)
-    _watch_for_run_end(store)
+    watch_for_run_end(store)
 
 
 def _break_reminder(session: RaterSession, config: AppConfig) -> None:
@@ -421,87 +413,6 @@ def _paused_view(session: RaterSession, config: AppConfig) -> None:
     if st.button("I'm back -- show me a pair", key="resume_rating", type="primary"):
         session.resume()
         st.rerun()
-
-
-def _watch_for_run_end(store: PreferenceStore) -> None:
-    """While a pair is on screen: redraw the page the moment the trainer says the run is complete."""
-
-    @st.fragment(run_every=RUN_END_POLL_S)
-    def watch() -> None:
-        progress = parse_progress(store.get_meta("progress"))
-        if progress is not None and progress.status in LABELLING_OVER:
-            st.rerun(scope="app")
-
-    watch()
-
-
-def run_result_line(progress: Progress) -> str | None:
-    """The finished run's result for raters: its evaluation return (from the trainer's
-    ``eval_return_mean`` or its closing message), None when the trainer did not say."""
-    if progress.eval_return is not None:
-        context = []
-        if progress.random_return is not None:
-            context.append(f"an agent acting at random scores {progress.random_return:.1f}")
-        if progress.reward_threshold is not None:
-            context.append(f"the task counts {progress.reward_threshold:g} as solved")
-        more = f" (for comparison: {'; '.join(context)})" if context else ""
-        return f"The trained agent's return, on the task's own score: **{progress.eval_return:.1f}**{more}."
-    if progress.message:
-        return f"Trainer: {progress.message}"
-    return None
-
-
-def _finished_view(session: RaterSession, store: PreferenceStore) -> None:
-    """The page once labelling is over: thanks, then the run's result (polled until it is in)."""
-
-    @st.fragment(run_every=WAITING_POLL_S)
-    def finished() -> None:
-        progress = parse_progress(store.get_meta("progress"))
-        if progress is None or progress.status not in LABELLING_OVER:
-            st.rerun(scope="app")  # a resumed run asks again
-        if progress.status == "finished":
-            st.success("Training has finished -- this run is complete, so there is nothing left to compare. "
-                       "Thank you for your help!")
-            result = run_result_line(progress)
-            if result:
-                st.markdown(result)
-        else:
-            st.info("Labelling is over -- thank you! The trainer is evaluating the agent your answers "
-                    "taught; its result appears here in a moment.")
-        counts = store.counts()
-        st.caption(f"Your answers today: **{session.labels_today()}** · Answers from all raters in this run: "
-                   f"**{counts['labels']}**")
-
-    finished()
-
-
-def _waiting_view(session: RaterSession, store: PreferenceStore) -> None:
-    @st.fragment(run_every=WAITING_POLL_S)
-    def waiting() -> None:
-        if session.current is None:
-            session.heartbeat()
-        if session.current is not None or session.paused:
-            st.rerun(scope="app")
-        progress = parse_progress(store.get_meta("progress"))
-        if progress is not None and progress.status in LABELLING_OVER:
-            st.rerun(scope="app")  # the page for a complete run
-        elif session.queue.preparing:
-            st.info(
-                f"Preparing the clips of {session.queue.preparing} "
-                f"{'pair' if session.queue.preparing == 1 else 'pairs'} -- they will appear here "
-                "in a moment; this page refreshes by itself."
-            )
-        else:
-            st.info(
-                "No pairs are waiting right now -- the trainer will add more; this page "
-                "refreshes by itself."
-            )
-        st.text(trainer_status_line(progress))  # holds the trainer's message: plain text
-        if progress is not None and progress.fraction_done is not None and progress.status != "finished":
-            st.progress(progress.fraction_done)
-        st.caption(f"Your answers today: **{session.labels_today()}**")
-
-    waiting()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from prefloop.training.algos import make_algorithm
-from prefloop.training.loop import evaluate
+from prefloop.training.evaluation import evaluate
 
 
 def main() -> None:

@@ -16,8 +16,11 @@ import gymnasium as gym
 from gymnasium import spaces
 from prefloop.envs.mujoco_render import configure_fast_rendering
 from prefloop.envs.seeding import EpisodeSeeder
+from prefloop.envs.structured import LeafDictObservation, needs_leaf_dict
 from prefloop.import_paths import ImportPathError, describe, rebuildable
 from prefloop.import_paths import load as load_import_path
+
+from prefloop.structured_obs import StructuredSpaceError, is_structured, leaves
 
 EnvFactory = Callable[..., gym.Env]
 """A user's env: called with the run's ``env_kwargs`` (and ``render_mode="rgb_array"`` when clips
@@ -112,12 +115,26 @@ def check_env_id(env_id: str) -> None:
 
 
 def check_spaces(observation_space: gym.Space, action_space: gym.Space, env_id: str) -> None:
-    """Raise :class:`EnvSetupError` when the reward model cannot read these spaces."""
-    if not isinstance(observation_space, SUPPORTED_OBSERVATION_SPACES):
+    """Raise :class:`EnvSetupError` when the reward model cannot read these spaces.
+
+    Dict and Tuple observation spaces (nested too) are read when every leaf is a vector space
+    (Box, Discrete, MultiBinary, MultiDiscrete; no images): see ``prefloop.structured_obs``.
+    """
+    if is_structured(observation_space):
+        try:
+            found = leaves(observation_space)
+        except StructuredSpaceError as exc:
+            raise EnvSetupError(f"{env_id}: {exc}") from None
+        dotted = [leaf.name for leaf in found if any("." in str(part) for part in leaf.path)]
+        if dotted:  # SB3 makes a torch module per Dict key, and torch refuses dots in module names
+            raise EnvSetupError(
+                f"{env_id}: observation keys with a dot ({', '.join(map(repr, dotted))}) cannot reach "
+                "SB3's MultiInputPolicy; rename them (e.g. with a gymnasium.ObservationWrapper)"
+            )
+    elif not isinstance(observation_space, SUPPORTED_OBSERVATION_SPACES):
         raise EnvSetupError(
             f"{env_id}: observation space {observation_space} is not supported "
-            f"(supported: Box, Discrete, MultiBinary). For Dict or Tuple observations wrap the env "
-            "in gymnasium.wrappers.FlattenObservation (pass it through a registered env id)."
+            "(supported: Box, Discrete, MultiBinary, and Dict or Tuple spaces of those and MultiDiscrete)."
         )
     if not isinstance(action_space, SUPPORTED_ACTION_SPACES):
         raise EnvSetupError(
@@ -132,7 +149,8 @@ def make_env(
     seed: int | None = None,
     render_mode: str | None = None,
 ) -> gym.Env:
-    """Build one env of a run: ``gym.make`` (or the spec's factory) + :class:`EpisodeSeeder`.
+    """Build one env of a run: ``gym.make`` (or the spec's factory) (+ :class:`LeafDictObservation`
+    for a Tuple or nested Dict observation, which SB3 cannot read) + :class:`EpisodeSeeder`.
 
     Args:
         spec: env id and kwargs (and factory).
@@ -146,6 +164,11 @@ def make_env(
     check_spaces(env.observation_space, env.action_space, spec.env_id)
     if render_mode == "rgb_array":
         configure_fast_rendering(env)
+    if needs_leaf_dict(env.observation_space):
+        try:
+            env = LeafDictObservation(env)
+        except StructuredSpaceError as exc:
+            raise EnvSetupError(f"{spec.env_id}: {exc}") from None
     return EpisodeSeeder(env, seed=seed)
 
 

@@ -3,6 +3,11 @@
 Both wrappers leave observations, actions and rewards untouched; they only watch, and push the
 segments of finished episodes into a :class:`~prefloop.envs.segments.SegmentBuffer`. They must sit
 *below* the learned-reward wrapper, so the reward they record is the environment's true reward.
+
+A Dict or Tuple observation is recorded as its flat float32 vector (``gymnasium.spaces.flatten``'s
+layout, ``prefloop.structured_obs``): one array per segment keeps the store, the datasets and the
+reward model's batching exactly as for Box observations, and ``gymnasium.spaces.unflatten`` gives
+the structure back.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from prefloop.envs.segments import EpisodeSegmenter, SegmentBuffer, cut_segments
+from prefloop.structured_obs import batch_as_array, one_as_array
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
@@ -28,20 +34,21 @@ class SegmentRecorder(gym.Wrapper, gym.utils.RecordConstructorArgs):
         gym.Wrapper.__init__(self, env)
         self.buffer = buffer
         self._segmenter = EpisodeSegmenter(segment_length, np.random.default_rng(seed))
+        self._as_array = one_as_array(env.observation_space)
         self._last_obs: Any = None
         self.num_steps = 0
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(**kwargs)
         self._segmenter.start_episode(info.get("episode_seed"))
-        self._last_obs = obs
+        self._last_obs = self._as_array(obs)
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.num_steps += 1
         self._segmenter.add_step(self._last_obs, action, float(reward))
-        self._last_obs = obs
+        self._last_obs = self._as_array(obs)
         if terminated or truncated:
             self.buffer.extend(self._segmenter.end_episode(bool(terminated), self.num_steps))
         return obs, reward, terminated, truncated, info
@@ -74,6 +81,7 @@ class VecSegmentRecorder(VecEnvWrapper):
         self.segment_length = segment_length
         self.segments_per_step = segments_per_step
         self._rngs = np.random.default_rng(seed).spawn(venv.num_envs)
+        self._as_array = batch_as_array(venv.observation_space)  # Dict/Tuple -> flat vectors
         self._obs: list[np.ndarray] = []
         self._actions: list[np.ndarray] = []
         self._rewards: list[np.ndarray] = []
@@ -97,7 +105,7 @@ class VecSegmentRecorder(VecEnvWrapper):
         self._episode_start[:] = 0
         self._cut_until[:] = 0
         self._episode_seed = [self._seed_of_new_episode(i) for i in range(self.num_envs)]
-        self._last_obs = obs
+        self._last_obs = self._as_array(obs)
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
@@ -123,7 +131,7 @@ class VecSegmentRecorder(VecEnvWrapper):
         running = now - self._episode_start
         for index in np.flatnonzero(running - self._cut_until >= 2 * self.segment_length):
             self._cut(int(index), now, terminated=False)
-        self._last_obs = obs
+        self._last_obs = self._as_array(obs)
         return obs, rewards, dones, infos
 
     def _cut(self, index: int, end: int, terminated: bool) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from prefloop.envs.factory import EnvSpec, make_env
 
+from prefloop.structured_obs import one_as_array
 from prefloop.types import Segment
 
 END_TEXT = "EPISODE ENDED"
@@ -55,12 +56,13 @@ class SegmentRenderer:
             raise RuntimeError("this SegmentRenderer is closed")
         # Below the EpisodeSeeder: reset with the recorded episode seed itself.
         obs, _ = env.env.reset(seed=segment.episode_seed)
+        as_array = one_as_array(env.observation_space)  # as recorded: Dict/Tuple flattened
         frames: list[np.ndarray] = []
         last = len(segment.episode_actions) - 1
         for t, action in enumerate(segment.episode_actions):
             if t >= segment.start_step:
                 if verify:
-                    _check_same(obs, segment.obs[t - segment.start_step], t, atol)
+                    _check_same(as_array(obs), segment.obs[t - segment.start_step], t, atol)
                 frames.append(np.asarray(env.render(), dtype=np.uint8))
             obs, _, terminated, truncated, _ = env.step(_env_action(action, env))
             if (terminated or truncated) and t < last:

@@ -52,7 +52,8 @@ from .spaces import SpaceEncoder, make_encoder
 
 MemberFactory = Callable[[gym.Space, gym.Space], nn.Module]
 """``(observation_space, action_space) -> module`` with ``module(obs, action) -> reward``: ``obs``
-``(B, *observation_space.shape)`` float32 for a Box space (``(B, flatdim)`` one-hot otherwise),
+``(B, *observation_space.shape)`` float32 for a Box space (``(B, flatdim)`` otherwise: one-hot for
+Discrete, the flat vector of ``prefloop.structured_obs`` for Dict and Tuple),
 standardised; ``action`` ``(B, gymnasium.spaces.flatdim(action_space))`` float32 (one-hot for
 Discrete), standardised; ``reward`` ``(B,)`` or ``(B, 1)``."""
 

@@ -18,6 +18,7 @@ from prefloop.envs import (
     VecLearnedReward,
     VecSegmentRecorder,
     check_can_render,
+    check_spaces,
     make_env,
     render_segment,
 )
@@ -161,13 +162,23 @@ def test_unknown_env_id_suggests_a_close_one() -> None:
         make_env(EnvSpec("CartPole-v7"))
 
 
-def test_unsupported_spaces_are_refused_with_a_fix() -> None:
-    gym.register("prefloop-test/DictObs-v0", entry_point=_DictObsEnv)
+@pytest.mark.parametrize(
+    ("observation_space", "named"),
+    [
+        (gym.spaces.Dict({"camera": gym.spaces.Box(0, 255, (8, 8, 3), np.uint8), "a": gym.spaces.Box(0, 1, (2,))}), "'camera' is an image"),
+        (gym.spaces.Text(4), "supported: Box, Discrete, MultiBinary, and Dict or Tuple"),
+        (gym.spaces.Dict({"arm": gym.spaces.Dict({"x.y": gym.spaces.Box(0, 1, (2,))})}), "keys with a dot \\('arm/x.y'\\)"),
+    ],
+)
+def test_unsupported_spaces_are_refused_with_a_fix(observation_space: gym.Space, named: str) -> None:
+    env_class = type("_Odd", (_DictObsEnv,), {"observation_space": observation_space})
+    gym.register("prefloop-test/OddObs-v0", entry_point=env_class)
     try:
-        with pytest.raises(EnvSetupError, match="FlattenObservation"):
-            make_env(EnvSpec("prefloop-test/DictObs-v0"))
+        with pytest.raises(EnvSetupError, match=named):
+            make_env(EnvSpec("prefloop-test/OddObs-v0"))
+        check_spaces(_DictObsEnv.observation_space, _DictObsEnv.action_space, "dict")  # vector leaves pass
     finally:
-        gym.registry.pop("prefloop-test/DictObs-v0")
+        gym.registry.pop("prefloop-test/OddObs-v0")
 
 
 def test_env_without_rgb_array_rendering_is_refused_before_training() -> None:

@@ -582,7 +582,7 @@ def zipped(clean: Path, path: Path, members: dict[str, bytes] | None = None, fol
 
 
 def test_a_zipped_dataset_imports_like_its_folder(clean_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from prefloop.apps.dashboard import export_zip
+    from prefloop.apps.export_download import export_zip
 
     source = tmp_path / "source"
     assert main(["import", "--in", str(clean_dataset), "--run-dir", str(source)]) == 0

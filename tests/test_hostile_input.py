@@ -722,7 +722,10 @@ class _SpaceEnv(gym.Env):
 
 _BOX = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
 SPACE_CASES = [
-    Case("dict-observations", (gym.spaces.Dict({"a": _BOX}), gym.spaces.Discrete(2)), "observation space Dict"),
+    Case("dict-image-leaf", (gym.spaces.Dict({"a": _BOX, "pixels": gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)}),
+                             gym.spaces.Discrete(2)), "observation leaf 'pixels' is an image"),
+    Case("tuple-text-leaf", (gym.spaces.Tuple((_BOX, gym.spaces.Text(8))), gym.spaces.Discrete(2)),
+         "observation leaf '1' is a Text space"),
     Case("text-observations", (gym.spaces.Text(8), gym.spaces.Discrete(2)), "observation space Text"),
     Case("sequence-observations", (gym.spaces.Sequence(_BOX), gym.spaces.Discrete(2)), "observation space Sequence"),
     Case("multibinary-actions", (_BOX, gym.spaces.MultiBinary(3)), "action space MultiBinary"),

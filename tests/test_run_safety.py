@@ -228,7 +228,7 @@ def test_a_database_password_reaches_no_file_export_page_or_log(
 
         values = [v for (v,) in conn.execute(select(run_meta_table.c.value))]
     assert values and not any(password in v for v in values), "password in the store's run meta"
-    from prefloop.apps.dashboard import export_zip
+    from prefloop.apps.export_download import export_zip
 
     with zipfile.ZipFile(io.BytesIO(export_zip(url, RUN))) as archive:
         assert not any(secret in archive.read(name) for name in archive.namelist()), "password in the download"

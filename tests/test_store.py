@@ -618,3 +618,32 @@ def test_a_second_store_on_the_same_file_in_one_process_loses_no_committed_write
     second.close()
     first.close()
     assert fresh == "2"
+
+
+def test_the_split_store_keeps_its_public_face() -> None:
+    """The store is a package of one module per concern; code written against the one-module store
+    keeps working: the same names import from ``prefloop.store`` and the class keeps its methods."""
+    import prefloop.store as store_package
+
+    names = {
+        "ANSWERED", "APP_MARKER", "CLAIMED", "CLAIM_ATTEMPTS", "MAX_CLIP_ERROR_CHARS", "MAX_META_KEY_CHARS",
+        "MAX_MIME_CHARS", "MAX_RATER_ID_CHARS", "META_TABLE", "PENDING", "SCHEMA_VERSION", "SQLITE_BUSY_TIMEOUT_S",
+        "WITHDRAWN", "LeaseError", "NoSuchRunError", "NoSuchStoreError", "NotAPreferenceStoreError",
+        "PreferenceStore", "StoreBusyError", "StoreError", "StoreReadOnlyError", "check_store_url", "clips_table",
+        "is_retryable_conflict", "label_flags_table", "labels_table", "meta_table", "metadata",
+        "open_sqlite_read_only", "pairs_table", "raters_table", "read_only_error", "run_meta_table", "runs_table",
+        "segments_table", "sqlite_url", "store_open_error", "store_problem_kind", "wait_limit_args",
+        # private, but imported by prefloop.datasets
+        "_check_rater", "_segment_from_row", "_validate_segment",
+    }
+    assert not sorted(n for n in names if not hasattr(store_package, n))
+    methods = {
+        "add_pairs", "add_rater", "add_segments", "answer", "claim_next", "clip_errors", "close",
+        "count_labels_since", "counts", "flag_label", "get_clip", "get_clips", "get_meta", "get_pair",
+        "get_segments", "gold_pairs", "label_flags", "labeled_pairs", "labels", "pairs_missing_clips", "put_clip",
+        "put_clip_error", "rater", "rater_ids", "raters", "read_transaction", "release", "run_id", "run_name",
+        "segments_needing_clips", "set_meta", "set_onboarded", "undo_last", "url", "withdraw_unanswered",
+        "write_transaction",
+    }
+    assert methods <= set(dir(PreferenceStore))
+    assert PreferenceStore.__module__ == "prefloop.store"

@@ -52,7 +52,7 @@ def test_flat_vector_is_gymnasium_flatten_for_nested_spaces() -> None:
     np.testing.assert_array_equal(np.stack([flattener.one(x) for x in samples]), expected)
     # the layout the docs give: sorted keys, depth-first, one-hot for discrete leaves
     assert [(leaf.name, leaf.start, leaf.stop) for leaf in flattener.leaves] == [
-        ("inner.0", 0, 5), ("inner.1", 5, 8), ("inner.2", 8, 12), ("mode", 12, 16), ("pos", 16, 19),
+        ("inner/0", 0, 5), ("inner/1", 5, 8), ("inner/2", 8, 12), ("mode", 12, 16), ("pos", 16, 19),
     ]
     restored = gym.spaces.unflatten(NESTED, expected[0])
     assert int(restored["mode"]) == int(samples[0]["mode"])
@@ -114,3 +114,36 @@ def test_structured_reward_model_saves_and_loads_with_its_layout(tmp_path) -> No
     assert loaded.observation_space == space and list(loaded.observation_space.spaces) == ["z", "a"]
     obs = {"z": np.array([[0.5, -0.5], [0.1, 0.2]], np.float32), "a": np.array([2, 0])}
     np.testing.assert_allclose(loaded.predict(obs, np.array([0, 1])), model.predict(obs, np.array([0, 1])), rtol=1e-6)
+
+
+class _NestedEnv(gym.Env):
+    observation_space = NESTED
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.observation_space.seed(seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+def test_nested_observations_reach_the_policy_as_one_leaf_dict_with_the_same_flat_vector() -> None:
+    from prefloop.envs.structured import LeafDictObservation, needs_leaf_dict
+
+    assert needs_leaf_dict(NESTED) and needs_leaf_dict(spaces.Tuple((spaces.Discrete(2),)))
+    assert not needs_leaf_dict(spaces.Dict({"a": spaces.Discrete(2)})) and not needs_leaf_dict(spaces.Box(0, 1))
+    raw = _NestedEnv()
+    wrapped = LeafDictObservation(_NestedEnv())
+    assert list(wrapped.observation_space.spaces) == ["inner/0", "inner/1", "inner/2", "mode", "pos"]
+    original, _ = raw.reset(seed=5)
+    leaf_dict, _ = wrapped.reset(seed=5)
+    assert wrapped.observation_space.contains(leaf_dict)
+    np.testing.assert_array_equal(
+        gym.spaces.flatten(wrapped.observation_space, leaf_dict), gym.spaces.flatten(NESTED, original)
+    )
+    clash = type("_Clash", (_NestedEnv,), {"observation_space": spaces.Dict(
+        {"a/b": spaces.Discrete(2), "a": spaces.Dict({"b": spaces.Discrete(2)})})})
+    with pytest.raises(StructuredSpaceError, match=r"\['a/b'\]"):
+        LeafDictObservation(clash())

@@ -29,7 +29,7 @@ def test_a_finished_runs_return_comes_with_random_play_and_the_envs_solved_thres
     from prefloop.envs import EnvSpec
 
     from prefloop.training.config import TrainConfig
-    from prefloop.training.loop import result_context
+    from prefloop.training.evaluation import result_context
 
     config = TrainConfig(env_id="CartPole-v1", run_dir="unused", eval_episodes=3, seed=0)
     context = result_context(480.0, EnvSpec("CartPole-v1"), config)

@@ -23,7 +23,7 @@ Kept free of torch and SB3: the env wrappers (``prefloop.envs``) and the reward 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +56,11 @@ class Leaf:
 
     @property
     def name(self) -> str:
-        """The path joined with dots (``"observation"``, ``"arm.0"``); ``"<root>"`` for the root."""
-        return ".".join(str(p) for p in self.path) or "<root>"
+        """The path joined with slashes (``"observation"``, ``"arm/0"``); ``"<root>"`` for the root.
+
+        Slashes, not dots: SB3's ``MultiInputPolicy`` makes a torch submodule per key of the Dict
+        it reads, and torch refuses module names with dots."""
+        return _name(self.path)
 
 
 def is_structured(space: gym.Space) -> bool:
@@ -110,7 +113,7 @@ def _collect(space: gym.Space, path: tuple[str | int, ...], out: list[Leaf]) -> 
 
 
 def _name(path: tuple[str | int, ...]) -> str:
-    return ".".join(str(p) for p in path) or "<root>"
+    return "/".join(str(p) for p in path) or "<root>"
 
 
 def flat_dim(space: gym.Space) -> int:
@@ -149,6 +152,17 @@ class ObservationFlattener:
         return self.batch(_map_leaves(self.space, obs, lambda x: np.asarray(x)[None]))[0]
 
 
+def batch_as_array(space: gym.Space) -> Callable[[Any], np.ndarray]:
+    """What turns a batch of ``space``'s observations into the array segments and reward functions
+    read: :meth:`ObservationFlattener.batch` for Dict and Tuple spaces, ``np.asarray`` otherwise."""
+    return ObservationFlattener(space).batch if is_structured(space) else np.asarray
+
+
+def one_as_array(space: gym.Space) -> Callable[[Any], np.ndarray]:
+    """:func:`batch_as_array` for one observation (no batch axis)."""
+    return ObservationFlattener(space).one if is_structured(space) else np.asarray
+
+
 def flatten_batch(space: gym.Space, obs: Any) -> np.ndarray:
     """:meth:`ObservationFlattener.batch` for a one-off call."""
     return ObservationFlattener(space).batch(obs)
@@ -165,6 +179,11 @@ def _map_leaves(space: gym.Space, obs: Any, fn: Any) -> Any:
     if isinstance(space, spaces.Tuple):
         return tuple(_map_leaves(sub, obs[i], fn) for i, sub in enumerate(space.spaces))
     return fn(obs)
+
+
+def leaf_value(obs: Any, leaf: Leaf) -> np.ndarray:
+    """The value of ``leaf`` in an observation (or a batch) in the space's structure."""
+    return _at(obs, leaf.path)
 
 
 def _at(obs: Any, path: tuple[str | int, ...]) -> np.ndarray:

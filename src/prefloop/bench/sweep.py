@@ -220,7 +220,7 @@ def finished_rows(folder: Path) -> dict[str, dict[str, Any]]:
 
 def random_baselines(config: BenchConfig) -> list[dict[str, Any]]:
     from prefloop.envs import EnvSpec
-    from prefloop.training.loop import random_policy_returns
+    from prefloop.training.evaluation import random_policy_returns
 
     rows = []
     for env_id, seed in itertools.product(config.envs, config.seeds):

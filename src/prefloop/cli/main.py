@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefloop.apps.access import ENV_ADMIN_TOKEN, ENV_TOKEN
-from prefloop.cli.raters import non_negative_number
+from prefloop.cli.arguments import add_password_file_argument, add_run_arguments
+from prefloop.cli.bench import add_bench_parser
 from prefloop.credentials import (
     ENV_DB_PASSWORD,
     ENV_DB_PASSWORD_FILE,
@@ -23,25 +24,12 @@ from prefloop.credentials import (
 from prefloop.datasets import DatasetError
 from prefloop.envs import EnvSetupError
 from prefloop.reward_models import RewardModelConfig, UnsupportedSpaceError
-from prefloop.reward_models.training import RATER_MODELS
 from prefloop.store import StoreError
 from prefloop.teachers.crowd import CROWD_PREFIX
-from prefloop.teachers.simulated import (
-    HUMAN_TEACHER,
-    RECORDED_PREFIX,
-    TEACHER_PRESETS,
-    TeacherConfigError,
-    parse_teacher_param,
-)
-from prefloop.teachers.specs import parse_teacher_spec
-from prefloop.training.algos import ALGORITHMS, AlgorithmError, algorithm_class
-from prefloop.training.config import WHEN_BEHIND, ConfigError, TrainConfig
-from prefloop.training.query import (
-    QUERY_METHODS,
-    NotEnoughSegmentsError,
-    QueryConfig,
-    QueryConfigError,
-)
+from prefloop.teachers.simulated import HUMAN_TEACHER, RECORDED_PREFIX, TeacherConfigError
+from prefloop.training.algos import AlgorithmError
+from prefloop.training.config import ConfigError, TrainConfig
+from prefloop.training.query import NotEnoughSegmentsError, QueryConfig, QueryConfigError
 from prefloop.training.rundir import RunDirError
 
 # Errors that are the user's input, not a bug: shown as one clear line, exit code 2.
@@ -58,137 +46,6 @@ USER_ERRORS = (
     TeacherConfigError,
     UnsupportedSpaceError,
 )
-
-
-def _teacher_param(text: str) -> tuple[str, float]:
-    try:
-        return parse_teacher_param(text)
-    except TeacherConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _teacher_name(text: str) -> str:
-    if text == "human" or text in TEACHER_PRESETS or (text.startswith("recorded:") and len(text) > len("recorded:")):
-        return text
-    if text.startswith(("crowd:", "fitted:")):
-        return _teacher_spec(text)
-    import difflib
-
-    close = difflib.get_close_matches(text, ["human", *TEACHER_PRESETS], n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise argparse.ArgumentTypeError(
-        f"unknown teacher {text!r}.{hint} Choose human, {', '.join(sorted(TEACHER_PRESETS))}, recorded:DATASET_DIR, "
-        "crowd:MEMBERS (e.g. crowd:3xcareful@0.05,random,adversarial) or fitted:PATH,rater=NAME"
-    )
-
-
-def _teacher_spec(text: str) -> str:
-    try:
-        parse_teacher_spec(text)
-    except TeacherConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _query_spec(text: str) -> str:
-    try:
-        return QueryConfig.from_spec(text).spec
-    except QueryConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _algo(text: str) -> str:
-    """An SB3 algorithm name (any case) or an algorithm class's import path (sb3_contrib:TRPO)."""
-    if text.lower() in ALGORITHMS:
-        return text.lower()
-    try:
-        algorithm_class(text)
-    except AlgorithmError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (0 <= value <= 3600):
-        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds, got {text}")
-    return value
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
-    parser.add_argument("--teacher", default="oracle", type=_teacher_name, metavar="TEACHER",
-                        help="'human' (people in the rater app; only `prefloop run` starts it), a simulated teacher ("
-                        + ", ".join(sorted(TEACHER_PRESETS)) + "), recorded:DIR (replay the labels of an exported dataset or an imported run folder), "
-                        "a simulated crowd crowd:[COUNTx]KIND[@EPSILON],... (e.g. crowd:3xcareful@0.05,random,adversarial), "
-                        "or fitted:PATH[,rater=NAME] (a rater's model from `prefloop raters fit --json PATH`)")
-    parser.add_argument(
-        "--teacher-param", action="append", default=[], type=_teacher_param, metavar="KEY=VALUE",
-        help="override a teacher parameter: beta, gamma, epsilon, skip_threshold, equal_threshold (repeatable)",
-    )
-    parser.add_argument("--labels", type=_positive_int, default=200, help="label budget of the run (default 200)")
-    parser.add_argument("--steps", type=_positive_int, default=None, help="env steps (default: the env preset's)")
-    parser.add_argument("--algo", default=None, type=_algo, metavar="ALGO",
-                        help=f"SB3 algorithm: {', '.join(sorted(ALGORITHMS))}, or any SB3-compatible algorithm class by "
-                        "its import path, e.g. sb3_contrib:TRPO (pip install 'prefloop[contrib]') (default: the env preset's)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the env, the policy and the reward model (default: 0)")
-    parser.add_argument("--query", default="disagreement", type=_query_spec, metavar="METHOD[+qpa][+surf]",
-                        help=f"query selection: {', '.join(QUERY_METHODS)}, optionally +qpa (policy-aligned) "
-                             "and/or +surf (semi-supervised) (default: disagreement)")
-    parser.add_argument("--oversampling", type=_positive_int, default=10, help="candidate pairs scored per pair asked (default: 10)")
-    parser.add_argument("--segment-length", type=_positive_int, default=None, help="steps per segment (default: the preset's)")
-    parser.add_argument("--n-envs", type=_positive_int, default=None, help="parallel envs (default: the preset's)")
-    parser.add_argument("--ensemble", type=_positive_int, default=3, help="reward-model ensemble members (default: 3)")
-    parser.add_argument("--rater-model", default="reliability", choices=RATER_MODELS,
-                        help="several raters: estimate each one's error rate jointly with the reward and down-weight "
-                             "unreliable ones (reliability, default), or count every label alike (plain)")
-    parser.add_argument("--flag-error-rate", type=float, default=0.3,
-                        help="reliability: raters estimated to err at least this often are flagged and their labels "
-                             "get weight 0 (kept in the store) (default 0.3)")
-    parser.add_argument("--reward-source", default="preferences", choices=("preferences", "true"),
-                        help="'true' trains on the env reward instead (the baseline)")
-    parser.add_argument("--eval-episodes", type=_positive_int, default=10,
-                        help="episodes of the final evaluation on the true reward (default: 10)")
-    parser.add_argument("--db-url", default=None,
-                        help="SQLAlchemy URL of the store (default: SQLite in the run folder); keep the password out "
-                        f"of it: ${ENV_DB_PASSWORD} or --db-password-file (it is never saved)")
-    add_password_file_argument(parser)
-    parser.add_argument("--when-behind", default=None, choices=WHEN_BEHIND,
-                        help="raters behind the label schedule: 'pace' (default) trains the policy only as far as the "
-                        "answers so far unlock, 'wait' pauses at every round until all pairs are answered, "
-                        "'continue' never waits (a slow rater then makes the run worse, not longer); for raters who "
-                        "answer in their own time: people, or a simulated teacher with --answer-seconds")
-    parser.add_argument("--answer-seconds", type=_seconds, default=0.0, metavar="S",
-                        help="a simulated teacher answers through the store at human pace: S seconds per pair "
-                        "(the median), in a background thread, like a person in the app (default 0: at once)")
-    parser.add_argument("--answer-seconds-sigma", type=_seconds, default=0.0, metavar="SIGMA",
-                        help="spread of those times (log-normal sigma; 0 = always S)")
-    parser.add_argument("--gold-fraction", type=float, default=None,
-                        help="share of quality-control pairs with a known answer (default 0.05), for raters who answer "
-                        "in their own time (people, --answer-seconds) and replays of a human run")
-    parser.add_argument("--raters-per-pair", type=_positive_int, default=1, help="labels per pair (>1 measures rater agreement)")
-    parser.add_argument("--unsupervised-steps", type=int, default=None,
-                        help="PEBBLE: env steps of state-entropy exploration before the first query (default: the env preset's, 0 for most)")
-    parser.add_argument("--guideline", default=None, help="the question shown to raters above the clips (default: the env preset's)")
-
-
-def add_password_file_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db-password-file", type=Path, default=None, metavar="FILE",
-                        help=f"file holding the database password (default: ${ENV_DB_PASSWORD}, "
-                        f"${ENV_DB_PASSWORD_FILE} or PostgreSQL's PGPASSWORD / ~/.pgpass)")
 
 
 # Settings for raters who answer in their own time (people in the app, a simulated teacher with
@@ -261,7 +118,7 @@ def check_resume_arguments(args: argparse.Namespace) -> None:
 def _reward_model_config(args: argparse.Namespace) -> RewardModelConfig:
     try:
         return RewardModelConfig(n_members=args.ensemble, seed=args.seed, rater_model=args.rater_model,
-                                 flag_error_rate=args.flag_error_rate)
+                                 flag_error_rate=args.flag_error_rate, cnn=args.reward_cnn)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -390,35 +247,6 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from prefloop.bench.sweep import BenchConfig, run_bench
-
-    config = BenchConfig(
-        envs=tuple(args.envs),
-        label_budgets=tuple(args.labels),
-        seeds=tuple(args.seeds),
-        teachers=tuple(args.teachers),
-        queries=tuple(args.queries),
-        rater_models=tuple(args.rater_models),
-        algos=tuple(args.algos) if args.algos else (None,),
-        steps=args.steps,
-        out_dir=Path(args.out),
-        workers=args.workers,
-        eval_episodes=args.eval_episodes,
-        executor="ray" if (args.ray or args.ray_address) else "process",
-        ray_address=args.ray_address,
-        resume=args.resume,
-        reuse_from=tuple(Path(p) for p in args.reuse),
-        answer_seconds=args.answer_seconds,
-        answer_seconds_sigma=args.answer_seconds_sigma,
-        hourly_rate=args.hourly_rate,
-        cost_per_label=args.cost_per_label,
-        currency=args.currency,
-    )
-    run_bench(config)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefloop", description="Reinforcement learning from human preferences.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -450,43 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_optional_commands(sub)
 
-    bench_p = sub.add_parser("bench", help="preference runs vs. true-reward and random baselines, over a grid")
-    bench_p.add_argument("--envs", nargs="+", default=["CartPole-v1"], help="Gymnasium env ids (default: CartPole-v1)")
-    bench_p.add_argument("--labels", nargs="+", type=_positive_int, default=[200], help="label budgets (default: 200)")
-    bench_p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    bench_p.add_argument("--teachers", nargs="+", default=["oracle"], type=_teacher_spec, metavar="TEACHER[:KEY=VALUE,...]",
-                         help=f"simulated teachers: B-Pref's presets ({', '.join(sorted(TEACHER_PRESETS))}), optionally "
-                              "with parameters, e.g. mistake:epsilon=0.2; crowds, e.g. crowd:3xcareful@0.05,random,adversarial; "
-                              "fitted:PATH,rater=NAME (default: oracle)")
-    bench_p.add_argument("--queries", nargs="+", default=["disagreement"], type=_query_spec, metavar="METHOD[+qpa][+surf]",
-                         help=f"query selection methods: {', '.join(QUERY_METHODS)}, each optionally +qpa and/or +surf "
-                              "(default: disagreement)")
-    bench_p.add_argument("--rater-models", nargs="+", default=["reliability"], choices=RATER_MODELS,
-                         help="losses compared: per-rater reliability and/or the plain loss (default: reliability)")
-    bench_p.add_argument("--algos", nargs="+", default=None, choices=sorted(ALGORITHMS),
-                         help="SB3 algorithms (default: each env preset's)")
-    bench_p.add_argument("--steps", type=_positive_int, default=None, help="env steps per run (default: each preset's)")
-    bench_p.add_argument("--workers", type=_positive_int, default=None, help="parallel runs (default: CPU cores)")
-    bench_p.add_argument("--eval-episodes", type=_positive_int, default=10, help="evaluation episodes per run (default: 10)")
-    bench_p.add_argument("--resume", action="store_true",
-                         help="finish an interrupted sweep in --out: keep its finished runs, run the rest")
-    bench_p.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="DIR",
-                         help="take runs with an identical config (e.g. true-reward baselines) from these earlier sweep folders")
-    bench_p.add_argument("--answer-seconds", type=_seconds, default=0.0, metavar="S",
-                         help="teachers answer through the store at human pace, S seconds per pair (runs are then "
-                              "paced by them; more --workers than cores is fine, they mostly wait)")
-    bench_p.add_argument("--answer-seconds-sigma", type=_seconds, default=0.0, metavar="SIGMA",
-                         help="log-normal spread of those times (default 0: always S)")
-    price = bench_p.add_mutually_exclusive_group()
-    price.add_argument("--hourly-rate", type=non_negative_number, default=None, metavar="RATE",
-                       help="what a rater is paid per hour: results add cost and true return gained per human hour "
-                            "and per unit of cost (with a plot); human hours come from --answer-seconds")
-    price.add_argument("--cost-per-label", type=non_negative_number, default=None, metavar="PRICE", help="or: what one label costs")
-    bench_p.add_argument("--currency", default="USD", help="currency shown beside costs (default: USD)")
-    bench_p.add_argument("--out", default="bench-out/latest", help="output folder")
-    bench_p.add_argument("--ray", action="store_true", help="run on a local Ray instance instead of a process pool")
-    bench_p.add_argument("--ray-address", default=None, help="run on the Ray cluster at this address (e.g. ray://head:10001)")
-    bench_p.set_defaults(func=cmd_bench)
+    add_bench_parser(sub)
     return parser
 
 

@@ -55,7 +55,9 @@ FILE_DESCRIPTIONS: dict[str, Any] = {
         ),
         "arrays": {
             "segment_id": "(N,) int64, the segment's id in the source store",
-            "obs": "(N, L, *obs_shape), the observation each action was taken in (float32, or uint8 for images, as recorded)",
+            "obs": "(N, L, *obs_shape), the observation each action was taken in (float32, or uint8 for images, as recorded); "
+            "for a Dict or Tuple observation space (N, L, D), gymnasium.spaces.flatten's float32 vector "
+            "(docs/observations.md)",
             "actions": "(N, L, *act_shape), the actions (int64 for Discrete, float32 for Box)",
             "true_rewards": "(N, L) float32, the environment's reward (0 on absorbing steps)",
             "n_valid": "(N,) int64, real steps; steps from n_valid on are the absorbing state "

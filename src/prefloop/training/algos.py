@@ -23,6 +23,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from prefloop.envs.learned_reward import RewardFunction
 from prefloop.import_paths import ImportPathError, describe, is_import_path
 from prefloop.import_paths import load as load_import_path
+from prefloop.structured_obs import batch_as_array
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
     "ppo": PPO,
@@ -154,8 +155,12 @@ def make_algorithm(
 
 
 def default_policy(observation_space: spaces.Space) -> str:
-    """``"CnnPolicy"`` (SB3's Nature-DQN torso, pixels scaled by 1/255) for image observations --
-    uint8 ``(C, H, W)`` or ``(H, W, C)`` with bounds 0..255, as SB3 detects them -- else ``"MlpPolicy"``."""
+    """``"MultiInputPolicy"`` for a Dict (Tuple and nested Dict observations reach SB3 as a flat
+    Dict, see ``prefloop.envs.structured``); ``"CnnPolicy"`` (SB3's Nature-DQN torso, pixels
+    scaled by 1/255) for image observations -- uint8 ``(C, H, W)`` or ``(H, W, C)`` with bounds
+    0..255, as SB3 detects them; else ``"MlpPolicy"``."""
+    if isinstance(observation_space, spaces.Dict):
+        return "MultiInputPolicy"
     return "CnnPolicy" if is_image_space(observation_space, check_channels=False) else "MlpPolicy"
 
 
@@ -176,7 +181,12 @@ def relabel_replay_buffer(model: BaseAlgorithm, reward_fn: RewardFunction, chunk
     if filled == 0:
         return 0
     n_envs = buffer.n_envs
-    obs = buffer.observations[:filled].reshape(filled * n_envs, *buffer.obs_shape)
+    if isinstance(buffer.observations, dict):  # DictReplayBuffer: flat vectors, as the reward model reads
+        obs = batch_as_array(model.observation_space)(
+            {key: value[:filled].reshape(filled * n_envs, *buffer.obs_shape[key]) for key, value in buffer.observations.items()}
+        )
+    else:
+        obs = buffer.observations[:filled].reshape(filled * n_envs, *buffer.obs_shape)
     actions = buffer.actions[:filled].reshape(filled * n_envs, buffer.action_dim)
     if isinstance(model.action_space, spaces.Box):
         # SB3 stores Box actions squashed to [-1, 1]; the reward model saw env actions.

@@ -29,9 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
@@ -70,6 +68,7 @@ from prefloop.training.callbacks import (
 )
 from prefloop.training.checkpoints import CheckpointChoice, newest_usable_checkpoint
 from prefloop.training.config import ConfigError, TrainConfig, config_differences
+from prefloop.training.evaluation import evaluate, result_context
 from prefloop.training.exploration import StateEntropyReward, SwitchableReward
 from prefloop.training.human_time import human_time
 from prefloop.training.learner import PreferenceLearner
@@ -462,49 +461,3 @@ def first_labels(
     learner.wait_for_raters(lambda c: c["labels"] >= needed, f"the policy starts training once {needed} labels are in", env_step, curve)
     learner.fit(env_step)
     learner.publish_progress("training", env_step, curve)
-
-
-def evaluate(model: BaseAlgorithm, spec: EnvSpec, episodes: int, seed: int) -> list[float]:
-    """Deterministic-policy returns on the true reward, one fresh env, ``episodes`` episodes."""
-    eval_env = DummyVecEnv([lambda: Monitor(make_env(spec, seed=seed))])
-    try:
-        returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
-    finally:
-        eval_env.close()
-    return [float(r) for r in returns]
-
-
-def result_context(eval_return: float, spec: EnvSpec, config: TrainConfig) -> dict[str, float]:
-    """A finished run's return for people (the rater app's last page), with what makes it
-    readable: a random policy's return on the same episodes' seeds and, when the env's Gymnasium
-    spec has one, its reward threshold ("solved")."""
-    import gymnasium as gym
-
-    context = {"eval_return_mean": eval_return,
-               "random_return_mean": float(np.mean(random_policy_returns(spec, config.eval_episodes, config.seed + 10_000)))}
-    try:
-        threshold = gym.spec(spec.env_id).reward_threshold
-    except gym.error.Error:
-        threshold = None
-    if threshold is not None:
-        context["reward_threshold"] = float(threshold)
-    return context
-
-
-def random_policy_returns(spec: EnvSpec, episodes: int, seed: int) -> list[float]:
-    """Returns of uniformly random actions: the 0 of the normalised return."""
-    env = make_env(spec, seed=seed)
-    env.action_space.seed(seed)
-    returns = []
-    try:
-        for _ in range(episodes):
-            env.reset()
-            total, done = 0.0, False
-            while not done:
-                _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-                total += float(reward)
-                done = terminated or truncated
-            returns.append(total)
-    finally:
-        env.close()
-    return returns

@@ -1,0 +1,150 @@
+"""The arguments ``prefloop train`` and ``prefloop run`` share, and the argument types that check a
+value as it is parsed (an unknown teacher or query method is refused with the usage line, and a
+close match suggested)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prefloop.credentials import ENV_DB_PASSWORD, ENV_DB_PASSWORD_FILE
+from prefloop.reward_models.training import RATER_MODELS
+from prefloop.teachers.simulated import TEACHER_PRESETS, TeacherConfigError, parse_teacher_param
+from prefloop.teachers.specs import parse_teacher_spec
+from prefloop.training.algos import ALGORITHMS, AlgorithmError, algorithm_class
+from prefloop.training.config import WHEN_BEHIND
+from prefloop.training.query import QUERY_METHODS, QueryConfig, QueryConfigError
+
+
+def teacher_param(text: str) -> tuple[str, float]:
+    try:
+        return parse_teacher_param(text)
+    except TeacherConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def teacher_name(text: str) -> str:
+    if text == "human" or text in TEACHER_PRESETS or (text.startswith("recorded:") and len(text) > len("recorded:")):
+        return text
+    if text.startswith(("crowd:", "fitted:")):
+        return teacher_spec(text)
+    import difflib
+
+    close = difflib.get_close_matches(text, ["human", *TEACHER_PRESETS], n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise argparse.ArgumentTypeError(
+        f"unknown teacher {text!r}.{hint} Choose human, {', '.join(sorted(TEACHER_PRESETS))}, recorded:DATASET_DIR, "
+        "crowd:MEMBERS (e.g. crowd:3xcareful@0.05,random,adversarial) or fitted:PATH,rater=NAME"
+    )
+
+
+def teacher_spec(text: str) -> str:
+    try:
+        parse_teacher_spec(text)
+    except TeacherConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def query_spec(text: str) -> str:
+    try:
+        return QueryConfig.from_spec(text).spec
+    except QueryConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def algo(text: str) -> str:
+    """An SB3 algorithm name (any case) or an algorithm class's import path (sb3_contrib:TRPO)."""
+    if text.lower() in ALGORITHMS:
+        return text.lower()
+    try:
+        algorithm_class(text)
+    except AlgorithmError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (0 <= value <= 3600):
+        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds, got {text}")
+    return value
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
+    parser.add_argument("--teacher", default="oracle", type=teacher_name, metavar="TEACHER",
+                        help="'human' (people in the rater app; only `prefloop run` starts it), a simulated teacher ("
+                        + ", ".join(sorted(TEACHER_PRESETS)) + "), recorded:DIR (replay the labels of an exported dataset or an imported run folder), "
+                        "a simulated crowd crowd:[COUNTx]KIND[@EPSILON],... (e.g. crowd:3xcareful@0.05,random,adversarial), "
+                        "or fitted:PATH[,rater=NAME] (a rater's model from `prefloop raters fit --json PATH`)")
+    parser.add_argument(
+        "--teacher-param", action="append", default=[], type=teacher_param, metavar="KEY=VALUE",
+        help="override a teacher parameter: beta, gamma, epsilon, skip_threshold, equal_threshold (repeatable)",
+    )
+    parser.add_argument("--labels", type=positive_int, default=200, help="label budget of the run (default 200)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="env steps (default: the env preset's)")
+    parser.add_argument("--algo", default=None, type=algo, metavar="ALGO",
+                        help=f"SB3 algorithm: {', '.join(sorted(ALGORITHMS))}, or any SB3-compatible algorithm class by "
+                        "its import path, e.g. sb3_contrib:TRPO (pip install 'prefloop[contrib]') (default: the env preset's)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the env, the policy and the reward model (default: 0)")
+    parser.add_argument("--query", default="disagreement", type=query_spec, metavar="METHOD[+qpa][+surf]",
+                        help=f"query selection: {', '.join(QUERY_METHODS)}, optionally +qpa (policy-aligned) "
+                             "and/or +surf (semi-supervised) (default: disagreement)")
+    parser.add_argument("--oversampling", type=positive_int, default=10, help="candidate pairs scored per pair asked (default: 10)")
+    parser.add_argument("--segment-length", type=positive_int, default=None, help="steps per segment (default: the preset's)")
+    parser.add_argument("--n-envs", type=positive_int, default=None, help="parallel envs (default: the preset's)")
+    parser.add_argument("--ensemble", type=positive_int, default=3, help="reward-model ensemble members (default: 3)")
+    parser.add_argument("--reward-cnn", default="nature", choices=("nature", "christiano"),
+                        help="image observations: the reward model's conv torso, Nature-DQN (default) or Christiano "
+                             "et al.'s smaller Atari net (a quarter of the arithmetic, for CPU-only runs)")
+    parser.add_argument("--rater-model", default="reliability", choices=RATER_MODELS,
+                        help="several raters: estimate each one's error rate jointly with the reward and down-weight "
+                             "unreliable ones (reliability, default), or count every label alike (plain)")
+    parser.add_argument("--flag-error-rate", type=float, default=0.3,
+                        help="reliability: raters estimated to err at least this often are flagged and their labels "
+                             "get weight 0 (kept in the store) (default 0.3)")
+    parser.add_argument("--reward-source", default="preferences", choices=("preferences", "true"),
+                        help="'true' trains on the env reward instead (the baseline)")
+    parser.add_argument("--eval-episodes", type=positive_int, default=10,
+                        help="episodes of the final evaluation on the true reward (default: 10)")
+    parser.add_argument("--db-url", default=None,
+                        help="SQLAlchemy URL of the store (default: SQLite in the run folder); keep the password out "
+                        f"of it: ${ENV_DB_PASSWORD} or --db-password-file (it is never saved)")
+    add_password_file_argument(parser)
+    parser.add_argument("--when-behind", default=None, choices=WHEN_BEHIND,
+                        help="raters behind the label schedule: 'pace' (default) trains the policy only as far as the "
+                        "answers so far unlock, 'wait' pauses at every round until all pairs are answered, "
+                        "'continue' never waits (a slow rater then makes the run worse, not longer); for raters who "
+                        "answer in their own time: people, or a simulated teacher with --answer-seconds")
+    parser.add_argument("--answer-seconds", type=seconds, default=0.0, metavar="S",
+                        help="a simulated teacher answers through the store at human pace: S seconds per pair "
+                        "(the median), in a background thread, like a person in the app (default 0: at once)")
+    parser.add_argument("--answer-seconds-sigma", type=seconds, default=0.0, metavar="SIGMA",
+                        help="spread of those times (log-normal sigma; 0 = always S)")
+    parser.add_argument("--gold-fraction", type=float, default=None,
+                        help="share of quality-control pairs with a known answer (default 0.05), for raters who answer "
+                        "in their own time (people, --answer-seconds) and replays of a human run")
+    parser.add_argument("--raters-per-pair", type=positive_int, default=1, help="labels per pair (>1 measures rater agreement)")
+    parser.add_argument("--unsupervised-steps", type=int, default=None,
+                        help="PEBBLE: env steps of state-entropy exploration before the first query (default: the env preset's, 0 for most)")
+    parser.add_argument("--guideline", default=None, help="the question shown to raters above the clips (default: the env preset's)")
+
+
+def add_password_file_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db-password-file", type=Path, default=None, metavar="FILE",
+                        help=f"file holding the database password (default: ${ENV_DB_PASSWORD}, "
+                        f"${ENV_DB_PASSWORD_FILE} or PostgreSQL's PGPASSWORD / ~/.pgpass)")
