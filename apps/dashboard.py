@@ -408,6 +408,9 @@ class ReliabilityRow:
     error_rate_high: float
     flagged: bool
     weight: float
+    temperature: float = 1.0
+    temperature_low: float = 1.0
+    temperature_high: float = 1.0
 
 
 def parse_rater_reliability(raw: str | None) -> tuple[list[ReliabilityRow], float | None]:
@@ -420,6 +423,9 @@ def parse_rater_reliability(raw: str | None) -> tuple[list[ReliabilityRow], floa
                 rater_id=str(r["rater_id"]), labels=int(r["labels"]), error_rate=float(r["error_rate"]),
                 error_rate_low=float(r["error_rate_low"]), error_rate_high=float(r["error_rate_high"]),
                 flagged=bool(r["flagged"]), weight=float(r["weight"]),
+                # Runs from before per-rater temperatures have none: the loss used 1.
+                temperature=float(r.get("temperature", 1.0)), temperature_low=float(r.get("temperature_low", 1.0)),
+                temperature_high=float(r.get("temperature_high", 1.0)),
             )
             for r in (data or {}).get("raters", [])
         ]
@@ -444,10 +450,15 @@ def render_rater_reliability(raw: str | None) -> None:
         "labels": [r.labels for r in rows],
         "error rate": [round(r.error_rate, 3) for r in rows],
         "90% interval": [f"{r.error_rate_low:.2f} – {r.error_rate_high:.2f}" for r in rows],
+        "temperature β": [round(r.temperature, 2) for r in rows],
+        "β 90% interval": [f"{r.temperature_low:.2f} – {r.temperature_high:.2f}" for r in rows],
         "weight in the fit": [round(r.weight, 2) for r in rows],
         "flagged": ["yes" if r.flagged else "" for r in rows],
     })
     st.dataframe(frame, hide_index=True)  # cells are plain text: a rater id never renders as Markdown
+    st.caption("Temperature β: how sharply a rater tells close clips apart, relative to the reward model's "
+               "scale (above 1 sharper, below 1 closer to a coin on close calls); it stays near 1 until a "
+               "rater's labels say otherwise.")
     flagged = [r for r in rows if r.flagged]
     if flagged:
         st.warning(

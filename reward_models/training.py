@@ -35,6 +35,7 @@ from .reliability import (
     RaterLabels,
     estimate_error_rates,
     loss_error_rates,
+    mostly_contradicted,
 )
 
 # Fewer pairs than this and all of them are used for training.
@@ -75,6 +76,12 @@ class RewardModelConfig:
             labels get weight 0 in the fit (kept in the store; unflagged when they improve).
         prior_labels: weight, in labels, of the prior on each rater's error rate: a rater with far
             fewer labels than this keeps about the prior.
+        temperature_prior_sd: standard deviation of the normal prior on each rater's log
+            temperature ``log beta`` (mean 0): a rater's ``beta`` leaves 1 only as far as their
+            labels support it (``reward_models/reliability.py``).
+        rater_estimates_per_fit: E-steps (re-estimates of the raters) spread evenly over each
+            fit's gradient steps, plus one at its end: EM alternates them with the reward model's
+            steps, and one per fit left the first fit's estimates far from converged.
         flagged_answer_weight: weight in the fit of an answer the server flagged (e.g. faster than
             the clips can be watched); the answer is kept and still scored for its rater.
         val_fraction: fraction of pairs held out for validation (0 disables validation).
@@ -111,6 +118,8 @@ class RewardModelConfig:
     rater_model: str = "reliability"
     flag_error_rate: float = 0.3
     prior_labels: float = 5.0
+    temperature_prior_sd: float = 0.5
+    rater_estimates_per_fit: int = 8
     flagged_answer_weight: float = 0.25
     val_fraction: float = 0.2
     seed: int = 0
@@ -129,7 +138,8 @@ class RewardModelConfig:
         if isinstance(hidden, int) or not all(_is_int(h) and h >= 1 for h in hidden):
             raise ValueError(f"hidden_sizes must be a tuple of positive ints, got {hidden!r}")
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in hidden))
-        for name in ("n_members", "batch_size", "epochs", "max_steps_per_fit", "steps_per_label", "min_steps_per_fit"):
+        for name in ("n_members", "batch_size", "epochs", "max_steps_per_fit", "steps_per_label", "min_steps_per_fit",
+                     "rater_estimates_per_fit"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -147,6 +157,8 @@ class RewardModelConfig:
             raise ValueError(f"flag_error_rate must be in (0, 1] (1 flags nobody short of always wrong), got {self.flag_error_rate!r}")
         if not (_is_real(self.prior_labels) and 0 < self.prior_labels and math.isfinite(self.prior_labels)):
             raise ValueError(f"prior_labels must be a finite number > 0, got {self.prior_labels!r}")
+        if not (_is_real(self.temperature_prior_sd) and 0 < self.temperature_prior_sd and math.isfinite(self.temperature_prior_sd)):
+            raise ValueError(f"temperature_prior_sd must be a finite number > 0, got {self.temperature_prior_sd!r}")
         if not (_is_real(self.flagged_answer_weight) and 0 <= self.flagged_answer_weight <= 1):
             raise ValueError(f"flagged_answer_weight must be in [0, 1], got {self.flagged_answer_weight!r}")
         if not (_is_real(self.stop_accuracy) and 0 < self.stop_accuracy):
@@ -246,22 +258,28 @@ def rater_bradley_terry_loss(
     target: torch.Tensor,
     error_rate: torch.Tensor,
     weight: torch.Tensor,
+    temperature: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Weighted cross entropy under per-label mistake rates (the reliability model's M-step).
+    """Weighted cross entropy under per-label mistake rates and temperatures (the reliability
+    model's M-step).
 
-    ``p = (1 - e) * sigmoid(R_right - R_left) + e * (1 - sigmoid(R_right - R_left))`` is the
-    probability that the label's rater answers right when they err with probability ``e``; the loss
+    ``p = (1 - e) * sigmoid(b * D) + e * (1 - sigmoid(b * D))``, ``D = R_right - R_left``, is the
+    probability that the label's rater answers right when they err with probability ``e`` and
+    tell returns apart at temperature ``b`` (1 when ``temperature`` is None); the loss
     is ``sum(w * CE(t, p)) / sum(w)`` over labels, averaged over members, in log space. ``e = 0.5``
     gives a label zero gradient; ``e = rr / 2`` and ``w = 1`` is :func:`bradley_terry_loss`.
 
     Args:
         returns_left, returns_right: ``(M, N)`` segment returns.
-        target, error_rate, weight: ``(N,)`` or ``(M, N)``; ``error_rate`` in [0, 0.5], ``weight >= 0``.
+        target, error_rate, weight, temperature: ``(N,)`` or ``(M, N)``; ``error_rate`` in
+            [0, 0.5], ``weight >= 0``, ``temperature > 0``.
 
     Returns:
         A scalar tensor (0 when every weight is 0).
     """
     diff = returns_right - returns_left
+    if temperature is not None:
+        diff = diff * temperature.to(diff.dtype)
     target = target.to(diff.dtype)
     error = error_rate.to(diff.dtype)
     log_keep, log_mistake = torch.log1p(-error), torch.log(error)  # log(0) = -inf: logaddexp drops it
@@ -287,11 +305,12 @@ class _Rows:
     key: np.ndarray
     error_rate: torch.Tensor | None = None
     weight: torch.Tensor | None = None
+    temperature: torch.Tensor | None = None
     labels: RaterLabels | None = None
 
     def with_pseudo_pairs(self, first_pair: int, targets: np.ndarray, random_response: float) -> "_Rows":
         """These rows plus one per pseudo-labelled pair (encoded from ``first_pair`` on); in
-        reliability mode they have the prior error rate ``random_response / 2`` and weight 1."""
+        reliability mode they have the prior error rate ``random_response / 2``, temperature 1 and weight 1."""
         n = len(targets)
         extra_pairs = np.arange(first_pair, first_pair + n)
         rows = _Rows(
@@ -303,6 +322,8 @@ class _Rows:
         if self.error_rate is not None and self.weight is not None:
             rows.error_rate = torch.cat([self.error_rate, torch.full((n,), random_response / 2, dtype=self.error_rate.dtype)])
             rows.weight = torch.cat([self.weight, torch.ones(n, dtype=self.weight.dtype)])
+        if self.temperature is not None:
+            rows.temperature = torch.cat([self.temperature, torch.ones(n, dtype=self.temperature.dtype)])
         return rows
 
 
@@ -375,8 +396,9 @@ class RewardTrainer:
 
         With ``rater_model="reliability"`` and pairs whose ``extra["votes"]`` name at least two
         raters (or hold answers with flags, weighted ``flagged_answer_weight``), each label is a
-        row and the raters' error rates are re-estimated halfway through the step budget and at the
-        end (:attr:`rater_estimates`).
+        row and the raters' error rates and temperatures are re-estimated
+        ``rater_estimates_per_fit`` times over the step budget and at the end (EM,
+        :attr:`rater_estimates`).
 
         ``pseudo_pairs`` (SURF's model-made labels, ``prefloop.training.semi_supervised``) join the training
         side only: never validated on, not counted in the per-label step budget, not used for the
@@ -425,7 +447,11 @@ class RewardTrainer:
         total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps_per_fit, budget)
         length, dim = features.shape[-2], features.shape[-1]
         pair_of_row = torch.as_tensor(rows.pair, device=features.device)
-        estimated_midway = rows.labels is None
+        # E-steps over the second half of the budget: the first half learns from the estimates the
+        # last fit left (the prior at first). An E-step on a barely trained model can find the
+        # careful raters "wrong", and weight 0 would then lock that in (a unit test caught it).
+        first_estimate = max(1, total_steps // 2)
+        estimate_every = max(1, math.ceil((total_steps - first_estimate) / cfg.rater_estimates_per_fit))
 
         steps = 0
         while steps < total_steps:
@@ -450,21 +476,22 @@ class RewardTrainer:
                     assert rows.weight is not None
                     batch_weights = rows.weight[idx]
                     loss = rater_bradley_terry_loss(
-                        returns[..., 0], returns[..., 1], batch_targets, rows.error_rate[idx], batch_weights
+                        returns[..., 0], returns[..., 1], batch_targets, rows.error_rate[idx], batch_weights,
+                        None if rows.temperature is None else rows.temperature[idx],
                     )
                     counted = (batch_targets != 0.5) & (batch_weights > 0)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
                 steps += 1
+                if (rows.labels is not None and steps >= first_estimate and steps < total_steps
+                        and (steps - first_estimate) % estimate_every == 0):
+                    # EM: re-estimate the raters from what the model has learnt so far in this call.
+                    self._estimate_raters(features, mask, rows, boot)
                 with torch.no_grad():
                     right_better = returns[..., 1] > returns[..., 0]
                     correct += int((right_better == (batch_targets > 0.5))[counted].sum())
                     decided += int(counted.sum())
-            if not estimated_midway and steps * 2 >= total_steps:
-                # EM: re-estimate the raters once the model has learnt from this call's labels.
-                self._estimate_raters(features, mask, rows, boot)
-                estimated_midway = True
             if decided == 0 or correct / decided >= cfg.stop_accuracy:
                 break
         if rows.labels is not None:
@@ -530,19 +557,21 @@ class RewardTrainer:
         """Each label row's error rate and weight from the raters' estimates (rows past the
         labels -- pseudo-labelled pairs -- keep theirs)."""
         assert rows.labels is not None
-        error, weight = loss_error_rates(rows.labels, self.rater_estimates, self._prior_error_rate())
+        error, temperature, weight = loss_error_rates(rows.labels, self.rater_estimates, self._prior_error_rate())
         n = len(error)
         device = rows.target.device
-        if rows.error_rate is None or rows.weight is None:
+        if rows.error_rate is None or rows.weight is None or rows.temperature is None:
             rows.error_rate = torch.as_tensor(error, dtype=torch.float32, device=device)
+            rows.temperature = torch.as_tensor(temperature, dtype=torch.float32, device=device)
             rows.weight = torch.as_tensor(weight, dtype=torch.float32, device=device)
         else:
             rows.error_rate[:n] = torch.as_tensor(error, dtype=torch.float32, device=device)
+            rows.temperature[:n] = torch.as_tensor(temperature, dtype=torch.float32, device=device)
             rows.weight[:n] = torch.as_tensor(weight, dtype=torch.float32, device=device)
 
     @torch.no_grad()
     def _estimate_raters(self, features: torch.Tensor, mask: torch.Tensor, rows: _Rows, boot: np.ndarray) -> None:
-        """E-step: each rater's error rate from the members' out-of-bag predictions of their labels."""
+        """E-step: each rater's error rate and temperature from the members' out-of-bag predictions of their labels."""
         assert rows.labels is not None
         cfg, model = self.config, self.model
         n_labels = len(rows.labels.rater_index)  # label rows come first (then pseudo-labelled pairs)
@@ -554,14 +583,15 @@ class RewardTrainer:
         has_oob = out_of_bag.any(axis=0)
         oob_mean = (p_right * out_of_bag).sum(0) / np.maximum(out_of_bag.sum(0), 1)
         p_row = np.where(has_oob, oob_mean, p_right.mean(0))
-        start = None
-        if self.rater_estimates is not None:
-            previous = {e.rater_id: e.error_rate for e in self.rater_estimates}
-            start = np.array([previous.get(r, self._prior_error_rate()) for r in rows.labels.rater_ids])
-        self.rater_estimates = estimate_error_rates(
+        estimates = estimate_error_rates(
             rows.labels, p_row, prior_error_rate=self._prior_error_rate(), prior_labels=cfg.prior_labels,
-            flag_error_rate=cfg.flag_error_rate, start=start,
+            flag_error_rate=cfg.flag_error_rate, temperature_prior_sd=cfg.temperature_prior_sd,
         )
+        if mostly_contradicted(estimates):
+            # Dawid-Skene's assumption: the crowd as a whole is better than a coin. A model that
+            # contradicts most answers is in the mirrored mode of EM; keep the last estimates.
+            return
+        self.rater_estimates = estimates
         self._set_row_error_rates(rows)
 
     @torch.no_grad()
@@ -588,6 +618,12 @@ class RewardTrainer:
         """Continue from :meth:`counters` of a checkpoint."""
         self._n_fits = int(counters.get("n_fits", 0))
         self.pairs_fitted = int(counters.get("pairs_fitted", 0))
+
+    def restore_rater_estimates(self, estimates: Sequence[RaterEstimate] | None) -> None:
+        """Continue from a checkpoint's :attr:`rater_estimates`: the first gradient steps after a
+        resume weight each rater as the last fit left them (flagged raters stay at weight 0)
+        instead of starting everyone again from the prior."""
+        self.rater_estimates = None if estimates is None else list(estimates)
 
     def _update_input_normalization(self, pairs: Sequence[LabeledPair]) -> None:
         """Standardise inputs with the statistics of the labelled segments' real steps (each distinct segment once)."""
@@ -645,7 +681,9 @@ class RewardTrainer:
             else:
                 assert rows.weight is not None
                 w = rows.weight[sel_rows]
-                loss_sum += float(rater_bradley_terry_loss(returns[..., 0], returns[..., 1], t, rows.error_rate[sel_rows], w)) * k
+                temperature = None if rows.temperature is None else rows.temperature[sel_rows]
+                loss_sum += float(rater_bradley_terry_loss(
+                    returns[..., 0], returns[..., 1], t, rows.error_rate[sel_rows], w, temperature)) * k
                 counted = counted & (w > 0)
             p_right = torch.sigmoid(returns[..., 1] - returns[..., 0]).mean(0)
             correct += int(((p_right > 0.5) == (t > 0.5))[counted].sum())

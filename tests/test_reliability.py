@@ -105,9 +105,10 @@ def test_reliability_ranks_random_and_adversarial_raters_below_careful_ones(tmp_
     estimates = {e.rater_id: e for e in trainer.rater_estimates}
     careful = [estimates[f"sim-careful-{i}"] for i in (1, 2, 3)]
     random_rater, adversarial = estimates["sim-random-1"], estimates["sim-adversarial-1"]
-    worst_careful = max(e.error_rate for e in careful)
+    # Ranked by the effective error rate: a random rater fits eps = 0.5 or a small temperature alike.
+    worst_careful = max(e.effective_error_rate for e in careful)
     assert worst_careful < 0.2
-    assert random_rater.error_rate > worst_careful + 0.15
+    assert random_rater.effective_error_rate > worst_careful + 0.15
     assert adversarial.error_rate > random_rater.error_rate
     assert random_rater.flagged and adversarial.flagged
     assert not any(e.flagged for e in careful)
@@ -135,6 +136,54 @@ def test_the_reliability_loss_learns_the_true_reward_better_than_the_plain_loss(
     reliable, plain = correlation("reliability"), correlation("plain")
     assert reliable > 0.9
     assert reliable > plain + 0.05
+
+
+def test_the_e_step_recovers_each_raters_temperature_and_keeps_it_at_1_for_a_rater_with_few_labels() -> None:
+    """Synthetic labels on known return differences ``D`` from raters with different ``beta``:
+    the joint posterior over ``(eps, beta)`` separates a sharp rater, a soft one and an
+    adversarial one, and the prior holds a rater with 12 labels near ``beta = 1``."""
+    from scipy import special
+
+    from prefloop.reward_models.reliability import RaterLabels, estimate_error_rates
+
+    rng = np.random.default_rng(0)
+    raters = {"sharp": (3.0, 0.0, 400), "soft": (0.33, 0.0, 400), "unit": (1.0, 0.05, 400),
+              "adversarial": (1.0, 1.0, 400), "few": (3.0, 0.0, 12)}
+    index, target, diff = [], [], []
+    for r, (beta, eps, n) in enumerate(raters.values()):
+        d = rng.normal(0, 2, n)
+        right = (rng.random(n) < special.expit(beta * d)) ^ (rng.random(n) < eps)
+        index += [r] * n
+        target += list(right.astype(float))
+        diff += list(d)
+    labels = RaterLabels(np.array(index), np.array(target), np.full(len(index), np.nan), np.ones(len(index)), tuple(raters))
+    found = {e.rater_id: e for e in estimate_error_rates(
+        labels, special.expit(np.array(diff)), prior_error_rate=0.05, prior_labels=5, flag_error_rate=0.3)}
+    assert found["sharp"].temperature > 2.0 and found["sharp"].error_rate < 0.05
+    assert found["soft"].temperature < 0.7
+    assert 0.6 < found["unit"].temperature < 1.6 and found["unit"].error_rate < 0.1
+    assert found["adversarial"].error_rate > 0.8 and found["adversarial"].flagged
+    assert found["few"].temperature_low < 1.0 < found["few"].temperature_high  # the prior holds it
+    assert found["few"].temperature < found["sharp"].temperature
+    for e in found.values():
+        assert e.temperature_low <= e.temperature <= e.temperature_high
+        assert e.error_rate_low <= e.error_rate <= e.error_rate_high
+    # The loss uses each rater's temperature: a sharper rater's label moves the model more.
+    from prefloop.reward_models.reliability import loss_error_rates
+
+    eps, beta, weight = loss_error_rates(labels, list(found.values()), 0.05)
+    assert beta[labels.rater_index == 0][0] == found["sharp"].temperature
+    assert (weight[labels.rater_index == 3] == 0).all()
+
+
+def test_the_first_fit_of_a_crowd_flags_the_adversarial_rater(tmp_path) -> None:
+    """EM alternates within one fit: a single fit on 50 labels (~10 per rater, as a run's first
+    round) already flags the adversarial rater and keeps the careful ones."""
+    store = crowd_store(tmp_path, 50, seed=1)
+    trainer = fit(store, fits=1)
+    estimates = {e.rater_id: e for e in trainer.rater_estimates}
+    assert estimates["sim-adversarial-1"].flagged
+    assert not any(estimates[f"sim-careful-{i}"].flagged for i in (1, 2, 3))
 
 
 def test_one_rater_or_the_plain_model_keeps_the_global_random_response(tmp_path) -> None:

@@ -88,3 +88,56 @@ def test_off_policy_resume_restores_the_replay_buffer(tmp_path: Path, caplog: py
     restored = [r.getMessage() for r in caplog.records if "replay buffer restored" in r.getMessage()]
     # the policy stepped 1000 env steps minus the random-play steps that made the first segments
     assert restored and int(restored[0].split(": ")[1].split()[0]) >= 800, restored
+
+
+def test_rater_reliability_is_checkpointed_and_restored(tmp_path: Path) -> None:
+    """A crowd run's checkpoint keeps each rater's estimate; a resumed trainer starts from them (the
+    flagged adversarial rater stays at weight 0), and a damaged estimate makes the checkpoint unusable."""
+    import gymnasium as gym
+    import json
+
+    from prefloop.reward_models import build_reward_model
+    from prefloop.store import PreferenceStore, sqlite_url
+    from prefloop.teachers.crowd import make_crowd_teacher
+    from prefloop.teachers.labeling import answer_pending
+    from prefloop.training.checkpoints import checkpoint_problems
+    from prefloop.training.resume_state import TRAINER_FILE
+    from prefloop.types import Segment, SegmentPair
+    from stable_baselines3 import PPO
+
+    rng = np.random.default_rng(0)
+    segments = []
+    for i in range(160):
+        obs = (rng.normal(size=(10, 3)) + rng.normal()).astype(np.float32)
+        actions = rng.uniform(-2, 2, size=(10, 1)).astype(np.float32)
+        segments.append(Segment(obs, actions, obs[:, 0].copy(), 10, False, i, 0, actions))
+    store = PreferenceStore(sqlite_url(tmp_path / "prefs.sqlite"), run_name="crowd")
+    store.add_pairs([SegmentPair(segments[2 * i], segments[2 * i + 1]) for i in range(80)])
+    answer_pending(store, make_crowd_teacher("crowd:3xcareful@0.05,adversarial", seed=0))
+    env = gym.make("Pendulum-v1")
+    config = RewardModelConfig(hidden_sizes=(16,), epochs=40)
+    trainer = RewardTrainer(build_reward_model(env.observation_space, env.action_space, config), config)
+    for _ in range(2):
+        trainer.fit(store.labeled_pairs())
+    assert trainer.rater_estimates is not None
+    assert {e.rater_id for e in trainer.rater_estimates if e.flagged} == {"sim-adversarial-1"}
+
+    policy = PPO("MlpPolicy", env, n_steps=16, batch_size=16, seed=0)
+    checkpoint = tmp_path / "step-16"
+    checkpoint.mkdir()
+    policy.save(checkpoint / "policy.zip")
+    (checkpoint / "state.json").write_text(json.dumps({"env_step": 16}))
+    save_reward_model(trainer.model, checkpoint / "reward_model")
+    save_resume_state(checkpoint, policy, trainer)
+
+    fresh = RewardTrainer(load_reward_model(checkpoint / "reward_model"), config)
+    assert fresh.rater_estimates is None
+    restore_resume_state(checkpoint, policy, fresh)
+    assert fresh.rater_estimates == trainer.rater_estimates
+    assert checkpoint_problems(checkpoint, reward_model=True) == []
+
+    state = json.loads((checkpoint / TRAINER_FILE).read_text())
+    state["rater_estimates"][0]["error_rate"] = "high"
+    (checkpoint / TRAINER_FILE).write_text(json.dumps(state))
+    (problem,) = checkpoint_problems(checkpoint, reward_model=True)
+    assert TRAINER_FILE in problem and "error_rate" in problem

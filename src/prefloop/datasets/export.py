@@ -366,8 +366,7 @@ def check_finite_fields(kind: str, lines: list[dict[str, Any]]) -> None:
 
 def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(json.dumps(line, allow_nan=False, ensure_ascii=False) + "\n")
+        handle.writelines(json.dumps(line, allow_nan=False, ensure_ascii=False) + "\n" for line in lines)
 
 
 def _prefloop_version() -> str:

@@ -66,7 +66,11 @@ def checkpoint_problems(checkpoint: Path, *, reward_model: bool, algo: str | Non
                     problems.append(f"policy.zip does not load ({type(exc).__name__}: {_first_line(exc)})")
     if reward_model:
         from prefloop.reward_models import load_reward_model
-        from prefloop.training.resume_state import OPTIMIZER_FILE, TRAINER_FILE
+        from prefloop.training.resume_state import (
+            OPTIMIZER_FILE,
+            TRAINER_FILE,
+            parse_trainer_state,
+        )
 
         try:
             load_reward_model(checkpoint / "reward_model")
@@ -82,8 +86,8 @@ def checkpoint_problems(checkpoint: Path, *, reward_model: bool, algo: str | Non
                 problems.append(f"{OPTIMIZER_FILE} does not load ({_first_line(exc)})")
         if counters.is_file():
             try:
-                json.loads(counters.read_bytes().decode("utf-8"))
-            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                parse_trainer_state(counters.read_bytes().decode("utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
                 problems.append(f"{TRAINER_FILE} does not parse ({_first_line(exc)})")
     return problems
 

@@ -4,7 +4,10 @@ continues where it stopped rather than relearning:
 - the off-policy replay buffer (SB3's ``save_replay_buffer``): without it a resumed SAC/TD3 run
   starts from an empty buffer and has to refill it before its updates mean anything;
 - the reward model's Adam state and the trainer's counters (fits so far, labels already fitted),
-  so the first fit after a resume takes the same steps it would have taken without the stop.
+  so the first fit after a resume takes the same steps it would have taken without the stop;
+- each rater's estimated reliability (error rate, temperature, flag), so the first gradient steps
+  after a resume weight the raters as before the stop rather than everyone at the prior (a flagged
+  adversarial rater would otherwise train the model at full weight until the first E-step).
 
 Files are written into the checkpoint's temporary folder, which ``RunDir.publish_checkpoint``
 renames into place only once everything in it is written: a reader never sees half a buffer.
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from prefloop.reward_models import RaterEstimate
 from prefloop.serialization import strict_json
 from prefloop.training.algos import is_off_policy
 
@@ -39,7 +43,30 @@ def save_resume_state(folder: Path, model: BaseAlgorithm, trainer: "RewardTraine
         model.save_replay_buffer(folder / REPLAY_BUFFER_FILE)  # type: ignore[attr-defined]
     if trainer is not None:
         torch.save(trainer.optimizer.state_dict(), folder / OPTIMIZER_FILE)
-        (folder / TRAINER_FILE).write_text(strict_json(trainer.counters()))
+        estimates = trainer.rater_estimates
+        state = {**trainer.counters(), "rater_estimates": None if estimates is None else [e.to_json() for e in estimates]}
+        (folder / TRAINER_FILE).write_text(strict_json(state))
+
+
+def parse_trainer_state(text: str) -> tuple[dict[str, int], list[RaterEstimate] | None]:
+    """The counters and rater estimates of a ``reward_trainer.json`` (estimates None: plain loss,
+    or a checkpoint written before they were kept).
+
+    Raises:
+        ValueError: it is not JSON, not an object, or an estimate is malformed (one line saying which).
+    """
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{TRAINER_FILE} holds {type(data).__name__}, not an object")
+    counters = {key: data[key] for key in ("n_fits", "pairs_fitted") if key in data}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counters.values()):
+        raise ValueError(f"{TRAINER_FILE} counters are not integers >= 0: {counters}")
+    raw = data.get("rater_estimates")
+    if raw is None:
+        return counters, None
+    if not isinstance(raw, list):
+        raise ValueError(f"{TRAINER_FILE} rater_estimates is {type(raw).__name__}, not a list")
+    return counters, [RaterEstimate.from_json(item) for item in raw]
 
 
 def restore_resume_state(folder: Path, model: BaseAlgorithm, trainer: "RewardTrainer | None") -> None:
@@ -57,4 +84,9 @@ def restore_resume_state(folder: Path, model: BaseAlgorithm, trainer: "RewardTra
         if optimizer_path.is_file():
             trainer.optimizer.load_state_dict(torch.load(optimizer_path, weights_only=True))
         if counters_path.is_file():
-            trainer.restore_counters(json.loads(counters_path.read_text()))
+            counters, estimates = parse_trainer_state(counters_path.read_text())
+            trainer.restore_counters(counters)
+            trainer.restore_rater_estimates(estimates)
+            if estimates:
+                log.info("rater reliability restored: %s", ", ".join(
+                    f"{e.rater_id} {e.error_rate:.2f}{' (flagged)' if e.flagged else ''}" for e in estimates))
