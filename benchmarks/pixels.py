@@ -121,7 +121,7 @@ def _in_process(timeout: float, fn, *args, **kwargs) -> dict[str, Any]:
 def speed(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Env steps/s (random actions, 8 envs, recorder on) and train() steps/s with the learned reward."""
     rows = []
-    for env_id in ("CartPole-v1", PIXEL_CARTPOLE, ATARI):
+    for env_id in args.envs:
         row = {"bench": "speed", "env_id": env_id, "env_steps_per_s": _env_steps_per_second(env_id, args.steps)}
         for reward_source in ("preferences", "true"):
             out = _in_process(args.timeout, _train, env_id, Path(args.run_root) / f"speed-{env_id.replace('/', '_')}-{reward_source}",
@@ -143,7 +143,7 @@ def learn(args: argparse.Namespace) -> list[dict[str, Any]]:
     random_mean = float(np.mean(random_policy_returns(EnvSpec(args.env), args.eval_episodes, 10_000)))
     rows = []
     for seed in args.seeds:
-        for reward_source in ("preferences", "true"):
+        for reward_source in args.reward_sources:
             run_dir = Path(args.run_root) / f"learn-{args.env.replace('/', '_')}-{reward_source}-s{seed}"
             out = _in_process(args.timeout, _train, args.env, run_dir, steps=args.steps, labels=args.labels,
                               seed=seed, reward_source=reward_source, cnn=args.cnn, eval_episodes=args.eval_episodes)
@@ -157,6 +157,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("memory", "speed", "learn"))
     parser.add_argument("--env", default=PIXEL_CARTPOLE)
+    parser.add_argument("--envs", nargs="+", default=["CartPole-v1", PIXEL_CARTPOLE, ATARI], help="speed: envs to time")
+    parser.add_argument("--reward-sources", nargs="+", default=["preferences", "true"], choices=("preferences", "true"))
     parser.add_argument("--steps", type=int, default=4096)
     parser.add_argument("--labels", type=int, default=200)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])

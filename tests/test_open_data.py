@@ -440,3 +440,50 @@ def test_a_zipped_parquet_export_imports(parquet_dataset: Path, tmp_path: Path) 
             zipped.write(path, f"my-run/{path.name}")
     summary = import_dataset(archive, sqlite_url(tmp_path / "target.sqlite"), "from-zip")
     assert (summary.segments, summary.pairs, summary.labels) == (9, 5, 7)
+
+
+@pytest.mark.parametrize("structure", ["dict", "tuple"])
+def test_dict_and_tuple_observations_go_to_minari_as_their_structure(
+    structure: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A goal env's Dict (or Tuple) observations: recorded flat, replayed and stored by Minari in
+    their own structure, each leaf the recorded values."""
+    import goal_env
+    import gymnasium as gym
+    import minari
+    from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
+
+    from prefloop.datasets.episodes import export_minari
+    from prefloop.training.loop import build_vec_env, collect_random
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    goal_env.register()
+    env_id = goal_env.ENV_ID if structure == "dict" else goal_env.TUPLE_ENV_ID
+    buffer = SegmentBuffer(100)
+    recorder = VecSegmentRecorder(build_vec_env(EnvSpec(env_id), 2, seed=1), buffer, 10, seed=1)
+    collect_random(recorder, 120, seed=1)
+    segments = buffer.recent()[:4]
+    url = sqlite_url(tmp_path / "goal.sqlite")
+    with PreferenceStore(url, "goal") as store:
+        store.set_meta("env_spec", json.dumps(EnvSpec(env_id).to_json()))
+        store.add_pairs([SegmentPair(segments[0], segments[1]), SegmentPair(segments[2], segments[3])])
+    export_minari(url, "goal", f"prefloop/goal-{structure}-v0")
+    dataset = minari.load_dataset(f"prefloop/goal-{structure}-v0")
+    space = dataset.observation_space
+    assert isinstance(space, gym.spaces.Dict if structure == "dict" else gym.spaces.Tuple)
+    by_seed = episodes_by_seed(dataset)
+    for segment in segments:
+        episode = by_seed[segment.episode_seed]
+        for t in range(segment.n_valid):
+            if structure == "dict":
+                step = {key: value[segment.start_step + t] for key, value in episode.observations.items()}
+            else:
+                step = tuple_step(episode.observations, segment.start_step + t)
+            assert np.allclose(gym.spaces.flatten(space, step), segment.obs[t], atol=1e-6)
+
+
+def tuple_step(observations: Any, t: int) -> Any:
+    """Step ``t`` of a Tuple space's stacked observations (nested tuples of arrays)."""
+    if isinstance(observations, tuple):
+        return tuple(tuple_step(leaf, t) for leaf in observations)
+    return observations[t]

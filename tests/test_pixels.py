@@ -190,3 +190,12 @@ def test_frame_stacks_share_their_frames_in_memory_and_keep_their_values() -> No
     # anything that is not a shifted stack is returned as it is
     rgb = np.random.default_rng(0).integers(0, 255, size=(5, 3, 8, 8)).astype(np.uint8)
     assert share_stacked_frames(rgb) is rgb
+
+
+def test_train_command_picks_the_cnn_torso(tmp_path: Path) -> None:
+    from prefloop.cli.main import build_parser, build_train_config
+
+    args = build_parser().parse_args(["train", "--env", PIXEL_CARTPOLE_ID, "--run-dir", str(tmp_path / "r"), "--reward-cnn", "christiano"])
+    assert build_train_config(args).reward_model.cnn == "christiano"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--env", PIXEL_CARTPOLE_ID, "--reward-cnn", "resnet"])

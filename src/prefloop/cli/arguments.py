@@ -108,6 +108,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment-length", type=positive_int, default=None, help="steps per segment (default: the preset's)")
     parser.add_argument("--n-envs", type=positive_int, default=None, help="parallel envs (default: the preset's)")
     parser.add_argument("--ensemble", type=positive_int, default=3, help="reward-model ensemble members (default: 3)")
+    parser.add_argument("--reward-cnn", default="nature", choices=("nature", "christiano"),
+                        help="image observations: the reward model's conv torso, Nature-DQN (default) or Christiano "
+                             "et al.'s smaller Atari net (a quarter of the arithmetic, for CPU-only runs)")
     parser.add_argument("--rater-model", default="reliability", choices=RATER_MODELS,
                         help="several raters: estimate each one's error rate jointly with the reward and down-weight "
                              "unreliable ones (reliability, default), or count every label alike (plain)")

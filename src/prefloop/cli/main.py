@@ -118,7 +118,7 @@ def check_resume_arguments(args: argparse.Namespace) -> None:
 def _reward_model_config(args: argparse.Namespace) -> RewardModelConfig:
     try:
         return RewardModelConfig(n_members=args.ensemble, seed=args.seed, rater_model=args.rater_model,
-                                 flag_error_rate=args.flag_error_rate)
+                                 flag_error_rate=args.flag_error_rate, cnn=args.reward_cnn)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

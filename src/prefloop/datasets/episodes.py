@@ -32,6 +32,8 @@ from prefloop.datasets.export import read_run
 from prefloop.datasets.format import DatasetError, missing_extra_error
 from prefloop.envs import EnvSpec
 from prefloop.envs.factory import EnvSetupError, make_env
+from prefloop.envs.seeding import EpisodeSeeder
+from prefloop.envs.structured import LeafDictObservation
 from prefloop.types import Segment
 
 try:
@@ -109,6 +111,7 @@ def export_minari(store_url: str, run_name: str, dataset_id: str | None = None) 
         raise DatasetError(f"env {spec.env_id} cannot be made here ({exc}); a Minari export replays "
                            "episodes in it. Install it, or export --format parquet instead") from None
     try:
+        env = _as_gymnasium_makes_it(env)
         episodes = group_episodes(run.segments)
         buffers = [_replay(env, episode, i, spec.env_id) for i, episode in enumerate(episodes)]
         with warnings.catch_warnings():  # Minari asks for an author and a code link (a run has neither)
@@ -142,6 +145,15 @@ def export_minari(store_url: str, run_name: str, dataset_id: str | None = None) 
     )
 
 
+def _as_gymnasium_makes_it(env: gym.Env) -> gym.Env:
+    """The env below prefloop's own wrappers (episode seeding; Tuple and nested Dict observations
+    as a flat Dict for SB3): observations in the env's own structure, as Minari's
+    ``recover_environment`` gives them."""
+    while isinstance(env, (EpisodeSeeder, LeafDictObservation)):
+        env = env.env
+    return env
+
+
 def _serialisable_spec(env: gym.Env) -> gym.envs.registration.EnvSpec | None:
     """The env's Gymnasium spec if Minari can store it, else None (an env registered with a
     callable entry point cannot be serialised; its id and kwargs are in the description)."""
@@ -169,7 +181,7 @@ def group_episodes(segments: list[Segment]) -> list[Episode]:
 
 def _replay(env: gym.Env, episode: Episode, index: int, env_id: str) -> EpisodeBuffer:
     """The episode replayed from its seed and actions, checked against every segment in it."""
-    observations = [env.env.reset(seed=episode.seed)[0]]  # below the EpisodeSeeder: the recorded seed itself
+    observations = [env.reset(seed=episode.seed)[0]]
     rewards, terminations, truncations = [], [], []
     for t, action in enumerate(episode.actions):
         obs, reward, terminated, truncated, _ = env.step(_env_action(action))

@@ -61,7 +61,8 @@ class TrainConfig:
         algo: SB3 algorithm name (None: the preset's), or any SB3-compatible algorithm class
             (``sb3_contrib.TRPO``) or its import path (``"sb3_contrib:TRPO"``).
         policy: the algorithm's policy: a name (``"MlpPolicy"``), a policy class or its import
-            path (None: ``"MlpPolicy"``); its options go in ``algo_kwargs["policy_kwargs"]``.
+            path (None: ``"CnnPolicy"`` for image observations, else ``"MlpPolicy"``); its options
+            go in ``algo_kwargs["policy_kwargs"]``.
         algo_kwargs: hyper-parameters on top of the preset's for this algorithm.
         n_envs: parallel envs (None: the preset's).
         segment_length: steps per segment (None: the preset's).
