@@ -187,3 +187,14 @@ def test_a_mistyped_flag_shows_the_commands_usage_and_the_flag_it_resembles(caps
     assert stopped.value.code == 2
     assert "usage: prefloop run" in err and "did you mean --labels?" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_train_and_run_help_name_the_pixel_presets_a_user_can_pass_to_env() -> None:
+    import argparse
+
+    from prefloop.cli.main import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("train", "run"):
+        help_text = " ".join(subparsers.choices[command].format_help().split())
+        assert "prefloop/CartPolePixels-v1" in help_text and "prefloop/Atari-v0" in help_text, command

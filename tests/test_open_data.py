@@ -487,3 +487,39 @@ def tuple_step(observations: Any, t: int) -> Any:
     if isinstance(observations, tuple):
         return tuple(tuple_step(leaf, t) for leaf in observations)
     return observations[t]
+
+
+def test_the_pandas_and_hugging_face_examples_of_the_docs_run_on_any_segment_shape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/open-data.md's Python blocks, run as a user copies them, on segments of 6 steps of 3 floats
+    (not the 25 x 4 of the other tests here): shapes come from the schema metadata, never from the page."""
+    import re
+
+    rng = np.random.default_rng(1)
+
+    def segment(seed: int) -> Segment:
+        actions = rng.integers(0, 2, size=6).astype(np.int64)
+        return Segment(
+            obs=rng.normal(size=(6, 3)).astype(np.float32), actions=actions, true_rewards=np.ones(6, np.float32),
+            n_valid=6, terminated=False, episode_seed=seed, start_step=0, episode_actions=actions, env_step=0,
+        )
+
+    url = sqlite_url(tmp_path / "run.sqlite")
+    with PreferenceStore(url, "run") as store:
+        (pair_id,) = store.add_pairs([SegmentPair(segment(1), segment(2))])
+        answer(store, "alice", pair_id, Choice.LEFT, 1.0)
+    export_dataset(url, "run", tmp_path / "datasets" / "my-run-pq", layout="parquet")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    page = (Path(__file__).resolve().parents[1] / "docs" / "open-data.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "parquet" in b]
+    assert len(blocks) == 2  # pandas, Hugging Face datasets
+    pandas_example: dict[str, Any] = {}
+    exec(compile(blocks[0], "open-data.md (pandas)", "exec"), pandas_example)
+    assert pandas_example["obs"].shape == (2, 6, 3) and len(pandas_example["live"]) == 1
+    hf_example: dict[str, Any] = {}
+    exec(compile(blocks[1], "open-data.md (Hugging Face datasets)", "exec"), hf_example)
+    assert hf_example["obs0"].shape == (6, 3)

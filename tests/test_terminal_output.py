@@ -52,3 +52,19 @@ def test_the_progress_bar_counts_the_runs_env_steps_like_the_log() -> None:
     assert seen[0] == 2000  # the steps before learn() (random segments) count, as in the log
     assert bar._progress is None  # stopped with training
     assert max(seen) <= 2128
+
+
+def test_the_run_summary_reports_the_env_steps_the_run_took_not_only_the_ones_asked(tmp_path) -> None:
+    from prefloop.training.config import TrainConfig
+    from prefloop.training.loop import RunResult
+    from prefloop.training.report import run_summary_rows
+
+    def steps_row(asked: int, curve_steps: list[float]) -> str:
+        config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, steps=asked, algo="ppo")
+        result = RunResult(config=config, eval_return_mean=9.0, eval_return_std=1.0, eval_returns=[9.0], labels_used=20,
+                           wall_time_s=1.0, cpu_time_s=1.0, reward_learning_time_s=0.5,
+                           curve=[{"env_step": s, "true_return": 9.0, "learned_return": 1.0} for s in curve_steps])
+        return dict(run_summary_rows(result))["env steps"]
+
+    assert steps_row(2000, [1224.0, 2248.0]) == "2,248 (asked 2,000; the algorithm finishes the rollout it is in)"
+    assert steps_row(2048, [1024.0, 2048.0]) == "2,048"

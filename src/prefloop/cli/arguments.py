@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from prefloop.credentials import ENV_DB_PASSWORD, ENV_DB_PASSWORD_FILE
+from prefloop.envs.pixels import ATARI_ID, PIXEL_CARTPOLE_ID
 from prefloop.reward_models.training import RATER_MODELS
 from prefloop.teachers.simulated import TEACHER_PRESETS, TeacherConfigError, parse_teacher_param
 from prefloop.teachers.specs import parse_teacher_spec
@@ -85,7 +86,10 @@ def seconds(text: str) -> float:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
+    parser.add_argument(
+        "--env", default="CartPole-v1",
+        help=f"Gymnasium env id, or a pixel preset: {PIXEL_CARTPOLE_ID} (CartPole from its rendering), "
+             f"{ATARI_ID} (Breakout; pip install 'prefloop[atari]') (default: CartPole-v1)")
     parser.add_argument("--teacher", default="oracle", type=teacher_name, metavar="TEACHER",
                         help="'human' (people in the rater app; only `prefloop run` starts it), a simulated teacher ("
                         + ", ".join(sorted(TEACHER_PRESETS)) + "), recorded:DIR (replay the labels of an exported dataset or an imported run folder), "

@@ -17,13 +17,22 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+def _steps_text(result: "RunResult") -> str:
+    """The env steps the run took; the algorithm learns in whole rollouts, so it may overshoot ``steps``."""
+    asked = result.config.steps
+    ran = int(result.curve[-1]["env_step"]) if result.curve else asked
+    if asked is None or ran == asked:
+        return f"{ran:,}" if ran is not None else "-"
+    return f"{ran:,} (asked {asked:,}; the algorithm finishes the rollout it is in)"
+
+
 def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
     config = result.config
     rows = [
         ("env", config.env_id),
         ("algorithm", algorithm_name(config.algo) if config.algo is not None else "-"),
         ("reward", "learned from preferences" if config.reward_source == "preferences" else "true env reward"),
-        ("env steps", f"{config.steps:,}"),
+        ("env steps", _steps_text(result)),
         ("eval return (true reward)", f"{_fmt(result.eval_return_mean, 1)} ± {_fmt(result.eval_return_std, 1)} over {len(result.eval_returns)} episodes"),
         ("wall time", f"{result.wall_time_s:.1f} s ({result.cpu_time_s:.1f} s CPU)"),
     ]
