@@ -34,7 +34,7 @@ install: $(RUN_STAMP)
 
 # The human loop: the trainer plus the rater app on http://127.0.0.1:$(PORT) (you are the teacher).
 run: $(RUN_STAMP)
-	$(VENV)/bin/prefloop run --env CartPole-v1 --labels 60 --steps 100000 --seed 0 --port $(PORT) $(ARGS)
+	$(VENV)/bin/prefloop run --env CartPole-v1 --labels 60 --steps 150000 --seed 0 --port $(PORT) $(ARGS)
 
 # The unattended demo: the same loop with a simulated (oracle) teacher.
 demo: $(RUN_STAMP)

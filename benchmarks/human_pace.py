@@ -30,7 +30,7 @@ from prefloop.store import PreferenceStore, sqlite_url
 from prefloop.teachers import make_teacher
 
 # The README's main command (`make run`), less the seed.
-MAIN_COMMAND = ("run", "--env", "CartPole-v1", "--labels", "60", "--steps", "100000")
+MAIN_COMMAND = ("run", "--env", "CartPole-v1", "--labels", "60", "--steps", "150000")
 
 
 def printed_url(proc: subprocess.Popen, lines: "queue.Queue[str]", log_file, timeout_s: float = 300) -> str:

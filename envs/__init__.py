@@ -28,6 +28,7 @@ from prefloop.envs.recorder import SegmentRecorder, VecSegmentRecorder
 from prefloop.envs.render import ReplayMismatchError, SegmentRenderer, render_segment
 from prefloop.envs.pixels import ATARI_ID, PIXEL_CARTPOLE_ID, PIXELS_ID, register_pixel_envs
 from prefloop.envs.seeding import EpisodeSeeder
+from prefloop.envs.structured import LeafDictObservation
 from prefloop.envs.segments import EpisodeSegmenter, SegmentBuffer, cut_segments
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "EnvSpec",
     "EpisodeSeeder",
     "EpisodeSegmenter",
+    "LeafDictObservation",
     "LearnedRewardWrapper",
     "ReplayMismatchError",
     "RewardFunction",

@@ -29,13 +29,15 @@ def test_unknown_env_id_names_close_ids(capsys, tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists(), "a refused run leaves no folder behind"
 
 
-def test_unsupported_observation_space_is_refused(capsys, tmp_path: Path) -> None:
+def test_unsupported_observation_leaf_is_refused(capsys, tmp_path: Path) -> None:
+    # Tuple observations train (tests/test_dict_goal.py); a Text leaf inside one cannot
     gym.register("prefloop-test/TupleObs-v0", entry_point=TupleObsEnv)
     try:
         code, err = run_cli(capsys, "train", "--env", "prefloop-test/TupleObs-v0", "--run-dir", str(tmp_path / "r"))
     finally:
         gym.registry.pop("prefloop-test/TupleObs-v0")
-    assert code == 2 and "observation space Tuple" in err and "FlattenObservation" in err
+    assert code == 2 and "observation leaf '1' is a Text space" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize(
@@ -104,15 +106,15 @@ def test_bad_numbers_are_rejected_by_the_parser(capsys) -> None:
 
 
 class TupleObsEnv(gym.Env):
-    observation_space = gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Discrete(3)))
+    observation_space = gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Text(3)))
     action_space = gym.spaces.Discrete(2)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        return (0, 0), {}
+        return (0, "abc"), {}
 
     def step(self, action):
-        return (0, 0), 0.0, True, False, {}
+        return (0, "abc"), 0.0, True, False, {}
 
 
 @pytest.mark.parametrize(

@@ -286,3 +286,65 @@ def test_bad_objects_are_refused_in_one_line(tmp_path: Path) -> None:
         make_env(EnvSpec("Broken", factory=lambda **kwargs: 7))
     with pytest.raises(EnvSetupError, match="env factory of Gone .* does not import"):
         make_env(EnvSpec("Gone", factory="no_such_module_xyz:make"))
+
+
+USER_MODULE = '''
+import gymnasium as gym
+import torch
+from torch import nn
+
+from prefloop.training.query import MethodRule, QueryConfig
+
+
+def make_env(render_mode=None, **kwargs):
+    return gym.wrappers.ClipReward(gym.make("CartPole-v1", render_mode=render_mode, **kwargs), 0.0, 1.0)
+
+
+def newest_pairs(candidates, n_pairs, rng, preference_probs):
+    return MethodRule(QueryConfig(method="uniform"))(list(candidates)[-40:], n_pairs, rng, preference_probs)
+
+
+class Net(nn.Module):
+    def __init__(self, observation_space, action_space):
+        super().__init__()
+        self.linear = nn.Linear(gym.spaces.flatdim(observation_space) + gym.spaces.flatdim(action_space), 1)
+
+    def forward(self, obs, action):
+        return self.linear(torch.cat([obs, action], dim=1))
+'''
+
+TRAIN_WITH_USER_MODULE = '''
+import sys
+from prefloop.reward_models import RewardModelConfig
+from prefloop.training.config import TrainConfig
+from prefloop.training.loop import train
+from prefloop.training.query import QueryConfig
+import userseams
+
+train(TrainConfig(env_id="WrappedCartPole", env_factory=userseams.make_env, run_dir=sys.argv[1], labels=20, steps=2500,
+                  segment_length=25, algo="sb3_contrib:TRPO", algo_kwargs={"n_steps": 256}, eval_episodes=2,
+                  query=QueryConfig(method=userseams.newest_pairs), progress_bar=False,
+                  reward_model=RewardModelConfig(member_factory=userseams.Net)))
+'''
+
+
+@pytest.mark.slow
+def test_cli_resumes_a_run_whose_objects_it_can_import(tmp_path: Path) -> None:
+    """config.json names importable functions and classes by path: `prefloop train --resume`
+    rebuilds the env factory, query rule, member network and algorithm from it."""
+    import os
+
+    (tmp_path / "userseams.py").write_text(USER_MODULE)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    run = tmp_path / "run"
+    first = subprocess.run([sys.executable, "-c", TRAIN_WITH_USER_MODULE, str(run)], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    config = json.loads((run / "config.json").read_text())
+    assert (config["env_factory"], config["query"]["method"], config["reward_model"]["member_factory"], config["algo"]) == (
+        "userseams:make_env", "userseams:newest_pairs", "userseams:Net", "sb3_contrib:TRPO")
+    (run / "summary.json").unlink()  # as if it had been stopped before its summary
+    resumed = subprocess.run([sys.executable, "-m", "prefloop.cli", "train", "--resume", "--run-dir", str(run), "--no-progress"],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((run / "summary.json").read_text())["labels_used"] == 20

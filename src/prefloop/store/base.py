@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Self
+from typing import TypeVar
 
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection, Engine
@@ -35,6 +35,8 @@ from prefloop.store.engine import (
 from prefloop.store.errors import NoSuchRunError, StoreError
 from prefloop.store.schema import check_or_create_schema, runs_table
 from prefloop.types import Segment
+
+_Store = TypeVar("_Store", bound="StoreBase")  # with-blocks keep the subclass (PreferenceStore)
 
 
 class StoreBase:
@@ -114,7 +116,7 @@ class StoreBase:
             self._closed = True
             self._engine.dispose()
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _Store) -> _Store:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
