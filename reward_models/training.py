@@ -447,11 +447,13 @@ class RewardTrainer:
         total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps_per_fit, budget)
         length, dim = features.shape[-2], features.shape[-1]
         pair_of_row = torch.as_tensor(rows.pair, device=features.device)
-        # E-steps over the second half of the budget: the first half learns from the estimates the
-        # last fit left (the prior at first). An E-step on a barely trained model can find the
-        # careful raters "wrong", and weight 0 would then lock that in (a unit test caught it).
-        first_estimate = max(1, total_steps // 2)
-        estimate_every = max(1, math.ceil((total_steps - first_estimate) / cfg.rater_estimates_per_fit))
+        # E-steps spread over the budget, the first after min_steps_per_fit steps: an E-step on a
+        # barely trained model (10 Adam steps) found the careful raters "wrong", and weight 0 then
+        # locked that in (a unit test caught it); an early one, on a model that has learnt what
+        # most raters agree on but not yet memorised each label, is what finds an adversarial
+        # rater in a run's first round.
+        estimate_every = max(1, math.ceil(total_steps / cfg.rater_estimates_per_fit))
+        first_estimate = max(estimate_every, cfg.min_steps_per_fit)
 
         steps = 0
         while steps < total_steps:

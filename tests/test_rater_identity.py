@@ -90,6 +90,21 @@ def test_names_are_nfkc_one_script_and_look_alikes_collide() -> None:
     assert name_skeleton("\u0430\u04cf\u0456\u0441\u0435") == name_skeleton("Alice.") == "alice"
 
 
+def test_unicodes_full_confusables_table_catches_look_alikes_a_short_list_misses(store: PreferenceStore) -> None:
+    """Single-script look-alikes (so the one-alphabet rule passes them) that only Unicode's full
+    table (UTS #39, ~9,600 characters) knows: Latin alpha, Lisu and Cherokee capitals, a dotless i."""
+    from prefloop.store.identity import confusable_classes
+
+    assert len(confusable_classes()) > 5000  # the full table, not a hand-made list
+    for name in ("ɑlice", "ꓮlice", "Ꭺlice", "alıce"):
+        assert name_skeleton(name) == "alice", name
+    assert name_skeleton("Bob") != name_skeleton("Rob") and name_skeleton("ann") != name_skeleton("anm")
+    sign_in(store, "alice", None)
+    with pytest.raises(IdentityError, match="look"):
+        sign_in(store, "ɑlice", None)
+    assert [r["name"] for r in store.raters()] == ["alice"]
+
+
 def test_attack_look_alike_names_are_refused(store: PreferenceStore) -> None:
     """Attack 5: a Cyrillic "аlice" (or "Alice.") passed as a second rater that looks identical."""
     alice = sign_in(store, "alice", None)

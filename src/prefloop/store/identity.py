@@ -6,9 +6,16 @@ first visit. The store keeps only the SHA-256 hash of the secret; the secret its
 rater's link and nowhere else.
 
 Names are normalised to Unicode NFKC, must use letters of one script (``аlice`` with a Cyrillic
-``а`` is refused), and a new name whose *skeleton* (case folded, look-alike letters mapped to
-Latin, punctuation dropped) equals an existing rater's is refused, so two raters never look the
-same on the dashboard.
+``а`` is refused), and a new name whose *skeleton* (case folded, look-alike characters mapped to
+one representative, punctuation dropped) equals an existing rater's is refused, so two raters never
+look the same on the dashboard.
+
+The look-alike classes come from Unicode's full confusables table (UTS #39 ``confusables.txt``,
+about 9,600 characters), as shipped by the ``confusable-homoglyphs`` package (MIT licence; the
+data is Unicode's, under the Unicode licence) -- nothing is downloaded at run time. Its pairs are
+joined into classes (``l``, ``I``, ``1``, ``|``, ``ǀ``, ``ӏ`` ... are one), and each class is
+written as its ASCII member (a lower-case letter first), so a skeleton of a Latin name reads like
+the name.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import hmac
 import re
 import secrets
 import unicodedata
+from functools import cache
 from dataclasses import dataclass
 
 from prefloop.store import PreferenceStore
@@ -27,8 +35,9 @@ SECRET_BYTES = 18  # 144 random bits, 24 URL-safe characters
 _NAME_OK = re.compile(r"^[\w .@'-]+$", re.UNICODE)
 # Scripts that are commonly written together in one name.
 _SCRIPT_FAMILIES = {"HIRAGANA": "CJK", "KATAKANA": "CJK", "CJK": "CJK", "HANGUL": "HANGUL"}
-# Letters that look like Latin ones (Cyrillic, Greek, Latin variants, digits); enough to make the
-# usual impersonations collide. Applied after case folding.
+# Look-alikes applied before Unicode's table: digits and a bar read as letters in a name, and
+# letters whose class in the table is not the Latin letter they pass for in a name (Unicode puts
+# the palochka "ӏ" with "i"; in a name it passes for "l").
 _LOOKALIKES = str.maketrans({
     "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
     "с": "c", "т": "t", "у": "y", "х": "x", "і": "i", "ї": "i", "ј": "j", "ѕ": "s", "ԁ": "d",
@@ -74,13 +83,47 @@ def _script(ch: str) -> str:
     return _SCRIPT_FAMILIES.get(first, first)
 
 
+@cache
+def confusable_classes() -> dict[str, str]:
+    """Every character of Unicode's confusables table mapped to the representative of its
+    look-alike class (case folded); characters not in the table are absent. Built once per process
+    from the ``confusable-homoglyphs`` package's copy of the table (see the module docstring)."""
+    from confusable_homoglyphs import confusables
+
+    parent: dict[str, str] = {}
+
+    def root(ch: str) -> str:
+        parent.setdefault(ch, ch)
+        while parent[ch] != ch:
+            parent[ch] = parent[parent[ch]]
+            ch = parent[ch]
+        return ch
+
+    for ch, alikes in confusables.confusables_data.items():
+        for alike in alikes:
+            # Sequences ("rn" for "m") are left to NFKC and the one-script rule: a class of single
+            # characters cannot hold them.
+            if len(ch) == 1 and len(alike["c"]) == 1:
+                parent[root(ch)] = root(alike["c"])
+    classes: dict[str, list[str]] = {}
+    for ch in list(parent):
+        classes.setdefault(root(ch), []).append(ch)
+
+    def preference(ch: str) -> tuple[int, int]:
+        ascii_rank = 0 if ch.islower() else 1 if ch.isupper() else 2 if ch.isdigit() else 3
+        return (ascii_rank if ch.isascii() else 4, ord(ch))
+
+    return {ch: min(members, key=preference).casefold() for members in classes.values() for ch in members}
+
+
 def name_skeleton(name: str) -> str:
     """How ``name`` looks, for collision checks: case folded, look-alike letters mapped to Latin,
     accents, spaces and punctuation dropped (``"Alice"``, ``"alice."`` and an all-Cyrillic
     ``"аӏісе"`` share the skeleton ``"alice"``)."""
     folded = unicodedata.normalize("NFKD", name.casefold())
-    base = "".join(ch for ch in folded if not unicodedata.combining(ch))
-    return "".join(ch for ch in base.translate(_LOOKALIKES) if ch.isalnum()) or name.casefold()
+    classes = confusable_classes()
+    base = "".join(ch for ch in folded if not unicodedata.combining(ch)).translate(_LOOKALIKES)
+    return "".join(ch for ch in (classes.get(c, c) for c in base) if ch.isalnum()) or name.casefold()
 
 
 def new_secret() -> str:
