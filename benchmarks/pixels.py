@@ -4,6 +4,8 @@
     python benchmarks/pixels.py speed --steps 4096      # env and train() steps/s, pixel vs MLP path
     python benchmarks/pixels.py learn --env prefloop/CartPolePixels-v1 --steps 100000 --seeds 0
                                                         # 200 oracle labels vs the true reward
+    python benchmarks/pixels.py reward-check --run-dir RUN --env prefloop/CartPolePixels-v1
+                                                        # a run's learned reward on held-out segments
 
 Every run is one process with torch.set_num_threads(1); ``learn`` runs the preference run and the
 true-reward run of each seed one after the other, each under ``--timeout`` seconds. Results are
@@ -69,16 +71,17 @@ def memory(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _env_steps_per_second(env_id: str, steps: int, n_envs: int = 8) -> float:
+    """Env steps per CPU-second of random play, ``n_envs`` envs under the segment recorder."""
     from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
     from prefloop.training.loop import build_vec_env
 
     venv = VecSegmentRecorder(build_vec_env(EnvSpec(env_id), n_envs, seed=0), SegmentBuffer(2000), 50, seed=0)
     venv.reset()
     venv.action_space.seed(0)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: the machine is shared, wall time measures the others too
     for _ in range(steps // n_envs):
         venv.step(np.array([venv.action_space.sample() for _ in range(n_envs)]))
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     venv.close()
     return (steps // n_envs) * n_envs / elapsed
 
@@ -101,7 +104,7 @@ def _train(env_id: str, run_dir: Path, *, steps: int, labels: int, seed: int, re
     return {
         "env_id": env_id, "seed": seed, "steps": steps, "labels": labels if reward_source == "preferences" else 0,
         "reward_source": reward_source, "eval_return_mean": result.eval_return_mean,
-        "eval_returns": list(result.eval_returns), "wall_time_s": result.wall_time_s,
+        "eval_returns": list(result.eval_returns), "wall_time_s": result.wall_time_s, "cpu_time_s": result.cpu_time_s,
         "reward_learning_time_s": result.reward_learning_time_s,
     }
 
@@ -122,12 +125,14 @@ def speed(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Env steps/s (random actions, 8 envs, recorder on) and train() steps/s with the learned reward."""
     rows = []
     for env_id in args.envs:
-        row = {"bench": "speed", "env_id": env_id, "env_steps_per_s": _env_steps_per_second(env_id, args.steps)}
+        row = {"bench": "speed", "env_id": env_id, "env_steps_per_cpu_s": _env_steps_per_second(env_id, args.steps)}
         for reward_source in ("preferences", "true"):
             out = _in_process(args.timeout, _train, env_id, Path(args.run_root) / f"speed-{env_id.replace('/', '_')}-{reward_source}",
                               steps=args.steps, labels=20, seed=0, reward_source=reward_source, cnn=args.cnn, eval_episodes=1)
             if "wall_time_s" in out:
                 row[f"train_{reward_source}_steps_per_s"] = args.steps / out["wall_time_s"]
+                # per CPU-second of the run's process: what a core gives when it is not shared
+                row[f"train_{reward_source}_steps_per_cpu_s"] = args.steps / out["cpu_time_s"]
                 row[f"train_{reward_source}_reward_learning_s"] = out["reward_learning_time_s"]
             else:
                 row[f"train_{reward_source}"] = out
@@ -138,7 +143,7 @@ def speed(args: argparse.Namespace) -> list[dict[str, Any]]:
 def learn(args: argparse.Namespace) -> list[dict[str, Any]]:
     """``--labels`` oracle labels vs the true reward, same learner, same steps, per seed."""
     from prefloop.envs import EnvSpec
-    from prefloop.training.loop import random_policy_returns
+    from prefloop.training.evaluation import random_policy_returns
 
     random_mean = float(np.mean(random_policy_returns(EnvSpec(args.env), args.eval_episodes, 10_000)))
     rows = []
@@ -153,9 +158,39 @@ def learn(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def reward_check(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Spearman between a run's last learned reward and the true return of held-out random-play
+    segments (env seeds the run never used)."""
+    import sqlite3
+
+    from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
+    from prefloop.envs.presets import default_preset
+    from prefloop.reward_models import load_reward_model
+    from prefloop.training.loop import build_vec_env, collect_random
+    from scipy import stats
+
+    run = Path(args.run_dir)
+    checkpoint = sorted((run / "checkpoints").iterdir())[-1]
+    model = load_reward_model(checkpoint / "reward_model")
+    buffer = SegmentBuffer(1000)
+    length = default_preset(args.env).segment_length
+    recorder = VecSegmentRecorder(build_vec_env(EnvSpec(args.env), 4, seed=4242), buffer, length, seed=4242)
+    collect_random(recorder, args.steps, 4242)
+    segments = buffer.recent()
+    true = [s.true_return for s in segments]
+    with sqlite3.connect(run / "prefs.sqlite") as conn:
+        labels = conn.execute("SELECT count(*) FROM labels").fetchone()[0]
+    return [{
+        "bench": "reward_check", "env_id": args.env, "checkpoint": checkpoint.name, "labels_in_store": labels,
+        "held_out_segments": len(segments), "distinct_true_returns": len(set(true)),
+        "spearman_learned_vs_true_return": float(stats.spearmanr(model.predict_segment_returns(segments), true).statistic),
+    }]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("memory", "speed", "learn"))
+    parser.add_argument("what", choices=("memory", "speed", "learn", "reward-check"))
+    parser.add_argument("--run-dir", help="reward-check: the run folder")
     parser.add_argument("--env", default=PIXEL_CARTPOLE)
     parser.add_argument("--envs", nargs="+", default=["CartPole-v1", PIXEL_CARTPOLE, ATARI], help="speed: envs to time")
     parser.add_argument("--reward-sources", nargs="+", default=["preferences", "true"], choices=("preferences", "true"))
@@ -169,7 +204,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench-out/pixels.jsonl")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = {"memory": memory, "speed": speed, "learn": learn}[args.what](args)
+    rows = {"memory": memory, "speed": speed, "learn": learn, "reward-check": reward_check}[args.what](args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a", encoding="utf-8") as fh:
         for row in rows:
