@@ -346,10 +346,18 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
         st.subheader("Reward model validation accuracy")
         history = [h for h in (progress.fit_history if progress else []) if "env_step" in h]
         if any("val_accuracy" in h for h in history):
+            import altair as alt  # Streamlit's own charting library
+
             frame = pd.DataFrame(
                 {"env step": [h["env_step"] for h in history], "validation accuracy": [h.get("val_accuracy") for h in history]}
-            ).set_index("env step")
-            st.line_chart(frame, height=260)
+            )
+            # A fixed 0-100 % axis: a free one zooms into noise (0.98 vs 1.0 fills the chart) and labels a
+            # constant series "0.000000".
+            chart = alt.Chart(frame).mark_line(point=True).encode(
+                x=alt.X("env step:Q"),
+                y=alt.Y("validation accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            ).properties(height=260)
+            st.altair_chart(chart, use_container_width=True)
         else:
             st.info("The trainer has not reported a reward-model fit yet.")
     with right:
