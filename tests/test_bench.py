@@ -143,3 +143,18 @@ def test_a_teacher_with_overrides_reaches_the_run_config_and_names_its_group(tmp
     assert [(c.teacher, c.teacher_params) for c in preference] == [("oracle", {}), ("mistake", {"epsilon": 0.3})]
     assert preference[1].run_dir.name == "CartPole-v1-ppo-mistake-epsilon=0.3-disagreement-200-s0"
     assert len({j.identity() for j in jobs}) == len(jobs)
+
+
+def test_bench_takes_an_algorithm_class_by_its_import_path_as_train_does(tmp_path: Path) -> None:
+    pytest.importorskip("sb3_contrib")
+    from prefloop.bench.sweep import check_grid, plan_jobs
+    from prefloop.cli.main import build_parser
+
+    args = build_parser().parse_args(["bench", "--algos", "sb3_contrib:TRPO", "PPO", "--out", str(tmp_path)])
+    assert args.algos == ["sb3_contrib:TRPO", "ppo"]
+    config = BenchConfig(algos=tuple(args.algos), seeds=(0,), out_dir=tmp_path)
+    check_grid(config)  # TRPO acts in CartPole's Discrete action space
+    jobs = plan_jobs(config)
+    assert {job.config.algo for job in jobs} == {"sb3_contrib:TRPO", "ppo"}
+    assert all(":" not in job.config.run_dir.name for job in jobs)  # a folder name, not a path separator on Windows
+    assert len({job.config.run_dir for job in jobs}) == len(jobs)

@@ -122,8 +122,9 @@ def plan_jobs(config: BenchConfig) -> list[Job]:
     jobs: list[Job] = []
     for env_id, algo, seed in itertools.product(config.envs, config.algos, config.seeds):
         algo_name = algo or default_preset(env_id).algo
+        algo_folder = folder_name(algo_name)  # an import path (sb3_contrib:TRPO) has a colon
         jobs.append(Job("true_reward", TrainConfig(
-            env_id=env_id, run_dir=runs_dir / f"{env_id}-{algo_name}-true-s{seed}", algo=algo_name,
+            env_id=env_id, run_dir=runs_dir / f"{env_id}-{algo_folder}-true-s{seed}", algo=algo_name,
             steps=config.steps, seed=seed, reward_source="true", progress_bar=False,
             eval_episodes=config.eval_episodes,
         )))
@@ -134,7 +135,7 @@ def plan_jobs(config: BenchConfig) -> list[Job]:
             folder_teacher = folder_name(teacher_spec(name, params))
             loss = "" if rater_model == "reliability" else f"-{rater_model}"
             jobs.append(Job("preferences", TrainConfig(
-                env_id=env_id, run_dir=runs_dir / f"{env_id}-{algo_name}-{folder_teacher}{loss}-{query}-{labels}-s{seed}",
+                env_id=env_id, run_dir=runs_dir / f"{env_id}-{algo_folder}-{folder_teacher}{loss}-{query}-{labels}-s{seed}",
                 algo=algo_name, steps=config.steps, seed=seed, labels=labels, teacher=name, teacher_params=params,
                 query=QueryConfig.from_spec(query), progress_bar=False, eval_episodes=config.eval_episodes,
                 reward_model=RewardModelConfig(rater_model=rater_model),

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from prefloop.cli.arguments import positive_int, query_spec, seconds, teacher_spec
+from prefloop.cli.arguments import algo, positive_int, query_spec, seconds, teacher_spec
 from prefloop.cli.raters import non_negative_number
 from prefloop.reward_models.training import RATER_MODELS
 from prefloop.teachers.simulated import TEACHER_PRESETS
@@ -30,8 +30,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                               "(default: disagreement)")
     bench_p.add_argument("--rater-models", nargs="+", default=["reliability"], choices=RATER_MODELS,
                          help="losses compared: per-rater reliability and/or the plain loss (default: reliability)")
-    bench_p.add_argument("--algos", nargs="+", default=None, choices=sorted(ALGORITHMS),
-                         help="SB3 algorithms (default: each env preset's)")
+    bench_p.add_argument("--algos", nargs="+", default=None, type=algo, metavar="ALGO",
+                         help=f"SB3 algorithms ({', '.join(sorted(ALGORITHMS))}) or algorithm classes by import path, "
+                              "e.g. sb3_contrib:TRPO (default: each env preset's)")
     bench_p.add_argument("--steps", type=positive_int, default=None, help="env steps per run (default: each preset's)")
     bench_p.add_argument("--workers", type=positive_int, default=None, help="parallel runs (default: CPU cores)")
     bench_p.add_argument("--eval-episodes", type=positive_int, default=10, help="evaluation episodes per run (default: 10)")
