@@ -223,7 +223,8 @@ def test_a_signal_to_prefloop_run_stops_the_app_and_worker_and_keeps_every_label
             app_processes = descendants(run.process.pid)
 
         run.process.send_signal(getattr(signal, stop_signal))
-        run.process.wait(timeout=60)
+        exit_code = run.process.wait(timeout=60)
+        assert exit_code == 128 + getattr(signal, stop_signal)  # 143, 129, 130: what supervisors expect
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (any(alive(p) for p in app_processes) or not port_is_free(port)):
             time.sleep(0.2)

@@ -243,8 +243,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C (labels kept, app stopped) but exiting 128 + signal
+    number, as shells and supervisors expect (143 for SIGTERM)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise StopSignal(signum)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,9 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"prefloop: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"prefloop: interrupted; every label so far is stored; {continue_hint(args)}", file=sys.stderr)
-        return 130
+        return 128 + exc.signum if isinstance(exc, StopSignal) else 130
     finally:
         if previous_password_file is None:
             os.environ.pop(ENV_DB_PASSWORD_FILE, None)
