@@ -4,7 +4,8 @@
   ``predict`` is what the policy is trained on.
 - :class:`CnnRewardEnsemble` (``cnn.py``): ``M`` CNNs for uint8 image observations, chosen by
   :func:`build_reward_model` for them; same ensemble, fit and normalisation.
-- :class:`RewardTrainer`, :class:`RewardModelConfig`, :func:`bradley_terry_loss` (``training.py``).
+- :class:`RewardModelConfig` and :func:`build_reward_model` (``config.py``); the Bradley-Terry
+  losses (``losses.py``); :class:`RewardTrainer`, which fits an ensemble with them (``training.py``).
 - Per-rater error rates estimated jointly with the reward, :class:`RaterEstimate` (``reliability.py``).
 - :func:`save_reward_model` / :func:`load_reward_model` (``io.py``): safetensors + JSON, no pickle.
 
@@ -28,15 +29,9 @@ from .io import (
 )
 from .reliability import RaterEstimate
 from .spaces import UnsupportedSpaceError, space_from_json, space_to_json
-from .training import (
-    FitStats,
-    RewardModelConfig,
-    RewardTrainer,
-    bradley_terry_loss,
-    build_reward_model,
-    rater_bradley_terry_loss,
-    validation_mask,
-)
+from .config import RewardModelConfig, build_reward_model
+from .losses import bradley_terry_loss, rater_bradley_terry_loss
+from .training import FitStats, RewardTrainer, validation_mask
 
 __all__ = [
     "METADATA_FILE",

@@ -20,16 +20,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import gymnasium as gym
 import numpy as np
 import torch
 
-from prefloop.import_paths import is_import_path
-from prefloop.import_paths import load as load_import_path
 from prefloop.types import LabeledPair
 
-from .cnn import CNN_TORSOS, CnnRewardEnsemble, is_image_observation_space
-from .ensemble import MemberFactory, RewardEnsemble, stack_segments
+from .config import RewardModelConfig
+from .ensemble import RewardEnsemble, stack_segments
+from .losses import bradley_terry_loss, rater_bradley_terry_loss
 from .reliability import (
     RaterEstimate,
     RaterLabels,
@@ -40,256 +38,19 @@ from .reliability import (
 
 # Fewer pairs than this and all of them are used for training.
 MIN_PAIRS_FOR_VALIDATION = 10
-RATER_MODELS = ("reliability", "plain")
 _EVAL_CHUNK_PAIRS = 512
 
 
-@dataclass(frozen=True)
-class RewardModelConfig:
-    """Reward ensemble architecture and training settings.
-
-    Attributes:
-        n_members: ensemble size.
-        hidden_sizes: hidden layer widths (``()`` for a linear model).
-        lr: Adam learning rate.
-        weight_decay: Adam L2 weight decay.
-        batch_size: pairs per gradient step (per member).
-        steps_per_label: gradient steps a ``fit`` call may take per label it has not fitted before
-            (at least ``min_steps_per_fit``): the cost of reward learning is bounded per label, so
-            a model that cannot reach ``stop_accuracy`` (noisy answers, a hard task) costs at most
-            ``steps_per_label`` steps per label over the whole run, not a full cap at every round ...
-        min_steps_per_fit: ... (a round with a few new labels still gets this many) ...
-        epochs: ... and at most this many passes over the training pairs per call ...
-        max_steps_per_fit: ... and at most this many gradient steps per call, so fitting stays
-            cheap when thousands of labels have accumulated (the model is warm-started anyway).
-        stop_accuracy: stop a ``fit`` after the first epoch in which the members' training
-            accuracy (on non-tie pairs, measured on the epoch's own batches) reached this, as
-            PEBBLE does; a warm-started model that already explains the new labels then costs
-            one epoch, not ``epochs``. ``1.0`` (or more) disables early stopping.
-        random_response: probability that the teacher answers at random (Christiano's 0.1); with
-            several raters and ``rater_model="reliability"``, ``random_response / 2`` is the prior
-            mean of each rater's error rate instead.
-        rater_model: ``"reliability"`` (per-rater error rates estimated jointly with the reward,
-            see :mod:`prefloop.reward_models.reliability`) or ``"plain"`` (one global
-            ``random_response`` for everyone, every label counted alike).
-        flag_error_rate: a rater whose estimated error rate reaches this is flagged and their
-            labels get weight 0 in the fit (kept in the store; unflagged when they improve).
-        prior_labels: weight, in labels, of the prior on each rater's error rate: a rater with far
-            fewer labels than this keeps about the prior.
-        temperature_prior_sd: standard deviation of the normal prior on each rater's log
-            temperature ``log beta`` (mean 0): a rater's ``beta`` leaves 1 only as far as their
-            labels support it (``reward_models/reliability.py``).
-        rater_estimates_per_fit: E-steps (re-estimates of the raters) spread evenly over each
-            fit's gradient steps, plus one at its end: EM alternates them with the reward model's
-            steps, and one per fit left the first fit's estimates far from converged.
-        flagged_answer_weight: weight in the fit of an answer the server flagged (e.g. faster than
-            the clips can be watched); the answer is kept and still scored for its rater.
-        val_fraction: fraction of pairs held out for validation (0 disables validation).
-        seed: seeds the initial weights, the validation split and the bootstrap resamples.
-        normalize_inputs: standardise the network's inputs with the mean and standard deviation
-            of the labelled segments' steps, updated at every fit (imitation's running norm does
-            the same): without it an env whose observations mix scales (Reacher: joint
-            velocities of ~9 next to a fingertip offset of ~0.15) hides the features the reward
-            depends on, and the model memorises instead of generalising. Image observations are
-            never standardised per pixel: the CNN scales them by 1/255 (see ``cnn.py``).
-        member_factory: your own member network (see
-            :data:`prefloop.reward_models.ensemble.MemberFactory`), or its import path
-            ``"package.module:make_net"``; None: the stacked MLPs of ``hidden_sizes`` (the CNN
-            of ``cnn`` for image observations). Saved models record its import path; loading
-            one needs the same factory.
-        cnn: the convolutional torso for image observations (uint8 frames or frame stacks, which
-            get a :class:`~prefloop.reward_models.cnn.CnnRewardEnsemble` automatically unless a
-            ``member_factory`` is given): ``"nature"`` (Nature-DQN, 512 units) or
-            ``"christiano"`` (Christiano et al.'s smaller Atari net, 64 units; about a quarter of
-            the arithmetic, for CPU-only runs).
-    """
-
-    n_members: int = 3
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    steps_per_label: int = 10
-    min_steps_per_fit: int = 100
-    epochs: int = 200
-    max_steps_per_fit: int = 2000
-    stop_accuracy: float = 0.97
-    random_response: float = 0.1
-    rater_model: str = "reliability"
-    flag_error_rate: float = 0.3
-    prior_labels: float = 5.0
-    temperature_prior_sd: float = 0.5
-    rater_estimates_per_fit: int = 8
-    flagged_answer_weight: float = 0.25
-    val_fraction: float = 0.2
-    seed: int = 0
-    normalize_inputs: bool = True
-    member_factory: MemberFactory | str | None = None
-    cnn: str = "nature"
-
-    def __post_init__(self) -> None:
-        factory = self.member_factory
-        if not (factory is None or callable(factory) or (isinstance(factory, str) and is_import_path(factory))):
-            raise ValueError(
-                f"member_factory must be a function (observation_space, action_space) -> torch.nn.Module or its "
-                f"import path package.module:name, got {str(factory)[:80]!r}"
-            )
-        hidden = self.hidden_sizes
-        if isinstance(hidden, int) or not all(_is_int(h) and h >= 1 for h in hidden):
-            raise ValueError(f"hidden_sizes must be a tuple of positive ints, got {hidden!r}")
-        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in hidden))
-        for name in ("n_members", "batch_size", "epochs", "max_steps_per_fit", "steps_per_label", "min_steps_per_fit",
-                     "rater_estimates_per_fit"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
-        if not (_is_real(self.lr) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if not (_is_real(self.weight_decay) and self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if not (_is_real(self.random_response) and 0 <= self.random_response < 1):
-            raise ValueError(f"random_response must be in [0, 1), got {self.random_response!r}")
-        if self.rater_model not in RATER_MODELS:
-            raise ValueError(f"rater_model must be one of {', '.join(RATER_MODELS)}, got {self.rater_model!r}")
-        if not (_is_real(self.flag_error_rate) and 0 < self.flag_error_rate <= 1):
-            raise ValueError(f"flag_error_rate must be in (0, 1] (1 flags nobody short of always wrong), got {self.flag_error_rate!r}")
-        if not (_is_real(self.prior_labels) and 0 < self.prior_labels and math.isfinite(self.prior_labels)):
-            raise ValueError(f"prior_labels must be a finite number > 0, got {self.prior_labels!r}")
-        if not (_is_real(self.temperature_prior_sd) and 0 < self.temperature_prior_sd and math.isfinite(self.temperature_prior_sd)):
-            raise ValueError(f"temperature_prior_sd must be a finite number > 0, got {self.temperature_prior_sd!r}")
-        if not (_is_real(self.flagged_answer_weight) and 0 <= self.flagged_answer_weight <= 1):
-            raise ValueError(f"flagged_answer_weight must be in [0, 1], got {self.flagged_answer_weight!r}")
-        if not (_is_real(self.stop_accuracy) and 0 < self.stop_accuracy):
-            raise ValueError(f"stop_accuracy must be a number > 0 (1.0 disables early stopping), got {self.stop_accuracy!r}")
-        if self.cnn not in CNN_TORSOS:
-            raise ValueError(f"cnn must be one of {', '.join(CNN_TORSOS)}, got {self.cnn!r}")
-        if not (_is_real(self.val_fraction) and 0 <= self.val_fraction < 1):
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def build_reward_model(
-    observation_space: gym.Space, action_space: gym.Space, config: RewardModelConfig, seed: int | None = None
-) -> RewardEnsemble:
-    """A fresh ensemble with ``config``'s members, hidden sizes and seed (``seed`` overrides it):
-    a :class:`CnnRewardEnsemble` with ``config.cnn``'s torso for image observations (uint8 Box
-    0..255 of 2 or 3 dimensions) unless ``config.member_factory`` is given, else
-    :class:`RewardEnsemble` (the stacked MLPs, or the factory's members)."""
-    seed = config.seed if seed is None else seed
-    factory = member_factory_of(config)
-    if factory is None and is_image_observation_space(observation_space):
-        conv, features = CNN_TORSOS[config.cnn]
-        return CnnRewardEnsemble(
-            observation_space, action_space, n_members=config.n_members, hidden_sizes=config.hidden_sizes,
-            seed=seed, conv=conv, torso_features=features,
-        )
-    return RewardEnsemble(
-        observation_space,
-        action_space,
-        n_members=config.n_members,
-        hidden_sizes=config.hidden_sizes,
-        seed=seed,
-        member_factory=factory,
-    )
-
-
-def member_factory_of(config: RewardModelConfig) -> MemberFactory | None:
-    """``config.member_factory`` as a callable (an import path is imported).
-
-    Raises:
-        ValueError: the path does not import (one line: which, and what to do).
-    """
-    factory = config.member_factory
-    if isinstance(factory, str):
-        return load_import_path(factory, "reward model member_factory")
-    return factory
-
-
-def bradley_terry_loss(
-    returns_left: torch.Tensor,
-    returns_right: torch.Tensor,
-    target: torch.Tensor,
-    random_response: float,
-) -> torch.Tensor:
-    """Cross entropy between the soft target and the noisy Bradley-Terry preference probability.
-
-    ``p = (1 - rr) * sigmoid(R_right - R_left) + rr / 2`` is the probability that the teacher picks
-    right; the loss is ``-(t log p + (1 - t) log(1 - p))`` averaged over pairs and members. Computed
-    in log space (``logaddexp`` of log-sigmoids), so huge return differences give finite losses
-    and gradients.
-
-    Args:
-        returns_left, returns_right: ``(M, N)`` segment returns.
-        target: ``(N,)`` (or ``(M, N)``) in [0, 1]: 0 left better, 1 right better, 0.5 equal.
-        random_response: ``rr`` in [0, 1).
-
-    Returns:
-        A scalar tensor.
-    """
-    if not 0 <= random_response < 1:
-        raise ValueError(f"random_response must be in [0, 1), got {random_response}")
-    diff = returns_right - returns_left
-    target = target.to(diff.dtype)
-    log_sig_right = torch.nn.functional.logsigmoid(diff)
-    log_sig_left = torch.nn.functional.logsigmoid(-diff)
-    if random_response > 0:
-        log_keep = math.log1p(-random_response)
-        log_random = torch.tensor(math.log(random_response / 2), dtype=diff.dtype, device=diff.device)
-        log_p_right = torch.logaddexp(log_sig_right + log_keep, log_random)
-        log_p_left = torch.logaddexp(log_sig_left + log_keep, log_random)
-    else:
-        log_p_right, log_p_left = log_sig_right, log_sig_left
-    loss = -(target * log_p_right + (1 - target) * log_p_left)
-    return loss.mean()
-
-
-def rater_bradley_terry_loss(
-    returns_left: torch.Tensor,
-    returns_right: torch.Tensor,
-    target: torch.Tensor,
-    error_rate: torch.Tensor,
-    weight: torch.Tensor,
-    temperature: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Weighted cross entropy under per-label mistake rates and temperatures (the reliability
-    model's M-step).
-
-    ``p = (1 - e) * sigmoid(b * D) + e * (1 - sigmoid(b * D))``, ``D = R_right - R_left``, is the
-    probability that the label's rater answers right when they err with probability ``e`` and
-    tell returns apart at temperature ``b`` (1 when ``temperature`` is None); the loss
-    is ``sum(w * CE(t, p)) / sum(w)`` over labels, averaged over members, in log space. ``e = 0.5``
-    gives a label zero gradient; ``e = rr / 2`` and ``w = 1`` is :func:`bradley_terry_loss`.
-
-    Args:
-        returns_left, returns_right: ``(M, N)`` segment returns.
-        target, error_rate, weight, temperature: ``(N,)`` or ``(M, N)``; ``error_rate`` in
-            [0, 0.5], ``weight >= 0``, ``temperature > 0``.
-
-    Returns:
-        A scalar tensor (0 when every weight is 0).
-    """
-    diff = returns_right - returns_left
-    if temperature is not None:
-        diff = diff * temperature.to(diff.dtype)
-    target = target.to(diff.dtype)
-    error = error_rate.to(diff.dtype)
-    log_keep, log_mistake = torch.log1p(-error), torch.log(error)  # log(0) = -inf: logaddexp drops it
-    log_sig_right = torch.nn.functional.logsigmoid(diff)
-    log_sig_left = torch.nn.functional.logsigmoid(-diff)
-    log_p_right = torch.logaddexp(log_sig_right + log_keep, log_sig_left + log_mistake)
-    log_p_left = torch.logaddexp(log_sig_left + log_keep, log_sig_right + log_mistake)
-    loss = -(target * log_p_right + (1 - target) * log_p_left)
-    w = weight.to(diff.dtype).expand_as(loss)
-    return (loss * w).sum() / w.sum().clamp_min(1e-12)
+def _crop_windows(shape: torch.Size, min_crop: float, rng: np.random.Generator, device: torch.device) -> torch.Tensor:
+    """SURF's temporal cropping as a mask ``shape`` = ``(M, B, 2, L)``: each pair gets one window
+    length in ``[min_crop * L, L]`` and each of its two segments its own offset."""
+    *lead, two, length = shape
+    low = max(1, math.ceil(min_crop * length))
+    width = rng.integers(low, length + 1, size=(*lead, 1, 1))
+    start = rng.integers(0, length - width + 1, size=(*lead, two, 1))
+    steps = np.arange(length)
+    window = (steps >= start) & (steps < start + width)
+    return torch.as_tensor(window, dtype=torch.float32, device=device)
 
 
 @dataclass
@@ -439,7 +200,10 @@ class RewardTrainer:
         rng = np.random.default_rng([cfg.seed, self._n_fits])
         self._n_fits += 1
         n_train, members = len(train_idx), model.n_members
-        boot = train_idx[rng.integers(0, n_train, size=(members, n_train))]
+        if cfg.bootstrap:
+            boot = train_idx[rng.integers(0, n_train, size=(members, n_train))]
+        else:
+            boot = np.tile(train_idx, (members, 1))
         steps_per_epoch = math.ceil(n_train / cfg.batch_size)
         new_pairs = max(0, n_labelled - self.pairs_fitted)
         self.pairs_fitted = max(self.pairs_fitted, n_labelled)
@@ -466,9 +230,12 @@ class RewardTrainer:
                 batch = idx.shape[1]
                 pair_idx = pair_of_row[idx]
                 # Each member gets its own rows: (M, batch * 2 segments, L, in).
+                batch_mask = mask[pair_idx]
+                if cfg.min_crop < 1.0:
+                    batch_mask = batch_mask * _crop_windows(batch_mask.shape, cfg.min_crop, rng, batch_mask.device)
                 returns = model.returns_from_features(
                     features[pair_idx].reshape(members, batch * 2, length, dim),
-                    mask[pair_idx].reshape(members, batch * 2, length),
+                    batch_mask.reshape(members, batch * 2, length),
                 ).reshape(members, batch, 2)
                 batch_targets = rows.target[idx]
                 if rows.error_rate is None:

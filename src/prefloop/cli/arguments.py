@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prefloop.credentials import ENV_DB_PASSWORD, ENV_DB_PASSWORD_FILE
 from prefloop.envs.pixels import ATARI_ID, PIXEL_CARTPOLE_ID
-from prefloop.reward_models.training import RATER_MODELS
+from prefloop.reward_models.config import RATER_MODELS
 from prefloop.teachers.simulated import TEACHER_PRESETS, TeacherConfigError, parse_teacher_param
 from prefloop.teachers.specs import parse_teacher_spec
 from prefloop.training.algos import ALGORITHMS, AlgorithmError, algorithm_class

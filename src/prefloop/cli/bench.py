@@ -9,7 +9,7 @@ from typing import Any
 
 from prefloop.cli.arguments import algo, positive_int, query_spec, seconds, teacher_spec
 from prefloop.cli.raters import non_negative_number
-from prefloop.reward_models.training import RATER_MODELS
+from prefloop.reward_models.config import RATER_MODELS
 from prefloop.teachers.simulated import TEACHER_PRESETS
 from prefloop.training.algos import ALGORITHMS
 from prefloop.training.query import QUERY_METHODS

@@ -44,7 +44,7 @@ from prefloop.envs import (
 )
 from prefloop.plots import plot_learning_curve
 from prefloop.reward_models import build_reward_model, load_reward_model
-from prefloop.reward_models.training import member_factory_of
+from prefloop.reward_models.config import member_factory_of
 from prefloop.store import PreferenceStore, check_store_url, sqlite_url
 from prefloop.teachers.clock import ClockRater
 from prefloop.teachers.base import Teacher
