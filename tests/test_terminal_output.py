@@ -14,6 +14,7 @@ from stable_baselines3 import PPO
 
 from prefloop.cli.main import CurrentStderrHandler
 from prefloop.training.callbacks import StepProgressBar, metric_text
+from prefloop.training.report import validation_text
 
 
 def test_log_lines_go_to_the_stderr_of_the_moment_so_the_progress_bar_can_put_them_above_itself(
@@ -34,6 +35,14 @@ def test_log_lines_go_to_the_stderr_of_the_moment_so_the_progress_bar_can_put_th
 
 def test_a_metric_not_computed_yet_reads_not_yet_instead_of_nan() -> None:
     assert metric_text(math.nan) == "not yet" and metric_text(0.8333) == "0.83"
+
+
+def test_validation_accuracy_says_how_many_held_out_pairs_it_is_measured_on() -> None:
+    # Early in a run 2 held-out pairs give 0.00 or 0.50: the count tells the user not to read much into it.
+    assert validation_text({"val_accuracy": 0.0, "val_pairs": 2.0}) == "0.00 on 2 held-out pairs"
+    assert validation_text({"val_accuracy": 0.875, "val_pairs": 1.0}) == "0.88 on 1 held-out pair"
+    assert validation_text({"val_accuracy": math.nan, "val_pairs": 0.0}) == "not yet"
+    assert validation_text({"val_accuracy": 0.9}) == "0.90"  # fit stats from before the count was kept
 
 
 def test_the_progress_bar_counts_the_runs_env_steps_like_the_log() -> None:

@@ -18,6 +18,7 @@ from prefloop.training.algos import is_off_policy, relabel_replay_buffer
 from prefloop.training.learner import PreferenceLearner
 from prefloop.training.pacing import LabelPace
 from prefloop.training.resume_state import save_resume_state
+from prefloop.training.report import validation_text
 from prefloop.training.rundir import RunDir
 from prefloop.training.schedule import LabelRound
 
@@ -174,7 +175,7 @@ class PreferenceCallback(BaseCallback):
                 self.logger.record(f"pref/{key}", value)
         log.info(
             "step %d: %d labels, reward-model val acc %s, segment-return corr %s",
-            env_step, stats["labels"], metric_text(stats["val_accuracy"]), metric_text(stats["segment_return_pearson"]),
+            env_step, stats["labels"], validation_text(stats), metric_text(stats["segment_return_pearson"]),
         )
         self.learner.publish_progress("training", env_step, self.run.curve)
         self.run.checkpoint(self.model, self.learner, env_step)

@@ -180,6 +180,7 @@ class PreferenceLearner:
         labeled = self.store.labeled_pairs()
         self.labels_at_last_fit = self.labels_so_far()
         train_loss = val_accuracy = math.nan
+        val_pairs = 0
         pseudo: list = []
         if labeled and self.config.query.semi_supervised and self.fit_history:
             # SURF: the ensemble labels recent pairs it is sure about, for this fit only (never stored).
@@ -188,6 +189,7 @@ class PreferenceLearner:
             fit = self.trainer.fit(labeled, pseudo)
             train_loss = fit.train_loss
             val_accuracy = fit.val_accuracy if fit.val_accuracy is not None else math.nan
+            val_pairs = fit.n_val
             self.publish_rater_reliability(env_step)
         else:
             # Every answer so far was "can't tell" (a skip teacher early on, or raters unsure):
@@ -207,6 +209,7 @@ class PreferenceLearner:
             "labels": float(len(labeled)),
             "train_loss": train_loss,
             "val_accuracy": val_accuracy,
+            "val_pairs": float(val_pairs),
             "segment_return_pearson": corr["pearson"],
             "segment_return_spearman": corr["spearman"],
             "pseudo_labels": float(len(pseudo)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from prefloop.training.algos import algorithm_name
@@ -26,6 +27,17 @@ def _steps_text(result: "RunResult") -> str:
     return f"{ran:,} (asked {asked:,}; the algorithm finishes the rollout it is in)"
 
 
+def validation_text(fit_stats: Mapping[str, float]) -> str:
+    """A fit's held-out accuracy with the number of pairs it is measured on ("0.50 on 2 held-out
+    pairs" says what a bare 0.50 hides early in a run), or "not yet" without held-out pairs."""
+    accuracy, pairs = fit_stats.get("val_accuracy", math.nan), fit_stats.get("val_pairs")
+    if accuracy is None or not math.isfinite(accuracy):
+        return "not yet"
+    if pairs is None:  # fit stats written before the count was recorded
+        return f"{accuracy:.2f}"
+    return f"{accuracy:.2f} on {int(pairs)} held-out pair{'' if int(pairs) == 1 else 's'}"
+
+
 def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
     config = result.config
     rows = [
@@ -42,7 +54,7 @@ def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
             ("teacher", config.teacher_name),
             ("labels used", str(result.labels_used)
              + (f" ({result.labels_fitted} in the last reward-model fit)" if result.labels_fitted != result.labels_used else "")),
-            ("reward-model val accuracy", _fmt(rm.get("val_accuracy"))),
+            ("reward-model val accuracy", validation_text(rm)),
             ("learned vs true segment return (Pearson)", _fmt(rm.get("segment_return_pearson"))),
             ("time in reward learning", f"{result.reward_learning_time_s:.1f} s"),
         ]
