@@ -64,7 +64,9 @@ def test_updating_input_statistics_does_not_change_the_reward(tmp_path: Path) ->
 
 def test_inputs_of_very_different_scales_are_learned_with_standardisation() -> None:
     rng = np.random.default_rng(1)
-    train_pairs = pairs_of(mixed_scale_segments(400, rng))
+    # 100 training pairs: with 200, a fit that trains on all of them for long enough learns the
+    # tiny feature even unstandardised (0.945); at small budgets standardisation is what finds it.
+    train_pairs = pairs_of(mixed_scale_segments(200, rng))
     test_pairs = pairs_of(mixed_scale_segments(400, rng))
     accuracy = {}
     for normalize in (True, False):
@@ -145,3 +147,49 @@ def reward_dir_of(run: "RunDir") -> Path:
     checkpoint = run.latest_checkpoint()
     assert checkpoint is not None
     return checkpoint / "reward_model"
+
+
+def test_accuracy_is_measured_on_each_label_before_the_model_learns_it() -> None:
+    rng = np.random.default_rng(3)
+    segments = mixed_scale_segments(600, rng)
+    truthful = pairs_of(segments)  # 300 pairs labelled by the true return
+    config = RewardModelConfig(n_members=2, hidden_sizes=(32, 32), seed=0)
+    assert config.val_fraction == 0  # the default: every label is trained on
+    trainer = RewardTrainer(build_reward_model(OBS, ACT, config), config)
+    first = trainer.fit(truthful[:200])
+    assert (first.n_train, first.n_val, first.val_accuracy) == (200, 0, None)  # nothing predicted before its fit yet
+    # 20 new labels, every one the opposite of the truth: a model judged after learning them would
+    # get some right; judged before, it gets (nearly) none right.
+    flipped = [LabeledPair(p.left, p.right, 1.0 - p.target, pair_id=p.pair_id) for p in truthful[200:220]]
+    second = trainer.fit(truthful[:200] + flipped)
+    assert second.n_train == 220 and second.n_val == 20
+    assert second.val_accuracy is not None and second.val_accuracy <= 0.2
+    # The next 30 honest labels: the window holds the newest 50 predictions, 20 wrong-side flips first.
+    third = trainer.fit(truthful[:200] + flipped + truthful[220:250])
+    assert third.n_val == 50
+    assert 0.3 <= third.val_accuracy <= 0.65
+    # Nothing new: the estimate stays where it was.
+    assert trainer.fit(truthful[:200] + flipped + truthful[220:250]).val_accuracy == third.val_accuracy
+
+
+def test_a_fit_trains_at_least_min_steps_before_it_may_stop_early() -> None:
+    rng = np.random.default_rng(4)
+    pairs = pairs_of(mixed_scale_segments(40, rng))  # 20 easy pairs: one epoch is one step
+    config = RewardModelConfig(n_members=2, hidden_sizes=(16,), min_steps_per_fit=60, steps_per_label=10, seed=0)
+    trainer = RewardTrainer(build_reward_model(OBS, ACT, config), config)
+    assert trainer.fit(pairs).steps >= 60
+    assert trainer.fit(pairs).steps == 60  # warm, nothing new: the floor, then the early stop
+
+
+def test_members_trained_on_the_same_pairs_still_disagree_off_the_data() -> None:
+    rng = np.random.default_rng(5)
+    pairs = pairs_of(mixed_scale_segments(60, rng))
+    config = RewardModelConfig(n_members=3, hidden_sizes=(32, 32), seed=0)
+    assert config.bootstrap is False
+    model = build_reward_model(OBS, ACT, config)
+    RewardTrainer(model, config).fit(pairs)
+    far = mixed_scale_segments(40, np.random.default_rng(6))
+    for s in far:
+        s.obs[:, 2] += 8.0  # a region no labelled segment visited
+    probs = model.preference_probs(far[::2], far[1::2])
+    assert probs.std(axis=0).mean() > 0.02  # query selection has a disagreement to use

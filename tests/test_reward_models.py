@@ -145,7 +145,7 @@ def test_learns_to_rank_segments_by_true_return() -> None:
 
     train, held_out = segments(400), segments(100)
     pairs = [label_by_true_return(train[2 * i], train[2 * i + 1], pair_id=i) for i in range(200)]
-    config = RewardModelConfig(lr=3e-3, seed=0)
+    config = RewardModelConfig(lr=3e-3, seed=0, val_fraction=0.2)  # a held-out split, as before prequential accuracy
     model = build_reward_model(OBS_1D, ACT_1D, config)
     stats = RewardTrainer(model, config).fit(pairs)
 
