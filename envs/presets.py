@@ -195,7 +195,7 @@ PRESETS: dict[str, EnvPreset] = {
         *[
             EnvPreset(
                 env_id=env_id,
-                # PEBBLE, SURF and QPA on DeepMind Control: 50-step segments (walker 1.25 s at its
+                # PEBBLE and QPA on DeepMind Control: 50-step segments (walker 1.25 s at its
                 # 0.025 s control step; cheetah 0.5 s at 0.01 s), no action repeat.
                 segment_length=50,
                 total_steps=steps,
@@ -207,19 +207,20 @@ PRESETS: dict[str, EnvPreset] = {
                     # CPU), and a 300k buffer as the MuJoCo presets (theirs: the whole run).
                     "sac": dict(learning_rate=5e-4, learning_starts=1_000, buffer_size=300_000),
                 },
-                # 100 labels is QPA's budget on both tasks (PEBBLE and SURF report it too); 1,000
-                # is PEBBLE's larger one.
+                # 100 labels: QPA's budget on both tasks (and issue 11's target); 1,000: the
+                # larger budget of the PEBBLE scripts.
                 label_budgets=(100, 1_000),
                 guideline=guideline,
-                # PEBBLE's 9,000 steps of state-entropy exploration before the first query (all
-                # three papers' scripts for these tasks).
+                # 9,000 steps of PEBBLE's state-entropy exploration before the first query (the
+                # PEBBLE and QPA scripts for these tasks).
                 unsupervised_steps=9_000,
             )
             for env_ids, steps, guideline in [
-                # B-Pref/PEBBLE's scripts run walker_walk for 500k steps; QPA's for 1M.
+                # B-Pref's PEBBLE scripts (rll-research/BPref) run walker_walk for 500k steps; the QPA
+                # and PEBBLE scripts of the OnlinePbRL benchmark (zgong11/OnlinePbRL) for 1M.
                 (("dm_control/walker-walk-v0", "walker_walk"), 500_000,
                  "Which walker walks forward (to the right) faster while staying upright?"),
-                # cheetah_run: 1M steps in QPA's scripts (as for walker_walk there).
+                # cheetah_run: 1M steps in those OnlinePbRL QPA and PEBBLE scripts.
                 (("dm_control/cheetah-run-v0", "cheetah_run"), 1_000_000,
                  "Which cheetah runs forward (to the right) faster?"),
             ]
