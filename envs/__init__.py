@@ -19,6 +19,7 @@ from prefloop.envs.factory import (
     check_spaces,
     make_env,
 )
+from prefloop.envs.dmc import register_dmc_envs
 from prefloop.envs.learned_reward import (
     LearnedRewardWrapper,
     RewardFunction,
@@ -53,8 +54,10 @@ __all__ = [
     "check_env_id",
     "check_spaces",
     "make_env",
+    "register_dmc_envs",
     "register_pixel_envs",
     "render_segment",
 ]
 
 register_pixel_envs()
+register_dmc_envs()

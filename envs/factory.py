@@ -14,8 +14,10 @@ from typing import Any
 
 import gymnasium as gym
 from gymnasium import spaces
+from prefloop.envs.dmc import INSTALL_HINT as DMC_INSTALL_HINT
+from prefloop.envs.dmc import dmc_available, ensure_dmc_registered, is_dmc_id
 from prefloop.envs.mujoco_render import configure_fast_rendering
-from prefloop.envs.seeding import EpisodeSeeder
+from prefloop.envs.seeding import EpisodeSeeder, RecordedPrecisionActions, needs_recorded_precision
 from prefloop.envs.structured import LeafDictObservation, needs_leaf_dict
 from prefloop.import_paths import ImportPathError, describe, rebuildable
 from prefloop.import_paths import load as load_import_path
@@ -98,9 +100,13 @@ class EnvSpec:
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise :class:`EnvSetupError` naming close registered ids when ``env_id`` is unknown."""
+    """Raise :class:`EnvSetupError` naming close registered ids when ``env_id`` is unknown
+    (a ``dm_control/`` id registers itself first when shimmy is installed: :mod:`prefloop.envs.dmc`)."""
+    ensure_dmc_registered(env_id)
     if env_id in gym.registry:
         return
+    if is_dmc_id(env_id) and not dmc_available():
+        raise EnvSetupError(f"{env_id!r} is a DeepMind Control task. {DMC_INSTALL_HINT}")
     if env_id.split("-v")[0] in {"Hopper", "HalfCheetah", "Walker2d", "Swimmer", "Ant", "Humanoid"}:
         hint = " MuJoCo envs need the extra: pip install 'prefloop[mujoco]'."
     else:
@@ -149,8 +155,10 @@ def make_env(
     seed: int | None = None,
     render_mode: str | None = None,
 ) -> gym.Env:
-    """Build one env of a run: ``gym.make`` (or the spec's factory) (+ :class:`LeafDictObservation`
-    for a Tuple or nested Dict observation, which SB3 cannot read) + :class:`EpisodeSeeder`.
+    """Build one env of a run: ``gym.make`` (or the spec's factory) (+ :class:`RecordedPrecisionActions`
+    for a float64 action space, so that a replay executes the very actions of the recording)
+    (+ :class:`LeafDictObservation` for a Tuple, nested Dict or scalar-leaf Dict observation, which
+    SB3 cannot read) + :class:`EpisodeSeeder`.
 
     Args:
         spec: env id and kwargs (and factory).
@@ -164,6 +172,8 @@ def make_env(
     check_spaces(env.observation_space, env.action_space, spec.env_id)
     if render_mode == "rgb_array":
         configure_fast_rendering(env)
+    if needs_recorded_precision(env.action_space):
+        env = RecordedPrecisionActions(env)
     if needs_leaf_dict(env.observation_space):
         try:
             env = LeafDictObservation(env)

@@ -38,3 +38,31 @@ class EpisodeSeeder(gym.Wrapper, gym.utils.RecordConstructorArgs):
         info = dict(info)
         info["episode_seed"] = episode_seed
         return obs, info
+
+
+class RecordedPrecisionActions(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
+    """Rounds each continuous action to float32, the precision segments record it in, before the
+    env sees it; the action space (and the policy's view of it) is unchanged.
+
+    Why: a clip is rendered by replaying the recorded actions. An env with a float64 action space
+    (DeepMind Control through shimmy) would otherwise be trained on actions that the recording
+    rounds, and a contact-rich body (walker) amplifies the rounding into a visibly different
+    motion within a hundred steps, so the replay check refuses the clip.
+    """
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ActionWrapper.__init__(self, env)
+
+    def action(self, action: ActType) -> ActType:
+        dtype = self.action_space.dtype
+        return np.asarray(action, dtype=np.float32).astype(dtype)
+
+
+def needs_recorded_precision(action_space: gym.Space) -> bool:
+    """True for a Box action space finer than float32 (float64): see :class:`RecordedPrecisionActions`."""
+    return (
+        isinstance(action_space, gym.spaces.Box)
+        and np.issubdtype(action_space.dtype, np.floating)
+        and np.finfo(action_space.dtype).precision > np.finfo(np.float32).precision
+    )

@@ -16,6 +16,7 @@ import logging
 import math
 
 import gymnasium as gym
+from prefloop.envs.dmc import ensure_dmc_registered
 
 log = logging.getLogger("prefloop")
 
@@ -53,6 +54,7 @@ def default_segment_length(env_id: str) -> int:
     """:func:`segment_length_for` the registered env ``env_id`` (built once to read its clock);
     :data:`FALLBACK_SEGMENT_LENGTH` when it cannot be built (the run reports why elsewhere)."""
     try:
+        ensure_dmc_registered(env_id)
         env = gym.make(env_id)
     except Exception as exc:  # noqa: BLE001 -- any failure here is reported by the env checks later
         log.debug("cannot build %s to read its time step: %s", env_id, exc)

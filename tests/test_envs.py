@@ -243,3 +243,35 @@ def test_long_episodes_give_segments_before_they_end() -> None:
         by_episode.setdefault(seg.episode_seed, []).append(seg.start_step)
     assert all(len(starts) == len(set(starts)) for starts in by_episode.values())
     render_segment(spec, segments[0])  # replays and checks every observation
+
+
+class _Float64Actions(gym.Env):
+    """Remembers the actions it is given; float64 actions like DeepMind Control's through shimmy."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float64)
+
+    def __init__(self, render_mode=None):
+        self.received: list[np.ndarray] = []
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.received.append(np.asarray(action))
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+def test_float64_actions_reach_the_env_as_recorded_so_a_replay_repeats_the_episode() -> None:
+    # Segments record actions as float32; an env trained on unrounded float64 actions diverged in
+    # replay (walker_walk: a different motion within 90 steps, the clip refused).
+    env = make_env(EnvSpec("Float64Actions", factory=_Float64Actions), seed=0)
+    assert env.action_space.dtype == np.float64  # the policy's view is unchanged
+    env.reset()
+    precise = np.array([0.1234567890123, -0.9876543210987])
+    env.step(precise)
+    received = env.unwrapped.received[-1]
+    assert received.dtype == np.float64
+    np.testing.assert_array_equal(received, precise.astype(np.float32).astype(np.float64))
+    assert not np.array_equal(received, precise)

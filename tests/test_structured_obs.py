@@ -147,3 +147,24 @@ def test_nested_observations_reach_the_policy_as_one_leaf_dict_with_the_same_fla
         {"a/b": spaces.Discrete(2), "a": spaces.Dict({"b": spaces.Discrete(2)})})})
     with pytest.raises(StructuredSpaceError, match=r"\['a/b'\]"):
         LeafDictObservation(clash())
+
+
+SCALAR_LEAF = spaces.Dict({"height": spaces.Box(-np.inf, np.inf, ()), "joints": spaces.Box(-1.0, 1.0, (3,))})
+
+
+def test_a_scalar_box_leaf_reaches_sb3_as_shape_1_and_a_policy_trains_on_it() -> None:
+    """DeepMind Control's walker has ``height: Box(())``; SB3's MultiInputPolicy cannot flatten a
+    ``(B,)`` batch, so the leaf reaches it as ``(1,)`` with the same flat vector."""
+    from prefloop.envs.structured import LeafDictObservation, needs_leaf_dict
+    from stable_baselines3 import SAC
+
+    assert needs_leaf_dict(SCALAR_LEAF)
+    scalar_env = type("_Scalar", (_NestedEnv,), {"observation_space": SCALAR_LEAF,
+                                                 "action_space": spaces.Box(-1.0, 1.0, (2,))})
+    wrapped = LeafDictObservation(scalar_env())
+    assert wrapped.observation_space["height"].shape == (1,)
+    obs, _ = wrapped.reset(seed=3)
+    original, _ = scalar_env().reset(seed=3)
+    assert wrapped.observation_space.contains(obs)
+    np.testing.assert_array_equal(gym.spaces.flatten(wrapped.observation_space, obs), gym.spaces.flatten(SCALAR_LEAF, original))
+    SAC("MultiInputPolicy", wrapped, learning_starts=8, batch_size=8, seed=0).learn(16)  # raised IndexError before

@@ -32,7 +32,7 @@ from prefloop.datasets.export import read_run
 from prefloop.datasets.format import DatasetError, missing_extra_error
 from prefloop.envs import EnvSpec
 from prefloop.envs.factory import EnvSetupError, make_env
-from prefloop.envs.seeding import EpisodeSeeder
+from prefloop.envs.seeding import EpisodeSeeder, RecordedPrecisionActions
 from prefloop.envs.structured import LeafDictObservation
 from prefloop.types import Segment
 
@@ -147,9 +147,9 @@ def export_minari(store_url: str, run_name: str, dataset_id: str | None = None) 
 
 def _as_gymnasium_makes_it(env: gym.Env) -> gym.Env:
     """The env below prefloop's own wrappers (episode seeding; Tuple and nested Dict observations
-    as a flat Dict for SB3): observations in the env's own structure, as Minari's
+    as a flat Dict for SB3; float64 actions rounded as recorded): observations in the env's own structure, as Minari's
     ``recover_environment`` gives them."""
-    while isinstance(env, (EpisodeSeeder, LeafDictObservation)):
+    while isinstance(env, (EpisodeSeeder, LeafDictObservation, RecordedPrecisionActions)):
         env = env.env
     return env
 
