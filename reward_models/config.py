@@ -43,7 +43,7 @@ class RewardModelConfig:
             the new labels then costs ``min_steps_per_fit`` steps, not ``epochs``. Stopping as soon
             as an epoch reached it (before) left models undertrained: on random play of 8 MuJoCo and
             classic-control envs, held-out accuracy at 50 labels rose by up to 0.1 with the floor
-            (``benchmarks/reward_fit_check.py``, docs/benchmarks.md). ``1.0`` (or more) disables
+            (``benchmarks/reward_defaults_ablation.py``, docs/benchmarks.md). ``1.0`` (or more) disables
             early stopping.
         random_response: probability that the teacher answers at random (Christiano's 0.1); with
             several raters and ``rater_model="reliability"``, ``random_response / 2`` is the prior
@@ -72,7 +72,9 @@ class RewardModelConfig:
             or all members on all pairs, differing by their initial weights and batch order (False,
             the default, as PEBBLE and B-Pref do). A resample leaves out about a third of the pairs
             for each member, which at small budgets costs more than the diversity it buys; the
-            members still disagree where data is thin (initial weights), which queries use.
+            members still disagree where data is thin (initial weights), which queries use. With
+            several raters and ``rater_model="reliability"`` members always resample: each rater
+            is judged by the members that did not train on their labels.
         seed: seeds the initial weights, the validation split and the batch order.
         normalize_inputs: standardise the network's inputs with the mean and standard deviation
             of the labelled segments' steps, updated at every fit (imitation's running norm does

@@ -8,8 +8,9 @@
   (:mod:`prefloop.reward_models.reliability`); flagged raters' labels get weight 0. With a single
   rater (or pairs that do not say who answered) it is the plain loss.
 - Every member trains on every labelled pair (``bootstrap=False``, as PEBBLE does); their own initial
-  weights and batch orders make them disagree where data is thin (query selection uses that), and
-  ``bootstrap=True`` gives each its own resample instead.
+  weights and batch orders make them disagree where data is thin (query selection uses that).
+  ``bootstrap=True`` gives each its own resample instead, and so does the reliability model with
+  several raters: its E-step judges each label by the members that did not train on it.
 - Accuracy is prequential by default: each fit first predicts the labels no fit has seen, then
   learns them, so no label is withheld from training. With ``val_fraction > 0`` a fixed fraction is
   held out instead; the split hashes ``(seed, pair_id)``, so a pair stays on the same side across
@@ -206,7 +207,9 @@ class RewardTrainer:
         rng = np.random.default_rng([cfg.seed, self._n_fits])
         self._n_fits += 1
         n_train, members = len(train_idx), model.n_members
-        if cfg.bootstrap:
+        if cfg.bootstrap or rows.labels is not None:
+            # Several raters: the E-step scores each label with the members that did not train on
+            # it (out of bag); members that all memorised an adversary's labels find them "right".
             boot = train_idx[rng.integers(0, n_train, size=(members, n_train))]
         else:
             boot = np.tile(train_idx, (members, 1))
