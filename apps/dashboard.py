@@ -344,6 +344,8 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
     left, right = st.columns(2)
     with left:
         st.subheader("Reward model validation accuracy")
+        st.caption("How often the model picked the clip a rater then chose, judged on each answer before "
+                   "the model learned from it (the newest 50 answers).")
         history = [h for h in (progress.fit_history if progress else []) if "env_step" in h]
         if any("val_accuracy" in h for h in history):
             import altair as alt  # Streamlit's own charting library
