@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefloop.reward_models.reliability import RaterEstimate
 from prefloop.types import Choice, Label
 from prefloop.untrusted import plain_text
 
@@ -407,38 +408,12 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
 # -- per-rater reliability (what the reward model's fit estimated) -------------------------------
 
 
-@dataclass(frozen=True)
-class ReliabilityRow:
-    """One rater's estimated reliability as the trainer stored it (run meta ``rater_reliability``)."""
-
-    rater_id: str
-    labels: int
-    error_rate: float
-    error_rate_low: float
-    error_rate_high: float
-    flagged: bool
-    weight: float
-    temperature: float = 1.0
-    temperature_low: float = 1.0
-    temperature_high: float = 1.0
-
-
-def parse_rater_reliability(raw: str | None) -> tuple[list[ReliabilityRow], float | None]:
-    """The rows of the ``rater_reliability`` meta (worst rater first) and its flag threshold;
-    ``([], None)`` when there is none or it cannot be read (never an error on the page)."""
+def parse_rater_reliability(raw: str | None) -> tuple[list[RaterEstimate], float | None]:
+    """The raters' estimates in the ``rater_reliability`` meta (worst rater first) and its flag
+    threshold; ``([], None)`` when there is none or it cannot be read (never an error on the page)."""
     try:
         data = json.loads(raw) if raw else None
-        rows = [
-            ReliabilityRow(
-                rater_id=str(r["rater_id"]), labels=int(r["labels"]), error_rate=float(r["error_rate"]),
-                error_rate_low=float(r["error_rate_low"]), error_rate_high=float(r["error_rate_high"]),
-                flagged=bool(r["flagged"]), weight=float(r["weight"]),
-                # Runs from before per-rater temperatures have none: the loss used 1.
-                temperature=float(r.get("temperature", 1.0)), temperature_low=float(r.get("temperature_low", 1.0)),
-                temperature_high=float(r.get("temperature_high", 1.0)),
-            )
-            for r in (data or {}).get("raters", [])
-        ]
+        rows = [RaterEstimate.from_json(r) for r in (data or {}).get("raters", [])]
         threshold = float(data["flag_error_rate"]) if data else None
     except (ValueError, TypeError, KeyError, AttributeError):
         return [], None
