@@ -32,19 +32,17 @@ class RewardModelConfig:
             (at least ``min_steps_per_fit``): the cost of reward learning is bounded per label, so
             a model that cannot reach ``stop_accuracy`` (noisy answers, a hard task) costs at most
             ``steps_per_label`` steps per label over the whole run, not a full cap at every round ...
-        min_steps_per_fit: ... (a round with a few new labels still gets this many, and early
-            stopping waits for them) ...
+        min_steps_per_fit: ... (a round with a few new labels still gets this many) ...
         epochs: ... and at most this many passes over the training pairs per call ...
         max_steps_per_fit: ... and at most this many gradient steps per call, so fitting stays
             cheap when thousands of labels have accumulated (the model is warm-started anyway).
-        stop_accuracy: stop a ``fit`` after the first epoch, at least ``min_steps_per_fit`` steps
-            in, in which the members' training accuracy (on non-tie pairs, measured on the epoch's
-            own batches) reached this, as PEBBLE does; a warm-started model that already explains
-            the new labels then costs ``min_steps_per_fit`` steps, not ``epochs``. Stopping as soon
-            as an epoch reached it (before) left models undertrained: on random play of 8 MuJoCo and
-            classic-control envs, held-out accuracy at 50 labels rose by up to 0.1 with the floor
-            (``benchmarks/reward_defaults_ablation.py``, docs/benchmarks.md). ``1.0`` (or more) disables
-            early stopping.
+        stop_accuracy: stop a ``fit`` after the first epoch, past half of the fit's step budget, in
+            which the members' training accuracy (on non-tie pairs, measured on the epoch's own
+            batches) reached this, as PEBBLE does. Stopping as soon as an epoch reached it (before)
+            left models undertrained: on random play of MuJoCo and classic-control envs, held-out
+            accuracy rose by up to 0.09 at 50 labels with the floor
+            (``benchmarks/reward_defaults_ablation.py``, docs/benchmarks.md). ``1.0`` (or more)
+            disables early stopping.
         random_response: probability that the teacher answers at random (Christiano's 0.1); with
             several raters and ``rater_model="reliability"``, ``random_response / 2`` is the prior
             mean of each rater's error rate instead.
@@ -100,7 +98,7 @@ class RewardModelConfig:
     weight_decay: float = 1e-4
     batch_size: int = 64
     steps_per_label: int = 10
-    min_steps_per_fit: int = 100
+    min_steps_per_fit: int = 30
     epochs: int = 200
     max_steps_per_fit: int = 2000
     stop_accuracy: float = 0.97

@@ -48,6 +48,14 @@ PREQUENTIAL_WINDOW = 50
 _EVAL_CHUNK_PAIRS = 512
 
 
+def _early_stop_floor(total_steps: int) -> int:
+    """Gradient steps a fit takes before it may stop early: half of its budget. Stopping after the
+    first epoch that reached ``stop_accuracy`` (before) left models undertrained (HalfCheetah at 50
+    labels: 0.72-0.78 held-out accuracy against 0.80-0.83 with this floor); a fixed floor of 100
+    steps per fit cost 26 steps per label over a 50-label run's 13 small rounds, against 6 here."""
+    return max(1, total_steps // 2)
+
+
 @dataclass
 class _Rows:
     """What the trainer fits: one row per pair (plain) or per label (reliability).
@@ -269,10 +277,9 @@ class RewardTrainer:
                     decided += int(counted.sum())
             if decided == 0:
                 break  # every pair is a tie or weighted out: nothing to learn
-            # Early stop only past min_steps_per_fit: a model that reaches stop_accuracy on the
-            # training pairs within an epoch or two is far from done (held-out accuracy kept rising
-            # with more steps on every MuJoCo env in benchmarks/reward_fit_check.py).
-            if steps >= cfg.min_steps_per_fit and correct / decided >= cfg.stop_accuracy:
+            # A model that reaches stop_accuracy on the training pairs within an epoch or two is
+            # far from done: held-out accuracy kept rising with more steps (_early_stop_floor).
+            if steps >= _early_stop_floor(total_steps) and correct / decided >= cfg.stop_accuracy:
                 break
         if rows.labels is not None:
             self._estimate_raters(features, mask, rows, boot)

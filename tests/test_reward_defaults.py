@@ -172,13 +172,17 @@ def test_accuracy_is_measured_on_each_label_before_the_model_learns_it() -> None
     assert trainer.fit(truthful[:200] + flipped + truthful[220:250]).val_accuracy == third.val_accuracy
 
 
-def test_a_fit_trains_at_least_min_steps_before_it_may_stop_early() -> None:
+def test_a_fit_uses_half_its_budget_before_it_may_stop_early() -> None:
     rng = np.random.default_rng(4)
-    pairs = pairs_of(mixed_scale_segments(40, rng))  # 20 easy pairs: one epoch is one step
-    config = RewardModelConfig(n_members=2, hidden_sizes=(16,), min_steps_per_fit=60, steps_per_label=10, seed=0)
+    segments = mixed_scale_segments(40, rng)
+    for segment in segments:  # an easy reward: a level, the same at every step, seen in the third observation
+        segment.obs[:, 2] = rng.uniform(-2, 2)
+        segment.true_rewards[:] = segment.obs[:, 2]
+    pairs = pairs_of(segments)  # 20 pairs: one epoch is one step
+    config = RewardModelConfig(n_members=2, hidden_sizes=(16,), min_steps_per_fit=60, steps_per_label=50, epochs=2000, seed=0)
     trainer = RewardTrainer(build_reward_model(OBS, ACT, config), config)
-    assert trainer.fit(pairs).steps >= 60
-    assert trainer.fit(pairs).steps == 60  # warm, nothing new: the floor, then the early stop
+    assert 500 <= trainer.fit(pairs).steps < 1000  # 20 new labels x 50 = a budget of 1000: half at least, then the stop
+    assert trainer.fit(pairs).steps == 30  # warm, nothing new: a budget of 60 (the floor), half of it, then the stop
 
 
 def test_members_trained_on_the_same_pairs_still_disagree_off_the_data() -> None:
