@@ -138,8 +138,9 @@ def trainer_status_line(progress: Progress | None, now: float | None = None) -> 
     parts = [TRAINER_STATUS_WORDS.get(progress.status or "", f"Trainer status: {plain_text(progress.status or 'unknown', 40)}.")]
     if progress.fraction_done is not None and progress.status != "finished":
         parts.append(f"{progress.fraction_done:.0%} of training done.")
-    if progress.message:
-        parts.append(plain_text(progress.message, 300))
+    if progress.message:  # the trainer's log line ("waiting for raters: ..."), here after a full stop
+        message = plain_text(progress.message, 300)
+        parts.append(message[:1].upper() + message[1:])
     if progress.updated_at is not None:
         parts.append(f"(updated {describe_age(max(0.0, now - progress.updated_at))})")
     return " ".join(parts)
