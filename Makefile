@@ -33,8 +33,11 @@ $(TEST_STAMP): $(RUN_STAMP)
 install: $(RUN_STAMP)
 
 # The human loop: the trainer plus the rater app on http://127.0.0.1:$(PORT) (you are the teacher).
+# With --resume in ARGS the run keeps the settings in its config.json, so none are passed (prefloop
+# refuses run settings given with --resume): `make run ARGS="--run-dir runs/NAME --resume"`.
+RUN_SETTINGS := --env CartPole-v1 --labels 60 --steps 150000 --seed 0
 run: $(RUN_STAMP)
-	$(VENV)/bin/prefloop run --env CartPole-v1 --labels 60 --steps 150000 --seed 0 --port $(PORT) $(ARGS)
+	$(VENV)/bin/prefloop run $(if $(findstring --resume,$(ARGS)),,$(RUN_SETTINGS)) --port $(PORT) $(ARGS)
 
 # The unattended demo: the same loop with a simulated (oracle) teacher.
 demo: $(RUN_STAMP)

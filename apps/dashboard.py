@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefloop.reward_models.reliability import RaterEstimate
+from prefloop.reward_models.training import PREQUENTIAL_WINDOW
 from prefloop.types import Choice, Label
 from prefloop.untrusted import plain_text
 
@@ -137,8 +138,9 @@ def trainer_status_line(progress: Progress | None, now: float | None = None) -> 
     parts = [TRAINER_STATUS_WORDS.get(progress.status or "", f"Trainer status: {plain_text(progress.status or 'unknown', 40)}.")]
     if progress.fraction_done is not None and progress.status != "finished":
         parts.append(f"{progress.fraction_done:.0%} of training done.")
-    if progress.message:
-        parts.append(plain_text(progress.message, 300))
+    if progress.message:  # the trainer's log line ("waiting for raters: ..."), here after a full stop
+        message = plain_text(progress.message, 300)
+        parts.append(message[:1].upper() + message[1:])
     if progress.updated_at is not None:
         parts.append(f"(updated {describe_age(max(0.0, now - progress.updated_at))})")
     return " ".join(parts)
@@ -282,6 +284,28 @@ def gold_accuracy(labels: Iterable[Label], gold: Mapping[int, Choice]) -> list[G
 # -- the page ------------------------------------------------------------------------------------
 
 
+def is_number(value: object) -> bool:
+    """A finite number (progress JSON writes a metric not computed yet as null or NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def step_chart(frame: Any, y_title: str, percent: bool = False) -> Any:
+    """An Altair line chart of ``frame`` (a pandas DataFrame with columns ``env step``, ``series``,
+    ``value`` and optionally ``pairs``) over env steps, with a point per value so that a single
+    one shows, and whole env steps on the axis (Vega-Lite labels a one-value axis "3,256.000000")."""
+    import altair as alt  # Streamlit's own charting library
+
+    tooltip = [c for c in ("env step", "series", "value", "pairs") if c in frame.columns]
+    y_axis = alt.Axis(title=y_title, format="%") if percent else alt.Axis(title=y_title)
+    y_scale = alt.Scale(domain=[0, 1]) if percent else alt.Scale(zero=False)
+    return alt.Chart(frame).mark_line(point=True).encode(
+        x=alt.X("env step:Q", axis=alt.Axis(format=",d", tickMinStep=1)),
+        y=alt.Y("value:Q", scale=y_scale, axis=y_axis),
+        color=alt.Color("series:N", legend=alt.Legend(title=None, orient="bottom") if frame["series"].nunique() > 1 else None),
+        tooltip=tooltip,
+    ).properties(height=260)
+
+
 def render_dashboard(store: Any, now: float | None = None) -> None:
     """Draw the dashboard of ``store``'s run with Streamlit (charts rather than tables)."""
     import pandas as pd
@@ -346,32 +370,29 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
     with left:
         st.subheader("Reward model validation accuracy")
         st.caption("How often the model picked the clip a rater then chose, judged on each answer before "
-                   "the model learned from it (the newest 50 answers).")
+                   f"the model learned from it (the newest {PREQUENTIAL_WINDOW} answers).")
         history = [h for h in (progress.fit_history if progress else []) if "env_step" in h]
-        if any("val_accuracy" in h for h in history):
-            import altair as alt  # Streamlit's own charting library
-
-            frame = pd.DataFrame(
-                {"env step": [h["env_step"] for h in history], "validation accuracy": [h.get("val_accuracy") for h in history]}
-            )
-            # A fixed 0-100 % axis: a free one zooms into noise (0.98 vs 1.0 fills the chart) and labels a
-            # constant series "0.000000".
-            chart = alt.Chart(frame).mark_line(point=True).encode(
-                x=alt.X("env step:Q"),
-                y=alt.Y("validation accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-            ).properties(height=260)
-            st.altair_chart(chart, use_container_width=True)
+        measured = [h for h in history if is_number(h.get("val_accuracy"))]
+        if measured:
+            frame = pd.DataFrame({"env step": [h["env_step"] for h in measured],
+                                  "series": "validation accuracy",
+                                  "value": [h["val_accuracy"] for h in measured],
+                                  "pairs": [h.get("val_pairs") for h in measured]})
+            # A fixed 0-100 % axis: a free one zooms into noise (0.98 vs 1.0 fills the chart).
+            st.altair_chart(step_chart(frame, "validation accuracy", percent=True), use_container_width=True)
+        elif history:
+            st.info("No accuracy yet: the first fit learned every answer it had; the answers that come "
+                    "after it are judged before the model learns them.")
         else:
             st.info("The trainer has not reported a reward-model fit yet.")
     with right:
         st.subheader("Policy return")
         curve = [c for c in (progress.curve if progress else []) if "env_step" in c]
-        if curve:
-            data: dict[str, list[Any]] = {"env step": [c["env_step"] for c in curve],
-                                          "true return": [c.get("true_return") for c in curve]}
-            if any("learned_return" in c for c in curve):
-                data["learned return"] = [c.get("learned_return") for c in curve]
-            st.line_chart(pd.DataFrame(data).set_index("env step"), height=260)
+        points = [{"env step": c["env_step"], "series": name, "value": c[key]}
+                for c in curve for key, name in (("true_return", "true return"), ("learned_return", "learned return"))
+                if is_number(c.get(key))]
+        if points:
+            st.altair_chart(step_chart(pd.DataFrame(points), "return"), use_container_width=True)
         else:
             st.info("No returns reported yet.")
 

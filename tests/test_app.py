@@ -34,6 +34,7 @@ from prefloop.apps.dashboard import (
     labels_per_hour,
     parse_progress,
     rater_table,
+    step_chart,
 )
 from prefloop.apps.launch import launch_rater_app
 from prefloop.apps.player import PLAYER_KEY
@@ -437,6 +438,33 @@ def test_dashboard_needs_the_admin_token_and_shows_the_run(rated_store: RatedSto
     charts = [e for e in at.get("arrow_vega_lite_chart")] + [e for e in at.get("vega_lite_chart")]
     assert len(charts) >= 5  # per hour, per rater, validation accuracy, returns, gold accuracy
     assert "1 of 2 gold pairs right" in texts(at.caption)
+
+
+def test_dashboard_says_there_is_no_accuracy_yet_instead_of_an_empty_chart(rated_store: RatedStore) -> None:
+    # Right after the first fit (nothing was judged before it was learned) and before any episode
+    # ended, the two charts had nothing to draw: axes only, labelled "3,000.000000".
+    with PreferenceStore(rated_store.url, rated_store.run_name) as store:
+        store.set_meta("progress", json.dumps({
+            "status": "waiting_for_labels", "env_step": 3256, "total_steps": 150000,
+            "fit_history": [{"env_step": 3000, "labels": 10, "val_accuracy": None, "val_pairs": 0}],
+            "curve": [{"env_step": 3256, "true_return": None, "learned_return": None}],
+        }))
+    at = make_app(rated_store, "--admin-token", "admin-token-1", rater="ada", admin_token="admin-token-1")
+    open_page(at, "dashboard")
+    assert not at.exception
+    assert "No accuracy yet" in texts(at.info) and "No returns reported yet" in texts(at.info)
+    assert not at.get("vega_lite_chart")
+
+
+def test_dashboard_charts_one_point_and_label_env_steps_as_whole_numbers() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"env step": [3000.0], "series": "validation accuracy", "value": [1.0], "pairs": [1.0]})
+    spec = step_chart(frame, "validation accuracy", percent=True).to_dict()
+    assert spec["mark"] == {"type": "line", "point": True}  # a single value shows as a point
+    assert spec["encoding"]["x"]["axis"]["format"] == ",d"
+    assert spec["encoding"]["y"]["scale"]["domain"] == [0, 1]
+    assert [t["field"] for t in spec["encoding"]["tooltip"]] == ["env step", "series", "value", "pairs"]
 
 
 def test_label_statistics() -> None:

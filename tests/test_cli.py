@@ -4,6 +4,8 @@ and nothing already stored changed."""
 from __future__ import annotations
 
 import hashlib
+import shutil
+import subprocess
 from pathlib import Path
 
 import gymnasium as gym
@@ -169,15 +171,41 @@ def test_train_does_not_wait_forever_for_people_it_starts_no_app_for(capsys, tmp
 
 
 @pytest.mark.parametrize("command", ["train", "run"])
-def test_a_stopped_run_says_the_whole_command_that_continues_it(tmp_path: Path, command: str) -> None:
+def test_a_stopped_run_says_the_whole_command_that_continues_it(
+    tmp_path: Path, command: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from prefloop.cli.main import build_parser, continue_hint
 
+    monkeypatch.delenv("MAKELEVEL", raising=False)  # `make test` runs pytest under make
     run = tmp_path / "r"
     args = build_parser().parse_args([command, "--run-dir", str(run)])
     assert "start it again" in continue_hint(args)  # nothing to continue yet
     run.mkdir()
     (run / "config.json").write_text("{}")
     assert continue_hint(args) == f"continue with `prefloop {command} --run-dir {run} --resume`"
+
+
+def test_a_run_started_by_make_says_the_make_command_that_continues_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `make run` puts no prefloop on PATH; its Makefile passes no run settings when ARGS has --resume.
+    from prefloop.cli.main import build_parser, check_resume_arguments, continue_hint
+
+    monkeypatch.setenv("MAKELEVEL", "1")
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    args = build_parser().parse_args(["run", "--run-dir", str(run), "--port", "8502"])
+    assert continue_hint(args).endswith(f'(with make: make run PORT=8502 ARGS="--run-dir {run} --resume")')
+    check_resume_arguments(build_parser().parse_args(["run", "--port", "8502", "--run-dir", str(run), "--resume"]))
+    if shutil.which("make"):  # what `make run` would run (-n: print, run nothing)
+        printed = subprocess.run(["make", "-n", "run", "PORT=8502", f"ARGS=--run-dir {run} --resume"],
+                                 cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True).stdout
+        (line,) = [x for x in printed.splitlines() if "prefloop run" in x]
+        assert line.split("prefloop run", 1)[1].split() == ["--port", "8502", "--run-dir", str(run), "--resume"]
+        printed = subprocess.run(["make", "-n", "run"], cwd=Path(__file__).resolve().parents[1],
+                                 capture_output=True, text=True, check=True).stdout
+        assert "--labels 60" in printed  # a new run still gets the README's settings
 
 
 def test_a_mistyped_flag_shows_the_commands_usage_and_the_flag_it_resembles(capsys, tmp_path: Path) -> None:

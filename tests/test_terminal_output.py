@@ -13,6 +13,7 @@ import pytest
 from stable_baselines3 import PPO
 
 from prefloop.cli.main import CurrentStderrHandler
+from prefloop.reward_models import RewardModelConfig
 from prefloop.training.callbacks import StepProgressBar, metric_text
 from prefloop.training.report import validation_text
 
@@ -39,10 +40,21 @@ def test_a_metric_not_computed_yet_reads_not_yet_instead_of_nan() -> None:
 
 def test_validation_accuracy_says_how_many_held_out_pairs_it_is_measured_on() -> None:
     # Early in a run 2 held-out pairs give 0.00 or 0.50: the count tells the user not to read much into it.
-    assert validation_text({"val_accuracy": 0.0, "val_pairs": 2.0}) == "0.00 on 2 held-out pairs"
-    assert validation_text({"val_accuracy": 0.875, "val_pairs": 1.0}) == "0.88 on 1 held-out pair"
-    assert validation_text({"val_accuracy": math.nan, "val_pairs": 0.0}) == "not yet"
-    assert validation_text({"val_accuracy": 0.9}) == "0.90"  # fit stats from before the count was kept
+    assert validation_text({"val_accuracy": 0.0, "val_pairs": 2.0}, held_out=True) == "0.00 on 2 held-out pairs"
+    assert validation_text({"val_accuracy": 0.875, "val_pairs": 1.0}, held_out=True) == "0.88 on 1 held-out pair"
+    assert validation_text({"val_accuracy": math.nan, "val_pairs": 0.0}, held_out=True) == "not yet"
+    assert validation_text({"val_accuracy": 0.9}, held_out=True) == "0.90"  # fit stats from before the count was kept
+
+
+def test_without_a_held_out_split_the_accuracy_does_not_claim_held_out_pairs() -> None:
+    # The default trains on every label (val_fraction=0): accuracy is judged on each pair before
+    # the fit that learns it, and "on 12 held-out pairs" would tell a user pairs were withheld.
+    held_out = RewardModelConfig().val_fraction > 0
+    text = validation_text({"val_accuracy": 0.75, "val_pairs": 12.0}, held_out=held_out)
+    assert text == "0.75 on 12 pairs (each judged before the model learned it)"
+    assert validation_text({"val_accuracy": 1.0, "val_pairs": 1.0}, held_out=held_out) == (
+        "1.00 on 1 pair (judged before the model learned it)")
+    assert validation_text({"val_accuracy": math.nan, "val_pairs": 0.0}, held_out=held_out) == "not yet"
 
 
 def test_the_progress_bar_counts_the_runs_env_steps_like_the_log() -> None:

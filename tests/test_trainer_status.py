@@ -17,6 +17,9 @@ def test_a_trainer_silent_past_its_publishing_interval_is_said_not_to_run() -> N
 def test_a_trainer_heard_recently_or_a_finished_run_keeps_its_status() -> None:
     waiting = Progress(status="waiting_for_labels", env_step=2256, total_steps=60000, updated_at=NOW - 8)
     assert "waiting for your comparisons" in trainer_status_line(waiting, NOW)
+    told = Progress(status="waiting_for_labels", env_step=2256, total_steps=60000, updated_at=NOW - 8,
+                    message="waiting for raters: 10 of 15 pairs answered")
+    assert "4% of training done. Waiting for raters: 10 of 15 pairs answered (updated" in trainer_status_line(told, NOW)
     finished = Progress(status="finished", updated_at=NOW - 3 * 3600)
     assert "finished" in trainer_status_line(finished, NOW)
     # an evaluation of a slow env may take minutes between two messages

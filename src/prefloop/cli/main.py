@@ -132,7 +132,10 @@ def continue_hint(args: argparse.Namespace) -> str:
         return "run the command again"
     if run_dir is None or not (Path(run_dir) / "config.json").is_file():
         return f"start it again with `prefloop {args.command} ...`"
-    return f"continue with `prefloop {args.command} --run-dir {shlex.quote(str(run_dir))} --resume`"
+    hint = f"continue with `prefloop {args.command} --run-dir {shlex.quote(str(run_dir))} --resume`"
+    if args.command == "run" and os.environ.get("MAKELEVEL"):  # started by `make run`: prefloop may not be on PATH
+        hint += f' (with make: make run PORT={args.port} ARGS="--run-dir {shlex.quote(str(run_dir))} --resume")'
+    return hint
 
 
 def check_train_teacher(args: argparse.Namespace) -> None:

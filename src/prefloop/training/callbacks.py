@@ -175,7 +175,8 @@ class PreferenceCallback(BaseCallback):
                 self.logger.record(f"pref/{key}", value)
         log.info(
             "step %d: %d labels, reward-model val acc %s, segment-return corr %s",
-            env_step, stats["labels"], validation_text(stats), metric_text(stats["segment_return_pearson"]),
+            env_step, stats["labels"], validation_text(stats, held_out=self.learner.config.reward_model.val_fraction > 0),
+            metric_text(stats["segment_return_pearson"]),
         )
         self.learner.publish_progress("training", env_step, self.run.curve)
         self.run.checkpoint(self.model, self.learner, env_step)

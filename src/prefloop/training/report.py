@@ -27,15 +27,25 @@ def _steps_text(result: "RunResult") -> str:
     return f"{ran:,} (asked {asked:,}; the algorithm finishes the rollout it is in)"
 
 
-def validation_text(fit_stats: Mapping[str, float]) -> str:
-    """A fit's held-out accuracy with the number of pairs it is measured on ("0.50 on 2 held-out
-    pairs" says what a bare 0.50 hides early in a run), or "not yet" without held-out pairs."""
+def validation_text(fit_stats: Mapping[str, float], held_out: bool) -> str:
+    """A fit's validation accuracy with the number of pairs it is measured on ("0.50 on 2 pairs"
+    says what a bare 0.50 hides early in a run), or "not yet" before any pair was measured.
+
+    ``held_out``: the reward model keeps a validation split (``val_fraction > 0``). Without one
+    (the default) every label is trained on and the accuracy is prequential: each pair is judged
+    once, before the fit that learns it, so the text says that instead of "held-out".
+    """
     accuracy, pairs = fit_stats.get("val_accuracy", math.nan), fit_stats.get("val_pairs")
     if accuracy is None or not math.isfinite(accuracy):
         return "not yet"
     if pairs is None:  # fit stats written before the count was recorded
         return f"{accuracy:.2f}"
-    return f"{accuracy:.2f} on {int(pairs)} held-out pair{'' if int(pairs) == 1 else 's'}"
+    count = int(pairs)
+    if held_out:
+        return f"{accuracy:.2f} on {count} held-out pair{'' if count == 1 else 's'}"
+    if count == 1:
+        return f"{accuracy:.2f} on 1 pair (judged before the model learned it)"
+    return f"{accuracy:.2f} on {count} pairs (each judged before the model learned it)"
 
 
 def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
@@ -54,7 +64,7 @@ def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
             ("teacher", config.teacher_name),
             ("labels used", str(result.labels_used)
              + (f" ({result.labels_fitted} in the last reward-model fit)" if result.labels_fitted != result.labels_used else "")),
-            ("reward-model val accuracy", validation_text(rm)),
+            ("reward-model val accuracy", validation_text(rm, held_out=config.reward_model.val_fraction > 0)),
             ("learned vs true segment return (Pearson)", _fmt(rm.get("segment_return_pearson"))),
             ("time in reward learning", f"{result.reward_learning_time_s:.1f} s"),
         ]
