@@ -43,6 +43,8 @@ from .reliability import (
 
 # Fewer pairs than this and all of them are used for training.
 MIN_PAIRS_FOR_VALIDATION = 10
+# No E-step (rater re-estimate) before this many gradient steps of a fit (see fit()).
+FIRST_E_STEP = 100
 # Prequential accuracy (val_fraction=0) is over the newest this many labels predicted before their fit.
 PREQUENTIAL_WINDOW = 50
 _EVAL_CHUNK_PAIRS = 512
@@ -228,13 +230,13 @@ class RewardTrainer:
         total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps_per_fit, budget)
         length, dim = features.shape[-2], features.shape[-1]
         pair_of_row = torch.as_tensor(rows.pair, device=features.device)
-        # E-steps spread over the budget, the first after min_steps_per_fit steps: an E-step on a
+        # E-steps spread over the budget, the first after FIRST_E_STEP steps: an E-step on a
         # barely trained model (10 Adam steps) found the careful raters "wrong", and weight 0 then
         # locked that in (a unit test caught it); an early one, on a model that has learnt what
         # most raters agree on but not yet memorised each label, is what finds an adversarial
         # rater in a run's first round.
         estimate_every = max(1, math.ceil(total_steps / cfg.rater_estimates_per_fit))
-        first_estimate = max(estimate_every, cfg.min_steps_per_fit)
+        first_estimate = max(estimate_every, FIRST_E_STEP)
 
         steps = 0
         while steps < total_steps:
