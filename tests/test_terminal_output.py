@@ -57,6 +57,18 @@ def test_without_a_held_out_split_the_accuracy_does_not_claim_held_out_pairs() -
     assert validation_text({"val_accuracy": math.nan, "val_pairs": 0.0}, held_out=held_out) == "not yet"
 
 
+def test_the_summary_says_why_the_accuracy_rests_on_fewer_pairs_than_labels() -> None:
+    from prefloop.training.report import _prequential_note
+
+    # A new user saw "1.00 on 13 pairs" after a 30-label run and asked where the other 17 went.
+    assert _prequential_note({"val_pairs": 13.0}, held_out=False, labels_used=30) == (
+        "; not judged: the first round's pairs and ties")
+    assert _prequential_note({"val_pairs": 50.0}, held_out=False, labels_used=200).endswith(
+        "and all but the newest 50")
+    assert _prequential_note({"val_pairs": 13.0}, held_out=True, labels_used=30) == ""  # a real split: no note
+    assert _prequential_note({"val_pairs": 0.0}, held_out=False, labels_used=30) == ""  # "not yet" says it
+
+
 def test_the_progress_bar_counts_the_runs_env_steps_like_the_log() -> None:
     env = gym.make("CartPole-v1")
     model = PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from prefloop.reward_models.training import PREQUENTIAL_WINDOW
 from prefloop.training.algos import algorithm_name
 
 if TYPE_CHECKING:
@@ -48,6 +49,17 @@ def validation_text(fit_stats: Mapping[str, float], held_out: bool) -> str:
     return f"{accuracy:.2f} on {count} pairs (each judged before the model learned it)"
 
 
+def _prequential_note(fit_stats: Mapping[str, float], held_out: bool, labels_used: int) -> str:
+    """Why a prequential accuracy rests on fewer pairs than the run's labels (a new user asked:
+    "13 pairs of 30 labels?"): the first round has no earlier model to judge it, ties are not
+    right or wrong, and only the newest ``PREQUENTIAL_WINDOW`` count. Empty when nothing is missing."""
+    pairs = fit_stats.get("val_pairs")
+    if held_out or pairs is None or not math.isfinite(pairs) or int(pairs) >= labels_used or int(pairs) == 0:
+        return ""
+    window = f", and all but the newest {PREQUENTIAL_WINDOW}" if labels_used > PREQUENTIAL_WINDOW else ""
+    return f"; not judged: the first round's pairs and ties{window}"
+
+
 def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
     config = result.config
     rows = [
@@ -64,7 +76,8 @@ def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
             ("teacher", config.teacher_name),
             ("labels used", str(result.labels_used)
              + (f" ({result.labels_fitted} in the last reward-model fit)" if result.labels_fitted != result.labels_used else "")),
-            ("reward-model val accuracy", validation_text(rm, held_out=config.reward_model.val_fraction > 0)),
+            ("reward-model val accuracy", validation_text(rm, held_out=config.reward_model.val_fraction > 0)
+             + _prequential_note(rm, config.reward_model.val_fraction > 0, result.labels_used)),
             ("learned vs true segment return (Pearson)", _fmt(rm.get("segment_return_pearson"))),
             ("time in reward learning", f"{result.reward_learning_time_s:.1f} s"),
         ]
