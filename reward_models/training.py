@@ -50,6 +50,12 @@ PREQUENTIAL_WINDOW = 50
 _EVAL_CHUNK_PAIRS = 512
 
 
+def pair_keys(pairs: Sequence[LabeledPair]) -> np.ndarray:
+    """``(N,)`` int64: each pair's id, or its position for pairs without one (what the validation
+    split and the prequential record key on)."""
+    return np.array([i if p.pair_id is None else p.pair_id for i, p in enumerate(pairs)], dtype=np.int64)
+
+
 def _early_stop_floor(total_steps: int) -> int:
     """Gradient steps a fit takes before it may stop early: half of its budget. Stopping after the
     first epoch that reached ``stop_accuracy`` (before) left models undertrained (HalfCheetah at 50
@@ -306,9 +312,9 @@ class RewardTrainer:
         """Score the pairs no earlier fit has seen with the model as it is (their prequential
         test), then count them as seen. Not on the first fit (an untrained model's guesses say
         nothing), nor on the first after a resume (which pairs the checkpoint had seen is not kept)."""
-        keys = [i if p.pair_id is None else int(p.pair_id) for i, p in enumerate(pairs)]
+        keys = pair_keys(pairs).tolist()
         new = [i for i, key in enumerate(keys) if key not in self._fitted_keys and targets[i] != 0.5]
-        if new and self._n_fits > 0 and self._fitted_keys:
+        if new and self._fitted_keys:  # empty on the first fit and on the first after a resume
             p_right = self.model.preference_probs([pairs[i].left for i in new], [pairs[i].right for i in new]).mean(0)
             self._predicted_right.extend(bool(p > 0.5) == bool(targets[i] > 0.5) for p, i in zip(p_right, new))
         self._fitted_keys.update(keys)
@@ -316,7 +322,7 @@ class RewardTrainer:
     def _rows(self, pairs: Sequence[LabeledPair], targets: np.ndarray, device: torch.device) -> _Rows:
         """One row per pair (plain loss), or one per label when the reliability model applies."""
         cfg = self.config
-        keys = np.array([i if p.pair_id is None else p.pair_id for i, p in enumerate(pairs)], dtype=np.int64)
+        keys = pair_keys(pairs)
         votes = [p.extra.get("votes") for p in pairs]
         raters = {v[0] for pair_votes in votes if pair_votes for v in pair_votes}
         flagged_answers = any(len(v) > 2 and v[2] for pair_votes in votes if pair_votes for v in pair_votes)
