@@ -34,6 +34,7 @@ from prefloop.apps.guideline import (
 )
 from prefloop.apps.onboarding import Onboarding, start_onboarding
 from prefloop.apps.player import PLAYER_KEY, render_player
+from prefloop.apps.rater_key import credentials_from_cookie, forget_cookie, remember_in_cookie
 from prefloop.apps.rating import DB_TROUBLE, Notice, RaterSession
 from prefloop.apps.run_end import LABELLING_OVER, finished_view, waiting_view, watch_for_run_end
 from sqlalchemy.exc import SQLAlchemyError
@@ -49,6 +50,8 @@ log = logging.getLogger("prefloop.apps")
 
 DEFAULT_GUIDELINE = "Which clip shows the agent doing the task better?"
 _SESSION = "prefloop_rater_session"
+# The (name, key) a sign-in wants in the cookie, until the next page run writes it (_signed_in).
+_COOKIE_TO_WRITE = "prefloop_cookie_to_write"
 # Material icons come with Streamlit's own font; emoji need an emoji font the machine may lack.
 _NOTICE_ICONS = {"info": ":material/info:", "success": ":material/check_circle:", "warning": ":material/warning:",
                  "error": ":material/error:"}
@@ -181,18 +184,31 @@ def identify(store: PreferenceStore, config: AppConfig) -> str | None:
     """The rater this browser session acts as, or None while there is none.
 
     A name is bound to a secret key: ``?rater=NAME&key=KEY`` (an invite link from
-    ``prefloop raters add``, or the link this page made on the name's first visit). Another
+    ``prefloop raters add``), or the key this page issued on the name's first visit. Another
     browser with the name but without its key cannot act as that rater. Once verified, the
-    session keeps the name; the key stays in the address bar so a reload keeps working.
+    session keeps the name and the key moves from the address bar into a cookie of this run
+    (``prefloop.apps.rater_key``): a reload signs in from the cookie, and a copied address or a
+    screenshot of the page does not carry the key.
     """
     if st.session_state.get("prefloop_rater"):
-        return st.session_state["prefloop_rater"]
+        return _signed_in(store)
     problem = None
     from_url = st.query_params.get("rater")
-    if from_url:
+    from_cookie = credentials_from_cookie(store.run_name)
+    if st.session_state.get("prefloop_signed_out"):
+        from_cookie = None  # "Not NAME?" was pressed: the cookie is being deleted
+        forget_cookie(store.run_name)
+    if from_url and st.query_params.get("key"):
         problem = _sign_in(store, config, from_url, st.query_params.get("key"))
-        if problem is None:
-            return st.session_state["prefloop_rater"]
+    elif from_cookie is not None and (not from_url or from_url == from_cookie[0]):
+        problem = _sign_in(store, config, *from_cookie)
+        if problem is not None:
+            problem = None  # a stale cookie (a new invite replaced the key): sign in afresh
+            forget_cookie(store.run_name)
+    elif from_url:
+        problem = _sign_in(store, config, from_url, None)
+    if st.session_state.get("prefloop_rater"):
+        return _signed_in(store)
     st.markdown("## Welcome! Help teach an agent by comparing short clips")
     st.markdown(
         "You will see two short clips of the agent side by side and say which one does the "
@@ -216,18 +232,33 @@ def identify(store: PreferenceStore, config: AppConfig) -> str | None:
 
 
 def _sign_in(store: PreferenceStore, config: AppConfig, name: object, key: object) -> str | None:
-    """Verify or claim ``name``; on success remember it in the session (and a newly issued key
-    in the link). Returns the problem to show, or None."""
+    """Verify or claim ``name``; on success remember it in the session and queue its key (given or
+    newly issued) for the cookie. Returns the problem to show, or None."""
     try:
         signed = sign_in(store, name, key, open_enrolment=not config.invite_only)
     except IdentityError as exc:
         return str(exc)
     st.session_state["prefloop_rater"] = signed.name
-    st.query_params["rater"] = signed.name  # a reload keeps the name ...
+    st.session_state.pop("prefloop_signed_out", None)
+    st.query_params["rater"] = signed.name  # a reload keeps the name; the key goes to the cookie
+    st.query_params.pop("key", None)
     if signed.issued_key is not None:
-        st.query_params["key"] = signed.issued_key  # ... and the key that proves it
         st.session_state["prefloop_new_key"] = True
+    if signed.issued_key is not None or isinstance(key, str) and key:
+        st.session_state[_COOKIE_TO_WRITE] = (signed.name, signed.issued_key or key)
     return None
+
+
+def _signed_in(store: PreferenceStore) -> str:
+    """The signed-in rater's name, after writing the cookie ``_sign_in`` queued. The run that shows
+    the rater's page writes it, not ``_sign_in`` itself: the name form signs in and then calls
+    ``st.rerun()``, and a new run drops what the old one had not yet sent to the browser (Streamlit
+    clears the session's outgoing queue when a run starts), so the cookie would be set only when
+    the browser happened to be quick."""
+    queued = st.session_state.pop(_COOKIE_TO_WRITE, None)
+    if queued is not None:
+        remember_in_cookie(store.run_name, *queued)
+    return st.session_state["prefloop_rater"]
 
 
 def onboarded(store: PreferenceStore, rater: str) -> bool:
@@ -325,15 +356,21 @@ def rate_page(config: AppConfig, store: PreferenceStore) -> None:
     with who:
         if st.button(f"Not {markdown_literal(rater)}?", key="switch_rater", type="tertiary"):
             session.release_all()
-            for key in ("prefloop_rater", _SESSION, "prefloop_new_key"):
+            for key in ("prefloop_rater", _SESSION, "prefloop_new_key", _COOKIE_TO_WRITE):
                 st.session_state.pop(key, None)
             for param in ("rater", "key"):
                 st.query_params.pop(param, None)
+            st.session_state["prefloop_signed_out"] = True  # the sign-in page deletes the cookie
             st.rerun()
     if st.session_state.pop("prefloop_new_key", False):
+        # Shown once, when the page issued the name's key (a name typed on the first page): the
+        # rater has no link to come back with, so say where the key lives and what to do without it.
         st.info(
-            "Bookmark this page: its address is your personal link. It proves you are "
-            f"**{markdown_literal(rater)}**; without it no one (you included) can answer as this name.",
+            f"The name **{markdown_literal(rater)}** is now yours, and this browser remembers it: "
+            "come back in this browser and you are signed in. The page's address does not prove who "
+            "you are, so sharing it or a screenshot lets no one answer as you. In another browser, "
+            "or after clearing this site's cookies, ask the person running the training for a "
+            "personal link.",
             icon=":material/key:",
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,19 @@ def make_app(rated: RatedStore, *args: str, **query: str) -> AppTest:
     at = AppTest.from_function(app_script, args=(argv,), default_timeout=30)
     at.query_params.update(query)
     return at.run()
+
+
+def cookie_key(at: AppTest) -> str:
+    """The rater key this run wrote into the rater cookie (prefloop.apps.rater_key); the key itself
+    never reaches the address, so a test that reopens a rater's page takes it from here."""
+    from prefloop.apps.rater_key import decode_credentials
+
+    (body,) = [e.proto.body for e in at.get("html") if e.proto.unsafe_allow_javascript and "document.cookie=" in e.proto.body]
+    found = re.search(r"prefloop_rater_[0-9a-f]+=([A-Za-z0-9_-]+);", body)
+    assert found is not None and "key" not in at.query_params
+    credentials = decode_credentials(found.group(1))
+    assert credentials is not None
+    return credentials[1]
 
 
 def player(at: AppTest) -> dict | None:
@@ -141,6 +155,8 @@ def test_switching_rater_gives_the_pairs_back(rated_store: RatedStore) -> None:
     assert player(at) is not None
     next(b for b in at.button if b.label == "Not ada?").click().run()
     assert player(at) is None and at.text_input(key="rater_name_input") is not None
+    scripts = [e.proto.body for e in at.get("html") if e.proto.unsafe_allow_javascript]
+    assert any("prefloop_rater_" in body and "Max-Age=0;" in body for body in scripts)  # the cookie goes
     with PreferenceStore(rated_store.url, rated_store.run_name) as store:
         assert store.counts()["claimed"] == 0  # ada's two reserved pairs went back to the queue
 
@@ -151,13 +167,14 @@ def test_wrong_token_shows_a_clear_message_and_nothing_else(rated_store: RatedSt
     assert player(at) is None and RATED_GUIDELINE not in texts(at.markdown)
     at.text_input(key="prefloop_token_typed").input("s3cret-token").run()  # typed over the bad link
     assert player(at) is not None and at.query_params["token"] == "s3cret-token"
+    key = cookie_key(at)
 
-    asked = make_app(rated_store, "--token", "s3cret-token", rater="ada", key=at.query_params["key"])
+    asked = make_app(rated_store, "--token", "s3cret-token", rater="ada", key=key)
     assert player(asked) is None and not asked.error
     asked.text_input(key="prefloop_token_typed").input("s3cret-token").run()
     assert player(asked) is not None
 
-    ok = make_app(rated_store, "--token", "s3cret-token", rater="ada", token="s3cret-token", key=at.query_params["key"])
+    ok = make_app(rated_store, "--token", "s3cret-token", rater="ada", token="s3cret-token", key=key)
     assert player(ok) is not None
 
 
@@ -257,10 +274,11 @@ def test_undo_takes_the_answer_back_and_shows_that_pair_again(rated_store: Rated
 
 def test_reloading_the_page_gives_the_same_pair_back(rated_store: RatedStore) -> None:
     at = make_app(rated_store, rater="ada")
+    key = cookie_key(at)
     send(at, answer(1, player(at)["pair"]["id"], "left"))
     shown, ready = player(at)["pair"]["id"], player(at)["next"]["id"]
 
-    reloaded = make_app(rated_store, rater="ada", key=at.query_params["key"])  # ada's link, reloaded
+    reloaded = make_app(rated_store, rater="ada", key=key)  # ada's key (from her cookie), reloaded
     assert (player(reloaded)["pair"]["id"], player(reloaded)["next"]["id"]) == (shown, ready)
 
     other = make_app(rated_store, rater="bob")

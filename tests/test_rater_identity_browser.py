@@ -163,9 +163,12 @@ def test_the_stored_response_time_is_the_servers_not_the_browsers_claim(served, 
         (label,) = eventually(lambda: labels_of(rated, "mallory"), what="the forged answer stored")
         elapsed = time.monotonic() - opened
         assert label.pair_id == pair_id and label.response_time_s <= elapsed < 30
-        with PreferenceStore(rated.url, rated.run_name) as store:
-            flags = store.label_flags()[label.id]
-        assert flags["time_cut"] == 30.0
+        # The flag is written just after the label, in its own transaction: wait for it too.
+        def flags() -> dict[str, float | None]:
+            with PreferenceStore(rated.url, rated.run_name) as store:
+                return store.label_flags().get(label.id, {})
+
+        assert eventually(flags, what="the time_cut flag")["time_cut"] == 30.0
 
 
 def test_the_guideline_page_renders_safely_in_the_browser(served, chromium: str) -> None:
@@ -191,3 +194,76 @@ def test_the_guideline_page_renders_safely_in_the_browser(served, chromium: str)
         assert page.locator("[data-testid='stExpander'] img, [data-testid='stExpander'] iframe").count() == 0
         assert page.locator("[data-testid='stExpander'] a").count() == 0
         assert not [u for u in requested if "example" in u.split("/")[2]]  # nothing fetched from elsewhere
+
+
+def test_the_key_moves_from_the_address_into_a_cookie(served, chromium: str) -> None:
+    """After an invite link is opened the address bar holds no key (a copied address or a
+    screenshot hands nothing over); the key is in a cookie of this run, a reload of the bare address
+    signs the rater in from it, and the copied address in another browser cannot answer as them."""
+    from prefloop.apps.rater_key import cookie_name, decode_credentials
+
+    url, rated = served
+    ARTIFACTS.mkdir(exist_ok=True)
+    with PreferenceStore(rated.url, rated.run_name) as store:
+        name, secret = invite(store, "carol")
+    with chromium_browser(chromium) as browser:
+        context = browser.new_context(viewport={"width": 1280, "height": 860})
+        carol = context.new_page()
+        carol.goto(invite_link(url, name, secret))
+        answer_by_key(carol, "ArrowLeft")
+        eventually(lambda: "key=" not in carol.url and "rater=carol" in carol.url, what="the key leaving the address")
+        assert secret not in carol.url and secret not in body_text(carol)
+        cookie = eventually(lambda: [c for c in context.cookies() if c["name"] == cookie_name(rated.run_name)],
+                            what="the rater cookie")[0]
+        assert decode_credentials(cookie["value"]) == ("carol", secret)
+        assert cookie["sameSite"] == "Strict"
+        assert secret not in carol.content() and cookie["value"] not in carol.content()  # not in the HTML
+        carol.screenshot(path=str(ARTIFACTS / "identity-cookie.png"))
+        copied = carol.url
+
+        carol.goto(url)  # the bare address, no name, no key: the cookie signs carol in
+        answer_by_key(carol, "ArrowRight")
+        eventually(lambda: len(labels_of(rated, "carol")) == 2, what="carol's answer after the reload")
+
+        other = browser.new_context(viewport={"width": 1280, "height": 860}).new_page()
+        other.goto(copied)
+        other.get_by_text("already taken").wait_for(timeout=20_000)
+        assert other.locator(".pl-root").count() == 0
+        assert len(labels_of(rated, "carol")) == 2
+
+        # "Not carol?" deletes the cookie: a reload of the bare address is a stranger's page.
+        carol.get_by_role("button", name="Not carol?").click()
+        eventually(lambda: not [c for c in context.cookies() if c["name"] == cookie_name(rated.run_name)],
+                   what="the rater cookie deleted")
+        carol.goto(url)
+        carol.get_by_label("Your name (or a nickname)").wait_for(timeout=20_000)
+        assert carol.locator(".pl-root").count() == 0
+
+
+def test_a_name_typed_on_the_first_page_is_remembered_by_a_cookie(served, chromium: str) -> None:
+    """The name form claims a name and reruns the page; the key the page issued still reaches the
+    cookie (the rerun would drop a cookie script sent from the form's run), never the address or the
+    page, and the page says once where the key lives."""
+    from prefloop.apps.rater_key import cookie_name, decode_credentials
+
+    url, rated = served
+    ARTIFACTS.mkdir(exist_ok=True)
+    with chromium_browser(chromium) as browser:
+        context = browser.new_context(viewport={"width": 1280, "height": 860})
+        erin = context.new_page()
+        erin.goto(url)
+        erin.get_by_label("Your name (or a nickname)").fill("erin")
+        erin.get_by_role("button", name="Start comparing").click()
+        erin.get_by_text("this browser remembers it").wait_for(timeout=20_000)
+        cookie = eventually(lambda: [c for c in context.cookies() if c["name"] == cookie_name(rated.run_name)],
+                            what="the rater cookie")[0]
+        name, key = decode_credentials(cookie["value"])  # type: ignore[misc]
+        assert name == "erin" and key not in erin.url and key not in body_text(erin)
+        assert cookie["value"] not in erin.content()  # the cookie script removed itself
+        erin.screenshot(path=str(ARTIFACTS / "identity-name-form-cookie.png"))
+        answer_by_key(erin, "ArrowLeft")
+
+        erin.goto(url)  # a reload signs erin in from the cookie, and says nothing about keys again
+        answer_by_key(erin, "ArrowRight")
+        eventually(lambda: len(labels_of(rated, "erin")) == 2, what="erin's answer after the reload")
+        assert "remembers" not in body_text(erin)
