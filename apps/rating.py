@@ -17,23 +17,30 @@ once (the store's ``answer`` is idempotent for the same rater too).
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from prefloop.apps.rating_values import (  # noqa: F401 (MAX_RESPONSE_TIME_S, clamp_response_time: imported from here)
+    MAX_RESPONSE_TIME_S,
+    Notice,
+    NoticeLevel,
+    QueueState,
+    ShownPair,
+    clamp_response_time,
+    clip_fps,
+    start_of_today,
+)
 from prefloop.store import LeaseError, PreferenceStore, StoreError
+from prefloop.training.rater_checks import RaterRouter
 from prefloop.types import Choice
 
 log = logging.getLogger("prefloop.apps")
 
-MAX_RESPONSE_TIME_S = 3600.0
 # The browser's outbox holds a handful of actions; a message with more is not from our player.
 # The first ones (by sequence number) are handled, the rest wait for the next message.
 MAX_ACTIONS_PER_MESSAGE = 50
@@ -50,78 +57,6 @@ IDLE_RELEASE_S = 120.0
 # the dashboard, usable in the loss).
 MIN_WATCH_FRACTION = 0.5
 MAX_ANSWERS_PER_MINUTE = 30
-DEFAULT_CLIP_FPS = 30.0
-
-NoticeLevel = Literal["info", "success", "warning", "error"]
-
-
-@dataclass(frozen=True)
-class Notice:
-    """A message for the rater (shown as a toast)."""
-
-    level: NoticeLevel
-    text: str
-
-
-@dataclass(frozen=True)
-class ShownPair:
-    """A claimed pair whose two clips are loaded: what the player shows."""
-
-    pair_id: int
-    left_segment_id: int
-    right_segment_id: int
-    left_clip: bytes
-    right_clip: bytes
-    mime: str
-    clip_seconds: float = 0.0  # how long the longer clip plays at 1x
-
-    def to_player(self) -> dict[str, Any]:
-        """JSON for the browser: pair id and both clips base64-encoded."""
-        return {
-            "id": self.pair_id,
-            "mime": self.mime,
-            "left": base64.b64encode(self.left_clip).decode("ascii"),
-            "right": base64.b64encode(self.right_clip).decode("ascii"),
-        }
-
-
-@dataclass
-class QueueState:
-    """Why there is no pair to show, for the waiting screen."""
-
-    waiting: int = 0  # pending or claimed pairs of the run
-    preparing: int = 0  # of those, pairs whose clips are not encoded yet (or failed)
-
-
-def clamp_response_time(value: object) -> float:
-    """The browser's measured seconds from clips playable to answer, made safe to store.
-
-    Anything that is not a finite number becomes 0; negative becomes 0; more than an hour is
-    clamped to an hour (a tab left open overnight is not a response time).
-    """
-    try:
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        return 0.0
-    if isinstance(value, bool) or not math.isfinite(seconds):
-        return 0.0
-    return min(max(seconds, 0.0), MAX_RESPONSE_TIME_S)
-
-
-def _clip_fps(store: PreferenceStore) -> float:
-    """The run's clip frame rate (``render_fps`` meta), or 30."""
-    try:
-        fps = float(store.get_meta("render_fps") or DEFAULT_CLIP_FPS)
-    except (ValueError, StoreError, SQLAlchemyError):
-        return DEFAULT_CLIP_FPS
-    return fps if math.isfinite(fps) and fps > 0 else DEFAULT_CLIP_FPS
-
-
-def start_of_today(now: float) -> float:
-    """Unix time of the last local midnight before ``now``."""
-    day = dt.datetime.fromtimestamp(now).date()
-    return dt.datetime.combine(day, dt.time()).timestamp()
-
 
 DB_TROUBLE = (
     "The label database is not reachable right now, so nothing was saved. "
@@ -146,6 +81,9 @@ class RaterSession:
             sessions together) are refused, not stored.
         min_watch_fraction: answers given in less than this share of the clip's length are
             flagged ``too_fast``.
+        router: who gets a gold check and who a pair from the queue (None: the run's own rules,
+            :meth:`prefloop.training.rater_checks.RaterRouter.for_run`). A check looks like any
+            pair to the rater; its answer measures them and is not a label.
     """
 
     store: PreferenceStore
@@ -174,10 +112,17 @@ class RaterSession:
     # When the current stretch of rating began (first answer since the page opened or the last
     # break), for the break reminder.
     rating_since: float | None = None
+    router: RaterRouter | None = None
+    # This session's answers to gold checks (pair ids), newest last, and which of its answers
+    # (labels and checks) came last, so Undo takes back the latest of either.
+    own_check_ids: list[int] = field(default_factory=list)
+    _undo_order: list[tuple[str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.last_activity = self.clock()
-        self._fps = _clip_fps(self.store)
+        self._fps = clip_fps(self.store)
+        if self.router is None:
+            self.router = RaterRouter.for_run(self.store)
 
     # -- the two pairs ------------------------------------------------------------------------
 
@@ -247,12 +192,14 @@ class RaterSession:
         known: dict[int, ShownPair],
     ) -> ShownPair | None:
         """Claim the rater's next pair whose clips are both in the store, loading them."""
+        assert self.router is not None
         for _ in range(4):
-            pair = self.store.claim_next(
-                self.rater_id, lease_seconds, exclude=exclude | not_ready
+            claimed = self.router.claim(
+                self.rater_id, lease_seconds, exclude=exclude | not_ready, with_clips=True
             )
-            if pair is None:
+            if claimed is None:
                 return None
+            pair, is_check = claimed
             assert pair.id is not None and pair.left.id is not None and pair.right.id is not None
             if pair.id in known:
                 return known[pair.id]
@@ -260,9 +207,10 @@ class RaterSession:
             if pair.left.id in clips and pair.right.id in clips:
                 (left, mime), (right, _) = clips[pair.left.id], clips[pair.right.id]
                 seconds = max(pair.left.length, pair.right.length) / self._fps
-                return ShownPair(pair.id, pair.left.id, pair.right.id, left, right, mime, seconds)
+                return ShownPair(pair.id, pair.left.id, pair.right.id, left, right, mime, seconds, is_check)
             # Its clips disappeared between the two reads (or never were): try another one.
-            self.store.release(pair.id, self.rater_id)
+            if not is_check:
+                self.store.release(pair.id, self.rater_id)
             not_ready.add(pair.id)
         return None
 
@@ -361,6 +309,9 @@ class RaterSession:
         # previous answer ended, whichever is later) to now.
         started = max(self.served_at.get(pair_id, now), self.answered_until)
         seconds = min(claimed, max(0.0, now - started))
+        if shown.is_check if shown is not None else self._is_open_check(pair_id):
+            self._answer_check(pair_id, wanted, seconds, started)
+            return
         try:
             label = self.store.answer(pair_id, self.rater_id, wanted, seconds)
         except LeaseError:
@@ -379,6 +330,7 @@ class RaterSession:
             return
         if label.choice is wanted and label.id is not None and label.id not in self.own_label_ids:
             self.own_label_ids = [*self.own_label_ids, label.id][-UNDO_DEPTH:]
+            self._undo_order = [*self._undo_order, ("label", label.id)][-UNDO_DEPTH:]
             if self.rating_since is None:
                 self.rating_since = started
             self.answered_until = started + seconds
@@ -389,6 +341,27 @@ class RaterSession:
                 f"You had already answered this pair ({_CHOICE_WORDS[label.choice]}), in another "
                 "tab or before reloading; that answer was kept. Use Undo to change it.",
             )
+
+    def _is_open_check(self, pair_id: int) -> bool:
+        try:
+            return self.store.is_open_check(pair_id, self.rater_id)
+        except StoreError:  # an id no pair can have: answer() refuses it with the usual message
+            return False
+
+    def _answer_check(self, pair_id: int, wanted: Choice, seconds: float, started: float) -> None:
+        """Record the answer to a gold check: it measures the rater and is not a label."""
+        try:
+            self.store.answer_check(pair_id, self.rater_id, wanted, seconds)
+        except StoreError as exc:  # never served to this rater as a check
+            log.warning("rater %s: check answer refused: %s", self.rater_id, exc)
+            self._notify("error", _NOT_YOURS)
+            return
+        if pair_id not in self.own_check_ids:
+            self.own_check_ids = [*self.own_check_ids, pair_id][-UNDO_DEPTH:]
+            self._undo_order = [*self._undo_order, ("check", pair_id)][-UNDO_DEPTH:]
+            if self.rating_since is None:
+                self.rating_since = started
+            self.answered_until = started + seconds
 
     def _over_rate_limit(self, now: float) -> bool:
         return self.store.count_labels_since(self.rater_id, now - 60.0) >= self.max_answers_per_minute
@@ -401,11 +374,19 @@ class RaterSession:
             self.store.flag_label(label_id, "time_cut", claimed)
 
     def _undo(self) -> None:
+        if self._undo_order and self._undo_order[-1][0] == "check":
+            pair_id = self._undo_order.pop()[1]
+            self.own_check_ids = [i for i in self.own_check_ids if i != pair_id]
+            check = self.store.undo_check(pair_id, self.rater_id)
+            if check is not None:
+                self._notify("success", f"Took back your answer ({_CHOICE_WORDS[check.choice]}); answer this pair again.")
+                return
         label = self.store.undo_last(self.rater_id, self.lease_seconds, among=self.own_label_ids)
         if label is None:
             self._notify("info", "Nothing to undo: you have given no answers on this page yet.")
             return
         self.own_label_ids = [i for i in self.own_label_ids if i != label.id]
+        self._undo_order = [entry for entry in self._undo_order if entry != ("label", label.id)]
         self._notify("success", f"Took back your answer ({_CHOICE_WORDS[label.choice]}); answer this pair again.")
 
     # -- housekeeping -------------------------------------------------------------------------

@@ -31,7 +31,8 @@ from .reliability import RaterEstimate
 from .spaces import UnsupportedSpaceError, space_from_json, space_to_json
 from .config import RewardModelConfig, build_reward_model
 from .losses import bradley_terry_loss, rater_bradley_terry_loss
-from .training import FitStats, RewardTrainer, validation_mask
+from .splits import validation_mask
+from .training import FitStats, RewardTrainer
 
 __all__ = [
     "METADATA_FILE",

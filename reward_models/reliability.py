@@ -78,6 +78,9 @@ class RaterLabels:
         weight: ``(N,)`` >= 0, the label's own weight (1.0; less for an answer flagged e.g. as
             faster than the clips can be watched).
         rater_ids: the raters, in index order.
+        checks: ``(R, 2)`` per rater, gold checks answered left or right (a gold pair asked only
+            to measure the rater, :mod:`prefloop.store.gold_checks`) and how many of those were
+            wrong; None if there are none. Evidence on the rater only: checks are not rows.
     """
 
     rater_index: np.ndarray
@@ -85,6 +88,7 @@ class RaterLabels:
     gold_target: np.ndarray
     weight: np.ndarray
     rater_ids: tuple[str, ...]
+    checks: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,8 @@ class RaterEstimate:
     Attributes:
         rater_id: who.
         labels: live LEFT/RIGHT/EQUAL labels of this rater seen by the fit.
-        gold_labels, gold_correct: of those, on gold pairs (LEFT/RIGHT gold), and how many agreed.
+        gold_labels, gold_correct: answers on gold pairs (LEFT/RIGHT gold): the rater's labels
+            there and their gold checks; and how many agreed with the known answer.
         error_rate: estimated probability ``eps`` that an answer is a mistake (posterior mean).
         error_rate_low, error_rate_high: 90 % posterior interval of ``eps``.
         flagged: the effective error rate (:func:`effective_error_rate` of ``eps`` and ``beta``)
@@ -208,7 +213,11 @@ def estimate_error_rates(
         log_post = prior.copy()
         # Gold answers: a mistake or not is known, whatever the temperature.
         mistakes_gold = float(np.sum(w_gold * (1.0 - honest_on_gold[mine_gold])))
-        log_post += (mistakes_gold * log_eps + (w_gold.sum() - mistakes_gold) * log_keep)[:, None]
+        n_gold_answers = float(w_gold.sum())
+        if labels.checks is not None:  # checks are gold answers too
+            mistakes_gold += float(labels.checks[r, 1])
+            n_gold_answers += float(labels.checks[r, 0])
+        log_post += (mistakes_gold * log_eps + (n_gold_answers - mistakes_gold) * log_keep)[:, None]
         d = d_answer[mine_free]
         for j, log_beta in enumerate(_LOG_BETA_GRID):
             # log P(answer) = logaddexp(log(1-eps) + logsig(beta d), log(eps) + logsig(-beta d)), (E, n)
@@ -229,6 +238,9 @@ def estimate_error_rates(
         flagged[:] = False  # nobody left to learn from: keep everyone, down-weighted by their eps
     n_gold = np.bincount(idx[gold], minlength=n_raters)
     gold_correct = np.bincount(idx[gold], weights=honest_on_gold[gold], minlength=n_raters)
+    if labels.checks is not None:
+        n_gold = n_gold + labels.checks[:, 0].astype(np.int64)
+        gold_correct = gold_correct + labels.checks[:, 0] - labels.checks[:, 1]
     n_labels = np.bincount(idx, minlength=n_raters)
     return [
         RaterEstimate(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +33,7 @@ from prefloop.types import LabeledPair
 from .config import RewardModelConfig
 from .ensemble import RewardEnsemble, stack_segments
 from .losses import bradley_terry_loss, rater_bradley_terry_loss
+from .splits import pair_keys, validation_mask
 from .reliability import (
     RaterEstimate,
     RaterLabels,
@@ -48,12 +49,6 @@ FIRST_E_STEP = 100
 # Prequential accuracy (val_fraction=0) is over the newest this many labels predicted before their fit.
 PREQUENTIAL_WINDOW = 50
 _EVAL_CHUNK_PAIRS = 512
-
-
-def pair_keys(pairs: Sequence[LabeledPair]) -> np.ndarray:
-    """``(N,)`` int64: each pair's id, or its position for pairs without one (what the validation
-    split and the prequential record key on)."""
-    return np.array([i if p.pair_id is None else p.pair_id for i, p in enumerate(pairs)], dtype=np.int64)
 
 
 def _early_stop_floor(total_steps: int) -> int:
@@ -127,24 +122,6 @@ class FitStats:
     steps: int
 
 
-def validation_mask(keys: np.ndarray, seed: int, val_fraction: float) -> np.ndarray:
-    """``(N,)`` bool: which keys (pair ids) are held out. Depends only on ``(seed, key)``."""
-    u64 = np.uint64
-    with np.errstate(over="ignore"):
-        salt = _splitmix64(np.array([seed], dtype=np.int64).view(u64))
-        hashed = _splitmix64(np.asarray(keys, dtype=np.int64).view(u64) ^ salt)
-        uniform = (hashed >> u64(11)).astype(np.float64) / float(1 << 53)
-    return uniform < val_fraction
-
-
-def _splitmix64(z: np.ndarray) -> np.ndarray:
-    u64 = np.uint64
-    z = z + u64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> u64(30))) * u64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> u64(27))) * u64(0x94D049BB133111EB)
-    return z ^ (z >> u64(31))
-
-
 class RewardTrainer:
     """Fits a :class:`RewardEnsemble` to labelled pairs; one Adam over all members, kept across
     ``fit`` calls so each call warm-starts from the last.
@@ -173,7 +150,10 @@ class RewardTrainer:
         # Each rater's estimated reliability after the last fit (None: plain loss, or one rater).
         self.rater_estimates: list[RaterEstimate] | None = None
 
-    def fit(self, pairs: Sequence[LabeledPair], pseudo_pairs: Sequence[LabeledPair] = ()) -> FitStats:
+    def fit(
+        self, pairs: Sequence[LabeledPair], pseudo_pairs: Sequence[LabeledPair] = (),
+        checks: Mapping[str, tuple[int, int]] | None = None,
+    ) -> FitStats:
         """Train on ``pairs`` (all labelled pairs so far, not just the new ones).
 
         With ``rater_model="reliability"`` and pairs whose ``extra["votes"]`` name at least two
@@ -185,6 +165,10 @@ class RewardTrainer:
         ``pseudo_pairs`` (SURF's model-made labels, ``prefloop.training.semi_supervised``) join the training
         side only: never validated on, not counted in the per-label step budget, not used for the
         input statistics, nor for the raters' estimates (they enter with the prior error rate).
+
+        ``checks``: per rater, gold checks answered left or right and how many were wrong
+        (:func:`prefloop.training.rater_checks.tally_checks`): evidence on the raters only, in
+        reliability mode; a rater with checks and no labels is estimated too.
 
         Raises:
             ValueError: no pairs, a target outside [0, 1], or segments of mismatched shapes.
@@ -198,7 +182,7 @@ class RewardTrainer:
             i = int(bad[0])
             raise ValueError(f"pair {i} (pair_id={pairs[i].pair_id}) has target {pairs[i].target}; expected [0, 1]")
 
-        rows = self._rows(pairs, targets, model.device)
+        rows = self._rows(pairs, targets, model.device, checks or {})
         if cfg.val_fraction == 0:
             self._predict_new_pairs(pairs, targets)
         is_val = np.zeros(len(rows.pair), dtype=bool)
@@ -319,12 +303,14 @@ class RewardTrainer:
             self._predicted_right.extend(bool(p > 0.5) == bool(targets[i] > 0.5) for p, i in zip(p_right, new))
         self._fitted_keys.update(keys)
 
-    def _rows(self, pairs: Sequence[LabeledPair], targets: np.ndarray, device: torch.device) -> _Rows:
+    def _rows(
+        self, pairs: Sequence[LabeledPair], targets: np.ndarray, device: torch.device, checks: Mapping[str, tuple[int, int]]
+    ) -> _Rows:
         """One row per pair (plain loss), or one per label when the reliability model applies."""
         cfg = self.config
         keys = pair_keys(pairs)
         votes = [p.extra.get("votes") for p in pairs]
-        raters = {v[0] for pair_votes in votes if pair_votes for v in pair_votes}
+        raters = {v[0] for pair_votes in votes if pair_votes for v in pair_votes} | set(checks)
         flagged_answers = any(len(v) > 2 and v[2] for pair_votes in votes if pair_votes for v in pair_votes)
         if cfg.rater_model != "reliability" or not (len(raters) >= 2 or flagged_answers) or any(not v for v in votes):
             self.rater_estimates = None
@@ -348,6 +334,7 @@ class RewardTrainer:
             gold_target=np.array(gold_of, dtype=np.float64),
             weight=np.array(weight_of, dtype=np.float64),
             rater_ids=rater_ids,
+            checks=np.array([checks.get(r, (0, 0)) for r in rater_ids], dtype=np.float64).reshape(-1, 2) if checks else None,
         )
         rows = _Rows(
             pair=np.array(pair_of, dtype=np.int64),

@@ -77,6 +77,7 @@ _SWAP = {Choice.LEFT: Choice.RIGHT, Choice.RIGHT: Choice.LEFT}
 _IRRELEVANT_TO_REPLAY = frozenset({
     "teacher", "teacher_params", "run_dir", "run_name", "db_url", "progress_bar", "eval_episodes",
     "guideline", "when_behind", "min_initial_labels", "gold_fraction", "checkpoint_every",
+    "probation_checks",
 })
 
 

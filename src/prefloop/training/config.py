@@ -81,6 +81,10 @@ class TrainConfig:
             current reward model (a slow rater then makes the run worse, not longer).
         min_initial_labels: human raters, ``continue``: labels needed before the policy starts.
         gold_fraction: human raters: share of pairs with a known answer (quality control).
+        probation_checks: with several raters and per-rater reliability, each rater's first answers
+            are this many gold checks (known answers that measure the rater and are not labels),
+            and a flagged rater gets checks only (:mod:`prefloop.training.rater_checks`); 0 turns
+            both off. The run asks at least this many gold pairs in its first round.
         raters_per_pair: labels wanted per pair (> 1 measures agreement between raters).
         answer_seconds: a simulated teacher answers through the store on a clock, like a person
             in the app: it claims a pair, takes this many seconds (the median), answers; 0 (the
@@ -122,6 +126,7 @@ class TrainConfig:
     when_behind: str = "pace"
     min_initial_labels: int = 10
     gold_fraction: float = 0.05
+    probation_checks: int = 5
     raters_per_pair: int = 1
     unsupervised_steps: int | None = None
     answer_seconds: float = 0.0
@@ -156,6 +161,8 @@ class TrainConfig:
                "answer_seconds", self.answer_seconds, "0 unless the teacher is simulated (people take their own time)")
         _check(self.min_initial_labels >= 1, "min_initial_labels", self.min_initial_labels, "an integer >= 1")
         _check(0.0 <= self.gold_fraction < 1.0, "gold_fraction", self.gold_fraction, "a number in [0, 1)")
+        _check(isinstance(self.probation_checks, int) and 0 <= self.probation_checks <= 50, "probation_checks",
+               self.probation_checks, "an integer from 0 to 50")
         _check(self.unsupervised_steps is None or (
             self.unsupervised_steps >= 0 and (self.steps is None or self.unsupervised_steps < self.steps)),
             "unsupervised_steps", self.unsupervised_steps, "an integer >= 0 and below steps")

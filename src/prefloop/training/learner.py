@@ -24,6 +24,7 @@ from prefloop.teachers.base import Teacher
 from prefloop.teachers.simulated import HUMAN_TEACHER
 from prefloop.training.config import TrainConfig
 from prefloop.training.query import NotEnoughSegmentsError, QueryRule
+from prefloop.training.rater_checks import CheckPolicy, RaterRouter, publish_policy, tally_checks
 from prefloop.training.query import query_rule as make_query_rule
 from prefloop.training.reward_scale import normalize_on_reference
 from prefloop.training.schedule import label_rounds
@@ -72,6 +73,10 @@ class PreferenceLearner:
         self._asks_gold = (
             teacher is None or recorded.get("teacher") == HUMAN_TEACHER or getattr(teacher, "simulates_people", False)
         )
+        # Who gets a gold check and who a label (people in the app route through the same rules).
+        self.router = RaterRouter(store, CheckPolicy.for_reward_model(config.reward_model, config.probation_checks)
+                                  if self._asks_gold and config.gold_fraction > 0 else None)
+        publish_policy(store, self.router.policy)
         # Raises if whoever answers in the background has died (a simulated clock rater), so a
         # wait for labels cannot hang forever; people in the app are not watched here.
         self.check_raters: Callable[[], None] = lambda: None
@@ -92,7 +97,7 @@ class PreferenceLearner:
             mean_return, mean_length = recent_returns
             if hasattr(self.teacher, "set_return_scale"):  # optional in the Teacher protocol
                 self.teacher.set_return_scale(mean_return * self.config.segment_length / mean_length)
-        answer_pending(self.store, self.teacher)
+        answer_pending(self.store, self.teacher, router=self.router if self.router.policy else None)
         stats = self.fit(env_step)
         self.time_s += time.perf_counter() - started
         return stats
@@ -104,6 +109,9 @@ class PreferenceLearner:
             return 0
         candidates = self.buffer.recent()
         n_gold = int(round(new_pairs * self.config.gold_fraction)) if self._asks_gold else 0
+        if self.router.policy is not None:  # enough gold pairs for every rater's probation checks
+            missing = self.router.policy.probation_checks - self.store.count_gold_pairs()
+            n_gold = min(max(n_gold, missing), new_pairs // 2)
         # Until the first fit the ensemble is untrained: its scores would only add noise to the choice.
         probs = self.reward_model.preference_probs if self.fit_history else None
         try:
@@ -186,7 +194,7 @@ class PreferenceLearner:
             # SURF: the ensemble labels recent pairs it is sure about, for this fit only (never stored).
             pseudo = pseudo_labels(self.reward_model, self.buffer.recent(), len(labeled), self.config.query.confidence, self._rng)
         if labeled:
-            fit = self.trainer.fit(labeled, pseudo)
+            fit = self.trainer.fit(labeled, pseudo, checks=tally_checks(self.store.gold_checks()) if self.router.policy else None)
             train_loss = fit.train_loss
             val_accuracy = fit.val_accuracy if fit.val_accuracy is not None else math.nan
             val_pairs = fit.n_val

@@ -1,0 +1,162 @@
+"""Which pair a rater gets next: a gold check (to measure them) or a pair from the queue (a label).
+
+With several raters and per-rater reliability (``rater_model="reliability"``), two rules decide:
+
+- **Probation.** A rater's first ``probation_checks`` answers are gold checks
+  (:mod:`prefloop.store.gold_checks`: a gold pair asked only to measure the rater; not a label,
+  not part of the label budget). So every rater's reliability rests on known answers from their
+  first minute, instead of on ~10 labels that a barely trained reward model has to judge -- in a
+  Pendulum crowd with an adversarial rater that first judgement decided the run
+  (docs/benchmarks.md).
+- **Flagged raters answer checks only.** A rater whom the last reward-model fit flagged (their
+  estimated error rate is at least ``flag_error_rate``), or, before any fit has judged them,
+  whose checks alone put them there (posterior mean under the same Beta prior as the E-step),
+  gets gold checks and no labels from the queue: the label budget goes to raters whose labels
+  count. Their checks keep being scored, so a rater who improves is unflagged at a later fit and
+  gets pairs again. Nothing they gave is deleted.
+
+When no check is left for a rater (they have seen every gold pair), a rater on probation takes
+pairs from the queue as usual; a flagged one gets nothing until new gold pairs come.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+from prefloop.reward_models.config import RewardModelConfig
+from prefloop.store import GoldCheck, PreferenceStore
+from prefloop.types import Choice, SegmentPair
+
+RATER_RELIABILITY_META = "rater_reliability"
+CHECK_POLICY_META = "check_policy"  # the run's CheckPolicy as JSON ("null": off), for the rater app
+
+__all__ = ["CHECK_POLICY_META", "CheckPolicy", "RATER_RELIABILITY_META", "RaterRouter", "checks_error_rate", "publish_policy", "tally_checks"]
+
+
+@dataclass(frozen=True)
+class CheckPolicy:
+    """When a rater answers gold checks instead of labels (see the module docstring).
+
+    Attributes:
+        probation_checks: checks a new rater answers before their first label (0: none).
+        flag_error_rate, prior_error_rate, prior_labels: as in the reward model's reliability
+            model (:class:`prefloop.reward_models.config.RewardModelConfig`), so a rater is judged
+            on checks alone by the same rule the fit uses.
+    """
+
+    probation_checks: int = 5
+    flag_error_rate: float = 0.3
+    prior_error_rate: float = 0.05
+    prior_labels: float = 5.0
+
+    @classmethod
+    def for_reward_model(cls, config: RewardModelConfig, probation_checks: int) -> "CheckPolicy | None":
+        """The policy of a run whose reward model is ``config``; None with the plain loss
+        (every rater alike: nobody is measured, nobody is routed)."""
+        if config.rater_model != "reliability" or probation_checks == 0:
+            return None
+        return cls(
+            probation_checks=probation_checks,
+            flag_error_rate=config.flag_error_rate,
+            prior_error_rate=min(max(config.random_response / 2, 1e-3), 0.5),
+            prior_labels=config.prior_labels,
+        )
+
+
+def publish_policy(store: PreferenceStore, policy: CheckPolicy | None) -> None:
+    """Write the run's policy into its meta, where the rater app reads it (:meth:`RaterRouter.for_run`)."""
+    store.set_meta(CHECK_POLICY_META, json.dumps(None if policy is None else asdict(policy)))
+
+
+def tally_checks(checks: Iterable[GoldCheck]) -> dict[str, tuple[int, int]]:
+    """Per rater: checks answered left or right, and how many of those were wrong ("equal" and
+    "can't tell" are no mistake and no evidence; B-Pref never flips them)."""
+    tally: dict[str, tuple[int, int]] = {}
+    for check in checks:
+        if check.choice in (Choice.LEFT, Choice.RIGHT):
+            n, wrong = tally.get(check.rater_id, (0, 0))
+            tally[check.rater_id] = (n + 1, wrong + (not check.correct))
+    return tally
+
+
+def checks_error_rate(n_checks: int, n_wrong: int, policy: CheckPolicy) -> float:
+    """Posterior mean of a rater's error rate from their checks alone (Beta prior, known answers)."""
+    a = policy.prior_error_rate * policy.prior_labels
+    return (a + n_wrong) / (policy.prior_labels + n_checks)
+
+
+class RaterRouter:
+    """Hands each rater their next pair: a gold check or a pair from the queue.
+
+    Args:
+        store: the run's store.
+        policy: the rules; None hands out queue pairs only (``claim_next``).
+    """
+
+    def __init__(self, store: PreferenceStore, policy: CheckPolicy | None) -> None:
+        self.store = store
+        self.policy = policy
+
+    @classmethod
+    def for_run(cls, store: PreferenceStore) -> "RaterRouter":
+        """The router of the run the store holds (its ``check_policy`` meta; off when missing or unreadable)."""
+        try:
+            data = json.loads(store.get_meta(CHECK_POLICY_META) or "null")
+            policy = CheckPolicy(**data) if isinstance(data, dict) else None
+        except (ValueError, TypeError):
+            policy = None
+        if policy is not None and not (
+            isinstance(policy.probation_checks, int) and 0 <= policy.probation_checks <= 50
+            and all(isinstance(v, (int, float)) and 0 < v < 1e6 for v in
+                    (policy.flag_error_rate, policy.prior_error_rate, policy.prior_labels))
+        ):
+            policy = None
+        return cls(store, policy)
+
+    def claim(
+        self, rater_id: str, lease_seconds: float = 120.0, *, exclude: Iterable[int] = (), with_clips: bool = False
+    ) -> tuple[SegmentPair, bool] | None:
+        """``(pair, is_check)`` for ``rater_id``, or None when there is nothing for them now.
+
+        A check has no lease (answer it with ``store.answer_check``); a queue pair is leased for
+        ``lease_seconds`` (answer it with ``store.answer``). ``exclude`` and ``with_clips`` as in
+        :meth:`prefloop.store.PreferenceStore.claim_check`.
+        """
+        exclude = set(exclude)
+        mode = self.mode(rater_id)
+        if mode in ("probation", "flagged"):
+            check = self.store.claim_check(rater_id, exclude=exclude, with_clips=with_clips)
+            if check is not None:
+                return check, True
+            if mode == "flagged":
+                return None
+        pair = self.store.claim_next(rater_id, lease_seconds, exclude=exclude)
+        return None if pair is None else (pair, False)
+
+    def mode(self, rater_id: str) -> str:
+        """``"labels"`` (queue pairs), ``"probation"`` (checks first) or ``"flagged"`` (checks only)."""
+        policy = self.policy
+        if policy is None:
+            return "labels"
+        checks = self.store.gold_checks(rater_id)
+        judged = self._fit_judgement(rater_id)
+        if judged is True:
+            return "flagged"
+        decided, wrong = tally_checks(checks).get(rater_id, (0, 0))
+        if judged is None and decided and checks_error_rate(decided, wrong, policy) >= policy.flag_error_rate:
+            return "flagged"
+        return "probation" if len(checks) < policy.probation_checks else "labels"
+
+    def _fit_judgement(self, rater_id: str) -> bool | None:
+        """Whether the last fit flagged the rater; None if no fit has judged them."""
+        try:
+            data = json.loads(self.store.get_meta(RATER_RELIABILITY_META) or "{}")
+        except ValueError:
+            return None
+        raters = data.get("raters") if isinstance(data, dict) else None
+        for entry in raters if isinstance(raters, list) else []:
+            if isinstance(entry, dict) and entry.get("rater_id") == rater_id:
+                return bool(entry.get("flagged"))
+        return None

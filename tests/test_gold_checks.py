@@ -1,0 +1,154 @@
+"""Gold checks: gold pairs asked of a rater only to measure them (probation, flagged raters).
+
+A real SQLite store, real simulated raters; the reward-model part fits a real ensemble.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from prefloop.reward_models import RewardModelConfig, RewardTrainer, build_reward_model
+from prefloop.store import PreferenceStore, StoreError, sqlite_url
+from prefloop.teachers.crowd import make_crowd_teacher
+from prefloop.teachers.labeling import answer_pending
+from prefloop.training.rater_checks import RATER_RELIABILITY_META, CheckPolicy, RaterRouter, tally_checks
+from prefloop.types import Choice, SegmentPair
+
+from test_reliability import ACT, OBS, random_segments
+
+torch.set_num_threads(1)
+
+
+def gold_of(pair: SegmentPair) -> Choice:
+    return Choice.RIGHT if pair.right.true_return > pair.left.true_return else Choice.LEFT
+
+
+def store_with(tmp_path, n_pairs: int, n_gold: int, seed: int = 0) -> PreferenceStore:
+    segments = random_segments(2 * (n_pairs + n_gold), np.random.default_rng(seed))
+    store = PreferenceStore(sqlite_url(tmp_path / "prefs.sqlite"), run_name="checks")
+    pairs = [SegmentPair(segments[2 * i], segments[2 * i + 1]) for i in range(n_pairs + n_gold)]
+    store.add_pairs(pairs[:n_pairs])
+    for pair in pairs[n_pairs:]:
+        store.add_pairs([pair], gold_choice=gold_of(pair))
+    return store
+
+
+def test_a_check_is_not_a_label_and_leaves_the_queue_alone(tmp_path) -> None:
+    store = store_with(tmp_path, n_pairs=2, n_gold=2)
+    before = store.counts()
+    check = store.claim_check("ann")
+    assert check is not None and store.is_open_check(check.id, "ann")
+    assert store.claim_check("ann").id == check.id  # the open check comes back first (a reload)
+    answered = store.answer_check(check.id, "ann", gold_of(check), 2.5)
+    assert answered.correct and answered.response_time_s == 2.5
+    assert store.answer_check(check.id, "ann", Choice.EQUAL, 1.0) == answered  # a double submit counts once
+    assert store.counts() == before  # no label, no pair changed status, nothing leased
+    # The gold pair is still in the queue for a label, for anyone (ann included: a check is not a label).
+    assert check.id in {store.claim_next(name).id for name in ("bob", "cid", "dee")} | {store.claim_next("ann").id}
+    # ann checks the other gold pair next, then has none left; bob still has both.
+    second = store.claim_check("ann")
+    assert second is not None and second.id != check.id
+    store.answer_check(second.id, "ann", Choice.LEFT if gold_of(second) is Choice.RIGHT else Choice.RIGHT, 1.0)
+    assert store.claim_check("ann") is None and store.claim_check("bob") is not None
+    assert [c.correct for c in store.gold_checks("ann")] == [True, False]
+    assert tally_checks(store.gold_checks()) == {"ann": (2, 1)}
+    with pytest.raises(StoreError, match="not served .* as a check"):
+        store.answer_check(second.id, "eve", Choice.LEFT, 1.0)
+
+
+def test_undo_reopens_a_check_and_a_labelled_pair_is_never_a_check(tmp_path) -> None:
+    store = store_with(tmp_path, n_pairs=0, n_gold=2)
+    first = store.claim_next("ann")  # ann labels the first gold pair from the queue
+    store.answer(first.id, "ann", gold_of(first), 1.0)
+    check = store.claim_check("ann")
+    assert check.id != first.id
+    store.answer_check(check.id, "ann", Choice.EQUAL, 1.0)
+    assert store.undo_check(check.id, "ann").choice is Choice.EQUAL
+    assert store.is_open_check(check.id, "ann") and store.gold_checks("ann") == []
+    assert store.claim_check("ann").id == check.id  # served again first
+
+
+def test_probation_then_labels_and_a_rater_failing_checks_gets_only_checks(tmp_path) -> None:
+    store = store_with(tmp_path, n_pairs=20, n_gold=6)
+    router = RaterRouter(store, CheckPolicy(probation_checks=3))
+    for rater, honest in (("good", True), ("bad", False)):
+        for _ in range(3):
+            pair, is_check = router.claim(rater)
+            assert is_check, f"{rater}'s first answers are checks"
+            answer = gold_of(pair) if honest else (Choice.LEFT if gold_of(pair) is Choice.RIGHT else Choice.RIGHT)
+            store.answer_check(pair.id, rater, answer, 1.0)
+    pair, is_check = router.claim("good")
+    assert not is_check  # probation passed: labels from the queue
+    assert router.mode("bad") == "flagged"  # 3 of 3 wrong: checks only, before any fit judged them
+    for _ in range(3):
+        pair, is_check = router.claim("bad")
+        assert is_check
+        store.answer_check(pair.id, "bad", Choice.LEFT if gold_of(pair) is Choice.RIGHT else Choice.RIGHT, 1.0)
+    assert router.claim("bad") is None  # every gold pair checked: nothing for a flagged rater
+    assert store.counts()["labels"] == 0
+    # The last fit's judgement wins over the checks: unflagged by the fit, "bad" gets labels again.
+    store.set_meta(RATER_RELIABILITY_META, json.dumps({"raters": [{"rater_id": "bad", "flagged": False}]}))
+    assert router.claim("bad")[1] is False
+    store.set_meta(RATER_RELIABILITY_META, json.dumps({"raters": [{"rater_id": "good", "flagged": True}]}))
+    assert router.mode("good") == "flagged"
+    assert RaterRouter(store, None).mode("good") == "labels"  # the plain loss routes nobody
+
+
+def test_with_checks_a_crowds_adversarial_rater_gives_no_labels_and_is_flagged_at_the_first_fit(tmp_path) -> None:
+    """3 careful raters, one at random, one adversarial, 50 pairs and 5 gold pairs (a first round):
+    the adversary fails all 5 probation checks, so the label budget goes to the others, and the
+    first fit flags it from its checks alone."""
+    store = store_with(tmp_path, n_pairs=50, n_gold=5, seed=3)
+    router = RaterRouter(store, CheckPolicy(probation_checks=5))
+    answered = answer_pending(store, make_crowd_teacher("crowd:3xcareful@0.05,random,adversarial", seed=3), router=router)
+    assert answered == 55  # every pair of the queue labelled once; checks are not counted
+    by_rater = {}
+    for label in store.labels():
+        by_rater[label.rater_id] = by_rater.get(label.rater_id, 0) + 1
+    assert "sim-adversarial-1" not in by_rater
+    tally = tally_checks(store.gold_checks())
+    assert tally["sim-adversarial-1"] == (5, 5)
+    assert all(tally[f"sim-careful-{i}"][1] <= 1 for i in (1, 2, 3))
+    config = RewardModelConfig(hidden_sizes=(32,), seed=0, epochs=40)
+    trainer = RewardTrainer(build_reward_model(OBS, ACT, config), config)
+    trainer.fit(store.labeled_pairs(), checks=tally)
+    estimates = {e.rater_id: e for e in trainer.rater_estimates}
+    assert estimates["sim-adversarial-1"].flagged and estimates["sim-adversarial-1"].labels == 0
+    assert estimates["sim-adversarial-1"].gold_labels >= 5
+    assert not any(estimates[f"sim-careful-{i}"].flagged for i in (1, 2, 3))
+
+
+def test_the_rater_app_serves_probation_checks_first_and_undo_takes_a_check_back(tmp_path) -> None:
+    """In the app a check looks like any pair: the first answers of a new rater are checks (no
+    labels), Undo takes back the latest answer whether check or label, and the policy comes from
+    the run's meta (as the trainer published it)."""
+    from prefloop.apps.rating import RaterSession
+    from prefloop.training.rater_checks import publish_policy
+
+    store = store_with(tmp_path, n_pairs=4, n_gold=2)
+    for pair_id in range(1, 7):
+        pair = store.get_pair(pair_id)
+        for segment in (pair.left, pair.right):
+            store.put_clip(segment.id, b"clip", "video/mp4")
+    publish_policy(store, CheckPolicy(probation_checks=2))
+    ann = RaterSession(store, "ann")
+    ann.refresh()
+    assert ann.current.is_check and ann.next.is_check  # both prepared pairs are checks
+    first = ann.current.pair_id
+    ann.answer(first, "left", 3.0)
+    assert store.counts()["labels"] == 0 and len(store.gold_checks("ann")) == 1
+    ann.undo()
+    assert store.gold_checks("ann") == [] and ann.current.pair_id == first  # shown again to answer anew
+    for _ in range(2):  # right answers (two wrong ones of two would flag ann: checks only)
+        ann.answer(ann.current.pair_id, gold_of(store.get_pair(ann.current.pair_id)).value, 3.0)
+    assert len(store.gold_checks("ann")) == 2
+    assert not ann.current.is_check  # probation over: pairs from the queue
+    ann.answer(ann.current.pair_id, "left", 3.0)
+    assert store.counts()["labels"] == 1
+    ann.undo()  # the label, the latest answer
+    assert store.counts()["labels"] == 0 and len(store.gold_checks("ann")) == 2
+    publish_policy(store, None)
+    assert not RaterSession(store, "bob").router.policy  # a run without the policy: no checks
