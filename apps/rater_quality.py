@@ -107,6 +107,19 @@ def self_consistency(labels: Iterable[Label], pair_segments: Mapping[int, tuple[
     return sorted((Consistency(r, repeats[r], consistent[r]) for r in repeats), key=lambda c: c.rater_id)
 
 
+def with_repeat_checks(consistency: Iterable[Consistency], checks: Iterable[Any]) -> dict[str, Consistency]:
+    """Per rater, ``consistency`` (repeated pairs in the queue) plus their answered repeat checks
+    (:mod:`prefloop.store.rater_checks`: an earlier pair shown again, swapped; it agrees when the
+    answer matches their label)."""
+    merged = {c.rater_id: c for c in consistency}
+    for check in checks:
+        if check.kind != "repeat":
+            continue
+        old = merged.get(check.rater_id, Consistency(check.rater_id, 0, 0))
+        merged[check.rater_id] = Consistency(check.rater_id, old.repeats + 1, old.consistent + int(check.agrees))
+    return merged
+
+
 # -- flags and fatigue ---------------------------------------------------------------------------
 
 
@@ -258,10 +271,14 @@ def render_rater_quality(store: Any, labels: Sequence[Label], gold: Mapping[int,
     left.metric("Krippendorff's alpha", "–" if alpha is None else f"{alpha:.2f}",
                 help="Agreement between raters beyond chance (1: perfect, 0: chance), beside the raw share above")
     segments = {lp.pair_id: (lp.left.id, lp.right.id) for lp in store.labeled_pairs() if lp.pair_id is not None}
-    consistency = {c.rater_id: c for c in self_consistency(labels, segments)}
+    checks = store.rater_checks()
+    consistency = with_repeat_checks(self_consistency(labels, segments), checks)
+    gold_checks = Counter(c.rater_id for c in checks if c.kind == "gold")
+    gold_right = Counter(c.rater_id for c in checks if c.kind == "gold" and c.agrees)
     flags = flag_counts(labels, store.label_flags())
     tired = {f.rater_id: f for f in fatigue(labels, gold)}
     per_rater = Counter(l.rater_id for l in labels)
+    per_rater.update({r: 0 for r in gold_checks if r not in per_rater})  # raters with checks only
     if per_rater:
         def fmt(value: float | None, pattern: str) -> str:
             return "–" if value is None else format(value, pattern)
@@ -271,13 +288,16 @@ def render_rater_quality(store: Any, labels: Sequence[Label], gold: Mapping[int,
             "labels": list(per_rater.values()),
             "too fast": [flags.get(r, Counter())["too_fast"] for r in per_rater],
             "time cut": [flags.get(r, Counter())["time_cut"] for r in per_rater],
+            "gold checks right": [f"{gold_right[r]}/{gold_checks[r]}" if gold_checks[r] else "–" for r in per_rater],
             "self-consistency": [fmt(consistency[r].share if r in consistency else None, ".0%") for r in per_rater],
             "time drift": [fmt(tired[r].time_ratio if r in tired else None, ".2f") for r in per_rater],
             "gold drift": [fmt(tired[r].gold_change if r in tired else None, "+.0%") for r in per_rater],
             "fatigue": ["yes" if r in tired and tired[r].tired else "" for r in per_rater],
         }).set_index("rater")
         st.dataframe(frame, width="stretch")
-        st.caption("too fast: answered in less than half the clip's length (server clock) · time cut: the "
+        st.caption("gold checks: pairs with a known answer asked only to measure the rater (not labels) · "
+                   "self-consistency: the same answer when an earlier pair came again, swapped · "
+                   "too fast: answered in less than half the clip's length (server clock) · time cut: the "
                    "browser claimed more time than the server saw · time drift: median response time late "
                    "in the latest session over early · flagged labels are kept and can be weighted in the loss.")
     summary = cost_summary(labels, parse_cost(store.get_meta(COST_META)), curve)

@@ -180,8 +180,10 @@ class RaterSession:
             if pair.pair_id not in keep:
                 self.store.release(pair.pair_id, self.rater_id)
         if self.current is None:
+            assert self.router is not None
             self.queue = QueueState(
-                waiting=self._waiting_pairs(), preparing=len(not_ready)
+                waiting=self._waiting_pairs(), preparing=len(not_ready),
+                checks_only=self.router.mode(self.rater_id) == "flagged",
             )
 
     def _claim_ready(

@@ -38,7 +38,7 @@ class ShownPair:
     right_clip: bytes
     mime: str
     clip_seconds: float = 0.0  # how long the longer clip plays at 1x
-    is_check: bool = False  # a gold check (prefloop.store.gold_checks), not a pair from the queue
+    is_check: bool = False  # a check (prefloop.store.rater_checks), not a pair from the queue
 
     def to_player(self) -> dict[str, Any]:
         """JSON for the browser: pair id and both clips base64-encoded."""
@@ -56,6 +56,7 @@ class QueueState:
 
     waiting: int = 0  # pending or claimed pairs of the run
     preparing: int = 0  # of those, pairs whose clips are not encoded yet (or failed)
+    checks_only: bool = False  # the rater is flagged: gold checks only (prefloop.training.rater_checks)
 
 
 def clamp_response_time(value: object) -> float:

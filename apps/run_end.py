@@ -77,6 +77,14 @@ def waiting_view(session: RaterSession, store: PreferenceStore) -> None:
         progress = parse_progress(store.get_meta("progress"))
         if progress is not None and progress.status in LABELLING_OVER:
             st.rerun(scope="app")  # the page for a complete run
+        elif session.queue.checks_only:
+            st.warning(
+                "No pairs for you right now: several of your recent answers disagreed with pairs whose "
+                "answer is known, so for now you get only such pairs, and none is left. Your answers are "
+                "all kept. Have another look at the guideline; when the trainer adds pairs with a known answer you "
+                "will get them here, and once your answers agree again you get every kind of pair. This "
+                "page refreshes by itself."
+            )
         elif session.queue.preparing:
             st.info(
                 f"Preparing the clips of {session.queue.preparing} "

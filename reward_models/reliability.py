@@ -79,7 +79,7 @@ class RaterLabels:
             faster than the clips can be watched).
         rater_ids: the raters, in index order.
         checks: ``(R, 2)`` per rater, gold checks answered left or right (a gold pair asked only
-            to measure the rater, :mod:`prefloop.store.gold_checks`) and how many of those were
+            to measure the rater, :mod:`prefloop.store.rater_checks`) and how many of those were
             wrong; None if there are none. Evidence on the rater only: checks are not rows.
     """
 

@@ -144,6 +144,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of quality-control pairs with a known answer (default 0.05), for raters who answer "
                         "in their own time (people, --answer-seconds) and replays of a human run")
     parser.add_argument("--raters-per-pair", type=positive_int, default=1, help="labels per pair (>1 measures rater agreement)")
+    parser.add_argument("--probation-checks", type=int, default=5, metavar="N",
+                        help="several raters, reliability: each rater's first N answers are checks on gold pairs (they "
+                        "measure the rater and are not labels), and a flagged rater gets checks only; 0 turns both off (default 5)")
     parser.add_argument("--unsupervised-steps", type=int, default=None,
                         help="PEBBLE: env steps of state-entropy exploration before the first query (default: the env preset's, 0 for most)")
     parser.add_argument("--guideline", default=None, help="the question shown to raters above the clips (default: the env preset's)")

@@ -88,6 +88,7 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         answer_seconds=args.answer_seconds,
         answer_seconds_sigma=args.answer_seconds_sigma,
         raters_per_pair=args.raters_per_pair,
+        probation_checks=args.probation_checks,
         guideline=args.guideline,
         unsupervised_steps=args.unsupervised_steps,
         **paced,

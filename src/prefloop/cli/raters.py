@@ -195,7 +195,14 @@ def cmd_raters_add(args: argparse.Namespace) -> int:
 
 def rater_summary(store: PreferenceStore) -> list[dict[str, object]]:
     """One row per rater of the run: name, registered, onboarded, live labels, flagged labels
-    by flag."""
+    by flag, gold checks answered (and how many right), repeats answered (and how many the same
+    as before), and what the rater gets next (``labels``, ``probation``: a gold check first,
+    ``checks only``: flagged, ``a repeat``;
+    :mod:`prefloop.training.rater_checks`)."""
+    from prefloop.training.rater_checks import RaterRouter
+
+    router = RaterRouter.for_run(store)
+    checks = store.rater_checks()
     registered = {r["name"]: r for r in store.raters()}
     labels = store.labels()
     flags = store.label_flags()
@@ -213,6 +220,11 @@ def rater_summary(store: PreferenceStore) -> list[dict[str, object]]:
             "onboarded": bool(record and record["onboarded_at"] is not None),
             "labels": per_rater.get(name, 0),
             "flags": dict(sorted(flagged.get(name, Counter()).items())),
+            "checks": sum(c.rater_id == name and c.kind == "gold" for c in checks),
+            "checks_right": sum(c.rater_id == name and c.kind == "gold" and c.agrees for c in checks),
+            "repeats": sum(c.rater_id == name and c.kind == "repeat" for c in checks),
+            "repeats_same": sum(c.rater_id == name and c.kind == "repeat" and c.agrees for c in checks),
+            "gets": {"flagged": "checks only", "repeat": "a repeat"}.get(mode := router.mode(name), mode),
         })
     return rows
 
@@ -226,11 +238,14 @@ def cmd_raters_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no raters yet: add one with `prefloop raters add NAME --run-dir DIR`")
         return 0
-    print(f"{'rater':<24} {'link':<5} {'onboarded':<9} {'labels':>6}  flags")
+    print(f"{'rater':<24} {'link':<5} {'onboarded':<9} {'labels':>6} {'gold right':>10} {'repeats same':>12}  "
+          f"{'gets next':<11}  flags")
     for row in rows:
         flags = ", ".join(f"{k} {v}" for k, v in row["flags"].items()) or "-"  # type: ignore[union-attr]
+        gold, repeats = f"{row['checks_right']}/{row['checks']}", f"{row['repeats_same']}/{row['repeats']}"
         print(f"{row['name']!s:<24} {'yes' if row['registered'] else 'no':<5} "
-              f"{'yes' if row['onboarded'] else 'no':<9} {row['labels']:>6}  {flags}")
+              f"{'yes' if row['onboarded'] else 'no':<9} {row['labels']:>6} {gold:>10} {repeats:>12}  "
+              f"{row['gets']!s:<11}  {flags}")
     return 0
 
 

@@ -29,7 +29,7 @@ How the package reads, top to bottom:
 ``segments.py``         saving and loading segments
 ``queue.py``            pairs, leases, withdrawals, counts
 ``labels.py``           answers, undo, label flags, reading labels
-``gold_checks.py``      gold pairs asked of a rater only to measure them (not labels)
+``rater_checks.py``     pairs asked of a rater only to measure them: gold and repeats (not labels)
 ``raters.py``           registered raters and onboarding
 ``clips.py``            encoded clips and render failures
 ``runs.py``             per-run key/value meta
@@ -71,9 +71,9 @@ from prefloop.store.errors import (
     StoreError,
     StoreReadOnlyError,
 )
-from prefloop.store.gold_checks import GoldCheck, GoldChecksMixin
 from prefloop.store.labels import LabelsMixin
 from prefloop.store.queue import CLAIM_ATTEMPTS
+from prefloop.store.rater_checks import RaterCheck, RaterChecksMixin
 from prefloop.store.raters import RatersMixin
 from prefloop.store.runs import RunMetaMixin
 from prefloop.store.schema import (
@@ -89,12 +89,12 @@ from prefloop.store.schema import (
     SCHEMA_VERSION,
     WITHDRAWN,
     clips_table,
-    gold_checks_table,
     label_flags_table,
     labels_table,
     meta_table,
     metadata,
     pairs_table,
+    rater_checks_table,
     raters_table,
     run_meta_table,
     runs_table,
@@ -107,8 +107,7 @@ __all__ = [
     "APP_MARKER",
     "CLAIMED",
     "CLAIM_ATTEMPTS",
-    "GoldCheck",
-    "MAX_CLIP_ERROR_CHARS",
+        "MAX_CLIP_ERROR_CHARS",
     "MAX_META_KEY_CHARS",
     "MAX_MIME_CHARS",
     "MAX_RATER_ID_CHARS",
@@ -122,12 +121,12 @@ __all__ = [
     "NoSuchStoreError",
     "NotAPreferenceStoreError",
     "PreferenceStore",
+    "RaterCheck",
     "StoreBusyError",
     "StoreError",
     "StoreReadOnlyError",
     "check_store_url",
     "clips_table",
-    "gold_checks_table",
     "is_retryable_conflict",
     "label_flags_table",
     "labels_table",
@@ -135,6 +134,7 @@ __all__ = [
     "metadata",
     "open_sqlite_read_only",
     "pairs_table",
+    "rater_checks_table",
     "raters_table",
     "read_only_error",
     "run_meta_table",
@@ -149,7 +149,7 @@ __all__ = [
 # _check_rater, _segment_from_row, _validate_segment.
 
 
-class PreferenceStore(LabelsMixin, GoldChecksMixin, ClipsMixin, RatersMixin, RunMetaMixin):
+class PreferenceStore(LabelsMixin, RaterChecksMixin, ClipsMixin, RatersMixin, RunMetaMixin):
     """Segments, pairs and labels of one run in a SQL database (SQLite file or PostgreSQL).
 
     Args:
@@ -171,8 +171,8 @@ class PreferenceStore(LabelsMixin, GoldChecksMixin, ClipsMixin, RatersMixin, Run
 
     What it does, by concern: segments (:class:`~prefloop.store.segments.SegmentsMixin`), the
     pair queue and leases (:class:`~prefloop.store.queue.QueueMixin`), labels
-    (:class:`~prefloop.store.labels.LabelsMixin`), gold checks
-    (:class:`~prefloop.store.gold_checks.GoldChecksMixin`), clips
+    (:class:`~prefloop.store.labels.LabelsMixin`), checks
+    (:class:`~prefloop.store.rater_checks.RaterChecksMixin`), clips
     (:class:`~prefloop.store.clips.ClipsMixin`), raters
     (:class:`~prefloop.store.raters.RatersMixin`) and run meta
     (:class:`~prefloop.store.runs.RunMetaMixin`); opening and transactions are in

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from prefloop.store.base import StoreBase
 from prefloop.store.checks import check_rater
 from prefloop.store.errors import StoreError
-from prefloop.store.schema import clips_table, labels_table, pairs_table, raters_table
+from prefloop.store.schema import clips_table, rater_checks_table, labels_table, pairs_table, raters_table
 from prefloop.types import Choice
 
 
@@ -99,7 +99,7 @@ class RatersMixin(StoreBase):
         return [(int(row.id), Choice(row.gold_choice)) for row in rows]
 
     def rater_ids(self) -> list[str]:
-        """Every rater name of this run: registered ones and those with labels, sorted."""
+        """Every rater name of this run: registered ones and those with labels or checks, sorted."""
         r, p, lab = raters_table, pairs_table, labels_table
         with self._read() as conn:
             names = set(conn.scalars(select(r.c.name).where(r.c.run_id == self._run_id)))
@@ -107,7 +107,20 @@ class RatersMixin(StoreBase):
                 select(lab.c.rater_id).distinct().join(p, p.c.id == lab.c.pair_id)
                 .where(p.c.run_id == self._run_id)
             ))
+            names.update(conn.scalars(  # a rater who has answered only checks so far
+                select(rater_checks_table.c.rater_id).distinct().where(rater_checks_table.c.run_id == self._run_id)
+            ))
         return sorted(names)
+
+    def count_labels(self, rater_id: str) -> int:
+        """How many live labels ``rater_id`` has in this run."""
+        rater_id = check_rater(rater_id)
+        p, lab = pairs_table, labels_table
+        with self._read() as conn:
+            return int(conn.scalar(
+                select(func.count()).select_from(lab).join(p, p.c.id == lab.c.pair_id)
+                .where(p.c.run_id == self._run_id, lab.c.rater_id == rater_id, lab.c.retracted_at.is_(None))
+            ) or 0)
 
     def count_labels_since(self, rater_id: str, since: float) -> int:
         """How many labels (retracted ones too) ``rater_id`` gave in this run at or after ``since``."""

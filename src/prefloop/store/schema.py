@@ -189,27 +189,35 @@ label_flags_table = Table(
     Column("created_at", Double, nullable=False),
 )
 
-# Gold checks (prefloop.store.gold_checks): a rater's answer to a gold pair asked only to measure
-# the rater. Not a label: it never trains the reward model and never counts toward the label budget.
-# ``choice`` is NULL while the check is on the rater's screen. One per (pair, rater).
-gold_checks_table = Table(
-    "gold_checks",
+# Checks (prefloop.store.rater_checks): a pair asked of a rater only to measure them -- a gold pair
+# (``kind`` gold: is the rater right?) or a pair they labelled before, shown with left and right
+# swapped (``kind`` repeat: do they answer the same?). Not a label: it never trains the reward model
+# and never counts toward the label budget. ``expected`` is the gold answer or the rater's earlier
+# one; ``choice`` (in the pair's own orientation) is NULL while the check is on the rater's screen.
+CHECK_KINDS = ("gold", "repeat")
+rater_checks_table = Table(
+    "rater_checks",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
     Column("pair_id", Integer, ForeignKey("pairs.id"), nullable=False),
     Column("rater_id", String(MAX_RATER_ID_CHARS), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("swapped", Boolean, nullable=False),
+    Column("expected", String(16), nullable=False),
     Column("served_at", Double, nullable=False),
     Column("choice", String(16), nullable=True),
     Column("response_time_s", Double, nullable=True),
     Column("answered_at", Double, nullable=True),
-    CheckConstraint("choice IS NULL OR " + _in_check("choice", _CHOICES), name="ck_gold_checks_choice"),
+    CheckConstraint(_in_check("kind", CHECK_KINDS), name="ck_rater_checks_kind"),
+    CheckConstraint(_in_check("expected", _CHOICES), name="ck_rater_checks_expected"),
+    CheckConstraint("choice IS NULL OR " + _in_check("choice", _CHOICES), name="ck_rater_checks_choice"),
 )
-Index("uq_gold_checks_pair_rater", gold_checks_table.c.pair_id, gold_checks_table.c.rater_id, unique=True)
-Index("ix_gold_checks_rater", gold_checks_table.c.run_id, gold_checks_table.c.rater_id)
+Index("uq_rater_checks", rater_checks_table.c.pair_id, rater_checks_table.c.rater_id, rater_checks_table.c.kind, unique=True)
+Index("ix_rater_checks_rater", rater_checks_table.c.run_id, rater_checks_table.c.rater_id)
 
 # Tables added to schema version 1 later; a version-1 store without them gets them on open.
-_ADDED_TABLES = (clips_table, raters_table, label_flags_table, gold_checks_table)
+_ADDED_TABLES = (clips_table, raters_table, label_flags_table, rater_checks_table)
 
 
 def check_or_create_schema(conn: Connection, shown_url: str, create: bool = True) -> None:

@@ -194,7 +194,7 @@ class PreferenceLearner:
             # SURF: the ensemble labels recent pairs it is sure about, for this fit only (never stored).
             pseudo = pseudo_labels(self.reward_model, self.buffer.recent(), len(labeled), self.config.query.confidence, self._rng)
         if labeled:
-            fit = self.trainer.fit(labeled, pseudo, checks=tally_checks(self.store.gold_checks()) if self.router.policy else None)
+            fit = self.trainer.fit(labeled, pseudo, checks=tally_checks(self.store.rater_checks(kind="gold")) if self.router.policy else None)
             train_loss = fit.train_loss
             val_accuracy = fit.val_accuracy if fit.val_accuracy is not None else math.nan
             val_pairs = fit.n_val

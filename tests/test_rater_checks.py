@@ -1,4 +1,5 @@
-"""Gold checks: gold pairs asked of a rater only to measure them (probation, flagged raters).
+"""Checks: pairs asked of a rater only to measure them -- gold pairs (probation, flagged raters)
+and repeats of their own pairs (self-consistency).
 
 A real SQLite store, real simulated raters; the reward-model part fits a real ensemble.
 """
@@ -14,7 +15,8 @@ from prefloop.reward_models import RewardModelConfig, RewardTrainer, build_rewar
 from prefloop.store import PreferenceStore, StoreError, sqlite_url
 from prefloop.teachers.crowd import make_crowd_teacher
 from prefloop.teachers.labeling import answer_pending
-from prefloop.training.rater_checks import RATER_RELIABILITY_META, CheckPolicy, RaterRouter, tally_checks
+from prefloop.cli.raters import rater_summary
+from prefloop.training.rater_checks import RATER_RELIABILITY_META, CheckPolicy, RaterRouter, publish_policy, tally_checks
 from prefloop.types import Choice, SegmentPair
 
 from test_reliability import ACT, OBS, random_segments
@@ -43,7 +45,7 @@ def test_a_check_is_not_a_label_and_leaves_the_queue_alone(tmp_path) -> None:
     assert check is not None and store.is_open_check(check.id, "ann")
     assert store.claim_check("ann").id == check.id  # the open check comes back first (a reload)
     answered = store.answer_check(check.id, "ann", gold_of(check), 2.5)
-    assert answered.correct and answered.response_time_s == 2.5
+    assert answered.agrees and answered.response_time_s == 2.5
     assert store.answer_check(check.id, "ann", Choice.EQUAL, 1.0) == answered  # a double submit counts once
     assert store.counts() == before  # no label, no pair changed status, nothing leased
     # The gold pair is still in the queue for a label, for anyone (ann included: a check is not a label).
@@ -53,8 +55,8 @@ def test_a_check_is_not_a_label_and_leaves_the_queue_alone(tmp_path) -> None:
     assert second is not None and second.id != check.id
     store.answer_check(second.id, "ann", Choice.LEFT if gold_of(second) is Choice.RIGHT else Choice.RIGHT, 1.0)
     assert store.claim_check("ann") is None and store.claim_check("bob") is not None
-    assert [c.correct for c in store.gold_checks("ann")] == [True, False]
-    assert tally_checks(store.gold_checks()) == {"ann": (2, 1)}
+    assert [c.agrees for c in store.rater_checks("ann")] == [True, False]
+    assert tally_checks(store.rater_checks()) == {"ann": (2, 1)}
     with pytest.raises(StoreError, match="not served .* as a check"):
         store.answer_check(second.id, "eve", Choice.LEFT, 1.0)
 
@@ -67,7 +69,7 @@ def test_undo_reopens_a_check_and_a_labelled_pair_is_never_a_check(tmp_path) -> 
     assert check.id != first.id
     store.answer_check(check.id, "ann", Choice.EQUAL, 1.0)
     assert store.undo_check(check.id, "ann").choice is Choice.EQUAL
-    assert store.is_open_check(check.id, "ann") and store.gold_checks("ann") == []
+    assert store.is_open_check(check.id, "ann") and store.rater_checks("ann") == []
     assert store.claim_check("ann").id == check.id  # served again first
 
 
@@ -93,6 +95,9 @@ def test_probation_then_labels_and_a_rater_failing_checks_gets_only_checks(tmp_p
     store.set_meta(RATER_RELIABILITY_META, json.dumps({"raters": [{"rater_id": "bad", "flagged": False}]}))
     assert router.claim("bad")[1] is False
     store.set_meta(RATER_RELIABILITY_META, json.dumps({"raters": [{"rater_id": "good", "flagged": True}]}))
+    assert router.mode("good") == "labels"  # "bad" is flagged by its checks: never everyone on checks only
+    store.set_meta(RATER_RELIABILITY_META, json.dumps({"raters": [{"rater_id": "good", "flagged": True},
+                                                                  {"rater_id": "bad", "flagged": False}]}))
     assert router.mode("good") == "flagged"
     assert RaterRouter(store, None).mode("good") == "labels"  # the plain loss routes nobody
 
@@ -109,9 +114,14 @@ def test_with_checks_a_crowds_adversarial_rater_gives_no_labels_and_is_flagged_a
     for label in store.labels():
         by_rater[label.rater_id] = by_rater.get(label.rater_id, 0) + 1
     assert "sim-adversarial-1" not in by_rater
-    tally = tally_checks(store.gold_checks())
+    tally = tally_checks(store.rater_checks())
     assert tally["sim-adversarial-1"] == (5, 5)
     assert all(tally[f"sim-careful-{i}"][1] <= 1 for i in (1, 2, 3))
+    publish_policy(store, router.policy)  # as the trainer does: `raters list` shows who gets what
+    rows = {row["name"]: row for row in rater_summary(store)}
+    assert rows["sim-adversarial-1"]["gets"] == "checks only" and rows["sim-adversarial-1"]["labels"] == 0
+    assert (rows["sim-adversarial-1"]["checks"], rows["sim-adversarial-1"]["checks_right"]) == (5, 0)
+    assert rows["sim-careful-1"]["gets"] == "labels"
     config = RewardModelConfig(hidden_sizes=(32,), seed=0, epochs=40)
     trainer = RewardTrainer(build_reward_model(OBS, ACT, config), config)
     trainer.fit(store.labeled_pairs(), checks=tally)
@@ -126,7 +136,6 @@ def test_the_rater_app_serves_probation_checks_first_and_undo_takes_a_check_back
     labels), Undo takes back the latest answer whether check or label, and the policy comes from
     the run's meta (as the trainer published it)."""
     from prefloop.apps.rating import RaterSession
-    from prefloop.training.rater_checks import publish_policy
 
     store = store_with(tmp_path, n_pairs=4, n_gold=2)
     for pair_id in range(1, 7):
@@ -139,16 +148,58 @@ def test_the_rater_app_serves_probation_checks_first_and_undo_takes_a_check_back
     assert ann.current.is_check and ann.next.is_check  # both prepared pairs are checks
     first = ann.current.pair_id
     ann.answer(first, "left", 3.0)
-    assert store.counts()["labels"] == 0 and len(store.gold_checks("ann")) == 1
+    assert store.counts()["labels"] == 0 and len(store.rater_checks("ann")) == 1
     ann.undo()
-    assert store.gold_checks("ann") == [] and ann.current.pair_id == first  # shown again to answer anew
+    assert store.rater_checks("ann") == [] and ann.current.pair_id == first  # shown again to answer anew
     for _ in range(2):  # right answers (two wrong ones of two would flag ann: checks only)
         ann.answer(ann.current.pair_id, gold_of(store.get_pair(ann.current.pair_id)).value, 3.0)
-    assert len(store.gold_checks("ann")) == 2
+    assert len(store.rater_checks("ann")) == 2
     assert not ann.current.is_check  # probation over: pairs from the queue
     ann.answer(ann.current.pair_id, "left", 3.0)
     assert store.counts()["labels"] == 1
     ann.undo()  # the label, the latest answer
-    assert store.counts()["labels"] == 0 and len(store.gold_checks("ann")) == 2
+    assert store.counts()["labels"] == 0 and len(store.rater_checks("ann")) == 2
     publish_policy(store, None)
     assert not RaterSession(store, "bob").router.policy  # a run without the policy: no checks
+
+
+def test_a_repeat_shows_the_raters_own_pair_swapped_and_stores_the_answer_unswapped(tmp_path) -> None:
+    """After every `repeat_every` labels a rater gets one of their own earlier pairs again, with
+    left and right swapped (not one of their newest); answering the same clip again agrees."""
+    store = store_with(tmp_path, n_pairs=12, n_gold=0)
+    router = RaterRouter(store, CheckPolicy(probation_checks=1, repeat_every=3))
+    assert router.mode("ann") == "probation" and router.claim("ann")[1] is False  # no gold pair: labels
+    given = {}
+    for _ in range(3):
+        pair, is_check = router.claim("ann")
+        assert not is_check
+        store.answer(pair.id, "ann", Choice.LEFT, 2.0)
+        given[pair.id] = pair
+    assert router.mode("ann") == "repeat"
+    assert store.claim_check("ann", "repeat", not_latest=3) is None  # all three are among the newest
+    repeat, is_check = router.claim("ann")  # (the router keeps only the newest 5 back; 3 labels: none)
+    assert repeat is None or is_check is False
+    store.release(repeat.id, "ann")
+    shown = store.claim_check("ann", "repeat", not_latest=0)
+    original = given[shown.id]
+    assert (shown.left.id, shown.right.id) == (original.right.id, original.left.id)  # swapped
+    check = store.answer_check(shown.id, "ann", Choice.RIGHT, 2.0)  # the same clip as before: now on the right
+    assert check.kind == "repeat" and check.choice is Choice.LEFT and check.agrees
+    assert tally_checks(store.rater_checks()) == {}  # repeats are no gold evidence
+    assert store.counts()["labels"] == 3
+    with pytest.raises(StoreError, match="check kind"):
+        store.claim_check("ann", "bogus")
+
+
+def test_self_consistency_counts_repeat_checks_beside_repeated_pairs(tmp_path) -> None:
+    from prefloop.apps.rater_quality import Consistency, with_repeat_checks
+
+    store = store_with(tmp_path, n_pairs=8, n_gold=0)
+    for _ in range(8):
+        pair = store.claim_next("ann")
+        store.answer(pair.id, "ann", Choice.LEFT, 1.0)
+    for answer in (Choice.RIGHT, Choice.LEFT):  # swapped: RIGHT is the same clip as before, LEFT is not
+        shown = store.claim_check("ann", "repeat")
+        store.answer_check(shown.id, "ann", answer, 1.0)
+    merged = with_repeat_checks([Consistency("ann", 2, 2), Consistency("bob", 1, 0)], store.rater_checks())
+    assert merged["ann"] == Consistency("ann", 4, 3) and merged["bob"] == Consistency("bob", 1, 0)
