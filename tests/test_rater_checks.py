@@ -38,6 +38,12 @@ def store_with(tmp_path, n_pairs: int, n_gold: int, seed: int = 0) -> Preference
     return store
 
 
+def register(store: PreferenceStore, *names: str) -> None:
+    """Raters the run knows before they answer (as `prefloop raters add` makes them)."""
+    for name in names:
+        store.add_rater(name, name, "0" * 64)
+
+
 def test_a_check_is_not_a_label_and_leaves_the_queue_alone(tmp_path) -> None:
     store = store_with(tmp_path, n_pairs=2, n_gold=2)
     before = store.counts()
@@ -76,6 +82,8 @@ def test_undo_reopens_a_check_and_a_labelled_pair_is_never_a_check(tmp_path) -> 
 def test_probation_then_labels_and_a_rater_failing_checks_gets_only_checks(tmp_path) -> None:
     store = store_with(tmp_path, n_pairs=20, n_gold=6)
     router = RaterRouter(store, CheckPolicy(probation_checks=3))
+    assert router.mode("good") == "labels"  # one person alone is never slowed down by checks
+    register(store, "good", "bad")
     for rater, honest in (("good", True), ("bad", False)):
         for _ in range(3):
             pair, is_check = router.claim(rater)
@@ -143,6 +151,7 @@ def test_the_rater_app_serves_probation_checks_first_and_undo_takes_a_check_back
         for segment in (pair.left, pair.right):
             store.put_clip(segment.id, b"clip", "video/mp4")
     publish_policy(store, CheckPolicy(probation_checks=2))
+    register(store, "ann", "bob")
     ann = RaterSession(store, "ann")
     ann.refresh()
     assert ann.current.is_check and ann.next.is_check  # both prepared pairs are checks
@@ -168,6 +177,7 @@ def test_a_repeat_shows_the_raters_own_pair_swapped_and_stores_the_answer_unswap
     left and right swapped (not one of their newest); answering the same clip again agrees."""
     store = store_with(tmp_path, n_pairs=12, n_gold=0)
     router = RaterRouter(store, CheckPolicy(probation_checks=1, repeat_every=3))
+    register(store, "ann", "bob")
     assert router.mode("ann") == "probation" and router.claim("ann")[1] is False  # no gold pair: labels
     given = {}
     for _ in range(3):

@@ -75,6 +75,7 @@ class StoreBase:
         # Same pool and events; the option only tells SQLite to take the write lock up front.
         self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
         self._closed = False
+        self._tables: set[str] = set()  # filled when the schema is checked, below
         # Decoded segments, shared by every part that loads them (see segments.py).
         self._segment_cache: OrderedDict[int, Segment] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -182,7 +183,9 @@ class StoreBase:
                     raise
 
     def _check_or_create_schema(self, conn: Connection, create: bool = True) -> None:
-        check_or_create_schema(conn, self.url, create)
+        # The tables there are: a reader of a store older than a table added to schema version 1
+        # (e.g. rater_checks) finds none of its rows rather than an error.
+        self._tables = check_or_create_schema(conn, self.url, create)
 
     def _find_run(self, name: str) -> int:
         with self._read() as conn:

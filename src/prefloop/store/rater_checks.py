@@ -134,6 +134,8 @@ class RaterChecksMixin(QueueMixin):
     def is_open_check(self, pair_id: int, rater_id: str) -> bool:
         """Whether ``pair_id`` is on ``rater_id``'s screen as a check (served, not answered)."""
         g = rater_checks_table
+        if g.name not in self._tables:
+            return False
         with self._read() as conn:
             return conn.scalar(select(g.c.id).where(
                 g.c.run_id == self._run_id, g.c.pair_id == as_id(pair_id, "pair_id"),
@@ -186,6 +188,8 @@ class RaterChecksMixin(QueueMixin):
     def rater_checks(self, rater_id: str | None = None, kind: str | None = None) -> list[RaterCheck]:
         """This run's answered checks (of one rater and/or one kind, or all), in the order answered."""
         g = rater_checks_table
+        if g.name not in self._tables:  # read-only, a store from before checks
+            return []
         condition = g.c.run_id == self._run_id
         if rater_id is not None:
             condition = and_(condition, g.c.rater_id == check_rater(rater_id))

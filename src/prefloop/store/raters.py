@@ -107,9 +107,10 @@ class RatersMixin(StoreBase):
                 select(lab.c.rater_id).distinct().join(p, p.c.id == lab.c.pair_id)
                 .where(p.c.run_id == self._run_id)
             ))
-            names.update(conn.scalars(  # a rater who has answered only checks so far
-                select(rater_checks_table.c.rater_id).distinct().where(rater_checks_table.c.run_id == self._run_id)
-            ))
+            if rater_checks_table.name in self._tables:  # a rater who has answered only checks so far
+                names.update(conn.scalars(
+                    select(rater_checks_table.c.rater_id).distinct().where(rater_checks_table.c.run_id == self._run_id)
+                ))
         return sorted(names)
 
     def count_labels(self, rater_id: str) -> int:

@@ -220,10 +220,11 @@ Index("ix_rater_checks_rater", rater_checks_table.c.run_id, rater_checks_table.c
 _ADDED_TABLES = (clips_table, raters_table, label_flags_table, rater_checks_table)
 
 
-def check_or_create_schema(conn: Connection, shown_url: str, create: bool = True) -> None:
+def check_or_create_schema(conn: Connection, shown_url: str, create: bool = True) -> set[str]:
     """Create the schema in an empty database, or check that it holds a prefloop store of this
     schema version (``create``: adding the tables added to version 1 since; a reader never
-    changes anything). ``shown_url``: the URL as messages show it (no password)."""
+    changes anything). ``shown_url``: the URL as messages show it (no password). Returns the
+    names of the tables the database now has (a reader of an older store may lack added ones)."""
     tables = set(inspect(conn).get_table_names())
     if not tables and not create:
         raise StoreError(f"database {shown_url} is empty: it holds no prefloop store yet; nothing was changed")
@@ -236,7 +237,7 @@ def check_or_create_schema(conn: Connection, shown_url: str, create: bool = True
                 {"key": "schema_version", "value": str(SCHEMA_VERSION)},
             ],
         )
-        return
+        return {t.name for t in metadata.sorted_tables}
     if META_TABLE not in tables:
         raise NotAPreferenceStoreError(
             f"database {shown_url} already holds tables ({', '.join(sorted(tables)[:5])}) but "
@@ -269,6 +270,7 @@ def check_or_create_schema(conn: Connection, shown_url: str, create: bool = True
             f"database {shown_url} is a damaged prefloop store: tables {missing} are missing; "
             "restore it from a backup or start a new store"
         )
+    return tables
 
 
 def _allow_withdrawn_status(conn: Connection) -> None:

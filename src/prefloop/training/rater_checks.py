@@ -19,7 +19,8 @@ They are not labels and not part of the label budget. With per-rater reliability
 - **Repeats.** After every ``repeat_every`` labels a rater gets one of their own earlier pairs
   again, swapped: their self-consistency, shown on the dashboard and in ``prefloop raters list``.
 
-When no gold check is left for a rater (they have seen every gold pair), a rater on probation
+All three apply once the run has a second rater (registered, or with labels or checks): one person
+teaching an agent alone is not slowed down by checks. When no gold check is left for a rater (they have seen every gold pair), a rater on probation
 takes pairs from the queue as usual; a flagged one gets nothing until new gold pairs come.
 """
 
@@ -154,7 +155,8 @@ class RaterRouter:
         """What the rater gets next: ``"labels"`` (a pair from the queue), ``"probation"`` (a gold
         check first), ``"flagged"`` (gold checks only) or ``"repeat"`` (a repeat check first)."""
         policy = self.policy
-        if policy is None:
+        raters = set(self.store.rater_ids()) | {rater_id}
+        if policy is None or len(raters) < 2:  # one person teaching an agent: nothing to tell apart
             return "labels"
         checks = self.store.rater_checks()
         flags = self._fit_flags()
@@ -166,7 +168,7 @@ class RaterRouter:
             decided, wrong = tally.get(rater, (0, 0))
             return decided > 0 and checks_error_rate(decided, wrong, policy) >= policy.flag_error_rate
 
-        if flagged(rater_id) and any(not flagged(other) for other in self.store.rater_ids() if other != rater_id):
+        if flagged(rater_id) and any(not flagged(other) for other in raters - {rater_id}):
             return "flagged"
         mine = [c for c in checks if c.rater_id == rater_id]
         if policy.repeat_every:
