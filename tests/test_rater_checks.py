@@ -213,3 +213,26 @@ def test_self_consistency_counts_repeat_checks_beside_repeated_pairs(tmp_path) -
         store.answer_check(shown.id, "ann", answer, 1.0)
     merged = with_repeat_checks([Consistency("ann", 2, 2), Consistency("bob", 1, 0)], store.rater_checks())
     assert merged["ann"] == Consistency("ann", 4, 3) and merged["bob"] == Consistency("bob", 1, 0)
+
+
+@pytest.mark.parametrize("answer_seconds", [0.0, 0.01])
+def test_a_training_run_with_a_crowd_checks_its_raters_and_gives_the_adversary_no_labels(tmp_path, answer_seconds) -> None:
+    """The whole loop, instantly and on the raters' own clocks: the first round asks enough gold
+    pairs for probation, the adversarial rater fails its checks and gets no labels (a crowd's
+    members are known from the start), and `raters list` says it gets checks only."""
+    from prefloop.training.config import TrainConfig
+    from prefloop.training.loop import train
+
+    config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path / "run", teacher="crowd:2xcareful,adversarial",
+                         labels=30, steps=2_000, progress_bar=False, eval_episodes=1, answer_seconds=answer_seconds)
+    train(config)
+    run_name = json.loads((tmp_path / "run" / "config.json").read_text())["run_name"]
+    with PreferenceStore(sqlite_url(tmp_path / "run" / "prefs.sqlite"), run_name=run_name) as store:
+        assert json.loads(store.get_meta("check_policy"))["probation_checks"] == 5
+        assert store.count_gold_pairs() >= 5
+        labels = [label.rater_id for label in store.labels()]
+        tally = tally_checks(store.rater_checks())
+        rows = {row["name"]: row for row in rater_summary(store)}
+    assert labels.count("sim-adversarial-1") == 0 and len(labels) >= 30
+    assert tally["sim-adversarial-1"][1] == tally["sim-adversarial-1"][0] >= 3  # every decided check wrong
+    assert rows["sim-adversarial-1"]["gets"] == "checks only"

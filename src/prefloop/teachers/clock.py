@@ -16,11 +16,13 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
 from prefloop.store import LeaseError, PreferenceStore
 from prefloop.teachers.base import Teacher
+from prefloop.teachers.labeling import PairRouter
 from prefloop.types import Choice, Segment
 
 log = logging.getLogger("prefloop")
@@ -41,14 +43,21 @@ class ClockRater:
         seed: seeds the response times.
         poll_s: how often it looks for a new pair when none is waiting.
         lease_seconds: the lease it takes on a pair, as the app does.
+        router_for: builds, from the thread's store, what hands the rater their next pair -- a
+            pair from the queue or a check (:class:`prefloop.teachers.labeling.PairRouter`; the
+            loop passes :meth:`prefloop.training.rater_checks.RaterRouter.for_run`, the rater
+            app's rules); None: pairs from the queue only.
     """
 
     def __init__(self, store_url: str, run_name: str, teacher: Teacher, answer_seconds: float,
-                 sigma: float = 0.0, seed: int = 0, poll_s: float = 0.2, lease_seconds: float = 120.0):
+                 sigma: float = 0.0, seed: int = 0, poll_s: float = 0.2, lease_seconds: float = 120.0,
+                 router_for: Callable[[PreferenceStore], PairRouter] | None = None):
         if not (math.isfinite(answer_seconds) and answer_seconds > 0 and math.isfinite(sigma) and sigma >= 0):
             raise ValueError(f"answer_seconds must be > 0 and sigma >= 0, got {answer_seconds}, {sigma}")
         self.store_url, self.run_name, self.teacher = store_url, run_name, teacher
         self.answer_seconds, self.sigma, self.poll_s, self.lease_seconds = answer_seconds, sigma, poll_s, lease_seconds
+        self.router_for = router_for
+        self._router: PairRouter | None = None
         self._rng = np.random.default_rng([seed, 11])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"clock-rater-{teacher.rater_id}", daemon=True)
@@ -86,6 +95,7 @@ class ClockRater:
     def _run(self) -> None:
         try:
             with PreferenceStore(self.store_url, run_name=self.run_name) as store:
+                self._router = self.router_for(store) if self.router_for is not None else None
                 while not self._stop.is_set():
                     self._answer_one(store)
         except BaseException as exc:  # kept for check_alive: the trainer must not wait on a dead rater
@@ -94,15 +104,24 @@ class ClockRater:
 
     def _answer_one(self, store: PreferenceStore) -> None:
         rater_id = self.teacher.rater_id
-        pair = store.claim_next(rater_id, self.lease_seconds)
-        if pair is None:
+        if self._router is not None:
+            claimed = self._router.claim(rater_id, self.lease_seconds)
+        else:
+            queued = store.claim_next(rater_id, self.lease_seconds)
+            claimed = None if queued is None else (queued, False)
+        if claimed is None:
             self._stop.wait(self.poll_s)
             return
+        pair, is_check = claimed
         seconds = self.response_time()
         if self._stop.wait(seconds):
-            store.release(int(pair.id), rater_id)  # type: ignore[arg-type]
+            if not is_check:  # a check holds no lease; it waits open for the rater
+                store.release(int(pair.id), rater_id)  # type: ignore[arg-type]
             return
         choice = self.teacher.compare(pair.left, pair.right)
+        if is_check:
+            store.answer_check(int(pair.id), rater_id, choice, seconds)  # type: ignore[arg-type]
+            return
         try:
             store.answer(int(pair.id), rater_id, choice, seconds)  # type: ignore[arg-type]
             self.answered += 1

@@ -24,9 +24,10 @@ from prefloop.types import SegmentPair
 
 
 class PairRouter(Protocol):
-    """Hands a rater their next pair: ``(pair, is_check)``, or None when there is none for them."""
+    """Hands a rater their next pair: ``(pair, is_check)``, or None when there is none for them.
+    A queue pair is leased for ``lease_seconds``; a check holds no lease."""
 
-    def claim(self, rater_id: str) -> tuple[SegmentPair, bool] | None: ...
+    def claim(self, rater_id: str, lease_seconds: float = ...) -> tuple[SegmentPair, bool] | None: ...
 
 
 def answer_pending(

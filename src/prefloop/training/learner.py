@@ -49,8 +49,12 @@ class PreferenceLearner:
         buffer: SegmentBuffer,
         teacher: Teacher | None,
         query_rule: QueryRule | None = None,
+        background_raters: int = 0,
     ):
+        """``background_raters``: simulated raters answering through the store on their own
+        clocks (``teacher`` is then None), so the learner knows a crowd is coming."""
         self.config = config
+        self.background_raters = background_raters
         self.store = store
         self.reward_model = reward_model
         self.trainer = RewardTrainer(reward_model, config.reward_model)
@@ -74,8 +78,9 @@ class PreferenceLearner:
             teacher is None or recorded.get("teacher") == HUMAN_TEACHER or getattr(teacher, "simulates_people", False)
         )
         # Who gets a gold check and who a label (people in the app route through the same rules).
+        members = [m.rater_id for m in getattr(teacher, "members", None) or ()]
         self.router = RaterRouter(store, CheckPolicy.for_reward_model(config.reward_model, config.probation_checks)
-                                  if self._asks_gold and config.gold_fraction > 0 else None)
+                                  if self._asks_gold and config.gold_fraction > 0 else None, known_raters=members)
         publish_policy(store, self.router.policy)
         # Raises if whoever answers in the background has died (a simulated clock rater), so a
         # wait for labels cannot hang forever; people in the app are not watched here.
@@ -109,7 +114,7 @@ class PreferenceLearner:
             return 0
         candidates = self.buffer.recent()
         n_gold = int(round(new_pairs * self.config.gold_fraction)) if self._asks_gold else 0
-        if self.router.policy is not None:  # enough gold pairs for every rater's probation checks
+        if self.router.policy is not None and self._several_raters():  # enough gold pairs for probation checks
             missing = self.router.policy.probation_checks - self.store.count_gold_pairs()
             n_gold = min(max(n_gold, missing), new_pairs // 2)
         # Until the first fit the ensemble is untrained: its scores would only add noise to the choice.
@@ -128,6 +133,11 @@ class PreferenceLearner:
             self.store.add_pairs([SegmentPair(left, right)], labels_per_pair=self.config.raters_per_pair, gold_choice=choice)
         self._pairs_asked += len(pairs) + len(golds)
         return len(pairs) + len(golds)
+
+    def _several_raters(self) -> bool:
+        """A crowd, or people of whom the run already knows two (checks start with a second rater)."""
+        members = len(getattr(self.teacher, "members", None) or ())
+        return max(members, self.background_raters, len(self.store.rater_ids())) >= 2
 
     def labels_so_far(self) -> int:
         return self.store.counts()["labels"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -73,6 +74,7 @@ from prefloop.training.exploration import StateEntropyReward, SwitchableReward
 from prefloop.training.human_time import human_time
 from prefloop.training.learner import PreferenceLearner
 from prefloop.training.query import QueryRule
+from prefloop.training.rater_checks import RaterRouter
 from prefloop.training.resume_state import restore_resume_state
 from prefloop.training.rundir import RunDir, RunDirError
 from prefloop.training.schedule import LabelRound, label_rounds
@@ -246,11 +248,12 @@ def _train(
             members = getattr(teacher, "members", None) or [teacher]
             clock_raters = [
                 ClockRater(store_url, config.run_name or "default", member, config.answer_seconds,
-                           config.answer_seconds_sigma, seed=config.seed + 7919 * i)
+                           config.answer_seconds_sigma, seed=config.seed + 7919 * i,
+                           router_for=functools.partial(RaterRouter.for_run, known_raters=[m.rater_id for m in members]))
                 for i, member in enumerate(members)
             ]
             teacher = None
-        learner = PreferenceLearner(config, store, reward_model, buffer, teacher)
+        learner = PreferenceLearner(config, store, reward_model, buffer, teacher, background_raters=len(clock_raters))
         initial_steps = initial_random_steps(config)
         if on_ready is not None:
             on_ready(run_dir, store_url, config.run_name or "default")
