@@ -203,8 +203,10 @@ class RaterSession:
                 return None
             pair, is_check = claimed
             assert pair.id is not None and pair.left.id is not None and pair.right.id is not None
-            if pair.id in known:
+            if pair.id in known and known[pair.id].is_check == is_check:
                 return known[pair.id]
+            # (A gold pair the rater just answered as a check can come next from the queue, as a
+            # label: it must not keep the check's ShownPair, whose answers would go to the check.)
             clips = self.store.get_clips([pair.left.id, pair.right.id])
             if pair.left.id in clips and pair.right.id in clips:
                 (left, mime), (right, _) = clips[pair.left.id], clips[pair.right.id]

@@ -236,3 +236,29 @@ def test_a_training_run_with_a_crowd_checks_its_raters_and_gives_the_adversary_n
     assert labels.count("sim-adversarial-1") <= 1 and len(labels) >= 30
     assert tally["sim-adversarial-1"][1] == tally["sim-adversarial-1"][0] >= 3  # every decided check wrong
     assert rows["sim-adversarial-1"]["gets"] == "checks only"
+
+
+def test_a_gold_pair_checked_then_served_from_the_queue_is_answered_as_a_label(tmp_path) -> None:
+    """Found trying the app with two raters: when probation ends, the gold pair the rater just
+    checked (or the one prepared next as a check) can come from the queue as a label. The session
+    used to keep the pair's old check view, so every answer went to the answered check (a no-op)
+    and the same pair came back forever: answers lost, the rater stuck."""
+    from prefloop.apps.rating import RaterSession
+
+    store = store_with(tmp_path, n_pairs=0, n_gold=2)  # a queue of gold pairs only
+    for pair_id in (1, 2):
+        pair = store.get_pair(pair_id)
+        for segment in (pair.left, pair.right):
+            store.put_clip(segment.id, b"clip", "video/mp4")
+    publish_policy(store, CheckPolicy(probation_checks=1))
+    register(store, "ann", "bob")
+    ann = RaterSession(store, "ann")
+    ann.refresh()
+    assert ann.current.is_check and ann.next.is_check
+    checked = ann.current.pair_id
+    ann.answer(checked, gold_of(store.get_pair(checked)).value, 3.0)  # probation over
+    assert not ann.current.is_check and not ann.next.is_check  # queue pairs now, the same gold pairs
+    for expected_labels in (1, 2):
+        ann.answer(ann.current.pair_id, "left", 3.0)
+        assert store.counts()["labels"] == expected_labels and ann.take_notices() == []
+    assert len(store.rater_checks("ann")) == 1 and ann.current is None  # nothing left: not stuck
