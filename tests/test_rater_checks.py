@@ -158,8 +158,10 @@ def test_the_rater_app_serves_probation_checks_first_and_undo_takes_a_check_back
     first = ann.current.pair_id
     ann.answer(first, "left", 3.0)
     assert store.counts()["labels"] == 0 and len(store.rater_checks("ann")) == 1
+    assert ann.labels_today() == 1  # "Your answers today" counts a check: the rater gave an answer
     ann.undo()
     assert store.rater_checks("ann") == [] and ann.current.pair_id == first  # shown again to answer anew
+    assert ann.labels_today() == 0
     for _ in range(2):  # right answers (two wrong ones of two would flag ann: checks only)
         ann.answer(ann.current.pair_id, gold_of(store.get_pair(ann.current.pair_id)).value, 3.0)
     assert len(store.rater_checks("ann")) == 2
@@ -262,3 +264,34 @@ def test_a_gold_pair_checked_then_served_from_the_queue_is_answered_as_a_label(t
         ann.answer(ann.current.pair_id, "left", 3.0)
         assert store.counts()["labels"] == expected_labels and ann.take_notices() == []
     assert len(store.rater_checks("ann")) == 1 and ann.current is None  # nothing left: not stuck
+
+
+def test_two_checks_prepared_at_once_keep_their_order_on_screen(tmp_path) -> None:
+    """Found in Chromium: when a repeat falls due, the pair on screen and the one prepared next
+    are both new checks; the store hands back the newest open check first, so the page's next
+    refresh swapped them and the pair changed under the rater's eyes."""
+    from prefloop.apps.rating import RaterSession
+
+    store = store_with(tmp_path, n_pairs=20, n_gold=1)
+    for pair_id in range(1, 22):
+        pair = store.get_pair(pair_id)
+        for segment in (pair.left, pair.right):
+            store.put_clip(segment.id, b"clip", "video/mp4")
+    publish_policy(store, CheckPolicy(probation_checks=1, repeat_every=4))
+    register(store, "ann", "bob")
+    now = [1000.0]
+    ann = RaterSession(store, "ann", clock=lambda: now[0])
+    ann.refresh()
+    seen_two_checks = False
+    for _ in range(16):
+        now[0] += 3.0
+        ann.answer(ann.current.pair_id, "left", 3.0)
+        if ann.current is None:
+            break
+        shown = (ann.current.pair_id, ann.next and ann.next.pair_id)
+        seen_two_checks |= ann.current.is_check and ann.next is not None and ann.next.is_check
+        for _ in range(2):  # the page's heartbeats until the rater answers
+            now[0] += 1.0
+            ann.heartbeat()
+            assert (ann.current.pair_id, ann.next and ann.next.pair_id) == shown
+    assert seen_two_checks and len(store.rater_checks("ann", "repeat")) >= 2
