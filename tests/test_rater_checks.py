@@ -295,3 +295,31 @@ def test_two_checks_prepared_at_once_keep_their_order_on_screen(tmp_path) -> Non
             ann.heartbeat()
             assert (ann.current.pair_id, ann.next and ann.next.pair_id) == shown
     assert seen_two_checks and len(store.rater_checks("ann", "repeat")) >= 2
+
+
+def test_raters_list_says_who_the_last_fit_found_unreliable(tmp_path, capsys) -> None:
+    """Found trying it: the trainer said "raters flagged as unreliable: bob" while `raters list`
+    showed bob's "flags" as "-" (that column counts flagged labels, too_fast and time_cut)."""
+    from prefloop.cli.main import main
+
+    store = store_with(tmp_path, n_pairs=2, n_gold=0)
+    register(store, "ann", "bob", "cid")
+    publish_policy(store, CheckPolicy())
+    store.set_meta(RATER_RELIABILITY_META, json.dumps({"raters": [
+        {"rater_id": "ann", "error_rate": 0.02, "flagged": False},
+        {"rater_id": "bob", "error_rate": 0.44, "flagged": True},
+    ]}))
+    url = store.url
+    store.close()
+    assert main(["raters", "list", "--db-url", url, "--run-name", "checks"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()[1:4]}
+    assert "est. error" in out.splitlines()[0] and "label flags" in out.splitlines()[0]
+    assert "0.44 unreliable" in lines["bob"] and "checks only" in lines["bob"]
+    assert "0.02" in lines["ann"] and "unreliable" not in lines["ann"]
+    assert lines["cid"].split()[-2:] == ["-", "-"]  # not judged by a fit yet; no flagged labels
+    assert "weight 0" in out
+    assert main(["raters", "list", "--db-url", url, "--run-name", "checks", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert (rows["bob"]["error_rate"], rows["bob"]["unreliable"]) == (0.44, True)
+    assert (rows["cid"]["error_rate"], rows["cid"]["unreliable"]) == (None, None)
