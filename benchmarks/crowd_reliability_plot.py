@@ -28,17 +28,20 @@ def main() -> None:
         ax_ret, ax_eps = row
         groups = doc["groups"]
         env = groups[0]["env_id"]
+        several_teachers = len({g["teacher"].removesuffix(" (plain loss)") for g in groups}) > 1
         for i, g in enumerate(groups):
             label = "plain loss" if g["teacher"].endswith("(plain loss)") else "per-rater reliability"
+            if several_teachers:  # e.g. the careful raters alone beside the whole crowd
+                label = f"{g['teacher'].removesuffix(' (plain loss)').removeprefix('crowd:')}\n{label}"
             values = g["normalized_return"]["per_seed"]
             ax_ret.scatter([i] * len(values), values, color="k", zorder=3)
             ax_ret.bar(i, g["normalized_return"]["median"], color="tab:blue" if "reliab" in label else "tab:grey", alpha=0.5)
-            ax_ret.text(i, 0.02, label, ha="center", fontsize=8)
+            ax_ret.text(i, 0.02, label, ha="center", fontsize=7)
         ax_ret.axhline(1.0, ls="--", color="k", lw=0.8)
         ax_ret.axhline(0.9, ls=":", color="tab:green", lw=0.8, label="goal 0.9")
         ax_ret.set(xticks=[], ylabel="normalized return (dots: seeds)", title=f"{env}: 200 labels from a crowd of five")
         ax_ret.legend(fontsize=7, loc="lower right")
-        reliable = [g for g in groups if g.get("rater_error_rates")]
+        reliable = sorted((g for g in groups if g.get("rater_error_rates")), key=lambda g: -len(g["rater_error_rates"]))
         if reliable:
             rates = reliable[0]["rater_error_rates"]
             names = sorted(rates, key=lambda r: rates[r]["median"])

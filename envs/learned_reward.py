@@ -89,10 +89,12 @@ class VecLearnedReward(VecEnvWrapper):
         assert self._last_obs is not None and self._actions is not None, "step before reset"
         learned = np.asarray(self.reward_fn.predict(self._last_obs, self._actions), dtype=np.float32)
         self._episode_returns += learned
-        for index, info in enumerate(infos):
-            info["true_reward"] = float(true_rewards[index])
-            if dones[index]:
-                info["learned_episode_return"] = float(self._episode_returns[index])
+        # Python floats in one call each, not one numpy scalar per env: this runs every vector step.
+        for info, true_reward in zip(infos, true_rewards.tolist()):
+            info["true_reward"] = float(true_reward)
+        if dones.any():
+            for index in np.flatnonzero(dones).tolist():
+                infos[index]["learned_episode_return"] = float(self._episode_returns[index])
                 self._episode_returns[index] = 0.0
         self._last_obs = self._as_array(obs)
         return obs, learned, dones, infos

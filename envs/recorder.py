@@ -61,11 +61,12 @@ class VecSegmentRecorder(VecEnvWrapper):
     episode's seed from the VecEnv's ``reset_infos`` after the automatic reset.
     ``num_timesteps`` counts env steps over all envs (the provenance stamp of each segment).
 
-    Per vector step it only appends the batch arrays to a history (this runs on every env step of
-    training); an env's episode is gathered from its column of the history when the episode ends,
-    and history older than every running episode is dropped. Long episodes are also cut while
-    they run, every ``2 * segment_length`` steps, so segments arrive before the first episode ends
-    (many parallel envs with 500-step episodes would otherwise give none for thousands of steps).
+    Per vector step it only copies the batch into one row of a history of whole vector steps
+    (this runs on every env step of training); an env's episode is its column of the history,
+    cut when the episode ends, and history older than every running episode is dropped. Long
+    episodes are also cut while they run, every ``2 * segment_length`` steps, so segments arrive
+    before the first episode ends (many parallel envs with 500-step episodes would otherwise give
+    none for thousands of steps).
     """
 
     def __init__(
@@ -82,84 +83,162 @@ class VecSegmentRecorder(VecEnvWrapper):
         self.segments_per_step = segments_per_step
         self._rngs = np.random.default_rng(seed).spawn(venv.num_envs)
         self._as_array = batch_as_array(venv.observation_space)  # Dict/Tuple -> flat vectors
-        self._obs: list[np.ndarray] = []
-        self._actions: list[np.ndarray] = []
-        self._rewards: list[np.ndarray] = []
-        self._first = 0  # history index of self._obs[0]
+        self._history = StepHistory()
         self._episode_start = np.zeros(venv.num_envs, dtype=np.int64)
         self._cut_until = np.zeros(venv.num_envs, dtype=np.int64)  # episode steps already cut
+        self._next_cut = 2 * segment_length  # first history index at which a running episode is due a cut
         self._episode_seed: list[int | None] = [None] * venv.num_envs
         self._last_obs: np.ndarray | None = None
         self._actions_in_flight: np.ndarray | None = None
         self.num_timesteps = 0
+
+    @property
+    def history_steps(self) -> int:
+        """Vector steps the history holds (from the start of the oldest running episode)."""
+        return len(self._history)
 
     def _seed_of_new_episode(self, env_index: int) -> int | None:
         return self.venv.unwrapped.reset_infos[env_index].get("episode_seed")
 
     def reset(self) -> VecEnvObs:
         obs = self.venv.reset()
-        self._obs.clear()
-        self._actions.clear()
-        self._rewards.clear()
-        self._first = 0
+        self._history = StepHistory()
         self._episode_start[:] = 0
         self._cut_until[:] = 0
+        self._next_cut = 2 * self.segment_length
         self._episode_seed = [self._seed_of_new_episode(i) for i in range(self.num_envs)]
         self._last_obs = self._as_array(obs)
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions_in_flight = np.array(actions)
+        self._actions_in_flight = np.asarray(actions)
         self.venv.step_async(actions)
 
     def step_wait(self) -> VecEnvStepReturn:
         obs, rewards, dones, infos = self.venv.step_wait()
         assert self._last_obs is not None and self._actions_in_flight is not None, "step before reset"
         self.num_timesteps += self.num_envs
-        self._obs.append(self._last_obs)
-        self._actions.append(self._actions_in_flight)
-        self._rewards.append(np.asarray(rewards, dtype=np.float32))
-        now = self._first + len(self._obs)  # history index after this step
+        now = self._history.append(self._last_obs, self._actions_in_flight, rewards)  # history index after this step
         if dones.any():
-            for index in np.flatnonzero(dones):
+            for index in np.flatnonzero(dones).tolist():
                 terminated = not infos[index].get("TimeLimit.truncated", False)
-                self._cut(int(index), now, terminated)
+                self._cut(index, now, terminated)
                 self._episode_start[index] = now
                 self._cut_until[index] = 0
-                self._episode_seed[index] = self._seed_of_new_episode(int(index))
-            self._drop_history_before(int(self._episode_start.min()))
-        running = now - self._episode_start
-        for index in np.flatnonzero(running - self._cut_until >= 2 * self.segment_length):
-            self._cut(int(index), now, terminated=False)
+                self._episode_seed[index] = self._seed_of_new_episode(index)
+            self._history.drop_before(int(self._episode_start.min()))
+            self._next_cut = self._first_due_cut()
+        if now >= self._next_cut:  # a scalar test per step; the per-env one only when some env is due
+            running = now - self._episode_start
+            for index in np.flatnonzero(running - self._cut_until >= 2 * self.segment_length).tolist():
+                self._cut(index, now, terminated=False)
+            self._next_cut = self._first_due_cut()
         self._last_obs = self._as_array(obs)
         return obs, rewards, dones, infos
+
+    def _first_due_cut(self) -> int:
+        """The first history index at which some running episode has ``2 L`` steps not yet cut."""
+        return int((self._episode_start + self._cut_until).min()) + 2 * self.segment_length
 
     def _cut(self, index: int, end: int, terminated: bool) -> None:
         """Cut the segments of env ``index``'s episode that start after what was cut before."""
         seed = self._episode_seed[index]
-        begin = int(self._episode_start[index]) - self._first
-        stop = end - self._first
-        if seed is None or stop <= begin:
+        begin = int(self._episode_start[index])
+        if seed is None or end <= begin:
             return
-        # One C-level conversion of the history slice, then this env's column (a Python loop over
-        # steps would cost more than the rest of the recorder together); observations and rewards
-        # only from where the new segments can start.
-        from_row = begin + int(self._cut_until[index])
+        # Observations and rewards only from where the new segments can start; the actions from
+        # the reset (segments keep them to replay their episode), as a copy that owns its memory.
+        from_step = int(self._cut_until[index])
+        obs, rewards = self._history.column(index, begin + from_step, end)
+        actions, _ = self._history.column(index, begin, end, actions=True)
         self.buffer.extend(
             cut_segments(
-                np.asarray(self._obs[from_row:stop])[:, index],
-                np.asarray(self._actions[begin:stop])[:, index],
-                np.asarray(self._rewards[from_row:stop])[:, index],
+                obs, actions.copy(), rewards,
                 terminated=terminated, episode_seed=seed, segment_length=self.segment_length,
                 rng=self._rngs[index], env_step=self.num_timesteps, segments_per_step=self.segments_per_step,
-                from_step=int(self._cut_until[index]),
+                from_step=from_step,
             )
         )
         # the next cut starts where no whole segment fitted yet
-        self._cut_until[index] = max(int(self._cut_until[index]), stop - begin - self.segment_length + 1)
+        self._cut_until[index] = max(from_step, end - begin - self.segment_length + 1)
 
-    def _drop_history_before(self, index: int) -> None:
-        drop = index - self._first
-        if drop > 0:
-            del self._obs[:drop], self._actions[:drop], self._rewards[:drop]
-            self._first = index
+
+class StepHistory:
+    """The observations, actions and true rewards of every env over the recent vector steps, as
+    three growing arrays ``(T, n_envs, ...)``: one row copy per step, and an env's episode is a
+    strided view of its column (no per-step Python objects to gather when it is cut).
+
+    Rows are in the dtypes segments keep (:func:`~prefloop.envs.segments.as_stored_observations`:
+    uint8 observations stay uint8, others float32; integer actions int64, others float32; rewards
+    float32), converted as they are copied in, exactly as converting at the cut would.
+    Steps are numbered by a history index that never resets; :meth:`drop_before` forgets old
+    steps, whose rows are reused once the arrays are full.
+    """
+
+    def __init__(self, capacity: int = 256):
+        self._capacity = capacity
+        self._obs: np.ndarray | None = None
+        self._actions: np.ndarray | None = None
+        self._rewards: np.ndarray | None = None
+        self._first = 0  # history index of row 0
+        self._keep_from = 0  # history index of the oldest step still needed
+        self._rows = 0  # rows written
+
+    def __len__(self) -> int:
+        return self._first + self._rows - self._keep_from
+
+    def append(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray) -> int:
+        """Copy one vector step in: ``obs (n_envs, *obs_shape)``, ``actions (n_envs, *act_shape)``,
+        ``rewards (n_envs,)``. Returns the history index after this step."""
+        if self._obs is None or self._actions is None or self._rewards is None:
+            self._obs, self._actions, self._rewards = self._allocate(obs, actions, rewards)
+        elif actions.dtype.kind not in "iu" and self._actions.dtype == np.int64:
+            self._actions = self._actions.astype(np.float32)  # float actions after integer ones
+        if self._rows == len(self._obs):
+            self._make_room()
+        row = self._rows
+        self._obs[row] = obs
+        self._actions[row] = actions
+        self._rewards[row] = rewards
+        self._rows += 1
+        return self._first + self._rows
+
+    def drop_before(self, index: int) -> None:
+        """Steps before history index ``index`` are no longer needed."""
+        self._keep_from = max(self._keep_from, index)
+
+    def column(self, env: int, begin: int, end: int, actions: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Env ``env``'s steps ``begin <= i < end`` (history indices): ``(obs, rewards)`` views, or
+        ``(actions, rewards)`` with ``actions=True``. Views of the history: copy what must outlive
+        the next :meth:`append`."""
+        assert self._obs is not None and self._actions is not None and self._rewards is not None
+        if begin < self._keep_from:
+            raise IndexError(f"history index {begin} was dropped (kept from {self._keep_from})")
+        rows = slice(begin - self._first, end - self._first)
+        return (self._actions if actions else self._obs)[rows, env], self._rewards[rows, env]
+
+    def _allocate(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cap = self._capacity
+        obs_dtype = np.uint8 if obs.dtype == np.uint8 else np.float32
+        act_dtype = np.int64 if np.issubdtype(actions.dtype, np.integer) else np.float32
+        return (
+            np.empty((cap, *obs.shape), dtype=obs_dtype),
+            np.empty((cap, *actions.shape), dtype=act_dtype),
+            np.empty((cap, *np.shape(rewards)), dtype=np.float32),
+        )
+
+    def _make_room(self) -> None:
+        """Move the kept rows to the front, into arrays 1.5 times as long when they would be over
+        two thirds full: at most two row copies per appended row on average, and at most about
+        1.5 times the memory of the kept steps (image observations make rows large)."""
+        assert self._obs is not None and self._actions is not None and self._rewards is not None
+        drop = self._keep_from - self._first
+        kept = self._rows - drop
+        arrays = []
+        for old in (self._obs, self._actions, self._rewards):
+            grown = 3 * kept > 2 * len(old)
+            new = np.empty((kept * 3 // 2 + 64, *old.shape[1:]), dtype=old.dtype) if grown else old
+            new[:kept] = old[drop : self._rows]  # overlapping only towards the front: safe
+            arrays.append(new)
+        self._obs, self._actions, self._rewards = arrays
+        self._first, self._rows = self._keep_from, kept

@@ -48,6 +48,7 @@ from torch import nn
 from prefloop.import_paths import describe
 from prefloop.types import Segment
 
+from .numpy_forward import INPUT_CLIP, LEAKY_SLOPE, mean_reward
 from .spaces import SpaceEncoder, make_encoder
 
 MemberFactory = Callable[[gym.Space, gym.Space], nn.Module]
@@ -59,11 +60,7 @@ Discrete), standardised; ``reward`` ``(B,)`` or ``(B, 1)``."""
 
 # Rows per forward pass when scoring many segments, to bound memory (rows * hidden * members).
 _CHUNK_ROWS = 32_768
-_LEAKY_SLOPE = 0.01
 MIN_REWARD_SCALE = 1e-6
-# Standardised inputs are clipped here, so a state far outside the labelled data (a policy
-# exploring somewhere new) cannot drive the reward to extremes by extrapolation.
-INPUT_CLIP = 10.0
 # Feature standard deviations are floored here: a feature that was (nearly) constant in the
 # labelled data must not be blown up when it later varies.
 MIN_INPUT_STD = 0.05
@@ -258,7 +255,7 @@ class RewardEnsemble(nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b, h, w)
             if i < last:
-                h = nn.functional.leaky_relu(h, _LEAKY_SLOPE)
+                h = nn.functional.leaky_relu(h, LEAKY_SLOPE)
         return h.squeeze(-1)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -315,20 +312,19 @@ class RewardEnsemble(nn.Module):
         if self.member_factory is not None:
             return self._predict_torch(obs, actions)
         obs, actions = self._checked(obs, actions)
-        weights, biases, scale, mean, inv_std = self._numpy_snapshot()
+        if len(obs) <= _CHUNK_ROWS:  # every env step: no output buffer to fill chunk by chunk
+            return self._predict_numpy(obs, actions)
         out = np.empty(len(obs), dtype=np.float32)
         for start in range(0, len(obs), _CHUNK_ROWS):
             sl = slice(start, start + _CHUNK_ROWS)
-            h = np.concatenate(
-                (self.obs_encoder.encode_numpy(obs[sl]), self.action_encoder.encode_numpy(actions[sl])), axis=1
-            )
-            h = np.clip((h - mean) * inv_std, -INPUT_CLIP, INPUT_CLIP)[None]
-            for i, (w, b) in enumerate(zip(weights, biases)):
-                h = h @ w + b
-                if i < len(weights) - 1:
-                    h = np.maximum(h, _LEAKY_SLOPE * h)  # leaky ReLU (slope < 1)
-            out[sl] = h[..., 0].mean(axis=0) / scale
+            out[sl] = self._predict_numpy(obs[sl], actions[sl])
         return out
+
+    def _predict_numpy(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """:meth:`predict` of checked rows ``(B, ...)`` -> ``(B,)`` float32, in numpy."""
+        weights, biases, scale, mean, inv_std = self._numpy_snapshot()
+        features = np.concatenate((self.obs_encoder.encode_numpy(obs), self.action_encoder.encode_numpy(actions)), axis=1)
+        return mean_reward(features, weights, biases, mean, inv_std, scale)
 
     @torch.inference_mode()
     def _predict_torch(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:

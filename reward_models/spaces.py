@@ -179,8 +179,10 @@ class DiscreteEncoder(SpaceEncoder):
         _check_integral(x, self.start, self.start + self.n - 1, self.role, self.space)
 
     def encode_numpy(self, x: np.ndarray) -> np.ndarray:
-        idx = np.rint(np.asarray(x).reshape(len(x), -1)[:, 0]).astype(np.int64) - self.start
-        return self._eye[np.clip(idx, 0, self.n - 1)]
+        values = np.asarray(x).reshape(len(x), -1)[:, 0]
+        # Integers need no rounding (SB3's Discrete actions are int64); minimum/maximum is np.clip without its wrapper.
+        idx = (values if values.dtype.kind in "iu" else np.rint(values)).astype(np.int64) - self.start
+        return self._eye[np.minimum(np.maximum(idx, 0), self.n - 1)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         idx = _to_index(self._flatten(x)[:, 0], self.start)
@@ -240,9 +242,10 @@ def _check_integral(x: np.ndarray, low: Any, high: Any, role: str, space: gym.Sp
     arr = np.asarray(x)
     if arr.size == 0:
         return
-    if arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
+    if arr.dtype.kind == "f" and not (arr == np.round(arr)).all():
         raise ValueError(f"{role} values must be integers for {space!r}, got non-integral floats")
-    if np.any(arr < low) or np.any(arr > high):
+    # Array methods, not np.any: this checks every env step's actions, and np.any's wrapper costs more than the test.
+    if (arr < low).any() or (arr > high).any():
         raise ValueError(
             f"{role} values out of range for {space!r}: min {arr.min()}, max {arr.max()}"
         )

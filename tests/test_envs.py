@@ -224,7 +224,7 @@ def test_vec_recorder_segments_match_a_replay_of_their_episode_in_every_env() ->
                 assert seg.true_rewards[t - seg.start_step] == reward
         assert terminated == seg.terminated
     # the history of finished episodes is dropped, not kept forever
-    assert len(recorder._obs) < 200
+    assert recorder.history_steps < 200
 
 
 def test_long_episodes_give_segments_before_they_end() -> None:

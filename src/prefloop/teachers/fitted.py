@@ -325,13 +325,14 @@ def fit_rater(answers: RaterAnswers, bootstrap: int = 200, seed: int = 0) -> Rat
 
 def answers_from_store(store: "PreferenceStore", raters: Sequence[str] = ()) -> list[RaterAnswers]:
     """Every rater's live answers in a run (or only ``raters``'), with the true rewards of the
-    segments they compared. Raters with no answers are left out."""
-    labels = store.labels()
+    segments they compared: their labels and their checks (gold pairs and repeats asked only to
+    measure them, :mod:`prefloop.store.rater_checks`; answers to the same two segments all the
+    same). Raters with no answers are left out."""
     wanted = set(raters)
     by_rater: dict[str, list[tuple[int, Choice]]] = {}
-    for label in labels:
-        if not wanted or label.rater_id in wanted:
-            by_rater.setdefault(label.rater_id, []).append((label.pair_id, label.choice))
+    for answer in [*store.labels(), *store.rater_checks()]:
+        if not wanted or answer.rater_id in wanted:
+            by_rater.setdefault(answer.rater_id, []).append((answer.pair_id, answer.choice))
     pairs: dict[int, tuple[Segment, Segment]] = {}
     out = []
     for rater, answered in sorted(by_rater.items()):

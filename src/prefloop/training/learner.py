@@ -78,8 +78,9 @@ class PreferenceLearner:
             teacher is None or recorded.get("teacher") == HUMAN_TEACHER or getattr(teacher, "simulates_people", False)
         )
         # Who gets a gold check and who a label (people in the app route through the same rules).
+        members = [m.rater_id for m in getattr(teacher, "members", None) or ()]
         self.router = RaterRouter(store, CheckPolicy.for_reward_model(config.reward_model, config.probation_checks)
-                                  if self._asks_gold and config.gold_fraction > 0 else None)
+                                  if self._asks_gold and config.gold_fraction > 0 else None, known_raters=members)
         publish_policy(store, self.router.policy)
         # Raises if whoever answers in the background has died (a simulated clock rater), so a
         # wait for labels cannot hang forever; people in the app are not watched here.

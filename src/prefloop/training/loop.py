@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -247,7 +248,8 @@ def _train(
             members = getattr(teacher, "members", None) or [teacher]
             clock_raters = [
                 ClockRater(store_url, config.run_name or "default", member, config.answer_seconds,
-                           config.answer_seconds_sigma, seed=config.seed + 7919 * i, router_for=RaterRouter.for_run)
+                           config.answer_seconds_sigma, seed=config.seed + 7919 * i,
+                           router_for=functools.partial(RaterRouter.for_run, known_raters=[m.rater_id for m in members]))
                 for i, member in enumerate(members)
             ]
             teacher = None

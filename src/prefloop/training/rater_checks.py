@@ -19,7 +19,8 @@ They are not labels and not part of the label budget. With per-rater reliability
 - **Repeats.** After every ``repeat_every`` labels a rater gets one of their own earlier pairs
   again, swapped: their self-consistency, shown on the dashboard and in ``prefloop raters list``.
 
-All three apply once the run has a second rater (registered, or with labels or checks): one person
+All three apply once the run has a second rater (registered, with labels or checks, or a member of a
+simulated crowd): one person
 teaching an agent alone is not slowed down by checks. When no gold check is left for a rater (they have seen every gold pair), a rater on probation
 takes pairs from the queue as usual; a flagged one gets nothing until new gold pairs come.
 """
@@ -119,16 +120,19 @@ class RaterRouter:
     Args:
         store: the run's store.
         policy: the rules; None hands out queue pairs only (``claim_next``).
+        known_raters: raters the run knows will answer before they have (a simulated crowd's
+            members); people are known once registered or once they have answered.
     """
 
-    def __init__(self, store: PreferenceStore, policy: CheckPolicy | None) -> None:
+    def __init__(self, store: PreferenceStore, policy: CheckPolicy | None, known_raters: Iterable[str] = ()) -> None:
         self.store = store
         self.policy = policy
+        self.known_raters = frozenset(known_raters)
 
     @classmethod
-    def for_run(cls, store: PreferenceStore) -> "RaterRouter":
+    def for_run(cls, store: PreferenceStore, known_raters: Iterable[str] = ()) -> "RaterRouter":
         """The router of the run the store holds (its ``check_policy`` meta; off when missing or unreadable)."""
-        return cls(store, CheckPolicy.from_json(store.get_meta(CHECK_POLICY_META)))
+        return cls(store, CheckPolicy.from_json(store.get_meta(CHECK_POLICY_META)), known_raters)
 
     def claim(
         self, rater_id: str, lease_seconds: float = 120.0, *, exclude: Iterable[int] = (), with_clips: bool = False
@@ -155,7 +159,7 @@ class RaterRouter:
         """What the rater gets next: ``"labels"`` (a pair from the queue), ``"probation"`` (a gold
         check first), ``"flagged"`` (gold checks only) or ``"repeat"`` (a repeat check first)."""
         policy = self.policy
-        raters = set(self.store.rater_ids()) | {rater_id}
+        raters = set(self.store.rater_ids()) | self.known_raters | {rater_id}
         if policy is None or len(raters) < 2:  # one person teaching an agent: nothing to tell apart
             return "labels"
         checks = self.store.rater_checks()
