@@ -161,7 +161,14 @@ class RaterSession:
         not_ready = set(self.store.pairs_missing_clips())
         old = [p for p in (self.current, self.next) if p is not None]
         known = {p.pair_id: p for p in old}
-        self.current = self._claim_ready(not_ready, set(), self.lease_seconds, known)
+        # Two checks held (on screen and next): the store hands back the newest open check first,
+        # which is the one prepared next; the one on screen stays first unless it was answered.
+        keep_order = (
+            self.current is not None and self.next is not None and self.current.is_check and self.next.is_check
+            and self.store.is_open_check(self.current.pair_id, self.rater_id)
+        )
+        first_exclude = {self.next.pair_id} if keep_order and self.next is not None else set()
+        self.current = self._claim_ready(not_ready, first_exclude, self.lease_seconds, known)
         self.next = None
         if self.current is not None and self.prefetch:
             self.next = self._claim_ready(
@@ -203,8 +210,10 @@ class RaterSession:
                 return None
             pair, is_check = claimed
             assert pair.id is not None and pair.left.id is not None and pair.right.id is not None
-            if pair.id in known:
+            if pair.id in known and known[pair.id].is_check == is_check:
                 return known[pair.id]
+            # (A gold pair the rater just answered as a check can come next from the queue, as a
+            # label: it must not keep the check's ShownPair, whose answers would go to the check.)
             clips = self.store.get_clips([pair.left.id, pair.right.id])
             if pair.left.id in clips and pair.right.id in clips:
                 (left, mime), (right, _) = clips[pair.left.id], clips[pair.right.id]
@@ -438,9 +447,12 @@ class RaterSession:
         self.refresh()
 
     def labels_today(self) -> int:
-        """The rater's live labels since local midnight."""
+        """The rater's answers since local midnight ("Your answers today"): live labels and
+        answered checks (a check is no label, but it is an answer the rater gave; a rater on
+        probation or flagged would otherwise see their count stand still or fall back)."""
         since = start_of_today(self.clock())
-        return sum(1 for label in self.store.labels(rater_id=self.rater_id) if label.created_at >= since)
+        labels = sum(1 for label in self.store.labels(rater_id=self.rater_id) if label.created_at >= since)
+        return labels + sum(1 for check in self.store.rater_checks(self.rater_id) if check.answered_at >= since)
 
     def take_notices(self) -> list[Notice]:
         notices, self.notices = self.notices, []

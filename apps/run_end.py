@@ -96,7 +96,12 @@ def waiting_view(session: RaterSession, store: PreferenceStore) -> None:
                 "No pairs are waiting right now -- the trainer will add more; this page "
                 "refreshes by itself."
             )
-        st.text(trainer_status_line(progress))  # holds the trainer's message: plain text
+        if not session.queue.checks_only:
+            st.text(trainer_status_line(progress))  # holds the trainer's message: plain text
+        elif progress is not None and progress.fraction_done is not None and progress.status != "finished":
+            # Not "the trainer is waiting for your comparisons": the warning above says there are
+            # none for this rater now.
+            st.text(f"{progress.fraction_done:.0%} of training done.")
         if progress is not None and progress.fraction_done is not None and progress.status != "finished":
             st.progress(progress.fraction_done)
         st.caption(f"Your answers today: **{session.labels_today()}**")

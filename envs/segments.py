@@ -28,6 +28,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from prefloop.stacked_frames import share_stacked_frames
 from prefloop.types import Segment
 
 
@@ -105,19 +106,6 @@ def as_stored_observations(obs: np.ndarray) -> np.ndarray:
     else becomes float32. No copy when the dtype is already right."""
     obs = np.asarray(obs)
     return obs if obs.dtype == np.uint8 else obs.astype(np.float32, copy=False)
-
-
-def share_stacked_frames(obs: np.ndarray) -> np.ndarray:
-    """``obs (T, k, *frame)`` uint8, consecutive steps of one episode: when each step's stack is the
-    previous one's shifted by one frame (the newest last), a read-only view of the same values
-    over one array of the ``T + k - 1`` distinct frames; otherwise ``obs`` itself."""
-    if obs.dtype != np.uint8 or obs.ndim < 3 or obs.shape[1] < 2 or len(obs) < 2:
-        return obs
-    if not np.array_equal(obs[1:, :-1], obs[:-1, 1:]):
-        return obs
-    frames = np.concatenate([obs[0], obs[1:, -1]])  # (k + T - 1, *frame)
-    step = frames.strides[0]
-    return np.lib.stride_tricks.as_strided(frames, shape=obs.shape, strides=(step, *frames.strides), writeable=False)
 
 
 class EpisodeSegmenter:

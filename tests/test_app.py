@@ -383,6 +383,28 @@ def test_empty_queue_waits_calmly_shows_the_trainer_and_picks_up_new_pairs(rated
     assert player(at) is None and "Training has finished" in texts(at.success)
 
 
+def test_a_flagged_rater_with_no_gold_pair_left_is_told_why_not_that_the_trainer_waits_for_them(
+    rated_store: RatedStore,
+) -> None:
+    """Found in Chromium: bob, flagged, read "No pairs for you right now ..." and then "The trainer
+    is waiting for your comparisons" right under it."""
+    from prefloop.training.rater_checks import RATER_RELIABILITY_META, CheckPolicy, publish_policy
+
+    with PreferenceStore(rated_store.url, rated_store.run_name) as store:  # no gold pair in this run
+        publish_policy(store, CheckPolicy())
+        store.add_rater("carl", "carl", "0" * 64)  # a second rater: checks are on
+        store.set_meta(RATER_RELIABILITY_META, json.dumps(
+            {"raters": [{"rater_id": "carl", "flagged": False}, {"rater_id": "bob", "flagged": True}]}))
+        store.set_meta("progress", json.dumps({
+            "status": "waiting_for_labels", "env_step": 2500, "total_steps": 10000, "updated_at": time.time(),
+            "message": "waiting for raters: 3 of 10 pairs answered"}))
+    at = make_app(rated_store, rater="bob")
+    assert player(at) is None and "No pairs for you right now" in texts(at.warning)
+    assert "25% of training done" in texts(at.text)
+    assert "waiting for your comparisons" not in texts(at.text) and "Waiting for raters" not in texts(at.text)
+    assert player(make_app(rated_store, rater="ada")) is not None  # ada gets pairs
+
+
 def test_a_finished_run_says_so_at_once_shows_its_result_and_serves_no_more_pairs(rated_store: RatedStore) -> None:
     at = make_app(rated_store, rater="ada")
     first = player(at)["pair"]["id"]

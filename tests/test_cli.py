@@ -105,6 +105,11 @@ def test_bad_numbers_are_rejected_by_the_parser(capsys) -> None:
         main(["train", "--labels", "-5"])
     assert exc.value.code == 2
     assert "must be > 0" in capsys.readouterr().err
+    for value, said in (("-1", "must be an integer from 0 to 50, got -1"), ("abc", "expected an integer from 0 to 50, got 'abc'")):
+        with pytest.raises(SystemExit) as exc:
+            main(["run", "--env", "CartPole-v1", "--probation-checks", value])
+        assert exc.value.code == 2
+        assert f"argument --probation-checks: {said}" in capsys.readouterr().err  # the flag, not a config field
 
 
 class TupleObsEnv(gym.Env):

@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", (
         "prefloop._moved", "prefloop.types", "prefloop.serialization", "prefloop.credentials",
         "prefloop.untrusted", "prefloop.config_files", "prefloop.cost", "prefloop.metrics",
-        "prefloop.plots", "prefloop.import_paths", "prefloop.structured_obs",
+        "prefloop.plots", "prefloop.import_paths", "prefloop.structured_obs", "prefloop.stacked_frames",
     )),
     ("envs", ("prefloop.envs",)),
     ("reward_models", ("prefloop.reward_models",)),

@@ -53,7 +53,11 @@ def test_pixel_segments_are_uint8_frames_that_change() -> None:
 
 
 def test_store_keeps_pixel_segments_as_uint8_bytes_and_datasets_keep_the_dtype(tmp_path: Path) -> None:
-    segments = pixel_segments()[:4]
+    from prefloop.stacked_frames import distinct_frames
+
+    short = pixel_segments(length=5)  # short enough that some lie inside an episode (a whole stack)
+    segments = ([s for s in short if distinct_frames(s.obs) is None][:2]  # padded after the episode ended
+                + [s for s in short if distinct_frames(s.obs) is not None][:2])
     db = tmp_path / "store.db"
     store = PreferenceStore(sqlite_url(db), run_name="pixels")
     store.add_pairs([SegmentPair(segments[0], segments[1]), SegmentPair(segments[2], segments[3])])
@@ -64,8 +68,12 @@ def test_store_keeps_pixel_segments_as_uint8_bytes_and_datasets_keep_the_dtype(t
     store.close()
     with sqlite3.connect(db) as conn:
         sizes = [row[0] for row in conn.execute("SELECT length(obs) FROM segments")]
-    pixels = segments[0].obs.size  # 20 * 4 * 64 * 96 bytes as uint8
-    assert len(sizes) == 4 and all(pixels <= size < pixels + 256 for size in sizes), (sizes, pixels)
+    stacked = [distinct_frames(s.obs) is not None for s in segments]
+    assert stacked == [False, False, True, True], "pixel CartPole stacks 4 frames: short segments inside an episode"
+    for size, seg, once in zip(sizes, segments, stacked):
+        steps = len(seg.obs)  # 5 steps of 4 x 64 x 96 bytes; once per frame: steps + 3 frames
+        expected = (steps + 3) * 64 * 96 if once else seg.obs.size
+        assert expected <= size < expected + 256, (sizes, stacked)
 
     dataset = load_dataset(export_dataset(sqlite_url(db), "pixels", tmp_path / "export").path)
     assert all(s.obs.dtype == np.uint8 for s in dataset.segments)
@@ -199,3 +207,26 @@ def test_train_command_picks_the_cnn_torso(tmp_path: Path) -> None:
     assert build_train_config(args).reward_model.cnn == "christiano"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--env", PIXEL_CARTPOLE_ID, "--reward-cnn", "resnet"])
+
+
+def test_stacked_frames_go_to_the_store_once_per_frame_and_come_back_the_same() -> None:
+    from prefloop.serialization import array_to_bytes
+    from prefloop.stacked_frames import STACKED_MAGIC, obs_from_bytes, obs_to_bytes
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(13, 12, 10), dtype=np.uint8)
+    obs = np.stack([frames[t : t + 4] for t in range(10)])  # (10, 4, 12, 10): a 4-frame stack
+    blob = obs_to_bytes(obs)
+    assert blob.startswith(STACKED_MAGIC) and len(blob) < 0.4 * obs.nbytes
+    back = obs_from_bytes(blob)
+    assert back.shape == obs.shape and back.dtype == np.uint8 and not back.flags.writeable
+    np.testing.assert_array_equal(back, obs)
+    # not a stack (or not uint8): plain .npy, as earlier prefloop wrote it -- and that still reads
+    for other in (rng.integers(0, 256, size=(5, 3, 8, 8), dtype=np.uint8), obs.astype(np.float32)):
+        assert obs_to_bytes(other) == array_to_bytes(other)
+        np.testing.assert_array_equal(obs_from_bytes(array_to_bytes(other)), other)
+    # a damaged blob is one clear error, not garbage frames
+    with pytest.raises(ValueError, match="damaged"):
+        obs_from_bytes(STACKED_MAGIC)
+    with pytest.raises(ValueError, match="damaged"):
+        obs_from_bytes(STACKED_MAGIC + bytes([40]) + blob[len(STACKED_MAGIC) + 1 :])

@@ -158,8 +158,10 @@ def test_the_rater_app_serves_probation_checks_first_and_undo_takes_a_check_back
     first = ann.current.pair_id
     ann.answer(first, "left", 3.0)
     assert store.counts()["labels"] == 0 and len(store.rater_checks("ann")) == 1
+    assert ann.labels_today() == 1  # "Your answers today" counts a check: the rater gave an answer
     ann.undo()
     assert store.rater_checks("ann") == [] and ann.current.pair_id == first  # shown again to answer anew
+    assert ann.labels_today() == 0
     for _ in range(2):  # right answers (two wrong ones of two would flag ann: checks only)
         ann.answer(ann.current.pair_id, gold_of(store.get_pair(ann.current.pair_id)).value, 3.0)
     assert len(store.rater_checks("ann")) == 2
@@ -236,3 +238,88 @@ def test_a_training_run_with_a_crowd_checks_its_raters_and_gives_the_adversary_n
     assert labels.count("sim-adversarial-1") == 0 and len(labels) >= 30
     assert tally["sim-adversarial-1"][1] == tally["sim-adversarial-1"][0] >= 3  # every decided check wrong
     assert rows["sim-adversarial-1"]["gets"] == "checks only"
+
+
+def test_a_gold_pair_checked_then_served_from_the_queue_is_answered_as_a_label(tmp_path) -> None:
+    """Found trying the app with two raters: when probation ends, the gold pair the rater just
+    checked (or the one prepared next as a check) can come from the queue as a label. The session
+    used to keep the pair's old check view, so every answer went to the answered check (a no-op)
+    and the same pair came back forever: answers lost, the rater stuck."""
+    from prefloop.apps.rating import RaterSession
+
+    store = store_with(tmp_path, n_pairs=0, n_gold=2)  # a queue of gold pairs only
+    for pair_id in (1, 2):
+        pair = store.get_pair(pair_id)
+        for segment in (pair.left, pair.right):
+            store.put_clip(segment.id, b"clip", "video/mp4")
+    publish_policy(store, CheckPolicy(probation_checks=1))
+    register(store, "ann", "bob")
+    ann = RaterSession(store, "ann")
+    ann.refresh()
+    assert ann.current.is_check and ann.next.is_check
+    checked = ann.current.pair_id
+    ann.answer(checked, gold_of(store.get_pair(checked)).value, 3.0)  # probation over
+    assert not ann.current.is_check and not ann.next.is_check  # queue pairs now, the same gold pairs
+    for expected_labels in (1, 2):
+        ann.answer(ann.current.pair_id, "left", 3.0)
+        assert store.counts()["labels"] == expected_labels and ann.take_notices() == []
+    assert len(store.rater_checks("ann")) == 1 and ann.current is None  # nothing left: not stuck
+
+
+def test_two_checks_prepared_at_once_keep_their_order_on_screen(tmp_path) -> None:
+    """Found in Chromium: when a repeat falls due, the pair on screen and the one prepared next
+    are both new checks; the store hands back the newest open check first, so the page's next
+    refresh swapped them and the pair changed under the rater's eyes."""
+    from prefloop.apps.rating import RaterSession
+
+    store = store_with(tmp_path, n_pairs=20, n_gold=1)
+    for pair_id in range(1, 22):
+        pair = store.get_pair(pair_id)
+        for segment in (pair.left, pair.right):
+            store.put_clip(segment.id, b"clip", "video/mp4")
+    publish_policy(store, CheckPolicy(probation_checks=1, repeat_every=4))
+    register(store, "ann", "bob")
+    now = [1000.0]
+    ann = RaterSession(store, "ann", clock=lambda: now[0])
+    ann.refresh()
+    seen_two_checks = False
+    for _ in range(16):
+        now[0] += 3.0
+        ann.answer(ann.current.pair_id, "left", 3.0)
+        if ann.current is None:
+            break
+        shown = (ann.current.pair_id, ann.next and ann.next.pair_id)
+        seen_two_checks |= ann.current.is_check and ann.next is not None and ann.next.is_check
+        for _ in range(2):  # the page's heartbeats until the rater answers
+            now[0] += 1.0
+            ann.heartbeat()
+            assert (ann.current.pair_id, ann.next and ann.next.pair_id) == shown
+    assert seen_two_checks and len(store.rater_checks("ann", "repeat")) >= 2
+
+
+def test_raters_list_says_who_the_last_fit_found_unreliable(tmp_path, capsys) -> None:
+    """Found trying it: the trainer said "raters flagged as unreliable: bob" while `raters list`
+    showed bob's "flags" as "-" (that column counts flagged labels, too_fast and time_cut)."""
+    from prefloop.cli.main import main
+
+    store = store_with(tmp_path, n_pairs=2, n_gold=0)
+    register(store, "ann", "bob", "cid")
+    publish_policy(store, CheckPolicy())
+    store.set_meta(RATER_RELIABILITY_META, json.dumps({"raters": [
+        {"rater_id": "ann", "error_rate": 0.02, "flagged": False},
+        {"rater_id": "bob", "error_rate": 0.44, "flagged": True},
+    ]}))
+    url = store.url
+    store.close()
+    assert main(["raters", "list", "--db-url", url, "--run-name", "checks"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()[1:4]}
+    assert "est. error" in out.splitlines()[0] and "label flags" in out.splitlines()[0]
+    assert "0.44 unreliable" in lines["bob"] and "checks only" in lines["bob"]
+    assert "0.02" in lines["ann"] and "unreliable" not in lines["ann"]
+    assert lines["cid"].split()[-2:] == ["-", "-"]  # not judged by a fit yet; no flagged labels
+    assert "weight 0" in out
+    assert main(["raters", "list", "--db-url", url, "--run-name", "checks", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert (rows["bob"]["error_rate"], rows["bob"]["unreliable"]) == (0.44, True)
+    assert (rows["cid"]["error_rate"], rows["cid"]["unreliable"]) == (None, None)

@@ -169,7 +169,8 @@ def test_raters_add_prints_a_link_and_stores_only_its_hash(tmp_path: Path, capsy
     assert cli_main(["raters", "list", "--run-dir", str(run_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == [
         {"name": "alice", "registered": True, "onboarded": False, "labels": 0, "flags": {},
-         "checks": 0, "checks_right": 0, "repeats": 0, "repeats_same": 0, "gets": "labels"}]
+         "checks": 0, "checks_right": 0, "repeats": 0, "repeats_same": 0, "gets": "labels",
+         "error_rate": None, "unreliable": None}]
 
 
 def test_attack_undo_reaches_only_the_sessions_own_answers(store: PreferenceStore, clock: Clock) -> None:

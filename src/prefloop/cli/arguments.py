@@ -75,6 +75,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+def int_between(low: int, high: int):
+    """An argparse type: an integer from ``low`` to ``high`` (the error names the flag, in one line)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got {value}")
+        return value
+
+    parse.__name__ = f"integer from {low} to {high}"
+    return parse
+
+
 def seconds(text: str) -> float:
     try:
         value = float(text)
@@ -144,7 +160,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of quality-control pairs with a known answer (default 0.05), for raters who answer "
                         "in their own time (people, --answer-seconds) and replays of a human run")
     parser.add_argument("--raters-per-pair", type=positive_int, default=1, help="labels per pair (>1 measures rater agreement)")
-    parser.add_argument("--probation-checks", type=int, default=5, metavar="N",
+    parser.add_argument("--probation-checks", type=int_between(0, 50), default=5, metavar="N",
                         help="several raters, reliability: each rater's first N answers are checks on gold pairs (they "
                         "measure the rater and are not labels), and a flagged rater gets checks only; 0 turns both off (default 5)")
     parser.add_argument("--unsupervised-steps", type=int, default=None,

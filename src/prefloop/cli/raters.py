@@ -198,10 +198,13 @@ def rater_summary(store: PreferenceStore) -> list[dict[str, object]]:
     by flag, gold checks answered (and how many right), repeats answered (and how many the same
     as before), and what the rater gets next (``labels``, ``probation``: a gold check first,
     ``checks only``: flagged, ``a repeat``;
-    :mod:`prefloop.training.rater_checks`)."""
-    from prefloop.training.rater_checks import RaterRouter
+    :mod:`prefloop.training.rater_checks`), and the error rate the last reward-model fit estimated
+    (``error_rate``, None before any fit has judged the rater) with whether it flagged them
+    (``unreliable``: their labels get weight 0)."""
+    from prefloop.training.rater_checks import RATER_RELIABILITY_META, RaterRouter
 
     router = RaterRouter.for_run(store)
+    estimates = _fit_estimates(store.get_meta(RATER_RELIABILITY_META))
     checks = store.rater_checks()
     registered = {r["name"]: r for r in store.raters()}
     labels = store.labels()
@@ -225,8 +228,26 @@ def rater_summary(store: PreferenceStore) -> list[dict[str, object]]:
             "repeats": sum(c.rater_id == name and c.kind == "repeat" for c in checks),
             "repeats_same": sum(c.rater_id == name and c.kind == "repeat" and c.agrees for c in checks),
             "gets": {"flagged": "checks only", "repeat": "a repeat"}.get(mode := router.mode(name), mode),
+            "error_rate": estimates.get(name, (None, None))[0],
+            "unreliable": estimates.get(name, (None, None))[1],
         })
     return rows
+
+
+def _fit_estimates(raw: str | None) -> dict[str, tuple[float | None, bool | None]]:
+    """Per rater, ``(estimated error rate, flagged)`` from the last fit's run meta; {} without one."""
+    try:
+        data = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    entries = data.get("raters") if isinstance(data, dict) else None
+    found: dict[str, tuple[float | None, bool | None]] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("rater_id"), str):
+            rate = entry.get("error_rate")
+            ok = isinstance(rate, (int, float)) and not isinstance(rate, bool) and math.isfinite(rate)
+            found[entry["rater_id"]] = (float(rate) if ok else None, bool(entry.get("flagged")))
+    return found
 
 
 def cmd_raters_list(args: argparse.Namespace) -> int:
@@ -239,13 +260,18 @@ def cmd_raters_list(args: argparse.Namespace) -> int:
         print("no raters yet: add one with `prefloop raters add NAME --run-dir DIR`")
         return 0
     print(f"{'rater':<24} {'link':<5} {'onboarded':<9} {'labels':>6} {'gold right':>10} {'repeats same':>12}  "
-          f"{'gets next':<11}  flags")
+          f"{'gets next':<11}  {'est. error':<16}  label flags")
     for row in rows:
         flags = ", ".join(f"{k} {v}" for k, v in row["flags"].items()) or "-"  # type: ignore[union-attr]
         gold, repeats = f"{row['checks_right']}/{row['checks']}", f"{row['repeats_same']}/{row['repeats']}"
+        rate = row["error_rate"]
+        error = "-" if rate is None else f"{rate:.2f}" + (" unreliable" if row["unreliable"] else "")
         print(f"{row['name']!s:<24} {'yes' if row['registered'] else 'no':<5} "
               f"{'yes' if row['onboarded'] else 'no':<9} {row['labels']:>6} {gold:>10} {repeats:>12}  "
-              f"{row['gets']!s:<11}  {flags}")
+              f"{row['gets']!s:<11}  {error:<16}  {flags}")
+    if any(row["unreliable"] for row in rows):
+        print("est. error: the error rate the last reward-model fit estimated; an unreliable rater's labels get "
+              "weight 0 (kept, not deleted). label flags: answers the server flagged (too_fast, time_cut).")
     return 0
 
 

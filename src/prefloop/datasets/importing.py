@@ -38,6 +38,7 @@ from prefloop.datasets.format import (
 )
 from prefloop.datasets.load import load_dataset
 from prefloop.serialization import array_to_bytes
+from prefloop.stacked_frames import obs_to_bytes
 from prefloop.store import (
     ANSWERED,
     PENDING,
@@ -165,7 +166,7 @@ def _write_dataset(
     for seg in dataset.segments:
         row = {
             "run_id": run_id,
-            "obs": array_to_bytes(seg.obs),
+            "obs": obs_to_bytes(seg.obs),
             "actions": array_to_bytes(seg.actions),
             "true_rewards": array_to_bytes(seg.true_rewards),
             "episode_actions": array_to_bytes(seg.episode_actions),

@@ -201,8 +201,9 @@ def sign_in(store: PreferenceStore, raw_name: object, key: object, *, open_enrol
         if secret_matches(record["secret_hash"], key):
             return SignIn(name)
         raise IdentityError(
-            f"The name {name} is already taken in this run. If it is yours, open your personal "
-            "link (the one with &key=...); otherwise choose another name."
+            f"The name {name} is already taken in this run. If it is yours, come back in the browser "
+            "you used before (it remembers you), or open your personal link, or ask the person running "
+            "the training for a new one; otherwise choose another name."
         )
     if not open_enrolment:
         raise IdentityError(

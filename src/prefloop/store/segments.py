@@ -12,6 +12,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
 from prefloop.serialization import array_from_bytes, array_to_bytes
+from prefloop.stacked_frames import obs_from_bytes, obs_to_bytes
 from prefloop.store.base import StoreBase
 from prefloop.store.checks import as_id, validate_segment
 from prefloop.store.engine import IN_CHUNK, chunks
@@ -60,7 +61,7 @@ class SegmentsMixin(StoreBase):
     def _segment_row(self, seg: Segment) -> dict[str, Any]:
         return {
             "run_id": self._run_id,
-            "obs": array_to_bytes(seg.obs),
+            "obs": obs_to_bytes(seg.obs),
             "actions": array_to_bytes(seg.actions),
             "true_rewards": array_to_bytes(seg.true_rewards),
             "episode_actions": array_to_bytes(seg.episode_actions),
@@ -126,7 +127,7 @@ class SegmentsMixin(StoreBase):
 
 def segment_from_row(row: Any) -> Segment:
     return Segment(
-        obs=array_from_bytes(row.obs),
+        obs=obs_from_bytes(row.obs),
         actions=array_from_bytes(row.actions),
         true_rewards=array_from_bytes(row.true_rewards),
         n_valid=int(row.n_valid),

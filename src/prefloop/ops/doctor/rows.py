@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from prefloop.ops.doctor.report import ERROR, INFO, DoctorReport, listed_ids
 from prefloop.serialization import array_from_bytes
+from prefloop.stacked_frames import obs_from_bytes
 from prefloop.store import ANSWERED, CLAIMED, PENDING, WITHDRAWN, labels_table, pairs_table, segments_table
 
 _SEGMENT_CHUNK = 200
@@ -89,7 +90,8 @@ def _segment_problem(row: Any) -> str | None:
     arrays = {}
     for column in ("obs", "actions", "true_rewards", "episode_actions"):
         try:
-            arrays[column] = array_from_bytes(row._mapping[column])
+            decode = obs_from_bytes if column == "obs" else array_from_bytes
+            arrays[column] = decode(row._mapping[column])
         except Exception as exc:  # any decoding failure is the finding itself
             return f"{column} does not decode ({type(exc).__name__}: {exc})"
     length = int(row.length)
