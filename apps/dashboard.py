@@ -409,6 +409,10 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
     with right:
         st.subheader("Accuracy on gold pairs")
         rows_gold = [row for row in gold_accuracy(labels, gold) if row.answered]
+        # Labels only: a rater's gold checks (not labels) are in "Rater quality" below, and a rater
+        # with 0/5 checks right there must not look contradicted by a 100% here.
+        checks_note = (" Gold checks (gold pairs asked only to measure a rater, not labels) are under "
+                       "Rater quality below." if store.rater_checks(kind="gold") else "")
         if rows_gold:
             frame = pd.DataFrame(
                 {"rater": [plain_text(r.rater_id, 40) for r in rows_gold], "accuracy": [r.accuracy for r in rows_gold]}
@@ -416,9 +420,10 @@ def render_dashboard(store: Any, now: float | None = None) -> None:
             st.bar_chart(frame, y="accuracy", horizontal=True, height=200)
             total_correct = sum(r.correct for r in rows_gold)
             total = sum(r.answered for r in rows_gold)
-            st.caption(f"All raters: {total_correct} of {total} gold pairs right ({total_correct / total:.0%}).")
+            st.caption(f"Labels on gold pairs, all raters: {total_correct} of {total} right "
+                       f"({total_correct / total:.0%}).{checks_note}")
         else:
-            st.info("No gold pair (a pair with a known answer) has been answered yet.")
+            st.info(f"No gold pair (a pair with a known answer) has been labelled yet.{checks_note}")
 
     from prefloop.apps.rater_quality import render_rater_quality
 

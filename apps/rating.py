@@ -375,7 +375,10 @@ class RaterSession:
             self.answered_until = started + seconds
 
     def _over_rate_limit(self, now: float) -> bool:
-        return self.store.count_labels_since(self.rater_id, now - 60.0) >= self.max_answers_per_minute
+        """Labels and checks alike: a burst of answers to checks is no more careful than one to labels."""
+        since = now - 60.0
+        checks = sum(c.answered_at >= since for c in self.store.rater_checks(self.rater_id))
+        return self.store.count_labels_since(self.rater_id, since) + checks >= self.max_answers_per_minute
 
     def _flag(self, label_id: int, seconds: float, claimed: float, shown: ShownPair | None) -> None:
         """Mark what the server's clock says about this answer (data, never a deletion)."""

@@ -39,7 +39,9 @@ def main() -> None:
             ax_ret.text(i, 0.02, label, ha="center", fontsize=7)
         ax_ret.axhline(1.0, ls="--", color="k", lw=0.8)
         ax_ret.axhline(0.9, ls=":", color="tab:green", lw=0.8, label="goal 0.9")
-        ax_ret.set(xticks=[], ylabel="normalized return (dots: seeds)", title=f"{env}: 200 labels from a crowd of five")
+        crowd = groups[0]["teacher"].removesuffix(" (plain loss)").removeprefix("crowd:")
+        ax_ret.set(xticks=[], ylabel="normalized return (dots: seeds)",
+                   title=f"{env}: {groups[0]['labels']} labels from the crowd {crowd}")
         ax_ret.legend(fontsize=7, loc="lower right")
         reliable = sorted((g for g in groups if g.get("rater_error_rates")), key=lambda g: -len(g["rater_error_rates"]))
         if reliable:

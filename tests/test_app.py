@@ -477,7 +477,12 @@ def test_dashboard_needs_the_admin_token_and_shows_the_run(rated_store: RatedSto
     assert metrics["Same answer (rater pairs)"] == "50%"  # pair a agreed, the gold pair did not
     charts = [e for e in at.get("arrow_vega_lite_chart")] + [e for e in at.get("vega_lite_chart")]
     assert len(charts) >= 5  # per hour, per rater, validation accuracy, returns, gold accuracy
-    assert "1 of 2 gold pairs right" in texts(at.caption)
+    assert "Labels on gold pairs, all raters: 1 of 2 right" in texts(at.caption)
+    assert "Gold checks" not in texts(at.caption)  # this run has none
+    with PreferenceStore(rated_store.url, rated_store.run_name) as store:  # cid fails a gold check
+        store.answer_check(store.claim_check("cid").id, "cid", "left", 2.0)
+    at.run()
+    assert "Gold checks (gold pairs asked only to measure a rater, not labels) are under Rater quality" in texts(at.caption)
 
 
 def test_dashboard_says_there_is_no_accuracy_yet_instead_of_an_empty_chart(rated_store: RatedStore) -> None:

@@ -28,9 +28,9 @@ def gold_of(pair: SegmentPair) -> Choice:
     return Choice.RIGHT if pair.right.true_return > pair.left.true_return else Choice.LEFT
 
 
-def store_with(tmp_path, n_pairs: int, n_gold: int, seed: int = 0) -> PreferenceStore:
+def store_with(tmp_path, n_pairs: int, n_gold: int, seed: int = 0, **store_kwargs) -> PreferenceStore:
     segments = random_segments(2 * (n_pairs + n_gold), np.random.default_rng(seed))
-    store = PreferenceStore(sqlite_url(tmp_path / "prefs.sqlite"), run_name="checks")
+    store = PreferenceStore(sqlite_url(tmp_path / "prefs.sqlite"), run_name="checks", **store_kwargs)
     pairs = [SegmentPair(segments[2 * i], segments[2 * i + 1]) for i in range(n_pairs + n_gold)]
     store.add_pairs(pairs[:n_pairs])
     for pair in pairs[n_pairs:]:
@@ -323,3 +323,23 @@ def test_raters_list_says_who_the_last_fit_found_unreliable(tmp_path, capsys) ->
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert (rows["bob"]["error_rate"], rows["bob"]["unreliable"]) == (0.44, True)
     assert (rows["cid"]["error_rate"], rows["cid"]["unreliable"]) == (None, None)
+
+
+def test_the_rate_limit_counts_answers_to_checks_too(tmp_path) -> None:
+    from prefloop.apps.rating import RaterSession
+
+    now = [1_800_000_000.0]
+    store = store_with(tmp_path, n_pairs=4, n_gold=6, clock=lambda: now[0])  # the app and the store share a clock
+    for pair_id in range(1, 11):
+        pair = store.get_pair(pair_id)
+        for segment in (pair.left, pair.right):
+            store.put_clip(segment.id, b"clip", "video/mp4")
+    publish_policy(store, CheckPolicy(probation_checks=5))
+    register(store, "ann", "bob")
+    ann = RaterSession(store, "ann", clock=lambda: now[0], max_answers_per_minute=3)
+    ann.refresh()
+    for _ in range(5):  # five checks in ten seconds: the fourth and fifth are refused, not stored
+        now[0] += 2.0
+        ann.answer(ann.current.pair_id, gold_of(store.get_pair(ann.current.pair_id)).value, 2.0)
+    assert len(store.rater_checks("ann")) == 3
+    assert "more than 3 answers in a minute" in ann.take_notices()[-1].text

@@ -47,6 +47,8 @@ class QueueMixin(SegmentsMixin):
         pairs: Sequence[SegmentPair],
         labels_per_pair: int = 1,
         gold_choice: Choice | str | None = None,
+        *,
+        gold_choices: Sequence[Choice | str | None] | None = None,
     ) -> list[int]:
         """Queue pairs for labelling, saving their unsaved segments first, in one transaction.
 
@@ -56,13 +58,19 @@ class QueueMixin(SegmentsMixin):
             pairs: the pairs; a segment object used by several pairs is saved once.
             labels_per_pair: how many different raters must label each pair (>= 1).
             gold_choice: the known right answer, for gold (rater-check) questions.
+            gold_choices: or one per pair (None: not gold), so a round's gold pairs appear in the
+                same transaction as its other pairs (a rater never sees the queue's pairs before
+                the gold pairs that check them).
         """
         pairs = list(pairs)
         labels_per_pair = as_id(labels_per_pair, "labels_per_pair")
         if labels_per_pair < 1:
             raise StoreError(f"labels_per_pair must be >= 1, got {labels_per_pair}")
-        gold = None if gold_choice is None else as_choice(gold_choice, "gold_choice")
-        if gold is Choice.CANT_TELL:
+        if gold_choices is not None and (gold_choice is not None or len(gold_choices) != len(pairs)):
+            raise StoreError("give either gold_choice or one gold_choices entry per pair")
+        golds = [gold_choice] * len(pairs) if gold_choices is None else list(gold_choices)
+        golds = [None if g is None else as_choice(g, "gold_choice") for g in golds]
+        if Choice.CANT_TELL in golds:
             raise StoreError("gold_choice cannot be cant_tell; use left, right, equal or None")
 
         unsaved: dict[int, Segment] = {}  # by object identity: a shared segment is saved once
@@ -101,7 +109,7 @@ class QueueMixin(SegmentsMixin):
 
             now = self._now()
             pair_ids = []
-            for pair, score in zip(pairs, scores):
+            for pair, score, gold in zip(pairs, scores, golds):
                 result = conn.execute(
                     insert(pairs_table).values(
                         run_id=self._run_id,

@@ -127,10 +127,14 @@ class PreferenceLearner:
                 f"{len(candidates)} segments have been recorded: {exc} With --labels "
                 f"{self.config.labels} over {self.config.steps} steps, use fewer --labels or more --steps."
             ) from exc
-        self.store.add_pairs(pairs, labels_per_pair=self.config.raters_per_pair)
         golds = gold_pairs(candidates, n_gold, self._rng)
-        for left, right, choice in golds:
-            self.store.add_pairs([SegmentPair(left, right)], labels_per_pair=self.config.raters_per_pair, gold_choice=choice)
+        # One transaction: raters answering meanwhile (on probation, checks first) never find the
+        # round's pairs without its gold pairs.
+        self.store.add_pairs(
+            [*pairs, *(SegmentPair(left, right) for left, right, _ in golds)],
+            labels_per_pair=self.config.raters_per_pair,
+            gold_choices=[None] * len(pairs) + [choice for _, _, choice in golds],
+        )
         self._pairs_asked += len(pairs) + len(golds)
         return len(pairs) + len(golds)
 
