@@ -231,12 +231,15 @@ def test_a_training_run_with_a_crowd_checks_its_raters_and_gives_the_adversary_n
     run_name = json.loads((tmp_path / "run" / "config.json").read_text())["run_name"]
     with PreferenceStore(sqlite_url(tmp_path / "run" / "prefs.sqlite"), run_name=run_name) as store:
         assert json.loads(store.get_meta("check_policy"))["probation_checks"] == 5
-        assert store.count_gold_pairs() >= 5
+        gold_pairs = store.count_gold_pairs()
+        assert gold_pairs >= 5
         labels = [label.rater_id for label in store.labels()]
         tally = tally_checks(store.rater_checks())
         rows = {row["name"]: row for row in rater_summary(store)}
     assert labels.count("sim-adversarial-1") == 0 and len(labels) >= 30
     assert tally["sim-adversarial-1"][1] == tally["sim-adversarial-1"][0] >= 3  # every decided check wrong
+    # While it is on checks only, every later round brings it a gold pair (5 % of a small round is 0).
+    assert gold_pairs >= 8 and tally["sim-adversarial-1"][0] >= 6
     assert rows["sim-adversarial-1"]["gets"] == "checks only"
 
 

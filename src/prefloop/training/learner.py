@@ -117,6 +117,8 @@ class PreferenceLearner:
         if self.router.policy is not None and self._several_raters():  # enough gold pairs for probation checks
             missing = self.router.policy.probation_checks - self.store.count_gold_pairs()
             n_gold = min(max(n_gold, missing), new_pairs // 2)
+            if n_gold == 0 and new_pairs >= 2 and self._someone_on_checks_only():
+                n_gold = 1  # 5 % of a small round rounds to 0: a flagged rater would wait for the rest of the run
         # Until the first fit the ensemble is untrained: its scores would only add noise to the choice.
         probs = self.reward_model.preference_probs if self.fit_history else None
         try:
@@ -137,6 +139,11 @@ class PreferenceLearner:
         )
         self._pairs_asked += len(pairs) + len(golds)
         return len(pairs) + len(golds)
+
+    def _someone_on_checks_only(self) -> bool:
+        """Whether a rater gets gold checks only (flagged) and so waits for new gold pairs."""
+        raters = set(self.store.rater_ids()) | self.router.known_raters
+        return any(self.router.mode(rater) == "flagged" for rater in raters)
 
     def _several_raters(self) -> bool:
         """A crowd, or people of whom the run already knows two (checks start with a second rater)."""
