@@ -25,8 +25,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from prefloop.apps.rating_values import (  # noqa: F401 (MAX_RESPONSE_TIME_S, clamp_response_time: imported from here)
-    MAX_RESPONSE_TIME_S,
+from prefloop.apps.rating_values import (
     Notice,
     NoticeLevel,
     QueueState,

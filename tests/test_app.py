@@ -39,7 +39,8 @@ from prefloop.apps.dashboard import (
 )
 from prefloop.apps.launch import launch_rater_app
 from prefloop.apps.player import PLAYER_KEY
-from prefloop.apps.rating import RaterSession, clamp_response_time
+from prefloop.apps.rating import RaterSession
+from prefloop.apps.rating_values import clamp_response_time
 from prefloop.envs.clips import CLIP_MIME
 from sqlalchemy.exc import OperationalError
 from streamlit.components.v2.bidi_component.main import _make_trigger_id

@@ -42,11 +42,8 @@ from conftest import (
 from prefloop.apps.access import parse_app_args
 from prefloop.apps.player import PLAYER_KEY
 from prefloop.apps.rater_app import DEFAULT_GUIDELINE, display_guideline
-from prefloop.apps.rating import (
-    MAX_ACTIONS_PER_MESSAGE,
-    MAX_NOTICES,
-    MAX_RESPONSE_TIME_S,
-)
+from prefloop.apps.rating import MAX_ACTIONS_PER_MESSAGE, MAX_NOTICES
+from prefloop.apps.rating_values import MAX_RESPONSE_TIME_S
 from sqlalchemy import create_engine, select
 from streamlit.components.v2.bidi_component.main import _make_trigger_id
 from streamlit.testing.v1 import AppTest

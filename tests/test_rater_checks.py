@@ -38,6 +38,14 @@ def store_with(tmp_path, n_pairs: int, n_gold: int, seed: int = 0, **store_kwarg
     return store
 
 
+def put_clips(store: PreferenceStore) -> None:
+    """A (stand-in) clip for every segment of every pair, so the rater app can show them."""
+    for pair_id in range(1, store.counts()["pairs"] + 1):
+        pair = store.get_pair(pair_id)
+        for segment in (pair.left, pair.right):
+            store.put_clip(segment.id, b"clip", "video/mp4")
+
+
 def register(store: PreferenceStore, *names: str) -> None:
     """Raters the run knows before they answer (as `prefloop raters add` makes them)."""
     for name in names:
@@ -146,10 +154,7 @@ def test_the_rater_app_serves_probation_checks_first_and_undo_takes_a_check_back
     from prefloop.apps.rating import RaterSession
 
     store = store_with(tmp_path, n_pairs=4, n_gold=2)
-    for pair_id in range(1, 7):
-        pair = store.get_pair(pair_id)
-        for segment in (pair.left, pair.right):
-            store.put_clip(segment.id, b"clip", "video/mp4")
+    put_clips(store)
     publish_policy(store, CheckPolicy(probation_checks=2))
     register(store, "ann", "bob")
     ann = RaterSession(store, "ann")
@@ -251,10 +256,7 @@ def test_a_gold_pair_checked_then_served_from_the_queue_is_answered_as_a_label(t
     from prefloop.apps.rating import RaterSession
 
     store = store_with(tmp_path, n_pairs=0, n_gold=2)  # a queue of gold pairs only
-    for pair_id in (1, 2):
-        pair = store.get_pair(pair_id)
-        for segment in (pair.left, pair.right):
-            store.put_clip(segment.id, b"clip", "video/mp4")
+    put_clips(store)
     publish_policy(store, CheckPolicy(probation_checks=1))
     register(store, "ann", "bob")
     ann = RaterSession(store, "ann")
@@ -276,10 +278,7 @@ def test_two_checks_prepared_at_once_keep_their_order_on_screen(tmp_path) -> Non
     from prefloop.apps.rating import RaterSession
 
     store = store_with(tmp_path, n_pairs=20, n_gold=1)
-    for pair_id in range(1, 22):
-        pair = store.get_pair(pair_id)
-        for segment in (pair.left, pair.right):
-            store.put_clip(segment.id, b"clip", "video/mp4")
+    put_clips(store)
     publish_policy(store, CheckPolicy(probation_checks=1, repeat_every=4))
     register(store, "ann", "bob")
     now = [1000.0]
@@ -333,10 +332,7 @@ def test_the_rate_limit_counts_answers_to_checks_too(tmp_path) -> None:
 
     now = [1_800_000_000.0]
     store = store_with(tmp_path, n_pairs=4, n_gold=6, clock=lambda: now[0])  # the app and the store share a clock
-    for pair_id in range(1, 11):
-        pair = store.get_pair(pair_id)
-        for segment in (pair.left, pair.right):
-            store.put_clip(segment.id, b"clip", "video/mp4")
+    put_clips(store)
     publish_policy(store, CheckPolicy(probation_checks=5))
     register(store, "ann", "bob")
     ann = RaterSession(store, "ann", clock=lambda: now[0], max_answers_per_minute=3)

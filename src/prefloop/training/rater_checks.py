@@ -162,9 +162,11 @@ class RaterRouter:
         raters = set(self.store.rater_ids()) | self.known_raters | {rater_id}
         if policy is None or len(raters) < 2:  # one person teaching an agent: nothing to tell apart
             return "labels"
-        checks = self.store.rater_checks()
+        # This runs on every claim of the rater's next pair: read only this rater's checks, and
+        # everyone's only when this rater is flagged and the others must be looked at.
+        mine = self.store.rater_checks(rater_id)
         flags = self._fit_flags()
-        tally = tally_checks(checks)
+        tally = tally_checks(mine)
 
         def flagged(rater: str) -> bool:
             if rater in flags:
@@ -172,9 +174,10 @@ class RaterRouter:
             decided, wrong = tally.get(rater, (0, 0))
             return decided > 0 and checks_error_rate(decided, wrong, policy) >= policy.flag_error_rate
 
-        if flagged(rater_id) and any(not flagged(other) for other in raters - {rater_id}):
-            return "flagged"
-        mine = [c for c in checks if c.rater_id == rater_id]
+        if flagged(rater_id):
+            tally = tally_checks(self.store.rater_checks())
+            if any(not flagged(other) for other in raters - {rater_id}):
+                return "flagged"
         if policy.repeat_every:
             repeats = sum(c.kind == "repeat" for c in mine)
             if self.store.count_labels(rater_id) >= (repeats + 1) * policy.repeat_every:
