@@ -56,6 +56,12 @@ _ATARI_PPO: dict[str, Any] = dict(
     vf_coef=0.5, ent_coef=0.01,
 )
 
+# rl-baselines3-zoo's PPO for CartPole-v1; also the pixel CartPole's (with CnnPolicy).
+_CARTPOLE_PPO: dict[str, Any] = dict(
+    n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
+    ent_coef=0.0, learning_rate="lin_0.001", clip_range="lin_0.2",
+)
+
 OFF_POLICY_ALGOS = frozenset({"sac", "td3", "ddpg", "dqn"})
 
 PRESETS: dict[str, EnvPreset] = {
@@ -71,10 +77,7 @@ PRESETS: dict[str, EnvPreset] = {
             total_steps=150_000,
             algo="ppo",
             algo_kwargs={
-                "ppo": dict(
-                    n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
-                    ent_coef=0.0, learning_rate="lin_0.001", clip_range="lin_0.2",
-                ),
+                "ppo": _CARTPOLE_PPO,
                 "dqn": dict(
                     learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000,
                     gamma=0.99, target_update_interval=10, train_freq=256, gradient_steps=128,
@@ -145,10 +148,12 @@ PRESETS: dict[str, EnvPreset] = {
             env_id=PIXEL_CARTPOLE_ID,
             # CartPole seen only through 64x96 greyscale renders, 4 frames stacked: the reward model
             # gets a CNN and the policy SB3's CnnPolicy. 50 steps = 1 s, as for CartPole-v1.
+            # CartPole's PPO settings, not Atari's: on the true reward Atari's stayed at random play
+            # (ep. return 22-23) for 40k steps, CartPole's reached 36-46 by 16k-28k (seed 0).
             segment_length=50,
             total_steps=200_000,
             algo="ppo",
-            algo_kwargs={"ppo": _ATARI_PPO},
+            algo_kwargs={"ppo": _CARTPOLE_PPO},
             n_envs={"ppo": 8},
             label_budgets=(50, 100, 200),
             guideline="Which cart keeps the pole upright and closer to the centre?",

@@ -118,6 +118,26 @@ def test_probation_then_labels_and_a_rater_failing_checks_gets_only_checks(tmp_p
     assert RaterRouter(store, None).mode("good") == "labels"  # the plain loss routes nobody
 
 
+def test_a_failing_rater_is_not_left_waiting_for_an_invited_rater_who_never_came(tmp_path) -> None:
+    """Found in review: "bad" failing their checks got gold checks only because "absent" was
+    registered, unflagged and silent; once the gold pairs ran out the run waited for labels."""
+    store = store_with(tmp_path, n_pairs=10, n_gold=3)
+    router = RaterRouter(store, CheckPolicy(probation_checks=3))
+    register(store, "bad", "absent")
+    for _ in range(3):
+        pair, is_check = router.claim("bad")
+        assert is_check  # probation applies: a second rater is expected
+        store.answer_check(pair.id, "bad", Choice.LEFT if gold_of(pair) is Choice.RIGHT else Choice.RIGHT, 1.0)
+    assert router.mode("bad") == "labels"  # nobody who answers could take the labels over
+    pair, is_check = router.claim("bad")
+    assert pair is not None and not is_check
+    # A crowd member the run knows will answer can take over before answering anything.
+    assert RaterRouter(store, CheckPolicy(probation_checks=3), known_raters=["sim-careful-1"]).mode("bad") == "flagged"
+    # So can the invited person once they answer.
+    store.answer(store.claim_next("absent").id, "absent", Choice.LEFT, 1.0)
+    assert router.mode("bad") == "flagged"
+
+
 def test_with_checks_a_crowds_adversarial_rater_gives_no_labels_and_is_flagged_at_the_first_fit(tmp_path) -> None:
     """3 careful raters, one at random, one adversarial, 50 pairs and 5 gold pairs (a first round):
     the adversary fails all 5 probation checks, so the label budget goes to the others, and the

@@ -14,8 +14,9 @@ They are not labels and not part of the label budget. With per-rater reliability
   gold checks alone put them there (posterior mean under the same Beta prior as the E-step), gets
   gold checks and no labels: the label budget goes to raters whose labels count. Their checks keep
   being scored, so a rater who improves is unflagged at a later fit and gets pairs again. Never
-  everyone: while no other rater of the run is unflagged, a flagged rater still gets labels (the
-  model cannot be learnt from nobody; the fit still down-weights them).
+  everyone: while no other rater who answers (a simulated crowd's member, or someone with labels or
+  checks; not an invited person who never came) is unflagged, a flagged rater still gets labels
+  (the model cannot be learnt from nobody; the fit still down-weights them).
 - **Repeats.** After every ``repeat_every`` labels a rater gets one of their own earlier pairs
   again, swapped: their self-consistency, shown on the dashboard and in ``prefloop raters list``.
 
@@ -176,7 +177,15 @@ class RaterRouter:
 
         if flagged(rater_id):
             tally = tally_checks(self.store.rater_checks())
-            if any(not flagged(other) for other in raters - {rater_id}):
+
+            def can_take_over(other: str) -> bool:
+                # An invited person who never came cannot: counting them left a lone failing rater
+                # on gold checks only, and the run waiting for labels once those ran out.
+                answering = (other in self.known_raters or other in flags or other in tally
+                             or self.store.count_labels(other) > 0)
+                return answering and not flagged(other)
+
+            if any(can_take_over(other) for other in raters - {rater_id}):
                 return "flagged"
         if policy.repeat_every:
             repeats = sum(c.kind == "repeat" for c in mine)
