@@ -88,6 +88,11 @@ class RaterApp:
         )
         self.supervisor.start()
 
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` was called (the app may have stopped since)."""
+        return self.supervisor is not None
+
     def _gave_up(self, why: str) -> None:
         if self._interrupt_main:
             _thread.interrupt_main()

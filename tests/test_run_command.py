@@ -356,3 +356,21 @@ def test_train_with_the_rater_app_as_teacher_serves_the_run_and_stops_the_app_wi
     assert app_processes, "the app answered on its port while the run trained"
     assert not [p for p in app_processes if alive(p)] and port_is_free(port), "the app stops with the run"
     assert json.loads((run_dir / "config.json").read_text())["teacher"] == "human"
+
+
+@pytest.mark.slow
+def test_prefloop_run_with_a_simulated_teacher_shows_the_app_beside_it_without_making_it_the_teacher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from prefloop.apps.teacher import RaterApp
+
+    started: list[str] = []
+    monkeypatch.setattr(RaterApp, "start", lambda self, store_url, run_name: started.append(run_name))
+    run_dir = tmp_path / "sim"
+    code = main(["run", "--teacher", "oracle", "--run-dir", str(run_dir), "--steps", "2000", "--labels", "4",
+                 "--port", str(free_port()), "--no-progress", "--eval-episodes", "1"])
+    assert code == 0 and started == ["sim"]  # started once, as a watcher (on_ready)
+    assert json.loads((run_dir / "config.json").read_text())["teacher"] == "oracle"
+    assert json.loads((run_dir / "summary.json").read_text())["labels_used"] == 4

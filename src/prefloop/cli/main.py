@@ -30,7 +30,7 @@ from prefloop.teachers.simulated import HUMAN_TEACHER, RECORDED_PREFIX, TeacherC
 from prefloop.training.algos import AlgorithmError
 from prefloop.training.config import ConfigError, TrainConfig
 from prefloop.training.query import NotEnoughSegmentsError, QueryConfig, QueryConfigError
-from prefloop.training.rundir import RunDirError
+from prefloop.training.rundir import RunDir, RunDirError
 
 # Errors that are the user's input, not a bug: shown as one clear line, exit code 2.
 USER_ERRORS = (
@@ -143,7 +143,6 @@ def continue_hint(args: argparse.Namespace) -> str:
 
 def check_train_teacher(args: argparse.Namespace) -> None:
     """``prefloop train`` starts no rater app: a run taught by people would wait for answers forever."""
-    from prefloop.training.rundir import RunDir
 
     teacher = RunDir(args.run_dir).load_config().teacher if args.resume else args.teacher
     if teacher != "human":
@@ -174,8 +173,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Train with people as the teacher: the trainer here, the rater app (and its clip worker) in a
-    child process started as soon as the store exists (:class:`prefloop.apps.teacher.RaterApp`),
-    watched, and kept up a little after training so that open pages show the result."""
+    child process started as soon as the store exists (:class:`prefloop.apps.teacher.RaterApp`, the
+    run's teacher), watched, and kept up a little after training so that open pages show the result."""
     import signal
 
     from prefloop.apps.access import AppConfigError
@@ -190,14 +189,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         app = RaterApp(args.host, args.port, args.token, args.admin_token, keep_up_after_run=True)
     except (AppConfigError, AppStartError) as exc:
         raise ConfigError(str(exc)) from None
-    config = build_train_config(args, teacher=app)
+    # People are the teacher: the app is (and a resumed human run gets it back as its teacher).
+    config = build_train_config(args, teacher=app if args.teacher == HUMAN_TEACHER else None)
     args.run_dir = config.run_dir  # for the "continue with" line if it stops
+
+    def watch_with_app(run_dir: RunDir, store_url: str, run_name: str) -> None:
+        # A simulated teacher's run (`prefloop run --teacher oracle`, or resuming one): the app
+        # shows it beside the trainer without teaching it. A human run's app was started by train().
+        if not app.started:
+            app.start(store_url, run_name)
 
     # A timeout, systemd, `docker stop` or a closed terminal: stop like Ctrl-C, app and worker too.
     stop_signals = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
     previous = {signum: signal.signal(signum, _raise_keyboard_interrupt) for signum in stop_signals}
     try:
-        result = train(config, resume=args.resume)
+        result = train(config, resume=args.resume, on_ready=watch_with_app)
         print_run_summary(result)
         if app.running():
             interactive = sys.stdin.isatty()

@@ -168,10 +168,11 @@ def train(
     Args:
         config: the run; with ``resume`` only ``run_dir`` is read and the rest comes from the folder.
         resume: continue the run in ``config.run_dir`` from its newest checkpoint.
-        on_ready: called with (run folder, store URL, run name) once the store exists and before
-            the first labels are asked (kept for callers of ``teacher="human"`` who start their own
-            raters there; a :class:`~prefloop.teachers.base.StoreTeacher` as ``config.teacher``,
-            e.g. ``prefloop.apps.teacher.RaterApp``, is the cleaner spelling).
+        on_ready: called with (run folder, store URL, run name) once the store exists and the
+            run's store teachers are started, before the first labels are asked: for what watches a
+            run without teaching it (``prefloop run --teacher oracle`` shows its rater app's
+            dashboard there). Raters who teach are the run's teacher: a
+            :class:`~prefloop.teachers.base.StoreTeacher` such as ``prefloop.apps.teacher.RaterApp``.
         query_rule: your own pair selection (:class:`prefloop.training.query.QueryRule`): the same
             as ``config.query.method=query_rule`` (the cleaner spelling, kept in the config).
 
@@ -248,9 +249,9 @@ def _train(
         learner = PreferenceLearner(config, store, reward_model, buffer, teacher,
                                     background_raters=len(rater_ids_of(answering)))
         initial_steps = initial_random_steps(config)
+        learner.check_raters = start_store_teachers(answering, store_url, config.run_name or "default", cleanup)
         if on_ready is not None:
             on_ready(run_dir, store_url, config.run_name or "default")
-        learner.check_raters = start_store_teachers(answering, store_url, config.run_name or "default", cleanup)
     state = RunState(run_dir, curve, initial_steps, config.to_json())
 
     cls = algorithm_class(config.algo)
