@@ -143,7 +143,6 @@ def continue_hint(args: argparse.Namespace) -> str:
 
 def check_train_teacher(args: argparse.Namespace) -> None:
     """``prefloop train`` starts no rater app: a run taught by people would wait for answers forever."""
-
     teacher = RunDir(args.run_dir).load_config().teacher if args.resume else args.teacher
     if teacher != "human":
         return
