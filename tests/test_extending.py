@@ -21,7 +21,7 @@ from prefloop.envs.render import SegmentRenderer
 
 from prefloop.config_files import ConfigError
 from prefloop.store import PreferenceStore, sqlite_url
-from prefloop.teachers.base import Teacher
+from prefloop.teachers.base import StoreTeacher, Teacher
 from prefloop.teachers.clock import ClockRater
 from prefloop.teachers.crowd import make_crowd_teacher
 from prefloop.teachers.simulated import make_teacher
@@ -46,7 +46,7 @@ def python_blocks(markdown: str) -> list[str]:
 def test_the_page_shows_exactly_the_tested_examples() -> None:
     blocks = python_blocks(DOC.read_text())
     files = {path.name: path.read_text() for path in sorted(EXAMPLES.glob("*.py"))}
-    assert len(files) == 5
+    assert len(files) == 6
     assert sorted(blocks) == sorted(files.values()), "docs/extending.md and docs/examples/ differ: copy the files in"
     for name in files:
         assert f"(examples/{name})" in DOC.read_text(), f"{name} is not linked from the page"
@@ -96,7 +96,7 @@ def test_custom_teacher_answers_every_pair_and_a_resume_needs_the_object(
     fit_path.write_text(json.dumps(fits_document([fit_rater(answers[0], bootstrap=0)], "test")))
     shipped = [
         make_teacher("oracle"), make_crowd_teacher("crowd:2xcareful,random"), make_fitted_teacher(f"fitted:{fit_path}"),
-        make_recorded_teacher(config.run_dir), ClockRater("sqlite://", "run", make_teacher("mistake"), 1.0),
+        make_recorded_teacher(config.run_dir), ClockRater(make_teacher("mistake"), 1.0),
     ]
     assert all(isinstance(t, Teacher) for t in shipped)
 
@@ -110,6 +110,67 @@ def test_custom_teacher_answers_every_pair_and_a_resume_needs_the_object(
     # ... Python, given the object again, resumes it.
     result = train(dataclasses.replace(TrainConfig.load(config.run_dir / "config.json"), teacher=teacher), resume=True)
     assert result.labels_used == 30 and (config.run_dir / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_a_store_teacher_answers_through_the_store_and_is_stopped_with_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    ns, out = run_example("store_teacher.py", tmp_path, monkeypatch, capsys)
+    config, queue, result = ns["config"], ns["queue"], ns["result"]
+    assert "config.json teacher: object:__main__:LabellingQueue" in out
+    assert not queue._thread.is_alive(), "the run stops its store teacher"
+    queue.check_alive()
+    with stored(config.run_dir, config.run_dir.name) as store:
+        labels = store.labels()
+        assert {label.rater_id for label in labels} == {"labeller-1"}
+        for label in labels:  # every stored answer is the queue's own rule
+            pair = store.get_pair(label.pair_id)
+            lean = ns["lean"]
+            assert label.choice == (Choice.LEFT if lean(pair.left) < lean(pair.right) else Choice.RIGHT)
+    assert result.labels_used == len(labels) == queue.answered == 20  # paced: every asked pair answered
+
+
+def test_the_rater_app_and_the_clock_rater_are_store_teachers_and_the_app_is_recorded_as_human(tmp_path: Path) -> None:
+    from conftest import free_port
+    from prefloop.apps.teacher import RaterApp
+
+    app = RaterApp(port=free_port())
+    assert isinstance(app, StoreTeacher) and not isinstance(app, Teacher)
+    assert isinstance(ClockRater(make_teacher("mistake"), 1.0), StoreTeacher)
+    config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, teacher=app)
+    assert config.to_json()["teacher"] == config.teacher_name == "human"  # as `prefloop run` always wrote
+    reread = TrainConfig.from_json(config.to_json())
+    assert reread.teacher == "human"
+    reread.check_objects()
+    assert reread.with_objects_of(config).teacher is app  # a resumed human run gets its app back
+    assert TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, teacher="human", raters_per_pair=3).raters_per_pair == 3
+    assert TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, teacher=app, raters_per_pair=3).raters_per_pair == 3
+    with pytest.raises(ConfigError, match="answer_seconds must be 0 unless the teacher is simulated"):
+        TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, teacher=app, answer_seconds=2.0)
+    app.stop()  # never started: nothing to stop, no error
+    app.close()
+
+
+class _Bridge:
+    def start(self, store_url: str, run_name: str) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class _SimulatedInDisguise(_Bridge):
+    recorded_as = "oracle"
+
+
+def test_a_store_teacher_is_recorded_by_its_class_and_only_people_may_record_as_human(tmp_path: Path) -> None:
+    config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, teacher=_Bridge())
+    assert config.to_json()["teacher"] == f"object:{__name__}:_Bridge"
+    reread = TrainConfig.from_json(config.to_json())
+    with pytest.raises(ConfigError, match=r"teacher was a Python object .*_Bridge\) that prefloop cannot rebuild"):
+        reread.check_objects()
+    assert reread.with_objects_of(config).teacher is config.teacher
+    with pytest.raises(ConfigError, match=r"teacher.recorded_as must be 'human' \(people answer\) or absent"):
+        TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, teacher=_SimulatedInDisguise())
 
 
 @pytest.mark.slow

@@ -182,7 +182,7 @@ def test_clock_rater_answers_through_the_store_at_its_pace(tmp_path: Path) -> No
     with PreferenceStore(url, run_name="run") as store:
         store.add_pairs([SegmentPair(segment(i, reward=i), segment(i + 0.5, reward=i + 1)) for i in range(4)])
         teacher = make_teacher("mistake", seed=0, epsilon=0.0)
-        rater = ClockRater(url, "run", teacher, answer_seconds=0.05, sigma=0.5, seed=3).start()
+        rater = ClockRater(teacher, answer_seconds=0.05, sigma=0.5, seed=3).start(url, "run")
         deadline = time.monotonic() + 20
         while store.counts()["answered"] < 4 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -202,7 +202,7 @@ def test_a_stopped_clock_rater_gives_back_the_pair_it_holds(tmp_path: Path) -> N
     url = sqlite_url(tmp_path / "p.sqlite")
     with PreferenceStore(url, run_name="run") as store:
         store.add_pairs([SegmentPair(segment(1), segment(2))])
-        rater = ClockRater(url, "run", make_teacher("oracle"), answer_seconds=60).start()
+        rater = ClockRater(make_teacher("oracle"), answer_seconds=60).start(url, "run")
         deadline = time.monotonic() + 10
         while store.counts()["claimed"] == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -222,7 +222,7 @@ def test_a_dead_clock_rater_is_reported(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path / "p.sqlite")
     with PreferenceStore(url, run_name="run") as store:
         store.add_pairs([SegmentPair(segment(1), segment(2))])
-    rater = ClockRater(url, "run", Broken(), answer_seconds=0.01).start()
+    rater = ClockRater(Broken(), answer_seconds=0.01).start(url, "run")
     deadline = time.monotonic() + 10
     while rater.error is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -300,3 +300,59 @@ def test_the_supervisor_restarts_a_dying_app_a_bounded_number_of_times_then_give
         assert not supervisor.running()
     finally:
         supervisor.stop()
+
+
+@pytest.mark.slow
+def test_train_with_the_rater_app_as_teacher_serves_the_run_and_stops_the_app_with_it(tmp_path: Path) -> None:
+    """``train(TrainConfig(teacher=RaterApp(port=...)))`` from Python: the app answers on its port
+    while the run trains, a rater's answers through the store teach it, and the app is gone
+    (processes, port) when ``train`` returns; config.json records a human run."""
+    import json
+
+    import torch
+    from prefloop.apps.launch import app_url, wait_until_ready
+    from prefloop.apps.teacher import RaterApp
+
+    from prefloop.training.config import TrainConfig
+    from prefloop.training.loop import train
+
+    torch.set_num_threads(1)
+    port = free_port()
+    run_dir = tmp_path / "run"
+    app = RaterApp(port=port)
+    stop = threading.Event()
+    seen: dict[str, object] = {"app_processes": set(), "answered": 0}
+
+    def rater() -> None:
+        """A person: opens the page once it answers, then answers every pair the app would show."""
+        try:
+            wait_until_ready(app_url("127.0.0.1", port), timeout=120)
+            assert app.supervisor is not None and app.supervisor.process is not None
+            leader = app.supervisor.process.pid  # `prefloop rate`, with its Streamlit server below it
+            seen["app_processes"] = descendants(leader) | {leader}
+            with PreferenceStore(f"sqlite:///{run_dir / 'prefs.sqlite'}", "run") as store:
+                while not stop.is_set():
+                    pair = store.claim_next("ada")
+                    if pair is None:
+                        stop.wait(0.1)
+                        continue
+                    store.answer(pair.id, "ada", Choice.LEFT, 2.0)
+                    seen["answered"] = int(seen["answered"]) + 1
+        except Exception as exc:  # shown by the assertions below
+            seen["error"] = exc
+
+    person = threading.Thread(target=rater, daemon=True)
+    person.start()
+    try:
+        result = train(TrainConfig(env_id="CartPole-v1", run_dir=run_dir, teacher=app, labels=6, steps=3000,
+                                   when_behind="wait", eval_episodes=1, progress_bar=False))
+    finally:
+        stop.set()
+        person.join(timeout=30)
+        app.close()
+    assert "error" not in seen, seen
+    assert result.labels_used == seen["answered"] == 6
+    app_processes = seen["app_processes"]
+    assert app_processes, "the app answered on its port while the run trained"
+    assert not [p for p in app_processes if alive(p)] and port_is_free(port), "the app stops with the run"
+    assert json.loads((run_dir / "config.json").read_text())["teacher"] == "human"

@@ -19,12 +19,12 @@ from prefloop.credentials import (
     CredentialsError,
     read_password_file,
     url_password,
-    url_without_password,
 )
 from prefloop.datasets import DatasetError
 from prefloop.envs import EnvSetupError
 from prefloop.reward_models import RewardModelConfig, UnsupportedSpaceError
 from prefloop.store import StoreError
+from prefloop.teachers.base import StoreTeacher, Teacher
 from prefloop.teachers.crowd import CROWD_PREFIX
 from prefloop.teachers.simulated import HUMAN_TEACHER, RECORDED_PREFIX, TeacherConfigError
 from prefloop.training.algos import AlgorithmError
@@ -53,7 +53,9 @@ USER_ERRORS = (
 PACED_FLAGS = {"gold_fraction": "--gold-fraction", "when_behind": "--when-behind"}
 
 
-def build_train_config(args: argparse.Namespace) -> TrainConfig:
+def build_train_config(args: argparse.Namespace, teacher: Teacher | StoreTeacher | None = None) -> TrainConfig:
+    """The run ``args`` describe; ``teacher``: the object that teaches it instead of ``--teacher``
+    (``prefloop run``'s rater app)."""
     run_dir = args.run_dir or Path("runs") / f"{args.env}-{args.teacher}-s{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     paced = {key: getattr(args, key) for key in PACED_FLAGS if getattr(args, key) is not None}
     at_once = args.teacher != HUMAN_TEACHER and not args.answer_seconds
@@ -71,7 +73,7 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         env_id=args.env,
         run_dir=Path(run_dir),
-        teacher=args.teacher,
+        teacher=args.teacher if teacher is None else teacher,
         teacher_params=dict(args.teacher_param),
         labels=args.labels,
         steps=args.steps,
@@ -172,77 +174,53 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Train with people as the teacher: the trainer here, the rater app (and its clip worker) in a
-    child process started as soon as the store exists, watched and stopped with the run."""
-    import _thread
-    import os
+    child process started as soon as the store exists (:class:`prefloop.apps.teacher.RaterApp`),
+    watched, and kept up a little after training so that open pages show the result."""
     import signal
 
-    from prefloop.apps.access import AppConfigError, check_exposure, check_token_value
-    from prefloop.apps.launch import AppStartError, check_port_free
-    from prefloop.apps.supervise import RESULT_GRACE_S, RaterAppSupervisor
+    from prefloop.apps.access import AppConfigError
+    from prefloop.apps.launch import AppStartError
+    from prefloop.apps.supervise import RESULT_GRACE_S
+    from prefloop.apps.teacher import RaterApp
     from prefloop.training.loop import train
     from prefloop.training.report import print_run_summary
 
     check_resume_arguments(args)
     try:  # before training starts (and before the run folder exists), not when the app fails later
-        check_token_value(args.token, "--token")
-        check_token_value(args.admin_token, "--admin-token")
-        check_exposure(args.host, args.token, args.admin_token)
-        check_port_free(args.host, args.port)
+        app = RaterApp(args.host, args.port, args.token, args.admin_token, keep_up_after_run=True)
     except (AppConfigError, AppStartError) as exc:
         raise ConfigError(str(exc)) from None
-    config = build_train_config(args)
+    config = build_train_config(args, teacher=app)
     args.run_dir = config.run_dir  # for the "continue with" line if it stops
-    supervisors: list[RaterAppSupervisor] = []
-
-    def start_app(run_dir, store_url: str, run_name: str) -> None:
-        env = dict(os.environ)
-        # Secrets travel in the environment, not on the command line, where `ps` shows them.
-        if url_password(store_url):
-            env[ENV_DB_PASSWORD] = url_password(store_url) or ""
-        if args.token:
-            env[ENV_TOKEN] = args.token
-        if args.admin_token:
-            env[ENV_ADMIN_TOKEN] = args.admin_token
-        # The app prints its URL itself, once, when it answers (and is this run's app).
-        supervisor = RaterAppSupervisor(
-            ["--db-url", url_without_password(store_url), "--run-name", run_name, "--host", args.host, "--port", str(args.port)],
-            env, on_give_up=lambda why: _thread.interrupt_main(),
-        )
-        supervisors.append(supervisor)
-        supervisor.start()
 
     # A timeout, systemd, `docker stop` or a closed terminal: stop like Ctrl-C, app and worker too.
     stop_signals = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
     previous = {signum: signal.signal(signum, _raise_keyboard_interrupt) for signum in stop_signals}
     try:
-        result = train(config, resume=args.resume, on_ready=start_app)
+        result = train(config, resume=args.resume)
         print_run_summary(result)
-        if supervisors and supervisors[0].running():
+        if app.running():
             interactive = sys.stdin.isatty()
             print("Training finished; the rater app shows raters the result and stays up "
                   + ("for its dashboard -- press Ctrl-C to stop it." if interactive else
                      f"{RESULT_GRACE_S:.0f} s more so that open pages show it."), flush=True)
             try:
-                supervisors[0].wait(None if interactive else RESULT_GRACE_S)
+                app.wait(None if interactive else RESULT_GRACE_S)
             except KeyboardInterrupt:
                 pass  # the run is complete; Ctrl-C only stops the app
     except KeyboardInterrupt:
-        failure = supervisors[0].failure if supervisors else None
-        if failure is None:
+        if app.failure is None:
             raise
-        print(f"prefloop: error: {failure}; every label so far is stored; {continue_hint(args)}", file=sys.stderr)
+        print(f"prefloop: error: {app.failure}; every label so far is stored; {continue_hint(args)}", file=sys.stderr)
         return 1
     finally:
         for signum in previous:  # no second signal cuts the clean-up short
             signal.signal(signum, signal.SIG_IGN)
-        for supervisor in supervisors:
-            supervisor.stop()
+        app.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    failure = supervisors[0].failure if supervisors else None
-    if failure is not None:
-        print(f"prefloop: error: {failure}", file=sys.stderr)
+    if app.failure is not None:
+        print(f"prefloop: error: {app.failure}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,6 +1,7 @@
 """Teachers: who answers a pair of segments.
 
-- :mod:`~prefloop.teachers.base`: the :class:`Teacher` protocol every teacher satisfies.
+- :mod:`~prefloop.teachers.base`: the :class:`Teacher` protocol (answers when asked) and the
+  :class:`StoreTeacher` protocol (answers through the store in its own time: people, clock raters).
 - :mod:`~prefloop.teachers.simulated`: B-Pref's simulated teachers.
 - :mod:`~prefloop.teachers.crowd`: a crowd of simulated raters with different reliabilities.
 - :mod:`~prefloop.teachers.fitted`: teacher parameters fitted to a real rater's labels.
@@ -13,7 +14,7 @@ Modules in this package import each other by their own names (``prefloop.teacher
 never through this package, so that importing one teacher does not import them all.
 """
 
-from prefloop.teachers.base import Teacher
+from prefloop.teachers.base import StoreTeacher, Teacher
 from prefloop.teachers.simulated import (
     HUMAN_TEACHER,
     RECORDED_PREFIX,
@@ -32,6 +33,7 @@ __all__ = [
     "RECORDED_PREFIX",
     "TEACHER_PRESETS",
     "SimulatedTeacher",
+    "StoreTeacher",
     "Teacher",
     "TeacherConfig",
     "TeacherConfigError",

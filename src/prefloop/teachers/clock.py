@@ -33,10 +33,11 @@ class RaterStoppedError(RuntimeError):
 
 
 class ClockRater:
-    """Answers a run's pairs through the store, one at a time, taking human-like time for each.
+    """Answers a run's pairs through the store, one at a time, taking human-like time for each: a
+    :class:`~prefloop.teachers.base.StoreTeacher` (``TrainConfig(answer_seconds=...)`` wraps the
+    run's teacher, or each member of a crowd, in one).
 
     Args:
-        store_url, run_name: the run's store (opened anew in the thread, as an app process would).
         teacher: decides each answer; its ``rater_id`` is stored with every label.
         answer_seconds: median seconds per answer, ``> 0``.
         sigma: log-normal spread of the times, ``>= 0``.
@@ -49,18 +50,18 @@ class ClockRater:
             app's rules); None: pairs from the queue only.
     """
 
-    def __init__(self, store_url: str, run_name: str, teacher: Teacher, answer_seconds: float,
-                 sigma: float = 0.0, seed: int = 0, poll_s: float = 0.2, lease_seconds: float = 120.0,
+    def __init__(self, teacher: Teacher, answer_seconds: float, sigma: float = 0.0, seed: int = 0,
+                 poll_s: float = 0.2, lease_seconds: float = 120.0,
                  router_for: Callable[[PreferenceStore], PairRouter] | None = None):
         if not (math.isfinite(answer_seconds) and answer_seconds > 0 and math.isfinite(sigma) and sigma >= 0):
             raise ValueError(f"answer_seconds must be > 0 and sigma >= 0, got {answer_seconds}, {sigma}")
-        self.store_url, self.run_name, self.teacher = store_url, run_name, teacher
+        self.teacher = teacher
         self.answer_seconds, self.sigma, self.poll_s, self.lease_seconds = answer_seconds, sigma, poll_s, lease_seconds
         self.router_for = router_for
         self._router: PairRouter | None = None
         self._rng = np.random.default_rng([seed, 11])
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"clock-rater-{teacher.rater_id}", daemon=True)
+        self._thread: threading.Thread | None = None
         self.answered = 0
         self.error: BaseException | None = None
 
@@ -77,14 +78,25 @@ class ClockRater:
         """The seconds the next answer takes."""
         return float(self.answer_seconds * math.exp(self.sigma * self._rng.standard_normal())) if self.sigma else self.answer_seconds
 
-    def start(self) -> "ClockRater":
+    @property
+    def rater_ids(self) -> tuple[str]:
+        """The one rater id it answers under (the rater-checks router counts it among the run's raters)."""
+        return (self.teacher.rater_id,)
+
+    def start(self, store_url: str, run_name: str) -> "ClockRater":
+        """Start answering the pairs of ``run_name`` in the store at ``store_url`` (opened anew in
+        the thread, as an app process would); returns at once, and the rater itself."""
+        if self._thread is not None:
+            raise RuntimeError(f"the simulated rater {self.rater_id!r} was started already")
+        self._thread = threading.Thread(target=self._run, args=(store_url, run_name),
+                                        name=f"clock-rater-{self.rater_id}", daemon=True)
         self._thread.start()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the current answer (a pair it holds unanswered is given back)."""
+        """Stop after the current answer (a pair it holds unanswered is given back); idempotent."""
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
 
     def check_alive(self) -> None:
@@ -92,9 +104,9 @@ class ClockRater:
         if self.error is not None:
             raise RaterStoppedError(f"the simulated rater {self.teacher.rater_id!r} stopped: {self.error!r}")
 
-    def _run(self) -> None:
+    def _run(self, store_url: str, run_name: str) -> None:
         try:
-            with PreferenceStore(self.store_url, run_name=self.run_name) as store:
+            with PreferenceStore(store_url, run_name=run_name) as store:
                 self._router = self.router_for(store) if self.router_for is not None else None
                 while not self._stop.is_set():
                     self._answer_one(store)

@@ -26,7 +26,7 @@ from prefloop.import_paths import OBJECT_PREFIX, ImportPathError, describe, is_i
 from prefloop.import_paths import load as load_import_path
 from prefloop.reward_models import RewardModelConfig
 from prefloop.serialization import strict_json
-from prefloop.teachers.base import Teacher
+from prefloop.teachers.base import StoreTeacher, Teacher, recorded_name
 from prefloop.teachers.crowd import CROWD_PREFIX, parse_crowd_spec
 from prefloop.teachers.simulated import HUMAN_TEACHER, RECORDED_PREFIX
 from prefloop.training.query import QueryConfig
@@ -53,8 +53,11 @@ class TrainConfig:
         teacher: ``human`` (raters in the app), a simulated teacher preset (``oracle``,
             ``stochastic``, ``myopic``, ``mistake``, ``skip``, ``equal``), a ``crowd:``,
             ``fitted:`` or ``recorded:`` spec, or your own object satisfying
-            :class:`prefloop.teachers.base.Teacher` (config.json records it as
-            ``"object:module:Class"``; a resumed run must be given the object again).
+            :class:`prefloop.teachers.base.Teacher` (answers when asked) or
+            :class:`prefloop.teachers.base.StoreTeacher` (answers through the store in its own
+            time, as people in ``prefloop.apps.teacher.RaterApp`` do). config.json records an
+            object as ``"object:module:Class"`` (a resumed run must be given the object again), or
+            as ``"human"`` when it says so (``recorded_as``: the rater app).
         teacher_params: overrides of the preset, e.g. ``{"beta": 0.5}``.
         labels: label budget of the whole run.
         steps: env steps of the whole run (None: the preset's).
@@ -101,7 +104,7 @@ class TrainConfig:
 
     env_id: str
     run_dir: Path
-    teacher: str | Teacher = "oracle"
+    teacher: str | Teacher | StoreTeacher = "oracle"
     teacher_params: dict[str, float] = field(default_factory=dict)
     labels: int = 200
     steps: int | None = None
@@ -135,9 +138,14 @@ class TrainConfig:
     env_factory: Callable[..., Any] | str | None = None
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.teacher, str) or isinstance(self.teacher, Teacher), "teacher", self.teacher,
+        _check(isinstance(self.teacher, (str, Teacher, StoreTeacher)), "teacher", self.teacher,
                "a teacher name such as 'oracle' or an object with rater_id and compare(left, right) -> Choice "
-               "(prefloop.teachers.base.Teacher)")
+               "(prefloop.teachers.base.Teacher), or with start(store_url, run_name) and stop() "
+               "(prefloop.teachers.base.StoreTeacher)")
+        if isinstance(self.teacher, StoreTeacher):
+            recorded = getattr(self.teacher, "recorded_as", None)
+            _check(recorded is None or recorded == HUMAN_TEACHER, "teacher.recorded_as", recorded,
+                   f"{HUMAN_TEACHER!r} (people answer) or absent")
         _check_user_object(self.env_factory, "env_factory", "a function returning a gymnasium.Env, or its import path module:function")
         _check_user_object(self.algo, "algo", "an algorithm name such as 'ppo', an SB3 algorithm class, or its import path sb3_contrib:TRPO", names=True)
         _check_user_object(self.policy, "policy", "a policy name such as 'MlpPolicy', a policy class, or its import path", names=True)
@@ -157,7 +165,7 @@ class TrainConfig:
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 3600, name, value,
                    "a number of seconds in [0, 3600]")
-        _check(self.answer_seconds == 0 or (self.teacher != HUMAN_TEACHER and not str(self.teacher).startswith(RECORDED_PREFIX)),
+        _check(self.answer_seconds == 0 or not self.answers_in_own_time and not self.teacher_name.startswith(RECORDED_PREFIX),
                "answer_seconds", self.answer_seconds, "0 unless the teacher is simulated (people take their own time)")
         _check(self.min_initial_labels >= 1, "min_initial_labels", self.min_initial_labels, "an integer >= 1")
         _check(0.0 <= self.gold_fraction < 1.0, "gold_fraction", self.gold_fraction, "a number in [0, 1)")
@@ -177,7 +185,7 @@ class TrainConfig:
 
     def _check_fits_teacher(self) -> None:
         """Refuse settings the run's teacher or query method would silently ignore."""
-        human = self.teacher == HUMAN_TEACHER
+        human = self.answers_in_own_time  # people, or your store teacher: any number of raters
         simulated = isinstance(self.teacher, str) and not human and not self.teacher.startswith((RECORDED_PREFIX, OBJECT_PREFIX))
         raters = _simulated_raters(self.teacher)
         if self.raters_per_pair > 1 and not human and raters < self.raters_per_pair:
@@ -201,8 +209,15 @@ class TrainConfig:
 
     @property
     def teacher_name(self) -> str:
-        """The teacher as config.json names it: its spec, or ``"object:module:Class"`` for an object."""
-        return self.teacher if isinstance(self.teacher, str) else describe(self.teacher)
+        """The teacher as config.json names it: its spec, or ``"object:module:Class"`` for an object
+        (``"human"`` for the rater app)."""
+        return _name_of(self.teacher)
+
+    @property
+    def answers_in_own_time(self) -> bool:
+        """Whether the teacher answers through the store in its own time (people, a store teacher),
+        not when asked."""
+        return self.teacher == HUMAN_TEACHER or isinstance(self.teacher, StoreTeacher)
 
     def resolve(self) -> "TrainConfig":
         """A copy with every ``None`` filled from the env preset, and the preset's hyper-parameters merged."""
@@ -243,7 +258,7 @@ class TrainConfig:
         for path in USER_OBJECT_FIELDS:
             value = _get(self, path)
             if value is not None and not isinstance(value, str):
-                values[".".join(path)] = describe(value)
+                values[".".join(path)] = _name_of(value)
         return _with_values(self, values) if values else self
 
     def with_objects_of(self, given: "TrainConfig") -> "TrainConfig":
@@ -253,7 +268,7 @@ class TrainConfig:
         values: dict[str, Any] = {}
         for path in USER_OBJECT_FIELDS:
             recorded, object_ = _get(self, path), _get(given, path)
-            if isinstance(recorded, str) and object_ is not None and not isinstance(object_, str) and describe(object_) == recorded:
+            if isinstance(recorded, str) and object_ is not None and not isinstance(object_, str) and _name_of(object_) == recorded:
                 values[".".join(path)] = object_
         return _with_values(self, values) if values else self
 
@@ -309,6 +324,14 @@ class TrainConfig:
 USER_OBJECT_FIELDS: tuple[tuple[str, ...], ...] = (
     ("teacher",), ("env_factory",), ("algo",), ("policy",), ("query", "method"), ("reward_model", "member_factory"),
 )
+
+
+def _name_of(value: Any) -> str:
+    """What config.json holds for a field's value: a name as it is, a store teacher's
+    ``recorded_as`` (the rater app: ``"human"``), else the object's import path or ``"object:..."``."""
+    if isinstance(value, str):
+        return value
+    return (recorded_name(value) if isinstance(value, StoreTeacher) else None) or describe(value)
 
 
 def _get(config: Any, path: tuple[str, ...]) -> Any:

@@ -37,8 +37,8 @@ log = logging.getLogger("prefloop")
 class PreferenceLearner:
     """Owns the preference side of a run: segments, store, teacher, reward model and its trainer.
 
-    ``teacher=None`` means people answer through the rater app: pairs are only put in the store,
-    and the reward model retrains whenever new labels have come in.
+    ``teacher=None`` means people (the rater app) or another store teacher answer through the
+    store: pairs are only put there, and the reward model retrains whenever new labels have come in.
     """
 
     def __init__(
@@ -82,8 +82,8 @@ class PreferenceLearner:
         self.router = RaterRouter(store, CheckPolicy.for_reward_model(config.reward_model, config.probation_checks)
                                   if self._asks_gold and config.gold_fraction > 0 else None, known_raters=members)
         publish_policy(store, self.router.policy)
-        # Raises if whoever answers in the background has died (a simulated clock rater), so a
-        # wait for labels cannot hang forever; people in the app are not watched here.
+        # Raises if whoever answers in the background has died (a store teacher's check_alive: a
+        # clock rater's thread, the rater app given up on), so a wait for labels cannot hang forever.
         self.check_raters: Callable[[], None] = lambda: None
 
     def pairs_asked(self) -> int:

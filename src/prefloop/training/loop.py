@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import time
@@ -47,8 +46,7 @@ from prefloop.plots import plot_learning_curve
 from prefloop.reward_models import build_reward_model, load_reward_model
 from prefloop.reward_models.config import member_factory_of
 from prefloop.store import PreferenceStore, check_store_url, sqlite_url
-from prefloop.teachers.clock import ClockRater
-from prefloop.teachers.base import Teacher
+from prefloop.teachers.base import StoreTeacher, Teacher, rater_ids_of
 from prefloop.teachers.simulated import HUMAN_TEACHER, RECORDED_PREFIX
 from prefloop.teachers.specs import build_simulated_teacher
 from prefloop.training.algos import (
@@ -74,10 +72,10 @@ from prefloop.training.exploration import StateEntropyReward, SwitchableReward
 from prefloop.training.human_time import human_time
 from prefloop.training.learner import PreferenceLearner
 from prefloop.training.query import QueryRule
-from prefloop.training.rater_checks import RaterRouter
 from prefloop.training.resume_state import restore_resume_state
 from prefloop.training.rundir import RunDir, RunDirError
 from prefloop.training.schedule import LabelRound, label_rounds
+from prefloop.training.store_teachers import start_store_teachers, store_teachers
 
 log = logging.getLogger("prefloop")
 
@@ -171,13 +169,15 @@ def train(
         config: the run; with ``resume`` only ``run_dir`` is read and the rest comes from the folder.
         resume: continue the run in ``config.run_dir`` from its newest checkpoint.
         on_ready: called with (run folder, store URL, run name) once the store exists and before
-            the first labels are asked -- ``prefloop run`` starts the rater app there.
+            the first labels are asked (kept for callers of ``teacher="human"`` who start their own
+            raters there; a :class:`~prefloop.teachers.base.StoreTeacher` as ``config.teacher``,
+            e.g. ``prefloop.apps.teacher.RaterApp``, is the cleaner spelling).
         query_rule: your own pair selection (:class:`prefloop.training.query.QueryRule`): the same
             as ``config.query.method=query_rule`` (the cleaner spelling, kept in the config).
 
     The run folder is locked for the whole call (:meth:`RunDir.owned`): a second trainer on
-    it is refused with this one's PID. A simulated rater started for the run is stopped however
-    it ends.
+    it is refused with this one's PID. The store teachers started for the run (the rater app,
+    clock raters, yours) are stopped however it ends.
 
     Raises:
         prefloop.training.rundir.RunDirError: the folder exists without ``resume`` (or is missing with it),
@@ -242,26 +242,15 @@ def _train(
         store_url = config.db_url or sqlite_url(run_dir.store_path)
         store = PreferenceStore(store_url, run_name=config.run_name or "default")
         publish_run_info(store, config, spec)
-        clock_raters: list[ClockRater] = []
-        if config.answer_seconds > 0 and teacher is not None:  # answers through the store, at human pace
-            # A crowd's members each answer on their own clock, under their own id, as people do.
-            members = getattr(teacher, "members", None) or [teacher]
-            clock_raters = [
-                ClockRater(store_url, config.run_name or "default", member, config.answer_seconds,
-                           config.answer_seconds_sigma, seed=config.seed + 7919 * i,
-                           router_for=functools.partial(RaterRouter.for_run, known_raters=[m.rater_id for m in members]))
-                for i, member in enumerate(members)
-            ]
+        answering = store_teachers(config, teacher)
+        if answering:  # they answer through the store in their own time: the learner waits on it
             teacher = None
-        learner = PreferenceLearner(config, store, reward_model, buffer, teacher, background_raters=len(clock_raters))
+        learner = PreferenceLearner(config, store, reward_model, buffer, teacher,
+                                    background_raters=len(rater_ids_of(answering)))
         initial_steps = initial_random_steps(config)
         if on_ready is not None:
             on_ready(run_dir, store_url, config.run_name or "default")
-        for clock_rater in clock_raters:
-            cleanup.callback(clock_rater.stop)
-            clock_rater.start()
-        if clock_raters:
-            learner.check_raters = lambda: [r.check_alive() for r in clock_raters] and None
+        learner.check_raters = start_store_teachers(answering, store_url, config.run_name or "default", cleanup)
     state = RunState(run_dir, curve, initial_steps, config.to_json())
 
     cls = algorithm_class(config.algo)
@@ -410,18 +399,19 @@ def set_aside_damaged(choice: CheckpointChoice) -> None:
 
 def check_run_inputs(config: TrainConfig, spec: EnvSpec, venv: VecEnv) -> Teacher | None:
     """Refuse bad input before anything is written; returns the teacher that answers in this
-    process: simulated, recorded or the user's object (None: people in the rater app)."""
+    process: simulated, recorded or the user's object (None: people, or a store teacher)."""
     assert config.algo is not None
     check_algorithm_fits(config.algo, venv.action_space, config.env_id)
     if config.reward_source != "preferences":
         return None
     if config.db_url:
         check_store_url(config.db_url)
+    if config.teacher_name == HUMAN_TEACHER:  # people watch clips rendered in another process
+        check_can_render(spec)
+    if isinstance(config.teacher, StoreTeacher) or config.teacher == HUMAN_TEACHER:
+        return None
     if not isinstance(config.teacher, str):  # the user's own Teacher object
         return config.teacher
-    if config.teacher == HUMAN_TEACHER:
-        check_can_render(spec)
-        return None
     if config.teacher.startswith(RECORDED_PREFIX):
         from prefloop.teachers.recorded import make_recorded_teacher
 
