@@ -28,8 +28,8 @@ def export_zip(db_url: str, run_name: str) -> bytes:
 
     Returns:
         The zip file's bytes: ``<run>-preferences/manifest.json``, ``segments.npz``,
-        ``segments.jsonl``, ``pairs.jsonl`` and ``labels.jsonl`` (retracted labels included,
-        marked), readable by :func:`prefloop.datasets.load_dataset` once unpacked.
+        ``segments.jsonl``, ``pairs.jsonl``, ``labels.jsonl`` (retracted labels included,
+        marked) and ``checks.jsonl`` (the raters' gold and repeat checks), readable by :func:`prefloop.datasets.load_dataset` once unpacked.
 
     Raises:
         prefloop.datasets.DatasetError, prefloop.store.StoreError: the run cannot be exported.
@@ -69,6 +69,6 @@ def render_export_download(db_url: str, run_name: str) -> None:
         on_click="ignore",
         icon=":material/download:",
         key="download_preferences",
-        help="The run's segments, pairs and labels (retracted ones marked) as a zipped dataset "
+        help="The run's segments, pairs, labels (retracted ones marked) and rater checks as a zipped dataset "
         "folder, the format of `prefloop export`.",
     )

@@ -97,7 +97,7 @@ def _train(env_id: str, run_dir: Path, *, steps: int, labels: int, seed: int, re
         env_id=env_id, run_dir=run_dir, labels=labels, steps=steps, seed=seed, progress_bar=False,
         eval_episodes=eval_episodes, reward_source=reward_source,
         # image runs: the smaller torso and small batches, so reward fitting fits a CPU core
-        reward_model=RewardModelConfig(cnn=cnn, batch_size=8, min_steps_per_fit=50, max_steps_per_fit=200, steps_per_label=2)
+        reward_model=RewardModelConfig(cnn=cnn, batch_size=8, min_steps_per_fit=50, max_steps_per_fit=200, steps_per_label=2, seed=seed)
         if env_id.startswith("prefloop/") else RewardModelConfig(),
     )
     result = train(config)

@@ -145,6 +145,19 @@ def test_a_teacher_with_overrides_reaches_the_run_config_and_names_its_group(tmp
     assert len({j.identity() for j in jobs}) == len(jobs)
 
 
+def test_a_bench_run_is_the_run_prefloop_train_makes_with_the_same_seed(tmp_path: Path) -> None:
+    """Found in review: bench seeded every run's reward-model trainer (validation split, batch
+    order) with 0, so `bench --seeds 3` and `train --seed 3` learned different rewards."""
+    from prefloop.bench.sweep import plan_jobs
+    from prefloop.cli.main import build_parser, build_train_config
+
+    for seed in (0, 3):
+        job = next(j for j in plan_jobs(BenchConfig(seeds=(seed,), label_budgets=(50,), out_dir=tmp_path))
+                   if j.kind == "preferences")
+        args = build_parser().parse_args(["train", "--env", "CartPole-v1", "--labels", "50", "--seed", str(seed)])
+        assert job.config.reward_model == build_train_config(args).reward_model
+
+
 def test_bench_takes_an_algorithm_class_by_its_import_path_as_train_does(tmp_path: Path) -> None:
     pytest.importorskip("sb3_contrib")
     from prefloop.bench.sweep import check_grid, plan_jobs

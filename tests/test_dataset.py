@@ -203,7 +203,7 @@ def test_dataset_files_are_open_formats_without_pickle(source: Source, tmp_path:
     out = tmp_path / "dataset"
     export_dataset(source.url, source.run_name, out)
     assert sorted(p.name for p in out.iterdir()) == [
-        "labels.jsonl", "manifest.json", "pairs.jsonl", "segments.jsonl", "segments.npz"
+        "checks.jsonl", "labels.jsonl", "manifest.json", "pairs.jsonl", "segments.jsonl", "segments.npz"
     ]
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["format"], manifest["version"]) == (FORMAT_NAME, 1)
@@ -266,7 +266,7 @@ def reseal(d: Path) -> None:
     manifest = json.loads((d / "manifest.json").read_text())
     manifest["checksums"] = {
         name: hashlib.sha256((d / name).read_bytes()).hexdigest()
-        for name in ("segments.npz", "segments.jsonl", "pairs.jsonl", "labels.jsonl")
+        for name in ("segments.npz", "segments.jsonl", "pairs.jsonl", "labels.jsonl", "checks.jsonl")
         if (d / name).is_file()
     }
     (d / "manifest.json").write_text(json.dumps(manifest))

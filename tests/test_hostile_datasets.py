@@ -571,7 +571,7 @@ def test_export_of_a_store_holding_an_impossible_time_is_one_line(
 def zipped(clean: Path, path: Path, members: dict[str, bytes] | None = None, folder: str = "run-preferences/",
            extra: Callable[[zipfile.ZipFile], None] | None = None) -> Path:
     """A zip of the clean dataset's files in ``folder`` (``members`` replaces or adds some)."""
-    files = {name: (clean / name).read_bytes() for name in ("manifest.json", "segments.npz", "segments.jsonl", "pairs.jsonl", "labels.jsonl")}
+    files = {name: (clean / name).read_bytes() for name in ("manifest.json", "segments.npz", "segments.jsonl", "pairs.jsonl", "labels.jsonl", "checks.jsonl")}
     files.update(members or {})
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in files.items():

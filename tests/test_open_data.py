@@ -91,7 +91,7 @@ def reshaped(table: Any, column: str, row: int) -> np.ndarray:
 def test_parquet_round_trip_gives_the_same_pairs_and_labels(source: Source, parquet_dataset: Path, tmp_path: Path) -> None:
     """export parquet -> import -> export jsonl says what export jsonl of the source says."""
     assert sorted(p.name for p in parquet_dataset.iterdir()) == [
-        "labels.parquet", "manifest.json", "pairs.parquet", "segments.parquet"]
+        "checks.parquet", "labels.parquet", "manifest.json", "pairs.parquet", "segments.parquet"]
     target = sqlite_url(tmp_path / "target.sqlite")
     imported = import_dataset(parquet_dataset, target, "copy")
     export_dataset(source.url, source.run_name, tmp_path / "original")

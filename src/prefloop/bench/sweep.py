@@ -138,7 +138,8 @@ def plan_jobs(config: BenchConfig) -> list[Job]:
                 env_id=env_id, run_dir=runs_dir / f"{env_id}-{algo_folder}-{folder_teacher}{loss}-{query}-{labels}-s{seed}",
                 algo=algo_name, steps=config.steps, seed=seed, labels=labels, teacher=name, teacher_params=params,
                 query=QueryConfig.from_spec(query), progress_bar=False, eval_episodes=config.eval_episodes,
-                reward_model=RewardModelConfig(rater_model=rater_model),
+                # seeded with the run's seed, as `prefloop train --seed` does: a bench run is that run
+                reward_model=RewardModelConfig(rater_model=rater_model, seed=seed),
                 answer_seconds=config.answer_seconds, answer_seconds_sigma=config.answer_seconds_sigma,
             )))
     return jobs

@@ -13,10 +13,13 @@ arrays, which any language with a zip and ``.npy`` reader can open.
       segments.jsonl   one JSON object per segment (same order), its scalar fields and provenance
       pairs.jsonl      one JSON object per pair shown to raters
       labels.jsonl     one JSON object per label, retracted ones included (they are kept, marked)
+      checks.jsonl     one JSON object per rater check (a gold pair or a repeat asked only to
+                       measure a rater; not a label): the evidence behind each rater's
+                       reliability estimate. Exports from before checks have none (loaded as none)
 
 Ids in the files are the source store's ids; importing gives new ids in the target store and keeps
 everything else as it was: arrays bit for bit (dtypes too), rater ids, choices, response times,
-timestamps and the retracted state of every label.
+timestamps and the retracted state of every label, and every rater check (into the importing run).
 
 Everything a file holds is validated on loading, before a store is touched; a problem raises
 :class:`DatasetError` naming the file, the line or array, the field, and the fix.
@@ -26,6 +29,7 @@ The modules, in the order a dataset goes through them:
 - :mod:`~prefloop.datasets.format`: file names, version, field descriptions, the records.
 - :mod:`~prefloop.datasets.export`: a run of a store to a dataset folder.
 - :mod:`~prefloop.datasets.records`: the checks every segment, pair and label gets on loading.
+- :mod:`~prefloop.datasets.rater_checks`: rater checks read for export, checked, imported.
 - :mod:`~prefloop.datasets.load`: reading a folder or zip as hostile input, through those checks.
 - :mod:`~prefloop.datasets.importing`: a loaded dataset into a run of a store.
 - :mod:`~prefloop.datasets.parquet`: the same records as Parquet tables (``prefloop export
@@ -38,6 +42,8 @@ from __future__ import annotations
 
 from prefloop.datasets.export import export_dataset
 from prefloop.datasets.format import (
+    CHECKS_JSONL,
+    CHECKS_PARQUET,
     DATA_FILES,
     FILE_DESCRIPTIONS,
     FORMAT_NAME,
@@ -53,6 +59,7 @@ from prefloop.datasets.format import (
     SEGMENTS_JSONL,
     SEGMENTS_NPZ,
     SEGMENTS_PARQUET,
+    DatasetCheck,
     DatasetError,
     DatasetPair,
     DatasetSummary,
@@ -73,6 +80,8 @@ from prefloop.datasets.load import (
 from prefloop.datasets.records import MAX_JSONL_LINE_BYTES
 
 __all__ = [
+    "CHECKS_JSONL",
+    "CHECKS_PARQUET",
     "DATA_FILES",
     "DEFAULT_MAX_DATASET_BYTES",
     "FILE_DESCRIPTIONS",
@@ -93,6 +102,7 @@ __all__ = [
     "SEGMENTS_JSONL",
     "SEGMENTS_NPZ",
     "SEGMENTS_PARQUET",
+    "DatasetCheck",
     "DatasetError",
     "DatasetPair",
     "DatasetSummary",

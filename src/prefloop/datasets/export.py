@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from sqlalchemy.engine import Connection, make_url
 
 from prefloop.credentials import scrub_config
 from prefloop.datasets.format import (
+    CHECKS_JSONL,
+    CHECKS_PARQUET,
     DATA_FILES,
     FILE_DESCRIPTIONS,
     FORMAT_NAME,
@@ -42,6 +44,7 @@ from prefloop.datasets.format import (
     json_or_none,
     sha256_file,
 )
+from prefloop.datasets.rater_checks import check_lines, read_check_rows
 from prefloop.store import (
     NoSuchRunError,
     NoSuchStoreError,
@@ -59,9 +62,9 @@ from prefloop.types import Segment
 class RunSnapshot:
     """One run of a store as an export writes it, read in one transaction.
 
-    ``segment_lines``, ``pair_lines`` and ``label_lines`` are the records of segments.jsonl,
-    pairs.jsonl and labels.jsonl (plain JSON values, by id); ``arrays`` the arrays of
-    segments.npz (see :data:`prefloop.datasets.format.FILE_DESCRIPTIONS`).
+    ``segment_lines``, ``pair_lines``, ``label_lines`` and ``check_lines`` are the records of
+    segments.jsonl, pairs.jsonl, labels.jsonl and checks.jsonl (plain JSON values, by id);
+    ``arrays`` the arrays of segments.npz (see :data:`prefloop.datasets.format.FILE_DESCRIPTIONS`).
     """
 
     run_name: str
@@ -73,6 +76,7 @@ class RunSnapshot:
     segment_lines: list[dict[str, Any]]
     pair_lines: list[dict[str, Any]]
     label_lines: list[dict[str, Any]]
+    check_lines: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def env_spec(self) -> Any:
@@ -84,7 +88,7 @@ class RunSnapshot:
         return scrub_config(json_or_none(self.meta.get("config")))
 
     def counts(self) -> dict[str, int]:
-        return _counts(len(self.segment_lines), self.pair_lines, self.label_lines)
+        return _counts(len(self.segment_lines), self.pair_lines, self.label_lines, self.check_lines)
 
     def manifest(self, checksums: dict[str, str], files: dict[str, Any], layout: str | None = None) -> dict[str, Any]:
         """The manifest of an export of this snapshot whose data files have ``checksums``."""
@@ -121,6 +125,7 @@ class RunSnapshot:
             labels=counts["labels"],
             retracted_labels=counts["retracted_labels"],
             raters=sorted({line["rater_id"] for line in self.label_lines}),
+            checks=counts["checks"],
         )
 
 
@@ -156,7 +161,8 @@ def export_dataset(
             write_parquet_files,  # needs pyarrow: checked first
         )
     snapshot = read_run(store_url, run_name, include_retracted)
-    for kind, lines in (("segments", snapshot.segment_lines), ("pairs", snapshot.pair_lines), ("labels", snapshot.label_lines)):
+    for kind, lines in (("segments", snapshot.segment_lines), ("pairs", snapshot.pair_lines),
+                        ("labels", snapshot.label_lines), ("checks", snapshot.check_lines)):
         check_finite_fields(kind, lines)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -165,14 +171,17 @@ def export_dataset(
         if layout == LAYOUT_PARQUET:
             write_parquet_files(tmp, snapshot)
             manifest = snapshot.manifest(
-                {name: sha256_file(tmp / name) for name in PARQUET_FILES}, PARQUET_FILE_DESCRIPTIONS, layout
+                {name: sha256_file(tmp / name) for name in (*PARQUET_FILES, CHECKS_PARQUET)}, PARQUET_FILE_DESCRIPTIONS, layout
             )
         else:
             np.savez_compressed(tmp / SEGMENTS_NPZ, allow_pickle=False, **snapshot.arrays)
             _write_jsonl(tmp / SEGMENTS_JSONL, snapshot.segment_lines)
             _write_jsonl(tmp / PAIRS_JSONL, snapshot.pair_lines)
             _write_jsonl(tmp / LABELS_JSONL, snapshot.label_lines)
-            manifest = snapshot.manifest({name: sha256_file(tmp / name) for name in DATA_FILES}, FILE_DESCRIPTIONS)
+            _write_jsonl(tmp / CHECKS_JSONL, snapshot.check_lines)
+            manifest = snapshot.manifest(
+                {name: sha256_file(tmp / name) for name in (*DATA_FILES, CHECKS_JSONL)}, FILE_DESCRIPTIONS
+            )
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
         _publish(tmp, out)
     except BaseException:
@@ -190,6 +199,7 @@ def read_run(store_url: str, run_name: str, include_retracted: bool = True) -> R
     with _open_for_export(store_url, run_name) as store:
         with store_transaction(store, write=False) as conn:
             segment_rows, pair_rows, label_rows, meta = _read_snapshot(conn, store.run_id, include_retracted)
+            check_rows = read_check_rows(conn, store.run_id)
 
     env_spec = json_or_none(meta.get("env_spec"))
     segments = [_segment_from_row(row) for row in segment_rows]
@@ -243,6 +253,7 @@ def read_run(store_url: str, run_name: str, include_retracted: bool = True) -> R
         segment_lines=segment_lines,
         pair_lines=pair_lines,
         label_lines=label_lines,
+        check_lines=check_lines(check_rows),
     )
 
 
@@ -339,7 +350,7 @@ def _segment_arrays(segments: Sequence[Segment], run_name: str) -> dict[str, np.
     }
 
 
-def _counts(n_segments: int, pairs: list[dict], labels: list[dict]) -> dict[str, int]:
+def _counts(n_segments: int, pairs: list[dict], labels: list[dict], checks: list[dict]) -> dict[str, int]:
     retracted = sum(1 for line in labels if line["retracted_at"] is not None)
     return {
         "segments": n_segments,
@@ -349,6 +360,7 @@ def _counts(n_segments: int, pairs: list[dict], labels: list[dict]) -> dict[str,
         "live_labels": len(labels) - retracted,
         "retracted_labels": retracted,
         "raters": len({line["rater_id"] for line in labels}),
+        "checks": len(checks),
     }
 
 

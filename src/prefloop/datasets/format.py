@@ -1,7 +1,7 @@
 """The dataset format: file names, version, what every file and field means, and the records a
 loaded dataset is made of.
 
-A dataset folder holds one run's segments, pairs and labels (see :mod:`prefloop.datasets`). Ids in
+A dataset folder holds one run's segments, pairs, labels and rater checks (see :mod:`prefloop.datasets`). Ids in
 the files are the source store's ids; importing gives new ids in the target store and keeps
 everything else as it was.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefloop.store.schema import CHECK_KINDS
 from prefloop.types import Choice, Label, Segment
 
 FORMAT_NAME = "prefloop.preferences"
@@ -25,6 +26,9 @@ SEGMENTS_JSONL = "segments.jsonl"
 PAIRS_JSONL = "pairs.jsonl"
 LABELS_JSONL = "labels.jsonl"
 DATA_FILES = (SEGMENTS_NPZ, SEGMENTS_JSONL, PAIRS_JSONL, LABELS_JSONL)
+# The rater checks (prefloop.store.rater_checks): written by every export since they were added,
+# read when present. A version-1 export from before has no checks file and loads with no checks.
+CHECKS_JSONL = "checks.jsonl"
 
 # The Parquet layout (manifest "layout": "parquet"): the same records as three tables that
 # pandas, Hugging Face `datasets`, DuckDB or Spark read directly.
@@ -33,6 +37,7 @@ SEGMENTS_PARQUET = "segments.parquet"
 PAIRS_PARQUET = "pairs.parquet"
 LABELS_PARQUET = "labels.parquet"
 PARQUET_FILES = (SEGMENTS_PARQUET, PAIRS_PARQUET, LABELS_PARQUET)
+CHECKS_PARQUET = "checks.parquet"
 # segments.parquet's schema metadata key: per array column, the shape of one row and the dtype.
 ARRAYS_METADATA_KEY = "prefloop.arrays"
 
@@ -111,6 +116,25 @@ FILE_DESCRIPTIONS: dict[str, Any] = {
             "retracted_at": "null, or unix seconds when the rater undid it (not used for training)",
         },
     },
+    CHECKS_JSONL: {
+        "description": "one JSON object per line, one line per rater check, by id: a pair asked of a "
+        "rater only to measure them (never a label, never trains the reward model; the evidence "
+        "behind each rater's reliability estimate). Absent from exports made before checks existed",
+        "fields": {
+            "id": "int, the check's id in the source store",
+            "pair_id": "int, a pair id of pairs.jsonl",
+            "rater_id": "str, who was asked",
+            "kind": f"one of {list(CHECK_KINDS)}: 'gold', a gold pair (is the rater right?); 'repeat', a "
+            "pair the rater labelled before, shown again with left and right swapped (do they answer the same?)",
+            "swapped": "bool, the pair was shown with left and right swapped",
+            "expected": "'left'/'right'/'equal': the gold answer, or the rater's earlier label",
+            "choice": f"null (served, not answered yet: on the rater's screen) or one of {CHOICES}: the "
+            "answer, in the pair's own orientation (a swapped repeat is stored un-swapped)",
+            "response_time_s": "null (not answered) or float >= 0, seconds the rater took",
+            "served_at": "float, unix seconds when it was (last) shown to the rater",
+            "answered_at": "null (not answered, or the answer was undone) or unix seconds when it was answered",
+        },
+    },
 }
 
 
@@ -133,6 +157,24 @@ class DatasetPair:
     status: str | None = None
 
 
+@dataclass(frozen=True)
+class DatasetCheck:
+    """One rater check of a dataset (see :data:`FILE_DESCRIPTIONS` ``checks.jsonl``); ``pair_id``
+    is a dataset pair id; ``choice``, ``response_time_s`` and ``answered_at`` are None while the
+    check is open (served, not answered)."""
+
+    id: int
+    pair_id: int
+    rater_id: str
+    kind: str
+    swapped: bool
+    expected: Choice
+    choice: Choice | None
+    response_time_s: float | None
+    served_at: float
+    answered_at: float | None
+
+
 @dataclass
 class PreferenceDataset:
     """A dataset folder in memory.
@@ -144,6 +186,7 @@ class PreferenceDataset:
         labels: in the order given; ``pair_id`` and ``id`` are dataset ids, retracted ones included
             when the export included them.
         segment_created_at: when each segment (by id) was first stored, unix seconds.
+        checks: the rater checks, by id (none for an export from before checks existed).
     """
 
     manifest: dict[str, Any]
@@ -151,6 +194,7 @@ class PreferenceDataset:
     pairs: list[DatasetPair]
     labels: list[Label]
     segment_created_at: dict[int, float] = field(default_factory=dict)
+    checks: list[DatasetCheck] = field(default_factory=list)
 
     @property
     def run_name(self) -> str | None:
@@ -177,8 +221,9 @@ class PreferenceDataset:
 class DatasetSummary:
     """What an export or import moved.
 
-    ``segment_ids``, ``pair_ids`` and ``label_ids`` map dataset ids to the target store's ids
-    (import only; empty after an export, whose files keep the store's ids).
+    ``segment_ids``, ``pair_ids``, ``label_ids`` and ``check_ids`` map dataset ids to the target
+    store's ids (import only; empty after an export, whose files keep the store's ids). ``checks``:
+    rater checks moved (answered or open).
     """
 
     path: Path
@@ -191,11 +236,14 @@ class DatasetSummary:
     segment_ids: dict[int, int] = field(default_factory=dict)
     pair_ids: dict[int, int] = field(default_factory=dict)
     label_ids: dict[int, int] = field(default_factory=dict)
+    checks: int = 0
+    check_ids: dict[int, int] = field(default_factory=dict)
 
     def to_text(self) -> str:
         return (
             f"{self.segments} segments, {self.pairs} pairs, {self.labels} labels "
             f"({self.retracted_labels} retracted) from {len(self.raters)} rater(s)"
+            + (f", {self.checks} rater checks" if self.checks else "")
         )
 
 
@@ -225,8 +273,14 @@ NPZ_ARRAYS = (
 
 
 def data_files(manifest: dict[str, Any]) -> tuple[str, ...]:
-    """The data files a manifest's layout has (JSONL + npz unless it says ``"layout": "parquet"``)."""
+    """The data files a manifest's layout always has (JSONL + npz unless it says ``"layout":
+    "parquet"``); the checks file (:func:`checks_file`) may come with them."""
     return PARQUET_FILES if manifest.get("layout") == LAYOUT_PARQUET else DATA_FILES
+
+
+def checks_file(manifest: dict[str, Any]) -> str:
+    """The name of the rater checks file in a manifest's layout."""
+    return CHECKS_PARQUET if manifest.get("layout") == LAYOUT_PARQUET else CHECKS_JSONL
 
 
 def _as_parquet(fields: dict[str, str]) -> dict[str, str]:
@@ -277,6 +331,15 @@ PARQUET_FILE_DESCRIPTIONS: dict[str, Any] = {
                 )
             },
             "query_method": "str or null, as in pairs.parquet",
+        },
+    },
+    CHECKS_PARQUET: {
+        "description": "Parquet, one row per rater check, by id, with whether the answer agrees "
+        "and the pair's segments beside it (checks measure raters; they are not labels)",
+        "columns": {
+            **_as_parquet(FILE_DESCRIPTIONS[CHECKS_JSONL]["fields"]),
+            "agrees": "bool or null: choice equals expected (null while not answered)",
+            "left_segment_id": "int, the pair's left segment", "right_segment_id": "int, its right segment",
         },
     },
 }

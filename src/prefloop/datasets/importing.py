@@ -1,6 +1,7 @@
 """Import: a loaded, checked dataset written into a run of a store, in one transaction.
 
-Segments, pairs and labels get new ids in the target store; everything else is kept as it was.
+Segments, pairs, labels and rater checks get new ids in the target store; everything else is
+kept as it was.
 A failure rolls everything back, and a run the import created is removed again.
 """
 
@@ -37,6 +38,7 @@ from prefloop.datasets.format import (
     json_or_none,
 )
 from prefloop.datasets.load import load_dataset
+from prefloop.datasets.rater_checks import write_checks
 from prefloop.serialization import array_to_bytes
 from prefloop.stacked_frames import obs_to_bytes
 from prefloop.store import (
@@ -46,6 +48,7 @@ from prefloop.store import (
     PreferenceStore,
     labels_table,
     pairs_table,
+    rater_checks_table,
     run_meta_table,
     runs_table,
     segments_table,
@@ -57,8 +60,9 @@ from prefloop.untrusted import excerpt
 def import_dataset(in_dir: str | os.PathLike[str], store_url: str, run_name: str) -> DatasetSummary:
     """Write a dataset folder into run ``run_name`` of the store at ``store_url``, in one transaction.
 
-    Segments, pairs and labels get new ids; every label keeps its rater id, choice, response time,
-    timestamps and retracted state. Pair statuses are recomputed from the live labels (``answered``
+    Segments, pairs, labels and rater checks get new ids; every label keeps its rater id, choice,
+    response time, timestamps and retracted state; every check (into this run only) its rater,
+    kind, expected answer, answer (or none: still open), response time and timestamps. Pair statuses are recomputed from the live labels (``answered``
     once a pair has ``labels_per_pair`` of them, else ``withdrawn`` if it was, else ``pending``); leases are not carried. The
     run's meta gets the dataset's env_spec, render_fps, guideline and config, and ``import_source``.
 
@@ -101,6 +105,8 @@ def import_loaded_dataset(dataset: PreferenceDataset, in_dir: Path, store_url: s
         segment_ids=ids[0],
         pair_ids=ids[1],
         label_ids=ids[2],
+        checks=len(dataset.checks),
+        check_ids=ids[3],
     )
 
 
@@ -130,7 +136,7 @@ def _drop_empty_run(store: PreferenceStore) -> None:
     r = runs_table
     used = [
         exists().where(table.c.run_id == r.c.id)
-        for table in (segments_table, pairs_table, run_meta_table)
+        for table in (segments_table, pairs_table, run_meta_table, rater_checks_table)
     ]
     try:
         with store_transaction(store, write=True) as conn:
@@ -141,7 +147,7 @@ def _drop_empty_run(store: PreferenceStore) -> None:
 
 def _write_dataset(
     conn: Connection, run_id: int, run_name: str, dataset: PreferenceDataset
-) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+) -> tuple[dict[int, int], dict[int, int], dict[int, int], dict[int, int]]:
     s, p, lab, m = segments_table, pairs_table, labels_table, run_meta_table
     # Lock the run row (PostgreSQL) so two imports into one run cannot both pass the check below;
     # on SQLite the write transaction (BEGIN IMMEDIATE) already excludes every other writer.
@@ -212,6 +218,7 @@ def _write_dataset(
             )
         )
         label_ids[int(label.id)] = int(result.inserted_primary_key[0])  # type: ignore[arg-type]
+    check_ids = write_checks(conn, run_id, dataset.checks, pair_ids)
 
     meta_values[IMPORT_META_KEY] = json.dumps({
         "format": FORMAT_NAME,
@@ -225,7 +232,7 @@ def _write_dataset(
             conn.execute(update(m).where(m.c.run_id == run_id, m.c.key == key).values(value=value))
         else:
             conn.execute(insert(m).values(run_id=run_id, key=key, value=value))
-    return segment_ids, pair_ids, label_ids
+    return segment_ids, pair_ids, label_ids, check_ids
 
 
 def _meta_values(dataset: PreferenceDataset) -> dict[str, str]:

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from prefloop.datasets.format import (
+    CHECKS_JSONL,
+    CHECKS_PARQUET,
     DATA_FILES,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -38,8 +40,10 @@ from prefloop.datasets.format import (
     DatasetError,
     DatasetPair,
     PreferenceDataset,
+    checks_file,
     data_files,
 )
+from prefloop.datasets.rater_checks import checks_from_records
 from prefloop.datasets.records import (
     BYTES_PER_SEGMENT,
     REEXPORT,
@@ -80,7 +84,8 @@ def load_dataset(
     Checks the manifest's format and version, that every file is a regular file in the folder
     (symbolic links are refused, never followed), sizes and npy headers before reading, every
     file's syntax, array shapes, dtypes and finiteness, field types and ranges, choices, rater ids,
-    the references between files, that no pair has more live labels than it asked for, the
+    the references between files, that no pair has more live labels than it asked for, the rater
+    checks (``checks.jsonl``, when the export has one: older ones do not, and load with none), the
     manifest's counts and (with ``verify_checksums``, required for an import) that the manifest
     holds a checksum of every file and no file changed since export.
 
@@ -120,7 +125,8 @@ def _load_zipped(path: Path, verify_checksums: bool, max_bytes: int) -> Preferen
     with tempfile.TemporaryDirectory(prefix="prefloop-import-") as tmp:
         try:
             with open_regular_file(path.parent, path.name, max_bytes) as handle:
-                folder = extract_zip(handle, path.name, (MANIFEST, *DATA_FILES, *PARQUET_FILES), Path(tmp), max_bytes)
+                allowed = (MANIFEST, *DATA_FILES, CHECKS_JSONL, *PARQUET_FILES, CHECKS_PARQUET)
+                folder = extract_zip(handle, path.name, allowed, Path(tmp), max_bytes)
         except TooLargeError as exc:
             raise DatasetError(f"{exc}; if the dataset is genuine, allow more with `prefloop import --max-gib N`") from None
         except UntrustedInputError as exc:
@@ -136,8 +142,9 @@ class DatasetFiles:
         arrays: the per-segment arrays of :data:`NPZ_ARRAYS`, as read.
         segment_records, pair_records, label_records: ``(line or row number, object)`` of each
             file, plain JSON-like values.
+        check_records: likewise for the rater checks; None when the export has no checks file.
         names: the file each kind of record came from, by ``"arrays"``, ``"segments"``,
-            ``"pairs"``, ``"labels"`` (what errors name).
+            ``"pairs"``, ``"labels"``, ``"checks"`` (what errors name).
         unit: ``"line"`` (JSON Lines) or ``"row"`` (Parquet).
         array_kind: ``"array"`` (npz) or ``"column"`` (Parquet).
         check_context: a layout's own check of the loaded records (Parquet: the label table's
@@ -149,6 +156,7 @@ class DatasetFiles:
     pair_records: list[tuple[int, dict[str, Any]]]
     label_records: list[tuple[int, dict[str, Any]]]
     names: dict[str, str]
+    check_records: list[tuple[int, dict[str, Any]]] | None = None
     unit: str = "line"
     array_kind: str = "array"
     check_context: Callable[[list[Segment], list[DatasetPair], list[Label]], None] | None = None
@@ -167,7 +175,8 @@ def _load_checked(root: Path, verify_checksums: bool, max_bytes: int) -> Prefere
 
 def _read_jsonl_files(root: Path, manifest: dict[str, Any], verify_checksums: bool, max_bytes: int) -> DatasetFiles:
     texts: dict[str, bytes] = {}
-    for name in (SEGMENTS_JSONL, PAIRS_JSONL, LABELS_JSONL):
+    with_checks = has_checks(root, manifest)
+    for name in (SEGMENTS_JSONL, PAIRS_JSONL, LABELS_JSONL, *([CHECKS_JSONL] if with_checks else [])):
         texts[name] = read_regular_file(root, name, max_bytes - sum(map(len, texts.values())))
     for name, data in texts.items():
         check_record_budget(name, data.count(b"\n") + 1, "lines", max_bytes)
@@ -183,7 +192,21 @@ def _read_jsonl_files(root: Path, manifest: dict[str, Any], verify_checksums: bo
         segment_records=jsonl_objects(texts[SEGMENTS_JSONL], SEGMENTS_JSONL),
         pair_records=jsonl_objects(texts[PAIRS_JSONL], PAIRS_JSONL),
         label_records=jsonl_objects(texts[LABELS_JSONL], LABELS_JSONL),
-        names={"arrays": SEGMENTS_NPZ, "segments": SEGMENTS_JSONL, "pairs": PAIRS_JSONL, "labels": LABELS_JSONL},
+        check_records=jsonl_objects(texts[CHECKS_JSONL], CHECKS_JSONL) if with_checks else None,
+        names={"arrays": SEGMENTS_NPZ, "segments": SEGMENTS_JSONL, "pairs": PAIRS_JSONL, "labels": LABELS_JSONL,
+               "checks": CHECKS_JSONL},
+    )
+
+
+def has_checks(root: Path, manifest: dict[str, Any]) -> bool:
+    """Whether the export has a rater checks file: it is in the folder, or the manifest says it
+    should be (a checksum or a count of it). An export from before checks has neither."""
+    name = checks_file(manifest)
+    checksums, counts = manifest.get("checksums"), manifest.get("counts")
+    return (
+        os.path.lexists(root / name)
+        or (isinstance(checksums, dict) and name in checksums)
+        or (isinstance(counts, dict) and "checks" in counts)
     )
 
 
@@ -201,6 +224,10 @@ def _checked_dataset(manifest: dict[str, Any], files: DatasetFiles, max_bytes: i
     segment_ids = {int(s.id) for s in segments}  # type: ignore[arg-type]
     pairs = pairs_from_records(files.pair_records, segment_ids, names["pairs"], names["segments"], unit)
     labels = labels_from_records(files.label_records, pairs, names["labels"], names["pairs"], unit)
+    checks = (
+        [] if files.check_records is None
+        else checks_from_records(files.check_records, pairs, names["checks"], names["pairs"], unit)
+    )
     if files.check_context is not None:
         files.check_context(segments, pairs, labels)
 
@@ -209,6 +236,7 @@ def _checked_dataset(manifest: dict[str, Any], files: DatasetFiles, max_bytes: i
         "segments": (len(segments), names["arrays"]),
         "pairs": (len(pairs), names["pairs"]),
         "labels": (len(labels), names["labels"]),
+        **({"checks": (len(checks), names["checks"])} if files.check_records is not None else {}),
     }
     if isinstance(counts, dict):
         for key, (value, file) in actual.items():
@@ -218,7 +246,8 @@ def _checked_dataset(manifest: dict[str, Any], files: DatasetFiles, max_bytes: i
                     f"{excerpt(counts[key])}; the file is incomplete or was edited -- {REEXPORT}"
                 )
     return PreferenceDataset(
-        manifest=manifest, segments=segments, pairs=pairs, labels=labels, segment_created_at=created_at
+        manifest=manifest, segments=segments, pairs=pairs, labels=labels, segment_created_at=created_at,
+        checks=checks,
     )
 
 
@@ -330,7 +359,8 @@ def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
         raise bad("source", "must be an object with a string 'run_name'")
     if len(name) > MAX_SOURCE_RUN_NAME_CHARS or storable_text(name) or not name.strip():
         raise bad("source", f"has the run_name {excerpt(name)}; a run name is 1 to 200 characters of text")
-    for file in data_files(manifest):
+    files = (*data_files(manifest), *([checks_file(manifest)] if has_checks(root, manifest) else []))
+    for file in files:
         if not os.path.lexists(root / file):
             raise DatasetError(f"{file} is missing from {root}; the dataset is incomplete -- {REEXPORT}")
     if require_checksums:
@@ -340,7 +370,7 @@ def _load_manifest(root: Path, require_checksums: bool) -> dict[str, Any]:
                 f"{MANIFEST} has no 'checksums' object, so the files cannot be verified and the "
                 f"dataset is refused; {REEXPORT} (it writes the sha256 of every file)"
             )
-        for file in data_files(manifest):
+        for file in files:
             value = checksums.get(file)
             if not (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
                 raise DatasetError(

@@ -1,4 +1,4 @@
-"""The Parquet layout: a run's segments, pairs and labels as three tables other tools read.
+"""The Parquet layout: a run's segments, pairs, labels and rater checks as tables other tools read.
 
     dataset/
       manifest.json     as in the JSON Lines layout, with "layout": "parquet"
@@ -6,6 +6,8 @@
                         columns (flattened in C order; shapes and dtypes in the schema metadata)
       pairs.parquet     one row per pair shown to raters
       labels.parquet    one row per label, with its pair's segments and their spans beside it
+      checks.parquet    one row per rater check (not a label), with whether it agrees and its
+                        pair's segments beside it; absent from exports made before checks existed
 
 pandas (``pd.read_parquet``), Hugging Face ``datasets.load_dataset("parquet", ...)``, DuckDB,
 Polars and Spark read the tables as they are. Timestamps are unix seconds (float64), as in the
@@ -32,6 +34,7 @@ import numpy as np
 from prefloop.datasets.export import RunSnapshot
 from prefloop.datasets.format import (
     ARRAYS_METADATA_KEY,
+    CHECKS_PARQUET,
     LABELS_PARQUET,
     PAIRS_PARQUET,
     SEGMENTS_PARQUET,
@@ -39,7 +42,12 @@ from prefloop.datasets.format import (
     DatasetPair,
     missing_extra_error,
 )
-from prefloop.datasets.load import DatasetFiles, sha256_handle, verify_checksum
+from prefloop.datasets.load import (
+    DatasetFiles,
+    has_checks,
+    sha256_handle,
+    verify_checksum,
+)
 from prefloop.datasets.records import REEXPORT, Fields, check_record_budget
 from prefloop.types import Label, Segment
 from prefloop.untrusted import TooLargeError, excerpt, open_regular_file, parse_json
@@ -70,6 +78,12 @@ LABEL_COLUMNS = {
     **{f"{side}_{name}": pa.int64() for side in ("left", "right") for name in SPAN_FIELDS},
     "query_method": pa.string(),
 }
+CHECK_COLUMNS = {
+    "id": pa.int64(), "pair_id": pa.int64(), "rater_id": pa.string(), "kind": pa.string(),
+    "swapped": pa.bool_(), "expected": pa.string(), "choice": pa.string(), "response_time_s": pa.float64(),
+    "served_at": pa.float64(), "answered_at": pa.float64(), "agrees": pa.bool_(),
+    "left_segment_id": pa.int64(), "right_segment_id": pa.int64(),
+}
 # The dtypes an array column may declare (what numpy and Parquet both hold without loss).
 ARRAY_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                 "float16", "float32", "float64")
@@ -82,7 +96,8 @@ GOLD_METHOD = "gold"
 
 
 def write_parquet_files(folder: Path, run: RunSnapshot) -> None:
-    """Write ``segments.parquet``, ``pairs.parquet`` and ``labels.parquet`` of ``run`` into ``folder``."""
+    """Write ``segments.parquet``, ``pairs.parquet``, ``labels.parquet`` and ``checks.parquet``
+    of ``run`` into ``folder``."""
     method = _query_method(run.config)
     pair_rows = [
         {**line, "query_method": GOLD_METHOD if line["gold_choice"] is not None else method}
@@ -111,6 +126,16 @@ def write_parquet_files(folder: Path, run: RunSnapshot) -> None:
     pq.write_table(segments, folder / SEGMENTS_PARQUET, compression="zstd")
     pq.write_table(pa.Table.from_pylist(pair_rows, schema=pa.schema(PAIR_COLUMNS)), folder / PAIRS_PARQUET, compression="zstd")
     pq.write_table(pa.Table.from_pylist(label_rows, schema=pa.schema(LABEL_COLUMNS)), folder / LABELS_PARQUET, compression="zstd")
+    check_rows = [
+        {
+            **line,
+            "agrees": None if line["choice"] is None else line["choice"] == line["expected"],
+            "left_segment_id": pairs[line["pair_id"]]["left_segment_id"],
+            "right_segment_id": pairs[line["pair_id"]]["right_segment_id"],
+        }
+        for line in run.check_lines
+    ]
+    pq.write_table(pa.Table.from_pylist(check_rows, schema=pa.schema(CHECK_COLUMNS)), folder / CHECKS_PARQUET, compression="zstd")
 
 
 def _query_method(config: Any) -> str | None:
@@ -145,7 +170,8 @@ def _list_column(name: str, arrays: dict[str, np.ndarray]) -> tuple[pa.Array, di
 
 
 def read_parquet_files(root: Path, manifest: dict[str, Any], verify_checksums: bool, max_bytes: int) -> DatasetFiles:
-    """The three tables of a Parquet dataset folder as arrays and records for the common checks.
+    """The tables of a Parquet dataset folder as arrays and records for the common checks (the
+    checks table only when the export has one).
 
     Raises:
         DatasetError: a file is not Parquet, lacks a column, has a column of the wrong type or
@@ -154,7 +180,8 @@ def read_parquet_files(root: Path, manifest: dict[str, Any], verify_checksums: b
     """
     budget = max_bytes
     tables: dict[str, pa.Table] = {}
-    for name in (SEGMENTS_PARQUET, PAIRS_PARQUET, LABELS_PARQUET):
+    with_checks = has_checks(root, manifest)
+    for name in (SEGMENTS_PARQUET, PAIRS_PARQUET, LABELS_PARQUET, *([CHECKS_PARQUET] if with_checks else [])):
         with open_regular_file(root, name, budget) as handle:
             if verify_checksums:
                 verify_checksum(name, sha256_handle(handle), manifest["checksums"][name])
@@ -168,17 +195,21 @@ def read_parquet_files(root: Path, manifest: dict[str, Any], verify_checksums: b
     ]
     pair_records = _records(tables[PAIRS_PARQUET], PAIR_COLUMNS, PAIRS_PARQUET)
     label_records = _records(tables[LABELS_PARQUET], LABEL_COLUMNS, LABELS_PARQUET)
+    check_records = _records(tables[CHECKS_PARQUET], CHECK_COLUMNS, CHECKS_PARQUET) if with_checks else None
 
     def check_context(segments: list[Segment], pairs: list[DatasetPair], labels: list[Label]) -> None:
         _check_pair_methods(pair_records)
         _check_label_context(label_records, segments, pairs)
+        _check_check_context(check_records or [], pairs)
 
     return DatasetFiles(
         arrays=arrays,
         segment_records=segment_records,
         pair_records=pair_records,
         label_records=label_records,
-        names={"arrays": SEGMENTS_PARQUET, "segments": SEGMENTS_PARQUET, "pairs": PAIRS_PARQUET, "labels": LABELS_PARQUET},
+        check_records=check_records,
+        names={"arrays": SEGMENTS_PARQUET, "segments": SEGMENTS_PARQUET, "pairs": PAIRS_PARQUET, "labels": LABELS_PARQUET,
+               "checks": CHECKS_PARQUET},
         unit="row",
         array_kind="column",
         check_context=check_context,
@@ -351,3 +382,20 @@ def _check_label_context(
                 if f.int(f"{side}_{name}") != expected:
                     raise f.error(f"{side}_{name}", f"is {obj[f'{side}_{name}']} but {SEGMENTS_PARQUET} says {expected}")
         _optional_text(f, "query_method")
+
+
+def _check_check_context(records: list[tuple[int, dict[str, Any]]], pairs: list[DatasetPair]) -> None:
+    """checks.parquet's agrees and segment columns must say what its answer and pairs.parquet say
+    (they are there for readers; an import takes them from those)."""
+    by_pair = {p.id: p for p in pairs}
+    for number, obj in records:
+        f = Fields(CHECKS_PARQUET, number, obj, "row")
+        pair = by_pair[obj["pair_id"]]  # checked by the common check checks
+        agrees = None if obj["choice"] is None else obj["choice"] == obj["expected"]
+        if obj["agrees"] is not agrees:
+            raise f.error("agrees", f"is {excerpt(obj['agrees'])} but choice {excerpt(obj['choice'])} and expected "
+                          f"{excerpt(obj['expected'])} say {'null' if agrees is None else agrees}")
+        for side in ("left", "right"):
+            segment_id = getattr(pair, f"{side}_segment_id")
+            if f.int(f"{side}_segment_id") != segment_id:
+                raise f.error(f"{side}_segment_id", f"is {obj[f'{side}_segment_id']} but {PAIRS_PARQUET} says {segment_id}")
