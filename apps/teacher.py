@@ -12,10 +12,11 @@ stopped with the run. config.json records the run's teacher as ``"human"``, as i
 from __future__ import annotations
 
 import _thread
+import operator
 import os
 import threading
 
-from prefloop.apps.access import ENV_ADMIN_TOKEN, ENV_TOKEN, check_exposure, check_token_value
+from prefloop.apps.access import ENV_ADMIN_TOKEN, ENV_TOKEN, AppConfigError, check_exposure, check_token_value
 from prefloop.apps.launch import check_port_free
 from prefloop.apps.supervise import RaterAppSupervisor
 from prefloop.credentials import ENV_DB_PASSWORD, url_password, url_without_password
@@ -26,6 +27,18 @@ __all__ = ["RaterApp", "RaterAppStoppedError"]
 
 class RaterAppStoppedError(RuntimeError):
     """The rater app kept dying and its supervisor gave up; the message says how often and why."""
+
+
+def _port_number(port: object) -> int:
+    """``port`` as an int in 1..65535, else :class:`AppConfigError` (``-1`` would otherwise be
+    reported as a bad host, and 70000 only once the app failed to start, three times)."""
+    try:
+        value = operator.index(port)  # an int (or numpy integer); not a float, a string or a bool
+    except TypeError:
+        value = None
+    if value is None or isinstance(port, bool) or not 1 <= value <= 65535:
+        raise AppConfigError(f"port must be a port number between 1 and 65535, got {port!r}: e.g. RaterApp(port=8501)")
+    return value
 
 
 class RaterApp:
@@ -40,7 +53,8 @@ class RaterApp:
             show the result; the owner ends it with :meth:`close` (``prefloop run`` does, after its
             grace period or Ctrl-C). False: the app stops with the run.
 
-    The settings are checked at once (:class:`prefloop.apps.access.AppConfigError`, and
+    The settings are checked at once (:class:`prefloop.apps.access.AppConfigError`: a bad token or
+    port number, a non-loopback host without both tokens; and
     :class:`prefloop.apps.launch.AppStartError` for a port another program holds), before any
     run starts. Tokens and a database password reach the app through its environment, never its
     command line (``ps`` shows those) nor config.json (which records ``"human"``).
@@ -60,8 +74,9 @@ class RaterApp:
         check_token_value(token, "--token")
         check_token_value(admin_token, "--admin-token")
         check_exposure(host, token, admin_token)
+        port = _port_number(port)
         check_port_free(host, port)
-        self.host, self.port, self.keep_up_after_run = host, int(port), keep_up_after_run
+        self.host, self.port, self.keep_up_after_run = host, port, keep_up_after_run
         self._token, self._admin_token = token, admin_token  # private: never in a repr or a file
         self.supervisor: RaterAppSupervisor | None = None
         self._interrupt_main = False

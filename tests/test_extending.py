@@ -409,3 +409,24 @@ def test_cli_resumes_a_run_whose_objects_it_can_import(tmp_path: Path) -> None:
                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((run / "summary.json").read_text())["labels_used"] == 20
+
+
+@pytest.mark.parametrize("port", [-1, 0, 70000, "8501", 8501.0, True, None])
+def test_the_rater_app_refuses_a_bad_port_number_in_one_line_naming_the_range(port: object) -> None:
+    # -1 used to be blamed on the host ("cannot listen on '127.0.0.1'"), 70000 passed until the app
+    # failed to start three times, "8501" raised a bare int() ValueError.
+    from prefloop.apps.access import AppConfigError
+    from prefloop.apps.teacher import RaterApp
+
+    with pytest.raises(AppConfigError) as refused:
+        RaterApp(port=port)  # type: ignore[arg-type]
+    assert str(refused.value) == f"port must be a port number between 1 and 65535, got {port!r}: e.g. RaterApp(port=8501)"
+
+
+def test_the_rater_app_takes_a_numpy_port_as_an_int() -> None:
+    import numpy as np
+    from conftest import free_port
+    from prefloop.apps.teacher import RaterApp
+
+    app = RaterApp(port=np.int64(free_port()))
+    assert type(app.port) is int
