@@ -190,6 +190,22 @@ def test_a_stopped_run_says_the_whole_command_that_continues_it(
     assert continue_hint(args) == f"continue with `prefloop {command} --run-dir {run} --resume`"
 
 
+def test_a_stopped_run_on_another_port_says_that_port_to_continue_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Raters keep the app's address: the resumed run's app must come back on the same host and port.
+    from prefloop.cli.main import build_parser, check_resume_arguments, continue_hint
+
+    monkeypatch.delenv("MAKELEVEL", raising=False)
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    args = build_parser().parse_args(["run", "--run-dir", str(run), "--port", "8761", "--host", "localhost"])
+    hint = continue_hint(args)
+    assert hint == f"continue with `prefloop run --run-dir {run} --resume --host localhost --port 8761`"
+    resumed = build_parser().parse_args(hint.split("`")[1].split()[1:])
+    check_resume_arguments(resumed)  # accepted as it is printed
+    assert (resumed.host, resumed.port) == ("localhost", 8761)
+
+
 def test_a_run_started_by_make_says_the_make_command_that_continues_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

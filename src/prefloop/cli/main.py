@@ -135,7 +135,14 @@ def continue_hint(args: argparse.Namespace) -> str:
         return "run the command again"
     if run_dir is None or not (Path(run_dir) / "config.json").is_file():
         return f"start it again with `prefloop {args.command} ...`"
-    hint = f"continue with `prefloop {args.command} --run-dir {shlex.quote(str(run_dir))} --resume`"
+    where = ""
+    if args.command == "run":  # the app comes back where raters had it (tokens stay out: `ps` and logs show this line)
+        defaults = build_parser().parse_args(["run"])
+        if args.host != defaults.host:
+            where += f" --host {shlex.quote(args.host)}"
+        if args.port != defaults.port:
+            where += f" --port {args.port}"
+    hint = f"continue with `prefloop {args.command} --run-dir {shlex.quote(str(run_dir))} --resume{where}`"
     if args.command == "run" and os.environ.get("MAKELEVEL"):  # started by `make run`: prefloop may not be on PATH
         hint += f' (with make: make run PORT={args.port} ARGS="--run-dir {shlex.quote(str(run_dir))} --resume")'
     return hint
