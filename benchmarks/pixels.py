@@ -6,6 +6,8 @@
                                                         # 200 oracle labels vs the true reward
     python benchmarks/pixels.py reward-check --run-dir RUN --env prefloop/CartPolePixels-v1
                                                         # a run's learned reward on held-out segments
+    python benchmarks/pixels.py plot --run-dirs RUN... --png docs/results/pixels-cartpole.png
+                                                        # true return vs env steps of finished runs
 
 Every run is one process with torch.set_num_threads(1); ``learn`` runs the preference run and the
 true-reward run of each seed one after the other, each under ``--timeout`` seconds. Results are
@@ -187,9 +189,33 @@ def reward_check(args: argparse.Namespace) -> list[dict[str, Any]]:
     }]
 
 
+def plot(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """True episode return (training episodes) against env steps of finished runs, one line each,
+    from their ``summary.json`` curves; the rows give each run's final evaluation."""
+    from prefloop.plots import finish_axes, plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    rows = []
+    for run in map(Path, args.run_dirs):
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        config = summary["config"]
+        label = f"{config['labels']} oracle labels" if config["reward_source"] == "preferences" else "true reward"
+        curve = summary["curve"]
+        ax.plot([p["env_step"] for p in curve], [p["true_return"] for p in curve], label=f"{label}, seed {config['seed']}")
+        rows.append({"bench": "plot", "run_dir": str(run), "reward_source": config["reward_source"], "seed": config["seed"],
+                     "eval_return_mean": summary["eval_return_mean"], "wall_time_s": summary["wall_time_s"],
+                     "cpu_time_s": summary["cpu_time_s"], "reward_learning_time_s": summary["reward_learning_time_s"]})
+    Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+    finish_axes(fig, ax, Path(args.png), "env steps", "true episode return (training episodes)", args.title)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("memory", "speed", "learn", "reward-check"))
+    parser.add_argument("what", choices=("memory", "speed", "learn", "reward-check", "plot"))
+    parser.add_argument("--run-dirs", nargs="+", default=[], help="plot: finished run folders")
+    parser.add_argument("--png", default="bench-out/pixels-curves.png", help="plot: the figure")
+    parser.add_argument("--title", default="Pixel CartPole: CnnPolicy on the learned vs the true reward")
     parser.add_argument("--run-dir", help="reward-check: the run folder")
     parser.add_argument("--env", default=PIXEL_CARTPOLE)
     parser.add_argument("--envs", nargs="+", default=["CartPole-v1", PIXEL_CARTPOLE, ATARI], help="speed: envs to time")
@@ -204,7 +230,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench-out/pixels.jsonl")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = {"memory": memory, "speed": speed, "learn": learn, "reward-check": reward_check}[args.what](args)
+    rows = {"memory": memory, "speed": speed, "learn": learn, "reward-check": reward_check, "plot": plot}[args.what](args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a", encoding="utf-8") as fh:
         for row in rows:

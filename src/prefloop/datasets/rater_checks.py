@@ -78,13 +78,8 @@ def checks_from_records(
     asked: set[tuple[int, str, str]] = set()
     for number, obj in lines:
         f = Fields(file, number, obj, unit)
-        check_id = f.int("id")
-        if check_id in seen:
-            raise f.error("id", f"{check_id} appears twice; check ids must be unique")
-        seen.add(check_id)
-        pair_id = f.int("pair_id")
-        if pair_id not in by_id:
-            raise f.error("pair_id", f"is {pair_id}, which is not a pair of {pairs_file}; a check is asked on one of the run's pairs")
+        check_id = f.unique_id(seen, "check")
+        pair_id = f.pair_id(by_id, pairs_file, "; a check is asked on one of the run's pairs")
         rater_id = f.rater_id("rater_id")
         kind = obj.get("kind")
         if kind not in CHECK_KINDS:

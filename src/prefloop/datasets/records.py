@@ -240,6 +240,21 @@ class Fields:
             allowed = CHOICES + (["null"] if optional else [])
             raise self.error(name, f"is {excerpt(value)}; it must be one of {allowed}") from None
 
+    def unique_id(self, seen: set[int], noun: str) -> int:
+        """The record's ``id``, refused when an earlier record of the file had it; added to ``seen``."""
+        record_id = self.int("id")
+        if record_id in seen:
+            raise self.error("id", f"{record_id} appears twice; {noun} ids must be unique")
+        seen.add(record_id)
+        return record_id
+
+    def pair_id(self, pair_ids: Any, pairs_file: str, why: str = "") -> int:
+        """The record's ``pair_id``, refused unless it is one of ``pair_ids`` (the pairs of ``pairs_file``)."""
+        pair_id = self.int("pair_id")
+        if pair_id not in pair_ids:
+            raise self.error("pair_id", f"is {pair_id}, which is not a pair of {pairs_file}{why}")
+        return pair_id
+
     def rater_id(self, name: str) -> str:
         """A rater id the store would accept, without characters that reorder how it shows."""
         value = self._get(name)
@@ -300,10 +315,7 @@ def pairs_from_records(
     seen: set[int] = set()
     for number, obj in lines:
         f = Fields(file, number, obj, unit)
-        pair_id = f.int("id")
-        if pair_id in seen:
-            raise f.error("id", f"{pair_id} appears twice; pair ids must be unique")
-        seen.add(pair_id)
+        pair_id = f.unique_id(seen, "pair")
         sides = {}
         for side in ("left_segment_id", "right_segment_id"):
             sides[side] = f.int(side)
@@ -346,13 +358,8 @@ def labels_from_records(
     live_per_pair: Counter[int] = Counter()
     for number, obj in lines:
         f = Fields(file, number, obj, unit)
-        label_id = f.int("id")
-        if label_id in seen:
-            raise f.error("id", f"{label_id} appears twice; label ids must be unique")
-        seen.add(label_id)
-        pair_id = f.int("pair_id")
-        if pair_id not in asked:
-            raise f.error("pair_id", f"is {pair_id}, which is not a pair of {pairs_file}")
+        label_id = f.unique_id(seen, "label")
+        pair_id = f.pair_id(asked, pairs_file)
         rater_id = f.rater_id("rater_id")
         response_time = f.float("response_time_s")
         if response_time is not None and response_time < 0:
