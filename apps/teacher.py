@@ -60,9 +60,10 @@ class RaterApp:
     command line (``ps`` shows those) nor config.json (which records ``"human"``).
 
     When the app dies for good (restarted ``MAX_APP_RESTARTS`` times), :attr:`failure` says why
-    and the run is stopped: a trainer in the main thread is interrupted as by Ctrl-C
-    (``KeyboardInterrupt``), since it may be training the policy rather than waiting; one in another
-    thread gets :class:`RaterAppStoppedError` from :meth:`check_alive` when it next waits for labels.
+    and the run is stopped: a trainer in the main thread is interrupted as by Ctrl-C, since it
+    may be training the policy rather than waiting, and ``train`` raises
+    :class:`RaterAppStoppedError` with the reason (not a bare ``KeyboardInterrupt``); one in another
+    thread gets it from :meth:`check_alive` when it next waits for labels.
     """
 
     recorded_as = HUMAN_TEACHER

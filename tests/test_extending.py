@@ -430,3 +430,38 @@ def test_the_rater_app_takes_a_numpy_port_as_an_int() -> None:
 
     app = RaterApp(port=np.int64(free_port()))
     assert type(app.port) is int
+
+
+class _DiesAtStart:
+    """A store teacher whose service fails for good as it starts and stops the trainer as Ctrl-C does
+    (the rater app interrupts the main thread when it gives up)."""
+
+    def __init__(self, why: str | None) -> None:
+        self.why = why
+
+    def start(self, store_url: str, run_name: str) -> None:
+        import _thread
+
+        _thread.interrupt_main()  # delivered in the main thread within a few bytecodes
+
+    def stop(self) -> None: ...
+
+    def check_alive(self) -> None:
+        if self.why is not None:
+            raise RuntimeError(self.why)
+
+
+def test_a_store_teacher_that_died_stops_train_with_its_reason_not_a_bare_keyboard_interrupt(tmp_path: Path) -> None:
+    # The rater app on a port taken after RaterApp() was built: train() ended in a KeyboardInterrupt
+    # with no message, the reason only on app.failure.
+    from prefloop.training.loop import train
+
+    torch.set_num_threads(1)
+    config = TrainConfig(env_id="CartPole-v1", labels=2, steps=600, progress_bar=False, eval_episodes=1,
+                         run_dir=tmp_path / "died", teacher=_DiesAtStart("the rater app stopped 4 times"))
+    with pytest.raises(RuntimeError, match="^the rater app stopped 4 times$") as stopped:
+        train(config)
+    assert stopped.value.__suppress_context__
+    # A real Ctrl-C (the teacher is alive) stays a KeyboardInterrupt, for `prefloop: interrupted; ...`.
+    with pytest.raises(KeyboardInterrupt):
+        train(dataclasses.replace(config, run_dir=tmp_path / "ctrl-c", teacher=_DiesAtStart(None)))

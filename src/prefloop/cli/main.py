@@ -186,7 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prefloop.apps.access import AppConfigError
     from prefloop.apps.launch import AppStartError
     from prefloop.apps.supervise import RESULT_GRACE_S
-    from prefloop.apps.teacher import RaterApp
+    from prefloop.apps.teacher import RaterApp, RaterAppStoppedError
     from prefloop.training.loop import train
     from prefloop.training.report import print_run_summary
 
@@ -220,7 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 app.wait(None if interactive else RESULT_GRACE_S)
             except KeyboardInterrupt:
                 pass  # the run is complete; Ctrl-C only stops the app
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RaterAppStoppedError):  # the app given up on stops train() with its reason
         if app.failure is None:
             raise
         print(f"prefloop: error: {app.failure}; every label so far is stored; {continue_hint(args)}", file=sys.stderr)

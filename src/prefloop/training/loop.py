@@ -188,8 +188,25 @@ def train(
             disagrees with the run's store or checkpoint.
     """
     run_dir = RunDir(Path(config.run_dir))
-    with run_dir.owned(existing=resume), contextlib.ExitStack() as cleanup:
-        return _train(config, run_dir, resume=resume, on_ready=on_ready, cleanup=cleanup, query_rule=query_rule)
+    try:
+        with run_dir.owned(existing=resume), contextlib.ExitStack() as cleanup:
+            return _train(config, run_dir, resume=resume, on_ready=on_ready, cleanup=cleanup, query_rule=query_rule)
+    except KeyboardInterrupt:
+        raise_why_the_teacher_stopped(config.teacher)
+        raise
+
+
+def raise_why_the_teacher_stopped(teacher: object) -> None:
+    """A store teacher that died for good may stop the trainer as Ctrl-C does (the rater app
+    interrupts the main thread: it may be training, not waiting); its ``check_alive`` then says
+    why, raised instead of a bare ``KeyboardInterrupt``. Returns when it is alive (a real Ctrl-C)."""
+    check = getattr(teacher, "check_alive", None)
+    if not isinstance(teacher, StoreTeacher) or not callable(check):
+        return
+    try:
+        check()
+    except Exception as why:
+        raise why from None  # the interrupt was only its messenger
 
 
 def _train(
