@@ -110,16 +110,18 @@ def _make_hint(port: int) -> str:
     return f" (with make: make run PORT={port})" if os.environ.get("MAKELEVEL") else ""
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, *, from_python: bool = False) -> None:
     """Refuse a port another process listens on, before anything is started or written.
 
     Raises:
-        PortInUseError: one line naming the address, the port and ``--port``.
+        PortInUseError: one line naming the address, the port and ``--port`` (``from_python``:
+            ``RaterApp(port=...)``, what a caller of the Python API passes instead).
     """
     try:
         infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise AppStartError(f"cannot listen on {host!r}: {exc.strerror}; pass --host with an address of this machine") from None
+        raise AppStartError(f"cannot listen on {host!r}: {exc.strerror}; pass {'host=' if from_python else '--host'} "
+                            "with an address of this machine") from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         # As the app's server does: a socket of a stopped app lingering in TIME_WAIT is no obstacle.
@@ -129,15 +131,17 @@ def check_port_free(host: str, port: int) -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 free = suggest_free_port(host, int(port))
+                fix = (f"a free port, e.g. RaterApp(port={free})" if from_python else
+                       f"--port with a free port, e.g. --port {free}{_make_hint(free)}")
                 raise PortInUseError(
-                    f"port {int(port)} on {host} is already in use by another program (another rater "
-                    f"app?); stop it, or pass --port with a free port, e.g. --port {free}{_make_hint(free)}"
+                    f"port {int(port)} on {host} is already in use by another program (another rater app?); stop it, or pass {fix}"
                 ) from None
             if exc.errno == errno.EACCES:
                 raise PortInUseError(
-                    f"no permission to listen on port {int(port)}; pass --port with a port above 1023"
+                    f"no permission to listen on port {int(port)}; pass {'port=' if from_python else '--port'} with a port above 1023"
                 ) from None
-            raise AppStartError(f"cannot listen on {host}:{int(port)}: {exc.strerror}; pass another --host or --port") from None
+            raise AppStartError(f"cannot listen on {host}:{int(port)}: {exc.strerror}; pass another "
+                                + ("host= or port=" if from_python else "--host or --port")) from None
 
 
 def suggest_free_port(host: str, busy: int, tries: int = 20) -> int:

@@ -69,14 +69,16 @@ class RaterApp:
     recorded_as = HUMAN_TEACHER
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8501, token: str | None = None,
-                 admin_token: str | None = None, *, keep_up_after_run: bool = False) -> None:
+                 admin_token: str | None = None, *, keep_up_after_run: bool = False, _cli: bool = False) -> None:
         token = token if token is not None else os.environ.get(ENV_TOKEN)
         admin_token = admin_token if admin_token is not None else os.environ.get(ENV_ADMIN_TOKEN)
-        check_token_value(token, "--token")
-        check_token_value(admin_token, "--admin-token")
-        check_exposure(host, token, admin_token)
+        # Refusals name what the caller passed: this class's arguments, or `prefloop run`'s options (_cli).
+        token_name, admin_name = ("--token", "--admin-token") if _cli else ("token", "admin_token")
+        check_token_value(token, token_name)
+        check_token_value(admin_token, admin_name)
+        check_exposure(host, token, admin_token, token_flag=token_name, admin_flag=admin_name)
         port = _port_number(port)
-        check_port_free(host, port)
+        check_port_free(host, port, from_python=not _cli)
         self.host, self.port, self.keep_up_after_run = host, port, keep_up_after_run
         self._token, self._admin_token = token, admin_token  # private: never in a repr or a file
         self.supervisor: RaterAppSupervisor | None = None

@@ -465,3 +465,31 @@ def test_a_store_teacher_that_died_stops_train_with_its_reason_not_a_bare_keyboa
     # A real Ctrl-C (the teacher is alive) stays a KeyboardInterrupt, for `prefloop: interrupted; ...`.
     with pytest.raises(KeyboardInterrupt):
         train(dataclasses.replace(config, run_dir=tmp_path / "ctrl-c", teacher=_DiesAtStart(None)))
+
+
+def test_the_rater_app_refusals_name_its_python_arguments_and_prefloop_run_names_its_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture,
+) -> None:
+    # From Python the fix is RaterApp(port=...)/token=..., not `--port`/`--token` (prefloop run's options).
+    import socket
+
+    from prefloop.apps.access import AppConfigError
+    from prefloop.apps.launch import PortInUseError
+    from prefloop.apps.teacher import RaterApp
+    from prefloop.cli.main import main
+
+    with pytest.raises(AppConfigError, match="^token must be at least 8 characters"):
+        RaterApp(port=8501, token="short")
+    with pytest.raises(AppConfigError, match="^admin_token must differ from token: "):
+        RaterApp("0.0.0.0", 8501, token="same-token", admin_token="same-token")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(PortInUseError, match=rf"^port {port} on 127.0.0.1 is already in use .*stop it, or pass a free port, e\.g\. RaterApp\(port=\d+\)$"):
+            RaterApp(port=port)
+        assert main(["run", "--env", "CartPole-v1", "--port", str(port), "--run-dir", str(tmp_path / "r")]) == 2
+        assert "pass --port with a free port, e.g. --port" in capsys.readouterr().err
+        assert main(["run", "--env", "CartPole-v1", "--token", "short", "--run-dir", str(tmp_path / "r")]) == 2
+        assert "error: --token must be at least 8 characters" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -192,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     check_resume_arguments(args)
     try:  # before training starts (and before the run folder exists), not when the app fails later
-        app = RaterApp(args.host, args.port, args.token, args.admin_token, keep_up_after_run=True)
+        app = RaterApp(args.host, args.port, args.token, args.admin_token, keep_up_after_run=True, _cli=True)
     except (AppConfigError, AppStartError) as exc:
         raise ConfigError(str(exc)) from None
     # People are the teacher: the app is (and a resumed human run gets it back as its teacher).
