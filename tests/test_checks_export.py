@@ -298,3 +298,44 @@ def test_a_lost_or_unsealed_checks_file_is_refused(source: str, tmp_path: Path) 
     (out2 / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DatasetError, match=r"checksums\.checks\.jsonl is missing"):
         load_dataset(out2)
+
+
+def without_identity(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`prefloop raters list` rows less registration and onboarding (rater links are never exported)."""
+    return [{k: v for k, v in row.items() if k not in ("registered", "onboarded")} for row in rows]
+
+
+def test_an_imported_run_routes_its_raters_as_the_source_run_did(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # `prefloop raters list` on a run and on its import: a rater failing every gold check got
+    # "checks only" in the source and "labels" in the import (which had no check policy).
+    from prefloop.cli.main import main
+    from prefloop.cli.raters import rater_summary
+    from prefloop.training.config import TrainConfig
+    from prefloop.training.rater_checks import CHECK_POLICY_META, CheckPolicy, publish_policy
+
+    store = build_source(tmp_path)
+    config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path / "src")
+    store.set_meta("config", json.dumps(config.to_json()))
+    publish_policy(store, CheckPolicy.for_reward_model(config.reward_model, config.probation_checks))
+    for _ in range(3):  # cat gets every gold check wrong
+        check = store.claim_check("cat", "gold")
+        store.answer_check(check.id, "cat", FLIP[gold_of(check)], 2.0)
+    source_rows = rater_summary(store)
+    assert {row["name"]: row["gets"] for row in source_rows}["cat"] == "checks only"
+    url, run = store.url, store.run_name
+    store.close()
+    for layout in ("jsonl", "parquet"):
+        export_dataset(url, run, tmp_path / layout, layout=layout)
+        assert main(["import", "--in", str(tmp_path / layout), "--run-dir", str(tmp_path / f"imported-{layout}")]) == 0
+        with PreferenceStore(sqlite_url(tmp_path / f"imported-{layout}" / "prefs.sqlite"), run_name=f"imported-{layout}") as imported:
+            assert without_identity(rater_summary(imported)) == without_identity(source_rows)
+            assert imported.get_meta(CHECK_POLICY_META) is not None
+    # A dataset without a prefloop config keeps routing off: every rater gets labels, as before.
+    manifest_path = tmp_path / "jsonl" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["config"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert main(["import", "--in", str(tmp_path / "jsonl"), "--run-dir", str(tmp_path / "no-config")]) == 0
+    with PreferenceStore(sqlite_url(tmp_path / "no-config" / "prefs.sqlite"), run_name="no-config") as imported:
+        assert imported.get_meta(CHECK_POLICY_META) is None
+        assert {row["gets"] for row in rater_summary(imported)} == {"labels"}

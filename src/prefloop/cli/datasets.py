@@ -36,6 +36,27 @@ def _target(args: argparse.Namespace, *, create: bool) -> tuple[str, str]:
     return store_of_run_dir(run_dir, args.db_url, args.run_name)
 
 
+def _route_raters_as_the_source_run(url: str, run_name: str) -> None:
+    """Give the imported run the source run's rater-check policy, read from its config (imported
+    with it): `prefloop raters list` then says what each imported rater gets next as it did in the
+    source run (a rater failing their gold checks: checks only, not labels), and people rating the
+    imported run's pending pairs (`prefloop rate`) are routed by the same rules. A dataset whose
+    config is missing or not a prefloop run's keeps the policy off (every rater gets labels)."""
+    import json
+
+    from prefloop.store import PreferenceStore
+    from prefloop.training.config import TrainConfig
+    from prefloop.training.rater_checks import CheckPolicy, publish_policy
+
+    with PreferenceStore(url, run_name=run_name) as store:
+        try:
+            config = TrainConfig.from_json(json.loads(store.get_meta("config") or "null"))
+            policy = CheckPolicy.for_reward_model(config.reward_model, config.probation_checks)
+        except Exception:  # noqa: BLE001 -- not a config this version reads: no routing, as before
+            return
+        publish_policy(store, policy)
+
+
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``prefloop export`` to the CLI's subparsers; its ``func`` returns the exit code."""
     parser = subparsers.add_parser(
@@ -113,6 +134,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         url, run_name = _target(args, create=True)
         summary = import_loaded_dataset(dataset, Path(args.in_dir), url, run_name)
+        _route_raters_as_the_source_run(url, run_name)
     except BaseException:
         if new_folder:  # made by this import, holding only what it wrote: all or nothing
             shutil.rmtree(args.run_dir, ignore_errors=True)
