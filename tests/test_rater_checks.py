@@ -138,6 +138,34 @@ def test_a_failing_rater_is_not_left_waiting_for_an_invited_rater_who_never_came
     assert router.mode("bad") == "flagged"
 
 
+def test_a_flagged_rater_takes_labels_once_the_others_have_left_the_queue_standing(tmp_path) -> None:
+    """Found trying it: ann labels once and leaves; bob fails his gold checks and gets checks only;
+    once the gold pairs ran out a run taught by people waited for ann forever."""
+    now = [1_000_000.0]
+    store = store_with(tmp_path, n_pairs=6, n_gold=3, clock=lambda: now[0])
+    policy = CheckPolicy(probation_checks=3)
+    router = RaterRouter(store, policy)
+    store.answer(store.claim_next("ann").id, "ann", Choice.LEFT, 1.0)
+    for _ in range(3):
+        now[0] += 5.0
+        pair, is_check = router.claim("bob")
+        assert is_check
+        store.answer_check(pair.id, "bob", Choice.LEFT if gold_of(pair) is Choice.RIGHT else Choice.RIGHT, 1.0)
+    assert router.mode("bob") == "flagged"  # ann answered, and nothing flags her
+    assert store.queue_stalled_for("bob") == 15.0  # since ann's label
+    assert router.claim("bob") is None  # ann may still come back with the next answer
+    now[0] += policy.stalled_after_s
+    pair, is_check = router.claim("bob")
+    assert pair is not None and not is_check  # a label (the fit down-weights it), not a run that waits
+    store.answer(pair.id, "bob", Choice.LEFT, 1.0)
+    assert router.claim("bob")[1] is False  # his own labels do not count as the queue moving
+    store.answer(store.claim_next("ann").id, "ann", Choice.LEFT, 1.0)  # ann is back
+    now[0] += policy.stalled_after_s - 1
+    assert router.claim("bob") is None  # checks only again while she labels
+    # Old policies published without the field read with the default.
+    assert CheckPolicy.from_json(json.dumps({"probation_checks": 3})).stalled_after_s == policy.stalled_after_s
+
+
 def test_with_checks_a_crowds_adversarial_rater_gives_no_labels_and_is_flagged_at_the_first_fit(tmp_path) -> None:
     """3 careful raters, one at random, one adversarial, 50 pairs and 5 gold pairs (a first round):
     the adversary fails all 5 probation checks, so the label budget goes to the others, and the

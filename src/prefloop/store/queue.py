@@ -247,6 +247,23 @@ class QueueMixin(SegmentsMixin):
             "contention; try again"
         )
 
+    def queue_stalled_for(self, rater_id: str) -> float:
+        """Seconds the queue has stood still for ``rater_id``: since the later of the newest live
+        label by anyone else in the run and the oldest pair ``rater_id`` may claim now; 0 when there
+        is no such pair."""
+        rater_id = check_rater(rater_id)
+        p, lab = pairs_table, labels_table
+        with self._read() as conn:
+            now = self._now()
+            oldest = conn.scalar(select(func.min(p.c.created_at)).where(p.c.run_id == self._run_id, self._claimable(rater_id, now)))
+            if oldest is None:
+                return 0.0
+            newest_label = conn.scalar(
+                select(func.max(lab.c.created_at)).join(p, p.c.id == lab.c.pair_id)
+                .where(p.c.run_id == self._run_id, lab.c.retracted_at.is_(None), lab.c.rater_id != rater_id)
+            )
+        return max(0.0, now - max(float(oldest), float(newest_label or 0.0)))
+
     def _lease_problem(self, conn: Connection, pair_id: int, rater_id: str) -> str:
         row = conn.execute(
             select(pairs_table.c.status, pairs_table.c.claimed_by).where(

@@ -23,7 +23,9 @@ They are not labels and not part of the label budget. With per-rater reliability
 All three apply once the run has a second rater (registered, with labels or checks, or a member of a
 simulated crowd): one person
 teaching an agent alone is not slowed down by checks. When no gold check is left for a rater (they have seen every gold pair), a rater on probation
-takes pairs from the queue as usual; a flagged one gets nothing until new gold pairs come.
+takes pairs from the queue as usual; a flagged one gets nothing until new gold pairs come, unless
+the queue has stood still for ``stalled_after_s`` (2 minutes: the others have left), when they take
+its pairs -- labels the fit down-weights, rather than a run that waits for nobody.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ class CheckPolicy:
         flag_error_rate, prior_error_rate, prior_labels: as in the reward model's reliability
             model (:class:`prefloop.reward_models.config.RewardModelConfig`), so a rater is judged
             on gold checks alone by the same rule the fit uses.
+        stalled_after_s: a flagged rater with no gold check left takes a pair from the queue
+            once it has stood still this long (nobody else labelling): a down-weighted label
+            beats a run that waits for raters who have left.
     """
 
     probation_checks: int = 5
@@ -62,6 +67,7 @@ class CheckPolicy:
     flag_error_rate: float = 0.3
     prior_error_rate: float = 0.05
     prior_labels: float = 5.0
+    stalled_after_s: float = 120.0
 
     @classmethod
     def for_reward_model(cls, config: RewardModelConfig, probation_checks: int) -> "CheckPolicy | None":
@@ -87,7 +93,7 @@ class CheckPolicy:
         if policy is None or not (
             all(isinstance(v, int) and 0 <= v <= 1000 for v in (policy.probation_checks, policy.repeat_every))
             and all(isinstance(v, (int, float)) and 0 < v < 1e6
-                    for v in (policy.flag_error_rate, policy.prior_error_rate, policy.prior_labels))
+                    for v in (policy.flag_error_rate, policy.prior_error_rate, policy.prior_labels, policy.stalled_after_s))
         ):
             return None
         return policy
@@ -151,7 +157,7 @@ class RaterRouter:
             check = self.store.claim_check(rater_id, kind, exclude=exclude, with_clips=with_clips)
             if check is not None:
                 return check, True
-            if mode == "flagged":
+            if mode == "flagged" and self.store.queue_stalled_for(rater_id) < self.policy.stalled_after_s:
                 return None
         pair = self.store.claim_next(rater_id, lease_seconds, exclude=exclude)
         return None if pair is None else (pair, False)
