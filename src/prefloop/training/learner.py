@@ -127,7 +127,8 @@ class PreferenceLearner:
             raise NotEnoughSegmentsError(
                 f"label round at env step {env_step} asks for {new_pairs} new pairs but only "
                 f"{len(candidates)} segments have been recorded: {exc} With --labels "
-                f"{self.config.labels} over {self.config.steps} steps, use fewer --labels or more --steps."
+                f"{self.config.labels} over {self.config.steps} steps, use fewer --labels or more --steps "
+                "(TrainConfig labels / steps from Python)."
             ) from exc
         golds = gold_pairs(candidates, n_gold, self._rng)
         # One transaction: raters answering meanwhile (on probation, checks first) never find the
