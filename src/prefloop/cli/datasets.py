@@ -52,7 +52,7 @@ def _route_raters_as_the_source_run(url: str, run_name: str) -> None:
         try:
             config = TrainConfig.from_json(json.loads(store.get_meta("config") or "null"))
             policy = CheckPolicy.for_reward_model(config.reward_model, config.probation_checks)
-        except Exception:  # noqa: BLE001 -- not a config this version reads: no routing, as before
+        except ValueError:  # not JSON, or a ConfigError: not a config this version reads -- no routing, as before
             return
         publish_policy(store, policy)
 
