@@ -109,6 +109,26 @@ def test_k_center_covers_the_outliers_uniform_misses() -> None:
     assert all(np.isfinite(p.score) for p in pairs), "the store refuses a non-finite score"
 
 
+def test_cover_first_round_covers_before_the_first_fit_and_scores_after() -> None:
+    rng = np.random.default_rng(4)
+    pool = [segment(0.0, i, rng) for i in range(40)] + [segment(50.0, 100), segment(-50.0, 101)]
+    config = QueryConfig.from_spec("disagreement+cover", oversampling=1000)
+    assert config.cover_first_round and config.spec == "disagreement+cover"
+    # no model yet: k-center coverage, so the two outliers are asked about
+    first = select_pairs(pool, 3, config, np.random.default_rng(0))
+    assert len([p for p in first if {p.left.env_step, p.right.env_step} & {100, 101}]) >= 2
+    uniform = select_pairs(pool, 3, QueryConfig.from_spec("disagreement", oversampling=1000), np.random.default_rng(0))
+    assert not [p for p in uniform if {p.left.env_step, p.right.env_step} & {100, 101}], "uniform rarely finds 2 of 42"
+
+    # once a model exists the method's own score decides: the most disputed pairs, whatever their coverage
+    def probs(lefts, rights):
+        disputed = np.array([float({a.env_step, b.env_step} == {3, 4}) for a, b in zip(lefts, rights)])
+        return np.stack([0.5 + 0.4 * disputed, 0.5 - 0.4 * disputed])
+
+    later = select_pairs(pool, 1, config, np.random.default_rng(0), preference_probs=probs)
+    assert {later[0].left.env_step, later[0].right.env_step} == {3, 4}
+
+
 def test_query_specs_parse_and_bad_ones_are_refused() -> None:
     config = QueryConfig.from_spec("disagreement+qpa+surf")
     assert config.method == "disagreement" and config.policy_aligned and config.semi_supervised

@@ -20,8 +20,10 @@ Two modifiers combine with any method (written ``method+qpa+surf`` in the CLI an
   ``prefloop.training.semi_supervised``); only uncertain ones go to the teacher.
 
 Without a reward model yet (``preference_probs=None``: the first round, an untrained ensemble)
-every method falls back to uniform (``select_pairs(..., preference_probs=None)``); from the second
-round on the trained ensemble scores the candidates. ``disagreement`` needs at least two members
+every method falls back to uniform (``select_pairs(..., preference_probs=None)``), or with
+``cover_first_round`` (``+cover``) to k-center coverage, which needs no model: the first labels then
+span the states the first segments visit instead of their most common ones. From the second round
+on the trained ensemble scores the candidates. ``disagreement`` needs at least two members
 (``TrainConfig`` refuses one).
 
 Users plug in their own rule: any :class:`QueryRule` (a function or an object with ``__call__``) as
@@ -36,6 +38,7 @@ same observations; see :mod:`prefloop.training.distinguishable`) are never candi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,7 +64,7 @@ __all__ = [
 ]
 
 QUERY_METHODS: tuple[str, ...] = ("uniform", "disagreement", "entropy", "kcenter")
-QUERY_MODIFIERS: dict[str, str] = {"qpa": "policy_aligned", "surf": "semi_supervised"}
+QUERY_MODIFIERS: dict[str, str] = {"qpa": "policy_aligned", "surf": "semi_supervised", "cover": "cover_first_round"}
 
 PreferenceProbs = Callable[[Sequence[Segment], Sequence[Segment]], np.ndarray]
 """``(lefts, rights) -> (n_members, n_pairs)`` array: each member's P(right better) per pair."""
@@ -110,6 +113,8 @@ class QueryConfig:
         policy_window: segments that count as the current policy's (at least enough for the pairs asked).
         semi_supervised: SURF: do not ask pairs the ensemble is sure about, label them itself.
         confidence: SURF's threshold on the ensemble-mean P(one side better), in (0.5, 1).
+        cover_first_round: before the first fit (no model to score pairs with), pick the pairs by
+            k-center coverage rather than uniformly.
         skip_indistinguishable: never ask a pair whose clips a person could not tell apart.
     """
 
@@ -122,6 +127,7 @@ class QueryConfig:
     policy_window: int = 100
     semi_supervised: bool = False
     confidence: float = 0.99
+    cover_first_round: bool = False
 
     @property
     def spec(self) -> str:
@@ -139,7 +145,7 @@ class QueryConfig:
         unknown = [m for m in modifiers if m not in QUERY_MODIFIERS]
         if unknown:
             raise QueryConfigError(
-                f"unknown query modifier {unknown[0]!r} in {spec!r}; write METHOD[+qpa][+surf] with METHOD one of "
+                f"unknown query modifier {unknown[0]!r} in {spec!r}; write METHOD[+qpa][+surf][+cover] with METHOD one of "
                 f"{', '.join(QUERY_METHODS)}, e.g. disagreement+qpa"
             )
         # Every modifier is set explicitly: a spec names exactly the modifiers it wants.
@@ -339,6 +345,8 @@ def select_pairs(
 
     skip = config.skip_indistinguishable
     # Before the first fit the ensemble is untrained: its disagreement or confidence means nothing.
+    if preference_probs is None and config.cover_first_round:
+        config = dataclasses.replace(config, method="kcenter", semi_supervised=False)
     needs_no_model = config.method == "kcenter"
     if (preference_probs is None and not needs_no_model) or (config.method == "uniform" and not config.semi_supervised):
         drawn = _draw_pairs(segments, n_pairs, rng, skip)
