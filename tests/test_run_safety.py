@@ -581,6 +581,17 @@ def test_an_edited_config_is_found_by_doctor_and_refused_by_resume_before_any_wr
         assert json.loads(store.get_meta("config") or "{}")[key] != value
 
 
+def test_a_setting_added_since_a_run_was_recorded_is_not_an_edit_but_a_changed_one_is(tmp_path: Path) -> None:
+    from prefloop.training.config import TrainConfig, config_differences
+
+    current = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path).resolve().to_json()
+    recorded = json.loads(json.dumps(current))
+    del recorded["query"]["cover_first_round"]  # a run recorded before that query setting existed
+    assert config_differences(recorded, current) == []
+    recorded["query"]["oversampling"] = 3
+    assert [d.split(":")[0] for d in config_differences(recorded, current)] == ["query"]
+
+
 # ---------------------------------------------------------------------------------------------
 # 8. Flags a teacher would ignore
 

@@ -383,15 +383,24 @@ def config_differences(recorded: Any, current: dict[str, Any]) -> list[str]:
     """The run-identity settings (:data:`RUN_IDENTITY_KEYS`) in which ``current`` (a config as
     JSON) differs from ``recorded`` (the copy the run kept in its store or checkpoint), e.g.
     ``["env_id: the run has 'CartPole-v1', config.json 'Acrobot-v1'"]``; keys one of them lacks
-    (an older version) are not compared. Values are cut short for the message."""
+    (an older version), also inside nested settings such as ``query``, are not compared. Values are
+    cut short for the message."""
     if not isinstance(recorded, dict):
         return []
     current = json.loads(json.dumps(current))  # tuples -> lists, as recorded
     return [
         f"{key}: the run has {_short(recorded[key], 40)}, config.json {_short(current[key], 40)}"
         for key in RUN_IDENTITY_KEYS
-        if key in recorded and key in current and recorded[key] != current[key]
+        if key in recorded and key in current and _differs(recorded[key], current[key])
     ]
+
+
+def _differs(recorded: Any, current: Any) -> bool:
+    """Whether two JSON values differ, comparing objects only on the keys both have: a setting added
+    since a run was recorded is not an edit of that run."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return any(_differs(recorded[k], current[k]) for k in recorded.keys() & current.keys())
+    return recorded != current
 
 
 def _simulated_raters(teacher: str | Teacher) -> int:
