@@ -47,7 +47,7 @@ from prefloop.serialization import strict_json
 from prefloop.teachers.simulated import teacher_spec
 from prefloop.teachers.specs import folder_name, parse_teacher_spec
 from prefloop.training.config import ConfigError, TrainConfig
-from prefloop.training.query import QueryConfig
+from prefloop.training.query import DEFAULT_QUERY, QueryConfig
 from prefloop.training.rundir import RunDirError, write_atomic
 
 log = logging.getLogger("prefloop.bench")
@@ -65,7 +65,7 @@ class BenchConfig:
     label_budgets: tuple[int, ...] = (200,)
     seeds: tuple[int, ...] = (0, 1, 2)
     teachers: tuple[str, ...] = ("oracle",)
-    queries: tuple[str, ...] = ("disagreement",)
+    queries: tuple[str, ...] = (DEFAULT_QUERY,)
     rater_models: tuple[str, ...] = ("reliability",)
     algos: tuple[str | None, ...] = (None,)
     steps: int | None = None

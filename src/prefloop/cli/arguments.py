@@ -14,7 +14,7 @@ from prefloop.teachers.simulated import TEACHER_PRESETS, TeacherConfigError, par
 from prefloop.teachers.specs import parse_teacher_spec
 from prefloop.training.algos import ALGORITHMS, AlgorithmError, algorithm_class
 from prefloop.training.config import WHEN_BEHIND
-from prefloop.training.query import QUERY_METHODS, QueryConfig, QueryConfigError
+from prefloop.training.query import DEFAULT_QUERY, QUERY_METHODS, QueryConfig, QueryConfigError
 
 
 def teacher_param(text: str) -> tuple[str, float]:
@@ -122,9 +122,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"SB3 algorithm: {', '.join(sorted(ALGORITHMS))}, or any SB3-compatible algorithm class by "
                         "its import path, e.g. sb3_contrib:TRPO (pip install 'prefloop[contrib]') (default: the env preset's)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the env, the policy and the reward model (default: 0)")
-    parser.add_argument("--query", default="disagreement", type=query_spec, metavar="METHOD[+qpa][+surf][+cover]",
+    parser.add_argument("--query", default=DEFAULT_QUERY, type=query_spec, metavar="METHOD[+qpa][+surf][+cover]",
                         help=f"query selection: {', '.join(QUERY_METHODS)}, optionally +qpa (policy-aligned), "
-                             "+surf (semi-supervised) and/or +cover (k-center coverage for the first round) (default: disagreement)")
+                             f"+surf (semi-supervised) and/or +cover (k-center coverage for the first round) (default: {DEFAULT_QUERY})")
     parser.add_argument("--oversampling", type=positive_int, default=10, help="candidate pairs scored per pair asked (default: 10)")
     parser.add_argument("--segment-length", type=positive_int, default=None, help="steps per segment (default: the preset's)")
     parser.add_argument("--n-envs", type=positive_int, default=None, help="parallel envs (default: the preset's)")

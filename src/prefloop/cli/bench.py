@@ -12,7 +12,7 @@ from prefloop.cli.raters import non_negative_number
 from prefloop.reward_models.config import RATER_MODELS
 from prefloop.teachers.simulated import TEACHER_PRESETS
 from prefloop.training.algos import ALGORITHMS
-from prefloop.training.query import QUERY_METHODS
+from prefloop.training.query import DEFAULT_QUERY, QUERY_METHODS
 
 
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -25,9 +25,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                          help=f"simulated teachers: B-Pref's presets ({', '.join(sorted(TEACHER_PRESETS))}), optionally "
                               "with parameters, e.g. mistake:epsilon=0.2; crowds, e.g. crowd:3xcareful@0.05,random,adversarial; "
                               "fitted:PATH,rater=NAME (default: oracle)")
-    bench_p.add_argument("--queries", nargs="+", default=["disagreement"], type=query_spec, metavar="METHOD[+qpa][+surf][+cover]",
+    bench_p.add_argument("--queries", nargs="+", default=[DEFAULT_QUERY], type=query_spec, metavar="METHOD[+qpa][+surf][+cover]",
                          help=f"query selection methods: {', '.join(QUERY_METHODS)}, each optionally +qpa, +surf and/or +cover "
-                              "(default: disagreement)")
+                              f"(default: {DEFAULT_QUERY})")
     bench_p.add_argument("--rater-models", nargs="+", default=["reliability"], choices=RATER_MODELS,
                          help="losses compared: per-rater reliability and/or the plain loss (default: reliability)")
     bench_p.add_argument("--algos", nargs="+", default=None, type=algo, metavar="ALGO",

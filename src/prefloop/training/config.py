@@ -29,7 +29,7 @@ from prefloop.serialization import strict_json
 from prefloop.teachers.base import StoreTeacher, Teacher, recorded_name
 from prefloop.teachers.crowd import CROWD_PREFIX, parse_crowd_spec
 from prefloop.teachers.simulated import HUMAN_TEACHER, RECORDED_PREFIX
-from prefloop.training.query import QueryConfig
+from prefloop.training.query import DEFAULT_QUERY, QueryConfig
 from prefloop.training.schedule import ScheduleConfig
 
 REWARD_SOURCES = ("preferences", "true")
@@ -115,7 +115,7 @@ class TrainConfig:
     segment_length: int | None = None
     seed: int = 0
     reward_source: str = "preferences"
-    query: QueryConfig = field(default_factory=QueryConfig)
+    query: QueryConfig = field(default_factory=lambda: QueryConfig.from_spec(DEFAULT_QUERY))
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     segment_buffer: int = 2000
@@ -383,8 +383,7 @@ def config_differences(recorded: Any, current: dict[str, Any]) -> list[str]:
     """The run-identity settings (:data:`RUN_IDENTITY_KEYS`) in which ``current`` (a config as
     JSON) differs from ``recorded`` (the copy the run kept in its store or checkpoint), e.g.
     ``["env_id: the run has 'CartPole-v1', config.json 'Acrobot-v1'"]``; keys one of them lacks
-    (an older version), also inside nested settings such as ``query``, are not compared. Values are
-    cut short for the message."""
+    (an older version), also inside ``query`` etc., are not compared. Values are cut short."""
     if not isinstance(recorded, dict):
         return []
     current = json.loads(json.dumps(current))  # tuples -> lists, as recorded
@@ -396,8 +395,7 @@ def config_differences(recorded: Any, current: dict[str, Any]) -> list[str]:
 
 
 def _differs(recorded: Any, current: Any) -> bool:
-    """Whether two JSON values differ, comparing objects only on the keys both have: a setting added
-    since a run was recorded is not an edit of that run."""
+    """Objects compare on the keys both have: a setting added since a run was recorded is no edit."""
     if isinstance(recorded, dict) and isinstance(current, dict):
         return any(_differs(recorded[k], current[k]) for k in recorded.keys() & current.keys())
     return recorded != current

@@ -52,6 +52,7 @@ from prefloop.training.distinguishable import indistinguishable
 from prefloop.types import Segment, SegmentPair
 
 __all__ = [
+    "DEFAULT_QUERY",
     "QUERY_METHODS",
     "MethodRule",
     "NotEnoughSegmentsError",
@@ -65,6 +66,11 @@ __all__ = [
 
 QUERY_METHODS: tuple[str, ...] = ("uniform", "disagreement", "entropy", "kcenter")
 QUERY_MODIFIERS: dict[str, str] = {"qpa": "policy_aligned", "surf": "semi_supervised", "cover": "cover_first_round"}
+
+# A run's query rule unless told otherwise (TrainConfig, the CLI and benchmarks alike): ensemble
+# disagreement, with the first round (no model yet) picked by k-center coverage. At 50 labels over
+# 5 seeds it took Pendulum from 0.80 to 0.93 median (docs/benchmarks.md, "... five seeds").
+DEFAULT_QUERY = "disagreement+cover"
 
 PreferenceProbs = Callable[[Sequence[Segment], Sequence[Segment]], np.ndarray]
 """``(lefts, rights) -> (n_members, n_pairs)`` array: each member's P(right better) per pair."""
@@ -114,15 +120,17 @@ class QueryConfig:
         semi_supervised: SURF: do not ask pairs the ensemble is sure about, label them itself.
         confidence: SURF's threshold on the ensemble-mean P(one side better), in (0.5, 1).
         cover_first_round: before the first fit (no model to score pairs with), pick the pairs by
-            k-center coverage rather than uniformly.
+            k-center coverage rather than uniformly. Off in a bare ``QueryConfig``, which does
+            exactly what its fields say; a run's default query (``TrainConfig``, the CLI and
+            benchmarks: ``DEFAULT_QUERY``) is ``disagreement+cover``.
         skip_indistinguishable: never ask a pair whose clips a person could not tell apart.
     """
 
     method: str | QueryRule = "disagreement"
     oversampling: int = 10
     skip_indistinguishable: bool = True
-    # Off by default: at 50 labels on Pendulum (docs/benchmarks.md) disagreement+qpa won seed 0
-    # (0.97) and lost seed 1 (0.27); plain disagreement had the better mean (0.79 vs 0.62).
+    # Off by default: at 50 labels on Pendulum, 5 seeds (docs/benchmarks.md), disagreement+qpa
+    # 0.64 [0.50, 0.91] against 0.80 [0.78, 0.90] for plain disagreement.
     policy_aligned: bool = False
     policy_window: int = 100
     semi_supervised: bool = False
