@@ -7,6 +7,7 @@ decays linearly from X to 0 (the zoo's notation). Envs without a preset get :fun
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,7 +45,8 @@ class EnvPreset:
     unsupervised_steps: int = 0
 
     def hyperparameters(self, algo: str) -> dict[str, Any]:
-        return dict(self.algo_kwargs.get(algo, {}))
+        """A deep copy: nested dicts (``policy_kwargs``) must not carry one run's changes into the next."""
+        return copy.deepcopy(self.algo_kwargs.get(algo, {}))
 
     def envs_for(self, algo: str) -> int:
         return self.n_envs.get(algo, 1 if algo in OFF_POLICY_ALGOS else 4)

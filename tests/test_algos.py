@@ -60,3 +60,18 @@ def test_zoo_linear_schedules_decay_to_zero() -> None:
     assert resolved["n_steps"] == 32
     assert resolved["learning_rate"](1.0) == pytest.approx(0.001)  # SB3 passes progress_remaining
     assert resolved["learning_rate"](0.0) == pytest.approx(0.0)
+
+
+def test_building_an_algorithm_changes_neither_the_run_config_nor_the_preset(tmp_path) -> None:
+    """SB3's SAC writes use_sde into policy_kwargs; a shared dict once carried that into every later
+    run of a bench worker, so their config.json differed and their baselines could not be reused."""
+    from prefloop.training.algos import make_algorithm
+    from prefloop.training.config import TrainConfig
+
+    first = TrainConfig(env_id="MountainCarContinuous-v0", run_dir=tmp_path / "a").resolve()
+    assert first.algo_kwargs["use_sde"] and "use_sde" not in first.algo_kwargs["policy_kwargs"]
+    before = first.to_json()
+    make_algorithm(first.algo, build_vec_env(EnvSpec(first.env_id), 1, 0), first.algo_kwargs, seed=0, tensorboard_dir=None)
+    assert first.to_json() == before
+    second = TrainConfig(env_id="MountainCarContinuous-v0", run_dir=tmp_path / "a").resolve()
+    assert second.to_json() == before

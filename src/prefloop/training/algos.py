@@ -7,6 +7,7 @@ rewards are rewritten in place after each reward-model update (:func:`relabel_re
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,9 @@ def make_algorithm(
             seed=seed,
             verbose=0,
             tensorboard_log=str(tensorboard_dir) if tensorboard_dir is not None else None,
-            **resolve_schedules(hyperparameters),
+            # a deep copy: SB3 writes into nested dicts (SAC adds use_sde to policy_kwargs), which
+            # would change the run's config and, through a preset's shared dict, the next run's
+            **resolve_schedules(copy.deepcopy(hyperparameters)),
         )
     except TypeError as exc:
         raise AlgorithmError(f"{label} rejected its hyper-parameters {sorted(hyperparameters)}: {exc}") from exc
