@@ -129,6 +129,20 @@ def test_cover_first_round_covers_before_the_first_fit_and_scores_after() -> Non
     assert {later[0].left.env_step, later[0].right.env_step} == {3, 4}
 
 
+def test_k_center_on_images_finds_the_odd_clips() -> None:
+    """Image segments are projected before k-center: it still covers, without 2 x 3,072 features a pair."""
+    rng = np.random.default_rng(5)
+
+    def clip(brightness: float, index: int) -> Segment:
+        frames = np.clip(rng.normal(brightness, 5.0, (LENGTH, 3, 32, 32)), 0, 255).astype(np.uint8)
+        actions = np.zeros((LENGTH, 1), dtype=np.float32)
+        return Segment(frames, actions, np.zeros(LENGTH, np.float32), LENGTH, False, index, 0, actions, env_step=index)
+
+    pool = [clip(100.0, i) for i in range(40)] + [clip(250.0, 100), clip(5.0, 101)]
+    pairs = select_pairs(pool, 3, QueryConfig(method="kcenter", oversampling=1000), np.random.default_rng(0))
+    assert len([p for p in pairs if {p.left.env_step, p.right.env_step} & {100, 101}]) >= 2
+
+
 def test_query_specs_parse_and_bad_ones_are_refused() -> None:
     config = QueryConfig.from_spec("disagreement+qpa+surf")
     assert config.method == "disagreement" and config.policy_aligned and config.semi_supervised

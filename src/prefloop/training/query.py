@@ -400,14 +400,27 @@ def _uncertain(
     return [drawn[k] for k in keep]
 
 
+# Wider segment features (images: 28,224 per Atari observation) are projected to this many
+# dimensions first: a fixed Gaussian projection keeps distances nearly the same (Johnson-Lindenstrauss)
+# at a fraction of the memory of hundreds of candidate pairs times two images.
+_MAX_FEATURES = 256
+
+
 def _pair_features(drawn: list[tuple[Segment, Segment]]) -> np.ndarray:
     """``(P, 2F)``: each segment's mean (real-step) observation and action, standardised over the pairs."""
+    projections: dict[int, np.ndarray] = {}
 
     def mean_features(segment: Segment) -> np.ndarray:
         n = max(1, int(segment.n_valid))
         obs = np.asarray(segment.obs[:n], dtype=np.float64).reshape(n, -1)
         actions = np.asarray(segment.actions[:n], dtype=np.float64).reshape(n, -1)
-        return np.concatenate([obs.mean(0), actions.mean(0)])
+        features = np.concatenate([obs.mean(0), actions.mean(0)])
+        if len(features) <= _MAX_FEATURES:
+            return features
+        if len(features) not in projections:  # fixed, not the run's rng: the same segments, the same features
+            rng = np.random.default_rng(len(features))
+            projections[len(features)] = rng.normal(0.0, 1.0 / np.sqrt(_MAX_FEATURES), (len(features), _MAX_FEATURES))
+        return features @ projections[len(features)]
 
     feats = np.stack([np.concatenate([mean_features(a), mean_features(b)]) for a, b in drawn])
     return (feats - feats.mean(0)) / np.maximum(feats.std(0), 1e-8)
