@@ -11,13 +11,14 @@ the ``n_pairs`` highest (Christiano et al. 2017; Lee et al. 2021):
   action of each segment, standardised over the candidates -- lie farthest from the pairs already
   picked; needs no reward model.
 
-Two modifiers combine with any method (written ``method+qpa+surf`` in the CLI and benchmarks):
+Modifiers combine with any method (written ``method+qpa+surf+cover`` in the CLI and benchmarks):
 
 - ``policy_aligned`` (QPA, Hu et al. 2023): candidates come only from the newest segments, i.e.
   what the current policy does, so the reward model is taught where the policy is;
 - ``semi_supervised`` (SURF, Park et al. 2022): pairs the ensemble already judges with confidence
   ``>= confidence`` are not asked (the trainer labels such pairs itself, see
-  ``prefloop.training.semi_supervised``); only uncertain ones go to the teacher.
+  ``prefloop.training.semi_supervised``); only uncertain ones go to the teacher;
+- ``cover_first_round``: the first round's pairs by k-center coverage (below).
 
 Without a reward model yet (``preference_probs=None``: the first round, an untrained ensemble)
 every method falls back to uniform (``select_pairs(..., preference_probs=None)``), or with
