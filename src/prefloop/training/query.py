@@ -409,21 +409,26 @@ _MAX_FEATURES = 256
 
 def _pair_features(drawn: list[tuple[Segment, Segment]]) -> np.ndarray:
     """``(P, 2F)``: each segment's mean (real-step) observation and action, standardised over the pairs."""
-    projections: dict[int, np.ndarray] = {}
 
     def mean_features(segment: Segment) -> np.ndarray:
         n = max(1, int(segment.n_valid))
-        obs = np.asarray(segment.obs[:n], dtype=np.float64).reshape(n, -1)
-        actions = np.asarray(segment.actions[:n], dtype=np.float64).reshape(n, -1)
-        features = np.concatenate([obs.mean(0), actions.mean(0)])
-        if len(features) <= _MAX_FEATURES:
-            return features
-        if len(features) not in projections:  # fixed, not the run's rng: the same segments, the same features
-            rng = np.random.default_rng(len(features))
-            projections[len(features)] = rng.normal(0.0, 1.0 / np.sqrt(_MAX_FEATURES), (len(features), _MAX_FEATURES))
-        return features @ projections[len(features)]
+        # the mean accumulates in float64 without a float64 copy of the frames
+        obs = np.asarray(segment.obs[:n]).reshape(n, -1).mean(0, dtype=np.float64)
+        actions = np.asarray(segment.actions[:n]).reshape(n, -1).mean(0, dtype=np.float64)
+        return np.concatenate([obs, actions])
 
-    feats = np.stack([np.concatenate([mean_features(a), mean_features(b)]) for a, b in drawn])
+    index: dict[int, int] = {}
+    for pair in drawn:
+        for segment in pair:
+            index.setdefault(id(segment), len(index))
+    segments = {id(s): s for pair in drawn for s in pair}
+    per_segment = np.stack([mean_features(segments[key]) for key in index])
+    if per_segment.shape[1] > _MAX_FEATURES:  # one product for all segments: the matrix is read once
+        # fixed, not the run's rng: the same segments always get the same features
+        rng = np.random.default_rng(per_segment.shape[1])
+        projection = rng.normal(0.0, 1.0 / np.sqrt(_MAX_FEATURES), (per_segment.shape[1], _MAX_FEATURES)).astype(np.float32)
+        per_segment = (per_segment.astype(np.float32) @ projection).astype(np.float64)
+    feats = np.stack([np.concatenate([per_segment[index[id(a)]], per_segment[index[id(b)]]]) for a, b in drawn])
     return (feats - feats.mean(0)) / np.maximum(feats.std(0), 1e-8)
 
 
