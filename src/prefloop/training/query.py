@@ -417,18 +417,17 @@ def _pair_features(drawn: list[tuple[Segment, Segment]]) -> np.ndarray:
         actions = np.asarray(segment.actions[:n]).reshape(n, -1).mean(0, dtype=np.float64)
         return np.concatenate([obs, actions])
 
-    index: dict[int, int] = {}
-    for pair in drawn:
-        for segment in pair:
-            index.setdefault(id(segment), len(index))
-    segments = {id(s): s for pair in drawn for s in pair}
-    per_segment = np.stack([mean_features(segments[key]) for key in index])
+    segments = _unique_segments([segment for pair in drawn for segment in pair])
+    row = {id(segment): k for k, segment in enumerate(segments)}
+    per_segment = np.stack([mean_features(segment) for segment in segments])
     if per_segment.shape[1] > _MAX_FEATURES:  # one product for all segments: the matrix is read once
         # fixed, not the run's rng: the same segments always get the same features
         rng = np.random.default_rng(per_segment.shape[1])
         projection = rng.normal(0.0, 1.0 / np.sqrt(_MAX_FEATURES), (per_segment.shape[1], _MAX_FEATURES)).astype(np.float32)
         per_segment = (per_segment.astype(np.float32) @ projection).astype(np.float64)
-    feats = np.stack([np.concatenate([per_segment[index[id(a)]], per_segment[index[id(b)]]]) for a, b in drawn])
+    lefts = per_segment[[row[id(a)] for a, _ in drawn]]
+    rights = per_segment[[row[id(b)] for _, b in drawn]]
+    feats = np.concatenate([lefts, rights], axis=1)
     return (feats - feats.mean(0)) / np.maximum(feats.std(0), 1e-8)
 
 
