@@ -16,7 +16,9 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv
@@ -169,6 +171,18 @@ def default_policy(observation_space: spaces.Space) -> str:
 
 def is_off_policy(model: BaseAlgorithm) -> bool:
     return isinstance(model, OffPolicyAlgorithm)
+
+
+def rewards_wait_for_rollout_end(model: BaseAlgorithm) -> bool:
+    """Whether the learner reads a rollout's rewards only at the rollout's end: SB3's own
+    on-policy rollout collection (PPO, A2C and subclasses that keep it) into a plain rollout buffer.
+    A learner that collects its own way (e.g. sb3-contrib's RecurrentPPO) is given each step's
+    reward as it happens."""
+    return (
+        isinstance(model, OnPolicyAlgorithm)
+        and type(model).collect_rollouts is OnPolicyAlgorithm.collect_rollouts
+        and type(model.rollout_buffer) in (RolloutBuffer, DictRolloutBuffer)
+    )
 
 
 def relabel_replay_buffer(model: BaseAlgorithm, reward_fn: RewardFunction, chunk_size: int = 65_536) -> int:

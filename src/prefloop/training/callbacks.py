@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
+from prefloop.envs.learned_reward import VecLearnedReward
 from prefloop.reward_models import save_reward_model
 from prefloop.serialization import strict_json
 from prefloop.training.algos import is_off_policy, relabel_replay_buffer
@@ -30,22 +32,58 @@ def metric_text(value: float) -> str:
     return f"{value:.2f}" if math.isfinite(value) else "not yet"
 
 
-class CurveCallback(BaseCallback):
-    """Records the learning curve (true and learned episode return vs. env steps) and logs it."""
+class RolloutRewardCallback(BaseCallback):
+    """Gives an on-policy learner its rollout's learned rewards in one ``predict`` at the rollout's end.
 
-    def __init__(self, step_offset: int, every: int, curve: list[dict[str, float]]):
+    While the learner trains, ``env`` defers its rewards (the learner stores 0 plus its own
+    time-limit bootstrap per step); at each rollout's end, before any other callback, the learned
+    rewards are added to the rollout buffer and the returns and advantages computed again, as the
+    learner had just done. Only for learners that :func:`rewards_wait_for_rollout_end`; put it first
+    in the callback list, so that a refit at this rollout's end does not relabel the rollout.
+    """
+
+    def __init__(self, env: VecLearnedReward):
+        super().__init__()
+        self.env = env
+
+    def _on_training_start(self) -> None:
+        self.env.defer(True)
+
+    def _on_rollout_start(self) -> None:
+        self.env.defer(True)  # steps since the last rollout (none, unless one was cut short) are not this one's
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        buffer = self.model.rollout_buffer  # type: ignore[attr-defined]
+        rewards = self.env.take_deferred_rewards()
+        if rewards.shape != buffer.rewards.shape:
+            raise RuntimeError(f"{rewards.shape[0]} deferred reward steps for a rollout buffer of shape "
+                               f"{buffer.rewards.shape}: the env was stepped outside the learner's rollout")
+        buffer.rewards += rewards
+        buffer.compute_returns_and_advantage(last_values=self.locals["values"], dones=self.locals["dones"])
+
+    def _on_training_end(self) -> None:
+        self.env.defer(False)
+
+
+class CurveCallback(BaseCallback):
+    """Records the learning curve (true and learned episode return vs. env steps) and logs it.
+
+    ``learned_returns``: the learned returns of recent episodes, oldest first (e.g.
+    ``VecLearnedReward.finished_returns``); None in a true-reward run.
+    """
+
+    def __init__(self, step_offset: int, every: int, curve: list[dict[str, float]], learned_returns: Sequence[float] | None = None):
         super().__init__()
         self.step_offset = step_offset
         self.every = max(1, every)
         self.curve = curve
         self._next = (curve[-1]["env_step"] + self.every) if curve else 0
-        self._learned_returns: list[float] = []
+        self._learned_returns = learned_returns if learned_returns is not None else ()
 
     def _on_step(self) -> bool:
-        for info in self.locals.get("infos", ()):
-            learned = info.get("learned_episode_return")
-            if learned is not None:
-                self._learned_returns.append(learned)
         return True
 
     def _on_rollout_end(self) -> None:
@@ -56,7 +94,7 @@ class CurveCallback(BaseCallback):
         true_returns = [ep["r"] for ep in self.model.ep_info_buffer]
         point = {"env_step": float(env_step), "true_return": float(np.mean(true_returns))}
         if self._learned_returns:
-            point["learned_return"] = float(np.mean(self._learned_returns[-len(true_returns):]))
+            point["learned_return"] = float(np.mean(list(self._learned_returns)[-len(true_returns):]))
             self.logger.record("pref/learned_ep_return", point["learned_return"])
         self.curve.append(point)
 

@@ -56,11 +56,13 @@ from prefloop.training.algos import (
     is_off_policy,
     make_algorithm,
     relabel_replay_buffer,
+    rewards_wait_for_rollout_end,
 )
 from prefloop.training.callbacks import (
     CheckpointCallback,
     CurveCallback,
     PreferenceCallback,
+    RolloutRewardCallback,
     RunState,
     StepProgressBar,
     metric_text,
@@ -304,7 +306,14 @@ def _train(
             relabel_replay_buffer(model, learner.reward_model)
 
     remaining = config.steps - initial_steps - model.num_timesteps
-    callbacks: list[BaseCallback] = [CurveCallback(initial_steps, max(1, config.steps // 200), curve)]
+    callbacks: list[BaseCallback] = []
+    learned_returns = None
+    if isinstance(env, VecLearnedReward):
+        env.finished_returns.clear()  # the curve's learned returns start with the learned reward
+        learned_returns = env.finished_returns
+        if rewards_wait_for_rollout_end(model):
+            callbacks.append(RolloutRewardCallback(env))  # first: before a refit at the same rollout's end
+    callbacks.append(CurveCallback(initial_steps, max(1, config.steps // 200), curve, learned_returns))
     if learner is not None:
         callbacks.append(PreferenceCallback(learner, rounds, initial_steps, state))
     callbacks.append(CheckpointCallback(state, learner, initial_steps, config.checkpoint_every or max(1, config.steps // 10)))
