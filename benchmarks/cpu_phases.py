@@ -46,6 +46,7 @@ PHASES: list[tuple[str, str, str]] = [
     ("prefloop.envs.recorder", "VecSegmentRecorder.step_wait", "recorder per step"),
     ("prefloop.envs.recorder", "VecSegmentRecorder._cut", "recorder cuts"),
     ("prefloop.envs.learned_reward", "VecLearnedReward.step_wait", "learned-reward wrapper"),
+    ("prefloop.training.callbacks", "RolloutRewardCallback._on_rollout_end", "learned-reward wrapper"),
     ("prefloop.reward_models.ensemble", "RewardEnsemble.predict", "learned-reward predict"),
     ("prefloop.training.loop", "first_labels", "first labels (round 1)"),
     ("prefloop.training.loop", "collect_random", "random steps before round 1"),

@@ -3,6 +3,8 @@ end, and learns exactly what it would have learned from per-step rewards."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -11,10 +13,13 @@ from prefloop.envs import VecLearnedReward
 from prefloop.reward_models import RewardModelConfig, build_reward_model
 from prefloop.training.algos import rewards_wait_for_rollout_end
 from prefloop.training.callbacks import RolloutRewardCallback
+from prefloop.training.config import TrainConfig
+from prefloop.training.loop import train
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import A2C, PPO, SAC
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
+from threadpoolctl import threadpool_info
 
 
 def short_episodes_vec(env_id: str, n_envs: int, max_steps: int) -> DummyVecEnv:
@@ -88,3 +93,41 @@ def test_only_learners_that_read_rewards_at_the_rollout_end_defer_them() -> None
     assert not rewards_wait_for_rollout_end(SAC("MlpPolicy", pendulum, device="cpu", buffer_size=100))
     # collects its own rollouts (LSTM states), so it keeps per-step rewards
     assert not rewards_wait_for_rollout_end(RecurrentPPO("MlpLstmPolicy", cartpole, n_steps=16, device="cpu"))
+
+
+class BlasThreadsWatcher:
+    """An oracle that also notes how many BLAS threads numpy has while the run asks it."""
+
+    rater_id = "oracle-watching-threads"
+
+    def __init__(self) -> None:
+        self.blas_threads: set[int] = set()
+
+    def compare(self, left, right):
+        from prefloop.types import Choice
+
+        self.blas_threads |= {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+        return Choice.LEFT if left.true_rewards.sum() >= right.true_rewards.sum() else Choice.RIGHT
+
+
+def test_a_ppo_run_defers_its_rewards_with_numpy_on_one_blas_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A second BLAS thread spins after each batched predict: 4x the CPU time of one thread.
+    relabelled = []
+    take = VecLearnedReward.take_deferred_rewards
+
+    def counting(self: VecLearnedReward) -> np.ndarray:
+        rewards = take(self)
+        relabelled.append(rewards.shape)
+        return rewards
+
+    monkeypatch.setattr(VecLearnedReward, "take_deferred_rewards", counting)
+    teacher = BlasThreadsWatcher()
+    before = {pool["filepath"]: pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+    config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path / "run", labels=20, steps=4_000, seed=0,
+                         progress_bar=False, eval_episodes=2, teacher=teacher, algo_kwargs={"n_steps": 128})
+    result = train(config)
+    assert teacher.blas_threads == {1}
+    assert relabelled and all(shape == (128, result.config.n_envs) for shape in relabelled), "every rollout relabelled whole"
+    assert len(result.curve) > 0 and all("learned_return" in point for point in result.curve[1:])
+    after = {pool["filepath"]: pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+    assert after == before, "the caller's BLAS threads are given back when the run ends"

@@ -32,6 +32,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from threadpoolctl import threadpool_limits
 
 from prefloop.credentials import url_password, url_without_password
 from prefloop.envs import (
@@ -234,6 +235,7 @@ def _train(
         config = with_given_password(config, given.db_url)
     assert config.steps is not None and config.n_envs is not None and config.algo is not None
     torch.set_num_threads(config.torch_threads)
+    cleanup.enter_context(threadpool_limits(config.torch_threads, user_api="blas"))  # numpy's matmuls too
     spec = EnvSpec(config.env_id, config.env_kwargs, factory=config.env_factory)
     venv = build_vec_env(spec, config.n_envs, config.seed)
     teacher = check_run_inputs(config, spec, venv)
