@@ -68,8 +68,8 @@ class VecLearnedReward(VecEnvWrapper):
     ``finished_returns`` keeps the learned returns of the last ``returns_kept`` episodes, oldest first.
 
     **Deferred rewards** (``defer(True)``): an on-policy learner needs a rollout's rewards only at
-    its end, so they can be one ``predict`` for the whole rollout instead of one per step (a third
-    of the per-step cost on CartPole, a fifth on Pendulum, and no reward model running between the
+    its end, so they can be one ``predict`` for the whole rollout instead of one per step (a fraction
+    of the cost, ``benchmarks/predict_batching.py``, and no reward model running between the
     policy's calls). While deferred, each step's reward out is 0 and its inputs wait;
     :meth:`take_deferred_rewards` then returns their learned rewards, ``(T, n_envs)`` float32, what
     the steps would have got (``predict`` is row-wise; a large batch may round in the last bit

@@ -74,9 +74,7 @@ class TrainConfig:
         eval_episodes: episodes of the final evaluation on the true reward.
         checkpoint_every: env steps between checkpoints (0: every 10% of the steps); label
             rounds and the end of the run checkpoint as well.
-        torch_threads: torch's intra-op threads and numpy's BLAS threads during the run; 1 is
-            fastest for these small models (a second BLAS thread spins: a PPO rollout's batched
-            reward predict took 4x the CPU time, and longer, with two).
+        torch_threads: torch's and numpy's BLAS threads in the run; 1 is fastest for these models.
         progress_bar: show a progress bar (off in benchmark workers).
         db_url: SQLAlchemy URL of the preference store (None: SQLite file in the run folder).
         when_behind: raters answering in their own time (people, or a simulated teacher with

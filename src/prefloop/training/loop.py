@@ -235,7 +235,9 @@ def _train(
         config = with_given_password(config, given.db_url)
     assert config.steps is not None and config.n_envs is not None and config.algo is not None
     torch.set_num_threads(config.torch_threads)
-    cleanup.enter_context(threadpool_limits(config.torch_threads, user_api="blas"))  # numpy's matmuls too
+    # numpy's matmuls too: a second OpenBLAS thread spins after every batched reward predict (twice
+    # the CPU time of a CartPole run); the caller's setting is restored when the run ends.
+    cleanup.enter_context(threadpool_limits(config.torch_threads, user_api="blas"))
     spec = EnvSpec(config.env_id, config.env_kwargs, factory=config.env_factory)
     venv = build_vec_env(spec, config.n_envs, config.seed)
     teacher = check_run_inputs(config, spec, venv)
