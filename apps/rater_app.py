@@ -108,10 +108,12 @@ def main(argv: Sequence[str]) -> None:
 
     # Less empty space above the page, so clips and answer buttons fit a laptop screen.
     st.html("<style>[data-testid='stMainBlockContainer'] { padding-top: 2.5rem; }</style>")
+    # Material icons, not emoji: their font ships with Streamlit, while a browser without an emoji
+    # font (Debian's headless Chromium) showed the dashboard's 📊 as an empty box.
     page = st.navigation(
         [
-            st.Page(rate, title="Rate clips", icon="⚖️", url_path="rate", default=True),
-            st.Page(dashboard, title="Dashboard", icon="📊", url_path="dashboard"),
+            st.Page(rate, title="Rate clips", icon=":material/balance:", url_path="rate", default=True),
+            st.Page(dashboard, title="Dashboard", icon=":material/monitoring:", url_path="dashboard"),
         ],
         position="top",
     )
