@@ -112,6 +112,7 @@ class VecLearnedReward(VecEnvWrapper):
             info["true_reward"] = float(true_reward)
         if self.deferred:
             self._waiting.append((self._last_obs, self._actions, dones))
+            # A new array each step, not a shared one: SB3 adds its time-limit bootstrap in place.
             learned = np.zeros(self.num_envs, dtype=np.float32)
         else:
             learned = np.asarray(self.reward_fn.predict(self._last_obs, self._actions), dtype=np.float32)

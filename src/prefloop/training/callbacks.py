@@ -46,11 +46,9 @@ class RolloutRewardCallback(BaseCallback):
         super().__init__()
         self.env = env
 
-    def _on_training_start(self) -> None:
-        self.env.defer(True)
-
     def _on_rollout_start(self) -> None:
-        self.env.defer(True)  # steps since the last rollout (none, unless one was cut short) are not this one's
+        # On from the first rollout; also drops the steps of a rollout that was cut short.
+        self.env.defer(True)
 
     def _on_step(self) -> bool:
         return True
