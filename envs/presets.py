@@ -26,6 +26,8 @@ class EnvPreset:
         algo: default SB3 algorithm name (``"ppo"``, ``"sac"``, ...).
         algo_kwargs: per-algorithm hyper-parameters, keyed by algorithm name.
         n_envs: per-algorithm number of parallel envs.
+        normalize_observations: per algorithm, whether the policy sees standardised observations
+            (the zoo's ``normalize: true``; ``prefloop.envs.observation_norm``); off when absent.
         label_budgets: label budgets a benchmark sweeps by default.
         guideline: the question shown to human raters above the two clips.
         env_kwargs: extra ``gymnasium.make`` keyword arguments.
@@ -39,6 +41,7 @@ class EnvPreset:
     algo: str = "ppo"
     algo_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     n_envs: dict[str, int] = field(default_factory=dict)
+    normalize_observations: dict[str, bool] = field(default_factory=dict)
     label_budgets: tuple[int, ...] = (50, 200)
     guideline: str = "Which clip shows the agent doing the task better?"
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -187,6 +190,7 @@ PRESETS: dict[str, EnvPreset] = {
                     "td3": dict(learning_starts=5_000, buffer_size=300_000),
                 },
                 n_envs={"ppo": 1},
+                normalize_observations={"ppo": True},  # the zoo's MuJoCo PPO settings all normalise
                 label_budgets=(100, 300, 700),
                 guideline=guideline,
                 # small frames: clips for raters, not publication renders

@@ -128,6 +128,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--oversampling", type=positive_int, default=10, help="candidate pairs scored per pair asked (default: 10)")
     parser.add_argument("--segment-length", type=positive_int, default=None, help="steps per segment (default: the preset's)")
     parser.add_argument("--n-envs", type=positive_int, default=None, help="parallel envs (default: the preset's)")
+    parser.add_argument("--normalize-observations", action=argparse.BooleanOptionalAction, default=None,
+                        help="the policy sees observations standardised by running mean and variance (SB3's VecNormalize; "
+                             "the reward model and clips keep the env's own), as rl-baselines3-zoo does for PPO on MuJoCo "
+                             "(default: the preset's for the algorithm, else off)")
     parser.add_argument("--ensemble", type=positive_int, default=3, help="reward-model ensemble members (default: 3)")
     parser.add_argument("--reward-cnn", default="nature", choices=("nature", "christiano"),
                         help="image observations: the reward model's conv torso, Nature-DQN (default) or Christiano "

@@ -80,6 +80,7 @@ def build_train_config(args: argparse.Namespace, teacher: Teacher | StoreTeacher
         algo=args.algo,
         seed=args.seed,
         n_envs=args.n_envs,
+        normalize_observations=args.normalize_observations,
         segment_length=args.segment_length,
         reward_source=args.reward_source,
         query=QueryConfig.from_spec(args.query, oversampling=args.oversampling),

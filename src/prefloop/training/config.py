@@ -71,6 +71,9 @@ class TrainConfig:
             go in ``algo_kwargs["policy_kwargs"]``.
         algo_kwargs: hyper-parameters on top of the preset's for this algorithm.
         n_envs: parallel envs (None: the preset's).
+        normalize_observations: the policy sees observations standardised by running statistics
+            (SB3's VecNormalize; the reward model and raters' clips keep the env's own), as
+            rl-baselines3-zoo does for PPO on MuJoCo (None: the preset's for the algorithm, else off).
         segment_length: steps per segment (None: the preset's).
         seed: seeds envs, policy, reward model, teacher and query selection.
         reward_source: ``"preferences"`` (learned reward) or ``"true"`` (the env's reward, baseline).
@@ -115,6 +118,7 @@ class TrainConfig:
     policy: str | type | None = None
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
     n_envs: int | None = None
+    normalize_observations: bool | None = None
     segment_length: int | None = None
     seed: int = 0
     reward_source: str = "preferences"
@@ -242,6 +246,10 @@ class TrainConfig:
             steps=self.steps if self.steps is not None else preset.total_steps,
             n_envs=self.n_envs if self.n_envs is not None else (preset.envs_for(algo) if named else _envs_for_class(algo)),
             segment_length=self.segment_length if self.segment_length is not None else preset.segment_length,
+            normalize_observations=(
+                self.normalize_observations if self.normalize_observations is not None
+                else named and preset.normalize_observations.get(algo, False)  # type: ignore[arg-type]
+            ),
             algo_kwargs={**(preset.hyperparameters(algo) if named else {}), **self.algo_kwargs},
             env_kwargs={**preset.env_kwargs, **self.env_kwargs},
         )
@@ -376,7 +384,7 @@ def _envs_for_class(algo: Any) -> int:
 # What makes a run the run it is: a config.json that differs from the run's own record in one of
 # these (an edited file, a file from another run) cannot continue it.
 RUN_IDENTITY_KEYS = (
-    "env_id", "env_kwargs", "run_name", "algo", "algo_kwargs", "seed", "n_envs", "segment_length",
+    "env_id", "env_kwargs", "run_name", "algo", "algo_kwargs", "seed", "n_envs", "normalize_observations", "segment_length",
     "reward_source", "teacher", "teacher_params", "env_factory", "policy", "labels", "steps", "raters_per_pair",
     "unsupervised_steps", "query", "reward_model", "schedule",
 )

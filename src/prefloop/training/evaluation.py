@@ -10,12 +10,17 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from prefloop.envs import EnvSpec, make_env
+from prefloop.envs.observation_norm import frozen_copy
 from prefloop.training.config import TrainConfig
 
 
 def evaluate(model: BaseAlgorithm, spec: EnvSpec, episodes: int, seed: int) -> list[float]:
-    """Deterministic-policy returns on the true reward, one fresh env, ``episodes`` episodes."""
+    """Deterministic-policy returns on the true reward, one fresh env, ``episodes`` episodes (a
+    policy trained on standardised observations sees them standardised as in training, frozen)."""
     eval_env = DummyVecEnv([lambda: Monitor(make_env(spec, seed=seed))])
+    normalizer = model.get_vec_normalize_env()
+    if normalizer is not None:
+        eval_env = frozen_copy(normalizer, eval_env)
     try:
         returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
     finally:

@@ -43,6 +43,7 @@ from prefloop.envs import (
     check_can_render,
     make_env,
 )
+from prefloop.envs.observation_norm import normalizable, normalize_observations
 from prefloop.plots import plot_learning_curve
 from prefloop.reward_models import build_reward_model, load_reward_model
 from prefloop.reward_models.config import member_factory_of
@@ -276,6 +277,9 @@ def _train(
         if on_ready is not None:
             on_ready(run_dir, store_url, config.run_name or "default")
     state = RunState(run_dir, curve, initial_steps, config.to_json())
+    reward_env = env  # the learned reward's wrapper (preference runs): what a rollout's rewards come from
+    if config.normalize_observations:  # the policy's view only: outermost, so segments keep the env's own
+        env = normalize_observations(env)
 
     cls = algorithm_class(config.algo)
     if checkpoint is not None:
@@ -312,11 +316,11 @@ def _train(
     remaining = config.steps - initial_steps - model.num_timesteps
     callbacks: list[BaseCallback] = []
     learned_returns = None
-    if isinstance(env, VecLearnedReward):
-        env.finished_returns.clear()  # the curve's learned returns start with the learned reward
-        learned_returns = env.finished_returns
+    if isinstance(reward_env, VecLearnedReward):
+        reward_env.finished_returns.clear()  # the curve's learned returns start with the learned reward
+        learned_returns = reward_env.finished_returns
         if rewards_wait_for_rollout_end(model):
-            callbacks.append(RolloutRewardCallback(env))  # first: before a refit at the same rollout's end
+            callbacks.append(RolloutRewardCallback(reward_env))  # first: before a refit at the same rollout's end
     callbacks.append(CurveCallback(initial_steps, max(1, config.steps // 200), curve, learned_returns))
     if learner is not None:
         callbacks.append(PreferenceCallback(learner, rounds, initial_steps, state))
@@ -433,6 +437,9 @@ def check_run_inputs(config: TrainConfig, spec: EnvSpec, venv: VecEnv) -> Teache
     process: simulated, recorded or the user's object (None: people, or a store teacher)."""
     assert config.algo is not None
     check_algorithm_fits(config.algo, venv.action_space, config.env_id)
+    if config.normalize_observations and not normalizable(venv.observation_space):
+        raise ConfigError(f"normalize_observations needs vector observations (a Box, or a Dict of Boxes); "
+                          f"{config.env_id} has {venv.observation_space}: leave it off (--no-normalize-observations)")
     if config.reward_source != "preferences":
         return None
     if config.db_url:

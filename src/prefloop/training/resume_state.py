@@ -5,6 +5,8 @@ continues where it stopped rather than relearning:
   starts from an empty buffer and has to refill it before its updates mean anything;
 - the reward model's Adam state and the trainer's counters (fits so far, labels already fitted),
   so the first fit after a resume takes the same steps it would have taken without the stop;
+- the policy's observation statistics (runs with ``normalize_observations``), without which the
+  resumed policy would see differently scaled observations until new statistics settle;
 - each rater's estimated reliability (error rate, temperature, flag), so the first gradient steps
   after a resume weight the raters as before the stop rather than everyone at the prior (a flagged
   adversarial rater would otherwise train the model at full weight until the first E-step).
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from prefloop.envs.observation_norm import load_stats, stats_to_json
 from prefloop.reward_models import RaterEstimate
 from prefloop.serialization import strict_json
 from prefloop.training.algos import is_off_policy
@@ -35,12 +38,16 @@ log = logging.getLogger("prefloop")
 REPLAY_BUFFER_FILE = "replay_buffer.pkl"
 OPTIMIZER_FILE = "reward_optimizer.pt"
 TRAINER_FILE = "reward_trainer.json"
+OBSERVATION_STATS_FILE = "observation_stats.json"
 
 
 def save_resume_state(folder: Path, model: BaseAlgorithm, trainer: "RewardTrainer | None") -> None:
     """Write the replay buffer (off-policy algorithms) and the reward trainer's state into ``folder``."""
     if is_off_policy(model):
         model.save_replay_buffer(folder / REPLAY_BUFFER_FILE)  # type: ignore[attr-defined]
+    normalizer = model.get_vec_normalize_env()
+    if normalizer is not None:
+        (folder / OBSERVATION_STATS_FILE).write_text(strict_json(stats_to_json(normalizer)))
     if trainer is not None:
         torch.save(trainer.optimizer.state_dict(), folder / OPTIMIZER_FILE)
         estimates = trainer.rater_estimates
@@ -79,6 +86,14 @@ def restore_resume_state(folder: Path, model: BaseAlgorithm, trainer: "RewardTra
             log.info("replay buffer restored: %d transitions", model.replay_buffer.size())  # type: ignore[attr-defined]
         else:
             log.warning("%s has no replay buffer (written by an older prefloop): the policy resumes with an empty one", folder)
+    normalizer = model.get_vec_normalize_env()
+    if normalizer is not None:
+        path = folder / OBSERVATION_STATS_FILE
+        if path.is_file():
+            load_stats(normalizer, json.loads(path.read_text()))
+        else:
+            log.warning("%s has no observation statistics (written without normalize_observations): the policy "
+                        "resumes with fresh ones", folder)
     if trainer is not None:
         optimizer_path, counters_path = folder / OPTIMIZER_FILE, folder / TRAINER_FILE
         if optimizer_path.is_file():
