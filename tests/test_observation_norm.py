@@ -63,6 +63,12 @@ def test_run_normalizes_for_the_policy_only(tmp_path, algo, algo_kwargs):
     model = algorithm_class(algo).load(final / "policy.zip", env=_pendulum_venv(), device="cpu")
     assert evaluate(model, spec, 2, seed=10_000) != result.eval_returns, "without its statistics it acts differently"
 
+    # As if killed after the last checkpoint: --resume gives the policy its statistics back.
+    (tmp_path / "run" / "summary.json").unlink()
+    resumed = train(TrainConfig(env_id="Pendulum-v1", run_dir=tmp_path / "run"), resume=True)
+    assert resumed.config.normalize_observations is True
+    assert resumed.eval_returns == result.eval_returns
+
 
 def test_off_policy_buffer_keeps_env_observations(tmp_path):
     """SAC relabels its replay buffer with the reward model, which reads the env's observations."""
