@@ -144,3 +144,11 @@ def test_presets_decide_per_algorithm():
     assert TrainConfig(env_id="Hopper-v5", run_dir="r", algo="sac").resolve().normalize_observations is False
     assert TrainConfig(env_id="CartPole-v1", run_dir="r").resolve().normalize_observations is False
     assert TrainConfig(env_id="Hopper-v5", run_dir="r", algo="ppo", normalize_observations=False).resolve().normalize_observations is False
+
+
+def test_a_run_recorded_before_the_setting_resumes_without_it(tmp_path):
+    """An older run's config.json has no normalize_observations: it trained on the env's own
+    observations, so resuming it must not switch standardisation on (the MuJoCo PPO preset now does)."""
+    recorded = TrainConfig(env_id="Hopper-v5", run_dir=tmp_path / "run", algo="ppo").resolve().to_json()
+    del recorded["normalize_observations"]
+    assert TrainConfig.from_json(recorded).resolve().normalize_observations is False

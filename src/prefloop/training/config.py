@@ -310,6 +310,8 @@ class TrainConfig:
             ConfigError: not an object, an unknown or missing key, a value of the wrong type (the
                 message names the key, e.g. ``query.oversampling``), or one out of range.
         """
+        if isinstance(data, dict) and "normalize_observations" not in data:
+            data = {**data, "normalize_observations": False}  # written before the setting: it ran without
         return dataclass_from_json(cls, data)
 
     def save(self, path: Path) -> None:
