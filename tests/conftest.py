@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import signal
 import socket
 import sys
 import uuid
@@ -25,6 +26,14 @@ from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
 from streamlit.testing.v1.util import patch_config_options
 
 from prefloop.types import Segment, SegmentPair
+
+
+# A shell starts a background job (`make test &`, nohup, some CI runners) with SIGINT ignored, and
+# child processes inherit that: Ctrl-C tests then hang on a `prefloop run` that cannot hear SIGINT,
+# and `_thread.interrupt_main()` does nothing. Python's own Ctrl-C handler, as in a terminal,
+# puts SIGINT back to its default for the children too.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
