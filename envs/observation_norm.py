@@ -32,17 +32,22 @@ def normalizable(observation_space: spaces.Space) -> bool:
     return isinstance(observation_space, spaces.Box) and not is_image_space(observation_space, check_channels=False)
 
 
+def check_normalizable(observation_space: spaces.Space, env_name: str = "this env") -> None:
+    """Raise ValueError, in one line naming the fix, unless :func:`normalizable`."""
+    if not normalizable(observation_space):
+        raise ValueError(
+            f"normalize_observations needs vector observations (a Box, or a Dict of Boxes); {env_name} has "
+            f"{observation_space}: leave it off (--no-normalize-observations)"
+        )
+
+
 def normalize_observations(venv: VecEnv) -> VecNormalize:
     """``venv`` with its observations standardised by running statistics, updated while it steps.
 
     Raises:
         ValueError: the observation space is not a Box (or Dict of Boxes) of vectors.
     """
-    if not normalizable(venv.observation_space):
-        raise ValueError(
-            f"observation normalisation needs vector observations (a Box, or a Dict of Boxes); this env has "
-            f"{venv.observation_space}: leave it off (--no-normalize-observations)"
-        )
+    check_normalizable(venv.observation_space)
     return VecNormalize(venv, training=True, norm_obs=True, norm_reward=False, clip_obs=CLIP_OBS)
 
 

@@ -43,7 +43,7 @@ from prefloop.envs import (
     check_can_render,
     make_env,
 )
-from prefloop.envs.observation_norm import normalizable, normalize_observations
+from prefloop.envs.observation_norm import check_normalizable, normalize_observations
 from prefloop.plots import plot_learning_curve
 from prefloop.reward_models import build_reward_model, load_reward_model
 from prefloop.reward_models.config import member_factory_of
@@ -437,9 +437,11 @@ def check_run_inputs(config: TrainConfig, spec: EnvSpec, venv: VecEnv) -> Teache
     process: simulated, recorded or the user's object (None: people, or a store teacher)."""
     assert config.algo is not None
     check_algorithm_fits(config.algo, venv.action_space, config.env_id)
-    if config.normalize_observations and not normalizable(venv.observation_space):
-        raise ConfigError(f"normalize_observations needs vector observations (a Box, or a Dict of Boxes); "
-                          f"{config.env_id} has {venv.observation_space}: leave it off (--no-normalize-observations)")
+    if config.normalize_observations:
+        try:
+            check_normalizable(venv.observation_space, config.env_id)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if config.reward_source != "preferences":
         return None
     if config.db_url:

@@ -91,8 +91,9 @@ def restore_resume_state(folder: Path, model: BaseAlgorithm, trainer: "RewardTra
         path = folder / OBSERVATION_STATS_FILE
         if path.is_file():
             load_stats(normalizer, json.loads(path.read_text()))
-            log.info("observation statistics restored (%d observations)", int(normalizer.obs_rms.count)
-                     if not isinstance(normalizer.obs_rms, dict) else int(next(iter(normalizer.obs_rms.values())).count))
+            rms = normalizer.obs_rms  # a Dict observation's keys all count the same observations
+            count = (next(iter(rms.values())) if isinstance(rms, dict) else rms).count
+            log.info("observation statistics restored (%d observations)", int(count))
         else:
             log.warning("%s has no observation statistics (written without normalize_observations): the policy "
                         "resumes with fresh ones", folder)
