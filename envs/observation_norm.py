@@ -68,14 +68,29 @@ def stats_to_json(normalizer: VecNormalize) -> dict[str, Any]:
     return _rms_to_json(rms)
 
 
+def check_stats(data: Any) -> None:
+    """Raise ValueError, in one line, unless ``data`` is what :func:`stats_to_json` writes: finite
+    means, non-negative variances of one shape, a positive count. Whether the shapes fit an env's
+    observations needs the env (:func:`load_stats` checks that too); a checkpoint check runs this."""
+    if not isinstance(data, dict):
+        raise ValueError(f"observation statistics must be an object, got {type(data).__name__}")
+    if "keys" not in data:
+        _parse_rms(data)
+        return
+    saved = data["keys"]
+    if not isinstance(saved, dict) or not saved:
+        raise ValueError("observation statistics' keys must be a non-empty object, one entry per Dict key")
+    for value in saved.values():
+        _parse_rms(value)
+
+
 def load_stats(normalizer: VecNormalize, data: Any) -> None:
     """Put :func:`stats_to_json`'s statistics back into ``normalizer``.
 
     Raises:
         ValueError: they do not fit its observations (another env, another run), or are malformed.
     """
-    if not isinstance(data, dict):
-        raise ValueError(f"observation statistics must be an object, got {type(data).__name__}")
+    check_stats(data)
     rms = normalizer.obs_rms
     if isinstance(rms, dict):
         saved = data.get("keys")
@@ -90,17 +105,25 @@ def _rms_to_json(rms: RunningMeanStd) -> dict[str, Any]:
     return {"count": float(rms.count), "mean": rms.mean.tolist(), "var": rms.var.tolist()}
 
 
-def _rms_from_json(data: Any, shape: tuple[int, ...]) -> RunningMeanStd:
+def _parse_rms(data: Any) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(mean, var, count)`` of one :func:`_rms_to_json` object, checked for everything but the env's shape."""
     try:
         mean = np.asarray(data["mean"], dtype=np.float64)
         var = np.asarray(data["var"], dtype=np.float64)
         count = float(data["count"])
     except (TypeError, KeyError, ValueError) as exc:
         raise ValueError(f"observation statistics are malformed ({type(exc).__name__}: {exc})") from None
-    if mean.shape != shape or var.shape != shape:
-        raise ValueError(f"observation statistics have shape {mean.shape}, the env's observations {shape}")
-    if not (np.isfinite(mean).all() and np.isfinite(var).all() and (var >= 0).all() and count > 0):
+    if mean.shape != var.shape:
+        raise ValueError(f"observation statistics are malformed (mean has shape {mean.shape}, var {var.shape})")
+    if not (np.isfinite(mean).all() and np.isfinite(var).all() and (var >= 0).all() and np.isfinite(count) and count > 0):
         raise ValueError("observation statistics hold non-finite values, a negative variance or no count")
+    return mean, var, count
+
+
+def _rms_from_json(data: Any, shape: tuple[int, ...]) -> RunningMeanStd:
+    mean, var, count = _parse_rms(data)
+    if mean.shape != shape:
+        raise ValueError(f"observation statistics have shape {mean.shape}, the env's observations {shape}")
     rms = RunningMeanStd(shape=shape)
     rms.mean, rms.var, rms.count = mean, var, count
     return rms

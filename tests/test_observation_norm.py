@@ -10,18 +10,30 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
+from prefloop.envs import EnvSpec
+from prefloop.envs.observation_norm import (
+    check_stats,
+    frozen_copy,
+    load_stats,
+    normalizable,
+    normalize_observations,
+    stats_to_json,
+)
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from prefloop.config_files import ConfigError
-from prefloop.envs import EnvSpec
-from prefloop.envs.observation_norm import frozen_copy, load_stats, normalizable, normalize_observations, stats_to_json
 from prefloop.store import PreferenceStore, sqlite_url
 from prefloop.training.algos import algorithm_class
+from prefloop.training.checkpoints import checkpoint_problems
 from prefloop.training.config import TrainConfig
-from prefloop.training.loop import train
 from prefloop.training.evaluation import evaluate
-from prefloop.training.resume_state import OBSERVATION_STATS_FILE, restore_resume_state, save_resume_state
+from prefloop.training.loop import train
+from prefloop.training.resume_state import (
+    OBSERVATION_STATS_FILE,
+    restore_resume_state,
+    save_resume_state,
+)
 
 
 def _on_unit_circle(obs: np.ndarray) -> bool:
@@ -121,6 +133,39 @@ def test_statistics_that_do_not_fit_are_refused(data, match):
     with pytest.raises(ValueError, match=match):
         load_stats(venv, data)
     assert stats_to_json(venv) == before
+
+
+@pytest.mark.parametrize("data", [
+    {"count": 3, "mean": [0.0, 0.0], "var": [1.0]},
+    {"count": 0, "mean": [0.0], "var": [1.0]},
+    {"count": float("inf"), "mean": [0.0], "var": [1.0]},
+    {"count": 3, "mean": [0.0], "var": [-1.0]},
+    {"count": 3, "mean": "abc", "var": [1.0]},
+    {"keys": {}},
+    {"keys": {"a": {"count": 3, "mean": [0.0]}}},
+    {"keys": [1]},
+])
+def test_malformed_statistics_are_found_without_the_env(data):
+    with pytest.raises(ValueError, match="observation statistics"):
+        check_stats(data)
+
+
+def test_a_checkpoint_whose_statistics_are_malformed_is_not_resumed_from(tmp_path):
+    """``--resume`` and ``doctor`` skip it, naming the file, instead of failing in the middle of the restore."""
+    venv = normalize_observations(_pendulum_venv())
+    model = PPO("MlpPolicy", venv, n_steps=64, batch_size=64, seed=0)
+    model.learn(64)
+    checkpoint = tmp_path / "step-64"
+    checkpoint.mkdir()
+    (checkpoint / "state.json").write_text(json.dumps({"env_step": 64}))
+    model.save(checkpoint / "policy.zip")
+    stats = checkpoint / OBSERVATION_STATS_FILE
+    stats.write_text(json.dumps(stats_to_json(venv)))
+    assert checkpoint_problems(checkpoint, reward_model=False, algo="ppo") == []
+
+    stats.write_text(json.dumps({"count": 64, "mean": [0.0, 0.0, 0.0], "var": [1.0, None, 1.0]}))
+    problems = checkpoint_problems(checkpoint, reward_model=False, algo="ppo")
+    assert len(problems) == 1 and problems[0].startswith(f"{OBSERVATION_STATS_FILE} does not load")
 
 
 def test_only_vector_observations():

@@ -64,15 +64,16 @@ def checkpoint_problems(checkpoint: Path, *, reward_model: bool, algo: str | Non
                     algorithm_class(algo).load(policy, device="cpu")
                 except Exception as exc:  # noqa: BLE001 -- any failure to load is the finding itself
                     problems.append(f"policy.zip does not load ({type(exc).__name__}: {_first_line(exc)})")
-    from prefloop.training.resume_state import OBSERVATION_STATS_FILE  # SB3 and torch: only when needed
+    # SB3 and torch: only when needed
+    from prefloop.envs.observation_norm import check_stats
+    from prefloop.training.resume_state import OBSERVATION_STATS_FILE
 
     stats = checkpoint / OBSERVATION_STATS_FILE
     if stats.is_file():
         try:
-            if not isinstance(json.loads(stats.read_bytes().decode("utf-8")), dict):
-                problems.append(f"{stats.name} is not a JSON object")
+            check_stats(json.loads(stats.read_bytes().decode("utf-8")))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-            problems.append(f"{stats.name} does not parse ({_first_line(exc)})")
+            problems.append(f"{stats.name} does not load ({_first_line(exc)})")
     if reward_model:
         from prefloop.reward_models import load_reward_model
         from prefloop.training.resume_state import (
