@@ -3,6 +3,9 @@ that number readable (a random policy's return on the same seeds, the env's "sol
 
 from __future__ import annotations
 
+import logging
+
+import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -13,11 +16,42 @@ from prefloop.envs import EnvSpec, make_env
 from prefloop.envs.observation_norm import frozen_copy
 from prefloop.training.config import TrainConfig
 
+log = logging.getLogger("prefloop")
+
+# Steps after which an evaluation episode is cut when the env has no time limit of its own
+# (CliffWalking-v1, Blackjack-v1, many users' envs): a deterministic policy that walks into a wall
+# would otherwise never end its episode, and the run would never finish.
+UNLIMITED_EPISODE_CAP = 10_000
+
+
+def bounded_episodes(env: gym.Env, *, warn: bool = False) -> gym.Env:
+    """``env`` as it is when its spec has a time limit, else cut at :data:`UNLIMITED_EPISODE_CAP`
+    steps (truncated, as Gymnasium's ``TimeLimit`` does); ``warn`` logs that returns are of cut episodes."""
+    if _has_time_limit(env):
+        return env
+    if warn:
+        log.warning("%s has no time limit: evaluation episodes are cut at %d steps", env.spec.id if env.spec else env,
+                    UNLIMITED_EPISODE_CAP)
+    return gym.wrappers.TimeLimit(env, max_episode_steps=UNLIMITED_EPISODE_CAP)
+
+
+def _has_time_limit(env: gym.Env) -> bool:
+    """A registered limit, or a ``TimeLimit`` anywhere in the wrappers (an env factory's own, which
+    an unregistered env's spec does not show)."""
+    if env.spec is not None and env.spec.max_episode_steps is not None:
+        return True
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, gym.wrappers.TimeLimit):
+            return True
+        env = env.env
+    return False
+
 
 def evaluate(model: BaseAlgorithm, spec: EnvSpec, episodes: int, seed: int) -> list[float]:
     """Deterministic-policy returns on the true reward, one fresh env, ``episodes`` episodes (a
-    policy trained on standardised observations sees them standardised as in training, frozen)."""
-    eval_env = DummyVecEnv([lambda: Monitor(make_env(spec, seed=seed))])
+    policy trained on standardised observations sees them standardised as in training, frozen; an
+    env without a time limit has its episodes cut, :func:`bounded_episodes`)."""
+    eval_env = DummyVecEnv([lambda: Monitor(bounded_episodes(make_env(spec, seed=seed), warn=True))])
     normalizer = model.get_vec_normalize_env()
     if normalizer is not None:
         eval_env = frozen_copy(normalizer, eval_env)
@@ -47,7 +81,7 @@ def result_context(eval_return: float, spec: EnvSpec, config: TrainConfig) -> di
 
 def random_policy_returns(spec: EnvSpec, episodes: int, seed: int) -> list[float]:
     """Returns of uniformly random actions: the 0 of the normalised return."""
-    env = make_env(spec, seed=seed)
+    env = bounded_episodes(make_env(spec, seed=seed))
     env.action_space.seed(seed)
     returns = []
     try:
