@@ -15,6 +15,7 @@ from prefloop.training.evaluation import (
     random_policy_returns,
 )
 from prefloop.training.loop import train
+from prefloop.training.report import run_summary_rows
 
 ENV_ID = "prefloop-test/NeverEnds-v0"
 
@@ -71,6 +72,9 @@ def test_env_time_limits_are_kept(caplog):
 
 def test_a_run_on_an_env_without_a_time_limit_finishes(tmp_path):
     _register()
-    result = train(TrainConfig(env_id=ENV_ID, run_dir=tmp_path / "run", reward_source="true", steps=256,
+    result = train(TrainConfig(env_id=ENV_ID, run_dir=tmp_path / "run", reward_source="true", steps=200,
                                n_envs=1, algo_kwargs={"n_steps": 128}, eval_episodes=1, progress_bar=False))
     assert result.eval_returns == [float(UNLIMITED_EPISODE_CAP)]
+    # No episode ended, so the learning curve is empty; the summary still says what the run took.
+    assert result.curve == [] and result.env_steps == 256
+    assert dict(run_summary_rows(result))["env steps"] == "256 (asked 200; the algorithm finishes the rollout it is in)"

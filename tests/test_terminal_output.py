@@ -92,12 +92,14 @@ def test_the_run_summary_reports_the_env_steps_the_run_took_not_only_the_ones_as
     from prefloop.training.loop import RunResult
     from prefloop.training.report import run_summary_rows
 
-    def steps_row(asked: int, curve_steps: list[float]) -> str:
+    def steps_row(asked: int, ran: int | None) -> str:
         config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, steps=asked, algo="ppo")
         result = RunResult(config=config, eval_return_mean=9.0, eval_return_std=1.0, eval_returns=[9.0], labels_used=20,
                            wall_time_s=1.0, cpu_time_s=1.0, reward_learning_time_s=0.5,
-                           curve=[{"env_step": s, "true_return": 9.0, "learned_return": 1.0} for s in curve_steps])
+                           curve=[{"env_step": 1024.0, "true_return": 9.0, "learned_return": 1.0}], env_steps=ran)
         return dict(run_summary_rows(result))["env steps"]
 
-    assert steps_row(2000, [1224.0, 2248.0]) == "2,248 (asked 2,000; the algorithm finishes the rollout it is in)"
-    assert steps_row(2048, [1024.0, 2048.0]) == "2,048"
+    # The run's own count, not the curve's last point (which is only where an episode had ended).
+    assert steps_row(2000, 2248) == "2,248 (asked 2,000; the algorithm finishes the rollout it is in)"
+    assert steps_row(2048, 2048) == "2,048"
+    assert steps_row(2048, None) == "2,048"  # a summary written before the count was kept

@@ -101,6 +101,7 @@ class RunResult:
     labels_fitted: int = 0  # labels the last reward-model fit saw (the rest came too late to be used)
     pairs_withdrawn: int = 0  # asked, still unanswered when the trainer stopped using labels
     human_time: dict[str, float] = field(default_factory=dict)  # prefloop.training.human_time: answer_s, span_s
+    env_steps: int | None = None  # env steps the run took: whole rollouts, so it may pass config.steps
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,6 +118,7 @@ class RunResult:
             "labels_fitted": self.labels_fitted,
             "pairs_withdrawn": self.pairs_withdrawn,
             "human_time": self.human_time,
+            "env_steps": self.env_steps,
         }
 
 
@@ -364,6 +366,7 @@ def _train(
         labels_fitted=max(0, learner.labels_at_last_fit) if learner is not None else 0,
         pairs_withdrawn=withdrawn,
         human_time=human_time(learner.store) if learner is not None else {},
+        env_steps=final_step,
     )
     run_dir.write_result(result.to_json())
     if curve:

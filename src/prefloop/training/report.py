@@ -22,7 +22,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 def _steps_text(result: "RunResult") -> str:
     """The env steps the run took; the algorithm learns in whole rollouts, so it may overshoot ``steps``."""
     asked = result.config.steps
-    ran = int(result.curve[-1]["env_step"]) if result.curve else asked
+    ran = result.env_steps if result.env_steps is not None else asked
     if asked is None or ran == asked:
         return f"{ran:,}" if ran is not None else "-"
     return f"{ran:,} (asked {asked:,}; the algorithm finishes the rollout it is in)"
