@@ -146,6 +146,7 @@ class CnnRewardEnsemble(RewardEnsemble):
             raise ValueError(f"hidden_sizes must all be >= 1, got {tuple(hidden_sizes)}")
         self.seed = int(seed)
         self.member_factory = None  # the members are this class's CNNs
+        self.action_squares = False  # its actions go to the head as they are
         self.obs_encoder = _ImageChecker(observation_space)
         self.action_encoder: SpaceEncoder = make_encoder(action_space, "action")
         self.channels, self.height, self.width, self.channels_last = image_layout(observation_space)

@@ -82,6 +82,10 @@ class RewardEnsemble(nn.Module):
             member's index, see :data:`MemberFactory`. The ensemble around it -- input
             standardisation, the Bradley-Terry fit, absorbing steps, reward scaling -- stays the
             same. Slower than the stacked MLPs (one forward pass per member).
+        action_squares: a Box action also enters squared (see ``spaces.py``), so a control cost
+            ``sum(a**2)`` is linear in the inputs; the features are then ``(obs, a, a**2)``.
+            Ignored with ``member_factory`` (your network gets the action as it is).
+            ``RewardModelConfig`` turns it on; off here, and for models saved before it existed.
 
     Raises:
         UnsupportedSpaceError: for Text, Graph, Sequence and other spaces, and image leaves of Dicts.
@@ -101,6 +105,7 @@ class RewardEnsemble(nn.Module):
         hidden_sizes: Sequence[int] = (64, 64),
         seed: int = 0,
         member_factory: MemberFactory | None = None,
+        action_squares: bool = False,
     ) -> None:
         super().__init__()
         if int(n_members) < 1:
@@ -116,7 +121,8 @@ class RewardEnsemble(nn.Module):
         self.hidden_sizes = hidden
         self.seed = int(seed)
         self.obs_encoder: SpaceEncoder = make_encoder(observation_space, "observation")
-        self.action_encoder: SpaceEncoder = make_encoder(action_space, "action")
+        self.action_squares = bool(action_squares) and member_factory is None
+        self.action_encoder: SpaceEncoder = make_encoder(action_space, "action", squares=self.action_squares)
         self.input_dim = self.obs_encoder.dim + self.action_encoder.dim
 
         self.member_factory = member_factory

@@ -57,6 +57,7 @@ def save_reward_model(model: RewardEnsemble, directory: str | Path, extra_metada
         "reward_scale": float(model.reward_scale),
         "member_factory": model.member_factory_name,
         "architecture": model.architecture,
+        "action_squares": model.action_squares,
         **(
             {"conv": [list(layer) for layer in model.conv], "torso_features": model.torso_features}
             if isinstance(model, CnnRewardEnsemble) else {}
@@ -144,7 +145,12 @@ def load_reward_model(
                 observation_space, action_space, conv=conv, torso_features=int(metadata["torso_features"]), **common
             )
         elif architecture == "mlp":
-            model = RewardEnsemble(observation_space, action_space, member_factory=member_factory, **common)
+            # files before action_squares existed were written without it
+            squares = metadata.get("action_squares", False)
+            if not isinstance(squares, bool):
+                raise ValueError(f"action_squares must be true or false, got {squares!r}")
+            model = RewardEnsemble(observation_space, action_space, member_factory=member_factory,
+                                   action_squares=squares, **common)
         else:
             raise ValueError(f"unknown architecture {architecture!r} (expected 'mlp' or 'cnn')")
     except (KeyError, TypeError, ValueError) as exc:

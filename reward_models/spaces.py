@@ -6,7 +6,10 @@ Each supported space gets a small encoder module mapping a batch ``(B, *space.sh
 - ``Box``: flattened. Dimensions with finite bounds (``high - low <= 1e4``) are mapped affinely
   onto ``[-1, 1]`` so that e.g. MountainCar's velocity (range 0.14) is not drowned out by its
   position; unbounded dimensions pass through unchanged. The map depends on the space only, so a
-  model rebuilt from its saved space description encodes exactly the same way.
+  model rebuilt from its saved space description encodes exactly the same way. Box *actions* may
+  also enter squared (``squares=True``: ``(B, 2 * flat)``, the scaled values then their squares):
+  a control cost ``sum(a**2)``, part of nearly every MuJoCo and DeepMind Control reward, is then
+  linear in the inputs instead of a curve an MLP must find from comparisons.
 - ``Discrete``: one-hot over ``n`` (values may be integers or integral floats, offset by ``start``).
 - ``MultiDiscrete``: the one-hots of all components, concatenated.
 - ``MultiBinary``: flattened 0/1 as floats.
@@ -104,10 +107,12 @@ class BoxEncoder(SpaceEncoder):
     space's bounds (:class:`StructuredEncoder` passes the bounds of its flat vector)."""
 
     def __init__(
-        self, space: gym.Space, role: str, low: np.ndarray | None = None, high: np.ndarray | None = None
+        self, space: gym.Space, role: str, low: np.ndarray | None = None, high: np.ndarray | None = None,
+        squares: bool = False,
     ) -> None:
         super().__init__(space, role)
-        self.dim = self._flat
+        self.squares = bool(squares)
+        self.dim = self._flat * (2 if self.squares else 1)
         low = np.asarray(space.low if low is None else low, dtype=np.float64).reshape(-1)
         high = np.asarray(space.high if high is None else high, dtype=np.float64).reshape(-1)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -125,14 +130,14 @@ class BoxEncoder(SpaceEncoder):
     def encode_numpy(self, x: np.ndarray) -> np.ndarray:
         flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
         if self._affine:
-            return flat * self._inv_half_np + self._offset_np
-        return flat
+            flat = flat * self._inv_half_np + self._offset_np
+        return np.concatenate((flat, flat * flat), axis=1) if self.squares else flat
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = self._flatten(x).to(torch.float32)
         if self._affine:
-            return torch.addcmul(self.offset, flat, self.inv_half)
-        return flat
+            flat = torch.addcmul(self.offset, flat, self.inv_half)
+        return torch.cat((flat, flat * flat), dim=1) if self.squares else flat
 
 
 class StructuredEncoder(BoxEncoder):
@@ -251,8 +256,10 @@ def _check_integral(x: np.ndarray, low: Any, high: Any, role: str, space: gym.Sp
         )
 
 
-def make_encoder(space: gym.Space, role: str) -> SpaceEncoder:
-    """The encoder for ``space``; ``role`` ("observation" or "action") only words error messages.
+def make_encoder(space: gym.Space, role: str, *, squares: bool = False) -> SpaceEncoder:
+    """The encoder for ``space``; ``role`` ("observation" or "action") only words error messages;
+    ``squares``: a Box also gives its scaled values squared (other spaces ignore it: a one-hot or
+    0/1 column squared is itself).
 
     Raises:
         UnsupportedSpaceError: for any space other than Box, Discrete, MultiDiscrete, MultiBinary
@@ -263,7 +270,7 @@ def make_encoder(space: gym.Space, role: str) -> SpaceEncoder:
     if isinstance(space, gym.spaces.Box):
         if space.shape is None or any(int(s) == 0 for s in space.shape):
             raise UnsupportedSpaceError(f"the {role} space {space!r} is empty (a zero-size Box)")
-        return BoxEncoder(space, role)
+        return BoxEncoder(space, role, squares=squares)
     if isinstance(space, gym.spaces.Discrete):
         return DiscreteEncoder(space, role)
     if isinstance(space, gym.spaces.MultiDiscrete):

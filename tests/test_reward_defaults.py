@@ -55,7 +55,8 @@ def test_updating_input_statistics_does_not_change_the_reward(tmp_path: Path) ->
     actions = rng.uniform(-1, 1, size=(64, 1)).astype(np.float32)
     before_raw = model(torch.as_tensor(obs), torch.as_tensor(actions)).detach()
     before = model.predict(obs, actions)
-    model.set_input_normalization(np.array([1.0, -2.0, 0.5, 0.1]), np.array([3.0, 4.0, 2.0, 0.6]))
+    assert model.input_dim == 5  # 3 observation values, the action and its square
+    model.set_input_normalization(np.array([1.0, -2.0, 0.5, 0.1, 0.3]), np.array([3.0, 4.0, 2.0, 0.6, 0.4]))
     torch.testing.assert_close(model(torch.as_tensor(obs), torch.as_tensor(actions)).detach(), before_raw, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(model.predict(obs, actions), before, rtol=1e-4, atol=1e-4)
     save_reward_model(model, tmp_path / "m")

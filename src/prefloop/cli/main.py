@@ -122,7 +122,8 @@ def check_resume_arguments(args: argparse.Namespace) -> None:
 def _reward_model_config(args: argparse.Namespace) -> RewardModelConfig:
     try:
         return RewardModelConfig(n_members=args.ensemble, seed=args.seed, rater_model=args.rater_model,
-                                 flag_error_rate=args.flag_error_rate, cnn=args.reward_cnn)
+                                 flag_error_rate=args.flag_error_rate, cnn=args.reward_cnn,
+                                 action_squares=args.action_squares)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -312,6 +312,9 @@ class TrainConfig:
         """
         if isinstance(data, dict) and "normalize_observations" not in data:
             data = {**data, "normalize_observations": False}  # written before the setting: it ran without
+        reward = data.get("reward_model") if isinstance(data, dict) else None
+        if isinstance(reward, dict) and "action_squares" not in reward:
+            data = {**data, "reward_model": {**reward, "action_squares": False}}  # likewise
         return dataclass_from_json(cls, data)
 
     def save(self, path: Path) -> None:
