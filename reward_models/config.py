@@ -93,9 +93,13 @@ class RewardModelConfig:
         action_squares: Box actions also enter the MLP squared (after scaling to [-1, 1]), so a
             control cost ``sum(a**2)`` -- in nearly every MuJoCo and DeepMind Control reward -- is
             a linear function of the inputs. Without them the model had to find that curve from
-            comparisons and mostly did not: Reacher's held-out accuracy at 200 random-play labels
-            was 0.66-0.67 without and 0.86-0.88 with (docs/benchmarks.md). No effect on other
-            action spaces, on the CNN or on a ``member_factory``'s network.
+            comparisons and mostly did not: held-out accuracy at 200 random-play labels, Reacher
+            0.63 without and 0.82 with, Pusher 0.74 and 0.82, within 0.01 on six other envs
+            (docs/benchmarks.md). A feature that only correlates with the return can mislead too:
+            Pendulum at 50 labels failed on more seeds with it. ``None``: on, unless the env's
+            preset says otherwise (``TrainConfig.resolve``: the named presets were measured
+            without it). No effect on other action spaces, on the CNN or on a
+            ``member_factory``'s network.
     """
 
     n_members: int = 3
@@ -121,7 +125,7 @@ class RewardModelConfig:
     bootstrap: bool = False
     member_factory: MemberFactory | str | None = None
     cnn: str = "nature"
-    action_squares: bool = True
+    action_squares: bool | None = None
 
     def __post_init__(self) -> None:
         factory = self.member_factory
@@ -161,8 +165,8 @@ class RewardModelConfig:
             raise ValueError(f"stop_accuracy must be a number > 0 (1.0 disables early stopping), got {self.stop_accuracy!r}")
         if self.cnn not in CNN_TORSOS:
             raise ValueError(f"cnn must be one of {', '.join(CNN_TORSOS)}, got {self.cnn!r}")
-        if not isinstance(self.action_squares, bool):
-            raise ValueError(f"action_squares must be true or false, got {self.action_squares!r}")
+        if not (self.action_squares is None or isinstance(self.action_squares, bool)):
+            raise ValueError(f"action_squares must be true, false or None, got {self.action_squares!r}")
         if not isinstance(self.bootstrap, bool):
             raise ValueError(f"bootstrap must be true or false, got {self.bootstrap!r}")
         if not (_is_real(self.val_fraction) and 0 <= self.val_fraction < 1):
@@ -199,7 +203,7 @@ def build_reward_model(
         hidden_sizes=config.hidden_sizes,
         seed=seed,
         member_factory=factory,
-        action_squares=config.action_squares,
+        action_squares=config.action_squares is not False,
     )
 
 

@@ -85,7 +85,8 @@ class RewardEnsemble(nn.Module):
         action_squares: a Box action also enters squared (see ``spaces.py``), so a control cost
             ``sum(a**2)`` is linear in the inputs; the features are then ``(obs, a, a**2)``.
             Ignored with ``member_factory`` (your network gets the action as it is).
-            ``RewardModelConfig`` turns it on; off here, and for models saved before it existed.
+            ``RewardModelConfig`` decides (on unless an env preset says otherwise); off here, and
+            for models saved before it existed.
 
     Raises:
         UnsupportedSpaceError: for Text, Graph, Sequence and other spaces, and image leaves of Dicts.

@@ -100,8 +100,19 @@ def test_saved_models_keep_their_inputs(tmp_path: Path):
     np.testing.assert_array_equal(loaded.predict(obs, actions), old.predict(obs, actions))
 
 
+def test_on_for_envs_without_a_preset_and_as_the_presets_say(tmp_path: Path):
+    def squares(env_id: str, **reward) -> bool | None:
+        config = TrainConfig(env_id=env_id, run_dir=tmp_path / "run", reward_model=RewardModelConfig(**reward))
+        return config.resolve().reward_model.action_squares
+
+    assert squares("Reacher-v5") is True  # no preset: a control cost is what it learns
+    assert squares("Pendulum-v1") is False  # the presets were measured without it
+    assert squares("Pendulum-v1", action_squares=True) is True  # a user's choice stands
+    assert squares("Reacher-v5", action_squares=False) is False
+
+
 def test_a_run_recorded_before_the_setting_keeps_its_reward_inputs(tmp_path: Path):
-    saved = TrainConfig(env_id="Pendulum-v1", run_dir=tmp_path / "run").to_json()
+    saved = TrainConfig(env_id="Reacher-v5", run_dir=tmp_path / "run").resolve().to_json()
     assert saved["reward_model"]["action_squares"] is True
     del saved["reward_model"]["action_squares"]
     assert TrainConfig.from_json(saved).reward_model.action_squares is False

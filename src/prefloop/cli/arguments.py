@@ -136,9 +136,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reward-cnn", default="nature", choices=("nature", "christiano"),
                         help="image observations: the reward model's conv torso, Nature-DQN (default) or Christiano "
                              "et al.'s smaller Atari net (a quarter of the arithmetic, for CPU-only runs)")
-    parser.add_argument("--action-squares", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--action-squares", action=argparse.BooleanOptionalAction, default=None,
                         help="continuous actions also enter the reward model squared, so a control cost sum(a^2) is "
-                             "linear in its inputs (default: on)")
+                             "linear in its inputs (default: on for envs without a preset, off in the presets)")
     parser.add_argument("--rater-model", default="reliability", choices=RATER_MODELS,
                         help="several raters: estimate each one's error rate jointly with the reward and down-weight "
                              "unreliable ones (reliability, default), or count every label alike (plain)")

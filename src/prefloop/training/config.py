@@ -250,6 +250,10 @@ class TrainConfig:
                 self.normalize_observations if self.normalize_observations is not None
                 else named and preset.normalize_observations.get(algo, False)  # type: ignore[arg-type]
             ),
+            reward_model=(
+                self.reward_model if self.reward_model.action_squares is not None
+                else dataclasses.replace(self.reward_model, action_squares=preset.action_squares)
+            ),
             algo_kwargs={**(preset.hyperparameters(algo) if named else {}), **self.algo_kwargs},
             env_kwargs={**preset.env_kwargs, **self.env_kwargs},
         )
