@@ -262,7 +262,11 @@ class RewardEnsemble(nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b, h, w)
             if i < last:
-                h = nn.functional.leaky_relu(h, LEAKY_SLOPE)
+                # In place: baddbmm's backward needs its inputs, not its output, and leaky ReLU's
+                # backward reads the sign from its output (slope > 0): the same values and
+                # gradients without a second activation-sized buffer per layer (a fit step is
+                # bound by memory traffic, not arithmetic).
+                h = nn.functional.leaky_relu_(h, LEAKY_SLOPE)
         return h.squeeze(-1)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
