@@ -636,6 +636,8 @@ def test_the_flags_work_where_they_apply(tmp_path: Path) -> None:
 def test_resume_refuses_run_settings_instead_of_ignoring_them(tmp_path: Path, cli: Cli) -> None:
     cli.error("train", "--resume", "--run-dir", str(tmp_path), "--steps", "8000", "--labels", "50",
               expected=("--labels, --steps would be ignored",))
+    cli.error("train", "--resume", "--run-dir", str(tmp_path), "--no-action-squares", "--normalize-observations",
+              expected=("--no-action-squares, --normalize-observations would be ignored",))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -112,7 +112,8 @@ def check_resume_arguments(args: argparse.Namespace) -> None:
     defaults = vars(build_parser().parse_args([args.command, "--run-dir", str(args.run_dir)]))
     given = sorted(key for key, value in vars(args).items() if key not in RESUME_OPTIONS and value != defaults.get(key))
     if given:
-        flags = ", ".join("--" + key.replace("_", "-") for key in given)
+        # a switched-off --x/--no-x option is named as it was typed
+        flags = ", ".join(("--no-" if vars(args)[key] is False else "--") + key.replace("_", "-") for key in given)
         raise ConfigError(
             f"--resume continues the run with its own settings (its config.json), so {flags} would be ignored: "
             "leave them out, or start a new run (new --run-dir) with the new settings"
