@@ -25,8 +25,9 @@ UNLIMITED_EPISODE_CAP = 10_000
 
 
 def bounded_episodes(env: gym.Env, *, warn: bool = False) -> gym.Env:
-    """``env`` as it is when its spec has a time limit, else cut at :data:`UNLIMITED_EPISODE_CAP`
-    steps (truncated, as Gymnasium's ``TimeLimit`` does); ``warn`` logs that returns are of cut episodes."""
+    """``env`` as it is when it has a time limit of its own (:func:`_has_time_limit`), else cut at
+    :data:`UNLIMITED_EPISODE_CAP` steps (truncated, as Gymnasium's ``TimeLimit`` does); ``warn`` logs
+    that returns are of cut episodes."""
     if _has_time_limit(env):
         return env
     if warn:
