@@ -140,7 +140,9 @@ class RewardTrainer:
             )
         self.model = model
         self.config = config
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # foreach: one multi-tensor update of all parameters instead of a Python loop over them;
+        # the same arithmetic, bit for bit, and ~10% of a fit on a CPU, where torch's default is the loop.
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True)
         self._n_fits = 0
         self.pairs_fitted = 0  # labelled pairs seen by earlier fits: the per-label budget counts the rest
         # Prequential accuracy: pair keys fitted before, and whether the model, before fitting a
@@ -404,6 +406,14 @@ class RewardTrainer:
             ).reshape(model.n_members, k, 2).double()
             out.append(torch.sigmoid(returns[..., 1] - returns[..., 0]).cpu().numpy())
         return np.concatenate(out, axis=1)
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Continue Adam from ``state`` (``optimizer.state_dict()`` of a checkpoint): its moments
+        and step counts, with this trainer's own update path (a state saved before the multi-tensor
+        path asked for the loop; both compute the same values)."""
+        self.optimizer.load_state_dict(state)
+        for group in self.optimizer.param_groups:
+            group["foreach"] = True
 
     def counters(self) -> dict[str, int]:
         """The trainer's progress besides the optimiser: fits so far (seeds each fit's shuffles) and

@@ -70,6 +70,44 @@ def test_checkpointed_replay_buffer_and_reward_optimiser_come_back(tmp_path: Pat
         torch.testing.assert_close(restored_state[key]["exp_avg_sq"], saved_state[key]["exp_avg_sq"])
 
 
+def test_reward_fit_resumed_from_an_older_checkpoint_continues_bit_for_bit(tmp_path: Path) -> None:
+    """A checkpoint written before the trainer's multi-tensor Adam (its ``foreach`` is None) resumes
+    on the multi-tensor path, and the next fit gives exactly the weights of a run that never stopped."""
+    import gymnasium as gym
+
+    from prefloop.reward_models import build_reward_model
+    from prefloop.types import LabeledPair, Segment
+
+    rng = np.random.default_rng(0)
+
+    def segment() -> Segment:
+        obs = rng.uniform(-1, 1, size=(10, 3)).astype(np.float32)
+        actions = rng.uniform(-2, 2, size=(10, 1)).astype(np.float32)
+        return Segment(obs, actions, obs[:, 0].copy(), 10, False, 0, 0, actions)
+
+    pairs = [LabeledPair(segment(), segment(), float(i % 3 == 0), pair_id=i) for i in range(30)]
+    obs_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    act_space = gym.spaces.Box(-2, 2, (1,), np.float32)
+    config = RewardModelConfig(n_members=2, hidden_sizes=(16, 16), min_steps_per_fit=20)
+    uninterrupted = RewardTrainer(build_reward_model(obs_space, act_space, config), config)
+    uninterrupted.fit(pairs[:18])
+    save_reward_model(uninterrupted.model, tmp_path / "reward_model")
+    torch.save(uninterrupted.optimizer.state_dict(), tmp_path / "optimizer.pt")
+    old_state = torch.load(tmp_path / "optimizer.pt", weights_only=True)
+    for group in old_state["param_groups"]:
+        group["foreach"] = None  # as torch.optim.Adam's default wrote it
+
+    resumed = RewardTrainer(load_reward_model(tmp_path / "reward_model"), config)
+    resumed.load_optimizer_state(old_state)
+    resumed.restore_counters(uninterrupted.counters())
+    uninterrupted.fit(pairs)
+    resumed.fit(pairs)
+
+    assert all(group["foreach"] is True for group in resumed.optimizer.param_groups)
+    for before, after in zip(uninterrupted.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(before, after)
+
+
 @pytest.mark.slow
 def test_off_policy_resume_restores_the_replay_buffer(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     run = tmp_path / "run"

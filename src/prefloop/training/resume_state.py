@@ -100,7 +100,7 @@ def restore_resume_state(folder: Path, model: BaseAlgorithm, trainer: "RewardTra
     if trainer is not None:
         optimizer_path, counters_path = folder / OPTIMIZER_FILE, folder / TRAINER_FILE
         if optimizer_path.is_file():
-            trainer.optimizer.load_state_dict(torch.load(optimizer_path, weights_only=True))
+            trainer.load_optimizer_state(torch.load(optimizer_path, weights_only=True))
         if counters_path.is_file():
             counters, estimates = parse_trainer_state(counters_path.read_text())
             trainer.restore_counters(counters)
