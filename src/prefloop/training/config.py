@@ -318,7 +318,11 @@ class TrainConfig:
             data = {**data, "normalize_observations": False}  # written before the setting: it ran without
         reward = data.get("reward_model") if isinstance(data, dict) else None
         if isinstance(reward, dict) and "action_squares" not in reward:
-            data = {**data, "reward_model": {**reward, "action_squares": False}}  # likewise
+            reward = {**reward, "action_squares": False}  # likewise
+            data = {**data, "reward_model": reward}
+        if isinstance(reward, dict) and "warm_steps_per_label" not in reward and "steps_per_label" in reward:
+            # likewise: every fit took steps_per_label per new label
+            data = {**data, "reward_model": {**reward, "warm_steps_per_label": reward["steps_per_label"]}}
         return dataclass_from_json(cls, data)
 
     def save(self, path: Path) -> None:
