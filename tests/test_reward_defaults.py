@@ -85,12 +85,13 @@ def test_fit_cost_is_bounded_per_new_label() -> None:
     # Labels no model can explain (coin flips): early stopping never triggers, the budget must.
     segments = mixed_scale_segments(400, rng)
     pairs = [LabeledPair(a, b, float(rng.integers(0, 2)), pair_id=i) for i, (a, b) in enumerate(zip(segments[::2], segments[1::2]))]
-    config = RewardModelConfig(n_members=2, hidden_sizes=(8,), steps_per_label=3, min_steps_per_fit=20, batch_size=16)
+    config = RewardModelConfig(n_members=2, hidden_sizes=(8,), steps_per_label=3, warm_steps_per_label=2,
+                               min_steps_per_fit=5, batch_size=16)
     trainer = RewardTrainer(build_reward_model(OBS, ACT, config), config)
-    assert trainer.fit(pairs[:100]).steps == 300  # 100 new labels x 3
-    assert trainer.fit(pairs[:110]).steps == 30  # 10 new labels x 3
-    assert trainer.fit(pairs[:112]).steps == 20  # the floor
-    assert trainer.fit(pairs[:112]).steps == 20  # nothing new: the floor again, never a full cap
+    assert trainer.fit(pairs[:100]).steps == 300  # 100 new labels x 3, from scratch
+    assert trainer.fit(pairs[:110]).steps == 20  # 10 new labels x 2, warm
+    assert trainer.fit(pairs[:112]).steps == 5  # the floor
+    assert trainer.fit(pairs[:112]).steps == 5  # nothing new: the floor again, never a full cap
 
 
 @pytest.mark.parametrize(
