@@ -32,12 +32,16 @@ class RewardModelConfig:
             (at least ``min_steps_per_fit``): the cost of reward learning is bounded per label, so
             a model that cannot reach ``stop_accuracy`` (noisy answers, a hard task) costs at most
             ``steps_per_label`` steps per label over the whole run, not a full cap at every round ...
-        warm_steps_per_label: ... and this many per new label once the model has been fitted
-            (None: half of ``steps_per_label``, at least 1). A warm-started model already ranks
-            what the earlier labels taught it, and each round adds a few labels to many: half the
-            steps cut reward learning from 11-15% to 7-8% of a default run on envs without a
-            preset, with returns as before on the presets at 50 labels and on those envs at 200
-            (docs/benchmarks.md, "Warm fits") ...
+        warm_steps_per_label: ... and this many per new label once the model has been fitted on
+            at least ``warm_after_labels`` labels (None: half of ``steps_per_label``, at least 1).
+            A model warm-started from many labels already ranks what they taught it, and a round
+            adds a few to many: half the steps cut reward learning from 10-12% to 7-9% of a default
+            run on envs without a preset (200 labels), with returns as before (docs/benchmarks.md,
+            "Warm fits") ...
+        warm_after_labels: ... Below it every label keeps the full budget: with few labels each one
+            moves the model, and the first models decide what the policy learns (Pendulum at 50
+            labels failed more often when they got fewer steps), while reward learning is a small
+            part of such a run anyway ...
         min_steps_per_fit: ... (a round with a few new labels still gets this many) ...
         epochs: ... and at most this many passes over the training pairs per call ...
         max_steps_per_fit: ... and at most this many gradient steps per call, so fitting stays
@@ -115,6 +119,7 @@ class RewardModelConfig:
     batch_size: int = 64
     steps_per_label: int = 10
     warm_steps_per_label: int | None = None
+    warm_after_labels: int = 50
     min_steps_per_fit: int = 30
     epochs: int = 200
     max_steps_per_fit: int = 2000
@@ -145,7 +150,7 @@ class RewardModelConfig:
         if isinstance(hidden, int) or not all(_is_int(h) and h >= 1 for h in hidden):
             raise ValueError(f"hidden_sizes must be a tuple of positive ints, got {hidden!r}")
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in hidden))
-        for name in ("n_members", "batch_size", "epochs", "max_steps_per_fit", "steps_per_label", "min_steps_per_fit",
+        for name in ("n_members", "batch_size", "epochs", "max_steps_per_fit", "steps_per_label", "warm_after_labels", "min_steps_per_fit",
                      "rater_estimates_per_fit"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
@@ -183,9 +188,12 @@ class RewardModelConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
 
 
-def warm_steps_per_label(config: RewardModelConfig) -> int:
-    """Gradient steps per new label of a warm-started fit: ``config.warm_steps_per_label``, or half
-    of ``steps_per_label`` (at least 1) when it is None."""
+def steps_per_new_label(config: RewardModelConfig, labels_fitted: int) -> int:
+    """Gradient steps a fit may take per new label, when earlier fits have seen ``labels_fitted``
+    labels: ``steps_per_label`` below ``warm_after_labels``, then ``warm_steps_per_label`` (None:
+    half of ``steps_per_label``, at least 1)."""
+    if labels_fitted < config.warm_after_labels:
+        return config.steps_per_label
     if config.warm_steps_per_label is not None:
         return config.warm_steps_per_label
     return max(1, config.steps_per_label // 2)

@@ -30,7 +30,7 @@ import torch
 
 from prefloop.types import LabeledPair
 
-from .config import RewardModelConfig, warm_steps_per_label
+from .config import RewardModelConfig, steps_per_new_label
 from .ensemble import RewardEnsemble, stack_segments
 from .losses import bradley_terry_loss, rater_bradley_terry_loss
 from .splits import pair_keys, validation_mask
@@ -217,9 +217,8 @@ class RewardTrainer:
             boot = np.tile(train_idx, (members, 1))
         steps_per_epoch = math.ceil(n_train / cfg.batch_size)
         new_pairs = max(0, n_labelled - self.pairs_fitted)
-        per_label = warm_steps_per_label(cfg) if self.pairs_fitted else cfg.steps_per_label
+        budget = max(cfg.min_steps_per_fit, steps_per_new_label(cfg, self.pairs_fitted) * new_pairs)
         self.pairs_fitted = max(self.pairs_fitted, n_labelled)
-        budget = max(cfg.min_steps_per_fit, per_label * new_pairs)
         total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps_per_fit, budget)
         length, dim = features.shape[-2], features.shape[-1]
         pair_of_row = torch.as_tensor(rows.pair, device=features.device)

@@ -322,7 +322,7 @@ class TrainConfig:
             data = {**data, "reward_model": reward}
         if isinstance(reward, dict) and "warm_steps_per_label" not in reward and "steps_per_label" in reward:
             # likewise: every fit took steps_per_label per new label
-            data = {**data, "reward_model": {**reward, "warm_steps_per_label": reward["steps_per_label"]}}
+            data = {**data, "reward_model": {"warm_after_labels": 1, **reward, "warm_steps_per_label": reward["steps_per_label"]}}
         return dataclass_from_json(cls, data)
 
     def save(self, path: Path) -> None:
