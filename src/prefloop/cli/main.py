@@ -94,6 +94,7 @@ def build_train_config(args: argparse.Namespace, teacher: Teacher | StoreTeacher
         probation_checks=args.probation_checks,
         guideline=args.guideline,
         unsupervised_steps=args.unsupervised_steps,
+        reset_critic=args.reset_critic,
         **paced,
     )
 

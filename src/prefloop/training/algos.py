@@ -173,6 +173,28 @@ def is_off_policy(model: BaseAlgorithm) -> bool:
     return isinstance(model, OffPolicyAlgorithm)
 
 
+def reset_critic(model: BaseAlgorithm) -> bool:
+    """PEBBLE's critic reset: give an actor-critic off-policy learner (SAC, TD3, DDPG) a freshly
+    initialised critic, its target a copy of it, and a new critic optimiser; the actor, the entropy
+    coefficient and the replay buffer stay. After unsupervised exploration the critic has learnt the
+    values of the exploration reward, a wrong start for the learned one. Returns False, changing
+    nothing, for a learner without a separate critic (DQN, on-policy algorithms)."""
+    critic, target = getattr(model, "critic", None), getattr(model, "critic_target", None)
+    if not is_off_policy(model) or critic is None or target is None or not hasattr(critic, "q_networks"):
+        return False
+    shared = bool(getattr(model.policy, "share_features_extractor", False))
+    parts = [*critic.q_networks] + ([] if shared else [critic.features_extractor])
+    for part in parts:
+        for module in part.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    target.load_state_dict(critic.state_dict())
+    # As SB3 builds it: without the features extractor when the actor owns it.
+    params = [p for name, p in critic.named_parameters() if not (shared and "features_extractor" in name)]
+    critic.optimizer = model.policy.optimizer_class(params, lr=model.lr_schedule(1), **model.policy.optimizer_kwargs)
+    return True
+
+
 def rewards_wait_for_rollout_end(model: BaseAlgorithm) -> bool:
     """Whether the learner reads a rollout's rewards only at the rollout's end: SB3's own
     on-policy rollout collection (PPO, A2C and subclasses that keep it) into a plain rollout buffer.

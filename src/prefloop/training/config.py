@@ -103,6 +103,9 @@ class TrainConfig:
         unsupervised_steps: env steps of PEBBLE's unsupervised pre-training (state-entropy
             exploration) before the first query; 0 starts from a random policy's segments instead
             (None: the preset's, 0 for most envs).
+        reset_critic: after unsupervised pre-training, an off-policy learner (SAC, TD3, DDPG)
+            starts the learned reward with a fresh critic, as PEBBLE does (its values were those
+            of the exploration reward); no effect without pre-training or on other learners.
         guideline: the question shown to human raters above the two clips (None: the preset's).
         run_name: the run's name in the store (None: the run folder's name, fixed at creation so
             a renamed folder still finds its labels).
@@ -139,6 +142,7 @@ class TrainConfig:
     probation_checks: int = 5
     raters_per_pair: int = 1
     unsupervised_steps: int | None = None
+    reset_critic: bool = True
     answer_seconds: float = 0.0
     answer_seconds_sigma: float = 0.0
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -316,6 +320,8 @@ class TrainConfig:
         """
         if isinstance(data, dict) and "normalize_observations" not in data:
             data = {**data, "normalize_observations": False}  # written before the setting: it ran without
+        if isinstance(data, dict) and "reset_critic" not in data:
+            data = {**data, "reset_critic": False}  # likewise
         reward = data.get("reward_model") if isinstance(data, dict) else None
         if isinstance(reward, dict) and "action_squares" not in reward:
             reward = {**reward, "action_squares": False}  # likewise
@@ -399,7 +405,7 @@ def _envs_for_class(algo: Any) -> int:
 RUN_IDENTITY_KEYS = (
     "env_id", "env_kwargs", "run_name", "algo", "algo_kwargs", "seed", "n_envs", "normalize_observations", "segment_length",
     "reward_source", "teacher", "teacher_params", "env_factory", "policy", "labels", "steps", "raters_per_pair",
-    "unsupervised_steps", "query", "reward_model", "schedule",
+    "unsupervised_steps", "reset_critic", "query", "reward_model", "schedule",
 )
 
 

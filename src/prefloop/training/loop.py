@@ -58,6 +58,7 @@ from prefloop.training.algos import (
     is_off_policy,
     make_algorithm,
     relabel_replay_buffer,
+    reset_critic,
     rewards_wait_for_rollout_end,
 )
 from prefloop.training.callbacks import (
@@ -307,6 +308,8 @@ def _train(
                 policy_reward.current = StateEntropyReward()
                 model.learn(config.unsupervised_steps, progress_bar=config.progress_bar, tb_log_name="policy")
                 policy_reward.current = learner.reward_model
+                if config.reset_critic and reset_critic(model):
+                    log.info("critic reset after %d steps of exploration (PEBBLE)", config.unsupervised_steps)
             else:
                 collect_random(env, initial_steps, config.seed)
 
