@@ -59,13 +59,14 @@ def test_learners_without_a_separate_critic_are_left_alone(build) -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, model.policy.parameters()))
 
 
-def test_on_by_default_off_with_the_flag_and_off_for_runs_recorded_before(tmp_path: Path) -> None:
+def test_off_by_default_on_with_the_flag_and_off_for_runs_recorded_before(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)
-    assert parser.parse_args([]).reset_critic is True
-    assert parser.parse_args(["--no-reset-critic"]).reset_critic is False
-    saved = TrainConfig(env_id="MountainCarContinuous-v0", run_dir=tmp_path / "run").resolve().to_json()
+    assert parser.parse_args([]).reset_critic is False
+    assert parser.parse_args(["--reset-critic"]).reset_critic is True
+    saved = TrainConfig(env_id="MountainCarContinuous-v0", run_dir=tmp_path / "run", reset_critic=True).resolve().to_json()
     assert saved["reset_critic"] is True
+    assert TrainConfig.from_json(saved).reset_critic is True
     del saved["reset_critic"]
     assert TrainConfig.from_json(saved).reset_critic is False
 
@@ -74,7 +75,7 @@ def test_on_by_default_off_with_the_flag_and_off_for_runs_recorded_before(tmp_pa
 def test_a_run_resets_the_critic_after_its_exploration_steps(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = TrainConfig(
         env_id="Pendulum-v1", run_dir=tmp_path / "run", algo="sac", steps=700, labels=6, seed=0, progress_bar=False,
-        eval_episodes=1, unsupervised_steps=300, algo_kwargs={"learning_starts": 100, "train_freq": 8, "gradient_steps": 1},
+        eval_episodes=1, unsupervised_steps=300, reset_critic=True, algo_kwargs={"learning_starts": 100, "train_freq": 8, "gradient_steps": 1},
         reward_model=RewardModelConfig(epochs=5),
     )
     with caplog.at_level(logging.INFO, logger="prefloop"):

@@ -172,9 +172,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "measure the rater and are not labels), and a flagged rater gets checks only; 0 turns both off (default 5)")
     parser.add_argument("--unsupervised-steps", type=int, default=None,
                         help="PEBBLE: env steps of state-entropy exploration before the first query (default: the env preset's, 0 for most)")
-    parser.add_argument("--reset-critic", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--reset-critic", action=argparse.BooleanOptionalAction, default=False,
                         help="PEBBLE: an off-policy learner (SAC, TD3, DDPG) starts the learned reward with a fresh critic "
-                             "after the unsupervised steps (default: on)")
+                             "after the unsupervised steps (default: off)")
     parser.add_argument("--guideline", default=None, help="the question shown to raters above the clips (default: the env preset's)")
 
 

@@ -105,7 +105,9 @@ class TrainConfig:
             (None: the preset's, 0 for most envs).
         reset_critic: after unsupervised pre-training, an off-policy learner (SAC, TD3, DDPG)
             starts the learned reward with a fresh critic, as PEBBLE does (its values were those
-            of the exploration reward); no effect without pre-training or on other learners.
+            of the exploration reward); no effect without pre-training or on other learners. Off by
+            default: on MountainCarContinuous, the one preset it reaches whose runs are affordable
+            here, it did not help (docs/benchmarks.md, "Critic reset").
         guideline: the question shown to human raters above the two clips (None: the preset's).
         run_name: the run's name in the store (None: the run folder's name, fixed at creation so
             a renamed folder still finds its labels).
@@ -142,7 +144,7 @@ class TrainConfig:
     probation_checks: int = 5
     raters_per_pair: int = 1
     unsupervised_steps: int | None = None
-    reset_critic: bool = True
+    reset_critic: bool = False
     answer_seconds: float = 0.0
     answer_seconds_sigma: float = 0.0
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -321,7 +323,7 @@ class TrainConfig:
         if isinstance(data, dict) and "normalize_observations" not in data:
             data = {**data, "normalize_observations": False}  # written before the setting: it ran without
         if isinstance(data, dict) and "reset_critic" not in data:
-            data = {**data, "reset_critic": False}  # likewise
+            data = {**data, "reset_critic": False}  # likewise (and the default)
         reward = data.get("reward_model") if isinstance(data, dict) else None
         if isinstance(reward, dict) and "action_squares" not in reward:
             reward = {**reward, "action_squares": False}  # likewise
