@@ -81,3 +81,12 @@ def test_a_run_resets_the_critic_after_its_exploration_steps(tmp_path: Path, cap
     with caplog.at_level(logging.INFO, logger="prefloop"):
         train(config)
     assert any("critic reset after 300 steps of exploration" in r.getMessage() for r in caplog.records)
+
+
+def test_a_run_where_it_cannot_apply_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path / "run", steps=1_500, labels=6, seed=0,
+                         progress_bar=False, eval_episodes=1, reset_critic=True, reward_model=RewardModelConfig(epochs=5))
+    with caplog.at_level(logging.WARNING, logger="prefloop"):
+        train(config)
+    assert any("--reset-critic did nothing: it resets the critic after --unsupervised-steps" in r.getMessage()
+               for r in caplog.records)

@@ -308,9 +308,16 @@ def _train(
                 policy_reward.current = StateEntropyReward()
                 model.learn(config.unsupervised_steps, progress_bar=config.progress_bar, tb_log_name="policy")
                 policy_reward.current = learner.reward_model
-                if config.reset_critic and reset_critic(model):
-                    log.info("critic reset after %d steps of exploration (PEBBLE)", config.unsupervised_steps)
+                if config.reset_critic:
+                    if reset_critic(model):
+                        log.info("critic reset after %d steps of exploration (PEBBLE)", config.unsupervised_steps)
+                    else:
+                        log.warning("--reset-critic did nothing: it resets the critic of SAC, TD3 or DDPG, not "
+                                    "of %s", algorithm_name(config.algo))
             else:
+                if config.reset_critic:
+                    log.warning("--reset-critic did nothing: it resets the critic after --unsupervised-steps, and "
+                                "this run has none")
                 collect_random(env, initial_steps, config.seed)
 
         first_labels(learner, collect_first_segments, rounds[0], initial_steps, checkpoint is not None,
