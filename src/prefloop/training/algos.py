@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from prefloop.envs.learned_reward import RewardFunction
 from prefloop.import_paths import ImportPathError, describe, is_import_path
 from prefloop.import_paths import load as load_import_path
 from prefloop.structured_obs import batch_as_array
+
+log = logging.getLogger("prefloop")
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
     "ppo": PPO,
@@ -193,6 +196,17 @@ def reset_critic(model: BaseAlgorithm) -> bool:
     params = [p for name, p in critic.named_parameters() if not (shared and "features_extractor" in name)]
     critic.optimizer = model.policy.optimizer_class(params, lr=model.lr_schedule(1), **model.policy.optimizer_kwargs)
     return True
+
+
+def reset_critic_after_exploration(model: BaseAlgorithm, exploration_steps: int) -> None:
+    """``--reset-critic``: :func:`reset_critic` after ``exploration_steps`` of unsupervised
+    exploration, or one warning line saying why it did nothing (no exploration, or no critic of its own)."""
+    if not exploration_steps:
+        log.warning("--reset-critic did nothing: it resets the critic after --unsupervised-steps, and this run has none")
+    elif reset_critic(model):
+        log.info("critic reset after %d steps of exploration (PEBBLE)", exploration_steps)
+    else:
+        log.warning("--reset-critic did nothing: it resets the critic of SAC, TD3 or DDPG, not of %s", type(model).__name__)
 
 
 def rewards_wait_for_rollout_end(model: BaseAlgorithm) -> bool:

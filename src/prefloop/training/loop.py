@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ from prefloop.training.algos import (
     is_off_policy,
     make_algorithm,
     relabel_replay_buffer,
-    reset_critic,
+    reset_critic_after_exploration,
     rewards_wait_for_rollout_end,
 )
 from prefloop.training.callbacks import (
@@ -105,22 +105,8 @@ class RunResult:
     env_steps: int | None = None  # env steps the run took: whole rollouts, so it may pass config.steps
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "config": self.config.to_json(),
-            "eval_return_mean": self.eval_return_mean,
-            "eval_return_std": self.eval_return_std,
-            "eval_returns": self.eval_returns,
-            "labels_used": self.labels_used,
-            "wall_time_s": self.wall_time_s,
-            "cpu_time_s": self.cpu_time_s,
-            "reward_learning_time_s": self.reward_learning_time_s,
-            "curve": self.curve,
-            "reward_model": self.reward_model,
-            "labels_fitted": self.labels_fitted,
-            "pairs_withdrawn": self.pairs_withdrawn,
-            "human_time": self.human_time,
-            "env_steps": self.env_steps,
-        }
+        """Every field, the config as its own ``to_json`` writes it (summary.json)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"config": self.config.to_json()}
 
 
 def build_vec_env(spec: EnvSpec, n_envs: int, seed: int) -> VecEnv:
@@ -308,17 +294,10 @@ def _train(
                 policy_reward.current = StateEntropyReward()
                 model.learn(config.unsupervised_steps, progress_bar=config.progress_bar, tb_log_name="policy")
                 policy_reward.current = learner.reward_model
-                if config.reset_critic:
-                    if reset_critic(model):
-                        log.info("critic reset after %d steps of exploration (PEBBLE)", config.unsupervised_steps)
-                    else:
-                        log.warning("--reset-critic did nothing: it resets the critic of SAC, TD3 or DDPG, not "
-                                    "of %s", algorithm_name(config.algo))
             else:
-                if config.reset_critic:
-                    log.warning("--reset-critic did nothing: it resets the critic after --unsupervised-steps, and "
-                                "this run has none")
                 collect_random(env, initial_steps, config.seed)
+            if config.reset_critic:
+                reset_critic_after_exploration(model, config.unsupervised_steps or 0)
 
         first_labels(learner, collect_first_segments, rounds[0], initial_steps, checkpoint is not None,
                      int(model.num_timesteps), curve)
