@@ -105,7 +105,7 @@ class Job:
 _PREFERENCE_ONLY = (
     "teacher", "teacher_params", "labels", "segment_length", "query", "reward_model", "schedule",
     "segment_buffer", "guideline", "when_behind", "min_initial_labels", "gold_fraction", "raters_per_pair",
-    "reset_critic",
+    "reset_critic", "background_fit",
 )
 
 

@@ -95,6 +95,7 @@ def build_train_config(args: argparse.Namespace, teacher: Teacher | StoreTeacher
         guideline=args.guideline,
         unsupervised_steps=args.unsupervised_steps,
         reset_critic=args.reset_critic,
+        background_fit=args.background_fit,
         **paced,
     )
 

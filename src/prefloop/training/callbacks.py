@@ -126,6 +126,11 @@ class PreferenceCallback(BaseCallback):
         self._allowed = -1  # env steps the resolved pairs unlocked when last looked
         self._last_poll = -math.inf
 
+    @property
+    def background(self) -> bool:
+        """Whether fits run in the learner's background process (taken back by :class:`FinishFitCallback`)."""
+        return self.learner.fitter is not None
+
     def _on_step(self) -> bool:
         return True
 
@@ -135,7 +140,9 @@ class PreferenceCallback(BaseCallback):
         due = [r for r in self.rounds if r.at_step <= env_step and r.cumulative_labels > learner.pairs_asked()]
         if learner.teacher is not None:
             if due:
-                self._after_fit(learner.run_round(due[-1].cumulative_labels, env_step, self._recent_returns()), env_step)
+                stats = learner.run_round(due[-1].cumulative_labels, env_step, self._recent_returns(), background=self.background)
+                if stats is not None:
+                    self._after_fit(stats, env_step)
             return
         if due:
             waiting = learner.store.counts()
@@ -160,10 +167,9 @@ class PreferenceCallback(BaseCallback):
             return
         self._last_poll = time.monotonic()
         if self._refit_due():
-            started = time.perf_counter()
-            stats = learner.fit(env_step)
-            learner.time_s += time.perf_counter() - started
-            self._after_fit(stats, env_step)
+            learner.start_fit(env_step, background=self.background)
+            if not self.background:
+                self.finish_pending_fit()
 
     def _refit_due(self) -> bool:
         """Retrain once new labels add ``REFIT_FRACTION`` to those fitted, or once every asked pair
@@ -201,27 +207,65 @@ class PreferenceCallback(BaseCallback):
         self._allowed = self.pace.allowed_steps(resolved(store.counts(), True))
         return True
 
-    def _after_fit(self, stats: dict[str, float], env_step: int) -> None:
+    def finish_pending_fit(self, checkpoint: bool = True) -> None:
+        """Take back a fit started in the background (if any) and do what follows a fit: report it,
+        relabel an off-policy replay buffer, checkpoint (unless ``checkpoint`` is False)."""
+        stats = self.learner.finish_fit()
+        if stats is not None:
+            self._after_fit(stats, self.step_offset + self.num_timesteps, checkpoint)
+
+    def _after_fit(self, stats: dict[str, float], env_step: int, checkpoint: bool = True) -> None:
         if is_off_policy(self.model):
             started = time.perf_counter()
             relabel_replay_buffer(self.model, self.learner.reward_model)
             self.learner.time_s += time.perf_counter() - started
-        for key, value in stats.items():
-            if key != "env_step" and math.isfinite(value):
-                self.logger.record(f"pref/{key}", value)
-        log.info(
-            "step %d: %d labels, reward-model val acc %s, segment-return corr %s",
-            env_step, stats["labels"], validation_text(stats, held_out=self.learner.config.reward_model.val_fraction > 0),
-            metric_text(stats["segment_return_pearson"]),
-        )
-        self.learner.publish_progress("training", env_step, self.run.curve)
-        self.run.checkpoint(self.model, self.learner, env_step)
+        report_fit(self.model, self.learner, stats, env_step, self.run.curve)
+        if checkpoint:
+            self.run.checkpoint(self.model, self.learner, env_step)
 
     def _recent_returns(self) -> tuple[float, float] | None:
         episodes = list(self.model.ep_info_buffer)
         if not episodes:
             return None
         return float(np.mean([e["r"] for e in episodes])), float(np.mean([e["l"] for e in episodes]))
+
+
+def report_fit(model: BaseAlgorithm, learner: PreferenceLearner, stats: dict[str, float], env_step: int, curve: list) -> None:
+    """Say what a reward-model fit did: TensorBoard (``pref/*``), one log line (at the step its
+    labels were asked), and the rater app's status."""
+    for key, value in stats.items():
+        if key != "env_step" and math.isfinite(value):
+            model.logger.record(f"pref/{key}", value)
+    log.info(
+        "step %d: %d labels, reward-model val acc %s, segment-return corr %s",
+        int(stats["env_step"]), stats["labels"], validation_text(stats, held_out=learner.config.reward_model.val_fraction > 0),
+        metric_text(stats["segment_return_pearson"]),
+    )
+    learner.publish_progress("training", env_step, curve)
+
+
+class FinishFitCallback(BaseCallback):
+    """Takes back the reward-model fit a round started in the background, at the first rollout's
+    end at least ``lag_steps`` env steps later, before anything reads the model there (put it
+    first). With rollouts of ``lag_steps`` or more that is the next rollout, whose rewards then come
+    from the new model exactly as after a fit on the spot (``prefloop.training.background_fit``);
+    shorter rollouts keep the old model a little longer, the same for every run."""
+
+    def __init__(self, preferences: PreferenceCallback, lag_steps: int):
+        super().__init__()
+        self.preferences = preferences
+        self.lag_steps = lag_steps
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        started = self.preferences.learner.fit_started_at
+        if started is not None and self.preferences.step_offset + self.num_timesteps >= started + self.lag_steps:
+            self.preferences.finish_pending_fit()
+
+    def _on_training_end(self) -> None:
+        self.preferences.finish_pending_fit(checkpoint=False)  # the run's final checkpoint follows
 
 
 class CheckpointCallback(BaseCallback):
@@ -303,6 +347,10 @@ class RunState:
         self.config = config  # the run's config (JSON), kept in each checkpoint: --resume compares it
 
     def checkpoint(self, model: BaseAlgorithm, learner: PreferenceLearner | None, env_step: int) -> None:
+        if learner is not None:  # a fit still in the background: the checkpoint keeps its result
+            stats = learner.finish_fit()
+            if stats is not None:
+                report_fit(model, learner, stats, env_step, self.curve)
         target = self.run_dir.new_checkpoint_dir(env_step)
         model.save(target / "policy.zip")
         save_resume_state(target, model, learner.trainer if learner is not None else None)

@@ -11,25 +11,27 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from prefloop.envs import SegmentBuffer
 from prefloop.metrics import correlations
 from prefloop.reward_models import RewardEnsemble, RewardTrainer
+from prefloop.reward_models.training import FitStats
 from prefloop.serialization import strict_json
 from prefloop.store import PreferenceStore
 from prefloop.teachers.labeling import answer_pending
 from prefloop.teachers.base import Teacher
 from prefloop.teachers.simulated import HUMAN_TEACHER
+from prefloop.training.background_fit import BackgroundFitError, BackgroundFitter, FitJob, fit_on_labels, take_fit
 from prefloop.training.config import TrainConfig
 from prefloop.training.query import NotEnoughSegmentsError, QueryRule
 from prefloop.training.rater_checks import CheckPolicy, RaterRouter, publish_policy, tally_checks
 from prefloop.training.query import query_rule as make_query_rule
-from prefloop.training.reward_scale import normalize_on_reference
 from prefloop.training.schedule import label_rounds
 from prefloop.training.semi_supervised import pseudo_labels
-from prefloop.types import Choice, Segment, SegmentPair
+from prefloop.types import Choice, LabeledPair, Segment, SegmentPair
 
 log = logging.getLogger("prefloop")
 
@@ -65,7 +67,13 @@ class PreferenceLearner:
         self._rng = np.random.default_rng([config.seed, 7])
         self.fit_history: list[dict[str, float]] = []
         self._flagged_raters: list[str] = []
-        self.time_s = 0.0
+        self.time_s = 0.0  # spent on reward learning in this process: querying, answering, fitting or waiting for a fit
+        # A second process for the fits (prefloop.training.background_fit), set by the loop where it
+        # changes nothing the run computes; its fits' wall and CPU seconds.
+        self.fitter: BackgroundFitter | None = None
+        self._pending: _PendingFit | None = None
+        self.background_fit_s = 0.0
+        self.background_cpu_s = 0.0
         counts = store.counts()
         self._pairs_asked = counts["pairs"]  # kept here: the schedule checks it every rollout
         self.labels_at_last_fit = -1
@@ -89,11 +97,15 @@ class PreferenceLearner:
     def pairs_asked(self) -> int:
         return self._pairs_asked
 
-    def run_round(self, target_pairs: int, env_step: int, recent_returns: tuple[float, float] | None) -> dict[str, float]:
+    def run_round(
+        self, target_pairs: int, env_step: int, recent_returns: tuple[float, float] | None, background: bool = False,
+    ) -> dict[str, float] | None:
         """Simulated teacher: ask for pairs up to ``target_pairs``, answer them, retrain.
 
         ``recent_returns`` is (mean episode return, mean episode length) of the current policy,
-        which scales the skip/equal thresholds of B-Pref teachers.
+        which scales the skip/equal thresholds of B-Pref teachers. Returns the fit's stats; with
+        ``background`` the fit is only started (:meth:`start_fit`): None, and :meth:`finish_fit`
+        gives them.
         """
         assert self.teacher is not None, "run_round needs a simulated teacher"
         started = time.perf_counter()
@@ -103,12 +115,13 @@ class PreferenceLearner:
             if hasattr(self.teacher, "set_return_scale"):  # optional in the Teacher protocol
                 self.teacher.set_return_scale(mean_return * self.config.segment_length / mean_length)
         answer_pending(self.store, self.teacher, router=self.router if self.router.policy else None)
-        stats = self.fit(env_step)
         self.time_s += time.perf_counter() - started
-        return stats
+        self.start_fit(env_step, background=background)
+        return None if background else self.finish_fit()
 
     def ask(self, target_pairs: int, env_step: int) -> int:
         """Select new pairs from the recent segments so that ``target_pairs`` have been asked; returns how many."""
+        self.finish_fit()  # the disagreement below is the newest model's
         new_pairs = max(0, target_pairs - self.pairs_asked())
         if not new_pairs:
             return 0
@@ -206,46 +219,122 @@ class PreferenceLearner:
         }))
 
     def fit(self, env_step: int) -> dict[str, float]:
-        """Train the reward model on every label so far and rescale its output on the fixed reference set."""
-        labeled = self.store.labeled_pairs()
+        """Train the reward model on every label so far, here and now; returns the fit's stats."""
+        self.start_fit(env_step)
+        stats = self.finish_fit()
+        assert stats is not None
+        return stats
+
+    def start_fit(self, env_step: int, background: bool = False) -> None:
+        """Begin a reward-model update on every label so far and its rescaling on the fixed
+        reference set: in the :attr:`fitter`'s process when ``background`` and there is one, else
+        here and now. :meth:`finish_fit` takes its result; a fit still pending is finished first."""
+        self.finish_fit()
+        started = time.perf_counter()
         self.labels_at_last_fit = self.labels_so_far()
-        train_loss = val_accuracy = math.nan
-        val_pairs = 0
-        pseudo: list = []
-        if labeled and self.config.query.semi_supervised and self.fit_history:
-            # SURF: the ensemble labels recent pairs it is sure about, for this fit only (never stored).
-            pseudo = pseudo_labels(self.reward_model, self.buffer.recent(), len(labeled), self.config.query.confidence, self._rng)
-        if labeled:
-            fit = self.trainer.fit(labeled, pseudo, checks=tally_checks(self.store.rater_checks(kind="gold")) if self.router.policy else None)
-            train_loss = fit.train_loss
-            val_accuracy = fit.val_accuracy if fit.val_accuracy is not None else math.nan
-            val_pairs = fit.n_val
-            self.publish_rater_reliability(env_step)
-        else:
+        labeled: list[LabeledPair] | None = None
+        pseudo: list[LabeledPair] = []
+        if self.config.query.semi_supervised and self.fit_history:
+            labeled = self.store.labeled_pairs()
+            if labeled:  # SURF: the ensemble labels recent pairs it is sure about, for this fit only (never stored).
+                pseudo = pseudo_labels(self.reward_model, self.buffer.recent(), len(labeled), self.config.query.confidence, self._rng)
+        checks = tally_checks(self.store.rater_checks(kind="gold")) if self.router.policy else None
+        # The correlation's segments are the ones recorded by now, wherever and whenever the fit ends.
+        pending = _PendingFit(env_step, self.buffer.recent(200), FitJob(self.trainer, pseudo, checks, self.reference_pairs))
+        if background and self.fitter is not None:
+            try:
+                self.fitter.submit(pending.job)
+            except BackgroundFitError as exc:
+                self._stop_fitter(exc)
+            else:
+                pending.in_background = True
+        if not pending.in_background:
+            labeled = labeled if labeled is not None else self.store.labeled_pairs()
+            pending.fit, pending.n_labeled = fit_on_labels(self.trainer, labeled, pseudo, checks, self.reference_pairs), len(labeled)
+        self._pending = pending
+        self.time_s += time.perf_counter() - started
+
+    @property
+    def fit_started_at(self) -> int | None:
+        """Env step of the fit not yet taken back by :meth:`finish_fit` (None: none pending)."""
+        return self._pending.env_step if self._pending is not None else None
+
+    def finish_fit(self) -> dict[str, float] | None:
+        """Take the result of the fit :meth:`start_fit` began (waiting for the background process
+        if it is still fitting) and record its stats; None if no fit is pending."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        started = time.perf_counter()
+        if pending.in_background:
+            assert self.fitter is not None
+            try:
+                outcome = self.fitter.result()
+            except BackgroundFitError as exc:
+                self._stop_fitter(exc)  # the trainer here never changed: fit it as the worker would have
+                labeled = self.store.labeled_pairs()
+                job = pending.job
+                pending.fit, pending.n_labeled = fit_on_labels(self.trainer, labeled, job.pseudo, job.checks, job.reference_pairs), len(labeled)
+            else:
+                take_fit(self.trainer, outcome.trainer)
+                pending.fit, pending.n_labeled = outcome.fit, outcome.n_labeled
+                self.background_fit_s += outcome.wall_s
+                self.background_cpu_s += outcome.cpu_s
+        stats = self._fit_stats(pending)
+        self.time_s += time.perf_counter() - started
+        return stats
+
+    def _fit_stats(self, pending: "_PendingFit") -> dict[str, float]:
+        fit, env_step = pending.fit, pending.env_step
+        if fit is None:
             # Every answer so far was "can't tell" (a skip teacher early on, or raters unsure):
             # nothing to learn from yet, so the reward model stays as it is.
             log.warning(
                 "step %d: no usable labels yet: all %d answers were \"can't tell\"; the reward model "
                 "is not retrained until a pair gets a left/right/equal answer", env_step, self.labels_at_last_fit,
             )
-        if labeled:
-            normalize_on_reference(self.reward_model, labeled, self.reference_pairs)
-        recent = self.buffer.recent(200)  # plenty for a correlation; this runs every round
+        else:
+            self.publish_rater_reliability(env_step)
         corr = {"pearson": math.nan, "spearman": math.nan}
-        if recent:  # empty right after a resume
-            corr = correlations(self.reward_model.predict_segment_returns(recent), [s.true_return for s in recent])
+        if pending.recent:  # empty right after a resume
+            corr = correlations(self.reward_model.predict_segment_returns(pending.recent), [s.true_return for s in pending.recent])
         stats = {
             "env_step": float(env_step),
-            "labels": float(len(labeled)),
-            "train_loss": train_loss,
-            "val_accuracy": val_accuracy,
-            "val_pairs": float(val_pairs),
+            "labels": float(pending.n_labeled),
+            "train_loss": fit.train_loss if fit is not None else math.nan,
+            "val_accuracy": fit.val_accuracy if fit is not None and fit.val_accuracy is not None else math.nan,
+            "val_pairs": float(fit.n_val) if fit is not None else 0.0,
             "segment_return_pearson": corr["pearson"],
             "segment_return_spearman": corr["spearman"],
-            "pseudo_labels": float(len(pseudo)),
+            "pseudo_labels": float(len(pending.job.pseudo)),
         }
         self.fit_history.append(stats)
         return stats
+
+    def _stop_fitter(self, why: Exception) -> None:
+        log.warning("%s: the reward model is fitted in the trainer's process from now on (no label is lost)", why)
+        assert self.fitter is not None
+        self.fitter.close()
+        self.fitter = None
+
+    def close(self) -> None:
+        """Stop the background fitter, if any (a pending fit's result is not taken)."""
+        self._pending = None
+        if self.fitter is not None:
+            self.fitter.close()
+            self.fitter = None
+
+
+@dataclass
+class _PendingFit:
+    """A fit begun by :meth:`PreferenceLearner.start_fit`: ``fit``/``n_labeled`` are set once it is done."""
+
+    env_step: int
+    recent: list[Segment]
+    job: FitJob
+    in_background: bool = False
+    fit: FitStats | None = None
+    n_labeled: int = 0
 
 
 def gold_pairs(candidates: list[Segment], n: int, rng: np.random.Generator) -> list[tuple[Segment, Segment, Choice]]:

@@ -64,12 +64,14 @@ from prefloop.training.algos import (
 from prefloop.training.callbacks import (
     CheckpointCallback,
     CurveCallback,
+    FinishFitCallback,
     PreferenceCallback,
     RolloutRewardCallback,
     RunState,
     StepProgressBar,
     metric_text,
 )
+from prefloop.training.background_fit import FIT_LAG_STEPS, BackgroundFitter
 from prefloop.training.checkpoints import CheckpointChoice, newest_usable_checkpoint
 from prefloop.training.config import ConfigError, TrainConfig, config_differences
 from prefloop.training.evaluation import evaluate, result_context
@@ -95,14 +97,15 @@ class RunResult:
     eval_returns: list[float]
     labels_used: int
     wall_time_s: float
-    cpu_time_s: float  # this process's CPU time: a load-independent view of the cost (one torch thread)
-    reward_learning_time_s: float
+    cpu_time_s: float  # CPU time of this process and its background fits: a load-independent view of the cost
+    reward_learning_time_s: float  # this process's: querying, answering, fitting or waiting for a background fit
     curve: list[dict[str, float]]
     reward_model: dict[str, float] = field(default_factory=dict)
     labels_fitted: int = 0  # labels the last reward-model fit saw (the rest came too late to be used)
     pairs_withdrawn: int = 0  # asked, still unanswered when the trainer stopped using labels
     human_time: dict[str, float] = field(default_factory=dict)  # prefloop.training.human_time: answer_s, span_s
     env_steps: int | None = None  # env steps the run took: whole rollouts, so it may pass config.steps
+    background_fit_s: float = 0.0  # wall time of the fits done in the background process (config.background_fit)
 
     def to_json(self) -> dict[str, Any]:
         """Every field, the config as its own ``to_json`` writes it (summary.json)."""
@@ -145,8 +148,6 @@ def collect_random(venv: VecEnv, steps: int, seed: int) -> None:
     venv.reset()
     for _ in range(max(1, steps // venv.num_envs)):
         venv.step(np.stack([venv.action_space.sample() for _ in range(venv.num_envs)]))
-
-
 
 
 def train(
@@ -288,6 +289,9 @@ def _train(
     rounds: list[LabelRound] = []
     if learner is not None:
         rounds = label_rounds(config.labels, config.steps, config.schedule)
+        if config.background_fit and rewards_wait_for_rollout_end(model):  # started now, ready by the first round
+            learner.fitter = BackgroundFitter(store_url, config.run_name or "default", config.torch_threads)
+            cleanup.callback(learner.close)
 
         def collect_first_segments() -> None:
             if config.unsupervised_steps:  # PEBBLE: explore for state entropy, then ask
@@ -314,7 +318,9 @@ def _train(
             callbacks.append(RolloutRewardCallback(reward_env))  # first: before a refit at the same rollout's end
     callbacks.append(CurveCallback(initial_steps, max(1, config.steps // 200), curve, learned_returns))
     if learner is not None:
-        callbacks.append(PreferenceCallback(learner, rounds, initial_steps, state))
+        preferences = PreferenceCallback(learner, rounds, initial_steps, state)
+        callbacks[:0] = [FinishFitCallback(preferences, FIT_LAG_STEPS)]  # first: taken back before a rollout's rewards
+        callbacks.append(preferences)
     callbacks.append(CheckpointCallback(state, learner, initial_steps, config.checkpoint_every or max(1, config.steps // 10)))
     if config.progress_bar:  # paced by people (no simulated teacher): an ETA would be a guess
         callbacks.append(StepProgressBar(initial_steps, config.steps, with_eta=learner is None or learner.teacher is not None))
@@ -348,7 +354,7 @@ def _train(
         eval_returns=eval_returns,
         labels_used=learner.store.counts()["labels"] if learner is not None else 0,
         wall_time_s=time.perf_counter() - started,
-        cpu_time_s=time.process_time() - cpu_started,
+        cpu_time_s=time.process_time() - cpu_started + (learner.background_cpu_s if learner is not None else 0.0),
         reward_learning_time_s=learner.time_s if learner is not None else 0.0,
         curve=curve,
         reward_model=learner.fit_history[-1] if learner is not None and learner.fit_history else {},
@@ -356,6 +362,7 @@ def _train(
         pairs_withdrawn=withdrawn,
         human_time=human_time(learner.store) if learner is not None else {},
         env_steps=final_step,
+        background_fit_s=learner.background_fit_s if learner is not None else 0.0,
     )
     run_dir.write_result(result.to_json())
     if curve:
