@@ -289,6 +289,8 @@ class CheckpointCallback(BaseCallback):
         env_step = self.step_offset + self.num_timesteps
         if env_step >= self._next:
             self._next = env_step + self.every
+            if self.learner is not None and self.learner.fit_started_at is not None:
+                return  # a fit is out in the background: the checkpoint comes with it, a few rollouts on
             self.run.checkpoint(self.model, self.learner, env_step)
 
 

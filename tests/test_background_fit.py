@@ -1,0 +1,203 @@
+"""Reward-model fits in a background process: the same weights as in-process, errors come back,
+a dead worker costs a refit and no label, and the worker never outlives its trainer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from prefloop.reward_models import RewardModelConfig, RewardTrainer, build_reward_model, load_reward_model
+from prefloop.store import PreferenceStore, sqlite_url
+from prefloop.teachers.crowd import make_crowd_teacher
+from prefloop.teachers.labeling import answer_pending
+from prefloop.training.background_fit import BackgroundFitter, FitJob, fit_on_labels, take_fit
+from prefloop.training.config import BACKGROUND_FIT_MIN_STEPS, TrainConfig
+from prefloop.training.loop import train
+from prefloop.types import LabeledPair, Segment, SegmentPair
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def pendulum_segment(rng: np.random.Generator, index: int, obs_dim: int = 3) -> Segment:
+    obs = (rng.normal(size=(10, obs_dim)) + rng.normal()).astype(np.float32)
+    actions = rng.uniform(-2, 2, size=(10, 1)).astype(np.float32)
+    return Segment(obs, actions, obs[:, 0].copy(), 10, False, index, 0, actions)
+
+
+@pytest.fixture
+def crowd_store(tmp_path: Path) -> str:
+    """A store of 60 pairs labelled by a crowd with an adversarial rater (so a fit also estimates raters)."""
+    rng = np.random.default_rng(0)
+    segments = [pendulum_segment(rng, i) for i in range(120)]
+    url = sqlite_url(tmp_path / "prefs.sqlite")
+    with PreferenceStore(url, run_name="crowd") as store:
+        store.add_pairs([SegmentPair(segments[2 * i], segments[2 * i + 1]) for i in range(60)])
+        answer_pending(store, make_crowd_teacher("crowd:3xcareful@0.05,adversarial", seed=0))
+    return url
+
+
+def new_trainer() -> RewardTrainer:
+    env = gym.make("Pendulum-v1")
+    config = RewardModelConfig(hidden_sizes=(16,), epochs=20)
+    return RewardTrainer(build_reward_model(env.observation_space, env.action_space, config), config)
+
+
+def assert_same_trainer(a: RewardTrainer, b: RewardTrainer) -> None:
+    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(x, y), name
+    state_a, state_b = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        for name in state_a[key]:
+            assert torch.equal(state_a[key][name], state_b[key][name]), (key, name)
+    assert a.counters() == b.counters()
+    assert a.rater_estimates == b.rater_estimates
+
+
+def test_a_fit_in_the_worker_equals_one_in_process_bit_for_bit(crowd_store: str) -> None:
+    """Two fits in a row (the second warm-started, with the raters' estimates of the first):
+    weights, scale, Adam moments, counters, rater estimates and stats all identical; then a fit
+    that fails raises the same error in the trainer, and the worker takes the next job."""
+    here, there = new_trainer(), new_trainer()
+    assert_same_trainer(here, there)
+    fitter = BackgroundFitter(crowd_store, "crowd", torch_threads=1)
+    try:
+        with PreferenceStore(crowd_store, run_name="crowd", read_only=True) as store:
+            labeled = store.labeled_pairs()
+        for _ in range(2):
+            expected = fit_on_labels(here, labeled, [], None, reference_pairs=20)
+            fitter.submit(FitJob(there, [], None, reference_pairs=20))
+            outcome = fitter.result()
+            take_fit(there, outcome.trainer)
+            assert outcome.fit == expected
+            assert outcome.n_labeled == len(labeled) == 60
+            assert_same_trainer(here, there)
+        assert here.rater_estimates and any(e.flagged for e in here.rater_estimates)
+        assert float(there.model.reward_scale) != 1.0  # rescaled on the reference set in the worker
+        # the trainer's own model object is the one that changed (the env's reward holds it)
+        assert there.optimizer.param_groups[0]["params"][0] is next(there.model.parameters())
+
+        # An error in the fit is raised in the trainer as in-process, and the worker goes on.
+        rng = np.random.default_rng(1)
+        wrong = LabeledPair(pendulum_segment(rng, 0, obs_dim=5), pendulum_segment(rng, 1, obs_dim=5), 1.0, pair_id=None)
+        with pytest.raises(ValueError) as in_process:
+            fit_on_labels(new_trainer(), labeled, [wrong], None, 20)
+        fitter.submit(FitJob(there, [wrong], None, 20))
+        with pytest.raises(ValueError) as in_worker:
+            fitter.result()
+        assert str(in_worker.value) == str(in_process.value)
+        fitter.submit(FitJob(there, [], None, 20))
+        assert fitter.result().n_labeled == 60
+    finally:
+        fitter.close()
+
+
+def test_the_worker_ends_when_its_trainer_is_killed(crowd_store: str, tmp_path: Path) -> None:
+    """kill -9 of the trainer's process: the worker sees its pipe close and exits (no orphan)."""
+    script = (
+        "import sys, time\n"
+        "from prefloop.training.background_fit import BackgroundFitter\n"
+        f"fitter = BackgroundFitter({crowd_store!r}, 'crowd', 1)\n"
+        "print(fitter.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    trainer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    worker = -1
+    try:
+        worker = int(trainer.stdout.readline())  # type: ignore[union-attr]
+        os.kill(trainer.pid, signal.SIGKILL)
+        trainer.wait(timeout=10)
+        deadline = time.monotonic() + 60  # the worker may still be importing torch when its trainer dies
+        while time.monotonic() < deadline and _alive(worker):
+            time.sleep(0.2)
+        assert not _alive(worker), f"background fit process {worker} outlived its trainer"
+    finally:
+        trainer.kill()
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def cartpole_run(tmp_path: Path, name: str, background: bool) -> TrainConfig:
+    # 8 envs x 256 steps: rollouts of 2048 env steps, so a background fit comes back at the next
+    # rollout's end, where a fit on the spot would have taken effect.
+    return TrainConfig(env_id="CartPole-v1", run_dir=tmp_path / name, steps=12_288, labels=20, seed=3,
+                       algo_kwargs={"n_steps": 256}, eval_episodes=3, progress_bar=False, background_fit=background)
+
+
+@pytest.mark.slow
+def test_a_ppo_run_computes_the_same_with_or_without_background_fits_even_if_the_worker_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    here = train(cartpole_run(tmp_path, "here", background=False))
+    there = train(cartpole_run(tmp_path, "there", background=True))
+    assert here.background_fit_s == 0 and there.background_fit_s > 0
+    assert there.config.background_fit is True
+
+    submitted = BackgroundFitter.submit
+
+    def submit_then_die(self: BackgroundFitter, job: FitJob) -> None:
+        submitted(self, job)
+        if len(killed) == 0:
+            killed.append(self.pid)
+            os.kill(self.pid, signal.SIGKILL)
+
+    killed: list[int] = []
+    monkeypatch.setattr(BackgroundFitter, "submit", submit_then_die)
+    with caplog.at_level(logging.WARNING, logger="prefloop"):
+        orphaned = train(cartpole_run(tmp_path, "orphaned", background=True))
+    assert killed, "no fit went to the background"
+    assert any("background fit process ended" in r.getMessage() and "no label is lost" in r.getMessage()
+               for r in caplog.records)
+
+    for result in (there, orphaned):
+        assert result.eval_returns == here.eval_returns
+        assert json.dumps(result.reward_model) == json.dumps(here.reward_model)  # the last fit's stats (NaN != NaN)
+        assert result.labels_used == here.labels_used == 20
+        assert result.labels_fitted == 20
+    weights = [load_reward_model(_last_checkpoint(tmp_path / name) / "reward_model").state_dict()
+               for name in ("here", "there", "orphaned")]
+    for other in weights[1:]:
+        for key, value in weights[0].items():
+            assert torch.equal(value, other[key]), key
+
+
+def _last_checkpoint(run_dir: Path) -> Path:
+    return max(p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-") and "." not in p.name)
+
+
+def test_background_fits_are_on_by_default_only_for_runs_long_enough_to_pay_for_the_worker(tmp_path: Path) -> None:
+    def resolved(**kwargs: object) -> bool | None:
+        return TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, **kwargs).resolve().background_fit  # type: ignore[arg-type]
+
+    assert resolved() is True  # the preset's 100k steps
+    assert resolved(steps=BACKGROUND_FIT_MIN_STEPS) is True
+    assert resolved(steps=BACKGROUND_FIT_MIN_STEPS - 1) is False
+    assert resolved(steps=BACKGROUND_FIT_MIN_STEPS - 1, background_fit=True) is True
+    assert resolved(background_fit=False) is False
+    data = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path).resolve().to_json()
+    del data["background_fit"]  # a config.json written before the setting
+    assert TrainConfig.from_json(data).resolve().background_fit is True
