@@ -21,8 +21,16 @@ from prefloop.reward_models import RewardModelConfig, RewardTrainer, build_rewar
 from prefloop.store import PreferenceStore, sqlite_url
 from prefloop.teachers.crowd import make_crowd_teacher
 from prefloop.teachers.labeling import answer_pending
-from prefloop.training.background_fit import BackgroundFitter, FitJob, fit_on_labels, take_fit
-from prefloop.training.config import BACKGROUND_FIT_MIN_STEPS, TrainConfig
+from prefloop.training.background_fit import (
+    BACKGROUND_FIT_MIN_ROLLOUT,
+    BACKGROUND_FIT_MIN_STEPS,
+    BackgroundFitter,
+    FitJob,
+    fit_on_labels,
+    take_fit,
+    wants_background_fit,
+)
+from prefloop.training.config import TrainConfig
 from prefloop.training.loop import train
 from prefloop.types import LabeledPair, Segment, SegmentPair
 
@@ -142,8 +150,6 @@ def _alive(pid: int) -> bool:
 
 
 def cartpole_run(tmp_path: Path, name: str, background: bool) -> TrainConfig:
-    # 8 envs x 256 steps: rollouts of 2048 env steps, so a background fit comes back at the next
-    # rollout's end, where a fit on the spot would have taken effect.
     return TrainConfig(env_id="CartPole-v1", run_dir=tmp_path / name, steps=12_288, labels=20, seed=3,
                        algo_kwargs={"n_steps": 256}, eval_episodes=3, progress_bar=False, background_fit=background)
 
@@ -189,15 +195,36 @@ def _last_checkpoint(run_dir: Path) -> Path:
     return max(p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-") and "." not in p.name)
 
 
-def test_background_fits_are_on_by_default_only_for_runs_long_enough_to_pay_for_the_worker(tmp_path: Path) -> None:
-    def resolved(**kwargs: object) -> bool | None:
-        return TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, **kwargs).resolve().background_fit  # type: ignore[arg-type]
+def test_background_fits_are_on_by_default_where_they_change_nothing_and_pay_for_the_worker(tmp_path: Path) -> None:
+    from stable_baselines3 import PPO, SAC
+    from stable_baselines3.common.env_util import make_vec_env
 
-    assert resolved() is True  # the preset's 100k steps
-    assert resolved(steps=BACKGROUND_FIT_MIN_STEPS) is True
-    assert resolved(steps=BACKGROUND_FIT_MIN_STEPS - 1) is False
-    assert resolved(steps=BACKGROUND_FIT_MIN_STEPS - 1, background_fit=True) is True
-    assert resolved(background_fit=False) is False
+    def wanted(model: object, steps: int, background_fit: bool | None = None) -> bool:
+        config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, steps=steps, background_fit=background_fit)
+        return wants_background_fit(config, model)  # type: ignore[arg-type]
+
+    envs = make_vec_env("CartPole-v1", n_envs=8)
+    long_rollouts = PPO("MlpPolicy", envs, n_steps=BACKGROUND_FIT_MIN_ROLLOUT // 8)
+    short_rollouts = PPO("MlpPolicy", envs, n_steps=32)  # CartPole's preset: a fit outlasts rollout and update
+    assert wanted(long_rollouts, BACKGROUND_FIT_MIN_STEPS)
+    assert not wanted(long_rollouts, BACKGROUND_FIT_MIN_STEPS - 1)  # the worker's start would cost more
+    assert not wanted(short_rollouts, 150_000)
+    assert wanted(short_rollouts, 1000, background_fit=True)  # asked for: still the same run
+    assert not wanted(long_rollouts, 150_000, background_fit=False)
+    sac = SAC("MlpPolicy", "Pendulum-v1", buffer_size=1000)
+    assert not wanted(sac, 150_000, background_fit=True)  # reads the reward at every step
     data = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path).resolve().to_json()
+    assert data["background_fit"] is None  # decided when the run starts
     del data["background_fit"]  # a config.json written before the setting
-    assert TrainConfig.from_json(data).resolve().background_fit is True
+    assert TrainConfig.from_json(data).background_fit is None
+
+
+def test_no_second_process_means_fitting_in_the_trainers_own(
+    crowd_store: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from prefloop.training.background_fit import start_background_fitter
+
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with caplog.at_level(logging.WARNING, logger="prefloop"):
+        assert start_background_fitter(crowd_store, "crowd", 1) is None
+    assert [r.getMessage() for r in caplog.records if "could not start the background fit process" in r.getMessage()]

@@ -79,6 +79,7 @@ class BenchConfig:
     reuse_from: tuple[Path, ...] = ()
     answer_seconds: float = 0.0  # > 0: teachers answer at human pace through the store (prefloop.teachers.clock)
     answer_seconds_sigma: float = 0.0
+    background_fit: bool | None = None  # TrainConfig.background_fit of the preference runs
     # What labels cost (prefloop.cost): the results add cost and return gained per hour and per cost.
     hourly_rate: float | None = None
     cost_per_label: float | None = None
@@ -142,6 +143,7 @@ def plan_jobs(config: BenchConfig) -> list[Job]:
                 # seeded with the run's seed, as `prefloop train --seed` does: a bench run is that run
                 reward_model=RewardModelConfig(rater_model=rater_model, seed=seed),
                 answer_seconds=config.answer_seconds, answer_seconds_sigma=config.answer_seconds_sigma,
+                background_fit=config.background_fit,
             )))
     return jobs
 

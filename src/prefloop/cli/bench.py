@@ -45,6 +45,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                               "paced by them; more --workers than cores is fine, they mostly wait)")
     bench_p.add_argument("--answer-seconds-sigma", type=seconds, default=0.0, metavar="SIGMA",
                          help="log-normal spread of those times (default 0: always S)")
+    bench_p.add_argument("--background-fit", action=argparse.BooleanOptionalAction, default=None,
+                         help="PPO/A2C preference runs fit the reward model in a second process (default: as `prefloop "
+                              "train` decides); a run then uses up to two cores: fewer --workers")
     price = bench_p.add_mutually_exclusive_group()
     price.add_argument("--hourly-rate", type=non_negative_number, default=None, metavar="RATE",
                        help="what a rater is paid per hour: results add cost and true return gained per human hour "
@@ -79,6 +82,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         reuse_from=tuple(Path(p) for p in args.reuse),
         answer_seconds=args.answer_seconds,
         answer_seconds_sigma=args.answer_seconds_sigma,
+        background_fit=args.background_fit,
         hourly_rate=args.hourly_rate,
         cost_per_label=args.cost_per_label,
         currency=args.currency,

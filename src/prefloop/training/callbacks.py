@@ -245,24 +245,19 @@ def report_fit(model: BaseAlgorithm, learner: PreferenceLearner, stats: dict[str
 
 
 class FinishFitCallback(BaseCallback):
-    """Takes back the reward-model fit a round started in the background, at the first rollout's
-    end at least ``lag_steps`` env steps later, before anything reads the model there (put it
-    first). With rollouts of ``lag_steps`` or more that is the next rollout, whose rewards then come
-    from the new model exactly as after a fit on the spot (``prefloop.training.background_fit``);
-    shorter rollouts keep the old model a little longer, the same for every run."""
+    """Takes back the reward-model fit a round started in the background at the next rollout's
+    end, before anything reads the model there (put it first): that rollout's rewards come from
+    the new model, exactly as after a fit on the spot (``prefloop.training.background_fit``)."""
 
-    def __init__(self, preferences: PreferenceCallback, lag_steps: int):
+    def __init__(self, preferences: PreferenceCallback):
         super().__init__()
         self.preferences = preferences
-        self.lag_steps = lag_steps
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_end(self) -> None:
-        started = self.preferences.learner.fit_started_at
-        if started is not None and self.preferences.step_offset + self.num_timesteps >= started + self.lag_steps:
-            self.preferences.finish_pending_fit()
+        self.preferences.finish_pending_fit()
 
     def _on_training_end(self) -> None:
         self.preferences.finish_pending_fit(checkpoint=False)  # the run's final checkpoint follows
@@ -290,7 +285,7 @@ class CheckpointCallback(BaseCallback):
         if env_step >= self._next:
             self._next = env_step + self.every
             if self.learner is not None and self.learner.fit_started_at is not None:
-                return  # a fit is out in the background: the checkpoint comes with it, a few rollouts on
+                return  # a fit is out in the background: the checkpoint comes with it, a rollout on
             self.run.checkpoint(self.model, self.learner, env_step)
 
 

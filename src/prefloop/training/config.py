@@ -83,13 +83,12 @@ class TrainConfig:
         torch_threads: torch's and numpy's BLAS threads in the run; 1 is fastest for these models.
         progress_bar: show a progress bar (off in benchmark workers).
         background_fit: fit the reward model in a second process while the policy collects its
-            next rollouts, for learners that take a rollout's rewards at its end (PPO, A2C): the
-            policy no longer waits on the fit where a core is free, and with rollouts of 2048 env
-            steps or more the run computes exactly what it would have without
-            (:mod:`prefloop.training.background_fit`). Other learners, whose steps read the reward
-            at once, always fit in their own process. None: on for runs of at least
-            ``BACKGROUND_FIT_MIN_STEPS`` env steps (the worker's start costs a few CPU-seconds,
-            more than a shorter run's fits).
+            next rollout, for learners that take a rollout's rewards at its end (PPO, A2C): the
+            run computes exactly what it would without, and where a core is free the policy no
+            longer waits on the fit (:mod:`prefloop.training.background_fit`). Other learners,
+            whose steps read the reward at once, always fit in their own process. None (default):
+            decided when the run starts, on for runs of at least 20,000 env steps whose rollouts
+            are at least 2,048 env steps (:func:`~prefloop.training.background_fit.wants_background_fit`).
         db_url: SQLAlchemy URL of the preference store (None: SQLite file in the run folder).
         when_behind: raters answering in their own time (people, or a simulated teacher with
             ``answer_seconds``): ``"pace"`` (default) lets the policy train only as far as the
@@ -259,10 +258,6 @@ class TrainConfig:
             ),
             algo=algo,
             steps=self.steps if self.steps is not None else preset.total_steps,
-            background_fit=(
-                self.background_fit if self.background_fit is not None
-                else (self.steps if self.steps is not None else preset.total_steps) >= BACKGROUND_FIT_MIN_STEPS
-            ),
             n_envs=self.n_envs if self.n_envs is not None else (preset.envs_for(algo) if named else _envs_for_class(algo)),
             segment_length=self.segment_length if self.segment_length is not None else preset.segment_length,
             normalize_observations=(
@@ -413,10 +408,6 @@ def _envs_for_class(algo: Any) -> int:
     from prefloop.training.algos import algorithm_class, is_off_policy_class
 
     return 1 if is_off_policy_class(algorithm_class(algo)) else 4
-
-
-# Runs shorter than this fit in their own process by default (TrainConfig.background_fit).
-BACKGROUND_FIT_MIN_STEPS = 20_000
 
 
 # What makes a run the run it is: a config.json that differs from the run's own record in one of

@@ -249,8 +249,7 @@ class PreferenceLearner:
             else:
                 pending.in_background = True
         if not pending.in_background:
-            labeled = labeled if labeled is not None else self.store.labeled_pairs()
-            pending.fit, pending.n_labeled = fit_on_labels(self.trainer, labeled, pseudo, checks, self.reference_pairs), len(labeled)
+            self._fit_here(pending, labeled)
         self._pending = pending
         self.time_s += time.perf_counter() - started
 
@@ -271,10 +270,8 @@ class PreferenceLearner:
             try:
                 outcome = self.fitter.result()
             except BackgroundFitError as exc:
-                self._stop_fitter(exc)  # the trainer here never changed: fit it as the worker would have
-                labeled = self.store.labeled_pairs()
-                job = pending.job
-                pending.fit, pending.n_labeled = fit_on_labels(self.trainer, labeled, job.pseudo, job.checks, job.reference_pairs), len(labeled)
+                self._stop_fitter(exc)
+                self._fit_here(pending)  # the trainer here never changed: the fit the worker would have done
             else:
                 take_fit(self.trainer, outcome.trainer)
                 pending.fit, pending.n_labeled = outcome.fit, outcome.n_labeled
@@ -283,6 +280,12 @@ class PreferenceLearner:
         stats = self._fit_stats(pending)
         self.time_s += time.perf_counter() - started
         return stats
+
+    def _fit_here(self, pending: "_PendingFit", labeled: list[LabeledPair] | None = None) -> None:
+        labeled = labeled if labeled is not None else self.store.labeled_pairs()
+        job = pending.job
+        pending.fit = fit_on_labels(self.trainer, labeled, job.pseudo, job.checks, job.reference_pairs)
+        pending.n_labeled = len(labeled)
 
     def _fit_stats(self, pending: "_PendingFit") -> dict[str, float]:
         fit, env_step = pending.fit, pending.env_step

@@ -71,7 +71,7 @@ from prefloop.training.callbacks import (
     StepProgressBar,
     metric_text,
 )
-from prefloop.training.background_fit import FIT_LAG_STEPS, BackgroundFitter
+from prefloop.training.background_fit import start_background_fitter, wants_background_fit
 from prefloop.training.checkpoints import CheckpointChoice, newest_usable_checkpoint
 from prefloop.training.config import ConfigError, TrainConfig, config_differences
 from prefloop.training.evaluation import evaluate, result_context
@@ -289,8 +289,8 @@ def _train(
     rounds: list[LabelRound] = []
     if learner is not None:
         rounds = label_rounds(config.labels, config.steps, config.schedule)
-        if config.background_fit and rewards_wait_for_rollout_end(model):  # started now, ready by the first round
-            learner.fitter = BackgroundFitter(store_url, config.run_name or "default", config.torch_threads)
+        if wants_background_fit(config, model):  # started now, ready by the second round
+            learner.fitter = start_background_fitter(store_url, config.run_name or "default", config.torch_threads)
             cleanup.callback(learner.close)
 
         def collect_first_segments() -> None:
@@ -319,7 +319,7 @@ def _train(
     callbacks.append(CurveCallback(initial_steps, max(1, config.steps // 200), curve, learned_returns))
     if learner is not None:
         preferences = PreferenceCallback(learner, rounds, initial_steps, state)
-        callbacks[:0] = [FinishFitCallback(preferences, FIT_LAG_STEPS)]  # first: taken back before a rollout's rewards
+        callbacks[:0] = [FinishFitCallback(preferences)]  # first: a background fit is back before a rollout's rewards
         callbacks.append(preferences)
     callbacks.append(CheckpointCallback(state, learner, initial_steps, config.checkpoint_every or max(1, config.steps // 10)))
     if config.progress_bar:  # paced by people (no simulated teacher): an ETA would be a guess
