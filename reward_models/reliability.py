@@ -54,7 +54,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 
 import numpy as np
-from scipy import special, stats
 
 __all__ = ["RaterEstimate", "RaterLabels", "estimate_error_rates", "effective_error_rate", "loss_error_rates", "mostly_contradicted"]
 
@@ -188,6 +187,10 @@ def estimate_error_rates(
     Returns:
         One :class:`RaterEstimate` per rater, in ``labels.rater_ids`` order.
     """
+    # Imported here, not at the top: scipy costs a second of every process's start (the CLI's, the
+    # background fit worker's) and only runs with several raters get this far.
+    from scipy import special, stats
+
     n_raters = len(labels.rater_ids)
     p = np.clip(np.asarray(p_right, dtype=np.float64), 1e-9, 1 - 1e-9)
     target, weight, idx = labels.target, labels.weight, labels.rater_index
