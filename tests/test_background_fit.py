@@ -46,16 +46,25 @@ def pendulum_segment(rng: np.random.Generator, index: int, obs_dim: int = 3) -> 
     return Segment(obs, actions, obs[:, 0].copy(), 10, False, index, 0, actions)
 
 
-@pytest.fixture
-def crowd_store(tmp_path: Path) -> str:
-    """A store of 60 pairs labelled by a crowd with an adversarial rater (so a fit also estimates raters)."""
+def fill_with_crowd_labels(url: str) -> str:
+    """60 pairs labelled by a crowd with an adversarial rater (so a fit also estimates raters)."""
     rng = np.random.default_rng(0)
     segments = [pendulum_segment(rng, i) for i in range(120)]
-    url = sqlite_url(tmp_path / "prefs.sqlite")
     with PreferenceStore(url, run_name="crowd") as store:
         store.add_pairs([SegmentPair(segments[2 * i], segments[2 * i + 1]) for i in range(60)])
         answer_pending(store, make_crowd_teacher("crowd:3xcareful@0.05,adversarial", seed=0))
     return url
+
+
+@pytest.fixture
+def crowd_store(store_url: str) -> str:
+    """On SQLite and on PostgreSQL: the worker reads the labels from the store itself."""
+    return fill_with_crowd_labels(store_url)
+
+
+@pytest.fixture
+def sqlite_crowd_store(tmp_path: Path) -> str:
+    return fill_with_crowd_labels(sqlite_url(tmp_path / "prefs.sqlite"))
 
 
 def new_trainer() -> RewardTrainer:
@@ -114,12 +123,12 @@ def test_a_fit_in_the_worker_equals_one_in_process_bit_for_bit(crowd_store: str)
         fitter.close()
 
 
-def test_the_worker_ends_when_its_trainer_is_killed(crowd_store: str, tmp_path: Path) -> None:
+def test_the_worker_ends_when_its_trainer_is_killed(sqlite_crowd_store: str, tmp_path: Path) -> None:
     """kill -9 of the trainer's process: the worker sees its pipe close and exits (no orphan)."""
     script = (
         "import sys, time\n"
         "from prefloop.training.background_fit import BackgroundFitter\n"
-        f"fitter = BackgroundFitter({crowd_store!r}, 'crowd', 1)\n"
+        f"fitter = BackgroundFitter({sqlite_crowd_store!r}, 'crowd', 1)\n"
         "print(fitter.pid, flush=True)\n"
         "time.sleep(120)\n"
     )
@@ -218,11 +227,11 @@ def test_background_fits_are_on_by_default_where_they_change_nothing_and_pay_for
 
 
 def test_no_second_process_means_fitting_in_the_trainers_own(
-    crowd_store: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    sqlite_crowd_store: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     from prefloop.training.background_fit import start_background_fitter
 
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
     with caplog.at_level(logging.WARNING, logger="prefloop"):
-        assert start_background_fitter(crowd_store, "crowd", 1) is None
+        assert start_background_fitter(sqlite_crowd_store, "crowd", 1) is None
     assert [r.getMessage() for r in caplog.records if "could not start the background fit process" in r.getMessage()]

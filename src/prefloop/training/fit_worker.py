@@ -121,7 +121,6 @@ def _picklable(exc: Exception) -> Exception:
                             + "".join(traceback.format_exception(exc)))
 
 
-
 if __name__ == "__main__":
     # Through the package's module, not this __main__ copy: what goes back is unpickled by that name.
     from prefloop.training.fit_worker import _serve
