@@ -32,6 +32,7 @@ from prefloop.training.background_fit import (
 )
 from prefloop.training.config import TrainConfig
 from prefloop.training.loop import train
+from prefloop.training.report import run_summary_rows
 from prefloop.types import LabeledPair, Segment, SegmentPair
 
 
@@ -186,6 +187,8 @@ def test_a_ppo_run_computes_the_same_with_background_fits_even_if_the_worker_die
         there = train(cartpole_run(tmp_path, "there", background=True))
     assert len(submits) == 2, "the run should have sent two fits to the worker, the second one in vain"
     assert there.background_fit_s > 0  # the first came back from the worker
+    assert "in a second process" in dict(run_summary_rows(there))["time in reward learning"]
+    assert "second process" not in dict(run_summary_rows(here))["time in reward learning"]
     assert any("background fit process ended" in r.getMessage() and "no label is lost" in r.getMessage()
                for r in caplog.records)
 

@@ -4,5 +4,5 @@ Read in this order: :mod:`~prefloop.training.config` (what a run is), :mod:`~pre
 (one run, top to bottom), :mod:`~prefloop.training.learner` (rounds of querying, labelling and
 fitting), :mod:`~prefloop.training.callbacks` (the hooks into the SB3 algorithm's steps). The rest
 are the parts they use: the label schedule and pacing, query selection, exploration, algorithms,
-checkpoints and the run folder.
+fits in a second process (:mod:`~prefloop.training.background_fit`), checkpoints and the run folder.
 """

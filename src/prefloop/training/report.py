@@ -79,7 +79,9 @@ def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
             ("reward-model val accuracy", validation_text(rm, held_out=config.reward_model.val_fraction > 0)
              + _prequential_note(rm, config.reward_model.val_fraction > 0, result.labels_used)),
             ("learned vs true segment return (Pearson)", _fmt(rm.get("segment_return_pearson"))),
-            ("time in reward learning", f"{result.reward_learning_time_s:.1f} s"),
+            ("time in reward learning", f"{result.reward_learning_time_s:.1f} s"
+             + (f" (and {result.background_fit_s:.1f} s of fits in a second process, while the policy trained)"
+                if result.background_fit_s else "")),
         ]
         if result.human_time.get("answer_s", 0) >= 1:  # people, or a simulated teacher at human pace
             rows.append(("rater time", f"{result.human_time['span_s'] / 60:.1f} min from the first pair to the last answer "
