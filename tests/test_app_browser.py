@@ -118,8 +118,10 @@ def test_raters_watch_both_clips_and_answer_by_key_and_click(served, chromium: s
             assert [v["side"] for v in videos] == ["left", "right"]
             assert all(v["ready"] >= 2 and v["width"] > 0 and v["webm"] == "probably" for v in videos), videos
             started = [v["t"] for v in videos]
+            # 45 s: headless Chromium decodes on a 2-core CI whose other pytest worker may be running a
+            # trainer and its background fit process (it timed out at 15 s once in such a run).
             eventually(lambda: all(v["t"] > t + 0.1 for v, t in zip(front_videos(alice), started)),
-                       what="both clips to play")
+                       timeout=45.0, what="both clips to play")
             alice.screenshot(path=str(ARTIFACTS / "rater.png"))
             alice.locator("button[data-speed='0.25']").click()  # slow motion for both clips
             assert {v["rate"] for v in front_videos(alice)} == {0.25}
