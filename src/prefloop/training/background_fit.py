@@ -63,7 +63,7 @@ def wants_background_fit(config: TrainConfig, model: BaseAlgorithm) -> bool:
         return False
     if config.background_fit is not None:
         return config.background_fit
-    rollout = int(getattr(model, "n_steps", 0)) * model.n_envs
+    rollout = model.n_steps * model.n_envs  # type: ignore[attr-defined]  # an on-policy learner, checked above
     return (config.steps or 0) >= BACKGROUND_FIT_MIN_STEPS and rollout >= BACKGROUND_FIT_MIN_ROLLOUT
 
 

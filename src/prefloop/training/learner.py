@@ -316,9 +316,7 @@ class PreferenceLearner:
 
     def _stop_fitter(self, why: Exception) -> None:
         log.warning("%s: the reward model is fitted in the trainer's process from now on (no label is lost)", why)
-        assert self.fitter is not None
-        self.fitter.close()
-        self.fitter = None
+        self.close()  # no fit is pending here: finish_fit took it, or start_fit had not set it yet
 
     def close(self) -> None:
         """Stop the background fitter, if any (a pending fit's result is not taken)."""
