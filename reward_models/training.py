@@ -34,6 +34,7 @@ from .config import RewardModelConfig, steps_per_new_label
 from .ensemble import RewardEnsemble, stack_segments
 from .losses import bradley_terry_loss, rater_bradley_terry_loss
 from .splits import pair_keys, validation_mask
+from .subnormals import flush_subnormals
 from .reliability import (
     RaterEstimate,
     RaterLabels,
@@ -152,11 +153,13 @@ class RewardTrainer:
         # Each rater's estimated reliability after the last fit (None: plain loss, or one rater).
         self.rater_estimates: list[RaterEstimate] | None = None
 
+    @flush_subnormals()
     def fit(
         self, pairs: Sequence[LabeledPair], pseudo_pairs: Sequence[LabeledPair] = (),
         checks: Mapping[str, tuple[int, int]] | None = None,
     ) -> FitStats:
-        """Train on ``pairs`` (all labelled pairs so far, not just the new ones).
+        """Train on ``pairs`` (all labelled pairs so far, not just the new ones), with subnormal
+        floats flushed to 0 (:func:`~.subnormals.flush_subnormals`), whatever the caller's mode.
 
         With ``rater_model="reliability"`` and pairs whose ``extra["votes"]`` name at least two
         raters (or hold answers with flags, weighted ``flagged_answer_weight``), each label is a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -401,3 +402,55 @@ def test_load_errors_name_the_file(tmp_path) -> None:
         load_reward_model(tmp_path)
     with pytest.raises(ValueError, match="JSON-serialisable"):
         save_reward_model(model, tmp_path / "other", extra_metadata={"bad": object()})
+
+
+def _subnormal_count(t: torch.Tensor) -> int:
+    return int(((t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)).sum())
+
+
+def test_a_fit_flushes_subnormals_and_gives_the_caller_its_mode_back(monkeypatch) -> None:
+    """A confident model's Bradley-Terry gradients go subnormal (sigmoid tails), which x86 CPUs
+    compute through slow microcode: the fit runs with them flushed to 0, gives the caller its own
+    mode back, and computes the same model whichever mode its caller (the trainer, the background
+    fit worker, a user's script) had."""
+    from prefloop.reward_models.subnormals import flushing_subnormals
+
+    rng = np.random.default_rng(1)
+    segments = []
+    for _ in range(120):
+        obs = rng.uniform(-20, 20) + rng.normal(0, 1, size=(L, 1))  # returns ~ +-200: margins far past 87
+        segments.append(make_segment(obs, rng.uniform(-1, 1, size=(L, 1)).astype(np.float32), obs[:, 0]))
+    pairs = [label_by_true_return(segments[2 * i], segments[2 * i + 1], pair_id=i) for i in range(60)]
+    config = RewardModelConfig(seed=0, random_response=0.0, lr=3e-3)
+    trainer = RewardTrainer(build_reward_model(OBS_1D, ACT_1D, config), config)
+    for n in (20, 40):
+        trainer.fit(pairs[:n])
+
+    # The situation is real: with flushing off, the next batch's gradients reach subnormal values.
+    features, mask, targets = trainer._encode(pairs, np.array([p.target for p in pairs]))
+    flat_features = features.reshape(-1, *features.shape[-2:]).requires_grad_(True)
+    returns = trainer.model.returns_from_features(flat_features, mask.reshape(-1, mask.shape[-1])).reshape(-1, len(pairs), 2)
+    bradley_terry_loss(returns[..., 0], returns[..., 1], targets, 0.0).backward()
+    assert not flushing_subnormals()
+    assert _subnormal_count(flat_features.grad) > 0
+
+    modes_inside: list[bool] = []
+    encode = RewardTrainer._encode
+
+    def recording_encode(self, *args):
+        modes_inside.append(flushing_subnormals())
+        return encode(self, *args)
+
+    monkeypatch.setattr(RewardTrainer, "_encode", recording_encode)
+    fitted = {}
+    for callers_mode in (False, True):
+        twin = copy.deepcopy(trainer)
+        torch.set_flush_denormal(callers_mode)
+        try:
+            twin.fit(pairs)
+            assert flushing_subnormals() == callers_mode  # the caller's mode comes back
+        finally:
+            torch.set_flush_denormal(False)
+        fitted[callers_mode] = twin.model.state_dict()
+    assert modes_inside == [True, True]
+    assert all(torch.equal(fitted[False][k], fitted[True][k]) for k in fitted[False])
