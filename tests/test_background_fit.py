@@ -168,10 +168,17 @@ def cartpole_run(tmp_path: Path, name: str, background: bool) -> TrainConfig:
 def test_a_ppo_run_computes_the_same_with_background_fits_even_if_the_worker_dies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Its first background fit comes back from the worker; at the second the worker is killed, and
-    that fit and the rest are done in the trainer's process: the run is the in-process one, bit for bit."""
-    here = train(cartpole_run(tmp_path, "here", background=False))
+    """Its first background fit (the first round's, while the first rollout is collected) comes back
+    from the worker; at the second the worker is killed, and that fit and the rest are done in the
+    trainer's process: the run is the in-process one, bit for bit."""
+    import prefloop.training.loop as loop_module
+
+    with caplog.at_level(logging.INFO, logger="prefloop"):
+        here = train(cartpole_run(tmp_path, "here", background=False))
     assert here.background_fit_s == 0
+    initial_round_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("initial round:")]
+    assert len(initial_round_lines) == 1
+    caplog.clear()
 
     submitted = BackgroundFitter.submit
     submits: list[int] = []
@@ -182,10 +189,22 @@ def test_a_ppo_run_computes_the_same_with_background_fits_even_if_the_worker_die
         if len(submits) == 2:
             os.kill(self.pid, signal.SIGKILL)
 
+    first_labels = loop_module.first_labels
+    submits_after_first_labels: list[int] = []
+
+    def recording_first_labels(*args: object) -> bool:
+        pending = first_labels(*args)  # type: ignore[arg-type]
+        submits_after_first_labels.append(len(submits))
+        return pending
+
     monkeypatch.setattr(BackgroundFitter, "submit", submit_then_die_at_the_second)
-    with caplog.at_level(logging.WARNING, logger="prefloop"):
+    monkeypatch.setattr(loop_module, "first_labels", recording_first_labels)
+    with caplog.at_level(logging.INFO, logger="prefloop"):
         there = train(cartpole_run(tmp_path, "there", background=True))
     assert len(submits) == 2, "the run should have sent two fits to the worker, the second one in vain"
+    assert submits_after_first_labels == [1]  # the first round's fit went out before the policy trained
+    # ... and when it came back it was logged as the first round, as on the spot:
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("initial round:")] == initial_round_lines
     assert there.background_fit_s > 0  # the first came back from the worker
     assert "in a second process" in dict(run_summary_rows(there))["time in reward learning"]
     assert "second process" not in dict(run_summary_rows(here))["time in reward learning"]

@@ -112,12 +112,16 @@ class PreferenceCallback(BaseCallback):
     POLL_S = 1.0
     REFIT_FRACTION = 0.1
 
-    def __init__(self, learner: PreferenceLearner, rounds: list[LabelRound], step_offset: int, run: "RunState"):
+    def __init__(self, learner: PreferenceLearner, rounds: list[LabelRound], step_offset: int, run: "RunState",
+                 initial_fit_pending: bool = False):
+        """``initial_fit_pending``: the first round's fit (:func:`~prefloop.training.loop.first_labels`)
+        is still out in the background; taken back like any round's, it is logged as that round."""
         super().__init__()
         self.learner = learner
         self.rounds = rounds
         self.step_offset = step_offset
         self.run = run
+        self._initial_fit_pending = initial_fit_pending
         config = learner.config
         self.pace = (
             LabelPace(rounds, int(config.steps or 0), config.min_initial_labels)
@@ -211,7 +215,10 @@ class PreferenceCallback(BaseCallback):
         """Take back a fit started in the background (if any) and do what follows a fit: report it,
         relabel an off-policy replay buffer, checkpoint (unless ``checkpoint`` is False)."""
         stats = self.learner.finish_fit()
-        if stats is not None:
+        if stats is not None and self._initial_fit_pending:
+            self._initial_fit_pending = False
+            log_initial_round(stats)  # and nothing else, as after a first fit on the spot
+        elif stats is not None:
             self._after_fit(stats, self.step_offset + self.num_timesteps, checkpoint)
 
     def _after_fit(self, stats: dict[str, float], env_step: int, checkpoint: bool = True) -> None:
@@ -228,6 +235,11 @@ class PreferenceCallback(BaseCallback):
         if not episodes:
             return None
         return float(np.mean([e["r"] for e in episodes])), float(np.mean([e["l"] for e in episodes]))
+
+
+def log_initial_round(stats: dict[str, float]) -> None:
+    """The log line of the first round's fit, before the policy trains on the learned reward."""
+    log.info("initial round: %d labels, segment-return corr %s", stats["labels"], metric_text(stats["segment_return_pearson"]))
 
 
 def report_fit(model: BaseAlgorithm, learner: PreferenceLearner, stats: dict[str, float], env_step: int, curve: list) -> None:

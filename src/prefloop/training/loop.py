@@ -69,7 +69,7 @@ from prefloop.training.callbacks import (
     RolloutRewardCallback,
     RunState,
     StepProgressBar,
-    metric_text,
+    log_initial_round,
 )
 from prefloop.training.background_fit import start_background_fitter, wants_background_fit
 from prefloop.training.checkpoints import CheckpointChoice, newest_usable_checkpoint
@@ -303,8 +303,8 @@ def _train(
             if config.reset_critic:
                 reset_critic_after_exploration(model, config.unsupervised_steps or 0)
 
-        first_labels(learner, collect_first_segments, rounds[0], initial_steps, checkpoint is not None,
-                     int(model.num_timesteps), curve)
+        initial_fit_pending = first_labels(learner, collect_first_segments, rounds[0], initial_steps,
+                                           checkpoint is not None, int(model.num_timesteps), curve)
         if is_off_policy(model):
             relabel_replay_buffer(model, learner.reward_model)
 
@@ -318,7 +318,7 @@ def _train(
             callbacks.append(RolloutRewardCallback(reward_env))  # first: before a refit at the same rollout's end
     callbacks.append(CurveCallback(initial_steps, max(1, config.steps // 200), curve, learned_returns))
     if learner is not None:
-        preferences = PreferenceCallback(learner, rounds, initial_steps, state)
+        preferences = PreferenceCallback(learner, rounds, initial_steps, state, initial_fit_pending)
         callbacks[:0] = [FinishFitCallback(preferences)]  # first: a background fit is back before a rollout's rewards
         callbacks.append(preferences)
     callbacks.append(CheckpointCallback(state, learner, initial_steps, config.checkpoint_every or max(1, config.steps // 10)))
@@ -469,11 +469,13 @@ def first_labels(
     resumed: bool,
     policy_steps_done: int,
     curve: list,
-) -> None:
+) -> bool:
     """Before the policy trains on preferences: first segments (a random policy's, or PEBBLE's
     exploration), the first labels, the first reward model.
 
     On resume: answer (simulated) or wait for (humans) what is still pending, and refit.
+    Returns True when the first fit is still out in the learner's background process: nothing reads
+    the model before the first rollout's end, where :class:`FinishFitCallback` takes it back.
     """
     config = learner.config
     env_step = initial_steps + policy_steps_done
@@ -483,9 +485,10 @@ def first_labels(
         # On resume, answer what is pending and always refit: labels answered after the checkpoint
         # was written are in the store but not in the checkpoint's reward model.
         target = first_round.cumulative_labels if not resumed else learner.pairs_asked()
-        stats = learner.run_round(target, env_step, None)
-        log.info("initial round: %d labels, segment-return corr %s", stats["labels"], metric_text(stats["segment_return_pearson"]))
-        return
+        stats = learner.run_round(target, env_step, None, background=learner.fitter is not None)
+        if stats is not None:
+            log_initial_round(stats)
+        return stats is None
     if not resumed:
         learner.ask(first_round.cumulative_labels, env_step)
     asked = learner.pairs_asked()
@@ -493,3 +496,4 @@ def first_labels(
     learner.wait_for_raters(lambda c: c["labels"] >= needed, f"the policy starts training once {needed} labels are in", env_step, curve)
     learner.fit(env_step)
     learner.publish_progress("training", env_step, curve)
+    return False
