@@ -57,9 +57,10 @@ system-deps:
 
 # Two pytest workers, one per core of the 2-core CI machine (one on a 1-CPU machine), each test file
 # on one worker (its module fixtures stay shared): the suite waits on browsers, servers and child
-# processes about half of its time, so two streams take about half the wall time of one.
+# processes about half of its time, so two streams take about half the wall time of one. Files go
+# out in collection order, the longest first (tests/conftest.py: LONGEST_FILES_FIRST).
 test: $(TEST_STAMP) system-deps
-	$(PY) -m pytest -n logical --maxprocesses 2 --dist loadfile
+	$(PY) -m pytest -n logical --maxprocesses 2 --dist loadfile --no-loadscope-reorder
 
 bench: $(RUN_STAMP)
 	$(VENV)/bin/prefloop bench --envs CartPole-v1 Pendulum-v1 --labels 200 --seeds 0 1 2 --out bench-out/core
