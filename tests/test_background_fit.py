@@ -149,6 +149,26 @@ def test_the_worker_ends_when_its_trainer_is_killed(sqlite_crowd_store: str, tmp
             os.kill(worker, signal.SIGKILL)
 
 
+def test_fits_go_to_the_worker_once_it_says_it_is_ready(sqlite_crowd_store: str) -> None:
+    """Until the worker has imported torch and opened the store, a fit sent to it would make the
+    policy wait longer than fitting in the trainer's process: the learner asks ``ready()`` first."""
+    fitter = BackgroundFitter(sqlite_crowd_store, "crowd", 1)
+    try:
+        assert not fitter.ready()  # just started: still importing
+        assert fitter.ready(timeout=120)
+        fitter.submit(FitJob(new_trainer(), [], None, 20))
+        assert fitter.result().n_labeled == 60
+        assert fitter.ready()
+    finally:
+        fitter.close()
+    dead = BackgroundFitter(sqlite_crowd_store, "crowd", 1)
+    try:
+        os.kill(dead.pid, signal.SIGKILL)
+        assert not dead.ready(timeout=30)  # a dead worker is never ready: the trainer fits itself
+    finally:
+        dead.close()
+
+
 def _alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -189,6 +209,13 @@ def test_a_ppo_run_computes_the_same_with_background_fits_even_if_the_worker_die
         if len(submits) == 2:
             os.kill(self.pid, signal.SIGKILL)
 
+    start_fitter = loop_module.start_background_fitter
+
+    def start_fitter_and_wait_until_ready(*args: object) -> BackgroundFitter | None:
+        fitter = start_fitter(*args)  # type: ignore[arg-type]
+        assert fitter is not None and fitter.ready(timeout=120)  # else the first fit is done in-process
+        return fitter
+
     first_labels = loop_module.first_labels
     submits_after_first_labels: list[int] = []
 
@@ -199,6 +226,7 @@ def test_a_ppo_run_computes_the_same_with_background_fits_even_if_the_worker_die
 
     monkeypatch.setattr(BackgroundFitter, "submit", submit_then_die_at_the_second)
     monkeypatch.setattr(loop_module, "first_labels", recording_first_labels)
+    monkeypatch.setattr(loop_module, "start_background_fitter", start_fitter_and_wait_until_ready)
     with caplog.at_level(logging.INFO, logger="prefloop"):
         there = train(cartpole_run(tmp_path, "there", background=True))
     assert len(submits) == 2, "the run should have sent two fits to the worker, the second one in vain"

@@ -17,8 +17,11 @@ itself (an image env's segments are not copied through a pipe every round) and g
 the fitted trainer back. Nothing lives only in the worker: labels are in the store and the trainer
 comes back whole, so a worker that dies costs a refit in the trainer's process, never a label.
 
-The worker is a fresh interpreter started with the run (its imports, a few CPU-seconds, overlap
-the first segments' collection and the first fit), not a fork: nothing of the trainer's process --
+The first round's fit goes there too (with a simulated teacher) when the worker is ready: the
+policy has not trained yet, and nothing reads the model before the first rollout's end. The worker
+is a fresh interpreter started with the run (its imports, a few CPU-seconds, overlap the first
+segments' collection; until it says it is ready, fits are done in the trainer's process, which is
+sooner than a worker still starting), not a fork: nothing of the trainer's process --
 the rater app's threads, the caller's own script -- is copied into it or run again. It ignores
 Ctrl-C (the trainer's process stops it) and ends when the trainer's end of the pipe closes, a
 ``kill -9`` of the trainer included.
@@ -114,7 +117,20 @@ class BackgroundFitter:
         self._conn = Connection(from_worker_r, writable=False)
         self._send = Connection(to_worker_w, readable=False)
         self.pending = False
+        self._ready = False
         self._send_frame((store_url, run_name, torch_threads))
+
+    def ready(self, timeout: float = 0.0) -> bool:
+        """Whether the worker has started (imports, torch's warm-up, the store opened), waiting up
+        to ``timeout`` seconds for it. A job sent earlier would wait in the pipe while the worker
+        starts, and the policy for it: fits go there once it is ready. False for a dead worker."""
+        if not self._ready:
+            try:
+                if self._conn.poll(timeout):
+                    self._ready = pickle.loads(self._conn.recv_bytes())[0] == "ready"
+            except (OSError, EOFError):
+                return False
+        return self._ready
 
     def _send_frame(self, value: object) -> None:
         try:
@@ -131,6 +147,9 @@ class BackgroundFitter:
         assert self.pending, "no fit was submitted"
         try:
             status, value = pickle.loads(self._conn.recv_bytes())
+            if status == "ready":  # a job sent before ready() saw the worker start
+                self._ready = True
+                status, value = pickle.loads(self._conn.recv_bytes())
         except (OSError, EOFError) as exc:
             self.pending = False
             raise BackgroundFitError(f"the background fit process ended (exit code {self._process.poll()})") from exc

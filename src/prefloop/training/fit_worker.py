@@ -78,6 +78,10 @@ def _serve(receive: Connection, send: Connection) -> None:
     torch.set_num_threads(torch_threads)
     _warm_up()
     with threadpool_limits(torch_threads, user_api="blas"), PreferenceStore(store_url, run_name=run_name, read_only=True) as store:
+        try:
+            send.send_bytes(pickle.dumps(("ready", None)))  # until then the trainer fits in its own process
+        except OSError:
+            return
         while True:
             try:
                 job = pickle.loads(receive.recv_bytes())

@@ -227,8 +227,8 @@ class PreferenceLearner:
 
     def start_fit(self, env_step: int, background: bool = False) -> None:
         """Begin a reward-model update on every label so far and its rescaling on the fixed
-        reference set: in the :attr:`fitter`'s process when ``background`` and there is one, else
-        here and now. :meth:`finish_fit` takes its result; a fit still pending is finished first."""
+        reference set: in the :attr:`fitter`'s process when ``background`` and it is ready, else
+        here and now (the same fit). :meth:`finish_fit` takes its result; a fit still pending is finished first."""
         self.finish_fit()
         started = time.perf_counter()
         self.labels_at_last_fit = self.labels_so_far()
@@ -241,7 +241,7 @@ class PreferenceLearner:
         checks = tally_checks(self.store.rater_checks(kind="gold")) if self.router.policy else None
         # The correlation's segments are the ones recorded by now, wherever and whenever the fit ends.
         pending = _PendingFit(env_step, self.buffer.recent(200), FitJob(self.trainer, pseudo, checks, self.reference_pairs))
-        if background and self.fitter is not None:
+        if background and self.fitter is not None and self.fitter.ready():
             try:
                 self.fitter.submit(pending.job)
             except BackgroundFitError as exc:
