@@ -392,7 +392,9 @@ def test_a_flagged_rater_with_no_gold_pair_left_is_told_why_not_that_the_trainer
     from prefloop.training.rater_checks import RATER_RELIABILITY_META, CheckPolicy, publish_policy
 
     with PreferenceStore(rated_store.url, rated_store.run_name) as store:  # no gold pair in this run
-        publish_policy(store, CheckPolicy())
+        # The session's template store made these pairs minutes ago, perhaps: under the default
+        # stall rule (120 s with nobody labelling) bob would then rightly get one from the queue.
+        publish_policy(store, CheckPolicy(stalled_after_s=24 * 3600))
         store.add_rater("carl", "carl", "0" * 64)  # a second rater: checks are on
         store.set_meta(RATER_RELIABILITY_META, json.dumps(
             {"raters": [{"rater_id": "carl", "flagged": False}, {"rater_id": "bob", "flagged": True}]}))

@@ -24,6 +24,7 @@ from prefloop.teachers.labeling import answer_pending
 from prefloop.training.background_fit import (
     BACKGROUND_FIT_MIN_ROLLOUT,
     BACKGROUND_FIT_MIN_STEPS,
+    BackgroundFitError,
     BackgroundFitter,
     FitJob,
     fit_on_labels,
@@ -164,7 +165,8 @@ def test_fits_go_to_the_worker_once_it_says_it_is_ready(sqlite_crowd_store: str)
     dead = BackgroundFitter(sqlite_crowd_store, "crowd", 1)
     try:
         os.kill(dead.pid, signal.SIGKILL)
-        assert not dead.ready(timeout=30)  # a dead worker is never ready: the trainer fits itself
+        with pytest.raises(BackgroundFitError, match="background fit process ended"):
+            dead.ready(timeout=30)  # the learner warns once and fits in its own process from then on
     finally:
         dead.close()
 

@@ -123,13 +123,17 @@ class BackgroundFitter:
     def ready(self, timeout: float = 0.0) -> bool:
         """Whether the worker has started (imports, torch's warm-up, the store opened), waiting up
         to ``timeout`` seconds for it. A job sent earlier would wait in the pipe while the worker
-        starts, and the policy for it: fits go there once it is ready. False for a dead worker."""
+        starts, and the policy for it: fits go there once it is ready.
+
+        Raises:
+            BackgroundFitError: the worker ended before it was ready.
+        """
         if not self._ready:
             try:
                 if self._conn.poll(timeout):
                     self._ready = pickle.loads(self._conn.recv_bytes())[0] == "ready"
-            except (OSError, EOFError):
-                return False
+            except (OSError, EOFError) as exc:
+                raise BackgroundFitError(f"the background fit process ended (exit code {self._process.poll()})") from exc
         return self._ready
 
     def _send_frame(self, value: object) -> None:

@@ -241,13 +241,13 @@ class PreferenceLearner:
         checks = tally_checks(self.store.rater_checks(kind="gold")) if self.router.policy else None
         # The correlation's segments are the ones recorded by now, wherever and whenever the fit ends.
         pending = _PendingFit(env_step, self.buffer.recent(200), FitJob(self.trainer, pseudo, checks, self.reference_pairs))
-        if background and self.fitter is not None and self.fitter.ready():
+        if background and self.fitter is not None:
             try:
-                self.fitter.submit(pending.job)
+                if self.fitter.ready():
+                    self.fitter.submit(pending.job)
+                    pending.in_background = True
             except BackgroundFitError as exc:
                 self._stop_fitter(exc)
-            else:
-                pending.in_background = True
         if not pending.in_background:
             self._fit_here(pending, labeled)
         self._pending = pending
