@@ -3,8 +3,9 @@ fresh interpreter that fits copies of a run's reward trainer on the labels in th
 
 Kept apart from the trainer's side so that the worker imports only what a fit needs (torch, the
 reward models, the store), not the RL stack. It reads one frame ``(store URL, run name, torch
-threads)`` -- the URL may hold a password, so it comes through the pipe, never argv -- then answers
-each :class:`FitJob` with ``("ok", FitOutcome)`` or ``("error", exception)`` until the pipe closes.
+threads)`` -- the URL may hold a password, so it comes through the pipe, never argv --, sends
+``("ready", None)`` once torch is warm and the store open, then answers each :class:`FitJob` with
+``("ok", FitOutcome)`` or ``("error", exception)`` until the pipe closes.
 """
 
 from __future__ import annotations
