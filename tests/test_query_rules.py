@@ -184,3 +184,40 @@ def test_a_users_rule_is_asked_and_the_first_round_gets_no_untrained_ensemble(tm
     assert rule.calls == [False, True]
     assert store.counts()["pairs"] == 8
     store.close()
+
+
+def ending(level: float, index: int) -> Segment:
+    """A segment whose episode ends (terminates) at its 4th of 5 steps."""
+    seg = segment(level, index)
+    seg.obs[4:] = 0
+    seg.true_rewards[4:] = 0
+    return Segment(seg.obs, seg.actions, seg.true_rewards, 4, True, index, 0, seg.episode_actions[:4], env_step=index)
+
+
+def crossed(pair: SegmentPair) -> bool:
+    return pair.left.terminated != pair.right.terminated
+
+
+@pytest.mark.parametrize("method", ["uniform", "kcenter", "disagreement"])
+def test_ends_put_an_ending_segment_next_to_one_that_goes_on_in_half_of_each_round(method: str) -> None:
+    """Acrobot's failed seed: 178 of 200 answers "equal", two segments that never reached the goal.
+    With +ends half of the pairs (rounded up) pit one that ends against one that does not."""
+    rng = np.random.default_rng(0)
+    pool = [segment(float(v), i) for i, v in enumerate(rng.uniform(-1, 1, 60))] + [ending(0.1 * i, 60 + i) for i in range(4)]
+    probs = None
+    if method == "disagreement":
+        model = tiny_trained_ensemble(np.random.default_rng(1))
+        probs = model.preference_probs
+    config = QueryConfig.from_spec(f"{method}+ends")
+    assert config.ends_first and config.spec == f"{method}+ends"
+    pairs = select_pairs(pool, 9, config, np.random.default_rng(2), preference_probs=probs)
+    assert len(pairs) == 9 and len({frozenset((id(p.left), id(p.right))) for p in pairs}) == 9
+    assert sum(crossed(p) for p in pairs[:5]) == 5  # ceil(9 / 2) crossed pairs first
+    # Without +ends such pairs are rare (4 ending segments of 64): the draw alone gives few or none.
+    plain = select_pairs(pool, 9, QueryConfig(method=method), np.random.default_rng(2), preference_probs=probs)
+    assert sum(crossed(p) for p in plain) < 5
+    # No segment ends (a task without terminations): +ends asks exactly what the method alone asks.
+    going_on = pool[:60]
+    same = [select_pairs(going_on, 9, QueryConfig(method=method, ends_first=flag), np.random.default_rng(3), preference_probs=probs)
+            for flag in (True, False)]
+    assert [(id(p.left), id(p.right)) for p in same[0]] == [(id(p.left), id(p.right)) for p in same[1]]

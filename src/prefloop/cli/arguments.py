@@ -122,9 +122,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"SB3 algorithm: {', '.join(sorted(ALGORITHMS))}, or any SB3-compatible algorithm class by "
                         "its import path, e.g. sb3_contrib:TRPO (pip install 'prefloop[contrib]') (default: the env preset's)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the env, the policy and the reward model (default: 0)")
-    parser.add_argument("--query", default=DEFAULT_QUERY, type=query_spec, metavar="METHOD[+qpa][+surf][+cover]",
+    parser.add_argument("--query", default=DEFAULT_QUERY, type=query_spec, metavar="METHOD[+qpa][+surf][+cover][+ends]",
                         help=f"query selection: {', '.join(QUERY_METHODS)}, optionally +qpa (policy-aligned), "
-                             f"+surf (semi-supervised) and/or +cover (k-center coverage for the first round) (default: {DEFAULT_QUERY})")
+                             f"+surf (semi-supervised), +cover (k-center coverage for the first round) and/or +ends "
+                             f"(half of each round: a segment that ends its episode against one that goes on) (default: {DEFAULT_QUERY})")
     parser.add_argument("--oversampling", type=positive_int, default=10, help="candidate pairs scored per pair asked (default: 10)")
     parser.add_argument("--segment-length", type=positive_int, default=None, help="steps per segment (default: the preset's)")
     parser.add_argument("--n-envs", type=positive_int, default=None, help="parallel envs (default: the preset's)")

@@ -25,8 +25,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                          help=f"simulated teachers: B-Pref's presets ({', '.join(sorted(TEACHER_PRESETS))}), optionally "
                               "with parameters, e.g. mistake:epsilon=0.2; crowds, e.g. crowd:3xcareful@0.05,random,adversarial; "
                               "fitted:PATH,rater=NAME (default: oracle)")
-    bench_p.add_argument("--queries", nargs="+", default=[DEFAULT_QUERY], type=query_spec, metavar="METHOD[+qpa][+surf][+cover]",
-                         help=f"query selection methods: {', '.join(QUERY_METHODS)}, each optionally +qpa, +surf and/or +cover "
+    bench_p.add_argument("--queries", nargs="+", default=[DEFAULT_QUERY], type=query_spec, metavar="METHOD[+qpa][+surf][+cover][+ends]",
+                         help=f"query selection methods: {', '.join(QUERY_METHODS)}, each optionally +qpa, +surf, +cover and/or +ends "
                               f"(default: {DEFAULT_QUERY})")
     bench_p.add_argument("--rater-models", nargs="+", default=["reliability"], choices=RATER_MODELS,
                          help="losses compared: per-rater reliability and/or the plain loss (default: reliability)")

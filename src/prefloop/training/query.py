@@ -18,7 +18,12 @@ Modifiers combine with any method (written ``method+qpa+surf+cover`` in the CLI 
 - ``semi_supervised`` (SURF, Park et al. 2022): pairs the ensemble already judges with confidence
   ``>= confidence`` are not asked (the trainer labels such pairs itself, see
   ``prefloop.training.semi_supervised``); only uncertain ones go to the teacher;
-- ``cover_first_round``: the first round's pairs by k-center coverage (below).
+- ``cover_first_round``: the first round's pairs by k-center coverage (below);
+- ``ends_first`` (``+ends``): up to half of each round's pairs put a segment that ends its episode
+  (terminated inside it: a goal reached, a fall) next to one that does not, where the candidates
+  have such pairs, chosen by the method among them. On a task whose reward is a constant until
+  the episode ends (Acrobot: -1 a step until the goal) two segments that both go on are a tie,
+  whatever the policy did: a run whose pairs are mostly ties learns nothing.
 
 Without a reward model yet (``preference_probs=None``: the first round, an untrained ensemble)
 every method falls back to uniform (``select_pairs(..., preference_probs=None)``), or with
@@ -49,6 +54,7 @@ import numpy as np
 
 from prefloop.import_paths import ImportPathError, is_import_path
 from prefloop.import_paths import load as load_import_path
+from prefloop.training.coverage import k_center
 from prefloop.training.distinguishable import indistinguishable
 from prefloop.types import Segment, SegmentPair
 
@@ -66,7 +72,9 @@ __all__ = [
 ]
 
 QUERY_METHODS: tuple[str, ...] = ("uniform", "disagreement", "entropy", "kcenter")
-QUERY_MODIFIERS: dict[str, str] = {"qpa": "policy_aligned", "surf": "semi_supervised", "cover": "cover_first_round"}
+QUERY_MODIFIERS: dict[str, str] = {
+    "qpa": "policy_aligned", "surf": "semi_supervised", "cover": "cover_first_round", "ends": "ends_first",
+}
 
 # A run's query rule unless told otherwise (TrainConfig, the CLI and benchmarks alike): ensemble
 # disagreement, with the first round (no model yet) picked by k-center coverage. At 50 labels over
@@ -125,6 +133,8 @@ class QueryConfig:
             exactly what its fields say; a run's default query (``TrainConfig``, the CLI and
             benchmarks: ``DEFAULT_QUERY``) is ``disagreement+cover``.
         skip_indistinguishable: never ask a pair whose clips a person could not tell apart.
+        ends_first: up to half of each round's pairs (rounded up) between a segment that ends its
+            episode and one that does not, where there are such pairs (``+ends``).
     """
 
     method: str | QueryRule = "disagreement"
@@ -137,6 +147,7 @@ class QueryConfig:
     semi_supervised: bool = False
     confidence: float = 0.99
     cover_first_round: bool = False
+    ends_first: bool = False
 
     @property
     def spec(self) -> str:
@@ -154,7 +165,7 @@ class QueryConfig:
         unknown = [m for m in modifiers if m not in QUERY_MODIFIERS]
         if unknown:
             raise QueryConfigError(
-                f"unknown query modifier {unknown[0]!r} in {spec!r}; write METHOD[+qpa][+surf][+cover] with METHOD one of "
+                f"unknown query modifier {unknown[0]!r} in {spec!r}; write METHOD[+qpa][+surf][+cover][+ends] with METHOD one of "
                 f"{', '.join(QUERY_METHODS)}, e.g. disagreement+qpa"
             )
         # Every modifier is set explicitly: a spec names exactly the modifiers it wants.
@@ -356,6 +367,8 @@ def select_pairs(
     # Before the first fit the ensemble is untrained: its disagreement or confidence means nothing.
     if preference_probs is None and config.cover_first_round:
         config = dataclasses.replace(config, method="kcenter", semi_supervised=False)
+    if config.ends_first:
+        return _ends_first(segments, n_pairs, dataclasses.replace(config, ends_first=False), rng, preference_probs)
     needs_no_model = config.method == "kcenter"
     if (preference_probs is None and not needs_no_model) or (config.method == "uniform" and not config.semi_supervised):
         drawn = _draw_pairs(segments, n_pairs, rng, skip)
@@ -365,6 +378,14 @@ def select_pairs(
     n_candidates = min(config.oversampling * n_pairs, total)
     drawn = _draw_pairs(segments, n_candidates, rng, skip)
     _check_enough_askable(len(drawn), n_pairs, len(segments), total)
+    return _choose(drawn, n_pairs, config, rng, preference_probs)
+
+
+def _choose(
+    drawn: list[tuple[Segment, Segment]], n_pairs: int, config: QueryConfig, rng: np.random.Generator,
+    preference_probs: PreferenceProbs | None,
+) -> list[SegmentPair]:
+    """The method's ``n_pairs`` best of the drawn candidate pairs (``len(drawn) >= n_pairs``)."""
     if config.semi_supervised and preference_probs is not None:
         drawn = _uncertain(drawn, n_pairs, config.confidence, preference_probs)
     n_candidates = len(drawn)
@@ -373,7 +394,7 @@ def select_pairs(
     if config.method == "uniform":
         return [SegmentPair(left=a, right=b) for a, b in drawn[:n_pairs]]
     if config.method == "kcenter":
-        picked = _k_center(drawn, n_pairs, rng)
+        picked = k_center(drawn, n_pairs, rng)
         return [SegmentPair(left=lefts[k], right=rights[k], score=score) for k, score in picked]
     assert preference_probs is not None
     probs = _check_probs(preference_probs(lefts, rights), n_candidates)
@@ -383,6 +404,46 @@ def select_pairs(
     return [
         SegmentPair(left=lefts[k], right=rights[k], score=float(scores[k])) for k in best.tolist()
     ]
+
+
+def _ends_first(
+    segments: list[Segment], n_pairs: int, config: QueryConfig, rng: np.random.Generator,
+    preference_probs: PreferenceProbs | None,
+) -> list[SegmentPair]:
+    """``+ends``: up to ``ceil(n_pairs / 2)`` pairs of an ending and a going-on segment, the method's
+    best among ``oversampling`` times as many such candidates (uniform or k-center before a model),
+    then the rest as the method picks among all pairs, none twice."""
+    ending = [s for s in segments if s.terminated]
+    going_on = [s for s in segments if not s.terminated]
+    crossed = _draw_crossed_pairs(ending, going_on, config.oversampling * math.ceil(n_pairs / 2), rng, config.skip_indistinguishable)
+    n_crossed = min(math.ceil(n_pairs / 2), len(crossed))
+    if n_crossed == 0:
+        return select_pairs(segments, n_pairs, config, rng, preference_probs)
+    method = config.method if preference_probs is not None or config.method == "kcenter" else "uniform"
+    first = _choose(crossed, n_crossed, dataclasses.replace(config, method=method), rng, preference_probs)
+    taken = {frozenset((id(p.left), id(p.right))) for p in first}
+    # The rest from all pairs: ask for enough that, with any already taken dropped, the count is met.
+    rest = select_pairs(segments, n_pairs, config, rng, preference_probs)
+    rest = [p for p in rest if frozenset((id(p.left), id(p.right))) not in taken][: n_pairs - n_crossed]
+    if len(rest) < n_pairs - n_crossed:
+        raise NotEnoughSegmentsError(f"{n_pairs} pairs are wanted but only {n_crossed + len(rest)} distinct askable pairs were found")
+    return first + rest
+
+
+def _draw_crossed_pairs(
+    ending: list[Segment], going_on: list[Segment], n: int, rng: np.random.Generator, skip_indistinguishable: bool,
+) -> list[tuple[Segment, Segment]]:
+    """Up to ``n`` distinct random pairs of one segment from each list, in random left/right order."""
+    total = len(ending) * len(going_on)
+    if total == 0:
+        return []
+    picks = rng.choice(total, size=min(n, total), replace=False)
+    swap = rng.random(len(picks)) < 0.5
+    pairs = []
+    for k, flip in zip(picks.tolist(), swap.tolist()):
+        a, b = ending[k // len(going_on)], going_on[k % len(going_on)]
+        pairs.append((b, a) if flip else (a, b))
+    return [p for p in pairs if not (skip_indistinguishable and indistinguishable(*p))]
 
 
 def _uncertain(
@@ -399,53 +460,6 @@ def _uncertain(
         keep = [int(k) for k in order[:n_pairs]]
     keep.sort()  # back to draw order: the method ranks them
     return [drawn[k] for k in keep]
-
-
-# Wider segment features (images: 28,224 per Atari observation) are projected to this many
-# dimensions first: a fixed Gaussian projection keeps distances nearly the same (Johnson-Lindenstrauss)
-# at a fraction of the memory of hundreds of candidate pairs times two images.
-_MAX_FEATURES = 256
-
-
-def _pair_features(drawn: list[tuple[Segment, Segment]]) -> np.ndarray:
-    """``(P, 2F)``: each segment's mean (real-step) observation and action, standardised over the pairs."""
-
-    def mean_features(segment: Segment) -> np.ndarray:
-        n = max(1, int(segment.n_valid))
-        # the mean accumulates in float64 without a float64 copy of the frames
-        obs = np.asarray(segment.obs[:n]).reshape(n, -1).mean(0, dtype=np.float64)
-        actions = np.asarray(segment.actions[:n]).reshape(n, -1).mean(0, dtype=np.float64)
-        return np.concatenate([obs, actions])
-
-    segments = _unique_segments([segment for pair in drawn for segment in pair])
-    row = {id(segment): k for k, segment in enumerate(segments)}
-    per_segment = np.stack([mean_features(segment) for segment in segments])
-    if per_segment.shape[1] > _MAX_FEATURES:  # one product for all segments: the matrix is read once
-        # fixed, not the run's rng: the same segments always get the same features
-        rng = np.random.default_rng(per_segment.shape[1])
-        projection = rng.normal(0.0, 1.0 / np.sqrt(_MAX_FEATURES), (per_segment.shape[1], _MAX_FEATURES)).astype(np.float32)
-        per_segment = (per_segment.astype(np.float32) @ projection).astype(np.float64)
-    lefts = per_segment[[row[id(a)] for a, _ in drawn]]
-    rights = per_segment[[row[id(b)] for _, b in drawn]]
-    feats = np.concatenate([lefts, rights], axis=1)
-    return (feats - feats.mean(0)) / np.maximum(feats.std(0), 1e-8)
-
-
-def _k_center(drawn: list[tuple[Segment, Segment]], n_pairs: int, rng: np.random.Generator) -> list[tuple[int, float]]:
-    """Greedy k-center (B-Pref): start at a random pair, then repeatedly take the pair farthest from
-    every pair taken so far. Returns ``(index, distance when taken)``; the first (random) pick has
-    score 0.0, since the store keeps only finite scores."""
-    feats = _pair_features(drawn)
-    first = int(rng.integers(len(drawn)))
-    picked = [(first, 0.0)]
-    nearest = np.linalg.norm(feats - feats[first], axis=1)
-    nearest[first] = -np.inf
-    while len(picked) < n_pairs:
-        k = int(np.argmax(nearest))
-        picked.append((k, float(nearest[k])))
-        nearest = np.minimum(nearest, np.linalg.norm(feats - feats[k], axis=1))
-        nearest[k] = -np.inf
-    return picked
 
 
 def _check_enough_askable(found: int, n_pairs: int, n_segments: int, total: int) -> None:
