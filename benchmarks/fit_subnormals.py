@@ -22,14 +22,15 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 import torch
 
 from prefloop.reward_models import RewardModelConfig, RewardTrainer, build_reward_model
+from prefloop.envs import EnvSpec, SegmentBuffer, VecSegmentRecorder
 from prefloop.store import PreferenceStore, sqlite_url
+from prefloop.training.loop import build_vec_env, collect_random
 from prefloop.training.rundir import RunDir
 from prefloop.training.schedule import label_rounds
-from prefloop.types import LabeledPair, Segment
+from prefloop.types import LabeledPair
 
 
 def replay(run_path: Path) -> dict:
@@ -43,33 +44,20 @@ def replay(run_path: Path) -> dict:
 
 
 def random_play(env_id: str, labels: int = 200, length: int = 50) -> dict:
-    env = gym.make(env_id)
-    env.action_space.seed(0)
-    segments, steps = [], []
-    obs, _ = env.reset(seed=0)
-    while len(segments) < 2 * labels:
-        action = env.action_space.sample()
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        steps.append((obs, action, reward))
-        obs = next_obs
-        if len(steps) == length or terminated or truncated:
-            if len(steps) == length or terminated:  # a segment cut by a time limit is dropped, as the recorder does
-                n = len(steps)
-                obs_arr = np.zeros((length, *env.observation_space.shape), np.float32)
-                act_arr = np.zeros((length, *env.action_space.shape), env.action_space.dtype)
-                rew_arr = np.zeros(length, np.float32)
-                for i, (o, a, r) in enumerate(steps):
-                    obs_arr[i], act_arr[i], rew_arr[i] = o, a, r
-                segments.append(Segment(obs_arr, act_arr, rew_arr, n, terminated, 0, 0, act_arr[:n]))
-            steps = []
-            if terminated or truncated:
-                obs, _ = env.reset()
+    """Pairs of random-play segments, recorded as a run records them (``VecSegmentRecorder``)."""
+    buffer = SegmentBuffer(10 * labels)
+    venv = build_vec_env(EnvSpec(env_id), 4, seed=0)
+    recorder = VecSegmentRecorder(venv, buffer, length, seed=0)
+    steps = 4 * length * labels
+    while len(buffer) < 2 * labels:
+        collect_random(recorder, steps, seed=0)
+    segments = buffer.recent(2 * labels)
     pairs = []
     for i in range(labels):
         left, right = segments[2 * i], segments[2 * i + 1]
         target = 0.5 if left.true_return == right.true_return else float(right.true_return > left.true_return)
         pairs.append(LabeledPair(left, right, target, pair_id=i))
-    return fit_both_ways(f"random play, {env_id}", env, pairs, [labels // 4, labels // 2, labels], RewardModelConfig(seed=0))
+    return fit_both_ways(f"random play, {env_id}", gym.make(env_id), pairs, [labels // 4, labels // 2, labels], RewardModelConfig(seed=0))
 
 
 def fit_both_ways(name: str, env: gym.Env, labeled: list, rounds: list[int], reward_config: RewardModelConfig) -> dict:

@@ -16,9 +16,9 @@ def flush_subnormals() -> Iterator[None]:
     Why: a Bradley-Terry model confident about a pair gets its gradient from the sigmoid's tail
     (``sigmoid(-D)`` for return margins ``D`` past ~87), a subnormal number, which backward carries
     through every layer, and x86 CPUs compute on subnormals through slow microcode. A fit on 200
-    pairs of random CartPole play (episode lengths make the margins) took 5.6 s of CPU, and 3.0 s
-    with them flushed, to the same model bit for bit; where no subnormals arise (the labels of real
-    CartPole and Acrobot runs, random Acrobot and Pendulum play) nothing changes
+    pairs of random CartPole play (episode lengths make the margins) took 3.7 s of CPU, and 2.4 s
+    with them flushed, to the same model bit for bit; on the labels of real CartPole, Acrobot and
+    MuJoCo runs nothing changes
     (``benchmarks/fit_subnormals.py``; docs/benchmarks.md, "Subnormal gradients").
     """
     was_on = flushing_subnormals()
