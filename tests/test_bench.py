@@ -133,6 +133,10 @@ def test_interrupted_sweep_resumes_and_a_new_sweep_reuses_identical_baselines(tm
     # A different step budget is a different computation: nothing is reused.
     third = run_bench(BenchConfig(out_dir=tmp_path / "third", reuse_from=(tmp_path / "first",), **{**tiny, "steps": 1_600}))
     assert not any("reused_from" in r for r in third["runs"])
+    # Resumed once more with every run finished: a report of the kept runs, saying nothing ran.
+    run_bench(BenchConfig(out_dir=tmp_path / "first", resume=True, **tiny))
+    summary = (tmp_path / "first" / "results.md").read_text()
+    assert "no run was left to run; 2 runs reused" in summary and "nan" not in summary
 
 
 def test_a_teacher_with_overrides_reaches_the_run_config_and_names_its_group(tmp_path: Path) -> None:

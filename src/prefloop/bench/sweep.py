@@ -413,10 +413,13 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     (out_dir / "results.json").write_text(strict_json(document, indent=1))
     table = markdown_table(document["groups"])
     split = document["time"]
+    ran = (
+        f"{split['runs']} runs took {split['run_time_s']:.0f} s of run time: reward learning "
+        f"{split['reward_learning_s']:.0f} s ({split['reward_learning_share']:.0%}), policy learning {split['policy_learning_s']:.0f} s"
+        if split["runs"] else "no run was left to run"
+    )
     timing = (
-        f"Sweep wall time: {document['wall_time_s']:.0f} s on {workers} workers; {split['runs']} runs took "
-        f"{split['run_time_s']:.0f} s of run time: reward learning {split['reward_learning_s']:.0f} s "
-        f"({split['reward_learning_share']:.0%}), policy learning {split['policy_learning_s']:.0f} s"
+        f"Sweep wall time: {document['wall_time_s']:.0f} s on {workers} workers; {ran}"
         + (f"; {len(done)} runs reused from earlier sweeps" if done else "") + ".\n"
     )
     costs = cost_table(document["cost"], config.currency)
