@@ -145,7 +145,7 @@ def test_a_teacher_with_overrides_reaches_the_run_config_and_names_its_group(tmp
     jobs = plan_jobs(BenchConfig(teachers=("oracle", "mistake:epsilon=0.3"), seeds=(0,), out_dir=tmp_path))
     preference = [j.config for j in jobs if j.kind == "preferences"]
     assert [(c.teacher, c.teacher_params) for c in preference] == [("oracle", {}), ("mistake", {"epsilon": 0.3})]
-    assert preference[1].run_dir.name == "CartPole-v1-ppo-mistake-epsilon=0.3-disagreement+cover-200-s0"
+    assert preference[1].run_dir.name == "CartPole-v1-ppo-mistake-epsilon=0.3-disagreement+cover+ends-200-s0"
     assert len({j.identity() for j in jobs}) == len(jobs)
 
 

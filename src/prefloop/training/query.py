@@ -77,9 +77,11 @@ QUERY_MODIFIERS: dict[str, str] = {
 }
 
 # A run's query rule unless told otherwise (TrainConfig, the CLI and benchmarks alike): ensemble
-# disagreement, with the first round (no model yet) picked by k-center coverage. At 50 labels over
-# 5 seeds it took Pendulum from 0.80 to 0.93 median (docs/benchmarks.md, "... five seeds").
-DEFAULT_QUERY = "disagreement+cover"
+# disagreement, with the first round (no model yet) picked by k-center coverage (at 50 labels over
+# 5 seeds it took Pendulum from 0.80 to 0.93 median), and up to half of each round a segment that
+# ends its episode against one that goes on (CartPole at 50 labels 0.90 -> 1.00 over 5 seeds, no
+# Acrobot seed of 7 stuck at -500; docs/benchmarks.md, "`+ends`").
+DEFAULT_QUERY = "disagreement+cover+ends"
 
 PreferenceProbs = Callable[[Sequence[Segment], Sequence[Segment]], np.ndarray]
 """``(lefts, rights) -> (n_members, n_pairs)`` array: each member's P(right better) per pair."""
@@ -131,7 +133,7 @@ class QueryConfig:
         cover_first_round: before the first fit (no model to score pairs with), pick the pairs by
             k-center coverage rather than uniformly. Off in a bare ``QueryConfig``, which does
             exactly what its fields say; a run's default query (``TrainConfig``, the CLI and
-            benchmarks: ``DEFAULT_QUERY``) is ``disagreement+cover``.
+            benchmarks: ``DEFAULT_QUERY``) is ``disagreement+cover+ends``.
         skip_indistinguishable: never ask a pair whose clips a person could not tell apart.
         ends_first: up to half of each round's pairs (rounded up) between a segment that ends its
             episode and one that does not, where there are such pairs (``+ends``).
