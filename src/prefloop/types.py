@@ -6,6 +6,7 @@ Kept free of torch, SQLAlchemy and SB3 so every part of prefloop (and the rater 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,6 +88,12 @@ class Segment:
         mask = np.zeros(self.length, dtype=np.float32)
         mask[: self.n_valid] = 1.0
         return mask
+
+
+def unique_segments(segments: Iterable[Segment]) -> list[Segment]:
+    """Each segment once, in the order first seen. Segments compare by identity (``eq=False``): a
+    segment listed twice must not be paired with itself, nor its features computed twice."""
+    return list({id(segment): segment for segment in segments}.values())
 
 
 @dataclass(eq=False)

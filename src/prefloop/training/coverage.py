@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from prefloop.types import Segment
+from prefloop.types import Segment, unique_segments
 
 # Wider segment features (images: 28,224 per Atari observation) are projected to this many
 # dimensions first: a fixed Gaussian projection keeps distances nearly the same (Johnson-Lindenstrauss)
@@ -24,7 +24,7 @@ def pair_features(drawn: list[tuple[Segment, Segment]]) -> np.ndarray:
         actions = np.asarray(segment.actions[:n]).reshape(n, -1).mean(0, dtype=np.float64)
         return np.concatenate([obs, actions])
 
-    segments = list({id(segment): segment for pair in drawn for segment in pair}.values())  # each once, in order
+    segments = unique_segments(segment for pair in drawn for segment in pair)
     row = {id(segment): k for k, segment in enumerate(segments)}
     per_segment = np.stack([mean_features(segment) for segment in segments])
     if per_segment.shape[1] > _MAX_FEATURES:  # one product for all segments: the matrix is read once

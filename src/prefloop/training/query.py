@@ -56,7 +56,7 @@ from prefloop.import_paths import ImportPathError, is_import_path
 from prefloop.import_paths import load as load_import_path
 from prefloop.training.coverage import k_center
 from prefloop.training.distinguishable import indistinguishable
-from prefloop.types import Segment, SegmentPair
+from prefloop.types import Segment, SegmentPair, unique_segments
 
 __all__ = [
     "DEFAULT_QUERY",
@@ -242,17 +242,6 @@ def _pair_from_index(k: int) -> tuple[int, int]:
     return i, k - i * (i - 1) // 2
 
 
-def _unique_segments(candidates: Sequence[Segment]) -> list[Segment]:
-    # Segments compare by identity; a segment listed twice must not be paired with itself.
-    seen: set[int] = set()
-    unique = []
-    for segment in candidates:
-        if id(segment) not in seen:
-            seen.add(id(segment))
-            unique.append(segment)
-    return unique
-
-
 def _draw_pairs(
     segments: list[Segment], n: int, rng: np.random.Generator, skip_indistinguishable: bool = False
 ) -> list[tuple[Segment, Segment]]:
@@ -350,7 +339,7 @@ def select_pairs(
     n_pairs = int(n_pairs)
     if n_pairs == 0:
         return []
-    segments = _unique_segments(candidates)
+    segments = unique_segments(candidates)
     total = len(segments) * (len(segments) - 1) // 2
     if total < n_pairs:
         needed = _segments_needed(n_pairs)
