@@ -22,8 +22,8 @@ from prefloop.store import PreferenceStore, sqlite_url
 from prefloop.teachers.crowd import make_crowd_teacher
 from prefloop.teachers.labeling import answer_pending
 from prefloop.training.background_fit import (
-    BACKGROUND_FIT_MIN_ROLLOUT,
     BACKGROUND_FIT_MIN_STEPS,
+    TAKE_BACK_AFTER_STEPS,
     BackgroundFitError,
     BackgroundFitter,
     FitJob,
@@ -34,6 +34,7 @@ from prefloop.training.background_fit import (
 from prefloop.training.config import TrainConfig
 from prefloop.training.loop import train
 from prefloop.training.report import run_summary_rows
+from prefloop.training.schedule import ScheduleConfig, label_rounds
 from prefloop.types import LabeledPair, Segment, SegmentPair
 
 
@@ -250,25 +251,95 @@ def test_a_ppo_run_computes_the_same_with_background_fits_even_if_the_worker_die
         assert torch.equal(value, weights[1][key]), key
 
 
+@pytest.mark.slow
+def test_short_rollouts_take_a_fit_back_2048_steps_on_whoever_fitted_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rollouts of 512 env steps: a round's fit is taken back at the first rollout end at least
+    TAKE_BACK_AFTER_STEPS after it was sent (the first round's at the first rollout end), so the run
+    is the same whether the worker fitted or, never ready, the trainer's process did."""
+    from prefloop.training.callbacks import PreferenceCallback
+
+    finish = PreferenceCallback.finish_pending_fit
+    take_backs: list[tuple[int, int, bool]] = []  # (sent at, taken back at, first round's)
+
+    def recording_finish(self: PreferenceCallback, checkpoint: bool = True) -> None:
+        sent_at = self.learner.fit_started_at
+        if sent_at is not None and checkpoint:  # not the end of training's
+            take_backs.append((sent_at, self.step_offset + self.num_timesteps, self._initial_fit_pending))
+        finish(self, checkpoint)
+
+    def config(name: str) -> TrainConfig:
+        # Rounds 2,458 steps apart (6 of them over 90% of the run): the take-back comes before the next.
+        return TrainConfig(env_id="CartPole-v1", run_dir=tmp_path / name, steps=16_384, labels=24, seed=5,
+                           schedule=ScheduleConfig(rounds=6), algo_kwargs={"n_steps": 64}, n_envs=8,
+                           eval_episodes=3, progress_bar=False,
+                           background_fit=True)  # on by default from 20,000 steps; a shorter test run asks
+
+    def run(name: str) -> object:
+        return train(config(name))
+
+    import prefloop.training.loop as loop_module
+
+    start_fitter = loop_module.start_background_fitter
+
+    def start_fitter_and_wait_until_ready(*args: object) -> BackgroundFitter | None:
+        fitter = start_fitter(*args)  # type: ignore[arg-type]
+        assert fitter is not None and fitter.ready(timeout=120)
+        return fitter
+
+    monkeypatch.setattr(PreferenceCallback, "finish_pending_fit", recording_finish)
+    monkeypatch.setattr(loop_module, "start_background_fitter", start_fitter_and_wait_until_ready)
+    in_worker = run("worker")
+    worker_take_backs = list(take_backs)
+    assert in_worker.background_fit_s > 0
+    take_backs.clear()
+    monkeypatch.setattr(loop_module, "start_background_fitter", start_fitter)
+    monkeypatch.setattr(BackgroundFitter, "ready", lambda self, timeout=0: False)  # never ready: fits here
+    here = run("here")
+    assert here.background_fit_s == 0
+
+    assert take_backs == worker_take_backs
+    first, *later = take_backs
+    assert first[2] and first[1] - first[0] <= 512  # the first round's: at the first rollout's end
+    assert later and all(not initial for _, _, initial in later)
+    # At the first rollout end 2,048 steps on, or earlier only where the next round was due (its
+    # pairs are chosen by the newest model): never at the next rollout's end as with long rollouts.
+    resolved = config("rounds").resolve()
+    round_steps = [r.at_step for r in label_rounds(resolved.labels, resolved.steps, resolved.schedule)[1:]]
+    for sent, taken, _ in later:
+        round_due = any(sent < at_step <= taken for at_step in round_steps)
+        assert TAKE_BACK_AFTER_STEPS <= taken - sent < TAKE_BACK_AFTER_STEPS + 512 or round_due, (sent, taken)
+    assert sum(taken - sent >= TAKE_BACK_AFTER_STEPS for sent, taken, _ in later) >= 4
+    assert here.eval_returns == in_worker.eval_returns
+    assert here.curve == in_worker.curve
+    assert here.labels_fitted == in_worker.labels_fitted == 24
+    weights = [load_reward_model(_last_checkpoint(tmp_path / name) / "reward_model").state_dict() for name in ("here", "worker")]
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key
+
+
 def _last_checkpoint(run_dir: Path) -> Path:
     return max(p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-") and "." not in p.name)
 
 
-def test_background_fits_are_on_by_default_where_they_change_nothing_and_pay_for_the_worker(tmp_path: Path) -> None:
+def test_background_fits_are_on_by_default_where_they_pay_for_the_worker(tmp_path: Path) -> None:
     from stable_baselines3 import PPO, SAC
     from stable_baselines3.common.env_util import make_vec_env
 
-    def wanted(model: object, steps: int, background_fit: bool | None = None) -> bool:
+    def wanted(model: object, steps: int, background_fit: bool | None = None, simulated_teacher: bool = True) -> bool:
         config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, steps=steps, background_fit=background_fit)
-        return wants_background_fit(config, model)  # type: ignore[arg-type]
+        return wants_background_fit(config, model, simulated_teacher)  # type: ignore[arg-type]
 
     envs = make_vec_env("CartPole-v1", n_envs=8)
-    long_rollouts = PPO("MlpPolicy", envs, n_steps=BACKGROUND_FIT_MIN_ROLLOUT // 8)
+    long_rollouts = PPO("MlpPolicy", envs, n_steps=TAKE_BACK_AFTER_STEPS // 8)
     short_rollouts = PPO("MlpPolicy", envs, n_steps=32)  # CartPole's preset: a fit outlasts rollout and update
     assert wanted(long_rollouts, BACKGROUND_FIT_MIN_STEPS)
+    assert wanted(long_rollouts, BACKGROUND_FIT_MIN_STEPS, simulated_teacher=False)  # people too: the same run
     assert not wanted(long_rollouts, BACKGROUND_FIT_MIN_STEPS - 1)  # the worker's start would cost more
-    assert not wanted(short_rollouts, 150_000)
-    assert wanted(short_rollouts, 1000, background_fit=True)  # asked for: still the same run
+    assert wanted(short_rollouts, 150_000)  # a simulated teacher: fits taken back 2,048 steps on
+    assert not wanted(short_rollouts, 150_000, simulated_teacher=False)  # people: the policy waits on them, not on fits
+    assert wanted(short_rollouts, 1000, background_fit=True)  # asked for
     assert not wanted(long_rollouts, 150_000, background_fit=False)
     sac = SAC("MlpPolicy", "Pendulum-v1", buffer_size=1000)
     assert not wanted(sac, 150_000, background_fit=True)  # reads the reward at every step

@@ -7,9 +7,19 @@ end and taken back at the next rollout's end, before that rollout's rewards are 
 (``FinishFitCallback``), gives the policy exactly the rewards a fit done on the spot would have
 given it. The fit runs the same code on a pickled copy of the trainer with the same torch threads,
 so its weights are the same bit for bit (``tests/test_background_fit.py``). What changes is the
-wall time: where a core is free the policy no longer waits on the fit. (Taking the fit back later
-would spare the policy the wait where fits outlast a rollout, but it changes the run; measured on
-CartPole it did not pay: docs/benchmarks.md, "Fits in a second process".)
+wall time: where a core is free the policy no longer waits on the fit.
+
+Where rollouts are shorter than :data:`TAKE_BACK_AFTER_STEPS` env steps (CartPole's preset: 8 envs x
+32 steps), a fit outlasts the next rollout and its update, and taking it back there would only make
+the policy wait for it. There a fit is taken back at the first rollout end at least
+:data:`TAKE_BACK_AFTER_STEPS` env steps after it was sent: the rollouts in between get
+their rewards from the model before it, as in Christiano et al.'s asynchronous training. That is a
+different run from the one fitting on the spot, but the same one every time: where the take-back
+falls is counted in env steps, never in seconds, so it does not depend on how fast the worker is
+(a fit done in the trainer's process while the worker starts is held back just the same). The
+first round's fit, which nothing trained before, and a fit pending when the next round is due are
+taken back at once. By default only runs with a simulated teacher do this; people's runs with
+short rollouts fit on the spot (their policy waits on the answers, not on the fits).
 
 The worker (:mod:`prefloop.training.fit_worker`) reads the labelled pairs from the run's store
 itself (an image env's segments are not copied through a pipe every round) and gets the trainer
@@ -45,29 +55,40 @@ from prefloop.training.config import TrainConfig
 from prefloop.training.fit_worker import FitJob, FitOutcome, fit_on_labels
 
 __all__ = ["BackgroundFitError", "BackgroundFitter", "FitJob", "FitOutcome", "fit_on_labels", "start_background_fitter",
-           "take_fit", "wants_background_fit"]
+           "TAKE_BACK_AFTER_STEPS", "take_back_due", "take_fit", "wants_background_fit"]
 
 log = logging.getLogger("prefloop")
 
 # TrainConfig.background_fit=None turns fits in the background on for runs of at least this many
-# env steps (the worker's start, a few CPU-seconds of imports, is more than a shorter run's fits)...
+# env steps (the worker's start, a few CPU-seconds of imports, is more than a shorter run's fits).
 BACKGROUND_FIT_MIN_STEPS = 20_000
-# ...whose rollouts are at least this many env steps (all envs together): a shorter rollout and its
-# update take less time than a fit (CartPole's preset: 8 envs x 32 steps), so the policy would wait
-# on nearly every fit anyway, and the copies to and from the worker would only add to it.
-BACKGROUND_FIT_MIN_ROLLOUT = 2048
+# A fit sent to the worker is taken back at the first rollout end at least this many env steps (all
+# envs together) later: the next rollout's end where rollouts are this long (SB3's PPO default, so
+# every env without a preset; there the run is exactly the in-process one). A shorter rollout and its
+# update take less time than a fit (CartPole's preset: 8 envs x 32 steps), so taking it back at the
+# next one would make the policy wait on nearly every fit.
+TAKE_BACK_AFTER_STEPS = 2048
 
 
-def wants_background_fit(config: TrainConfig, model: BaseAlgorithm) -> bool:
+def wants_background_fit(config: TrainConfig, model: BaseAlgorithm, simulated_teacher: bool = True) -> bool:
     """Whether ``model``'s run fits in the background: only a learner that takes a rollout's rewards
-    at its end (there it changes nothing); then as ``config.background_fit`` says, or when None,
-    for runs and rollouts long enough to gain."""
+    at its end; then as ``config.background_fit`` says, or when None, for runs of at least
+    :data:`BACKGROUND_FIT_MIN_STEPS` whose rollouts are at least :data:`TAKE_BACK_AFTER_STEPS`
+    (exactly the in-process run) or, with a ``simulated_teacher``, shorter (taken back later:
+    :func:`take_back_due`)."""
     if not rewards_wait_for_rollout_end(model):
         return False
     if config.background_fit is not None:
         return config.background_fit
     rollout = model.n_steps * model.n_envs  # type: ignore[attr-defined]  # an on-policy learner, checked above
-    return (config.steps or 0) >= BACKGROUND_FIT_MIN_STEPS and rollout >= BACKGROUND_FIT_MIN_ROLLOUT
+    return (config.steps or 0) >= BACKGROUND_FIT_MIN_STEPS and (rollout >= TAKE_BACK_AFTER_STEPS or simulated_teacher)
+
+
+def take_back_due(sent_at_step: int, env_step: int) -> bool:
+    """Whether a fit sent at env step ``sent_at_step`` is taken back at a rollout end at ``env_step``
+    (at least :data:`TAKE_BACK_AFTER_STEPS` later; the first round's fit and a fit pending when the
+    next round is due are taken back at once by the caller)."""
+    return env_step - sent_at_step >= TAKE_BACK_AFTER_STEPS
 
 
 def take_fit(trainer: RewardTrainer, fitted: RewardTrainer) -> None:

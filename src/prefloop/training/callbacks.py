@@ -17,6 +17,7 @@ from prefloop.envs.learned_reward import VecLearnedReward
 from prefloop.reward_models import save_reward_model
 from prefloop.serialization import strict_json
 from prefloop.training.algos import is_off_policy, relabel_replay_buffer
+from prefloop.training.background_fit import take_back_due
 from prefloop.training.learner import PreferenceLearner
 from prefloop.training.pacing import LabelPace
 from prefloop.training.resume_state import save_resume_state
@@ -132,8 +133,9 @@ class PreferenceCallback(BaseCallback):
 
     @property
     def background(self) -> bool:
-        """Whether fits run in the learner's background process (taken back by :class:`FinishFitCallback`)."""
-        return self.learner.fitter is not None
+        """Whether fits are taken back at a rollout end by :class:`FinishFitCallback` (done in the
+        learner's background process where it can take them)."""
+        return self.learner.deferred_fits
 
     def _on_step(self) -> bool:
         return True
@@ -142,6 +144,8 @@ class PreferenceCallback(BaseCallback):
         learner, config = self.learner, self.learner.config
         env_step = self.step_offset + self.num_timesteps
         due = [r for r in self.rounds if r.at_step <= env_step and r.cumulative_labels > learner.pairs_asked()]
+        if due:
+            self.finish_pending_fit()  # reported and checkpointed before the round (not just taken by its ask)
         if learner.teacher is not None:
             if due:
                 stats = learner.run_round(due[-1].cumulative_labels, env_step, self._recent_returns(), background=self.background)
@@ -171,9 +175,17 @@ class PreferenceCallback(BaseCallback):
             return
         self._last_poll = time.monotonic()
         if self._refit_due():
+            self.finish_pending_fit()  # a fit still out is reported before the next one starts
             learner.start_fit(env_step, background=self.background)
             if not self.background:
                 self.finish_pending_fit()
+
+    def take_back_due(self, env_step: int) -> bool:
+        """Whether a fit out in the background is taken back at this rollout end: the first round's
+        at once (the policy has trained on nothing yet), others once
+        :func:`~prefloop.training.background_fit.take_back_due` says so."""
+        sent_at = self.learner.fit_started_at
+        return sent_at is not None and (self._initial_fit_pending or take_back_due(sent_at, env_step))
 
     def _refit_due(self) -> bool:
         """Retrain once new labels add ``REFIT_FRACTION`` to those fitted, or once every asked pair
@@ -257,9 +269,11 @@ def report_fit(model: BaseAlgorithm, learner: PreferenceLearner, stats: dict[str
 
 
 class FinishFitCallback(BaseCallback):
-    """Takes back the reward-model fit a round started in the background at the next rollout's
-    end, before anything reads the model there (put it first): that rollout's rewards come from
-    the new model, exactly as after a fit on the spot (``prefloop.training.background_fit``)."""
+    """Takes back the reward-model fit a round started in the background at the first rollout end
+    where it is due (:meth:`PreferenceCallback.take_back_due`), before anything reads the model there
+    (put it first): that rollout's rewards come from the new model; with rollouts of at least
+    :data:`~prefloop.training.background_fit.TAKE_BACK_AFTER_STEPS`, that is the next rollout's end,
+    exactly as after a fit on the spot (``prefloop.training.background_fit``)."""
 
     def __init__(self, preferences: PreferenceCallback):
         super().__init__()
@@ -269,7 +283,9 @@ class FinishFitCallback(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
-        self.preferences.finish_pending_fit()
+        preferences = self.preferences
+        if preferences.take_back_due(preferences.step_offset + self.num_timesteps):
+            preferences.finish_pending_fit()
 
     def _on_training_end(self) -> None:
         self.preferences.finish_pending_fit(checkpoint=False)  # the run's final checkpoint follows
@@ -297,7 +313,7 @@ class CheckpointCallback(BaseCallback):
         if env_step >= self._next:
             self._next = env_step + self.every
             if self.learner is not None and self.learner.fit_started_at is not None:
-                return  # a fit is out in the background: the checkpoint comes with it, a rollout on
+                return  # a fit is out in the background: the checkpoint comes with it, when it is taken back
             self.run.checkpoint(self.model, self.learner, env_step)
 
 

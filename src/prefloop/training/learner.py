@@ -7,6 +7,7 @@ state into the store (``progress`` meta) for the rater app's status line and das
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -68,9 +69,12 @@ class PreferenceLearner:
         self.fit_history: list[dict[str, float]] = []
         self._flagged_raters: list[str] = []
         self.time_s = 0.0  # spent on reward learning in this process: querying, answering, fitting or waiting for a fit
-        # A second process for the fits (prefloop.training.background_fit), set by the loop where it
-        # changes nothing the run computes; its fits' wall and CPU seconds.
+        # A second process for the fits (prefloop.training.background_fit), set by the loop with
+        # deferred_fits (each round's fit taken back at a rollout end, FinishFitCallback); its fits'
+        # wall and CPU seconds. A fit the worker cannot take (still starting, or gone) is done here
+        # on a copy and held back just the same, so the run does not depend on the worker.
         self.fitter: BackgroundFitter | None = None
+        self.deferred_fits = False
         self._pending: _PendingFit | None = None
         self.background_fit_s = 0.0
         self.background_cpu_s = 0.0
@@ -249,7 +253,9 @@ class PreferenceLearner:
             except BackgroundFitError as exc:
                 self._stop_fitter(exc)
         if not pending.in_background:
-            self._fit_here(pending, labeled)
+            if background:  # held back until finish_fit, as the worker's would be
+                pending.held = copy.deepcopy(self.trainer)
+            self._fit_here(pending, labeled, pending.held)
         self._pending = pending
         self.time_s += time.perf_counter() - started
 
@@ -277,14 +283,19 @@ class PreferenceLearner:
                 pending.fit, pending.n_labeled = outcome.fit, outcome.n_labeled
                 self.background_fit_s += outcome.wall_s
                 self.background_cpu_s += outcome.cpu_s
+        elif pending.held is not None:
+            take_fit(self.trainer, pending.held)
         stats = self._fit_stats(pending)
         self.time_s += time.perf_counter() - started
         return stats
 
-    def _fit_here(self, pending: "_PendingFit", labeled: list[LabeledPair] | None = None) -> None:
+    def _fit_here(
+        self, pending: "_PendingFit", labeled: list[LabeledPair] | None = None, trainer: RewardTrainer | None = None,
+    ) -> None:
+        """Do ``pending``'s fit in this process, on ``trainer`` (default: the run's own, so at once)."""
         labeled = labeled if labeled is not None else self.store.labeled_pairs()
         job = pending.job
-        pending.fit = fit_on_labels(self.trainer, labeled, job.pseudo, job.checks, job.reference_pairs)
+        pending.fit = fit_on_labels(trainer or self.trainer, labeled, job.pseudo, job.checks, job.reference_pairs)
         pending.n_labeled = len(labeled)
 
     def _fit_stats(self, pending: "_PendingFit") -> dict[str, float]:
@@ -334,6 +345,7 @@ class _PendingFit:
     recent: list[Segment]
     job: FitJob
     in_background: bool = False
+    held: RewardTrainer | None = None  # fitted here on a copy, taken by finish_fit (deferred fits)
     fit: FitStats | None = None
     n_labeled: int = 0
 

@@ -289,7 +289,9 @@ def _train(
     rounds: list[LabelRound] = []
     if learner is not None:
         rounds = label_rounds(config.labels, config.steps, config.schedule)
-        if wants_background_fit(config, model):  # started now, ready by the second round
+        if wants_background_fit(config, model, simulated_teacher=learner.teacher is not None):
+            learner.deferred_fits = True
+            # Started now, ready by the second round (until then, and if it cannot start, fits are done here).
             learner.fitter = start_background_fitter(store_url, config.run_name or "default", config.torch_threads)
             cleanup.callback(learner.close)
 
@@ -485,7 +487,7 @@ def first_labels(
         # On resume, answer what is pending and always refit: labels answered after the checkpoint
         # was written are in the store but not in the checkpoint's reward model.
         target = first_round.cumulative_labels if not resumed else learner.pairs_asked()
-        stats = learner.run_round(target, env_step, None, background=learner.fitter is not None)
+        stats = learner.run_round(target, env_step, None, background=learner.deferred_fits)
         if stats is not None:
             log_initial_round(stats)
         return stats is None
