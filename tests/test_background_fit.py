@@ -349,6 +349,35 @@ def test_background_fits_are_on_by_default_where_they_pay_for_the_worker(tmp_pat
     assert TrainConfig.from_json(data).background_fit is None
 
 
+def test_a_replay_of_a_peoples_run_times_its_fits_as_people_did(tmp_path: Path) -> None:
+    """A recorded teacher replaying people's run answers at once, as a simulated teacher does, but
+    that run fitted as people's runs do (on the spot where rollouts are short): so must the replay."""
+    from prefloop.envs import SegmentBuffer
+    from prefloop.teachers import make_teacher
+    from prefloop.training.learner import PreferenceLearner
+
+    class ReplayOf:  # what a RecordedTeacher shows of the run it replays
+        rater_id = "recorded"
+
+        def __init__(self, recorded_teacher: str) -> None:
+            self.recorded_config = {"teacher": recorded_teacher}
+
+        def compare(self, left: Segment, right: Segment) -> str:
+            return "left"
+
+    config = TrainConfig(env_id="Pendulum-v1", run_dir=tmp_path, labels=20, steps=10_000).resolve()
+    space = gym.spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float32)
+    model = build_reward_model(space, gym.spaces.Box(-2.0, 2.0, shape=(1,), dtype=np.float32), config.reward_model)
+    with PreferenceStore(sqlite_url(tmp_path / "prefs.sqlite"), run_name="r") as store:
+        def people_answered(teacher: object) -> bool:
+            return PreferenceLearner(config, store, model, SegmentBuffer(10), teacher).people_answered  # type: ignore[arg-type]
+
+        assert people_answered(None)
+        assert people_answered(ReplayOf("human"))
+        assert not people_answered(ReplayOf("oracle"))
+        assert not people_answered(make_teacher("oracle"))
+
+
 def test_no_second_process_means_fitting_in_the_trainers_own(
     sqlite_crowd_store: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:

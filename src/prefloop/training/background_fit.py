@@ -19,7 +19,8 @@ falls is counted in env steps, never in seconds, so it does not depend on how fa
 (a fit done in the trainer's process while the worker starts is held back just the same). The
 first round's fit, which nothing trained before, and a fit pending when the next round is due are
 taken back at once. By default only runs with a simulated teacher do this; people's runs with
-short rollouts fit on the spot (their policy waits on the answers, not on the fits).
+short rollouts fit on the spot (their policy waits on the answers, not on the fits), and so does a
+recorded teacher replaying a people's run, which must time its fits as that run did.
 
 The worker (:mod:`prefloop.training.fit_worker`) reads the labelled pairs from the run's store
 itself (an image env's segments are not copied through a pipe every round) and gets the trainer

@@ -85,10 +85,11 @@ class PreferenceLearner:
         self.reference_pairs = label_rounds(config.labels, config.steps or 1, config.schedule)[0].cumulative_labels
         # Gold pairs are for people; replaying a recorded human run asks them too, or its pairs would differ.
         recorded = getattr(teacher, "recorded_config", None) or {}
+        # People answer this run's pairs, or answered them in the run a recorded teacher replays
+        # (whose fits the replay must time as that run did: prefloop.training.background_fit).
+        self.people_answered = teacher is None or recorded.get("teacher") == HUMAN_TEACHER
         # A simulated crowd stands in for people, so it is asked gold pairs as well.
-        self._asks_gold = (
-            teacher is None or recorded.get("teacher") == HUMAN_TEACHER or getattr(teacher, "simulates_people", False)
-        )
+        self._asks_gold = self.people_answered or getattr(teacher, "simulates_people", False)
         # Who gets a gold check and who a label (people in the app route through the same rules).
         members = [m.rater_id for m in getattr(teacher, "members", None) or ()]
         self.router = RaterRouter(store, CheckPolicy.for_reward_model(config.reward_model, config.probation_checks)
