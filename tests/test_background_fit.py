@@ -255,9 +255,10 @@ def test_a_ppo_run_computes_the_same_with_background_fits_even_if_the_worker_die
 def test_short_rollouts_take_a_fit_back_2048_steps_on_whoever_fitted_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Rollouts of 512 env steps: a round's fit is taken back at the first rollout end at least
-    TAKE_BACK_AFTER_STEPS after it was sent (the first round's at the first rollout end), so the run
-    is the same whether the worker fitted or, never ready, the trainer's process did."""
+    """Rollouts of 512 env steps: a warm fit (of a model fitted on warm_after_labels labels) is taken
+    back at the first rollout end at least TAKE_BACK_AFTER_STEPS after it was sent, others at the
+    next rollout end, so the run is the same whether the worker fitted or, never ready, the
+    trainer's process did."""
     from prefloop.training.callbacks import PreferenceCallback
 
     finish = PreferenceCallback.finish_pending_fit
@@ -269,15 +270,16 @@ def test_short_rollouts_take_a_fit_back_2048_steps_on_whoever_fitted_it(
             take_backs.append((sent_at, self.step_offset + self.num_timesteps, self._initial_fit_pending))
         finish(self, checkpoint)
 
-    def config(name: str) -> TrainConfig:
-        # Rounds 2,458 steps apart (6 of them over 90% of the run): the take-back comes before the next.
+    def config(name: str, warm_after_labels: int = 6) -> TrainConfig:
+        # Rounds 2,458 steps apart (6 of them over 90% of the run): the take-back comes before the
+        # next. Fits are warm from the second round's on (the first round: 6 labels).
         return TrainConfig(env_id="CartPole-v1", run_dir=tmp_path / name, steps=16_384, labels=24, seed=5,
                            schedule=ScheduleConfig(rounds=6), algo_kwargs={"n_steps": 64}, n_envs=8,
-                           eval_episodes=3, progress_bar=False,
+                           eval_episodes=3, progress_bar=False, reward_model=RewardModelConfig(warm_after_labels=warm_after_labels),
                            background_fit=True)  # on by default from 20,000 steps; a shorter test run asks
 
-    def run(name: str) -> object:
-        return train(config(name))
+    def run(name: str, warm_after_labels: int = 6) -> object:
+        return train(config(name, warm_after_labels))
 
     import prefloop.training.loop as loop_module
 
@@ -311,6 +313,10 @@ def test_short_rollouts_take_a_fit_back_2048_steps_on_whoever_fitted_it(
         round_due = any(sent < at_step <= taken for at_step in round_steps)
         assert TAKE_BACK_AFTER_STEPS <= taken - sent < TAKE_BACK_AFTER_STEPS + 512 or round_due, (sent, taken)
     assert sum(taken - sent >= TAKE_BACK_AFTER_STEPS for sent, taken, _ in later) >= 4
+    take_backs.clear()
+    run("cold", warm_after_labels=50)  # no fit is warm: each taken back at the next rollout's end
+    assert len(take_backs) >= 6 and all(0 < taken - sent <= 512 for sent, taken, _ in take_backs), take_backs
+
     assert here.eval_returns == in_worker.eval_returns
     assert here.curve == in_worker.curve
     assert here.labels_fitted == in_worker.labels_fitted == 24

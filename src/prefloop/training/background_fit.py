@@ -11,14 +11,17 @@ wall time: where a core is free the policy no longer waits on the fit.
 
 Where rollouts are shorter than :data:`TAKE_BACK_AFTER_STEPS` env steps (CartPole's preset: 8 envs x
 32 steps), a fit outlasts the next rollout and its update, and taking it back there would only make
-the policy wait for it. There a fit is taken back at the first rollout end at least
-:data:`TAKE_BACK_AFTER_STEPS` env steps after it was sent: the rollouts in between get
-their rewards from the model before it, as in Christiano et al.'s asynchronous training. That is a
-different run from the one fitting on the spot, but the same one every time: where the take-back
-falls is counted in env steps, never in seconds, so it does not depend on how fast the worker is
-(a fit done in the trainer's process while the worker starts is held back just the same). The
-first round's fit, which nothing trained before, and a fit pending when the next round is due are
-taken back at once. By default only runs with a simulated teacher do this; people's runs with
+the policy wait for it. There a *warm* fit -- one that starts from a model already fitted on
+``warm_after_labels`` labels (50), which a round's few new labels move little -- is taken back at
+the first rollout end at least :data:`TAKE_BACK_AFTER_STEPS` env steps after it was sent: the
+rollouts in between get their rewards from the model before it, as in Christiano et al.'s
+asynchronous training. That is a different run from the one fitting on the spot, but the same one
+every time: where the take-back falls is counted in env steps, never in seconds, so it does not
+depend on how fast the worker is (a fit done in the trainer's process while the worker starts is
+held back just the same). Fits of a model that has seen fewer labels, where each label moves it and
+the first models decide what the policy learns, are taken back at the next rollout end, as is a fit
+pending when the next round is due. (Holding back every fit cost CartPole 2 of 5 seeds at 50
+labels, 356 and 308 against 500: docs/benchmarks.md.) By default only runs with a simulated teacher do this; people's runs with
 short rollouts fit on the spot (their policy waits on the answers, not on the fits), and so does a
 recorded teacher replaying a people's run, which must time its fits as that run did.
 
@@ -86,9 +89,9 @@ def wants_background_fit(config: TrainConfig, model: BaseAlgorithm, simulated_te
 
 
 def take_back_due(sent_at_step: int, env_step: int) -> bool:
-    """Whether a fit sent at env step ``sent_at_step`` is taken back at a rollout end at ``env_step``
-    (at least :data:`TAKE_BACK_AFTER_STEPS` later; the first round's fit and a fit pending when the
-    next round is due are taken back at once by the caller)."""
+    """Whether a warm fit sent at env step ``sent_at_step`` is taken back at a rollout end at
+    ``env_step`` (at least :data:`TAKE_BACK_AFTER_STEPS` later; the caller takes other fits, and a
+    fit pending when the next round is due, at once)."""
     return env_step - sent_at_step >= TAKE_BACK_AFTER_STEPS
 
 

@@ -181,11 +181,15 @@ class PreferenceCallback(BaseCallback):
                 self.finish_pending_fit()
 
     def take_back_due(self, env_step: int) -> bool:
-        """Whether a fit out in the background is taken back at this rollout end: the first round's
-        at once (the policy has trained on nothing yet), others once
-        :func:`~prefloop.training.background_fit.take_back_due` says so."""
-        sent_at = self.learner.fit_started_at
-        return sent_at is not None and (self._initial_fit_pending or take_back_due(sent_at, env_step))
+        """Whether a fit out in the background is taken back at this rollout end: at once (the next
+        rollout end after it was sent) unless it is a warm fit, which waits until
+        :func:`~prefloop.training.background_fit.take_back_due` says so; the first round's always at
+        once (the policy has trained on nothing yet)."""
+        learner = self.learner
+        sent_at = learner.fit_started_at
+        if sent_at is None:
+            return False
+        return self._initial_fit_pending or not learner.pending_fit_is_warm or take_back_due(sent_at, env_step)
 
     def _refit_due(self) -> bool:
         """Retrain once new labels add ``REFIT_FRACTION`` to those fitted, or once every asked pair

@@ -245,7 +245,8 @@ class PreferenceLearner:
                 pseudo = pseudo_labels(self.reward_model, self.buffer.recent(), len(labeled), self.config.query.confidence, self._rng)
         checks = tally_checks(self.store.rater_checks(kind="gold")) if self.router.policy else None
         # The correlation's segments are the ones recorded by now, wherever and whenever the fit ends.
-        pending = _PendingFit(env_step, self.buffer.recent(200), FitJob(self.trainer, pseudo, checks, self.reference_pairs))
+        pending = _PendingFit(env_step, self.buffer.recent(200), FitJob(self.trainer, pseudo, checks, self.reference_pairs),
+                              warm=self.trainer.pairs_fitted >= self.config.reward_model.warm_after_labels)
         if background and self.fitter is not None:
             try:
                 if self.fitter.ready():
@@ -264,6 +265,12 @@ class PreferenceLearner:
     def fit_started_at(self) -> int | None:
         """Env step of the fit not yet taken back by :meth:`finish_fit` (None: none pending)."""
         return self._pending.env_step if self._pending is not None else None
+
+    @property
+    def pending_fit_is_warm(self) -> bool:
+        """Whether the fit not yet taken back started from a model already fitted on
+        ``warm_after_labels`` labels (the warm fits of :class:`~prefloop.reward_models.RewardModelConfig`)."""
+        return self._pending is not None and self._pending.warm
 
     def finish_fit(self) -> dict[str, float] | None:
         """Take the result of the fit :meth:`start_fit` began (waiting for the background process
@@ -345,6 +352,7 @@ class _PendingFit:
     env_step: int
     recent: list[Segment]
     job: FitJob
+    warm: bool = False  # started from a model fitted on warm_after_labels labels or more
     in_background: bool = False
     held: RewardTrainer | None = None  # fitted here on a copy, taken by finish_fit (deferred fits)
     fit: FitStats | None = None
