@@ -329,22 +329,20 @@ def _last_checkpoint(run_dir: Path) -> Path:
     return max(p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-") and "." not in p.name)
 
 
-def test_background_fits_are_on_by_default_where_they_pay_for_the_worker(tmp_path: Path) -> None:
+def test_background_fits_are_on_by_default_where_they_change_nothing_and_pay_for_the_worker(tmp_path: Path) -> None:
     from stable_baselines3 import PPO, SAC
     from stable_baselines3.common.env_util import make_vec_env
 
-    def wanted(model: object, steps: int, background_fit: bool | None = None, simulated_teacher: bool = True) -> bool:
+    def wanted(model: object, steps: int, background_fit: bool | None = None) -> bool:
         config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, steps=steps, background_fit=background_fit)
-        return wants_background_fit(config, model, simulated_teacher)  # type: ignore[arg-type]
+        return wants_background_fit(config, model)  # type: ignore[arg-type]
 
     envs = make_vec_env("CartPole-v1", n_envs=8)
     long_rollouts = PPO("MlpPolicy", envs, n_steps=TAKE_BACK_AFTER_STEPS // 8)
     short_rollouts = PPO("MlpPolicy", envs, n_steps=32)  # CartPole's preset: a fit outlasts rollout and update
     assert wanted(long_rollouts, BACKGROUND_FIT_MIN_STEPS)
-    assert wanted(long_rollouts, BACKGROUND_FIT_MIN_STEPS, simulated_teacher=False)  # people too: the same run
     assert not wanted(long_rollouts, BACKGROUND_FIT_MIN_STEPS - 1)  # the worker's start would cost more
-    assert wanted(short_rollouts, 150_000)  # a simulated teacher: fits taken back 2,048 steps on
-    assert not wanted(short_rollouts, 150_000, simulated_teacher=False)  # people: the policy waits on them, not on fits
+    assert not wanted(short_rollouts, 150_000)  # warm fits would be taken back later: only when asked
     assert wanted(short_rollouts, 1000, background_fit=True)  # asked for
     assert not wanted(long_rollouts, 150_000, background_fit=False)
     sac = SAC("MlpPolicy", "Pendulum-v1", buffer_size=1000)
@@ -355,9 +353,9 @@ def test_background_fits_are_on_by_default_where_they_pay_for_the_worker(tmp_pat
     assert TrainConfig.from_json(data).background_fit is None
 
 
-def test_a_replay_of_a_peoples_run_times_its_fits_as_people_did(tmp_path: Path) -> None:
+def test_a_replay_of_a_peoples_run_counts_as_people(tmp_path: Path) -> None:
     """A recorded teacher replaying people's run answers at once, as a simulated teacher does, but
-    that run fitted as people's runs do (on the spot where rollouts are short): so must the replay."""
+    the run it replays was people's (gold pairs asked; fits timed as people's runs time them)."""
     from prefloop.envs import SegmentBuffer
     from prefloop.teachers import make_teacher
     from prefloop.training.learner import PreferenceLearner

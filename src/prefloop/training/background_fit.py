@@ -21,9 +21,8 @@ depend on how fast the worker is (a fit done in the trainer's process while the 
 held back just the same). Fits of a model that has seen fewer labels, where each label moves it and
 the first models decide what the policy learns, are taken back at the next rollout end, as is a fit
 pending when the next round is due. (Holding back every fit cost CartPole 2 of 5 seeds at 50
-labels, 356 and 308 against 500: docs/benchmarks.md.) By default only runs with a simulated teacher do this; people's runs with
-short rollouts fit on the spot (their policy waits on the answers, not on the fits), and so does a
-recorded teacher replaying a people's run, which must time its fits as that run did.
+labels, 356 and 308 against 500: docs/benchmarks.md.) This is what ``background_fit=True`` does on
+short rollouts; by default such runs still fit on the spot, until it is measured further.
 
 The worker (:mod:`prefloop.training.fit_worker`) reads the labelled pairs from the run's store
 itself (an image env's segments are not copied through a pipe every round) and gets the trainer
@@ -74,18 +73,18 @@ BACKGROUND_FIT_MIN_STEPS = 20_000
 TAKE_BACK_AFTER_STEPS = 2048
 
 
-def wants_background_fit(config: TrainConfig, model: BaseAlgorithm, simulated_teacher: bool = True) -> bool:
+def wants_background_fit(config: TrainConfig, model: BaseAlgorithm) -> bool:
     """Whether ``model``'s run fits in the background: only a learner that takes a rollout's rewards
     at its end; then as ``config.background_fit`` says, or when None, for runs of at least
     :data:`BACKGROUND_FIT_MIN_STEPS` whose rollouts are at least :data:`TAKE_BACK_AFTER_STEPS`
-    (exactly the in-process run) or, with a ``simulated_teacher``, shorter (taken back later:
-    :func:`take_back_due`)."""
+    (exactly the in-process run). Shorter rollouts (warm fits taken back later, :func:`take_back_due`)
+    only when asked: not yet measured enough to be a default (docs/benchmarks.md)."""
     if not rewards_wait_for_rollout_end(model):
         return False
     if config.background_fit is not None:
         return config.background_fit
     rollout = model.n_steps * model.n_envs  # type: ignore[attr-defined]  # an on-policy learner, checked above
-    return (config.steps or 0) >= BACKGROUND_FIT_MIN_STEPS and (rollout >= TAKE_BACK_AFTER_STEPS or simulated_teacher)
+    return (config.steps or 0) >= BACKGROUND_FIT_MIN_STEPS and rollout >= TAKE_BACK_AFTER_STEPS
 
 
 def take_back_due(sent_at_step: int, env_step: int) -> bool:

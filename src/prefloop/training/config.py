@@ -85,12 +85,13 @@ class TrainConfig:
         background_fit: fit the reward model in a second process while the policy collects its
             next rollout, for learners that take a rollout's rewards at its end (PPO, A2C); where a
             core is free the policy no longer waits on the fit. Where rollouts are at least 2,048
-            env steps the run computes exactly what it would without; shorter ones take a fit back
-            at the first rollout end 2,048 env steps on, a different run but the same every time
+            env steps the run computes exactly what it would without; shorter ones take a warm fit
+            (of a model fitted on ``warm_after_labels`` labels) back at the first rollout end 2,048
+            env steps on, a different run but the same every time
             (:mod:`prefloop.training.background_fit`). Other learners, whose steps read the reward
             at once, always fit in their own process. None (default): decided when the run starts,
-            on for runs of at least 20,000 env steps whose rollouts are at least 2,048 env steps,
-            or shorter with a simulated teacher (:func:`~prefloop.training.background_fit.wants_background_fit`).
+            on for runs of at least 20,000 env steps whose rollouts are at least 2,048 env steps
+            (:func:`~prefloop.training.background_fit.wants_background_fit`).
         db_url: SQLAlchemy URL of the preference store (None: SQLite file in the run folder).
         when_behind: raters answering in their own time (people, or a simulated teacher with
             ``answer_seconds``): ``"pace"`` (default) lets the policy train only as far as the

@@ -289,7 +289,7 @@ def _train(
     rounds: list[LabelRound] = []
     if learner is not None:
         rounds = label_rounds(config.labels, config.steps, config.schedule)
-        if wants_background_fit(config, model, simulated_teacher=not learner.people_answered):
+        if wants_background_fit(config, model):
             learner.deferred_fits = True
             # Started now, ready by the second round (until then, and if it cannot start, fits are done here).
             learner.fitter = start_background_fitter(store_url, config.run_name or "default", config.torch_threads)
