@@ -290,8 +290,7 @@ def _train(
     if learner is not None:
         rounds = label_rounds(config.labels, config.steps, config.schedule)
         if wants_background_fit(config, model):
-            learner.deferred_fits = True
-            # Started now, ready by the second round (until then, and if it cannot start, fits are done here).
+            learner.deferred_fits = True  # the worker starts now; until it is ready, fits are done here
             learner.fitter = start_background_fitter(store_url, config.run_name or "default", config.torch_threads)
             cleanup.callback(learner.close)
 
