@@ -86,7 +86,7 @@ class PreferenceLearner:
         # Gold pairs are for people; replaying a recorded human run asks them too, or its pairs would differ.
         recorded = getattr(teacher, "recorded_config", None) or {}
         # People answer this run's pairs, or answered them in the run a recorded teacher replays
-        # (which the replay must follow: gold pairs asked, fits timed as that run's).
+        # (which the replay must follow: gold pairs asked as that run asked them).
         self.people_answered = teacher is None or recorded.get("teacher") == HUMAN_TEACHER
         # A simulated crowd stands in for people, so it is asked gold pairs as well.
         self._asks_gold = self.people_answered or getattr(teacher, "simulates_people", False)
