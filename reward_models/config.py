@@ -139,6 +139,11 @@ class RewardModelConfig:
     cnn: str = "nature"
     action_squares: bool | None = None
 
+    def fits_warm(self, labels_fitted: int) -> bool:
+        """Whether a fit of a model whose earlier fits have seen ``labels_fitted`` labels is *warm*:
+        ``warm_after_labels`` or more (its budget per new label is then ``warm_steps_per_label``)."""
+        return labels_fitted >= self.warm_after_labels
+
     def __post_init__(self) -> None:
         factory = self.member_factory
         if not (factory is None or callable(factory) or (isinstance(factory, str) and is_import_path(factory))):
@@ -192,7 +197,7 @@ def steps_per_new_label(config: RewardModelConfig, labels_fitted: int) -> int:
     """Gradient steps a fit may take per new label, when earlier fits have seen ``labels_fitted``
     labels: ``steps_per_label`` below ``warm_after_labels``, then ``warm_steps_per_label`` (None:
     half of ``steps_per_label``, at least 1)."""
-    if labels_fitted < config.warm_after_labels:
+    if not config.fits_warm(labels_fitted):
         return config.steps_per_label
     if config.warm_steps_per_label is not None:
         return config.warm_steps_per_label

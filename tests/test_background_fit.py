@@ -329,21 +329,24 @@ def _last_checkpoint(run_dir: Path) -> Path:
     return max(p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-") and "." not in p.name)
 
 
-def test_background_fits_are_on_by_default_where_they_change_nothing_and_pay_for_the_worker(tmp_path: Path) -> None:
+def test_background_fits_by_default_where_the_worker_pays_and_people_do_not_pace_the_policy(tmp_path: Path) -> None:
     from stable_baselines3 import PPO, SAC
     from stable_baselines3.common.env_util import make_vec_env
 
-    def wanted(model: object, steps: int, background_fit: bool | None = None) -> bool:
+    def wanted(model: object, steps: int, background_fit: bool | None = None, people: bool = False) -> bool:
         config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, steps=steps, background_fit=background_fit)
-        return wants_background_fit(config, model)  # type: ignore[arg-type]
+        return wants_background_fit(config, model, teacher_answers_at_once=not people)  # type: ignore[arg-type]
 
     envs = make_vec_env("CartPole-v1", n_envs=8)
     long_rollouts = PPO("MlpPolicy", envs, n_steps=TAKE_BACK_AFTER_STEPS // 8)
     short_rollouts = PPO("MlpPolicy", envs, n_steps=32)  # CartPole's preset: a fit outlasts rollout and update
     assert wanted(long_rollouts, BACKGROUND_FIT_MIN_STEPS)
     assert not wanted(long_rollouts, BACKGROUND_FIT_MIN_STEPS - 1)  # the worker's start would cost more
-    assert not wanted(short_rollouts, 150_000)  # warm fits would be taken back later: only when asked
-    assert wanted(short_rollouts, 1000, background_fit=True)  # asked for
+    assert wanted(long_rollouts, 150_000, people=True)  # the same run as on the spot, whoever answers
+    assert wanted(short_rollouts, 150_000)  # a simulated teacher: warm fits taken back 2,048 steps on
+    assert not wanted(short_rollouts, 150_000, people=True)  # people pace the policy: fits on the spot
+    assert not wanted(short_rollouts, BACKGROUND_FIT_MIN_STEPS - 1)
+    assert wanted(short_rollouts, 1000, background_fit=True, people=True)  # asked for
     assert not wanted(long_rollouts, 150_000, background_fit=False)
     sac = SAC("MlpPolicy", "Pendulum-v1", buffer_size=1000)
     assert not wanted(sac, 150_000, background_fit=True)  # reads the reward at every step

@@ -180,7 +180,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PPO/A2C: fit the reward model in a second process while the policy collects its next "
                              "rollout; no wait for the fit where a core is free, and the same results where rollouts are "
                              "2,048 steps or more (shorter ones take a warm fit back 2,048 steps on) (default: on for runs "
-                             "of 20,000 steps or more with rollouts of 2,048 steps or more)")
+                             "of 20,000 steps or more with rollouts of 2,048 steps or more, or with a simulated teacher)")
     parser.add_argument("--guideline", default=None, help="the question shown to raters above the clips (default: the env preset's)")
 
 

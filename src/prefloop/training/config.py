@@ -90,8 +90,9 @@ class TrainConfig:
             env steps on, a different run but the same every time
             (:mod:`prefloop.training.background_fit`). Other learners, whose steps read the reward
             at once, always fit in their own process. None (default): decided when the run starts,
-            on for runs of at least 20,000 env steps whose rollouts are at least 2,048 env steps
-            (:func:`~prefloop.training.background_fit.wants_background_fit`).
+            on for runs of at least 20,000 env steps whose rollouts are at least 2,048 env steps,
+            or whose simulated teacher answers in the trainer's process (shorter rollouts too;
+            :func:`~prefloop.training.background_fit.wants_background_fit`).
         db_url: SQLAlchemy URL of the preference store (None: SQLite file in the run folder).
         when_behind: raters answering in their own time (people, or a simulated teacher with
             ``answer_seconds``): ``"pace"`` (default) lets the policy train only as far as the

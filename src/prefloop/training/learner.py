@@ -246,7 +246,7 @@ class PreferenceLearner:
         checks = tally_checks(self.store.rater_checks(kind="gold")) if self.router.policy else None
         # The correlation's segments are the ones recorded by now, wherever and whenever the fit ends.
         pending = _PendingFit(env_step, self.buffer.recent(200), FitJob(self.trainer, pseudo, checks, self.reference_pairs),
-                              warm=self.trainer.pairs_fitted >= self.config.reward_model.warm_after_labels)
+                              warm=self.config.reward_model.fits_warm(self.trainer.pairs_fitted))
         if background and self.fitter is not None:
             try:
                 if self.fitter.ready():

@@ -289,7 +289,7 @@ def _train(
     rounds: list[LabelRound] = []
     if learner is not None:
         rounds = label_rounds(config.labels, config.steps, config.schedule)
-        if wants_background_fit(config, model):
+        if wants_background_fit(config, model, teacher_answers_at_once=learner.teacher is not None):
             learner.deferred_fits = True  # the worker starts now; until it is ready, fits are done here
             learner.fitter = start_background_fitter(store_url, config.run_name or "default", config.torch_threads)
             cleanup.callback(learner.close)
