@@ -4,12 +4,13 @@ env -> :class:`EpisodeSeeder` (replayable episodes) -> :class:`VecSegmentRecorde
 what the agent did, true reward) -> :class:`VecLearnedReward` (what the policy is trained on).
 """
 
-from prefloop.envs.mujoco_render import prefer_egl, prefer_windowless_sdl
+from prefloop.envs.mujoco_render import keep_signals_from_sdl, prefer_egl, prefer_windowless_sdl
 
 # Before anything imports mujoco: it picks its OpenGL platform at import time, and a headless
 # machine has only EGL (a later switch renders silently black frames). A user's MUJOCO_GL wins.
 prefer_egl()
 prefer_windowless_sdl()  # likewise before pygame's first frame; a user's SDL_VIDEODRIVER wins
+keep_signals_from_sdl()  # SIGTERM stops a process that has drawn a frame (a user's SDL hint wins)
 
 from prefloop.envs.factory import (
     EnvSetupError,

@@ -26,6 +26,15 @@ def prefer_windowless_sdl() -> None:
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 
+def keep_signals_from_sdl() -> None:
+    """SDL's first initialisation (pygame's first frame) installs its own SIGINT and SIGTERM
+    handlers where the defaults are in place, and turns those signals into quit events that only
+    a pygame event loop reads: a process that has drawn one CartPole frame then ignores ``kill``,
+    ``timeout`` and ``docker stop`` (seen: a pixel CartPole ``prefloop train`` survived SIGTERM for
+    minutes). prefloop reads no pygame events, so signals stay with Python unless told otherwise."""
+    os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
+
+
 def configure_fast_rendering(env: gym.Env) -> None:
     """No shadows, no reflections, no multisampling; a no-op for envs that are not MuJoCo.
 

@@ -52,6 +52,36 @@ def test_pixel_segments_are_uint8_frames_that_change() -> None:
     assert pixel_segments("CartPole-v1", steps=120)[0].obs.dtype == np.float32
 
 
+def test_sigterm_stops_a_process_that_has_drawn_pixel_frames() -> None:
+    """pygame's SDL takes SIGTERM over at its first frame unless told not to: a pixel run would then
+    survive ``kill``, ``timeout`` and ``docker stop``."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import time\n"
+        "from prefloop.envs import PIXEL_CARTPOLE_ID, EnvSpec\n"
+        "from prefloop.training.loop import build_vec_env\n"
+        "venv = build_vec_env(EnvSpec(PIXEL_CARTPOLE_ID), 1, seed=0)\n"
+        "venv.reset()\n"
+        "obs, *_ = venv.step([0])\n"
+        "assert obs.max() > 0, 'no frame was drawn'\n"
+        "print('drawn', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SDL_NO_SIGNAL_HANDLERS"}  # what prefloop sets, not the caller
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "drawn"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
 def test_store_keeps_pixel_segments_as_uint8_bytes_and_datasets_keep_the_dtype(tmp_path: Path) -> None:
     from prefloop.stacked_frames import distinct_frames
 
