@@ -350,6 +350,43 @@ def test_a_second_trainer_is_refused_with_the_holders_pid_and_the_first_run_is_u
     assert cli("doctor", "--run-dir", str(run))[0] == 0
 
 
+@pytest.mark.slow
+def test_sigterm_stops_prefloop_train_as_ctrl_c_does_and_its_fit_worker_with_it(tmp_path: Path) -> None:
+    """A timeout, systemd or `docker stop` ends a simulated teacher's run the way Ctrl-C does: the
+    fit worker stopped, every label kept, the continue hint, exit status 143."""
+    run = tmp_path / RUN
+    trainer = start("train", "--env", "CartPole-v1", "--steps", "200000", "--labels", "50", "--eval-episodes", "1",
+                    "--run-dir", str(run), "--no-progress")  # 200k steps: the fits go to a worker process
+    try:
+        deadline = time.monotonic() + 120
+        while not (workers := [pid for pid, line in command_lines().items()
+                               if "prefloop.training.fit_worker" in line and _parent(pid) == trainer.pid]) \
+                or not list((run / "checkpoints").glob("step-*[0-9]")):
+            assert trainer.poll() is None and time.monotonic() < deadline, "no worker and first checkpoint in time"
+            time.sleep(0.1)
+        trainer.send_signal(signal.SIGTERM)
+        output, _ = trainer.communicate(timeout=60)
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+    assert trainer.returncode == 128 + signal.SIGTERM, output
+    assert "Traceback" not in output and "every label so far is stored" in output and "--resume" in output, output
+    deadline = time.monotonic() + 30
+    while "prefloop.training.fit_worker" in command_lines().get(workers[0], ""):  # gone, not just orphaned
+        assert time.monotonic() < deadline, "the fit worker outlived its trainer"
+        time.sleep(0.1)
+    with PreferenceStore(sqlite_url(run / "prefs.sqlite"), RUN, read_only=True) as store:
+        counts = store.counts()
+    assert counts["labels"] > 0 and counts["labels"] == counts["answered"], counts
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
     from prefloop.training.rundir import RunDir, lock_holder
 

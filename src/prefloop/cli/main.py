@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from prefloop.apps.access import ENV_ADMIN_TOKEN, ENV_TOKEN
@@ -177,7 +179,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = build_train_config(args)  # bad settings are named first, whatever the teacher
     check_train_teacher(args)
     args.run_dir = config.run_dir  # for the "continue with" line if it stops
-    result = train(config, resume=args.resume)
+    with stop_signals_interrupt():
+        result = train(config, resume=args.resume)
     print_run_summary(result)
     return 0
 
@@ -186,8 +189,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Train with people as the teacher: the trainer here, the rater app (and its clip worker) in a
     child process started as soon as the store exists (:class:`prefloop.apps.teacher.RaterApp`, the
     run's teacher), watched, and kept up a little after training so that open pages show the result."""
-    import signal
-
     from prefloop.apps.access import AppConfigError
     from prefloop.apps.launch import AppStartError
     from prefloop.apps.supervise import RESULT_GRACE_S
@@ -211,31 +212,27 @@ def cmd_run(args: argparse.Namespace) -> int:
             app.start(store_url, run_name)
 
     # A timeout, systemd, `docker stop` or a closed terminal: stop like Ctrl-C, app and worker too.
-    stop_signals = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
-    previous = {signum: signal.signal(signum, _raise_keyboard_interrupt) for signum in stop_signals}
-    try:
-        result = train(config, resume=args.resume, on_ready=watch_with_app)
-        print_run_summary(result)
-        if app.running():
-            interactive = sys.stdin.isatty()
-            print("Training finished; the rater app shows raters the result and stays up "
-                  + ("for its dashboard -- press Ctrl-C to stop it." if interactive else
-                     f"{RESULT_GRACE_S:.0f} s more so that open pages show it."), flush=True)
-            try:
-                app.wait(None if interactive else RESULT_GRACE_S)
-            except KeyboardInterrupt:
-                pass  # the run is complete; Ctrl-C only stops the app
-    except (KeyboardInterrupt, RaterAppStoppedError):  # the app given up on stops train() with its reason
-        if app.failure is None:
-            raise
-        print(f"prefloop: error: {app.failure}; every label so far is stored; {continue_hint(args)}", file=sys.stderr)
-        return 1
-    finally:
-        for signum in previous:  # no second signal cuts the clean-up short
-            signal.signal(signum, signal.SIG_IGN)
-        app.close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    with stop_signals_interrupt() as hold_off_signals:
+        try:
+            result = train(config, resume=args.resume, on_ready=watch_with_app)
+            print_run_summary(result)
+            if app.running():
+                interactive = sys.stdin.isatty()
+                print("Training finished; the rater app shows raters the result and stays up "
+                      + ("for its dashboard -- press Ctrl-C to stop it." if interactive else
+                         f"{RESULT_GRACE_S:.0f} s more so that open pages show it."), flush=True)
+                try:
+                    app.wait(None if interactive else RESULT_GRACE_S)
+                except KeyboardInterrupt:
+                    pass  # the run is complete; Ctrl-C only stops the app
+        except (KeyboardInterrupt, RaterAppStoppedError):  # the app given up on stops train() with its reason
+            if app.failure is None:
+                raise
+            print(f"prefloop: error: {app.failure}; every label so far is stored; {continue_hint(args)}", file=sys.stderr)
+            return 1
+        finally:
+            hold_off_signals()  # no second signal cuts the clean-up short
+            app.close()
     if app.failure is not None:
         print(f"prefloop: error: {app.failure}", file=sys.stderr)
         return 1
@@ -253,6 +250,27 @@ class StopSignal(KeyboardInterrupt):
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise StopSignal(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[Callable[[], None]]:
+    """While inside: SIGTERM and SIGHUP (a timeout, systemd, `docker stop`, a closed terminal)
+    stop the run as Ctrl-C does (:class:`StopSignal`): its clean-up runs (the fit worker, the rater
+    app stopped), every label stays stored, the exit status is 128 + the signal. Yields a function
+    that ignores them from then on (a clean-up no second signal should cut short); the previous
+    handlers are back on leaving."""
+    stop_signals = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {signum: signal.signal(signum, _raise_keyboard_interrupt) for signum in stop_signals}
+
+    def hold_off() -> None:
+        for signum in previous:
+            signal.signal(signum, signal.SIG_IGN)
+
+    try:
+        yield hold_off
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
