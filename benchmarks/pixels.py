@@ -89,7 +89,7 @@ def _env_steps_per_second(env_id: str, steps: int, n_envs: int = 8) -> float:
 
 
 def _train(env_id: str, run_dir: Path, *, steps: int, labels: int, seed: int, reward_source: str,
-           cnn: str, eval_episodes: int) -> dict[str, Any]:
+           cnn: str, eval_episodes: int, background_fit: bool | None = None) -> dict[str, Any]:
     from prefloop.reward_models import RewardModelConfig
     from prefloop.training.config import TrainConfig
     from prefloop.training.loop import train
@@ -97,7 +97,7 @@ def _train(env_id: str, run_dir: Path, *, steps: int, labels: int, seed: int, re
     torch.set_num_threads(1)
     config = TrainConfig(
         env_id=env_id, run_dir=run_dir, labels=labels, steps=steps, seed=seed, progress_bar=False,
-        eval_episodes=eval_episodes, reward_source=reward_source,
+        eval_episodes=eval_episodes, reward_source=reward_source, background_fit=background_fit,
         # image runs: the smaller torso and small batches, so reward fitting fits a CPU core
         reward_model=RewardModelConfig(cnn=cnn, batch_size=8, min_steps_per_fit=50, max_steps_per_fit=200, steps_per_label=2, seed=seed)
         if env_id.startswith("prefloop/") else RewardModelConfig(),
@@ -107,7 +107,7 @@ def _train(env_id: str, run_dir: Path, *, steps: int, labels: int, seed: int, re
         "env_id": env_id, "seed": seed, "steps": steps, "labels": labels if reward_source == "preferences" else 0,
         "reward_source": reward_source, "eval_return_mean": result.eval_return_mean,
         "eval_returns": list(result.eval_returns), "wall_time_s": result.wall_time_s, "cpu_time_s": result.cpu_time_s,
-        "reward_learning_time_s": result.reward_learning_time_s,
+        "reward_learning_time_s": result.reward_learning_time_s, "background_fit": background_fit,
     }
 
 
@@ -153,7 +153,8 @@ def learn(args: argparse.Namespace) -> list[dict[str, Any]]:
         for reward_source in args.reward_sources:
             run_dir = Path(args.run_root) / f"learn-{args.env.replace('/', '_')}-{reward_source}-s{seed}"
             out = _in_process(args.timeout, _train, args.env, run_dir, steps=args.steps, labels=args.labels,
-                              seed=seed, reward_source=reward_source, cnn=args.cnn, eval_episodes=args.eval_episodes)
+                              seed=seed, reward_source=reward_source, cnn=args.cnn, eval_episodes=args.eval_episodes,
+                              background_fit=args.background_fit)
             rows.append({"bench": "learn", "env_id": args.env, "seed": seed, "reward_source": reward_source,
                          "steps": args.steps, "random_return_mean": random_mean, **out})
             print(json.dumps(rows[-1]), flush=True)
@@ -225,6 +226,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--cnn", default="christiano", choices=("nature", "christiano"))
+    parser.add_argument("--background-fit", action=argparse.BooleanOptionalAction, default=None,
+                        help="learn: fits in a second process (default: as `prefloop train` decides)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per train() run")
     parser.add_argument("--run-root", default="bench-out/pixels-runs")
     parser.add_argument("--out", default="bench-out/pixels.jsonl")
