@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,32 @@ class RolloutRewardCallback(BaseCallback):
 
     def _on_training_end(self) -> None:
         self.env.defer(False)
+
+
+class AtLastRolloutEnd(BaseCallback):
+    """Calls ``then()`` once, at the end of the rollout that brings ``model.learn`` to
+    ``total_steps``: before the learner's last update, which reads nothing ``then`` changes (its
+    rollout's rewards are in), so ``then``'s work can overlap that update (PEBBLE's exploration:
+    the first round's fit runs in the worker while the policy's last exploration update runs).
+    :meth:`call_if_missed` calls it after ``learn`` if no rollout end reached ``total_steps``."""
+
+    def __init__(self, total_steps: int, then: Callable[[], None]):
+        super().__init__()
+        self.total_steps = total_steps
+        self.then = then
+        self.called = False
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if not self.called and self.num_timesteps >= self.total_steps:
+            self.call_if_missed()
+
+    def call_if_missed(self) -> None:
+        if not self.called:
+            self.called = True
+            self.then()
 
 
 class CurveCallback(BaseCallback):

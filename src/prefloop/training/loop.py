@@ -62,6 +62,7 @@ from prefloop.training.algos import (
     rewards_wait_for_rollout_end,
 )
 from prefloop.training.callbacks import (
+    AtLastRolloutEnd,
     CheckpointCallback,
     CurveCallback,
     FinishFitCallback,
@@ -294,13 +295,20 @@ def _train(
             learner.fitter = start_background_fitter(store_url, config.run_name or "default", config.torch_threads)
             cleanup.callback(learner.close)
 
-        def collect_first_segments() -> None:
+        def collect_first_segments(then: Callable[[], None]) -> None:
             if config.unsupervised_steps:  # PEBBLE: explore for state entropy, then ask
                 policy_reward.current = StateEntropyReward()
-                model.learn(config.unsupervised_steps, progress_bar=config.progress_bar, tb_log_name="policy")
+                # A simulated teacher's first round at the last rollout's end: every exploration
+                # segment is recorded, and its fit overlaps the policy's last exploration update.
+                # (People's answers take minutes: they are asked once exploration's progress bar is done.)
+                first_round = AtLastRolloutEnd(config.unsupervised_steps, then)
+                model.learn(config.unsupervised_steps, callback=first_round if learner.teacher is not None else None,
+                            progress_bar=config.progress_bar, tb_log_name="policy")
+                first_round.call_if_missed()
                 policy_reward.current = learner.reward_model
             else:
                 collect_random(env, initial_steps, config.seed)
+                then()
             if config.reset_critic:
                 reset_critic_after_exploration(model, config.unsupervised_steps or 0)
 
@@ -464,7 +472,7 @@ def check_run_inputs(config: TrainConfig, spec: EnvSpec, venv: VecEnv) -> Teache
 
 def first_labels(
     learner: PreferenceLearner,
-    collect_first_segments: Callable[[], None],
+    collect_first_segments: Callable[[Callable[[], None]], None],
     first_round: LabelRound,
     initial_steps: int,
     resumed: bool,
@@ -472,16 +480,25 @@ def first_labels(
     curve: list,
 ) -> bool:
     """Before the policy trains on preferences: first segments (a random policy's, or PEBBLE's
-    exploration), the first labels, the first reward model.
+    exploration), the first labels, the first reward model. ``collect_first_segments(then)`` records
+    the segments and calls ``then`` once they are all recorded (it may go on with work that reads
+    neither the segments nor the reward model: exploration's last policy update).
 
     On resume: answer (simulated) or wait for (humans) what is still pending, and refit.
     Returns True when the first fit is still out in the learner's background process: nothing reads
     the model before the first rollout's end, where :class:`FinishFitCallback` takes it back.
     """
+    if resumed:
+        return _first_round(learner, first_round, initial_steps + policy_steps_done, resumed, curve)
+    fit_pending: list[bool] = []
+    collect_first_segments(lambda: fit_pending.append(
+        _first_round(learner, first_round, initial_steps + policy_steps_done, resumed, curve)))
+    return fit_pending[0]
+
+
+def _first_round(learner: PreferenceLearner, first_round: LabelRound, env_step: int, resumed: bool, curve: list) -> bool:
+    """:func:`first_labels`' round once the segments are there: ask, answer or wait, fit."""
     config = learner.config
-    env_step = initial_steps + policy_steps_done
-    if not resumed:
-        collect_first_segments()
     if learner.teacher is not None:
         # On resume, answer what is pending and always refit: labels answered after the checkpoint
         # was written are in the store but not in the checkpoint's reward model.
