@@ -8,6 +8,7 @@ of wrappers it was recorded in.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from gymnasium import spaces
 from prefloop.envs.dmc import INSTALL_HINT as DMC_INSTALL_HINT
 from prefloop.envs.dmc import dmc_available, ensure_dmc_registered, is_dmc_id
 from prefloop.envs.mujoco_render import configure_fast_rendering
+from prefloop.envs.pixels import ATARI_INSTALL_HINT, ensure_atari_registered, is_atari_game, looks_like_atari_id, make_atari_env
 from prefloop.envs.seeding import EpisodeSeeder, RecordedPrecisionActions, needs_recorded_precision
 from prefloop.envs.structured import LeafDictObservation, needs_leaf_dict
 from prefloop.import_paths import ImportPathError, describe, rebuildable
@@ -81,6 +83,8 @@ class EnvSpec:
         if self.factory is None:
             check_env_id(self.env_id)
             make: Callable[..., Any] = lambda **kw: gym.make(self.env_id, **kw)  # noqa: E731
+            if is_atari_game(self.env_id, self.env_kwargs):  # the Atari preset's frames: 84x84 grey, 4 stacked
+                make = lambda **kw: make_atari_env(game=self.env_id, **kw)  # noqa: E731
         elif isinstance(self.factory, str):
             try:
                 make = load_import_path(self.factory, f"env factory of {self.env_id}")
@@ -101,12 +105,16 @@ class EnvSpec:
 
 def check_env_id(env_id: str) -> None:
     """Raise :class:`EnvSetupError` naming close registered ids when ``env_id`` is unknown
-    (a ``dm_control/`` id registers itself first when shimmy is installed: :mod:`prefloop.envs.dmc`)."""
+    (a ``dm_control/`` id registers itself first when shimmy is installed: :mod:`prefloop.envs.dmc`,
+    an ALE id when ale-py is: :mod:`prefloop.envs.pixels`)."""
     ensure_dmc_registered(env_id)
+    ensure_atari_registered(env_id)
     if env_id in gym.registry:
         return
     if is_dmc_id(env_id) and not dmc_available():
         raise EnvSetupError(f"{env_id!r} is a DeepMind Control task. {DMC_INSTALL_HINT}")
+    if looks_like_atari_id(env_id) and importlib.util.find_spec("ale_py") is None:
+        raise EnvSetupError(f"{env_id!r} looks like an Atari game (ale-py is not installed). {ATARI_INSTALL_HINT}")
     if env_id.split("-v")[0] in {"Hopper", "HalfCheetah", "Walker2d", "Swimmer", "Ant", "Humanoid"}:
         hint = " MuJoCo envs need the extra: pip install 'prefloop[mujoco]'."
     else:

@@ -8,7 +8,8 @@ imported), so a pixel run is built, replayed and re-rendered through the same
   ``rgb_array``): the observation is the env's ``rgb_array`` frame, greyscaled and shrunk to
   ``height x width`` uint8 (default 64 x 96, CartPole's 2:3 aspect), the last ``frame_stack``
   frames stacked: ``(frame_stack, height, width)``.
-- ``prefloop/Atari-v0`` (``game=`` any ALE id without frame skip, default Breakout): Gymnasium's
+- ``prefloop/Atari-v0`` (``game=`` any ALE id, default Breakout; ale-py's own ids, e.g.
+  ``ALE/Pong-v5`` or ``PongNoFrameskip-v4``, get the same stack and preset): Gymnasium's
   ``AtariPreprocessing`` (84x84 greyscale, 4-frame max-pool skip, up to 30 no-op starts) and
   ``FrameStackObservation(4)``: ``(4, 84, 84)`` uint8. Needs the ``atari`` extra (ale-py ships the
   ROMs; opencv resizes). Losing a life does *not* end the episode: an episode must start at a
@@ -21,6 +22,7 @@ normal full-colour frame, so a rater's clips look the same as for the state-base
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import gymnasium as gym
@@ -89,9 +91,7 @@ def make_atari_env(
     try:
         import ale_py
     except ImportError as exc:
-        raise gym.error.DependencyNotInstalled(
-            "Atari envs need ale-py and opencv: pip install 'prefloop[atari]'"
-        ) from exc
+        raise gym.error.DependencyNotInstalled(ATARI_INSTALL_HINT) from exc
     gym.register_envs(ale_py)
     inner = gym.make(game, render_mode=render_mode, frameskip=1, **kwargs)
     env = gym.wrappers.AtariPreprocessing(
@@ -99,6 +99,47 @@ def make_atari_env(
         grayscale_obs=True, scale_obs=False,
     )
     return FrameStackObservation(env, int(frame_stack))
+
+
+ATARI_INSTALL_HINT = "Atari games need ale-py and opencv: pip install 'prefloop[atari]'"
+_ALE_ENTRY_POINT = "ale_py.env:AtariEnv"
+
+
+def looks_like_atari_id(env_id: str) -> bool:
+    """Whether ``env_id`` has the form of an id ale-py registers (``ALE/Pong-v5``,
+    ``PongNoFrameskip-v4``, ``PongDeterministic-v4``, ``Pong-v4``), before ale-py is imported."""
+    name = env_id.rsplit("-v", 1)[0]
+    return env_id.startswith("ALE/") or name.endswith(("NoFrameskip", "Deterministic")) or (
+        "/" not in env_id and name.isalpha() and name[:1].isupper() and env_id.rsplit("-v", 1)[-1] in ("0", "4"))
+
+
+def ensure_atari_registered(env_id: str) -> None:
+    """Register ale-py's ids (Gymnasium 1.x registers them only when asked) when ``env_id`` looks
+    like one of them and is not registered yet; a no-op otherwise, and when ale-py is not installed."""
+    if env_id in gym.registry or not looks_like_atari_id(env_id) or importlib.util.find_spec("ale_py") is None:
+        return
+    import ale_py
+
+    gym.register_envs(ale_py)
+
+
+def is_atari_game(env_id: str, env_kwargs: dict[str, Any] | None = None) -> bool:
+    """Whether ``env_id`` is an ALE game seen as images (not ``obs_type="ram"``): such an id gets
+    the Atari preset and its preprocessing (:func:`make_atari_env` with ``game=env_id``)."""
+    ensure_atari_registered(env_id)
+    spec = gym.registry.get(env_id)
+    if spec is None or spec.entry_point != _ALE_ENTRY_POINT:
+        return False
+    obs_type = {**spec.kwargs, **(env_kwargs or {})}.get("obs_type", "rgb")
+    return obs_type in ("rgb", "grayscale")
+
+
+def atari_game_name(game: str) -> str:
+    """``"ALE/MsPacman-v5"`` or ``"MsPacmanNoFrameskip-v4"`` -> ``"MsPacman"``."""
+    name = game.split("/")[-1].rsplit("-v", 1)[0]
+    for suffix in ("NoFrameskip", "Deterministic"):
+        name = name.removesuffix(suffix)
+    return name
 
 
 def register_pixel_envs() -> None:

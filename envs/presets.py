@@ -11,7 +11,7 @@ import copy
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from prefloop.envs.pixels import ATARI_ID, DEFAULT_ATARI_GAME, PIXEL_CARTPOLE_ID
+from prefloop.envs.pixels import ATARI_ID, DEFAULT_ATARI_GAME, PIXEL_CARTPOLE_ID, atari_game_name, is_atari_game
 from prefloop.envs.timing import default_segment_length
 
 
@@ -56,6 +56,13 @@ class EnvPreset:
         """A deep copy: nested dicts (``policy_kwargs``) must not carry one run's changes into the next."""
         return copy.deepcopy(self.algo_kwargs.get(algo, {}))
 
+    def guideline_for(self, env_kwargs: dict[str, Any]) -> str:
+        """The raters' question for a run with ``env_kwargs``: the Atari preset's names its ``game``."""
+        game = env_kwargs.get("game")
+        if self.env_id == ATARI_ID and isinstance(game, str):
+            return atari_guideline(game)
+        return self.guideline
+
     def envs_for(self, algo: str) -> int:
         return self.n_envs.get(algo, 1 if algo in OFF_POLICY_ALGOS else 4)
 
@@ -73,6 +80,16 @@ _CARTPOLE_PPO: dict[str, Any] = dict(
 )
 
 OFF_POLICY_ALGOS = frozenset({"sac", "td3", "ddpg", "dqn"})
+
+
+def atari_guideline(game: str) -> str:
+    """The raters' question for an ALE game (``"BreakoutNoFrameskip-v4"``, ``"ALE/Pong-v5"``)."""
+    name = atari_game_name(game)
+    if name == "Breakout":
+        return "Which player breaks more bricks and keeps the ball in play?"
+    return f"Which player plays {name} better: scores more points and loses fewer?"
+
+
 
 PRESETS: dict[str, EnvPreset] = {
     preset.env_id: preset
@@ -177,7 +194,7 @@ PRESETS: dict[str, EnvPreset] = {
             algo_kwargs={"ppo": _ATARI_PPO},
             n_envs={"ppo": 8},
             label_budgets=(200, 500),
-            guideline="Which player breaks more bricks and keeps the ball in play?",
+            guideline=atari_guideline(DEFAULT_ATARI_GAME),
             env_kwargs={"game": DEFAULT_ATARI_GAME},
         ),
         *[
@@ -258,6 +275,8 @@ def default_preset(env_id: str) -> EnvPreset:
     preset = PRESETS.get(env_id)
     if preset is not None:
         return preset
+    if is_atari_game(env_id):  # ale-py's own ids (ALE/Pong-v5, PongNoFrameskip-v4): the Atari preset, that game
+        return replace(PRESETS[ATARI_ID], env_id=env_id, env_kwargs={}, guideline=atari_guideline(env_id))
     return EnvPreset(env_id=env_id, segment_length=default_segment_length(env_id), action_squares=True)
 
 

@@ -180,6 +180,43 @@ def test_atari_preset_gives_stacked_uint8_frames_and_replays_for_clips() -> None
     assert frames.shape == (11, 210, 160, 3) and frames.max() > 0
 
 
+def test_ale_ids_get_the_atari_preset_and_its_frames_and_name_their_game() -> None:
+    """ale-py's own ids (Gymnasium 1.x registers them only when asked) work as --env: the Atari
+    preset's settings and frames (84x84 grey, 4 stacked), the raters asked about that game."""
+    pytest.importorskip("ale_py")
+    from prefloop.envs.presets import default_preset
+    from prefloop.training.config import TrainConfig
+
+    for env_id in ("ALE/Pong-v5", "PongNoFrameskip-v4"):
+        preset = default_preset(env_id)
+        assert (preset.env_id, preset.segment_length, preset.algo, preset.env_kwargs) == (env_id, 25, "ppo", {})
+        assert "Pong" in preset.guideline and "bricks" not in preset.guideline
+    segments = pixel_segments("ALE/Pong-v5", steps=120, length=10)
+    assert segments[0].obs.shape == (10, 4, 84, 84) and segments[0].obs.dtype == np.uint8 and segments[0].obs.max() > 0
+    frames = render_segment(EnvSpec("ALE/Pong-v5"), segments[0])  # a person's clip: the game's own colour frames
+    assert frames.shape == (11, 210, 160, 3) and frames.max() > 0
+    # the preset's own id names the game it is given
+    assert "Pong" in TrainConfig(env_id=ATARI_ID, run_dir="r", env_kwargs={"game": "ALE/Pong-v5"}).resolve().guideline
+    assert "bricks" in TrainConfig(env_id=ATARI_ID, run_dir="r").resolve().guideline
+    # RAM observations are not images: the env as ale-py makes it
+    assert EnvSpec("ALE/Pong-v5", {"obs_type": "ram"}).build().observation_space.shape == (128,)
+
+
+def test_an_atari_id_without_ale_py_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from prefloop.envs import EnvSetupError, check_env_id
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ale_py" else real_find_spec(name, *a))
+    for env_id in ("ALE/Qbert-v5", "QbertNoFrameskip-v4"):
+        monkeypatch.delitem(gym.registry, env_id, raising=False)  # as before ale-py registered its ids
+        with pytest.raises(EnvSetupError, match=r"Atari game.*pip install 'prefloop\[atari\]'"):
+            check_env_id(env_id)
+    with pytest.raises(EnvSetupError, match="Unknown environment id 'CartPol-v1'. Did you mean 'CartPole-v1'"):
+        check_env_id("CartPol-v1")
+
+
 @pytest.mark.slow
 def test_tiny_pixel_run_trains_a_cnn_reward_and_a_cnn_policy(tmp_path: Path) -> None:
     from prefloop.training.config import TrainConfig

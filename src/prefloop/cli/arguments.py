@@ -105,7 +105,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--env", default="CartPole-v1",
         help=f"Gymnasium env id, or a pixel preset: {PIXEL_CARTPOLE_ID} (CartPole from its rendering), "
-             f"{ATARI_ID} (Breakout; pip install 'prefloop[atari]'), DeepMind Control walker_walk or cheetah_run "
+             f"{ATARI_ID} (Breakout), an ALE game such as ALE/Pong-v5 (the same preprocessing; pip install "
+             "'prefloop[atari]'), DeepMind Control walker_walk or cheetah_run "
              "(or dm_control/<domain>-<task>-v0; pip install 'prefloop[dmc]') (default: CartPole-v1)")
     parser.add_argument("--teacher", default="oracle", type=teacher_name, metavar="TEACHER",
                         help="'human' (people in the rater app; only `prefloop run` starts it), a simulated teacher ("

@@ -255,7 +255,8 @@ class TrainConfig:
             self,
             run_dir=Path(self.run_dir),
             run_name=self.run_name or Path(self.run_dir).name,
-            guideline=self.guideline if self.guideline and self.guideline.strip() else preset.guideline,
+            guideline=(self.guideline if self.guideline and self.guideline.strip()
+                       else preset.guideline_for({**preset.env_kwargs, **self.env_kwargs})),
             unsupervised_steps=(
                 self.unsupervised_steps if self.unsupervised_steps is not None
                 else (preset.unsupervised_steps if self.reward_source == "preferences" else 0)
