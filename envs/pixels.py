@@ -105,18 +105,19 @@ ATARI_INSTALL_HINT = "Atari games need ale-py and opencv: pip install 'prefloop[
 _ALE_ENTRY_POINT = "ale_py.env:AtariEnv"
 
 
-def looks_like_atari_id(env_id: str) -> bool:
-    """Whether ``env_id`` has the form of an id ale-py registers (``ALE/Pong-v5``,
-    ``PongNoFrameskip-v4``, ``PongDeterministic-v4``, ``Pong-v4``), before ale-py is imported."""
-    name = env_id.rsplit("-v", 1)[0]
+def looks_like_atari_id(env_id: str, plain_names: bool = False) -> bool:
+    """Whether ``env_id`` has the form of an id ale-py registers, before ale-py is imported:
+    ``ALE/Pong-v5``, ``PongNoFrameskip-v4``, ``PongDeterministic-v4``; with ``plain_names`` also
+    ``Pong-v4`` (a form other envs share: ``CartPol-v0`` is a typo, not a game)."""
+    name, _, version = env_id.rpartition("-v")
     return env_id.startswith("ALE/") or name.endswith(("NoFrameskip", "Deterministic")) or (
-        "/" not in env_id and name.isalpha() and name[:1].isupper() and env_id.rsplit("-v", 1)[-1] in ("0", "4"))
+        plain_names and "/" not in env_id and name.isalpha() and name[:1].isupper() and version in ("0", "4"))
 
 
 def ensure_atari_registered(env_id: str) -> None:
     """Register ale-py's ids (Gymnasium 1.x registers them only when asked) when ``env_id`` looks
     like one of them and is not registered yet; a no-op otherwise, and when ale-py is not installed."""
-    if env_id in gym.registry or not looks_like_atari_id(env_id) or importlib.util.find_spec("ale_py") is None:
+    if env_id in gym.registry or not looks_like_atari_id(env_id, plain_names=True) or importlib.util.find_spec("ale_py") is None:
         return
     import ale_py
 

@@ -213,8 +213,9 @@ def test_an_atari_id_without_ale_py_says_what_to_install(monkeypatch: pytest.Mon
         monkeypatch.delitem(gym.registry, env_id, raising=False)  # as before ale-py registered its ids
         with pytest.raises(EnvSetupError, match=r"Atari game.*pip install 'prefloop\[atari\]'"):
             check_env_id(env_id)
-    with pytest.raises(EnvSetupError, match="Unknown environment id 'CartPol-v1'. Did you mean 'CartPole-v1'"):
-        check_env_id("CartPol-v1")
+    for typo in ("CartPol-v1", "CartPol-v0"):  # not a game: the usual suggestion
+        with pytest.raises(EnvSetupError, match=f"Unknown environment id '{typo}'. Did you mean 'CartPole-v"):
+            check_env_id(typo)
 
 
 @pytest.mark.slow
