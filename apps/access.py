@@ -88,12 +88,8 @@ def parse_app_args(argv: Sequence[str], environ: Mapping[str, str] | None = None
             "the rater app needs the preference store's URL: pass --db-url URL after '--' "
             f"(or set {ENV_DB_URL}); start it with `prefloop rate --run-dir RUN_FOLDER`"
         )
-    lease = _number(args.lease_seconds)
-    if not (math.isfinite(lease) and lease >= 5):
-        raise AppConfigError(f"--lease-seconds must be a number of seconds >= 5, got {args.lease_seconds!r}")
-    idle = _number(args.idle_seconds)
-    if not (math.isfinite(idle) and idle >= 5):
-        raise AppConfigError(f"--idle-seconds must be a number of seconds >= 5, got {args.idle_seconds!r}")
+    lease, idle, breaks = _number(args.lease_seconds), _number(args.idle_seconds), _number(args.break_minutes)
+    check_timings(lease, idle, breaks)
     rate = _number(args.max_answers_per_minute)
     if not (math.isfinite(rate) and rate >= 1 and rate == int(rate)):
         raise AppConfigError(
@@ -101,14 +97,25 @@ def parse_app_args(argv: Sequence[str], environ: Mapping[str, str] | None = None
         )
     token = check_token_value(args.token or environ.get(ENV_TOKEN), "--token")
     admin_token = check_token_value(args.admin_token or environ.get(ENV_ADMIN_TOKEN), "--admin-token")
-    breaks = _number(args.break_minutes)
-    if not (math.isfinite(breaks) and breaks >= 0):
-        raise AppConfigError(f"--break-minutes must be a number of minutes >= 0 (0: no reminder), got {args.break_minutes!r}")
     return AppConfig(
         break_minutes=breaks,
         db_url=db_url, run_name=args.run_name, token=token, admin_token=admin_token, lease_seconds=lease,
         idle_seconds=idle, invite_only=bool(args.invite_only), max_answers_per_minute=int(rate),
     )
+
+
+def check_timings(lease_seconds: float | None, idle_seconds: float | None, break_minutes: float | None) -> None:
+    """Refuse lease, idle and break settings the app cannot work with (None: the default).
+
+    Raises:
+        AppConfigError: naming the option and what it takes.
+    """
+    if lease_seconds is not None and not (math.isfinite(lease_seconds) and lease_seconds >= 5):
+        raise AppConfigError(f"--lease-seconds must be a number of seconds >= 5, got {lease_seconds:g}")
+    if idle_seconds is not None and not (math.isfinite(idle_seconds) and idle_seconds >= 5):
+        raise AppConfigError(f"--idle-seconds must be a number of seconds >= 5, got {idle_seconds:g}")
+    if break_minutes is not None and not (math.isfinite(break_minutes) and break_minutes >= 0):
+        raise AppConfigError(f"--break-minutes must be a number of minutes >= 0 (0: no reminder), got {break_minutes:g}")
 
 
 def _number(text: str) -> float:

@@ -16,6 +16,7 @@ from prefloop.apps.access import (
     ENV_TOKEN,
     AppConfigError,
     check_exposure,
+    check_timings,
     check_token_value,
 )
 from prefloop.apps.launch import (
@@ -102,6 +103,7 @@ def cmd_rate(args: argparse.Namespace) -> int:
         check_token_value(args.token, "--token")
         check_token_value(args.admin_token, "--admin-token")
         check_exposure(args.host, args.token, args.admin_token)
+        check_timings(args.lease_seconds, args.idle_seconds, args.break_minutes)
         check_port_free(args.host, args.port)
     except (AppConfigError, AppStartError) as exc:
         raise RateCommandError(str(exc)) from None

@@ -36,6 +36,7 @@ from prefloop.apps.access import (
     ENV_DB_URL,
     ENV_TOKEN,
     check_exposure,
+    check_timings,
     check_token_value,
 )
 
@@ -196,6 +197,7 @@ def launch_rater_app(
     check_token_value(token, "token")
     check_token_value(admin_token, "admin_token")
     check_exposure(host, token, admin_token, token_flag="token", admin_flag="admin_token")
+    check_timings(lease_seconds, idle_seconds, break_minutes)
     if not 0 < int(port) < 65536:
         raise ValueError(f"port must be between 1 and 65535, got {port}")
     served_dir = served_folder(db_url, run_name, host, port)

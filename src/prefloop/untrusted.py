@@ -43,6 +43,7 @@ __all__ = [
     "plain_text",
     "read_npz",
     "read_regular_file",
+    "read_users_text",
 ]
 
 EXCERPT_CHARS = 80
@@ -153,6 +154,23 @@ def read_regular_file(folder: Path, name: str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise TooLargeError(f"{name} grew beyond the limit of {max_bytes:,} bytes while read")
     return data
+
+
+def read_users_text(path: Path, max_chars: int) -> str:
+    """A text file the user names on the command line (links followed), read no further than
+    ``max_chars`` UTF-8 characters can take, so ``/dev/zero`` or a huge file costs no memory.
+
+    Raises:
+        TooLargeError: the file holds more than ``max_chars`` characters.
+        OSError, UnicodeDecodeError: as ``Path.read_text`` would.
+    """
+    max_bytes = 4 * max_chars  # UTF-8 takes at most 4 bytes a character
+    with open(path, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    text = data[:max_bytes].decode("utf-8", errors="ignore" if len(data) > max_bytes else "strict")
+    if len(data) > max_bytes or len(text) > max_chars:
+        raise TooLargeError(f"{path} holds more than {max_chars:,} characters")
+    return text
 
 
 # -- JSON ---------------------------------------------------------------------------------------

@@ -284,11 +284,15 @@ def _execute_on_ray(jobs: list[Job], workers: int, address: str | None, finished
     try:
         import ray
     except ImportError as exc:
-        raise ValueError("--ray needs Ray: pip install 'prefloop[ray]'") from exc
+        raise ConfigError("--ray needs Ray: pip install 'prefloop[ray]'") from exc
     started_here = not ray.is_initialized()
     if started_here:
         if address:
-            ray.init(address=address, log_to_driver=False)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ValueError, ConnectionError, RuntimeError) as exc:
+                raise ConfigError(f"--ray-address {address}: no Ray cluster there ({exc}); give the head's "
+                                  "address, e.g. ray://HOST:10001 or HOST:6379, or leave it out for a local Ray") from None
         else:
             # A private local instance on loopback only; the dashboard is not needed.
             ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)

@@ -15,6 +15,14 @@ from prefloop.training.algos import ALGORITHMS
 from prefloop.training.query import DEFAULT_QUERY, QUERY_METHODS
 
 
+def ray_address(text: str) -> str:
+    """An argparse type: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` (what ``ray.init(address=...)`` takes)."""
+    host, _, port = text.removeprefix("ray://").rpartition(":")
+    if text == "auto" or (host and port.isdigit() and 0 < int(port) < 65536 and not any(c in host for c in "/ ")):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, HOST:PORT or ray://HOST:PORT (e.g. ray://head:10001), got {text!r}")
+
+
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``prefloop bench`` to the CLI's subparsers."""
     bench_p = subparsers.add_parser("bench", help="preference runs vs. true-reward and random baselines, over a grid")
@@ -56,14 +64,19 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     bench_p.add_argument("--currency", default="USD", help="currency shown beside costs (default: USD)")
     bench_p.add_argument("--out", default="bench-out/latest", help="output folder")
     bench_p.add_argument("--ray", action="store_true", help="run on a local Ray instance instead of a process pool")
-    bench_p.add_argument("--ray-address", default=None, help="run on the Ray cluster at this address (e.g. ray://head:10001)")
+    bench_p.add_argument("--ray-address", default=None, type=ray_address, help="run on the Ray cluster at this address (e.g. ray://head:10001)")
     bench_p.set_defaults(func=cmd_bench)
     return bench_p
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from prefloop.bench.sweep import BenchConfig, run_bench
+    from prefloop.training.config import ConfigError
 
+    for flag, values in (("--envs", args.envs), ("--labels", args.labels), ("--seeds", args.seeds)):
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:  # the same run twice: the second would find the first's folder
+            raise ConfigError(f"{flag} lists {', '.join(twice)} more than once; give each once")
     config = BenchConfig(
         envs=tuple(args.envs),
         label_budgets=tuple(args.labels),

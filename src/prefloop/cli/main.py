@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -131,6 +132,29 @@ def _reward_model_config(args: argparse.Namespace) -> RewardModelConfig:
                                  action_squares=args.action_squares)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+# What to do about a path the system refused (an output folder under a file, one we may not write...).
+PATH_FIXES = {
+    errno.ENOTDIR: "a part of that path is a file, not a folder; choose another path",
+    errno.EISDIR: "it is a folder; give the path of a file",
+    errno.EEXIST: "it exists already; choose a new path",
+    errno.ENOENT: "its folder does not exist; create it or choose another path",
+    errno.EACCES: "you may not write or read there; choose another path or change its permissions",
+    errno.EPERM: "you may not write or read there; choose another path or change its permissions",
+    errno.EROFS: "that file system is read-only; choose another path",
+    errno.ENOSPC: "the disk is full; free some space and run the command again",
+    errno.ENAMETOOLONG: "choose a shorter path",
+}
+
+
+def path_problem(exc: OSError) -> str | None:
+    """One line for an OSError about a file or folder the user named (None for any other OSError:
+    that one keeps its traceback)."""
+    fix = PATH_FIXES.get(exc.errno) if exc.errno is not None else None
+    if fix is None or exc.filename is None:
+        return None
+    return f"cannot use {exc.filename}: {exc.strerror or type(exc).__name__}; {fix} (what is stored is kept)"
 
 
 def continue_hint(args: argparse.Namespace) -> str:
@@ -374,6 +398,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except USER_ERRORS as exc:
         print(f"prefloop: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        problem = path_problem(exc)
+        if problem is None:
+            raise
+        logging.getLogger("prefloop").debug("where the path was refused", exc_info=True)  # with -v
+        print(f"prefloop: error: {problem}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(f"prefloop: interrupted; every label so far is stored; {continue_hint(args)}", file=sys.stderr)

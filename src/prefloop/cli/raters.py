@@ -26,6 +26,7 @@ from prefloop.serialization import strict_json
 from prefloop.store import PreferenceStore
 from prefloop.store.identity import IdentityError, invite
 from prefloop.training.config import ConfigError
+from prefloop.untrusted import TooLargeError, read_users_text
 
 ENV_RATER_TOKEN = "PREFLOOP_RATER_TOKEN"
 
@@ -118,12 +119,12 @@ def cmd_raters_guideline(args: argparse.Namespace) -> int:
     )
 
     try:
-        text = args.file.read_text(encoding="utf-8")
+        text = read_users_text(args.file, MAX_GUIDELINE_PAGE_CHARS)
+    except TooLargeError:
+        raise ConfigError(f"{args.file} has more than {MAX_GUIDELINE_PAGE_CHARS} characters; a guideline page holds "
+                          f"at most {MAX_GUIDELINE_PAGE_CHARS} (keep it short: raters read it while rating)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the guideline file {args.file}: {exc}; pass a UTF-8 Markdown file") from None
-    if len(text) > MAX_GUIDELINE_PAGE_CHARS:
-        raise ConfigError(f"{args.file} has {len(text)} characters; a guideline page holds at most "
-                          f"{MAX_GUIDELINE_PAGE_CHARS} (keep it short: raters read it while rating)")
     text = text.replace("\x00", "")
     examples = [b.pair_id for b in render_guideline(text) if hasattr(b, "pair_id")]
     with _open_store(args) as store:

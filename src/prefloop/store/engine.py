@@ -96,14 +96,15 @@ def create_store_engine(url: URL, *, read_only: bool) -> Engine:
         else:
             engine = create_engine(url, connect_args=wait_limit_args(url))
     except (ArgumentError, ImportError) as exc:
-        raise _unusable_url(url, exc) from None
+        raise unusable_url_error(url, exc) from None
     if is_sqlite:
         event.listen(engine, "connect", _on_sqlite_connect_read_only if read_only else _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
     return engine
 
 
-def _unusable_url(url: URL, exc: BaseException) -> StoreError:
+def unusable_url_error(url: URL, exc: BaseException) -> StoreError:
+    """The one line for a URL SQLAlchemy cannot use (an unknown dialect, a driver not installed)."""
     return StoreError(
         f"cannot use database URL {url.render_as_string(hide_password=True)} ({exc}); prefloop "
         "stores work on SQLite (sqlite:///path) and PostgreSQL (postgresql+psycopg://...)"
@@ -151,10 +152,7 @@ def check_store_url(url: str) -> None:
     try:
         engine = create_engine(parsed, poolclass=NullPool, connect_args=wait_limit_args(parsed))
     except (ArgumentError, ImportError) as exc:
-        raise StoreError(
-            f"cannot use database URL {parsed.render_as_string(hide_password=True)} ({exc}); prefloop "
-            "stores work on SQLite (sqlite:///path) and PostgreSQL (postgresql+psycopg://...)"
-        ) from None
+        raise unusable_url_error(parsed, exc) from None
     try:
         with engine.connect() as conn:
             tables = set(inspect(conn).get_table_names())

@@ -47,12 +47,14 @@ from prefloop.teachers.simulated import (
     TeacherConfigError,
 )
 from prefloop.types import Choice, Segment
+from prefloop.untrusted import TooLargeError, read_users_text
 
 if TYPE_CHECKING:
     from prefloop.store import PreferenceStore
 
 FITTED_PREFIX = "fitted:"
 SCHEMA = "prefloop.raters-fit/1"
+MAX_FIT_FILE_CHARS = 16_000_000  # a few kB a rater: far above any real fit, below a mistaken --json /dev/zero
 INTERVAL = 0.9
 # beta * median |D| is searched in [1e-3, 1e3]: at the top the rater is deterministic.
 _BETA_SCALED_BOUNDS = (1e-3, 1e3)
@@ -369,7 +371,10 @@ def load_fit(path: str | Path, rater: str | None) -> RaterFit:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_users_text(path, MAX_FIT_FILE_CHARS))
+    except TooLargeError:
+        raise TeacherConfigError(f"{path} holds more than {MAX_FIT_FILE_CHARS:,} characters: not a rater fit; write "
+                                 f"one with `prefloop raters fit --json {path}`") from None
     except OSError as exc:
         raise TeacherConfigError(f"cannot read the rater fit {path}: {exc.strerror or exc}; write it with `prefloop raters fit --json {path}`") from None
     except ValueError as exc:

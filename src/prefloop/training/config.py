@@ -176,6 +176,9 @@ class TrainConfig:
         _check_user_object(self.policy, "policy", "a policy name such as 'MlpPolicy', a policy class, or its import path", names=True)
         _check(_is_one_line(self.env_id, 200) and bool(self.env_id.strip()), "env_id", self.env_id,
                "a Gymnasium id such as 'CartPole-v1' (at most 200 characters)")
+        for name, value in vars(self).items():  # what config.json can hold, or --resume could not read it back
+            if isinstance(value, int) and not isinstance(value, bool):
+                _check(-(2**63) <= value < 2**63, name, value, "an integer that fits in 64 bits")
         _check(self.labels >= 0, "labels", self.labels, "an integer >= 0")
         _check(self.steps is None or self.steps > 0, "steps", self.steps, "an integer > 0")
         _check(self.n_envs is None or self.n_envs >= 1, "n_envs", self.n_envs, "an integer >= 1")

@@ -132,8 +132,11 @@ def _engine(url: str, is_sqlite: bool, repair: bool) -> Engine:
     if is_sqlite and not repair:
         path = Path(parsed.database or "")
         return create_engine("sqlite://", creator=lambda: open_sqlite_read_only(path), poolclass=NullPool)
-    return create_engine(parsed, connect_args={"timeout": store_engine.SQLITE_BUSY_TIMEOUT_S} if is_sqlite
-                         else store_engine.wait_limit_args(parsed))
+    try:
+        return create_engine(parsed, connect_args={"timeout": store_engine.SQLITE_BUSY_TIMEOUT_S} if is_sqlite
+                             else store_engine.wait_limit_args(parsed))
+    except (ArgumentError, ImportError) as exc:
+        raise store_engine.unusable_url_error(parsed, exc) from None
 
 
 def _sqlite_integrity(path: Path, report: DoctorReport) -> bool:

@@ -1,0 +1,106 @@
+"""Hostile paths, numbers and files at the command line: one line naming the problem and the fix,
+exit code 2, no traceback, nothing written and no memory spent on what was refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prefloop.cli.main import main
+from prefloop.store import sqlite_url
+from prefloop.untrusted import TooLargeError, read_users_text
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("prefloop")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_an_output_path_under_a_file_is_one_line_for_every_command(capsys, tmp_path: Path) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    for args in (
+        ["train", "--env", "CartPole-v1", "--labels", "10", "--steps", "3000", "--run-dir", str(a_file / "sub"), "--no-progress"],
+        ["bench", "--envs", "CartPole-v1", "--labels", "10", "--seeds", "0", "--steps", "3000", "--workers", "1",
+         "--out", str(a_file / "sub")],
+    ):
+        code, err = run_cli(capsys, *args)
+        assert code == 2
+        line = one_error_line(err)
+        assert f"cannot use {a_file / 'sub'}: Not a directory" in line and "a file, not a folder" in line
+    assert a_file.read_text() == "mine"
+
+
+def test_a_number_config_json_could_not_hold_is_refused_before_the_run_starts(capsys, tmp_path: Path) -> None:
+    code, err = run_cli(capsys, "train", "--env", "CartPole-v1", "--steps", "99999999999999999999",
+                        "--run-dir", str(tmp_path / "r"), "--no-progress")
+    assert code == 2 and "steps must be an integer that fits in 64 bits" in one_error_line(err)
+    assert not (tmp_path / "r").exists()  # (such a run could never be resumed: config.json refuses it)
+
+
+def test_doctor_names_an_unusable_database_url_without_its_password(capsys) -> None:
+    code, err = run_cli(capsys, "doctor", "--db-url", "foo://u:hunter2secret@127.0.0.1/db")
+    line = one_error_line(err)
+    assert code == 2 and "cannot use database URL foo://u:***@127.0.0.1/db" in line and "PostgreSQL" in line
+    assert "hunter2secret" not in err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--seeds", "0", "0"], "--seeds lists 0 more than once"),
+    (["--envs", "CartPole-v1", "CartPole-v1"], "--envs lists CartPole-v1 more than once"),
+])
+def test_bench_refuses_the_same_run_twice_before_anything_runs(capsys, tmp_path: Path, args, expected) -> None:
+    code, err = run_cli(capsys, "bench", "--labels", "10", "--steps", "3000", "--workers", "1",
+                        "--out", str(tmp_path / "b"), *args)
+    assert code == 2 and expected in one_error_line(err)
+    assert not (tmp_path / "b").exists()
+
+
+def test_bench_refuses_a_ray_address_ray_could_not_use(capsys, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--ray-address", "foo", "--out", str(tmp_path / "b")])
+    assert exit_.value.code == 2
+    assert "--ray-address: expected auto, HOST:PORT or ray://HOST:PORT" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--lease-seconds", "-1"], "--lease-seconds must be a number of seconds >= 5, got -1"),
+    (["--idle-seconds", "0"], "--idle-seconds must be a number of seconds >= 5, got 0"),
+    (["--break-minutes", "-3"], "--break-minutes must be a number of minutes >= 0"),
+])
+def test_rate_refuses_timings_the_app_cannot_use_before_it_starts(capsys, tmp_path: Path, args, expected) -> None:
+    """(Before, the app started and only a person opening the page saw the error.)"""
+    code, err = run_cli(capsys, "rate", "--db-url", sqlite_url(tmp_path / "prefs.sqlite"), "--port", "8599", *args)
+    assert code == 2 and expected in one_error_line(err)
+    assert not (tmp_path / "prefs.sqlite").exists()
+
+
+def test_a_guideline_file_is_read_no_further_than_a_page(capsys, tmp_path: Path) -> None:
+    huge = tmp_path / "guideline.md"
+    huge.write_text("x" * 100_000)
+    code, err = run_cli(capsys, "raters", "guideline", "--db-url", sqlite_url(tmp_path / "prefs.sqlite"), "--file", str(huge))
+    assert code == 2 and "has more than 20000 characters" in one_error_line(err)
+    assert not (tmp_path / "prefs.sqlite").exists()
+
+
+def test_reading_a_users_text_file_stops_at_its_limit(tmp_path: Path) -> None:
+    text = "é" * 10  # two bytes each: the limit is in characters
+    (tmp_path / "ok.md").write_text(text, encoding="utf-8")
+    assert read_users_text(tmp_path / "ok.md", 10) == text
+    with pytest.raises(TooLargeError, match="more than 9 characters"):
+        read_users_text(tmp_path / "ok.md", 9)
+    with pytest.raises(TooLargeError):
+        read_users_text(Path("/dev/zero"), 1_000)  # endless: read only as far as 1,000 characters can take
+    (tmp_path / "bad.md").write_bytes(b"\xff\xfe")
+    with pytest.raises(UnicodeDecodeError):
+        read_users_text(tmp_path / "bad.md", 10)
