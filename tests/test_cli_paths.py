@@ -104,3 +104,34 @@ def test_reading_a_users_text_file_stops_at_its_limit(tmp_path: Path) -> None:
     (tmp_path / "bad.md").write_bytes(b"\xff\xfe")
     with pytest.raises(UnicodeDecodeError):
         read_users_text(tmp_path / "bad.md", 10)
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(1)", "ftp://host/", "http://", "https://h/?a=1", "127.0.0.1:8501"])
+def test_a_rater_link_starts_only_from_the_apps_web_address(capsys, tmp_path: Path, url: str) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["raters", "add", "alice", "--db-url", sqlite_url(tmp_path / "prefs.sqlite"), "--url", url])
+    assert exit_.value.code == 2 and "expected the app's address, http(s)://HOST[:PORT]/" in capsys.readouterr().err
+    assert not (tmp_path / "prefs.sqlite").exists()  # and no rater was added
+
+
+def test_the_resume_hint_of_a_run_whose_password_was_in_the_url_says_where_it_goes(tmp_path: Path) -> None:
+    """config.json keeps the URL without its password: resuming needs it again, from a safe place."""
+    from prefloop.cli.main import build_parser, continue_hint
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    with_password = build_parser().parse_args(["train", "--run-dir", str(run), "--db-url", "postgresql+psycopg://u:pw9secret@127.0.0.1/db"])
+    hint = continue_hint(with_password)
+    assert "--resume" in hint and "$PREFLOOP_DB_PASSWORD or --db-password-file" in hint and "pw9secret" not in hint
+    without = build_parser().parse_args(["train", "--run-dir", str(run), "--db-url", "postgresql+psycopg://u@127.0.0.1/db"])
+    assert "PASSWORD" not in continue_hint(without)
+
+
+def test_too_few_steps_for_a_presets_exploration_names_the_preset_and_both_fixes(capsys, tmp_path: Path) -> None:
+    code, err = run_cli(capsys, "train", "--env", "Acrobot-v1", "--labels", "10", "--steps", "3000",
+                        "--run-dir", str(tmp_path / "r"), "--no-progress")
+    line = one_error_line(err)
+    assert code == 2 and "Acrobot-v1's preset explores for 20000 steps" in line
+    assert "--steps" in line and "--unsupervised-steps" in line
+    assert not (tmp_path / "r").exists()

@@ -53,6 +53,8 @@ def test_episodes_without_a_time_limit_are_cut(caplog):
     with caplog.at_level("WARNING", logger="prefloop"):
         assert evaluate(model, EnvSpec(ENV_ID), episodes=1, seed=0) == [float(UNLIMITED_EPISODE_CAP)]
     assert "no time limit" in caplog.text
+    # ... and afterwards, that the return is one of an episode that never ended (not a score)
+    assert f"1 of 1 evaluation episodes never ended: each was cut at {UNLIMITED_EPISODE_CAP} steps" in caplog.text
 
 
 def _never_ends_in_100() -> gym.Env:

@@ -24,6 +24,9 @@ from sqlalchemy.exc import ArgumentError
 
 ENV_DB_PASSWORD = "PREFLOOP_DB_PASSWORD"
 ENV_DB_PASSWORD_FILE = "PREFLOOP_DB_PASSWORD_FILE"
+# Where a password may come from, for messages about a server that refused or is unreachable.
+PASSWORD_SOURCES = (f"${ENV_DB_PASSWORD}, --db-password-file or PostgreSQL's own PGPASSWORD / ~/.pgpass "
+                    "(prefloop never saves it)")
 MAX_PASSWORD_FILE_BYTES = 4096
 _PASSWORD_QUERY_KEYS = ("password", "passwd")
 _USERINFO = re.compile(r"^(?P<scheme>[^:/?#]+://)(?P<user>[^:@/?#]*):[^@/?#]*@")

@@ -176,6 +176,8 @@ def continue_hint(args: argparse.Namespace) -> str:
     hint = f"continue with `prefloop {args.command} --run-dir {shlex.quote(str(run_dir))} --resume{where}`"
     if args.command == "run" and os.environ.get("MAKELEVEL"):  # started by `make run`: prefloop may not be on PATH
         hint += f' (with make: make run PORT={args.port} ARGS="--run-dir {shlex.quote(str(run_dir))} --resume")'
+    if url_password(getattr(args, "db_url", None) or ""):  # config.json keeps the URL without it
+        hint += f", with the database password in ${ENV_DB_PASSWORD} or --db-password-file"
     return hint
 
 

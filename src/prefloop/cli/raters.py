@@ -39,7 +39,7 @@ def add_raters_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     add_p = sub.add_parser("add", help="register a rater and print their personal link (shown once)")
     add_p.add_argument("name", help="the rater's name as it will show on the dashboard")
     _add_store_arguments(add_p)
-    add_p.add_argument("--url", default="http://127.0.0.1:8501/",
+    add_p.add_argument("--url", default="http://127.0.0.1:8501/", type=app_address,
                        help="the rater app's address as raters reach it (default: http://127.0.0.1:8501/)")
     add_p.add_argument("--new-link", action="store_true",
                        help="the rater exists: give them a new link (the old one stops working)")
@@ -170,6 +170,15 @@ def _open_store(args: argparse.Namespace) -> PreferenceStore:
 
     db_url, run_name = resolve_store(args)
     return PreferenceStore(db_url, run_name)
+
+
+def app_address(text: str) -> str:
+    """An argparse type: the rater app's address as raters reach it, ``http(s)://HOST[:PORT][/PATH]``
+    (a link of any other kind would not open the app, or would run in the rater's browser)."""
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme in ("http", "https") and parsed.hostname and not parsed.query and not parsed.fragment:
+        return text
+    raise argparse.ArgumentTypeError(f"expected the app's address, http(s)://HOST[:PORT]/ (e.g. https://rate.example.org/), got {text!r}")
 
 
 def invite_link(base_url: str, name: str, secret: str, token: str | None = None) -> str:

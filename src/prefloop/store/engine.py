@@ -27,7 +27,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import NullPool
 
-from prefloop.credentials import ENV_DB_PASSWORD, CredentialsError, connect_url
+from prefloop.credentials import PASSWORD_SOURCES, CredentialsError, connect_url
 from prefloop.store.errors import (
     NoSuchStoreError,
     NotAPreferenceStoreError,
@@ -323,8 +323,7 @@ def store_open_error(exc: DBAPIError, shown_url: str, sqlite_path: str | None) -
         )
     return StoreError(
         f"cannot open the preference store {shown_url}: {reason}. Check that the server runs and the "
-        f"URL (host, port, user, database) is right; a password goes in ${ENV_DB_PASSWORD} or "
-        "--db-password-file, never into files"
+        f"URL (host, port, user, database) is right; the password comes from {PASSWORD_SOURCES}"
     )
 
 

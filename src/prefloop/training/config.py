@@ -250,6 +250,11 @@ class TrainConfig:
     def resolve(self) -> "TrainConfig":
         """A copy with every ``None`` filled from the env preset, and the preset's hyper-parameters merged."""
         preset = default_preset(self.env_id)
+        steps = self.steps if self.steps is not None else preset.total_steps
+        if self.unsupervised_steps is None and self.reward_source == "preferences" and preset.unsupervised_steps >= steps:
+            raise ConfigError(f"{self.env_id}'s preset explores for {preset.unsupervised_steps} steps before asking "
+                              f"(PEBBLE's unsupervised steps), which leaves none of steps={steps} to learn from preferences: give more --steps, or fewer "
+                              "--unsupervised-steps (0: no exploration)")
         algo = self.algo or preset.algo
         named = isinstance(algo, str) and not is_import_path(algo)
         if named:
@@ -265,7 +270,7 @@ class TrainConfig:
                 else (preset.unsupervised_steps if self.reward_source == "preferences" else 0)
             ),
             algo=algo,
-            steps=self.steps if self.steps is not None else preset.total_steps,
+            steps=steps,
             n_envs=self.n_envs if self.n_envs is not None else (preset.envs_for(algo) if named else _envs_for_class(algo)),
             segment_length=self.segment_length if self.segment_length is not None else preset.segment_length,
             normalize_observations=(

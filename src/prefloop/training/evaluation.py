@@ -52,14 +52,21 @@ def evaluate(model: BaseAlgorithm, spec: EnvSpec, episodes: int, seed: int) -> l
     """Deterministic-policy returns on the true reward, one fresh env, ``episodes`` episodes (a
     policy trained on standardised observations sees them standardised as in training, frozen; an
     env without a time limit has its episodes cut, :func:`bounded_episodes`)."""
-    eval_env = DummyVecEnv([lambda: Monitor(bounded_episodes(make_env(spec, seed=seed), warn=True))])
+    env = make_env(spec, seed=seed)
+    capped = not _has_time_limit(env)
+    eval_env = DummyVecEnv([lambda: Monitor(bounded_episodes(env, warn=True))])
     normalizer = model.get_vec_normalize_env()
     if normalizer is not None:
         eval_env = frozen_copy(normalizer, eval_env)
     try:
-        returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
+        returns, lengths = evaluate_policy(model, eval_env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
     finally:
         eval_env.close()
+    cut = sum(int(length) >= UNLIMITED_EPISODE_CAP for length in lengths)  # type: ignore[union-attr]
+    if capped and cut:
+        log.warning("%d of %d evaluation episodes never ended: each was cut at %d steps, so the return is that of "
+                    "a policy stuck for %d steps (e.g. walking into a wall)", cut, len(lengths), UNLIMITED_EPISODE_CAP,
+                    UNLIMITED_EPISODE_CAP)
     return [float(r) for r in returns]
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from prefloop.credentials import ENV_DB_PASSWORD, CredentialsError, connect_url
+from prefloop.credentials import PASSWORD_SOURCES, CredentialsError, connect_url
 from prefloop.ops.doctor.report import ERROR, MAX_LISTED, WARNING, DoctorReport
 from prefloop.ops.doctor.rows import (
     broken_segments,
@@ -109,7 +109,7 @@ def _store_failure(exc: BaseException, report: DoctorReport) -> None:
     elif _is_connection_failure(exc):
         report.add(ERROR, "store_unreachable", f"cannot connect to the store ({reason}); it was not checked",
                    f"check that the server runs and the URL (host, port, user, database); the password comes from "
-                   f"${ENV_DB_PASSWORD} or --db-password-file, never from files")
+                   f"{PASSWORD_SOURCES}")
     elif kind == "read_only":
         report.add(ERROR, "store_read_only", f"the store cannot be written ({reason}), so --repair cannot fix it here; "
                    "it is not damaged", "run `prefloop doctor --repair` on a writable copy of the run folder")
