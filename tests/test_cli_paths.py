@@ -135,3 +135,11 @@ def test_too_few_steps_for_a_presets_exploration_names_the_preset_and_both_fixes
     assert code == 2 and "Acrobot-v1's preset explores for 20000 steps" in line
     assert "--steps" in line and "--unsupervised-steps" in line
     assert not (tmp_path / "r").exists()
+
+
+def test_bench_resume_of_a_folder_that_holds_no_sweep_says_so(capsys, tmp_path: Path) -> None:
+    """(It used to start the whole sweep again under a mistyped --out.)"""
+    code, err = run_cli(capsys, "bench", "--envs", "CartPole-v1", "--labels", "10", "--seeds", "0", "--steps", "3000",
+                        "--workers", "1", "--out", str(tmp_path / "typo"), "--resume")
+    assert code == 2 and "holds no sweep to finish" in one_error_line(err)
+    assert not (tmp_path / "typo").exists()

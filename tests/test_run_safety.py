@@ -244,6 +244,8 @@ def test_a_database_password_reaches_no_file_export_page_or_log(
         code, stdout, stderr = cli("export", "--run-dir", str(run), "--out", str(out), *args)
         assert code == 0 and password not in stdout + stderr, stderr
         assert [p for p in out.rglob("*") if p.is_file() and secret in p.read_bytes()] == [], "password in the export"
+        # nor the database's address: a dataset is shared without saying where it was kept
+        assert json.loads((out / "manifest.json").read_text())["config"]["db_url"] is None
         code, stdout, stderr = cli("doctor", "--run-dir", str(run), *args)
         assert code == 0 and password not in stdout + stderr, stdout
     # Without it: one line saying where the password goes.

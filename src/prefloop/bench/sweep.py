@@ -377,6 +377,9 @@ def split_finished(config: BenchConfig, jobs: list[Job]) -> tuple[list[dict[str,
             raise RunDirError(f"--reuse {folder}: no such folder; give the --out folder of an earlier sweep")
         known.update(finished_rows(Path(folder)))
     if config.resume:
+        if not Path(config.out_dir).is_dir():  # a mistyped --out would silently start the whole sweep again
+            raise RunDirError(f"--resume: {config.out_dir} holds no sweep to finish; check --out, or leave out "
+                              "--resume to start a new sweep there")
         known.update(finished_rows(Path(config.out_dir)))
     done: list[dict[str, Any]] = []
     todo: list[Job] = []

@@ -84,8 +84,11 @@ class RunSnapshot:
 
     @property
     def config(self) -> Any:
-        """The run's config, with any password scrubbed (stores of older versions kept it)."""
-        return scrub_config(json_or_none(self.meta.get("config")))
+        """The run's config without the store's address: a dataset leaves the database it came
+        from (its host, user and database name say nothing about the labels; stores of older
+        versions even kept a password in it)."""
+        config = scrub_config(json_or_none(self.meta.get("config")))
+        return {**config, "db_url": None} if isinstance(config, dict) and config.get("db_url") else config
 
     def counts(self) -> dict[str, int]:
         return _counts(len(self.segment_lines), self.pair_lines, self.label_lines, self.check_lines)
