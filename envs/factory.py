@@ -8,6 +8,7 @@ of wrappers it was recorded in.
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,8 +84,9 @@ class EnvSpec:
         if self.factory is None:
             check_env_id(self.env_id)
             make: Callable[..., Any] = lambda **kw: gym.make(self.env_id, **kw)  # noqa: E731
-            if is_atari_game(self.env_id, self.env_kwargs):  # the Atari preset's frames: 84x84 grey, 4 stacked
-                make = lambda **kw: make_atari_env(game=self.env_id, **kw)  # noqa: E731
+            name = registered_name(self.env_id)
+            if is_atari_game(name, self.env_kwargs):  # the Atari preset's frames: 84x84 grey, 4 stacked
+                make = lambda **kw: make_atari_env(game=name, **kw)  # noqa: E731
         elif isinstance(self.factory, str):
             try:
                 make = load_import_path(self.factory, f"env factory of {self.env_id}")
@@ -103,10 +105,30 @@ class EnvSpec:
         return env
 
 
+def registered_name(env_id: str) -> str:
+    """The registry id of ``env_id``, importing its module first for Gymnasium's ``"module:EnvId"``
+    form (a package that registers its envs on import: ``"highway_env:highway-v0"``); other ids
+    as they are.
+
+    Raises:
+        EnvSetupError: the module does not import.
+    """
+    module, colon, name = env_id.partition(":")
+    if not (colon and module and name) or "/" in module:
+        return env_id
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise EnvSetupError(f"--env {env_id}: cannot import {module!r} ({exc}); install the package that "
+                            f"registers {name!r}") from None
+    return name
+
+
 def check_env_id(env_id: str) -> None:
     """Raise :class:`EnvSetupError` naming close registered ids when ``env_id`` is unknown
     (a ``dm_control/`` id registers itself first when shimmy is installed: :mod:`prefloop.envs.dmc`,
-    an ALE id when ale-py is: :mod:`prefloop.envs.pixels`)."""
+    an ALE id when ale-py is: :mod:`prefloop.envs.pixels`; ``"module:EnvId"`` imports its module)."""
+    env_id = registered_name(env_id)
     ensure_dmc_registered(env_id)
     ensure_atari_registered(env_id)
     if env_id in gym.registry:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prefloop.envs.pixels import ATARI_ID, DEFAULT_ATARI_GAME, PIXEL_CARTPOLE_ID, atari_game_name, is_atari_game
+from prefloop.envs.factory import registered_name
 from prefloop.envs.timing import default_segment_length
 
 
@@ -272,7 +273,7 @@ PIXEL_ENVS = (PIXEL_CARTPOLE_ID, ATARI_ID)
 def default_preset(env_id: str) -> EnvPreset:
     """The preset of ``env_id``, or generic defaults for an env without one (its segment length
     from the env's time step: :func:`prefloop.envs.timing.default_segment_length`)."""
-    preset = PRESETS.get(env_id)
+    preset = PRESETS.get(registered_name(env_id))  # "gymnasium:CartPole-v1" is CartPole-v1
     if preset is not None:
         return preset
     if is_atari_game(env_id):  # ale-py's own ids (ALE/Pong-v5, PongNoFrameskip-v4): the Atari preset, that game

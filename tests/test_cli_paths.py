@@ -143,3 +143,16 @@ def test_bench_resume_of_a_folder_that_holds_no_sweep_says_so(capsys, tmp_path: 
                         "--workers", "1", "--out", str(tmp_path / "typo"), "--resume")
     assert code == 2 and "holds no sweep to finish" in one_error_line(err)
     assert not (tmp_path / "typo").exists()
+
+
+def test_gymnasiums_module_colon_id_form_imports_the_module_and_keeps_the_preset(capsys, tmp_path: Path) -> None:
+    """``--env package:EnvId`` (Gymnasium's form for a package that registers its envs on import)."""
+    from prefloop.envs import EnvSpec, check_env_id
+    from prefloop.envs.presets import default_preset
+
+    check_env_id("gymnasium:CartPole-v1")
+    assert EnvSpec("gymnasium:CartPole-v1").build().spec.id == "CartPole-v1"
+    assert default_preset("gymnasium:CartPole-v1") == default_preset("CartPole-v1")
+    code, err = run_cli(capsys, "train", "--env", "nosuchpackage:Foo-v0", "--run-dir", str(tmp_path / "r"), "--no-progress")
+    assert code == 2 and "cannot import 'nosuchpackage'" in one_error_line(err)
+    assert not (tmp_path / "r").exists()

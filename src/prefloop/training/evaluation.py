@@ -13,6 +13,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from prefloop.envs import EnvSpec, make_env
+from prefloop.envs.factory import registered_name
 from prefloop.envs.observation_norm import frozen_copy
 from prefloop.training.config import TrainConfig
 
@@ -79,8 +80,8 @@ def result_context(eval_return: float, spec: EnvSpec, config: TrainConfig) -> di
     context = {"eval_return_mean": eval_return,
                "random_return_mean": float(np.mean(random_policy_returns(spec, config.eval_episodes, config.seed + 10_000)))}
     try:
-        threshold = gym.spec(spec.env_id).reward_threshold
-    except gym.error.Error:
+        threshold = gym.spec(registered_name(spec.env_id)).reward_threshold
+    except (gym.error.Error, ValueError):
         threshold = None
     if threshold is not None:
         context["reward_threshold"] = float(threshold)
