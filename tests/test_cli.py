@@ -247,3 +247,26 @@ def test_train_and_run_help_name_the_pixel_presets_a_user_can_pass_to_env() -> N
     for command in ("train", "run"):
         help_text = " ".join(subparsers.choices[command].format_help().split())
         assert "prefloop/CartPolePixels-v1" in help_text and "prefloop/Atari-v0" in help_text, command
+
+
+@pytest.mark.parametrize("command", [
+    ["raters", "list"], ["raters", "add", "bob"], ["rate", "--port", "8568"], ["export", "--out", "OUT"], ["doctor"],
+])
+def test_a_misspelt_run_name_is_refused_naming_the_runs_and_creates_none(capsys, tmp_path: Path, command: list[str]) -> None:
+    from prefloop.store import PreferenceStore, sqlite_url
+
+    run_dir = tmp_path / "human1"
+    run_dir.mkdir()
+    url = sqlite_url(run_dir / "prefs.sqlite")
+    PreferenceStore(url, "human1").close()
+    args = [str(tmp_path / "out") if word == "OUT" else word for word in command]
+    code = main([*args, "--run-dir", str(run_dir), "--run-name", "nop"])
+    out, err = capsys.readouterr()
+    if command == ["doctor"]:  # a report, not an exception: one ERROR naming the runs there are
+        assert code == 1 and "no run 'nop' in the store; it holds: ['human1']" in out, out
+    else:
+        assert code == 2 and err.count("\n") == 1, err
+        assert "no run 'nop' in" in err and "it holds: 'human1'. Check --run-name" in err, err
+    with PreferenceStore(url, "human1", read_only=True) as store, store.read_transaction() as conn:
+        assert [row[0] for row in conn.exec_driver_sql("SELECT name FROM runs")] == ["human1"]
+    assert not (tmp_path / "out").exists()
