@@ -107,7 +107,8 @@ def cmd_rate(args: argparse.Namespace) -> int:
         check_port_free(args.host, args.port)
     except (AppConfigError, AppStartError) as exc:
         raise RateCommandError(str(exc)) from None
-    PreferenceStore(db_url, run_name).close()  # a bad URL or foreign file fails here, clearly
+    # A bad URL, a foreign file or a run the store does not hold fails here, in one line.
+    PreferenceStore(db_url, run_name, create_run=False).close()
 
     def start_worker() -> tuple | None:
         # The trainer may not have published the env yet: the thread waits for it.

@@ -59,8 +59,9 @@ _NOTICE_ICONS = {"info": ":material/info:", "success": ":material/check_circle:"
 
 @st.cache_resource(show_spinner=False)
 def open_store(db_url: str, run_name: str) -> PreferenceStore:
-    """One store (one connection pool) per app process, shared by every rater's session."""
-    return PreferenceStore(db_url, run_name)
+    """One store (one connection pool) per app process, shared by every rater's session; never
+    a new run (people must not be served one that does not exist)."""
+    return PreferenceStore(db_url, run_name, create_run=False)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -247,3 +247,69 @@ def test_train_and_run_help_name_the_pixel_presets_a_user_can_pass_to_env() -> N
     for command in ("train", "run"):
         help_text = " ".join(subparsers.choices[command].format_help().split())
         assert "prefloop/CartPolePixels-v1" in help_text and "prefloop/Atari-v0" in help_text, command
+
+
+@pytest.mark.parametrize("command", [
+    ["raters", "list"], ["raters", "add", "bob"], ["rate", "--port", "8568"], ["export", "--out", "OUT"], ["doctor"],
+])
+def test_a_misspelt_run_name_is_refused_naming_the_runs_and_creates_none(capsys, tmp_path: Path, command: list[str]) -> None:
+    from prefloop.store import PreferenceStore, sqlite_url
+
+    run_dir = tmp_path / "human1"
+    run_dir.mkdir()
+    url = sqlite_url(run_dir / "prefs.sqlite")
+    PreferenceStore(url, "human1").close()
+    args = [str(tmp_path / "out") if word == "OUT" else word for word in command]
+    code = main([*args, "--run-dir", str(run_dir), "--run-name", "nop"])
+    out, err = capsys.readouterr()
+    if command == ["doctor"]:  # a report, not an exception: one ERROR naming the runs there are
+        assert code == 1 and "no run 'nop' in the store; it holds: ['human1']" in out, out
+    else:
+        assert code == 2 and err.count("\n") == 1, err
+        assert "no run 'nop' in" in err and "it holds: 'human1'. Check --run-name" in err, err
+    with PreferenceStore(url, "human1", read_only=True) as store, store.read_transaction() as conn:
+        assert [row[0] for row in conn.exec_driver_sql("SELECT name FROM runs")] == ["human1"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_recording_of_another_env_is_refused_before_the_run_folder_exists(capsys, tmp_path: Path) -> None:
+    import json
+
+    from conftest import cartpole_segments
+
+    from prefloop.store import PreferenceStore, sqlite_url
+    from prefloop.types import SegmentPair
+
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    with PreferenceStore(sqlite_url(recorded / "prefs.sqlite"), "recorded") as store:
+        store.set_meta("config", json.dumps(TrainConfig(env_id="CartPole-v1", run_dir=recorded).resolve().to_json()))
+        left, right = cartpole_segments(2)
+        (pair_id,) = store.add_pairs([SegmentPair(left, right)])
+        assert store.claim_next("alice") is not None
+        store.answer(pair_id, "alice", "left", 1.0)
+    run = tmp_path / "r"
+    code, err = run_cli(capsys, "train", "--env", "Pendulum-v1", "--teacher", f"recorded:{recorded}", "--labels", "10",
+                        "--steps", "3000", "--run-dir", str(run), "--no-progress")
+    assert code == 2 and "given on env 'CartPole-v1', but this run is on 'Pendulum-v1'" in err and "--env CartPole-v1" in err, err
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_resume_with_new_settings_of_a_run_that_stored_nothing_says_to_start_it_afresh(
+    capsys, tmp_path: Path, checkpoint: bool
+) -> None:
+    from test_rundir import failed_start, write_checkpoint
+
+    from prefloop.training.rundir import RunDir
+
+    run = RunDir(tmp_path / "r14")
+    failed_start(run)  # e.g. --labels 100000000: it failed in its first label round
+    if checkpoint:
+        write_checkpoint(run, 100)
+    code, err = run_cli(capsys, "train", "--resume", "--labels", "10", "--run-dir", str(run.path))
+    assert code == 2 and "--labels would be ignored" in err
+    if checkpoint:  # a run worth continuing: never suggest replacing it
+        assert "new --run-dir" in err and "afresh" not in err
+    else:
+        assert "start it afresh with the new settings: leave out --resume" in err

@@ -248,7 +248,7 @@ def test_export_refuses_a_non_empty_folder_and_a_missing_run(source: Source, tmp
     export_dataset(source.url, source.run_name, out)  # an empty folder is fine
 
     before = dump(tmp_path / "source.sqlite")
-    with pytest.raises(DatasetError, match="no run named 'nope'.*'human-run'"):
+    with pytest.raises(DatasetError, match="no run 'nope' in .*it holds: 'human-run'"):
         export_dataset(source.url, "nope", tmp_path / "other")
     assert dump(tmp_path / "source.sqlite") == before, "export never creates a run"
     with pytest.raises(DatasetError, match="no preference store"):

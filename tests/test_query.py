@@ -200,3 +200,17 @@ def test_config_validation_names_the_problem() -> None:
     for bad in (0, -3, 2.5, True):
         with pytest.raises(QueryConfigError, match="oversampling"):
             QueryConfig(oversampling=bad)
+
+
+@pytest.mark.parametrize(("settings", "fix"), [
+    ({"n_envs": 10_000, "steps": 3_000}, "Each of the 10000 envs gets 0 of the 3000 steps, fewer than one segment"),
+    ({"steps": 1}, "fewer than one segment"),
+    ({"segment_length": 100_000, "steps": 3_000}, "fewer than one segment (100000 steps)"),
+    ({"labels": 100_000_000, "steps": 3_000}, "With --labels 100000000 over 3000 steps, use fewer --labels"),
+])
+def test_too_few_segments_names_the_setting_that_causes_it(tmp_path, settings: dict, fix: str) -> None:
+    from prefloop.training.config import TrainConfig
+    from prefloop.training.learner import too_few_segments_fix
+
+    config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, **{"labels": 10, **settings}).resolve()
+    assert fix in too_few_segments_fix(config)

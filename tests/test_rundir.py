@@ -28,6 +28,7 @@ def test_create_writes_the_config_and_refuses_an_existing_run(tmp_path: Path) ->
     run.create(config(run.path))
     assert TrainConfig.load(run.config_path).env_id == "CartPole-v1"
     assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "config.json"]
+    write_checkpoint(run, 100)  # a run with a checkpoint (or a label) is worth continuing
     with pytest.raises(RunDirError, match="--resume"):
         run.create(config(run.path))
 
@@ -88,3 +89,83 @@ def test_only_exact_step_folders_with_state_json_count_as_checkpoints(tmp_path: 
         (run.checkpoints_dir / name / "state.json").write_text("{}")
     (run.checkpoints_dir / "step-000000600").mkdir()  # no state.json: incomplete
     assert run.latest_checkpoint().name == "step-000000100"
+
+
+def failed_start(run: RunDir) -> str:
+    """A run folder as a run leaves it that fails during its first label round (impossible
+    settings): config.json, a store with segments and pending pairs but no label, TensorBoard logs.
+    Returns the store's URL."""
+    from conftest import cartpole_segments
+
+    from prefloop.store import PreferenceStore, sqlite_url
+    from prefloop.types import SegmentPair
+
+    run.create(config(run.path))
+    url = sqlite_url(run.store_path)
+    with PreferenceStore(url, "run") as store:
+        left, right = cartpole_segments(2)
+        store.add_pairs([SegmentPair(left, right)])
+    (run.tensorboard_dir / "PPO_1").mkdir(parents=True)
+    return url
+
+
+def test_a_run_that_failed_before_its_first_label_and_checkpoint_is_started_afresh(tmp_path: Path, caplog) -> None:
+    run = RunDir(tmp_path / "run")
+    failed_start(run)
+    fixed = TrainConfig(env_id="CartPole-v1", run_dir=run.path, labels=10)
+    with caplog.at_level("WARNING", logger="prefloop.training.rundir"):
+        run.create(fixed)
+    assert "starting afresh" in caplog.text
+    assert run.load_config().labels == 10
+    assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "config.json"]  # no old store, no old logs
+
+
+@pytest.mark.parametrize("value", ["label", "rater", "checkpoint", "other file", "store elsewhere"])
+def test_a_failed_start_with_anything_of_value_is_still_refused_untouched(tmp_path: Path, value: str) -> None:
+    from prefloop.store import PreferenceStore
+
+    run = RunDir(tmp_path / "run")
+    url = failed_start(run)
+    with PreferenceStore(url, "run") as store:
+        if value == "label":
+            pair = store.claim_next("alice")
+            assert pair is not None and pair.id is not None
+            store.answer(pair.id, "alice", "left", 1.0)
+        elif value == "rater":
+            store.add_rater("bob", "bob", "0" * 64)
+    if value == "checkpoint":
+        write_checkpoint(run, 100)
+    elif value == "other file":
+        (run.path / "notes.txt").write_text("mine")
+    elif value == "store elsewhere":  # not this folder's store to judge or replace
+        saved = json.loads(run.config_path.read_text())
+        run.config_path.write_text(json.dumps({**saved, "db_url": "postgresql+psycopg://u@h/db"}))
+
+    def files() -> dict[str, int]:  # (a reader of a WAL store may add its -wal/-shm side files)
+        return {p.name: p.stat().st_mtime_ns for p in run.path.iterdir() if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+
+    before = files()
+    with pytest.raises(RunDirError, match="already exists. Pass --resume"):
+        run.create(TrainConfig(env_id="CartPole-v1", run_dir=run.path, labels=10))
+    assert files() == before
+    with PreferenceStore(url, "run", read_only=True) as store:
+        assert len(store.labels()) == (value == "label")
+
+
+def test_a_failed_start_held_by_a_trainer_is_refused(tmp_path: Path) -> None:
+    from prefloop.training.rundir import RunDirBusyError
+
+    run = RunDir(tmp_path / "run")
+    failed_start(run)
+    with RunDir(run.path).owned(existing=True):  # another trainer (resuming it) holds the lock
+        with pytest.raises(RunDirBusyError, match="in use by another trainer"):
+            RunDir(run.path).create(config(run.path))
+    assert run.store_path.exists()
+
+
+def test_a_run_dir_that_is_a_file_is_named_a_file(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(RunDirError, match="is a file, not a folder; choose another --run-dir"):
+        RunDir(afile).create(config(afile))
+    assert afile.read_text() == "mine"

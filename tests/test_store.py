@@ -21,6 +21,8 @@ from sqlalchemy.exc import IntegrityError
 from prefloop.serialization import array_from_bytes, array_to_bytes
 from prefloop.store import (
     LeaseError,
+    NoSuchRunError,
+    NoSuchStoreError,
     NotAPreferenceStoreError,
     PreferenceStore,
     StoreError,
@@ -647,3 +649,31 @@ def test_the_split_store_keeps_its_public_face() -> None:
     }
     assert methods <= set(dir(PreferenceStore))
     assert PreferenceStore.__module__ == "prefloop.store"
+
+
+def _run_names(url: str) -> list[str]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return sorted(row[0] for row in conn.execute(text("SELECT name FROM runs")))
+    finally:
+        engine.dispose()
+
+
+def test_create_run_false_refuses_a_run_the_store_lacks_and_creates_nothing(store_url: str) -> None:
+    # What serves or reads a run (rate, raters, the clip worker) must never make an empty one
+    # out of a misspelt --run-name: people would rate a run no trainer reads.
+    PreferenceStore(store_url, "human1").close()
+    with pytest.raises(NoSuchRunError, match=r"no run 'nop' in .*; it holds: 'human1'\. Check --run-name"):
+        PreferenceStore(store_url, "nop", create_run=False)
+    assert _run_names(store_url) == ["human1"]
+    with PreferenceStore(store_url, "human1", create_run=False) as store:  # an existing run: read and written
+        store.set_meta("k", "v")
+        assert store.get_meta("k") == "v"
+
+
+def test_create_run_false_creates_no_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "prefs.sqlite"
+    with pytest.raises(NoSuchStoreError):
+        PreferenceStore(sqlite_url(path), "nop", create_run=False)
+    assert not path.exists()

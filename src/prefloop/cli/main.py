@@ -119,9 +119,13 @@ def check_resume_arguments(args: argparse.Namespace) -> None:
     if given:
         # a switched-off --x/--no-x option is named as it was typed
         flags = ", ".join(("--no-" if vars(args)[key] is False else "--") + key.replace("_", "-") for key in given)
+        # A run that stopped before its first label or checkpoint (impossible settings) is no dead end.
+        anew = ("start it afresh with the new settings: leave out --resume (it stored no label or checkpoint, "
+                "so nothing is lost)" if RunDir(Path(args.run_dir)).replaceable()
+                else "start a new run (new --run-dir) with the new settings")
         raise ConfigError(
             f"--resume continues the run with its own settings (its config.json), so {flags} would be ignored: "
-            "leave them out, or start a new run (new --run-dir) with the new settings"
+            f"leave them out, or {anew}"
         )
 
 

@@ -169,7 +169,7 @@ def _open_store(args: argparse.Namespace) -> PreferenceStore:
     from prefloop.apps.cli_rate import resolve_store
 
     db_url, run_name = resolve_store(args)
-    return PreferenceStore(db_url, run_name)
+    return PreferenceStore(db_url, run_name, create_run=False)  # a misspelt --run-name creates nothing
 
 
 def app_address(text: str) -> str:

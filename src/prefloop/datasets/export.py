@@ -279,8 +279,10 @@ def _open_for_export(store_url: str, run_name: str) -> PreferenceStore:
     a missing store or run is a DatasetError, a locked or unreadable one says so."""
     try:
         return PreferenceStore(store_url, run_name=run_name, read_only=True)
-    except (NoSuchStoreError, NoSuchRunError) as exc:
+    except NoSuchStoreError as exc:
         raise DatasetError(f"{exc}; pass the run folder (--run-dir) or the URL of the store that holds the run") from None
+    except NoSuchRunError as exc:  # its message lists the runs the store holds and says the fix
+        raise DatasetError(str(exc)) from None
 
 
 @contextmanager

@@ -155,12 +155,18 @@ class PreferenceStore(LabelsMixin, RaterChecksMixin, ClipsMixin, RatersMixin, Ru
     Args:
         url: SQLAlchemy database URL, e.g. ``sqlite_url(run_dir / "prefs.sqlite")`` or
             ``"postgresql+psycopg://user@host/db"``.
-        run_name: the run whose rows this store reads and writes; created if new.
+        run_name: the run whose rows this store reads and writes; created if new (unless
+            ``create_run`` is False).
         clock: returns the time in unix seconds; every timestamp and lease uses it (inject a
             fake clock to test lease expiry).
         read_only: only read (export, doctor): nothing is created, not even the run (a missing
             one raises :class:`NoSuchRunError`); a SQLite file on a read-only mount is opened
             ``immutable``. Write methods then fail.
+        create_run: False for everything that serves or reads an existing run (the rater app, its
+            clip worker, ``prefloop raters``): a run (or SQLite file) that does not exist raises
+            :class:`NoSuchRunError` (:class:`NoSuchStoreError`) and nothing is created, so a
+            misspelt run name never gives people an empty run to rate. Only what starts a run
+            (``train``, ``run``, ``import``) creates one.
 
     A URL without a password takes it from ``$PREFLOOP_DB_PASSWORD`` or the file named by
     ``$PREFLOOP_DB_PASSWORD_FILE`` (see :mod:`prefloop.credentials`); :attr:`url` never shows it.

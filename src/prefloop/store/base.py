@@ -49,6 +49,7 @@ class StoreBase:
         *,
         clock: Callable[[], float] = time.time,
         read_only: bool = False,
+        create_run: bool = True,
     ) -> None:
         if (
             not isinstance(run_name, str)
@@ -66,8 +67,11 @@ class StoreBase:
         self._url = parsed
         self._read_only = read_only
         self._is_sqlite = parsed.get_backend_name() == "sqlite"
+        # A run is made only by what starts one (train, run, import); every other command opens
+        # an existing one, so a misspelt run name (or store) is refused instead of made empty.
+        existing_only = read_only or not create_run
         if self._is_sqlite:
-            preflight_sqlite_file(parsed.database, must_exist=read_only)
+            preflight_sqlite_file(parsed.database, must_exist=existing_only)
             if not read_only:
                 self._check_writable()
 
@@ -80,13 +84,14 @@ class StoreBase:
         self._segment_cache: OrderedDict[int, Segment] = OrderedDict()
         self._cache_lock = threading.Lock()
         try:
-            if read_only:
+            if existing_only:
                 with self._read() as conn:
                     self._check_or_create_schema(conn, create=False)
                 self._run_id = self._find_run(run_name)
-            else:
-                self._ensure_schema()
-                self._run_id = self._get_or_create_run(run_name)
+            if not read_only:
+                self._ensure_schema()  # a writer also adds the tables added to version 1 since
+                if create_run:
+                    self._run_id = self._get_or_create_run(run_name)
                 if not self._is_sqlite:
                     self._check_writable()
         except DBAPIError as exc:
@@ -193,9 +198,10 @@ class StoreBase:
             if run_id is None:
                 names = list(conn.scalars(select(runs_table.c.name).order_by(runs_table.c.id).limit(10)))
         if run_id is None:
+            where = self._url.database if self._is_sqlite else self.url
             raise NoSuchRunError(
-                f"the store {self.url} has no run named {short(name)} (its runs: {', '.join(map(short, names)) or 'none'}); "
-                "pass the run's --run-name, or check that config.json names the run the store holds"
+                f"no run {short(name)} in {where}; it holds: {', '.join(map(short, names)) or 'no runs'}. "
+                "Check --run-name (or that config.json names the run the store holds); only train, run and import make a run"
             )
         return int(run_id)
 

@@ -144,9 +144,7 @@ class PreferenceLearner:
         except NotEnoughSegmentsError as exc:
             raise NotEnoughSegmentsError(
                 f"label round at env step {env_step} asks for {new_pairs} new pairs but only "
-                f"{len(candidates)} segments have been recorded: {exc} With --labels "
-                f"{self.config.labels} over {self.config.steps} steps, use fewer --labels or more --steps "
-                "(TrainConfig labels / steps from Python)."
+                f"{len(candidates)} segments have been recorded: {exc} {too_few_segments_fix(self.config)}"
             ) from exc
         golds = gold_pairs(candidates, n_gold, self._rng)
         # One transaction: raters answering meanwhile (on probation, checks first) never find the
@@ -370,3 +368,15 @@ def gold_pairs(candidates: list[Segment], n: int, rng: np.random.Generator) -> l
         if left.true_return != right.true_return:
             out.append((left, right, Choice.RIGHT if right.true_return > left.true_return else Choice.LEFT))
     return out
+
+
+def too_few_segments_fix(config: TrainConfig) -> str:
+    """What to change when a round finds too few segments: when each env gets fewer steps than
+    one segment, that is the cause (--n-envs, --steps or --segment-length), not the labels."""
+    steps, n_envs, length = config.steps or 0, config.n_envs or 1, config.segment_length or 0
+    if steps // n_envs < length:
+        return (f"Each of the {n_envs} envs gets {steps // n_envs} of the {steps} steps, fewer than one "
+                f"segment ({length} steps): use fewer --n-envs, a shorter --segment-length or more --steps "
+                "(TrainConfig n_envs / segment_length / steps from Python).")
+    return (f"With --labels {config.labels} over {steps} steps, use fewer --labels or more --steps "
+            "(TrainConfig labels / steps from Python).")

@@ -464,10 +464,23 @@ def check_run_inputs(config: TrainConfig, spec: EnvSpec, venv: VecEnv) -> Teache
         from prefloop.teachers.recorded import make_recorded_teacher
 
         teacher = make_recorded_teacher(config.teacher[len(RECORDED_PREFIX):])
+        check_recording_env(teacher.recorded_config, config)
         for difference in teacher.config_differences(config.to_json()):
             log.warning("replay differs from the recorded run (its pairs may not all be recorded): %s", difference)
         return teacher
     return build_simulated_teacher(config.teacher, config.teacher_params, config.seed)
+
+
+def check_recording_env(recorded_config: dict | None, config: TrainConfig) -> None:
+    """Refuse a recording of another env before the run folder exists: none of its pairs could
+    come up, and the first round would only say that the re-run diverged."""
+    recorded_env = (recorded_config or {}).get("env_id")
+    if isinstance(recorded_env, str) and recorded_env != config.env_id:
+        raise ConfigError(
+            f"the recorded teacher's labels ({config.teacher_name}) were given on env {recorded_env!r}, "
+            f"but this run is on {config.env_id!r}: none of its pairs could come up. Pass --env "
+            f"{recorded_env}, or a recording made on {config.env_id}; nothing was written"
+        )
 
 
 def first_labels(

@@ -22,17 +22,24 @@ complete; ``*.tmp`` leftovers of crashes are removed at the next checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import logging
 import os
 import re
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prefloop.config_files import ConfigError
 from prefloop.serialization import strict_json
+from prefloop.store.engine import open_sqlite_read_only
+from prefloop.store.errors import StoreError
+from prefloop.store.run_folder import read_store_settings
 from prefloop.store.run_folder import store_of_run_folder  # noqa: F401 -- its old home; callers import it from here
 
 if TYPE_CHECKING:
@@ -42,6 +49,16 @@ KEEP_CHECKPOINTS = 2
 _COMPLETE_NAME = re.compile(r"step-\d+")
 LOCK_NAME = ".trainer.lock"
 _LEFTOVERS_OF_CREATE = {"config.json.tmp", "checkpoints", LOCK_NAME}
+STORE_NAME = "prefs.sqlite"
+# The folder's store with SQLite's side files, deleted side files first: a stale -wal left beside
+# a new prefs.sqlite would be replayed into it.
+_STORE_FILES = (f"{STORE_NAME}-wal", f"{STORE_NAME}-shm", f"{STORE_NAME}-journal", STORE_NAME)
+# What a run that failed before its first label and checkpoint leaves besides create's leftovers.
+_LEFTOVERS_OF_FAILED_START = {"config.json", "tb", *_STORE_FILES}
+# Rows that cost people's time: a store holding any of them is never replaced.
+_VALUABLE_TABLES = ("labels", "raters", "rater_checks")
+
+log = logging.getLogger(__name__)
 
 
 class RunDirError(RuntimeError):
@@ -119,7 +136,7 @@ class RunDir:
 
     @property
     def store_path(self) -> Path:
-        return self.path / "prefs.sqlite"
+        return self.path / STORE_NAME
 
     @property
     def tensorboard_dir(self) -> Path:
@@ -134,26 +151,30 @@ class RunDir:
         return self.path / "summary.json"
 
     def create(self, config: "TrainConfig") -> None:
-        """Make the folder for a new run; refuse one that already holds anything.
+        """Make the folder for a new run; refuse one that already holds anything of value.
 
         A folder holding only what an interrupted ``create`` leaves (no ``config.json`` yet) counts
-        as empty, so a run killed while starting can simply be started again.
+        as empty, and so does one whose run failed before it stored a label or wrote a checkpoint
+        (its settings were impossible, say): its config and store are replaced, so that fixing the
+        settings and starting again works instead of leaving a folder nothing can continue.
         """
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(
+                f"--run-dir {self.path} is a file, not a folder; choose another --run-dir (nothing was changed)"
+            )
         if self.path.is_dir() and lock_holder(self.path) is not None:
             self._acquire_lock()  # raises RunDirBusyError naming the trainer
-        if self.path.exists() and (not self.path.is_dir() or not self._unstarted()):
-            raise RunDirError(
-                f"run folder {self.path} already exists. Pass --resume to continue that run, "
-                "or choose a new --run-dir (nothing in it was changed)."
-            )
+        if self.path.exists() and not self.replaceable():
+            raise _already_exists(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         if self._owning:
             self._acquire_lock()
-        if not self._unstarted():  # another trainer created it between the check and the lock
-            raise RunDirError(
-                f"run folder {self.path} already exists. Pass --resume to continue that run, "
-                "or choose a new --run-dir (nothing in it was changed)."
-            )
+        if not self.replaceable():  # another trainer created it between the check and the lock
+            raise _already_exists(self.path)
+        if not self._unstarted():
+            log.warning("run folder %s holds a run that stopped before storing any label or checkpoint; "
+                        "starting afresh there (its config.json and prefs.sqlite are replaced)", self.path)
+            self._remove_failed_start()
         # config.json first and atomically: once it exists the folder is a resumable run.
         tmp = self.path / "config.json.tmp"
         config.save(tmp)
@@ -161,9 +182,38 @@ class RunDir:
         self.checkpoints_dir.mkdir(exist_ok=True)
 
     def _unstarted(self) -> bool:
-        if any(entry.name not in _LEFTOVERS_OF_CREATE for entry in self.path.iterdir()):
+        return self._holds_only(_LEFTOVERS_OF_CREATE)
+
+    def replaceable(self) -> bool:
+        """Nothing in this folder would be lost by starting a new run in it: create's leftovers,
+        or a run that never stored a label, rater or check and never wrote a checkpoint, in the
+        folder's own store (a store elsewhere, named in config.json, is not this folder's to
+        replace). False for a folder that does not exist."""
+        if not self.path.is_dir() or not os.access(self.path, os.R_OK | os.X_OK):
+            return False
+        if self._unstarted():
+            return True
+        if not self._holds_only(_LEFTOVERS_OF_CREATE | _LEFTOVERS_OF_FAILED_START):
+            return False
+        try:
+            db_url, _ = read_store_settings(self.config_path)
+        except ConfigError:
+            return False  # a damaged config.json: someone should look at it
+        return db_url is None and not _holds_answers(self.store_path)
+
+    def _holds_only(self, names: set[str]) -> bool:
+        if any(entry.name not in names for entry in self.path.iterdir()):
             return False
         return not (self.checkpoints_dir.is_dir() and any(self.checkpoints_dir.iterdir()))
+
+    def _remove_failed_start(self) -> None:
+        # The config last: until the store is gone the folder still reads as that failed run.
+        for name in _STORE_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / name).unlink()
+        shutil.rmtree(self.tensorboard_dir, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.config_path.unlink()
 
     def load_config(self) -> "TrainConfig":
         from prefloop.training.config import TrainConfig
@@ -223,6 +273,27 @@ class RunDir:
 
     def write_result(self, result: dict[str, Any]) -> None:
         write_atomic(self.summary_path, strict_json(result, indent=2))
+
+
+def _already_exists(path: Path) -> RunDirError:
+    return RunDirError(
+        f"run folder {path} already exists. Pass --resume to continue that run, "
+        "or choose a new --run-dir (nothing in it was changed)."
+    )
+
+
+def _holds_answers(store_path: Path) -> bool:
+    """Whether the SQLite store at ``store_path`` holds any label, registered rater or check
+    (retracted ones too); one that cannot be read counts as holding them (never guess it away)."""
+    if not store_path.exists():
+        return False
+    try:
+        with contextlib.closing(open_sqlite_read_only(store_path)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            return any(conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]
+                       for table in _VALUABLE_TABLES if table in tables) or bool(tables) and "labels" not in tables
+    except (sqlite3.Error, StoreError, OSError):  # not SQLite, damaged, locked, another app's: keep it
+        return True
 
 
 def lock_holder(run_dir: Path) -> int | None:

@@ -85,6 +85,7 @@ def check_run(
     report = DoctorReport(target=str(run_dir) if run_dir is not None else safe_url(db_url or ""),
                           repair_command=repair_command(run_dir, db_url, run_name))
     expects_store = True
+    name_given = run_name is not None
     config: dict[str, Any] | None = None
     imported = False
     if run_dir is not None:
@@ -107,7 +108,7 @@ def check_run(
     live_labels: dict[str, int] | None = None
     if db_url is not None and (expects_store or run_dir is None):
         live_labels = check_store(db_url, run_name, repair, clock(), report, missing_ok=run_dir is not None,
-                                   config=config)
+                                   config=config, name_given=name_given)
     if run_dir is not None and not (imported and not (Path(run_dir) / "checkpoints").exists()):
         labels_in_store = None if live_labels is None or run_name is None else live_labels.get(run_name)
         # file times are real time, whatever clock the leases are judged by

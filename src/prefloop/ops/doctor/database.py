@@ -52,9 +52,10 @@ _CORE_TABLES = (runs_table, run_meta_table, segments_table, pairs_table, labels_
 
 def check_store(
     url: str, run_name: str | None, repair: bool, now: float, report: DoctorReport, *, missing_ok: bool,
-    config: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None, name_given: bool = False,
 ) -> dict[str, int] | None:
-    """Run the store checks; returns live usable labels per run name, or None if unreadable."""
+    """Run the store checks; returns live usable labels per run name, or None if unreadable.
+    ``name_given``: ``run_name`` is the user's --run-name (a store without it is their typo)."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -80,7 +81,7 @@ def check_store(
         with engine.connect() as conn:
             if not _check_schema(conn, report):
                 return None
-            runs = _runs(conn, run_name, report, from_config=config is not None)
+            runs = _runs(conn, run_name, report, from_config=config is not None, name_given=name_given)
             if config is not None and runs:
                 _config_matches_store(conn, runs[0][0], config, report)
         live: dict[str, int] = {}
@@ -186,14 +187,19 @@ def _check_schema(conn: Connection, report: DoctorReport) -> bool:
     return True
 
 
-def _runs(conn: Connection, run_name: str | None, report: DoctorReport, from_config: bool = False) -> list[tuple[int, str]]:
+def _runs(
+    conn: Connection, run_name: str | None, report: DoctorReport, from_config: bool = False, name_given: bool = False,
+) -> list[tuple[int, str]]:
     query = select(runs_table.c.id, runs_table.c.name).order_by(runs_table.c.id)
     if run_name is not None:
         query = query.where(runs_table.c.name == run_name)
     runs = [(int(i), str(n)) for i, n in conn.execute(query).all()]
     if run_name is not None and not runs:
         names = list(conn.scalars(select(runs_table.c.name).limit(MAX_LISTED)))
-        if from_config and names:  # a trainer creates its run as it creates the store: the name changed
+        if name_given:  # the user's --run-name: a typo, not a damaged folder
+            report.add(ERROR, "run_name", f"no run {run_name!r} in the store; it holds: {names or 'no runs'}",
+                       "check --run-name (nothing was created)")
+        elif from_config and names:  # a trainer creates its run as it creates the store: the name changed
             report.add(ERROR, "config_matches_run",
                        f"config.json names run {run_name!r}, but the store holds only runs {names}: config.json was "
                        "edited, or the store belongs to another run",
