@@ -117,7 +117,15 @@ def test_a_run_that_failed_before_its_first_label_and_checkpoint_is_started_afre
         run.create(fixed)
     assert "starting afresh" in caplog.text
     assert run.load_config().labels == 10
-    assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "config.json"]  # no old store, no old logs
+    assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "config.json", "failed-starts"]  # no old store, no old logs
+    # ... which are kept aside, not deleted (a rater app still serving the old store could have written to it)
+    (aside,) = (run.path / "failed-starts").iterdir()
+    assert {"config.json", "prefs.sqlite", "tb"} <= {p.name for p in aside.iterdir()}
+    # and a second failure there is as replaceable as the first (failed_start's own create moves
+    # the fixed run's bare config aside too: three starts kept, in the same second, none overwritten)
+    failed_start(run)
+    run.create(fixed)
+    assert len(list((run.path / "failed-starts").iterdir())) == 3
 
 
 @pytest.mark.parametrize("value", ["label", "rater", "checkpoint", "other file", "store elsewhere"])

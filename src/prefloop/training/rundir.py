@@ -25,11 +25,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import re
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,7 +56,10 @@ STORE_NAME = "prefs.sqlite"
 # a new prefs.sqlite would be replayed into it.
 _STORE_FILES = (f"{STORE_NAME}-wal", f"{STORE_NAME}-shm", f"{STORE_NAME}-journal", STORE_NAME)
 # What a run that failed before its first label and checkpoint leaves besides create's leftovers.
-_LEFTOVERS_OF_FAILED_START = {"config.json", "tb", *_STORE_FILES}
+# Where a failed start's config, store and logs are moved when a new run starts in its folder:
+# never deleted, so that an answer a rater app still serving it wrote at that moment is not lost.
+FAILED_STARTS_NAME = "failed-starts"
+_LEFTOVERS_OF_FAILED_START = {"config.json", "tb", FAILED_STARTS_NAME, *_STORE_FILES}
 # Rows that cost people's time: a store holding any of them is never replaced.
 _VALUABLE_TABLES = ("labels", "raters", "rater_checks")
 
@@ -172,9 +177,9 @@ class RunDir:
         if not self.replaceable():  # another trainer created it between the check and the lock
             raise _already_exists(self.path)
         if not self._unstarted():
-            log.warning("run folder %s holds a run that stopped before storing any label or checkpoint; "
-                        "starting afresh there (its config.json and prefs.sqlite are replaced)", self.path)
-            self._remove_failed_start()
+            aside = self._move_failed_start_aside()
+            log.warning("run folder %s held a run that stopped before storing any label or checkpoint; starting "
+                        "afresh there (its config.json, prefs.sqlite and logs are kept in %s)", self.path, aside)
         # config.json first and atomically: once it exists the folder is a resumable run.
         tmp = self.path / "config.json.tmp"
         config.save(tmp)
@@ -206,14 +211,17 @@ class RunDir:
             return False
         return not (self.checkpoints_dir.is_dir() and any(self.checkpoints_dir.iterdir()))
 
-    def _remove_failed_start(self) -> None:
+    def _move_failed_start_aside(self) -> Path:
+        """Move the failed start's store, logs and config into ``failed-starts/<time>/``; returns it."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = next(path for n in itertools.count()
+                     if not (path := self.path / FAILED_STARTS_NAME / (stamp if n == 0 else f"{stamp}-{n}")).exists())
+        aside.mkdir(parents=True)
         # The config last: until the store is gone the folder still reads as that failed run.
-        for name in _STORE_FILES:
+        for name in (*_STORE_FILES, self.tensorboard_dir.name, self.config_path.name):
             with contextlib.suppress(FileNotFoundError):
-                (self.path / name).unlink()
-        shutil.rmtree(self.tensorboard_dir, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.config_path.unlink()
+                os.replace(self.path / name, aside / name)
+        return aside
 
     def load_config(self) -> "TrainConfig":
         from prefloop.training.config import TrainConfig
