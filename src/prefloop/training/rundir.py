@@ -52,13 +52,13 @@ _COMPLETE_NAME = re.compile(r"step-\d+")
 LOCK_NAME = ".trainer.lock"
 _LEFTOVERS_OF_CREATE = {"config.json.tmp", "checkpoints", LOCK_NAME}
 STORE_NAME = "prefs.sqlite"
-# The folder's store with SQLite's side files, deleted side files first: a stale -wal left beside
-# a new prefs.sqlite would be replayed into it.
+# The folder's store with SQLite's side files, moved together (side files first): a stale -wal
+# left beside a new prefs.sqlite would be replayed into it.
 _STORE_FILES = (f"{STORE_NAME}-wal", f"{STORE_NAME}-shm", f"{STORE_NAME}-journal", STORE_NAME)
-# What a run that failed before its first label and checkpoint leaves besides create's leftovers.
 # Where a failed start's config, store and logs are moved when a new run starts in its folder:
 # never deleted, so that an answer a rater app still serving it wrote at that moment is not lost.
 FAILED_STARTS_NAME = "failed-starts"
+# What a run that failed before its first label and checkpoint leaves besides create's leftovers.
 _LEFTOVERS_OF_FAILED_START = {"config.json", "tb", FAILED_STARTS_NAME, *_STORE_FILES}
 # Rows that cost people's time: a store holding any of them is never replaced.
 _VALUABLE_TABLES = ("labels", "raters", "rater_checks")
