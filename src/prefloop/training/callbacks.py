@@ -141,7 +141,7 @@ class PreferenceCallback(BaseCallback):
 
     def __init__(self, learner: PreferenceLearner, rounds: list[LabelRound], step_offset: int, run: "RunState",
                  initial_fit_pending: bool = False):
-        """``initial_fit_pending``: the first round's fit (:func:`~prefloop.training.loop.first_labels`)
+        """``initial_fit_pending``: the first round's fit (:func:`~prefloop.training.first_round.first_labels`)
         is still out in the background; taken back like any round's, it is logged as that round."""
         super().__init__()
         self.learner = learner
