@@ -41,7 +41,7 @@ def test_sac_run_with_unsupervised_pretraining_then_preferences(tmp_path: Path) 
 
 
 def pebble_ppo_run(tmp_path: Path, name: str) -> TrainConfig:
-    return TrainConfig(env_id="CartPole-v1", run_dir=tmp_path / name, steps=6_144, unsupervised_steps=2_048, labels=12,
+    return TrainConfig(env_id="CartPole-v1", run_dir=tmp_path / name, steps=4_096, unsupervised_steps=2_048, labels=12,
                        seed=1, algo_kwargs={"n_steps": 256}, eval_episodes=3, progress_bar=False, background_fit=False)
 
 
