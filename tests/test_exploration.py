@@ -85,3 +85,4 @@ def test_first_round_is_asked_before_explorations_last_update_and_computes_the_s
                for name in ("early", "after")]
     for key, value in weights[0].items():
         assert torch.equal(value, weights[1][key]), key
+

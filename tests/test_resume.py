@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from prefloop.store import PreferenceStore, sqlite_url
+from prefloop.training.config import TrainConfig
 
 
 def prefloop(*args: str, **kwargs) -> subprocess.Popen:
@@ -56,3 +57,35 @@ def test_sigkill_then_resume_keeps_every_label_and_finishes(tmp_path: Path) -> N
     summary = json.loads((run / "summary.json").read_text())
     assert summary["labels_used"] == 40
     assert summary["curve"][-1]["env_step"] > 8000
+
+
+def test_a_resumed_peoples_run_needs_no_more_answers_than_its_first_round_did() -> None:
+    """After a stop, people who had answered what the first round needed are not asked for every pair
+    asked since before the policy trains again (pace and continue; "wait" waits for them all)."""
+    import dataclasses
+
+    from prefloop.training.first_round import first_labels
+    from prefloop.training.schedule import LabelRound
+
+    class PeoplesLearner:  # the learner as first_labels sees it when people answer in the app
+        teacher = None
+
+        def __init__(self, config: TrainConfig) -> None:
+            self.config = config
+            self.needed: list[bool] = []
+
+        def pairs_asked(self) -> int:
+            return 9  # the first round's 3, and 6 more asked after it before the stop
+
+        def wait_for_raters(self, done, what, env_step, curve) -> None:
+            self.needed = [done({"labels": n}) for n in range(10)]
+
+        def fit(self, env_step: int) -> None: ...
+
+        def publish_progress(self, *args, **kwargs) -> None: ...
+
+    config = TrainConfig(env_id="CartPole-v1", run_dir="r", teacher="human", labels=12, min_initial_labels=10)
+    for when_behind, first_enough in (("pace", 3), ("continue", 3), ("wait", 9)):
+        learner = PeoplesLearner(dataclasses.replace(config, when_behind=when_behind))
+        first_labels(learner, lambda then: then(), LabelRound(0, 3), 0, True, 2_000, [])  # type: ignore[arg-type]
+        assert learner.needed.index(True) == first_enough, when_behind

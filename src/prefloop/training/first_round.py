@@ -51,7 +51,9 @@ def _first_round(learner: PreferenceLearner, first_round: LabelRound, env_step: 
     if not resumed:
         learner.ask(first_round.cumulative_labels, env_step)
     asked = learner.pairs_asked()
-    needed = asked if config.when_behind == "wait" else min(asked, config.min_initial_labels)  # pace, continue
+    # pace, continue: as many as a fresh start needs, also on resume (the pairs asked since are
+    # paced by the callback as before the stop, not all owed before the policy may train again)
+    needed = asked if config.when_behind == "wait" else min(asked, first_round.cumulative_labels, config.min_initial_labels)
     learner.wait_for_raters(lambda c: c["labels"] >= needed, f"the policy starts training once {needed} labels are in", env_step, curve)
     learner.fit(env_step)
     learner.publish_progress("training", env_step, curve)
