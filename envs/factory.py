@@ -8,6 +8,7 @@ of wrappers it was recorded in.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import importlib.util
 from collections.abc import Callable
@@ -83,10 +84,10 @@ class EnvSpec:
             kwargs["render_mode"] = render_mode
         if self.factory is None:
             check_env_id(self.env_id)
-            make: Callable[..., Any] = lambda **kw: gym.make(self.env_id, **kw)  # noqa: E731
             name = registered_name(self.env_id)
+            make: Callable[..., Any] = functools.partial(gym.make, self.env_id)
             if is_atari_game(name, self.env_kwargs):  # the Atari preset's frames: 84x84 grey, 4 stacked
-                make = lambda **kw: make_atari_env(game=name, **kw)  # noqa: E731
+                make = functools.partial(make_atari_env, game=name)
         elif isinstance(self.factory, str):
             try:
                 make = load_import_path(self.factory, f"env factory of {self.env_id}")

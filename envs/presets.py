@@ -273,11 +273,12 @@ PIXEL_ENVS = (PIXEL_CARTPOLE_ID, ATARI_ID)
 def default_preset(env_id: str) -> EnvPreset:
     """The preset of ``env_id``, or generic defaults for an env without one (its segment length
     from the env's time step: :func:`prefloop.envs.timing.default_segment_length`)."""
-    preset = PRESETS.get(registered_name(env_id))  # "gymnasium:CartPole-v1" is CartPole-v1
+    name = registered_name(env_id)  # "gymnasium:CartPole-v1" is CartPole-v1
+    preset = PRESETS.get(name)
     if preset is not None:
         return preset
-    if is_atari_game(env_id):  # ale-py's own ids (ALE/Pong-v5, PongNoFrameskip-v4): the Atari preset, that game
-        return replace(PRESETS[ATARI_ID], env_id=env_id, env_kwargs={}, guideline=atari_guideline(env_id))
+    if is_atari_game(name):  # ale-py's own ids (ALE/Pong-v5, PongNoFrameskip-v4): the Atari preset, that game
+        return replace(PRESETS[ATARI_ID], env_id=env_id, env_kwargs={}, guideline=atari_guideline(name))
     return EnvPreset(env_id=env_id, segment_length=default_segment_length(env_id), action_squares=True)
 
 
