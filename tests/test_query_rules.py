@@ -14,9 +14,10 @@ from prefloop.envs import SegmentBuffer
 from prefloop.reward_models import RewardModelConfig, RewardTrainer, build_reward_model
 
 from prefloop.store import PreferenceStore, sqlite_url
+from prefloop.teachers import make_teacher
 from prefloop.training.config import TrainConfig
 from prefloop.training.learner import PreferenceLearner
-from prefloop.training.query import QueryConfig, QueryConfigError, select_pairs
+from prefloop.training.query import NotEnoughSegmentsError, QueryConfig, QueryConfigError, query_rule, select_pairs
 from prefloop.training.semi_supervised import pseudo_labels
 from prefloop.types import LabeledPair, Segment, SegmentPair
 
@@ -221,3 +222,51 @@ def test_ends_put_an_ending_segment_next_to_one_that_goes_on_in_half_of_each_rou
     same = [select_pairs(going_on, 9, QueryConfig(method=method, ends_first=flag), np.random.default_rng(3), preference_probs=probs)
             for flag in (True, False)]
     assert [(id(p.left), id(p.right)) for p in same[0]] == [(id(p.left), id(p.right)) for p in same[1]]
+
+
+def at_once(level: float, index: int) -> Segment:
+    """A segment whose episode ends after its first step (a Blackjack hand the policy sticks on)."""
+    seg = segment(level, index)
+    return Segment(seg.obs, seg.actions, seg.true_rewards, 1, True, index, 0, seg.episode_actions[:1], env_step=index)
+
+
+def test_a_later_round_whose_segments_all_end_at_once_is_asked_later_not_the_end_of_the_run(tmp_path: Path, caplog) -> None:
+    # Blackjack-v1 with DQN: once the policy always sticks, every segment is a 1-step episode; the
+    # round raised and the whole run ended, advising "fewer --labels or more --steps".
+    config = TrainConfig(env_id="Pendulum-v1", run_dir=tmp_path, labels=20, steps=10_000).resolve()
+    store = PreferenceStore(sqlite_url(tmp_path / "prefs.sqlite"), run_name="r")
+    buffer = SegmentBuffer(100)
+    rng = np.random.default_rng(3)
+    buffer.extend(segment(float(v), i, rng) for i, v in enumerate(rng.uniform(-1, 1, 40)))
+    learner = PreferenceLearner(config, store, build_reward_model(OBS, ACT, config.reward_model), buffer,
+                                make_teacher("oracle", seed=0), query_rule=query_rule(QueryConfig("uniform")))
+    assert learner.run_round(5, env_step=0, recent_returns=None) is not None
+    buffer.extend(at_once(float(v), 100 + i) for i, v in enumerate(rng.uniform(-1, 1, 100)))
+    with caplog.at_level("WARNING", logger="prefloop"):
+        assert learner.run_round(9, env_step=200, recent_returns=None) is None  # no refit on nothing new
+    assert "this round's 4 pairs are not asked" in caplog.text and "The next round asks them" in caplog.text
+    assert "fewer labels" not in caplog.text  # more steps or fewer labels would not help
+    assert learner.postponed_at == 200 and len(learner.fit_history) == 1
+    assert learner.pairs_asked() == 5 == store.counts()["pairs"]
+    buffer.extend(segment(float(v), 300 + i, rng) for i, v in enumerate(rng.uniform(-1, 1, 20)))
+    assert learner.ask(9, env_step=300) == 4  # the postponed pairs, once segments differ again
+    store.close()
+
+
+@pytest.mark.parametrize("people", [False, True])
+def test_a_round_whose_segments_all_end_at_once_is_an_error_first_and_for_people(tmp_path: Path, people: bool) -> None:
+    # People's runs too: a paced policy would wait for ever for answers to pairs never asked.
+    config = TrainConfig(env_id="Pendulum-v1", run_dir=tmp_path, labels=20, steps=10_000).resolve()
+    store = PreferenceStore(sqlite_url(tmp_path / "prefs.sqlite"), run_name="r")
+    buffer = SegmentBuffer(100)
+    buffer.extend(segment(0.01 * i, i) for i in range(40))
+    learner = PreferenceLearner(config, store, build_reward_model(OBS, ACT, config.reward_model), buffer,
+                                None if people else make_teacher("oracle", seed=0), query_rule=query_rule(QueryConfig("uniform")))
+    learner._asks_gold = False
+    if people:
+        assert learner.ask(5, env_step=0) == 5
+    buffer.extend(at_once(0.01 * i, 100 + i) for i in range(100))
+    with pytest.raises(NotEnoughSegmentsError, match=r"label round at env step 100: \d+ pairs .* show a difference"):
+        learner.ask(9 if people else 5, env_step=100)
+    assert store.counts()["pairs"] == (5 if people else 0)
+    store.close()

@@ -169,7 +169,9 @@ class PreferenceCallback(BaseCallback):
     def _on_rollout_end(self) -> None:
         learner, config = self.learner, self.learner.config
         env_step = self.step_offset + self.num_timesteps
-        due = [r for r in self.rounds if r.at_step <= env_step and r.cumulative_labels > learner.pairs_asked()]
+        postponed = learner.postponed_at if learner.postponed_at is not None else -1
+        due = [r for r in self.rounds
+               if postponed < r.at_step <= env_step and r.cumulative_labels > learner.pairs_asked()]
         if due:
             self.finish_pending_fit()  # reported and checkpointed before the round (not just taken by its ask)
         if learner.teacher is not None:

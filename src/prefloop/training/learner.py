@@ -27,7 +27,7 @@ from prefloop.teachers.base import Teacher
 from prefloop.teachers.simulated import HUMAN_TEACHER
 from prefloop.training.background_fit import BackgroundFitError, BackgroundFitter, FitJob, fit_on_labels, take_fit
 from prefloop.training.config import TrainConfig
-from prefloop.training.query import NotEnoughSegmentsError, QueryRule
+from prefloop.training.query import NotEnoughSegmentsError, QueryRule, UnaskableSegmentsError
 from prefloop.training.rater_checks import CheckPolicy, RaterRouter, publish_policy, tally_checks
 from prefloop.training.query import query_rule as make_query_rule
 from prefloop.training.schedule import label_rounds
@@ -81,6 +81,10 @@ class PreferenceLearner:
         counts = store.counts()
         self._pairs_asked = counts["pairs"]  # kept here: the schedule checks it every rollout
         self.labels_at_last_fit = -1
+        # Env step of the last round whose segments showed no askable pair (:meth:`ask`): rounds up
+        # to it are not due again (their pairs go to the next round), or every rollout end would
+        # query and refit in vain.
+        self.postponed_at: int | None = None
         # The first label round's pairs fix the reward's unit (prefloop.training.reward_scale).
         self.reference_pairs = label_rounds(config.labels, config.steps or 1, config.schedule)[0].cumulative_labels
         # Gold pairs are for people; replaying a recorded human run asks them too, or its pairs would differ.
@@ -110,11 +114,14 @@ class PreferenceLearner:
         ``recent_returns`` is (mean episode return, mean episode length) of the current policy,
         which scales the skip/equal thresholds of B-Pref teachers. Returns the fit's stats; with
         ``background`` the fit is only started (:meth:`start_fit`): None, and :meth:`finish_fit`
-        gives them.
+        gives them. None too when :meth:`ask` postponed the round (no fit: nothing new to learn).
         """
         assert self.teacher is not None, "run_round needs a simulated teacher"
         started = time.perf_counter()
         self.ask(target_pairs, env_step)
+        if self.postponed_at == env_step:  # no new pair: nothing to answer, nothing new to fit
+            self.time_s += time.perf_counter() - started
+            return None
         if recent_returns is not None and recent_returns[1] > 0:
             mean_return, mean_length = recent_returns
             if hasattr(self.teacher, "set_return_scale"):  # optional in the Teacher protocol
@@ -141,6 +148,20 @@ class PreferenceLearner:
         probs = self.reward_model.preference_probs if self.fit_history else None
         try:
             pairs = self.query_rule(candidates, new_pairs - n_gold, self._rng, probs)
+        except UnaskableSegmentsError as exc:
+            # The first round has no model to go on with: say what to change. People's runs keep
+            # the error too: a paced policy would wait for ever for answers to pairs never asked.
+            if not self.pairs_asked() or self.teacher is None:
+                raise NotEnoughSegmentsError(
+                    f"label round at env step {env_step}: {exc} {too_few_segments_fix(self.config)}"
+                ) from exc
+            # The policy's own segments, e.g. every episode ends at once (a Blackjack policy that
+            # always sticks): ending the run would lose its training, while the next rounds' new
+            # segments may differ. The schedule's targets are cumulative, so a later round asks these.
+            log.warning("step %d: this round's %d pairs are not asked: %s The next round asks them, "
+                        "if the policy's segments show a difference by then.", env_step, new_pairs, exc.fact)
+            self.postponed_at = env_step
+            return 0
         except NotEnoughSegmentsError as exc:
             raise NotEnoughSegmentsError(
                 f"label round at env step {env_step} asks for {new_pairs} new pairs but only "

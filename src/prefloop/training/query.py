@@ -67,6 +67,7 @@ __all__ = [
     "QueryConfig",
     "QueryConfigError",
     "QueryRule",
+    "UnaskableSegmentsError",
     "query_rule",
     "select_pairs",
 ]
@@ -113,6 +114,19 @@ class QueryConfigError(ValueError):
 
 class NotEnoughSegmentsError(ValueError):
     """Too few segments to form the requested number of distinct pairs."""
+
+
+class UnaskableSegmentsError(NotEnoughSegmentsError):
+    """Segments enough, but too few of their pairs show a difference a person can see
+    (:func:`prefloop.training.distinguishable.indistinguishable`): more of the same segments do
+    not help, the policy's next ones may (e.g. once it no longer ends every episode at once).
+
+    ``fact``: the message without its advice, for a run that goes on (the learner postpones the round).
+    """
+
+    def __init__(self, fact: str, advice: str):
+        super().__init__(f"{fact} {advice}")
+        self.fact = fact
 
 
 @dataclass(frozen=True)
@@ -455,9 +469,9 @@ def _uncertain(
 
 def _check_enough_askable(found: int, n_pairs: int, n_segments: int, total: int) -> None:
     if found < n_pairs:
-        raise NotEnoughSegmentsError(
+        raise UnaskableSegmentsError(
             f"{n_pairs} pairs are wanted but only {found} of the {total} distinct pairs of {n_segments} "
             "segments show a difference a person can see (the others both end within their first "
-            "frames, or look identical). Collect more environment steps before querying, or ask "
-            "for fewer labels in this round."
+            "frames, or look identical).",
+            "Collect more environment steps before querying, or ask for fewer labels in this round.",
         )
