@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 from gymnasium import spaces
 from prefloop.envs.dmc import INSTALL_HINT as DMC_INSTALL_HINT
 from prefloop.envs.dmc import dmc_available, ensure_dmc_registered, is_dmc_id
@@ -178,6 +179,23 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space, env_id: 
             f"{env_id}: action space {action_space} is not supported "
             "(supported: Box, Discrete, MultiDiscrete)."
         )
+    observed = [leaf.space for leaf in leaves(observation_space)] if is_structured(observation_space) else [observation_space]
+    for what, space in [*(("observation", s) for s in observed), ("action", action_space)]:
+        if _starts_off_zero(space):
+            # SB3 ignores ``start``: its policies act in 0..n-1 and one-hot observations as if
+            # they started at 0, so the env got actions out of its range (an IndexError in the
+            # env, or a wrong action) and observations out of the one-hot's.
+            raise EnvSetupError(
+                f"{env_id}: {what} space {space} does not start at 0, which stable-baselines3 ignores; "
+                f"shift it to start at 0 with a gymnasium.{what.capitalize()}Wrapper"
+            )
+
+
+def _starts_off_zero(space: gym.Space) -> bool:
+    """A Discrete or MultiDiscrete space whose values do not start at 0 (``start`` is Gymnasium's)."""
+    if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
+        return bool(np.any(np.asarray(space.start) != 0))
+    return False
 
 
 def make_env(

@@ -181,6 +181,25 @@ def test_unsupported_spaces_are_refused_with_a_fix(observation_space: gym.Space,
         gym.registry.pop("prefloop-test/OddObs-v0")
 
 
+@pytest.mark.parametrize(
+    ("observation_space", "action_space", "named"),
+    [
+        (gym.spaces.Box(0, 1, (2,)), gym.spaces.Discrete(5, start=-2), "action space Discrete\\(5, start=-2\\) does not start at 0"),
+        (gym.spaces.Box(0, 1, (2,)), gym.spaces.MultiDiscrete([3, 3], start=[0, 1]), "action space MultiDiscrete"),
+        (gym.spaces.Discrete(4, start=1), gym.spaces.Discrete(2), "observation space Discrete\\(4, start=1\\)"),
+        (gym.spaces.Dict({"a": gym.spaces.Box(0, 1, (2,)), "n": gym.spaces.Discrete(3, start=-1)}), gym.spaces.Discrete(2),
+         "observation space Discrete\\(3, start=-1\\) does not start at 0.*ObservationWrapper"),
+    ],
+)
+def test_spaces_that_do_not_start_at_0_are_refused_with_a_fix(observation_space, action_space, named: str) -> None:
+    # SB3 ignores ``start``: PPO's actions 3 and 4 reached an env expecting -2..2 (an IndexError
+    # deep in the user's step) after a first round whose random actions were -2..2.
+    with pytest.raises(EnvSetupError, match=named):
+        check_spaces(observation_space, action_space, "odd")
+    if named.startswith("action"):  # the same observations with actions from 0 pass
+        check_spaces(observation_space, gym.spaces.Discrete(5), "odd")
+
+
 def test_env_without_rgb_array_rendering_is_refused_before_training() -> None:
     gym.register("prefloop-test/DictObs-v0", entry_point=_DictObsEnv)
     try:
