@@ -12,6 +12,7 @@ the structure back.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import gymnasium as gym
@@ -20,6 +21,14 @@ from prefloop.envs.segments import EpisodeSegmenter, SegmentBuffer, cut_segments
 from prefloop.structured_obs import batch_as_array, one_as_array
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
+
+log = logging.getLogger("prefloop")
+
+# Episode steps after which the recorder says (once) that an episode has not ended: each of its
+# segments keeps every action since the reset (clips replay the episode) and the history keeps
+# every step since, so memory and each clip's replay grow with it -- without bound in an env that
+# never ends and has no time limit.
+LONG_EPISODE_STEPS = 10_000
 
 
 class SegmentRecorder(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -90,6 +99,7 @@ class VecSegmentRecorder(VecEnvWrapper):
         self._episode_seed: list[int | None] = [None] * venv.num_envs
         self._last_obs: np.ndarray | None = None
         self._actions_in_flight: np.ndarray | None = None
+        self._said_long = False  # the LONG_EPISODE_STEPS warning is given once
         self.num_timesteps = 0
 
     @property
@@ -130,11 +140,22 @@ class VecSegmentRecorder(VecEnvWrapper):
             self._next_cut = self._first_due_cut()
         if now >= self._next_cut:  # a scalar test per step; the per-env one only when some env is due
             running = now - self._episode_start
+            if not self._said_long and running.max() >= LONG_EPISODE_STEPS:
+                self._say_long(int(running.max()))
             for index in np.flatnonzero(running - self._cut_until >= 2 * self.segment_length).tolist():
                 self._cut(index, now, terminated=False)
             self._next_cut = self._first_due_cut()
         self._last_obs = self._as_array(obs)
         return obs, rewards, dones, infos
+
+    def _say_long(self, steps: int) -> None:
+        self._said_long = True
+        log.warning(
+            "an episode has run %d steps without ending: its segments keep every action since the "
+            "reset (clips replay the episode), so memory and clip rendering grow with it; give the "
+            "env a time limit (gymnasium.register(..., max_episode_steps=N) or a TimeLimit wrapper)",
+            steps,
+        )
 
     def _first_due_cut(self) -> int:
         """The first history index at which some running episode has ``2 L`` steps not yet cut."""

@@ -122,3 +122,21 @@ def test_step_history_keeps_what_is_needed_across_compaction_and_growth() -> Non
     assert obs.dtype == np.float32 and actions.dtype == np.int64
     with pytest.raises(IndexError):
         history.column(0, 30, 40)
+
+
+def test_an_episode_that_does_not_end_is_named_once(monkeypatch, caplog) -> None:
+    # An env with no time limit that never ends (a user's, unregistered with max_episode_steps):
+    # every segment kept every action since the reset, 16 KB per segment after 2 000 steps and
+    # growing, with no word of it.
+    monkeypatch.setattr(recorder_module, "LONG_EPISODE_STEPS", 200)
+    venv = DummyVecEnv([lambda: make_env(EnvSpec("Pendulum-v1", {"max_episode_steps": 10**6}), seed=0)] * 2)
+    recorder = VecSegmentRecorder(venv, SegmentBuffer(100), segment_length=10, seed=0)
+    recorder.reset()
+    with caplog.at_level("WARNING", logger="prefloop"):
+        for _ in range(190):
+            recorder.step(np.zeros((2, 1), dtype=np.float32))
+        assert "without ending" not in caplog.text
+        for _ in range(200):
+            recorder.step(np.zeros((2, 1), dtype=np.float32))
+    assert caplog.text.count("steps without ending") == 1  # looked at when segments are cut: 200-220 steps
+    assert "max_episode_steps" in caplog.text
