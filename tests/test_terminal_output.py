@@ -103,3 +103,24 @@ def test_the_run_summary_reports_the_env_steps_the_run_took_not_only_the_ones_as
     assert steps_row(2000, 2248) == "2,248 (asked 2,000; the algorithm finishes the rollout it is in)"
     assert steps_row(2048, 2048) == "2,048"
     assert steps_row(2048, None) == "2,048"  # a summary written before the count was kept
+
+
+def test_the_run_summary_says_why_nothing_was_judged_not_not_yet(tmp_path) -> None:
+    # MountainCar-v0 with an oracle: every label a tie, every true segment return -L. The summary
+    # at the end of the run said "not yet" and "-", as if more were coming.
+    from prefloop.training.config import TrainConfig
+    from prefloop.training.loop import RunResult
+    from prefloop.training.report import run_summary_rows
+
+    config = TrainConfig(env_id="MountainCar-v0", run_dir=tmp_path, steps=10_000, algo="ppo")
+    result = RunResult(config=config, eval_return_mean=-200.0, eval_return_std=0.0, eval_returns=[-200.0], labels_used=30,
+                       wall_time_s=1.0, cpu_time_s=1.0, reward_learning_time_s=0.5, curve=[], env_steps=10_000,
+                       reward_model={"val_accuracy": None, "val_pairs": 0.0, "segment_return_pearson": None})
+    rows = dict(run_summary_rows(result))
+    assert rows["reward-model val accuracy"].startswith("none: no pair answered after the first round had a preferred clip")
+    assert rows["learned vs true segment return (Pearson)"] == "- (undefined: the recent segments' true returns do not vary)"
+    result.reward_model = {"val_accuracy": 0.75, "val_pairs": 12.0, "segment_return_pearson": 0.5}
+    rows = dict(run_summary_rows(result))
+    assert rows["reward-model val accuracy"] == (
+        "0.75 on 12 pairs (each judged before the model learned it); not judged: the first round's pairs and ties")
+    assert rows["learned vs true segment return (Pearson)"] == "0.50"

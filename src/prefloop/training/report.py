@@ -60,6 +60,25 @@ def _prequential_note(fit_stats: Mapping[str, float], held_out: bool, labels_use
     return f"; not judged: the first round's pairs and ties{window}"
 
 
+def final_validation_text(fit_stats: Mapping[str, float], held_out: bool, labels_used: int) -> str:
+    """:func:`validation_text` at the end of a run, with why fewer pairs than labels were judged;
+    no pair judged at all is "none" and why, not "not yet": no fit is coming (MountainCar-v0's
+    or FrozenLake-v1's oracle labels early on are all ties)."""
+    text = validation_text(fit_stats, held_out)
+    if text != "not yet":
+        return text + _prequential_note(fit_stats, held_out, labels_used)
+    if held_out:
+        return "none: no held-out pair had a preferred clip (ties are not judged)"
+    return "none: no pair answered after the first round had a preferred clip (ties and the first round's pairs are not judged)"
+
+
+def _final_correlation_text(value: float | None) -> str:
+    """The learned-vs-true segment-return correlation; undefined when the true returns do not vary
+    (a reward of -1 every step, as MountainCar-v0's) or too few segments were recent."""
+    text = _fmt(value)
+    return text if text != "-" else "- (undefined: the recent segments' true returns do not vary)"
+
+
 def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
     config = result.config
     rows = [
@@ -76,9 +95,8 @@ def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
             ("teacher", config.teacher_name),
             ("labels used", str(result.labels_used)
              + (f" ({result.labels_fitted} in the last reward-model fit)" if result.labels_fitted != result.labels_used else "")),
-            ("reward-model val accuracy", validation_text(rm, held_out=config.reward_model.val_fraction > 0)
-             + _prequential_note(rm, config.reward_model.val_fraction > 0, result.labels_used)),
-            ("learned vs true segment return (Pearson)", _fmt(rm.get("segment_return_pearson"))),
+            ("reward-model val accuracy", final_validation_text(rm, config.reward_model.val_fraction > 0, result.labels_used)),
+            ("learned vs true segment return (Pearson)", _final_correlation_text(rm.get("segment_return_pearson"))),
             ("time in reward learning", f"{result.reward_learning_time_s:.1f} s"
              + (f" (and {result.background_fit_s:.1f} s of fits in a second process, while the policy trained)"
                 if result.background_fit_s else "")),
