@@ -55,7 +55,12 @@ def is_image_observation_space(space: gym.Space) -> bool:
     the observations a CNN reward model and SB3's ``CnnPolicy`` are chosen for."""
     if not isinstance(space, gym.spaces.Box) or space.dtype != np.uint8 or len(space.shape) not in (2, 3):
         return False
-    return bool(np.all(space.low == 0) and np.all(space.high == 255)) and min(space.shape[-2:]) >= 8
+    if not (np.all(space.low == 0) and np.all(space.high == 255)):
+        return False
+    # Height and width wherever the channels are: the last two dimensions of an (H, W, 3) frame
+    # are (W, 3), which read as too small took every channel-last image for a vector.
+    _, height, width, _ = image_layout(space)
+    return min(height, width) >= 8
 
 
 def image_layout(space: gym.spaces.Box) -> tuple[int, int, int, bool]:

@@ -16,6 +16,7 @@ from prefloop.reward_models import (
     RewardModelConfig,
     RewardTrainer,
     build_reward_model,
+    is_image_observation_space,
     load_reward_model,
     save_reward_model,
 )
@@ -298,3 +299,16 @@ def test_stacked_frames_go_to_the_store_once_per_frame_and_come_back_the_same() 
         obs_from_bytes(STACKED_MAGIC)
     with pytest.raises(ValueError, match="damaged"):
         obs_from_bytes(STACKED_MAGIC + bytes([40]) + blob[len(STACKED_MAGIC) + 1 :])
+
+
+@pytest.mark.parametrize(("shape", "image"), [
+    ((64, 64, 3), True), ((84, 84, 4), True), ((3, 64, 64), True), ((4, 84, 84), True), ((84, 84), True),
+    ((5, 5), False), ((7, 7, 3), False), ((64,), False),
+])
+def test_channel_last_frames_get_the_cnn_reward_model_as_channel_first_ones_do(shape: tuple, image: bool) -> None:
+    # A user's (H, W, 3) pixel env got CnnPolicy but an MLP reward model on every pixel, each
+    # standardised on its own: the test read the last two dimensions, (W, 3), as the frame's size.
+    space = gym.spaces.Box(0, 255, shape, np.uint8)
+    assert is_image_observation_space(space) is image
+    if image:
+        assert isinstance(build_reward_model(space, gym.spaces.Discrete(3), RewardModelConfig(n_members=1)), CnnRewardEnsemble)
