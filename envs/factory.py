@@ -250,3 +250,6 @@ def check_can_render(spec: EnvSpec) -> None:
             "so its segments cannot be shown to a human rater. Use a simulated teacher "
             "(--teacher oracle), or an env that renders rgb_array."
         )
+    # Built as the clip worker builds it: an env whose metadata lists rgb_array but whose
+    # constructor takes no render_mode passed the check above, and then every clip failed.
+    spec.build(render_mode="rgb_array").close()

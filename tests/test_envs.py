@@ -210,6 +210,27 @@ def test_env_without_rgb_array_rendering_is_refused_before_training() -> None:
     check_can_render(EnvSpec("CartPole-v1"))
 
 
+class _NoRenderModeEnv(gym.Env):
+    """Says it renders rgb_array, but its constructor takes no ``render_mode``."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+    observation_space = gym.spaces.Box(0, 1, (2,))
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        super().__init__()
+
+
+def test_an_env_whose_constructor_takes_no_render_mode_is_refused_before_training() -> None:
+    # The check read only the metadata: `prefloop run` started, and the clip worker failed on every clip.
+    gym.register("prefloop-test/NoRenderMode-v0", entry_point=_NoRenderModeEnv)
+    try:
+        with pytest.raises(EnvSetupError, match="rejected its keyword arguments \\{'render_mode': 'rgb_array'\\}"):
+            check_can_render(EnvSpec("prefloop-test/NoRenderMode-v0"))
+    finally:
+        gym.registry.pop("prefloop-test/NoRenderMode-v0")
+
+
 class _DictObsEnv(gym.Env):
     metadata = {"render_modes": []}
     observation_space = gym.spaces.Dict({"a": gym.spaces.Box(0, 1, (2,))})
