@@ -133,6 +133,9 @@ class VecSegmentRecorder(VecEnvWrapper):
             for index in np.flatnonzero(dones).tolist():
                 terminated = not infos[index].get("TimeLimit.truncated", False)
                 self._cut(index, now, terminated)
+                steps = now - int(self._episode_start[index])
+                if not terminated and steps < self.segment_length:  # gave no segment
+                    self.buffer.longest_uncut_episode = max(self.buffer.longest_uncut_episode, steps)
                 self._episode_start[index] = now
                 self._cut_until[index] = 0
                 self._episode_seed[index] = self._seed_of_new_episode(index)

@@ -174,6 +174,9 @@ class SegmentBuffer:
             raise ValueError(f"segment buffer capacity must be >= 2, got {capacity}")
         self._segments: collections.deque[Segment] = collections.deque(maxlen=capacity)
         self.total_added = 0
+        # The most steps of an episode cut off (truncated) before one segment fitted in it: such
+        # episodes give no segment, and a round that finds too few says so (0: none was).
+        self.longest_uncut_episode = 0
 
     def extend(self, segments: Iterable[Segment]) -> None:
         for segment in segments:

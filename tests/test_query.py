@@ -214,3 +214,13 @@ def test_too_few_segments_names_the_setting_that_causes_it(tmp_path, settings: d
 
     config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, **{"labels": 10, **settings}).resolve()
     assert fix in too_few_segments_fix(config)
+
+
+def test_too_few_segments_from_episodes_shorter_than_a_segment_names_the_segment_length(tmp_path) -> None:
+    from prefloop.training.config import TrainConfig
+    from prefloop.training.learner import too_few_segments_fix
+
+    config = TrainConfig(env_id="CartPole-v1", run_dir=tmp_path, labels=30, steps=6_000, segment_length=50).resolve()
+    fix = too_few_segments_fix(config, longest_uncut_episode=40)
+    assert "cut off (truncated) after at most 40 steps, fewer than one segment (50 steps)" in fix
+    assert "--segment-length 20 or less" in fix and "fewer --labels" not in fix

@@ -140,3 +140,21 @@ def test_an_episode_that_does_not_end_is_named_once(monkeypatch, caplog) -> None
             recorder.step(np.zeros((2, 1), dtype=np.float32))
     assert caplog.text.count("steps without ending") == 1  # looked at when segments are cut: 200-220 steps
     assert "max_episode_steps" in caplog.text
+
+
+def test_episodes_cut_off_before_a_segment_fits_are_noted_for_the_error() -> None:
+    # A user's env truncating its own 40-step episodes, with no render_fps: 50-step segments, none
+    # ever cut, and the first round said "use fewer --labels or more --steps".
+    venv = DummyVecEnv([lambda: make_env(EnvSpec("Pendulum-v1", {"max_episode_steps": 8}), seed=0)] * 2)
+    buffer = SegmentBuffer(100)
+    recorder = VecSegmentRecorder(venv, buffer, segment_length=10, seed=0)
+    recorder.reset()
+    for _ in range(40):
+        recorder.step(np.zeros((2, 1), dtype=np.float32))
+    assert len(buffer) == 0 and buffer.longest_uncut_episode == 8
+    long_enough = SegmentBuffer(100)
+    recorder = VecSegmentRecorder(venv, long_enough, segment_length=4, seed=0)
+    recorder.reset()
+    for _ in range(40):
+        recorder.step(np.zeros((2, 1), dtype=np.float32))
+    assert len(long_enough) > 0 and long_enough.longest_uncut_episode == 0

@@ -153,7 +153,7 @@ class PreferenceLearner:
             # the error too: a paced policy would wait for ever for answers to pairs never asked.
             if not self.pairs_asked() or self.teacher is None:
                 raise NotEnoughSegmentsError(
-                    f"label round at env step {env_step}: {exc} {too_few_segments_fix(self.config)}"
+                    f"label round at env step {env_step}: {exc} {too_few_segments_fix(self.config, self.buffer.longest_uncut_episode)}"
                 ) from exc
             # The policy's own segments, e.g. every episode ends at once (a Blackjack policy that
             # always sticks): ending the run would lose its training, while the next rounds' new
@@ -165,7 +165,7 @@ class PreferenceLearner:
         except NotEnoughSegmentsError as exc:
             raise NotEnoughSegmentsError(
                 f"label round at env step {env_step} asks for {new_pairs} new pairs but only "
-                f"{len(candidates)} segments have been recorded: {exc} {too_few_segments_fix(self.config)}"
+                f"{len(candidates)} segments have been recorded: {exc} {too_few_segments_fix(self.config, self.buffer.longest_uncut_episode)}"
             ) from exc
         golds = gold_pairs(candidates, n_gold, self._rng)
         # One transaction: raters answering meanwhile (on probation, checks first) never find the
@@ -391,13 +391,21 @@ def gold_pairs(candidates: list[Segment], n: int, rng: np.random.Generator) -> l
     return out
 
 
-def too_few_segments_fix(config: TrainConfig) -> str:
+def too_few_segments_fix(config: TrainConfig, longest_uncut_episode: int = 0) -> str:
     """What to change when a round finds too few segments: when each env gets fewer steps than
-    one segment, that is the cause (--n-envs, --steps or --segment-length), not the labels."""
+    one segment, that is the cause (--n-envs, --steps or --segment-length), not the labels; so it
+    is when episodes were cut off (``longest_uncut_episode`` steps at most, see
+    :class:`~prefloop.envs.SegmentBuffer`) before a segment fitted: an env that truncates its own
+    episodes, with no registered time limit for the default segment length to fit in."""
     steps, n_envs, length = config.steps or 0, config.n_envs or 1, config.segment_length or 0
     if steps // n_envs < length:
         return (f"Each of the {n_envs} envs gets {steps // n_envs} of the {steps} steps, fewer than one "
                 f"segment ({length} steps): use fewer --n-envs, a shorter --segment-length or more --steps "
                 "(TrainConfig n_envs / segment_length / steps from Python).")
+    if longest_uncut_episode:
+        return (f"Episodes were cut off (truncated) after at most {longest_uncut_episode} steps, fewer than one "
+                f"segment ({length} steps), and gave no segment: use --segment-length "
+                f"{max(1, longest_uncut_episode // 2)} or less (TrainConfig segment_length from Python), or register "
+                "the env with max_episode_steps, which the default segment length fits in.")
     return (f"With --labels {config.labels} over {steps} steps, use fewer --labels or more --steps "
             "(TrainConfig labels / steps from Python).")
