@@ -312,3 +312,42 @@ def test_channel_last_frames_get_the_cnn_reward_model_as_channel_first_ones_do(s
     assert is_image_observation_space(space) is image
     if image:
         assert isinstance(build_reward_model(space, gym.spaces.Discrete(3), RewardModelConfig(n_members=1)), CnnRewardEnsemble)
+
+
+class _ChannelLastFrames(gym.Env):
+    """36x36 RGB frames, channel-last; pixel (0, 0) holds the step count."""
+
+    observation_space = gym.spaces.Box(0, 255, (36, 36, 3), np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._frame(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._frame(), 0.0, False, self.t >= 10, {}
+
+    def _frame(self) -> np.ndarray:
+        frame = np.zeros((36, 36, 3), np.uint8)
+        frame[0, 0, 0] = self.t  # only channel 0: a transposed frame puts it elsewhere
+        return frame
+
+
+def test_an_off_policy_replay_buffer_of_channel_last_frames_is_relabelled_as_the_env_gives_them() -> None:
+    # DQN on a user's (H, W, 3) env: SB3 keeps its replay buffer channel-first, and relabelling it
+    # raised "observation batch has shape (4, 3, 48, 48), expected (B, 48, 48, 3)" after the first round.
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.vec_env import DummyVecEnv
+    from prefloop.training.algos import relabel_replay_buffer
+
+    class FirstPixel:
+        def predict(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+            assert obs.shape[1:] == (36, 36, 3)
+            return obs[:, 0, 0, 0].astype(np.float32)
+
+    model = DQN("CnnPolicy", DummyVecEnv([_ChannelLastFrames]), buffer_size=64, learning_starts=100, seed=0, device="cpu")
+    model.learn(total_timesteps=20)
+    assert relabel_replay_buffer(model, FirstPixel()) == 20
+    assert sorted(model.replay_buffer.rewards[:20, 0].tolist()) == sorted([float(t % 10) for t in range(20)])

@@ -22,7 +22,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.utils import LinearSchedule
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecTransposeImage, is_vecenv_wrapped
 
 from prefloop.envs.learned_reward import RewardFunction
 from prefloop.import_paths import ImportPathError, describe, is_import_path
@@ -240,6 +240,11 @@ def relabel_replay_buffer(model: BaseAlgorithm, reward_fn: RewardFunction, chunk
         )
     else:
         obs = buffer.observations[:filled].reshape(filled * n_envs, *buffer.obs_shape)
+        env = model.get_env()
+        if env is not None and is_vecenv_wrapped(env, VecTransposeImage):
+            # SB3 stores channel-last frames channel-first (VecTransposeImage, its own wrapper);
+            # the reward model reads them as the env gives them, as segments keep them.
+            obs = obs.transpose(0, 2, 3, 1)
     actions = buffer.actions[:filled].reshape(filled * n_envs, buffer.action_dim)
     if isinstance(model.action_space, spaces.Box):
         # SB3 stores Box actions squashed to [-1, 1]; the reward model saw env actions.
