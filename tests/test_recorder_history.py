@@ -158,3 +158,23 @@ def test_episodes_cut_off_before_a_segment_fits_are_noted_for_the_error() -> Non
     for _ in range(40):
         recorder.step(np.zeros((2, 1), dtype=np.float32))
     assert len(long_enough) > 0 and long_enough.longest_uncut_episode == 0
+
+
+def test_a_first_round_with_no_segment_says_only_why(tmp_path) -> None:
+    from prefloop.reward_models import build_reward_model
+    from prefloop.store import PreferenceStore, sqlite_url
+    from prefloop.training.config import TrainConfig
+    from prefloop.training.learner import PreferenceLearner
+    from prefloop.training.query import NotEnoughSegmentsError
+
+    config = TrainConfig(env_id="Pendulum-v1", run_dir=tmp_path, labels=30, steps=6_000, segment_length=50).resolve()
+    buffer = SegmentBuffer(100)
+    buffer.longest_uncut_episode = 40
+    venv = make_env(EnvSpec("Pendulum-v1"))
+    with PreferenceStore(sqlite_url(tmp_path / "prefs.sqlite"), run_name="r") as store:
+        learner = PreferenceLearner(config, store, build_reward_model(venv.observation_space, venv.action_space, config.reward_model),
+                                    buffer, None)
+        with pytest.raises(NotEnoughSegmentsError) as info:
+            learner.ask(8, env_step=600)
+    assert str(info.value).startswith("label round at env step 600 found no segment. Episodes were cut off (truncated) after at most 40")
+    assert "fewer labels" not in str(info.value)

@@ -163,9 +163,12 @@ class PreferenceLearner:
             self.postponed_at = env_step
             return 0
         except NotEnoughSegmentsError as exc:
+            fix = too_few_segments_fix(self.config, self.buffer.longest_uncut_episode)
+            if not candidates:  # the pair count is not the problem: say only what is
+                raise NotEnoughSegmentsError(f"label round at env step {env_step} found no segment. {fix}") from exc
             raise NotEnoughSegmentsError(
                 f"label round at env step {env_step} asks for {new_pairs} new pairs but only "
-                f"{len(candidates)} segments have been recorded: {exc} {too_few_segments_fix(self.config, self.buffer.longest_uncut_episode)}"
+                f"{len(candidates)} segments have been recorded: {exc} {fix}"
             ) from exc
         golds = gold_pairs(candidates, n_gold, self._rng)
         # One transaction: raters answering meanwhile (on probation, checks first) never find the
