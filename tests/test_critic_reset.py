@@ -14,7 +14,7 @@ from prefloop.reward_models import RewardModelConfig
 from stable_baselines3 import DQN, PPO, SAC, TD3
 
 from prefloop.cli.arguments import add_run_arguments
-from prefloop.training.algos import reset_critic
+from prefloop.training.algos import reset_critic, reset_critic_after_exploration
 from prefloop.training.config import TrainConfig
 from prefloop.training.loop import train
 
@@ -90,3 +90,13 @@ def test_a_run_where_it_cannot_apply_says_so(tmp_path: Path, caplog: pytest.LogC
         train(config)
     assert any("--reset-critic did nothing: it resets the critic after --unsupervised-steps" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_learner_it_cannot_reset_is_named_with_its_package(caplog: pytest.LogCaptureFixture) -> None:
+    """SBX's SAC is an SB3 off-policy algorithm named SAC as well: "not of SAC" would read as a bug,
+    so the class is named with its package."""
+    model = DQN("MlpPolicy", gym.make("CartPole-v1"), learning_starts=10, buffer_size=1_000, seed=0, verbose=0)
+    with caplog.at_level(logging.WARNING, logger="prefloop"):
+        reset_critic_after_exploration(model, 300)
+    assert any("did nothing: it resets the critic of stable_baselines3's SAC, TD3 or DDPG, not of stable_baselines3's DQN"
+               in r.getMessage() for r in caplog.records)

@@ -206,7 +206,10 @@ def reset_critic_after_exploration(model: BaseAlgorithm, exploration_steps: int)
     elif reset_critic(model):
         log.info("critic reset after %d steps of exploration (PEBBLE)", exploration_steps)
     else:
-        log.warning("--reset-critic did nothing: it resets the critic of SAC, TD3 or DDPG, not of %s", type(model).__name__)
+        # Named with its package: SBX's SAC is an SB3 off-policy algorithm too, but its critic is JAX's.
+        package = type(model).__module__.split(".")[0]
+        log.warning("--reset-critic did nothing: it resets the critic of stable_baselines3's SAC, TD3 or DDPG, not of %s's %s",
+                    package, type(model).__name__)
 
 
 def rewards_wait_for_rollout_end(model: BaseAlgorithm) -> bool:
