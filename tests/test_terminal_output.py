@@ -118,7 +118,7 @@ def test_the_run_summary_says_why_nothing_was_judged_not_not_yet(tmp_path) -> No
                        reward_model={"val_accuracy": None, "val_pairs": 0.0, "segment_return_pearson": None})
     rows = dict(run_summary_rows(result))
     assert rows["reward-model val accuracy"].startswith("none: no pair answered after the first round had a preferred clip")
-    assert rows["learned vs true segment return (Pearson)"] == "- (undefined: the recent segments' true returns do not vary)"
+    assert rows["learned vs true segment return (Pearson)"] == "- (undefined: the recent segments' true or learned returns do not vary)"
     result.reward_model = {"val_accuracy": 0.75, "val_pairs": 12.0, "segment_return_pearson": 0.5}
     rows = dict(run_summary_rows(result))
     assert rows["reward-model val accuracy"] == (

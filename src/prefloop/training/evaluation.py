@@ -25,15 +25,17 @@ log = logging.getLogger("prefloop")
 UNLIMITED_EPISODE_CAP = 10_000
 
 
-def bounded_episodes(env: gym.Env, *, warn: bool = False) -> gym.Env:
+def bounded_episodes(env: gym.Env, *, say_so: bool = False) -> gym.Env:
     """``env`` as it is when it has a time limit of its own (:func:`_has_time_limit`), else cut at
-    :data:`UNLIMITED_EPISODE_CAP` steps (truncated, as Gymnasium's ``TimeLimit`` does); ``warn`` logs
-    that returns are of cut episodes."""
+    :data:`UNLIMITED_EPISODE_CAP` steps (truncated, as Gymnasium's ``TimeLimit`` does); ``say_so`` logs
+    that it will be (information: the evaluation warns afterwards if an episode was in fact cut)."""
     if _has_time_limit(env):
         return env
-    if warn:
-        log.warning("%s has no time limit: evaluation episodes are cut at %d steps", env.spec.id if env.spec else env,
-                    UNLIMITED_EPISODE_CAP)
+    if say_so:
+        # Information, not a warning: most such envs end their episodes themselves (Blackjack,
+        # DeepMind Control through shimmy); the evaluation warns if an episode was in fact cut.
+        log.info("%s registers no time limit: an evaluation episode still running at %d steps is cut there",
+                 env.spec.id if env.spec else env, UNLIMITED_EPISODE_CAP)
     return gym.wrappers.TimeLimit(env, max_episode_steps=UNLIMITED_EPISODE_CAP)
 
 
@@ -55,7 +57,7 @@ def evaluate(model: BaseAlgorithm, spec: EnvSpec, episodes: int, seed: int) -> l
     env without a time limit has its episodes cut, :func:`bounded_episodes`)."""
     env = make_env(spec, seed=seed)
     capped = not _has_time_limit(env)
-    eval_env = DummyVecEnv([lambda: Monitor(bounded_episodes(env, warn=True))])
+    eval_env = DummyVecEnv([lambda: Monitor(bounded_episodes(env, say_so=True))])
     normalizer = model.get_vec_normalize_env()
     if normalizer is not None:
         eval_env = frozen_copy(normalizer, eval_env)

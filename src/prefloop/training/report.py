@@ -73,10 +73,11 @@ def final_validation_text(fit_stats: Mapping[str, float], held_out: bool, labels
 
 
 def _final_correlation_text(value: float | None) -> str:
-    """The learned-vs-true segment-return correlation; undefined when the true returns do not vary
-    (a reward of -1 every step, as MountainCar-v0's) or too few segments were recent."""
+    """The learned-vs-true segment-return correlation; undefined (:func:`prefloop.metrics.correlations`)
+    when the true or the learned returns do not vary (a reward of -1 every step, as MountainCar-v0's;
+    a model that learnt nothing from ties) or fewer than 3 segments were recent."""
     text = _fmt(value)
-    return text if text != "-" else "- (undefined: the recent segments' true returns do not vary)"
+    return text if text != "-" else "- (undefined: the recent segments' true or learned returns do not vary)"
 
 
 def run_summary_rows(result: "RunResult") -> list[tuple[str, str]]:
