@@ -200,16 +200,6 @@ def test_spaces_that_do_not_start_at_0_are_refused_with_a_fix(observation_space,
         check_spaces(observation_space, gym.spaces.Discrete(5), "odd")
 
 
-def test_env_without_rgb_array_rendering_is_refused_before_training() -> None:
-    gym.register("prefloop-test/DictObs-v0", entry_point=_DictObsEnv)
-    try:
-        with pytest.raises(EnvSetupError, match="rgb_array"):
-            check_can_render(EnvSpec("prefloop-test/DictObs-v0"))
-    finally:
-        gym.registry.pop("prefloop-test/DictObs-v0")
-    check_can_render(EnvSpec("CartPole-v1"))
-
-
 class _NoRenderModeEnv(gym.Env):
     """Says it renders rgb_array, but its constructor takes no ``render_mode``."""
 
@@ -221,14 +211,20 @@ class _NoRenderModeEnv(gym.Env):
         super().__init__()
 
 
-def test_an_env_whose_constructor_takes_no_render_mode_is_refused_before_training() -> None:
-    # The check read only the metadata: `prefloop run` started, and the clip worker failed on every clip.
-    gym.register("prefloop-test/NoRenderMode-v0", entry_point=_NoRenderModeEnv)
+@pytest.mark.parametrize("entry_point, refusal", [
+    (lambda **kwargs: _DictObsEnv(**kwargs), "rgb_array"),  # its metadata lists no rgb_array
+    # It lists rgb_array but its constructor takes no render_mode: the check read only the metadata,
+    # `prefloop run` started, and the clip worker failed on every clip.
+    (lambda **kwargs: _NoRenderModeEnv(**kwargs), "rejected its keyword arguments \\{'render_mode': 'rgb_array'\\}"),
+], ids=["no-rgb_array", "no-render_mode-argument"])
+def test_an_env_that_cannot_render_clips_is_refused_before_training(entry_point, refusal) -> None:
+    gym.register("prefloop-test/NoClips-v0", entry_point=entry_point)
     try:
-        with pytest.raises(EnvSetupError, match="rejected its keyword arguments \\{'render_mode': 'rgb_array'\\}"):
-            check_can_render(EnvSpec("prefloop-test/NoRenderMode-v0"))
+        with pytest.raises(EnvSetupError, match=refusal):
+            check_can_render(EnvSpec("prefloop-test/NoClips-v0"))
     finally:
-        gym.registry.pop("prefloop-test/NoRenderMode-v0")
+        gym.registry.pop("prefloop-test/NoClips-v0")
+    check_can_render(EnvSpec("CartPole-v1"))
 
 
 class _DictObsEnv(gym.Env):
