@@ -34,8 +34,8 @@ EnvFactory = Callable[..., gym.Env]
 are rendered for people), returns a ``gymnasium.Env`` -- an unregistered env, or a registered one
 inside the user's wrappers."""
 
-SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiBinary)
-SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete)
+SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiBinary, spaces.MultiDiscrete)
+SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
 
 class EnvSetupError(ValueError):
@@ -172,12 +172,12 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space, env_id: 
     elif not isinstance(observation_space, SUPPORTED_OBSERVATION_SPACES):
         raise EnvSetupError(
             f"{env_id}: observation space {observation_space} is not supported "
-            "(supported: Box, Discrete, MultiBinary, and Dict or Tuple spaces of those and MultiDiscrete)."
+            "(supported: Box, Discrete, MultiBinary, MultiDiscrete, and Dict or Tuple spaces of those)."
         )
     if not isinstance(action_space, SUPPORTED_ACTION_SPACES):
         raise EnvSetupError(
             f"{env_id}: action space {action_space} is not supported "
-            "(supported: Box, Discrete, MultiDiscrete)."
+            "(supported: Box, Discrete, MultiDiscrete, MultiBinary)."
         )
     observed = [leaf.space for leaf in leaves(observation_space)] if is_structured(observation_space) else [observation_space]
     for what, space in [*(("observation", s) for s in observed), ("action", action_space)]:

@@ -725,7 +725,6 @@ SPACE_CASES = [
          "observation leaf '1' is a Text space"),
     Case("text-observations", (gym.spaces.Text(8), gym.spaces.Discrete(2)), "observation space Text"),
     Case("sequence-observations", (gym.spaces.Sequence(_BOX), gym.spaces.Discrete(2)), "observation space Sequence"),
-    Case("multibinary-actions", (_BOX, gym.spaces.MultiBinary(3)), "action space MultiBinary"),
     Case("tuple-actions", (_BOX, gym.spaces.Tuple((gym.spaces.Discrete(2),))), "action space Tuple"),
 ]
 ENV_ID_CASES = [
