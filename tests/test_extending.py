@@ -250,6 +250,17 @@ def test_cli_trains_an_sb3_contrib_algorithm_by_its_import_path(tmp_path: Path) 
     assert json.loads((run / "summary.json").read_text())["labels_used"] == 10
 
 
+def test_a_missing_package_of_an_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefloop.import_paths import ImportPathError, load
+
+    monkeypatch.setitem(sys.modules, "sbx", None)  # as if not installed (None makes the import fail)
+    with pytest.raises(ImportPathError, match=r"the algorithm sbx:SAC does not import: .*; pip install 'prefloop\[sbx\]' or fix"):
+        load("sbx:SAC", "algorithm")
+    monkeypatch.setitem(sys.modules, "not_a_prefloop_extra", None)
+    with pytest.raises(ImportPathError, match="install its package or fix the path"):
+        load("not_a_prefloop_extra:Algo", "algorithm")
+
+
 def test_cli_refuses_an_algorithm_path_that_does_not_import() -> None:
     done = prefloop_cli("train", "--algo", "sb3_contrib:NoSuchAlgo", "--steps", "100")
     assert done.returncode == 2 and "module sb3_contrib has no NoSuchAlgo" in done.stderr

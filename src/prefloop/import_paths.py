@@ -59,6 +59,10 @@ def rebuildable(path: str) -> bool:
     return module != "__main__" and "<" not in qualname
 
 
+# Packages that prefloop's extras install: a path into one that is missing names the extra.
+EXTRAS_BY_PACKAGE = {"sb3_contrib": "contrib", "sbx": "sbx"}
+
+
 def load(path: str, what: str) -> Any:
     """The object an import path names, e.g. ``load("sb3_contrib:TRPO", "algorithm")``.
 
@@ -82,7 +86,9 @@ def load(path: str, what: str) -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ImportPathError(f"the {what} {path} does not import: {exc}; install its package or fix the path") from None
+        extra = EXTRAS_BY_PACKAGE.get(module_name.split(".")[0])
+        install = f"pip install 'prefloop[{extra}]'" if extra else "install its package"
+        raise ImportPathError(f"the {what} {path} does not import: {exc}; {install} or fix the path") from None
     for part in qualname.split("."):
         try:
             obj = getattr(obj, part)
