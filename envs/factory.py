@@ -158,11 +158,13 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space, env_id: 
     Dict and Tuple observation spaces (nested too) are read when every leaf is a vector space
     (Box, Discrete, MultiBinary, MultiDiscrete; no images): see ``prefloop.structured_obs``.
     """
+    observed = [observation_space]
     if is_structured(observation_space):
         try:
             found = leaves(observation_space)
         except StructuredSpaceError as exc:
             raise EnvSetupError(f"{env_id}: {exc}") from None
+        observed = [leaf.space for leaf in found]
         dotted = [leaf.name for leaf in found if any("." in str(part) for part in leaf.path)]
         if dotted:  # SB3 makes a torch module per Dict key, and torch refuses dots in module names
             raise EnvSetupError(
@@ -179,7 +181,6 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space, env_id: 
             f"{env_id}: action space {action_space} is not supported "
             "(supported: Box, Discrete, MultiDiscrete, MultiBinary)."
         )
-    observed = [leaf.space for leaf in leaves(observation_space)] if is_structured(observation_space) else [observation_space]
     for what, space in [*(("observation", s) for s in observed), ("action", action_space)]:
         if _starts_off_zero(space):
             # SB3 ignores ``start``: its policies act in 0..n-1 and one-hot observations as if

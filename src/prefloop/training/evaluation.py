@@ -56,8 +56,9 @@ def evaluate(model: BaseAlgorithm, spec: EnvSpec, episodes: int, seed: int) -> l
     policy trained on standardised observations sees them standardised as in training, frozen; an
     env without a time limit has its episodes cut, :func:`bounded_episodes`)."""
     env = make_env(spec, seed=seed)
-    capped = not _has_time_limit(env)
-    eval_env = DummyVecEnv([lambda: Monitor(bounded_episodes(env, say_so=True))])
+    bounded = bounded_episodes(env, say_so=True)
+    capped = bounded is not env  # the cap was added: the env has no time limit of its own
+    eval_env = DummyVecEnv([lambda: Monitor(bounded)])
     normalizer = model.get_vec_normalize_env()
     if normalizer is not None:
         eval_env = frozen_copy(normalizer, eval_env)
